@@ -1,0 +1,36 @@
+# One-command set-up: `make demo` and `make test` create .venv, install everything, then run.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint bench tensorboard clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml scripts/install_torch.py | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) scripts/install_torch.py
+	$(PY) -m pip install --quiet -e ".[test,examples]"
+	touch $(STAMP)
+
+demo: $(STAMP)  ## SGD vs SAM on digits, landscapes to lightning_logs/
+	$(PY) examples/sgd_vs_sam.py $(ARGS)
+
+test: $(STAMP)  ## lint + the whole suite, slow multi-process tests included
+	$(VENV)/bin/ruff check lightning_landscape tests examples benchmarks scripts
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)  ## the suite without the slow multi-process tests
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lightning_landscape tests examples benchmarks scripts
+	$(VENV)/bin/ruff format --check lightning_landscape
+
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir lightning_logs
+
+clean:
+	rm -rf $(VENV) lightning_logs .pytest_cache

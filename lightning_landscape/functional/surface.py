@@ -1,0 +1,258 @@
+"""Loss on a grid or a line around the current weights.
+
+All evaluations share one engine: the model observed in eval mode under ``no_grad`` (state restored
+after, see :func:`observation`), the weights moved in place from a saved copy for each point, the
+loss averaged over the same fixed list of probe batches, results kept on the device until the end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lightning_landscape.functional.params import (
+    Direction,
+    LossFn,
+    WeightPerturbation,
+    landscape_parameters,
+    observation,
+)
+from lightning_landscape.records import LineRecord, SurfaceRecord
+
+__all__ = [
+    "evaluate_loss",
+    "interpolation_line",
+    "loss_line",
+    "loss_surface",
+    "odd_grid",
+    "probe_size",
+]
+
+
+def odd_grid(span: float | tuple[float, float], resolution: int, name: str = "resolution") -> np.ndarray:
+    """``resolution`` evenly spaced points over ``span``; odd, so a symmetric span contains 0 exactly."""
+    if not isinstance(resolution, int) or resolution < 3 or resolution % 2 == 0:
+        raise ValueError(
+            f"`{name}` must be an odd integer >= 3 (so the grid contains its centre), got {resolution!r}"
+        )
+    lo, hi = (-float(span), float(span)) if isinstance(span, (int, float)) else map(float, span)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(
+            f"`span` must be a positive number or a (low, high) pair with low < high, got {span!r}"
+        )
+    grid = np.linspace(lo, hi, resolution)
+    if lo == -hi:
+        grid[resolution // 2] = 0.0  # exactly, not 1e-17
+    return grid
+
+
+def probe_size(batches: Sequence[Any]) -> int:
+    """Number of samples in the probe batches (the first dimension of each batch's first tensor)."""
+
+    def first_tensor(obj: Any) -> Tensor | None:
+        if isinstance(obj, Tensor):
+            return obj
+        if isinstance(obj, dict):
+            obj = list(obj.values())
+        if isinstance(obj, (list, tuple)):
+            for item in obj:
+                found = first_tensor(item)
+                if found is not None:
+                    return found
+        return None
+
+    total = 0
+    for b in batches:
+        t = first_tensor(b)
+        total += int(t.shape[0]) if t is not None and t.dim() > 0 else 1
+    return total
+
+
+def _mean_loss(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> Tensor:
+    """Mean over batches of ``loss_fn(model, batch)``, as a float32 (or float64) 0-d tensor."""
+    total: Tensor | None = None
+    for batch in batches:
+        loss = loss_fn(model, batch)
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError(
+                f"`loss_fn` must return a scalar tensor, got {type(loss).__name__}"
+                + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
+            )
+        loss = loss.detach().reshape(())
+        if loss.dtype not in (torch.float32, torch.float64):
+            loss = loss.float()
+        total = loss if total is None else total + loss
+    if total is None:
+        raise ValueError("`batches` is empty: at least one probe batch is needed")
+    return total / len(batches)
+
+
+def evaluate_loss(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> float:
+    """The loss at the current weights, averaged over ``batches``, observed in eval mode."""
+    with observation(model):
+        return float(_mean_loss(model, loss_fn, batches))
+
+
+def _evaluate_points(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    params: Sequence[Tensor],
+    directions: Sequence[Direction],
+    coefficients: np.ndarray,
+) -> np.ndarray:
+    """Loss at ``w0 + coefficients[n] @ directions`` for each row ``n``; one host sync at the end."""
+    values: list[Tensor] = []
+    with observation(model), WeightPerturbation(params, directions) as move:
+        for row in coefficients:
+            move.to(*row.tolist())
+            values.append(_mean_loss(model, loss_fn, batches))
+    return torch.stack(values).double().cpu().numpy()
+
+
+def _resolve_params(model: nn.Module, params: Sequence[Tensor] | None) -> list[Tensor]:
+    return [p for _, p in landscape_parameters(model)] if params is None else list(params)
+
+
+def loss_surface(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    directions: Sequence[Direction],
+    resolution: int = 11,
+    span: float | tuple[float, float] = 1.0,
+    xs: Sequence[float] | None = None,
+    ys: Sequence[float] | None = None,
+    params: Sequence[Tensor] | None = None,
+) -> SurfaceRecord:
+    """Loss on the plane ``w + x * d1 + y * d2`` around the current weights ``w``.
+
+    Args:
+        model: the model; its weights are moved in place and restored exactly.
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
+        batches: probe batches, already on the model's device; the loss is their mean.
+        directions: ``(d1, d2)``, each a list of tensors aligned with ``params``.
+        resolution: points per axis when ``xs``/``ys`` are not given (odd, so the centre is on the grid).
+        span: ``s`` for ``[-s, s]`` or a ``(low, high)`` pair, used when ``xs``/``ys`` are not given.
+        xs, ys: explicit coefficients along ``d1`` and ``d2``.
+        params: the parameters the directions belong to (default: :func:`landscape_parameters`).
+
+    Returns:
+        A :class:`SurfaceRecord` with ``losses[i, j]`` at ``(xs[j], ys[i])``.
+
+    Example::
+
+        >>> model = nn.Linear(1, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.fill_(0.0)
+        >>> batch = (torch.tensor([[1.0]]), torch.tensor([[0.0]]))
+        >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()
+        >>> d = [torch.ones(1, 1)]
+        >>> rec = loss_surface(model, mse, [batch], (d, d), resolution=3)
+        >>> rec.losses  # (x + y)^2 on {-1, 0, 1}^2
+        array([[4., 1., 0.],
+               [1., 0., 1.],
+               [0., 1., 4.]])
+    """
+    if len(directions) != 2:
+        raise ValueError(f"`directions` must hold two directions, got {len(directions)}")
+    params = _resolve_params(model, params)
+    xs_arr = np.asarray(xs, dtype=np.float64) if xs is not None else odd_grid(span, resolution)
+    ys_arr = np.asarray(ys, dtype=np.float64) if ys is not None else odd_grid(span, resolution)
+    gx, gy = np.meshgrid(xs_arr, ys_arr)
+    coefficients = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    losses = _evaluate_points(model, loss_fn, batches, params, directions, coefficients)
+    losses = losses.reshape(len(ys_arr), len(xs_arr))
+    meta = {
+        "probe_batches": len(batches),
+        "probe_samples": probe_size(batches),
+        "nonfinite": int((~np.isfinite(losses)).sum()),
+    }
+    return SurfaceRecord(xs=xs_arr, ys=ys_arr, losses=losses, meta=meta)
+
+
+def loss_line(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    direction: Direction,
+    resolution: int = 41,
+    span: float | tuple[float, float] = 1.0,
+    alphas: Sequence[float] | None = None,
+    params: Sequence[Tensor] | None = None,
+) -> LineRecord:
+    """Loss along ``w + alpha * d`` around the current weights ``w``.
+
+    Example::
+
+        >>> model = nn.Linear(1, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.fill_(0.0)
+        >>> batch = (torch.tensor([[1.0]]), torch.tensor([[0.0]]))
+        >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()
+        >>> loss_line(model, mse, [batch], [torch.ones(1, 1)], resolution=5, span=2.0).losses
+        array([4., 1., 0., 1., 4.])
+    """
+    params = _resolve_params(model, params)
+    alphas_arr = np.asarray(alphas, dtype=np.float64) if alphas is not None else odd_grid(span, resolution)
+    losses = _evaluate_points(model, loss_fn, batches, params, [direction], alphas_arr[:, None])
+    meta = {
+        "probe_batches": len(batches),
+        "probe_samples": probe_size(batches),
+        "nonfinite": int((~np.isfinite(losses)).sum()),
+    }
+    return LineRecord(alphas=alphas_arr, losses=losses, meta=meta)
+
+
+def interpolation_line(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    start: Sequence[Tensor],
+    resolution: int = 41,
+    alpha_range: tuple[float, float] = (-0.5, 1.5),
+    params: Sequence[Tensor] | None = None,
+) -> LineRecord:
+    """The Goodfellow et al. (2015) line from weights ``start`` (alpha=0) to the current ones (alpha=1).
+
+    The loss at ``start + alpha * (w - start)`` for ``alpha`` in ``alpha_range``; the default extends
+    half the distance beyond both ends.
+
+    Example::
+
+        >>> model = nn.Linear(1, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.fill_(1.0)
+        >>> batch = (torch.tensor([[1.0]]), torch.tensor([[0.0]]))
+        >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()
+        >>> line = interpolation_line(model, mse, [batch], [torch.full((1, 1), 3.0)], resolution=5)
+        >>> line.alphas, line.losses  # w(alpha) = 3 - 2 alpha
+        (array([-0.5,  0. ,  0.5,  1. ,  1.5]), array([16.,  9.,  4.,  1.,  0.]))
+    """
+    params = _resolve_params(model, params)
+    if len(start) != len(params):
+        raise ValueError(f"`start` has {len(start)} tensors, expected one per parameter ({len(params)})")
+    lo, hi = alpha_range
+    if not (isinstance(resolution, int) and resolution >= 2):
+        raise ValueError(f"`resolution` must be an integer >= 2, got {resolution!r}")
+    if not lo < hi:
+        raise ValueError(f"`alpha_range` must be (low, high) with low < high, got {alpha_range!r}")
+    alphas = np.linspace(lo, hi, resolution)
+    with torch.no_grad():
+        direction = [
+            p.detach().float() - s.to(device=p.device, dtype=torch.float32) for p, s in zip(params, start)
+        ]
+    # start + alpha (w - start) = w + (alpha - 1) (w - start): evaluate around the current weights.
+    losses = _evaluate_points(model, loss_fn, batches, params, [direction], (alphas - 1.0)[:, None])
+    meta = {
+        "probe_batches": len(batches),
+        "probe_samples": probe_size(batches),
+        "nonfinite": int((~np.isfinite(losses)).sum()),
+        "distance": float(torch.sqrt(sum((d.double() ** 2).sum() for d in direction)).item()),
+    }
+    return LineRecord(alphas=alphas, losses=losses, meta=meta)

@@ -1,0 +1,200 @@
+"""Matplotlib figure builders for records. No pyplot state: each returns a new ``Figure``.
+
+Non-finite losses (NaN, inf) are masked, so they are drawn as gaps rather than breaking the colour
+scale. Contour levels are log-spaced by default because a landscape's loss spans decades.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import BoundaryNorm
+from matplotlib.figure import Figure
+
+from lightning_landscape.records import LineRecord, SurfaceRecord
+
+__all__ = [
+    "contour_figure",
+    "contour_levels",
+    "figure_to_png",
+    "figure_to_rgb",
+    "line_figure",
+    "surface3d_figure",
+]
+
+
+def contour_levels(values: np.ndarray, count: int = 20, log: bool = True) -> np.ndarray:
+    """``count`` increasing contour levels covering the finite ``values``; log-spaced when ``log``.
+
+    Log spacing is taken above the minimum (``min + geomspace``) when the loss is not positive.
+    """
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return np.array([0.0, 1.0])
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi - lo <= 1e-12 * max(abs(hi), 1.0):
+        return (
+            np.array([lo - 0.5, lo + 0.5])
+            if lo == 0
+            else np.array([lo * 0.99, lo * 1.01] if lo > 0 else [lo * 1.01, lo * 0.99])
+        )
+    if not log:
+        return np.linspace(lo, hi, count)
+    if lo > 0:
+        levels = np.geomspace(lo, hi, count)
+    else:
+        width = hi - lo
+        levels = lo + np.concatenate([[0.0], np.geomspace(width * 1e-3, width, count - 1)])
+    levels[0], levels[-1] = lo, hi
+    return np.unique(levels)
+
+
+def _axis_label(meta: dict, axis: int) -> str:
+    kind = meta.get("directions", "")
+    ratios = meta.get("explained_variance") or []
+    if kind == "pca":
+        label = f"PC{axis + 1}"
+        if axis < len(ratios) and ratios[axis] is not None:
+            label += f" ({100 * ratios[axis]:.1f}% of variance)"
+        return label
+    if kind == "hessian":
+        return ["eigenvector of $\\lambda_{max}$", "eigenvector of $\\lambda_{min}$"][axis]
+    return f"direction {axis + 1}" + (f" ({kind})" if kind else "")
+
+
+def _title(meta: dict, default: str) -> str:
+    parts = [default]
+    if meta.get("epoch") is not None:
+        parts.append(f"epoch {meta['epoch']}")
+    if meta.get("global_step") is not None:
+        parts.append(f"step {meta['global_step']}")
+    return ", ".join(parts)
+
+
+def contour_figure(
+    record: SurfaceRecord,
+    levels: int | Sequence[float] = 20,
+    log: bool = True,
+    title: str | None = None,
+    filled: bool = True,
+) -> Figure:
+    """Contour plot of a surface with the optimizer's projected path (start and end marked).
+
+    Pass explicit ``levels`` to draw several runs on one shared scale.
+
+    Example::
+
+        >>> xs = np.linspace(-1, 1, 5)
+        >>> rec = SurfaceRecord(xs, xs, np.add.outer(xs**2, xs**2) + 0.1)
+        >>> fig = contour_figure(rec)
+        >>> len(fig.axes)  # the plot and its colour bar
+        2
+    """
+    fig = Figure(figsize=(5.6, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    z = np.ma.masked_invalid(np.asarray(record.losses, dtype=np.float64))
+    lv = contour_levels(z.compressed(), levels, log) if isinstance(levels, int) else np.asarray(levels)
+    if filled:
+        norm = BoundaryNorm(lv, ncolors=256, extend="both")
+        cs = ax.contourf(record.xs, record.ys, z, levels=lv, cmap="viridis", norm=norm, extend="both")
+        ax.contour(record.xs, record.ys, z, levels=lv, colors="white", linewidths=0.4, alpha=0.6)
+        cbar = fig.colorbar(cs, ax=ax, label="loss")
+        cbar.ax.set_yscale("linear")
+    else:
+        cs = ax.contour(record.xs, record.ys, z, levels=lv, cmap="viridis")
+        ax.clabel(cs, fontsize=7, fmt="%.3g")
+        fig.colorbar(cs, ax=ax, label="loss")
+    if z.mask.any():
+        gaps = np.argwhere(np.ma.getmaskarray(z))
+        ax.scatter(
+            record.xs[gaps[:, 1]],
+            record.ys[gaps[:, 0]],
+            marker="x",
+            color="red",
+            s=12,
+            label="non-finite loss",
+        )
+    if record.path is not None and len(record.path):
+        path = np.asarray(record.path)
+        ax.plot(path[:, 0], path[:, 1], "-", color="white", lw=1.6)
+        ax.plot(path[:, 0], path[:, 1], ".", color="black", ms=3)
+        ax.plot(*path[0], "o", color="tab:red", ms=7, mec="white", label="start")
+        ax.plot(*path[-1], "*", color="tab:orange", ms=13, mec="white", label="end (current)")
+    if record.path is not None or z.mask.any():
+        ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
+    ax.set_xlabel(_axis_label(record.meta, 0))
+    ax.set_ylabel(_axis_label(record.meta, 1))
+    ax.set_title(title or _title(record.meta, "loss surface"), fontsize=10)
+    return fig
+
+
+def line_figure(
+    records: Sequence[LineRecord],
+    labels: Sequence[str] | None = None,
+    log: bool = False,
+    title: str | None = None,
+    xlabel: str = "alpha",
+) -> Figure:
+    """Loss along one or more 1-D lines, overlaid.
+
+    Example::
+
+        >>> a = np.linspace(-1, 1, 5)
+        >>> fig = line_figure([LineRecord(a, a**2), LineRecord(a, 2 * a**2)], labels=["sgd", "sam"])
+        >>> len(fig.axes[0].lines)
+        2
+    """
+    fig = Figure(figsize=(5.6, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    labels = labels or [
+        r.meta.get("label", r.meta.get("directions", f"line {i}")) for i, r in enumerate(records)
+    ]
+    for rec, label in zip(records, labels):
+        ax.plot(rec.alphas, np.ma.masked_invalid(rec.losses), "-", lw=1.6, label=str(label))
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    if len(records) > 1 or labels:
+        ax.legend(fontsize=8)
+    meta = records[0].meta if records else {}
+    ax.set_title(title or _title(meta, "loss along lines"), fontsize=10)
+    return fig
+
+
+def surface3d_figure(record: SurfaceRecord, log: bool = False, title: str | None = None) -> Figure:
+    """3-D surface plot of a surface record (matplotlib's ``projection="3d"``)."""
+    fig = Figure(figsize=(6.0, 4.8), layout="constrained")
+    ax = fig.add_subplot(projection="3d")
+    gx, gy = np.meshgrid(record.xs, record.ys)
+    z = np.asarray(record.losses, dtype=np.float64)
+    z = np.where(np.isfinite(z), z, np.nan)
+    if log:
+        z = np.log10(np.clip(z, np.nanmin(z[z > 0]) if np.any(z > 0) else 1e-12, None))
+    ax.plot_surface(gx, gy, z, cmap="viridis", linewidth=0, antialiased=True)
+    ax.set_xlabel(_axis_label(record.meta, 0), fontsize=8)
+    ax.set_ylabel(_axis_label(record.meta, 1), fontsize=8)
+    ax.set_zlabel("log10 loss" if log else "loss", fontsize=8)
+    ax.set_title(title or _title(record.meta, "loss surface"), fontsize=10)
+    return fig
+
+
+def figure_to_png(fig: Figure, dpi: int = 100) -> bytes:
+    """Render a figure to PNG bytes."""
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig)
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def figure_to_rgb(fig: Figure, dpi: int = 100) -> np.ndarray:
+    """Render a figure to an ``(H, W, 3)`` uint8 array."""
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(dpi)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

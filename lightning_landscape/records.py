@@ -1,0 +1,182 @@
+"""Typed results and their on-disk form: ``NAME.npz`` (arrays, ``allow_pickle=False``) + ``NAME.json``.
+
+Format, version 1 (``FORMAT_VERSION``):
+
+- ``NAME.npz``: plain numeric arrays only, written with :func:`numpy.savez` and read with
+  ``allow_pickle=False``. A surface has ``xs`` (nx,), ``ys`` (ny,), ``losses`` (ny, nx) with
+  ``losses[i, j]`` the loss at ``(xs[j], ys[i])`` and optionally ``path`` (n, 2); a line has
+  ``alphas`` (n,) and ``losses`` (n,). Non-finite losses are stored as they came (NaN, inf).
+- ``NAME.json``: ``{"format_version": 1, "kind": "surface" | "line", "meta": {...}}``; ``meta``
+  holds what the record is about (epoch, global_step, directions, seed, probe size, explained
+  variance, ...).
+
+Both files are written to a temporary name and renamed, the JSON last, so a record whose JSON exists
+is complete. Nothing here uses pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LineRecord",
+    "Record",
+    "RecordError",
+    "SurfaceRecord",
+    "load_record",
+    "load_records",
+    "save_record",
+]
+
+FORMAT_VERSION = 1
+
+
+class RecordError(ValueError):
+    """A record file that cannot be read: corrupt, foreign, or of an unknown format version."""
+
+
+@dataclass
+class SurfaceRecord:
+    """Loss on a 2-D grid: ``losses[i, j]`` is the loss at ``xs[j] * d1 + ys[i] * d2``."""
+
+    xs: np.ndarray
+    ys: np.ndarray
+    losses: np.ndarray
+    path: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = "surface"
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"xs": self.xs, "ys": self.ys, "losses": self.losses}
+        if self.path is not None:
+            out["path"] = self.path
+        return out
+
+    @property
+    def centre_loss(self) -> float:
+        """The loss at the grid point closest to (0, 0)."""
+        return float(self.losses[int(np.abs(self.ys).argmin()), int(np.abs(self.xs).argmin())])
+
+
+@dataclass
+class LineRecord:
+    """Loss along a line: ``losses[k]`` at coefficient ``alphas[k]``."""
+
+    alphas: np.ndarray
+    losses: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = "line"
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"alphas": self.alphas, "losses": self.losses}
+
+
+Record = SurfaceRecord | LineRecord
+_KINDS: dict[str, type] = {"surface": SurfaceRecord, "line": LineRecord}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # JSON has no NaN; null reads back as "unknown"
+    if hasattr(value, "tolist"):  # torch tensors without importing torch here
+        return _jsonable(value.tolist())
+    return value
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_record(record: Record, directory: str | os.PathLike, name: str) -> Path:
+    """Write ``record`` as ``directory/name.npz`` + ``directory/name.json``; return the JSON path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.asarray(v) for k, v in record.arrays().items()}
+    for key, arr in arrays.items():
+        if arr.dtype == object:
+            raise TypeError(f"array {key!r} has dtype object; records hold numeric arrays only")
+    _atomic_write(directory / f"{name}.npz", lambda fh: np.savez(fh, **arrays))
+    sidecar = {"format_version": FORMAT_VERSION, "kind": record.kind, "meta": _jsonable(record.meta)}
+    text = json.dumps(sidecar, indent=1, sort_keys=True).encode()
+    json_path = directory / f"{name}.json"
+    _atomic_write(json_path, lambda fh: fh.write(text))
+    return json_path
+
+
+def load_record(path: str | os.PathLike) -> Record:
+    """Read one record from its ``.json`` (or ``.npz``) path. Raises :class:`RecordError` if unreadable."""
+    path = Path(path)
+    json_path, npz_path = path.with_suffix(".json"), path.with_suffix(".npz")
+    try:
+        sidecar = json.loads(json_path.read_text())
+    except (OSError, ValueError) as err:
+        raise RecordError(f"{json_path}: not a readable lightning-landscape record ({err})") from err
+    if not isinstance(sidecar, dict) or "format_version" not in sidecar:
+        raise RecordError(f"{json_path}: not a lightning-landscape record (no format_version)")
+    version = sidecar["format_version"]
+    if version != FORMAT_VERSION:
+        raise RecordError(
+            f"{json_path}: format_version {version!r} is not supported (this version reads "
+            f"{FORMAT_VERSION}); upgrade lightning-landscape"
+        )
+    cls = _KINDS.get(sidecar.get("kind"))
+    if cls is None:
+        raise RecordError(f"{json_path}: unknown record kind {sidecar.get('kind')!r}")
+    try:
+        with np.load(npz_path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        return cls(**arrays, meta=dict(sidecar.get("meta") or {}))
+    except Exception as err:
+        raise RecordError(f"{npz_path}: corrupt or foreign record arrays ({err})") from err
+
+
+def load_records(directory: str | os.PathLike) -> list[Record]:
+    """All records under ``directory`` (searched recursively), ordered by global step,
+    periodic before final, then name.
+
+    ``directory`` may be a run's log directory or its ``landscape/`` folder.
+
+    Example::
+
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> _ = save_record(LineRecord(np.linspace(-1, 1, 3), np.ones(3), {"global_step": 5}), d, "l")
+        >>> [(r.kind, r.meta["global_step"]) for r in load_records(d)]
+        [('line', 5)]
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such directory")
+    records = [load_record(p) for p in sorted(directory.rglob("*.json")) if p.with_suffix(".npz").exists()]
+    stage_order = {"periodic": 0, "final": 1}
+    return sorted(
+        records,
+        key=lambda r: (
+            r.meta.get("global_step") or 0,
+            stage_order.get(r.meta.get("stage", ""), 0),
+            r.meta.get("name", ""),
+        ),
+    )

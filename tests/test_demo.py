@@ -1,0 +1,46 @@
+"""The demo end to end, small: both runs write TensorBoard images, scalars and records."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_landscape import load_records
+
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "sgd_vs_sam.py"
+
+
+def _demo_module():
+    spec = importlib.util.spec_from_file_location("sgd_vs_sam", DEMO)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_logs_landscapes_for_sgd_and_sam(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    demo = _demo_module()
+    results = demo.main(
+        ["--epochs", "3", "--log-dir", str(tmp_path), "--resolution", "3", "--final-resolution", "5"]
+    )
+    out = capsys.readouterr().out
+    assert "tensorboard --logdir" in out and "val accuracy" in out
+    assert set(results) == {"sgd", "sam"}
+    for name, r in results.items():
+        assert 0.0 < r["train_loss"] < 2.3  # learned something: chance level is ln(10) = 2.30
+        assert r["val_acc"] > 0.5
+        (event_file,) = (tmp_path / name).rglob("events.out.tfevents.*")
+        acc = EventAccumulator(str(event_file.parent), size_guidance={"images": 0, "scalars": 0})
+        acc.Reload()
+        images, scalars = acc.Tags()["images"], acc.Tags()["scalars"]
+        assert {"landscape/surface", "landscape/interpolation", "landscape/final/surface"} <= set(images)
+        assert len({e.step for e in acc.Images("landscape/surface")}) >= 2  # several steps
+        assert "landscape/explained_variance/pc1" in scalars and "landscape/loss/centre" in scalars
+        kinds = {(rec.kind, rec.meta["stage"]) for rec in load_records(event_file.parent)}
+        assert kinds == {
+            ("surface", "periodic"),
+            ("line", "periodic"),
+            ("surface", "final"),
+            ("line", "final"),
+        }
