@@ -14,6 +14,10 @@ from torch.utils.data import DataLoader, Dataset
 
 FEATURES, CLASSES = 6, 3
 
+# The test models are tiny: one intra-op thread is as fast, and immune to the oversubscription slow-downs
+# (10x seen) that two threads suffer when other processes share the two cores.
+torch.set_num_threads(1)
+
 
 class NoisyDataset(Dataset):
     """A fixed classification set; each item gets fresh noise from the global torch AND numpy RNGs.
