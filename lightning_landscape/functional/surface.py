@@ -278,9 +278,7 @@ def interpolation_line(
             for p, s in zip(params, start)
         ]
     # start + alpha (w - start) = w + (alpha - 1) (w - start): evaluate around the current weights.
-    losses = _evaluate_shared(
-        model, loss_fn, batches, params, [direction], (alphas - 1.0)[:, None], shard
-    )
+    losses = _evaluate_shared(model, loss_fn, batches, params, [direction], (alphas - 1.0)[:, None], shard)
     meta = {
         "probe_batches": len(batches),
         "probe_samples": probe_size(batches),
