@@ -180,6 +180,7 @@ class TrajectoryRecorder:
             for j, i in enumerate(keep):
                 if i != j:
                     self._buffer[j].copy_(self._buffer[i])
+                    self.release()  # a mapped buffer: keep at most two rows resident while moving
         self.steps = [self.steps[i] for i in keep]
         self.events = [self.events[i] for i in keep]
 
