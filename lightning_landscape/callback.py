@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_landscape.distributed import agree, broadcast_from_zero, check_strategy, point_shard
 from lightning_landscape.functional.directions import filter_normalized_directions
 from lightning_landscape.functional.params import (
     Direction,
@@ -40,6 +42,9 @@ from lightning_landscape.sinks import SinkSet, build_sinks
 __all__ = ["LossLandscapeCallback"]
 
 _DIRECTIONS = ("pca", "random")
+_STORAGES = ("auto", "memory", "memmap")
+_SNAPSHOT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1, allow_none: bool = False) -> None:
@@ -118,6 +123,21 @@ class LossLandscapeCallback(Callback):
         on_train_end: compute the final surface and lines when training ends.
         save_records: write ``.npz`` + ``.json`` records under ``<log_dir>/landscape/``.
         log_figures: send figures to the loggers (scalars are always sent).
+        name: tells several callbacks in one trainer apart: records go to ``<log_dir>/landscape/NAME/``
+            and logged tags start with ``landscape/NAME/``. Required (distinct) when a trainer has more
+            than one ``LossLandscapeCallback``; part of ``state_key``.
+        snapshot_dtype: storage dtype of the snapshots; default float32 (float64 under ``64-true``).
+            ``torch.bfloat16`` or ``torch.float16`` halve the memory; the PCA is still computed in float64.
+        snapshot_budget_bytes: most bytes of snapshots kept in memory; fewer than ``max_snapshots`` are
+            kept if they do not fit (see ``snapshot_storage``).
+        snapshot_storage: ``"memory"``, ``"memmap"`` (a memory-mapped file
+            ``<log_dir>/landscape[/NAME]/snapshots*.bin``, for models whose snapshots do not fit in memory),
+            or ``"auto"``: in memory unless ``snapshot_budget_bytes`` holds fewer than two snapshots.
+
+    Distributed training: under DDP (``ddp``, ``ddp_spawn``, ...) every rank evaluates its share of the
+    grid and line points and the values are gathered, so the work per rank falls with the number of
+    ranks; the probe batches are rank zero's, broadcast to all; only rank zero writes and logs. Sharded
+    strategies (FSDP, DeepSpeed, model parallel) are refused at fit start.
 
     Example::
 
@@ -154,6 +174,10 @@ class LossLandscapeCallback(Callback):
         on_train_end: bool = True,
         save_records: bool = True,
         log_figures: bool = True,
+        name: str | None = None,
+        snapshot_dtype: torch.dtype | None = None,
+        snapshot_budget_bytes: int | None = None,
+        snapshot_storage: Literal["auto", "memory", "memmap"] = "auto",
     ) -> None:
         _positive_int("every_n_epochs", every_n_epochs, allow_none=True)
         _odd("resolution", resolution)
@@ -219,6 +243,25 @@ class LossLandscapeCallback(Callback):
         self.compute_on_train_end = on_train_end
         self.save_records = save_records
         self.log_figures = log_figures
+        if name is not None and not (isinstance(name, str) and _NAME.fullmatch(name)):
+            raise ValueError(
+                f"`name` must be a non-empty string of letters, digits, '_', '.', '-'; got {name!r}"
+            )
+        if snapshot_dtype is not None and snapshot_dtype not in _SNAPSHOT_DTYPES:
+            raise ValueError(
+                f"`snapshot_dtype` must be None or one of {_SNAPSHOT_DTYPES}, got {snapshot_dtype!r}"
+            )
+        _positive_int("snapshot_budget_bytes", snapshot_budget_bytes, allow_none=True)
+        if snapshot_storage not in _STORAGES:
+            raise ValueError(f"`snapshot_storage` must be one of {_STORAGES}, got {snapshot_storage!r}")
+        self.name = name
+        self.max_snapshots = max_snapshots
+        self.snapshot_dtype = snapshot_dtype
+        self.snapshot_budget_bytes = snapshot_budget_bytes
+        self.snapshot_storage = snapshot_storage
+        self._work_dtype = torch.float32
+        self._last_landscape_step = -1
+        self._precision = "32-true"
 
         self.recorder = TrajectoryRecorder(max_snapshots)
         self.records: list[SurfaceRecord | LineRecord] = []
@@ -233,19 +276,40 @@ class LossLandscapeCallback(Callback):
     @property
     @override
     def state_key(self) -> str:
+        # Every setting that shapes the state or the records; not the output switches.
         return self._generate_state_key(
+            name=self.name,
             every_n_epochs=self.every_n_epochs,
             directions=self.directions,
             seed=self.seed,
+            include_1d=self.include_1d,
             resolution=self.resolution,
+            final_resolution=self.final_resolution,
+            line_resolution=self.line_resolution,
+            span=self.span,
+            margin=self.margin,
+            num_batches=self.num_batches,
+            interpolation_range=self.interpolation_range,
             snapshot_every_n_steps=self.snapshot_every_n_steps,
             snapshot_every_n_epochs=self.snapshot_every_n_epochs,
+            max_snapshots=self.max_snapshots,
+            snapshot_dtype=str(self.snapshot_dtype),
+            snapshot_budget_bytes=self.snapshot_budget_bytes,
+            snapshot_storage=self.snapshot_storage,
         )
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        check_strategy(trainer.strategy)
+        mine = [c for c in trainer.callbacks if isinstance(c, LossLandscapeCallback)]  # type: ignore[attr-defined]
+        if len({c.name for c in mine}) < len(mine):
+            raise MisconfigurationException(
+                "This Trainer has several LossLandscapeCallbacks without distinct names: their records and "
+                "logged figures would overwrite each other. Give each one its own `name=` "
+                "(for example `LossLandscapeCallback(name='pca')`, `LossLandscapeCallback(name='random')`)."
+            )
         if not pl_module.automatic_optimization and self.loss_fn is None:
             raise MisconfigurationException(
                 "LossLandscapeCallback: this module uses manual optimization, so its training_step steps "
@@ -257,6 +321,12 @@ class LossLandscapeCallback(Callback):
         self._log_dir = Path(log_dir)
         if trainer.is_global_zero:
             self._sinks = build_sinks(trainer.loggers, self._log_dir)
+        self._precision = str(trainer.precision)
+        params = self._params(pl_module)
+        wide = self._precision.startswith("64") or any(p.dtype == torch.float64 for p in params)
+        self._work_dtype = torch.float64 if wide else torch.float32
+        if len(self.recorder) == 0:
+            self.recorder = self._new_recorder(sum(p.numel() for p in params), trainer.global_rank)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -268,9 +338,12 @@ class LossLandscapeCallback(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        # Events count optimizer steps: a snapshot when global_step // n first reaches a new value. Under
+        # gradient accumulation the step stands still between optimizer steps (no duplicate); with
+        # several optimizers it may jump past a multiple of n (the next step is taken instead).
         n = self.snapshot_every_n_steps
         step = trainer.global_step
-        if n is not None and step % n == 0 and self.recorder.wants(step // n):
+        if n is not None and self.recorder.wants(step // n):
             self.recorder.offer(step // n, self._params(pl_module), step=step)
 
     @override
@@ -279,7 +352,9 @@ class LossLandscapeCallback(Callback):
         epoch = trainer.current_epoch + 1  # event 0 is the initial weights
         if n is not None and epoch % n == 0:
             self.recorder.offer(epoch // n, self._params(pl_module), step=trainer.global_step)
-        if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        due = self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        if due and trainer.global_step != self._last_landscape_step:  # not twice at one step (resume)
+            self._last_landscape_step = trainer.global_step
             self._safely(self._landscape, trainer, pl_module, final=False)
 
     @override
@@ -289,14 +364,42 @@ class LossLandscapeCallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"recorder": self.recorder.state_dict(), "written": list(self._written)}
+        """Tensors and primitives only (checkpoints load with ``weights_only=True``)."""
+        return {
+            "recorder": self.recorder.state_dict(),  # snapshot buffer, stride, steps, events
+            "written": list(self._written),  # names of the records written so far
+            "seed": self.seed,  # the random directions' seed
+            "name": self.name or "",
+            "last_landscape_step": self._last_landscape_step,  # schedule position
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.recorder.load_state_dict(state_dict["recorder"])
         self._written = list(state_dict.get("written", []))
+        self._last_landscape_step = int(state_dict.get("last_landscape_step", -1))
 
     # ------------------------------------------------------------------ helpers
+
+    def _new_recorder(self, num_params: int, rank: int) -> TrajectoryRecorder:
+        dtype = self.snapshot_dtype or self._work_dtype
+        budget, storage = self.snapshot_budget_bytes, self.snapshot_storage
+        if storage == "auto":
+            fits = budget is None or budget // (num_params * dtype.itemsize) >= 2
+            storage = "memory" if fits else "memmap"
+        path = None
+        if storage == "memmap":
+            path = self._record_dir() / (f"snapshots-rank{rank}.bin" if rank else "snapshots.bin")
+        recorder = TrajectoryRecorder(self.max_snapshots, dtype=dtype, budget_bytes=budget, path=path)
+        try:
+            recorder.capacity_for(num_params)
+        except ValueError as err:
+            raise ValueError(f"`snapshot_budget_bytes`: {err}") from None
+        return recorder
+
+    def _record_dir(self) -> Path:
+        assert self._log_dir is not None
+        return self._log_dir / "landscape" / self.name if self.name else self._log_dir / "landscape"
 
     def _params(self, pl_module: nn.Module) -> list[Tensor]:
         named = dict(pl_module.named_parameters())
@@ -314,9 +417,33 @@ class LossLandscapeCallback(Callback):
             )
 
     def _probe_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Any]:
-        """The first ``num_batches`` batches, moved to the device once and cached for the whole fit."""
+        """The first ``num_batches`` batches, moved to the device once and cached for the whole fit.
+
+        Rank zero takes them and broadcasts them (a collective: called on every rank), so under DDP,
+        where each rank's training loader yields its own shard, all ranks evaluate the same probe set.
+        """
         if self._probe is not None:
             return self._probe
+        fetched, error = None, None
+        if trainer.is_global_zero:
+            try:
+                fetched = self._fetch_probe(trainer, pl_module)
+            except Exception as err:  # sent to the other ranks, raised everywhere below
+                error = f"{type(err).__name__}: {err}"
+        fetched, error = broadcast_from_zero(trainer, (fetched, error))
+        if error is not None:
+            raise RuntimeError(f"could not take the probe batches ({error})")
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        with preserved_random_state(devices):  # batch-transfer hooks may draw random numbers
+            batches = [
+                trainer.precision_plugin.convert_input(trainer.strategy.batch_to_device(b, pl_module.device))
+                for b in fetched
+            ]
+        self._probe = batches
+        return batches
+
+    def _fetch_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Any]:
+        """The first ``num_batches`` batches of the probe (or training) loader, as the loader gives them."""
         loader = self.probe_dataloader if self.probe_dataloader is not None else trainer.train_dataloader
         if loader is None:
             raise RuntimeError("no training dataloader to take probe batches from; pass `probe_dataloader=`")
@@ -345,11 +472,9 @@ class LossLandscapeCallback(Callback):
             for i, batch in enumerate(loader):
                 if i >= self.num_batches:
                     break
-                batch = trainer.strategy.batch_to_device(batch, pl_module.device)
-                batches.append(trainer.precision_plugin.convert_input(batch))
+                batches.append(batch)
         if not batches:
             raise RuntimeError("the probe dataloader gave no batches")
-        self._probe = batches
         return batches
 
     def _loss_fn(self, trainer: pl.Trainer) -> LossFn:
@@ -367,8 +492,8 @@ class LossLandscapeCallback(Callback):
     ) -> tuple[tuple[Direction, Direction], np.ndarray | None, float | tuple[float, float], dict[str, Any]]:
         """Directions, projected path, span and metadata of the plane to draw."""
         if self.directions == "pca" and len(self.recorder) >= 2:
-            pca = trajectory_pca(self.recorder.stacked(), centre)
-            d1, d2 = (unflatten(c, params) for c in pca.components)
+            pca = trajectory_pca(self.recorder.stacked(), centre, release=self.recorder.release)
+            d1, d2 = (unflatten(c, params, dtype=self._work_dtype) for c in pca.components)
             path = np.vstack([pca.coords.numpy(), np.zeros((1, 2))])  # the path ends at the centre
             span = self.span
             if span is None:
@@ -382,30 +507,69 @@ class LossLandscapeCallback(Callback):
             }
             return (d1, d2), path, span, meta
         d1, d2 = filter_normalized_directions(params, count=2, seed=self.seed, include_1d=self.include_1d)
+        d1, d2 = ([t.to(self._work_dtype) for t in d] for d in (d1, d2))
         meta = {"directions": "random", "seed": self.seed, "include_1d": self.include_1d}
         return (d1, d2), None, (self.span if self.span is not None else 1.0), meta
 
-    def _landscape(self, trainer: pl.Trainer, pl_module: pl.LightningModule, final: bool) -> None:
+    def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Any, ...]:
+        """This rank's inputs of a landscape: parameters, loss, plane and the interpolation start."""
         params = self._params(pl_module)
+        centre = flatten(params, dtype=self._work_dtype, device="cpu")
+        plane = self._plane(params, centre)
+        del centre
+        start = None
+        if len(self.recorder) >= 1:
+            start = unflatten(self.recorder.snapshots[0], params, dtype=self._work_dtype)
+        return params, self._loss_fn(trainer), plane, start
+
+    def _landscape(self, trainer: pl.Trainer, pl_module: pl.LightningModule, final: bool) -> None:
+        # Every rank runs this whole method: each collective below (the probe broadcast, the agreement,
+        # one all-gather per surface or line) is reached by all ranks in the same order, and a failure
+        # on one rank is turned into the same exception on every rank *after* a collective.
         batches = self._probe_batches(trainer, pl_module)
-        loss_fn = self._loss_fn(trainer)
+        prepared: tuple[Any, ...] | None = None
+        error: Exception | None = None
+        try:
+            prepared = self._prepare(trainer, pl_module)
+        except Exception as err:
+            error = err
+        if not agree(trainer, error is None):
+            raise error if error is not None else RuntimeError("the landscape failed on another rank")
+        assert prepared is not None
+        params, loss_fn, ((d1, d2), path, span, plane_meta), start = prepared
+        shard = point_shard(trainer, pl_module.device)
         step, epoch = trainer.global_step, trainer.current_epoch
         stage = "final" if final else "periodic"
-        centre = flatten(params, dtype=torch.float32, device="cpu")
-        (d1, d2), path, span, plane_meta = self._plane(params, centre)
-        common = {"stage": stage, "epoch": epoch, "global_step": step, **plane_meta}
+        common = {
+            "stage": stage,
+            "epoch": epoch,
+            "global_step": step,
+            **plane_meta,
+            "precision": self._precision,
+            "direction_dtype": str(d1[0].dtype).removeprefix("torch."),
+            "snapshot_dtype": str(self.recorder.dtype).removeprefix("torch."),
+            "world_size": trainer.world_size,
+        }
+        if self.name:
+            common["callback_name"] = self.name
 
         resolution = self.final_resolution if final else self.resolution
         surface = loss_surface(
-            pl_module, loss_fn, batches, (d1, d2), resolution=resolution, span=span, params=params
+            pl_module,
+            loss_fn,
+            batches,
+            (d1, d2),
+            resolution=resolution,
+            span=span,
+            params=params,
+            shard=shard,
         )
         surface.path = path
         surface.meta.update(common, span=span, resolution=resolution, name=f"{stage}_surface_step{step:08d}")
         results: list[SurfaceRecord | LineRecord] = [surface]
 
         lines: list[LineRecord] = []
-        if len(self.recorder) >= 1:
-            start = unflatten(self.recorder.snapshots[0], params)
+        if start is not None:
             interp = interpolation_line(
                 pl_module,
                 loss_fn,
@@ -414,6 +578,7 @@ class LossLandscapeCallback(Callback):
                 resolution=self.line_resolution,
                 alpha_range=self.interpolation_range,
                 params=params,
+                shard=shard,
             )
             interp.meta.update(
                 common,
@@ -425,7 +590,14 @@ class LossLandscapeCallback(Callback):
         if final:
             for axis, d in enumerate((d1, d2)):
                 line = loss_line(
-                    pl_module, loss_fn, batches, d, resolution=self.line_resolution, span=span, params=params
+                    pl_module,
+                    loss_fn,
+                    batches,
+                    d,
+                    resolution=self.line_resolution,
+                    span=span,
+                    params=params,
+                    shard=shard,
                 )
                 label = f"{plane_meta['directions']} direction {axis + 1}"
                 line.meta.update(
@@ -451,7 +623,7 @@ class LossLandscapeCallback(Callback):
         if self.save_records:
             for rec in [surface, *lines]:
                 try:
-                    save_record(rec, self._log_dir / "landscape", rec.meta["name"])
+                    save_record(rec, self._record_dir(), rec.meta["name"])
                     self._written.append(rec.meta["name"])
                 except OSError as err:
                     rank_zero_warn(
@@ -460,7 +632,8 @@ class LossLandscapeCallback(Callback):
                     )
         if self._sinks is None:
             return
-        prefix = "landscape/" if stage == "periodic" else "landscape/final/"
+        base = f"landscape/{self.name}/" if self.name else "landscape/"
+        prefix = base if stage == "periodic" else f"{base}final/"
         finite = surface.losses[np.isfinite(surface.losses)]
         scalars = {f"{prefix}loss/centre": surface.centre_loss}
         if finite.size:

@@ -578,8 +578,8 @@ def test_csv_logger_gets_scalars_and_pngs(trainer_kwargs, tmp_path):
 
 def test_checkpoint_loads_weights_only_and_resumes(trainer_kwargs, tmp_path):
     pl.seed_everything(0)
-    cb_a = LossLandscapeCallback(snapshot_every_n_steps=1, **QUIET)
-    cb_b = LossLandscapeCallback(directions="random", seed=3, **QUIET)
+    cb_a = LossLandscapeCallback(snapshot_every_n_steps=1, name="a", **QUIET)
+    cb_b = LossLandscapeCallback(directions="random", seed=3, name="b", **QUIET)
     assert cb_a.state_key != cb_b.state_key
     trainer = fit(trainer_kwargs, TinyNet(), loader(32, 8), [cb_a, cb_b])
     path = tmp_path / "last.ckpt"
@@ -590,7 +590,7 @@ def test_checkpoint_loads_weights_only_and_resumes(trainer_kwargs, tmp_path):
     assert state["steps"] == cb_a.recorder.steps == list(range(9))
     assert torch.equal(state["snapshots"], cb_a.recorder.stacked())
 
-    fresh = LossLandscapeCallback(snapshot_every_n_steps=1, **QUIET)
+    fresh = LossLandscapeCallback(snapshot_every_n_steps=1, name="a", **QUIET)
     assert fresh.state_key == cb_a.state_key
     fit(trainer_kwargs, TinyNet(), loader(32, 8), [fresh], max_epochs=3, ckpt_path=path)
     assert fresh.recorder.steps == list(range(13))

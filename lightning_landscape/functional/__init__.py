@@ -20,6 +20,7 @@ from lightning_landscape.functional.params import (
     preserved_random_state,
     unflatten,
 )
+from lightning_landscape.functional.sharding import PointShard, evaluate_sharded, shard_rows
 from lightning_landscape.functional.surface import (
     evaluate_loss,
     interpolation_line,
@@ -33,9 +34,11 @@ from lightning_landscape.functional.trajectory import TrajectoryPCA, trajectory_
 __all__ = [
     "Direction",
     "LossFn",
+    "PointShard",
     "TrajectoryPCA",
     "WeightPerturbation",
     "evaluate_loss",
+    "evaluate_sharded",
     "filter_normalize",
     "filter_normalized_directions",
     "flatten",
@@ -48,6 +51,7 @@ __all__ = [
     "preserved_random_state",
     "probe_size",
     "random_direction",
+    "shard_rows",
     "trajectory_pca",
     "unflatten",
 ]

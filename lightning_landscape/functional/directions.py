@@ -15,12 +15,20 @@ _EPS = 1e-10
 
 
 def random_direction(params: Sequence[Tensor], generator: torch.Generator) -> Direction:
-    """A standard-normal direction shaped like ``params``, in float32.
+    """A standard-normal direction shaped like ``params``, in float32 (float64 for float64 parameters).
 
     The numbers are drawn on the CPU from ``generator`` so that a seed gives the same direction on
-    every device and machine; each tensor is then moved once to its parameter's device.
+    every device and machine (and in every precision: float64 parameters get the same float32 draws,
+    widened); each tensor is then moved once to its parameter's device.
     """
-    return [torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p.device) for p in params]
+    return [
+        torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p.device, _work_dtype(p))
+        for p in params
+    ]
+
+
+def _work_dtype(p: Tensor) -> torch.dtype:
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
 
 
 def filter_normalize(
@@ -45,8 +53,9 @@ def filter_normalize(
     """
     out: Direction = []
     for d, p in zip(direction, params, strict=True):
-        d = d.detach().to(torch.float32)
-        p = p.detach().to(device=d.device, dtype=torch.float32)
+        dtype = torch.float64 if torch.float64 in (d.dtype, p.dtype) else torch.float32
+        d = d.detach().to(dtype)
+        p = p.detach().to(device=d.device, dtype=dtype)
         if p.dim() <= 1:
             if include_1d:
                 out.append(d * (p.norm() / (d.norm() + _EPS)))

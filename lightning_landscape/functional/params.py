@@ -73,13 +73,17 @@ def flatten(tensors: Sequence[Tensor], dtype: torch.dtype | None = None, device:
     return torch.cat([t.detach().reshape(-1).to(device=device, dtype=dtype) for t in tensors])
 
 
-def unflatten(vector: Tensor, like: Sequence[Tensor]) -> Direction:
-    """Split a flat vector into tensors shaped, typed and placed like ``like``."""
+def unflatten(vector: Tensor, like: Sequence[Tensor], *, dtype: torch.dtype | None = None) -> Direction:
+    """Split a flat vector into tensors shaped and placed like ``like``, typed like it or as ``dtype``.
+
+    Pass ``dtype=torch.float32`` to keep a direction in float32 for bf16/fp16 parameters.
+    """
     out: Direction = []
     offset = 0
     for t in like:
         n = t.numel()
-        out.append(vector[offset : offset + n].view(t.shape).to(device=t.device, dtype=t.dtype))
+        chunk = vector[offset : offset + n].view(t.shape)
+        out.append(chunk.to(device=t.device, dtype=t.dtype if dtype is None else dtype))
         offset += n
     if offset != vector.numel():
         raise ValueError(f"vector has {vector.numel()} elements, the parameters have {offset}")

@@ -22,6 +22,7 @@ from lightning_landscape.functional.params import (
     landscape_parameters,
     observation,
 )
+from lightning_landscape.functional.sharding import PointShard, evaluate_sharded
 from lightning_landscape.records import LineRecord, SurfaceRecord
 
 __all__ = [
@@ -115,6 +116,26 @@ def _evaluate_points(
     return torch.stack(values).double().cpu().numpy()
 
 
+def _evaluate_shared(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    params: Sequence[Tensor],
+    directions: Sequence[Direction],
+    coefficients: np.ndarray,
+    shard: PointShard | None,
+) -> np.ndarray:
+    """:func:`_evaluate_points` on this process's rows of ``coefficients``, gathered from all processes."""
+    return evaluate_sharded(
+        lambda rows: _evaluate_points(model, loss_fn, batches, params, directions, rows), coefficients, shard
+    )
+
+
+def _work_dtype(p: Tensor) -> torch.dtype:
+    """float64 for float64 parameters, float32 for everything else (bf16/fp16 included)."""
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+
 def _resolve_params(model: nn.Module, params: Sequence[Tensor] | None) -> list[Tensor]:
     return [p for _, p in landscape_parameters(model)] if params is None else list(params)
 
@@ -129,6 +150,8 @@ def loss_surface(
     xs: Sequence[float] | None = None,
     ys: Sequence[float] | None = None,
     params: Sequence[Tensor] | None = None,
+    *,
+    shard: PointShard | None = None,
 ) -> SurfaceRecord:
     """Loss on the plane ``w + x * d1 + y * d2`` around the current weights ``w``.
 
@@ -141,6 +164,8 @@ def loss_surface(
         span: ``s`` for ``[-s, s]`` or a ``(low, high)`` pair, used when ``xs``/``ys`` are not given.
         xs, ys: explicit coefficients along ``d1`` and ``d2``.
         params: the parameters the directions belong to (default: :func:`landscape_parameters`).
+        shard: share the grid points out among processes (see :class:`PointShard`); every process
+            must call with the same arguments and gets the whole surface. Default: one process.
 
     Returns:
         A :class:`SurfaceRecord` with ``losses[i, j]`` at ``(xs[j], ys[i])``.
@@ -166,7 +191,7 @@ def loss_surface(
     ys_arr = np.asarray(ys, dtype=np.float64) if ys is not None else odd_grid(span, resolution)
     gx, gy = np.meshgrid(xs_arr, ys_arr)
     coefficients = np.stack([gx.ravel(), gy.ravel()], axis=1)
-    losses = _evaluate_points(model, loss_fn, batches, params, directions, coefficients)
+    losses = _evaluate_shared(model, loss_fn, batches, params, directions, coefficients, shard)
     losses = losses.reshape(len(ys_arr), len(xs_arr))
     meta = {
         "probe_batches": len(batches),
@@ -185,6 +210,8 @@ def loss_line(
     span: float | tuple[float, float] = 1.0,
     alphas: Sequence[float] | None = None,
     params: Sequence[Tensor] | None = None,
+    *,
+    shard: PointShard | None = None,
 ) -> LineRecord:
     """Loss along ``w + alpha * d`` around the current weights ``w``.
 
@@ -200,7 +227,7 @@ def loss_line(
     """
     params = _resolve_params(model, params)
     alphas_arr = np.asarray(alphas, dtype=np.float64) if alphas is not None else odd_grid(span, resolution)
-    losses = _evaluate_points(model, loss_fn, batches, params, [direction], alphas_arr[:, None])
+    losses = _evaluate_shared(model, loss_fn, batches, params, [direction], alphas_arr[:, None], shard)
     meta = {
         "probe_batches": len(batches),
         "probe_samples": probe_size(batches),
@@ -217,6 +244,8 @@ def interpolation_line(
     resolution: int = 41,
     alpha_range: tuple[float, float] = (-0.5, 1.5),
     params: Sequence[Tensor] | None = None,
+    *,
+    shard: PointShard | None = None,
 ) -> LineRecord:
     """The Goodfellow et al. (2015) line from weights ``start`` (alpha=0) to the current ones (alpha=1).
 
@@ -245,10 +274,11 @@ def interpolation_line(
     alphas = np.linspace(lo, hi, resolution)
     with torch.no_grad():
         direction = [
-            p.detach().float() - s.to(device=p.device, dtype=torch.float32) for p, s in zip(params, start)
+            p.detach().to(_work_dtype(p)) - s.to(device=p.device, dtype=_work_dtype(p))
+            for p, s in zip(params, start)
         ]
     # start + alpha (w - start) = w + (alpha - 1) (w - start): evaluate around the current weights.
-    losses = _evaluate_points(model, loss_fn, batches, params, [direction], (alphas - 1.0)[:, None])
+    losses = _evaluate_shared(model, loss_fn, batches, params, [direction], (alphas - 1.0)[:, None], shard)
     meta = {
         "probe_batches": len(batches),
         "probe_samples": probe_size(batches),

@@ -13,7 +13,7 @@ Antognini & Sohl-Dickstein, 2018), so read the explained variance before reading
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +21,8 @@ from torch import Tensor
 
 __all__ = ["TrajectoryPCA", "trajectory_pca"]
 
-_CHUNK_ELEMENTS = 1 << 22  # float64 elements of one column chunk of the offsets
+# float64 elements of the one (n, chunk) work buffer both passes reuse: 8 MiB, whatever the model size.
+_CHUNK_ELEMENTS = 1 << 20
 
 
 @dataclass
@@ -46,13 +47,26 @@ def _column_chunks(num_params: int, rows: int) -> list[slice]:
     return [slice(a, min(a + step, num_params)) for a in range(0, num_params, step)]
 
 
-def trajectory_pca(snapshots: Tensor | Sequence[Tensor], centre: Tensor, k: int = 2) -> TrajectoryPCA:
+def trajectory_pca(
+    snapshots: Tensor | Sequence[Tensor],
+    centre: Tensor,
+    k: int = 2,
+    *,
+    release: Callable[[], None] | None = None,
+) -> TrajectoryPCA:
     """Top-``k`` principal directions of ``snapshots - centre``, with coordinates and explained variance.
 
     Args:
-        snapshots: ``(n, P)`` tensor, or a sequence of ``n`` flat ``(P,)`` tensors.
+        snapshots: ``(n, P)`` tensor, or a sequence of ``n`` flat ``(P,)`` tensors, of any float dtype
+            (bfloat16/float16 snapshots are widened chunk by chunk). A view of a recorder's buffer
+            works as is: it is read, never copied whole.
         centre: ``(P,)`` flat weights the offsets are taken from (usually the current weights).
         k: number of directions.
+        release: called after each column chunk is read (a memory-mapped snapshot buffer hands its
+            pages back there, so resident memory stays bounded).
+
+    Memory: besides the ``(k, P)`` result, one ``(n, chunk)`` float64 work buffer of at most
+    ``_CHUNK_ELEMENTS`` elements (8 MiB) and small ``n x n`` matrices; never a copy of the snapshots.
 
     When the offsets span fewer than ``k`` dimensions (say, two snapshots), the missing directions
     are seeded random unit vectors orthogonal to the others, with explained variance 0.
@@ -76,11 +90,18 @@ def trajectory_pca(snapshots: Tensor | Sequence[Tensor], centre: Tensor, k: int 
     num_params = centre.numel()
     out_dtype = torch.float64 if centre.dtype == torch.float64 else torch.float32
     device = centre.device
+    flat_centre = centre.reshape(-1)
     chunks = _column_chunks(num_params, n)
+    work = torch.empty(n, chunks[0].stop - chunks[0].start, dtype=torch.float64, device=device)
 
-    def offsets(cols: slice) -> Tensor:  # (n, chunk) float64
-        c = centre.reshape(-1)[cols].to(torch.float64)
-        return torch.stack([r.reshape(-1)[cols].to(device=device, dtype=torch.float64) for r in rows]) - c
+    def offsets(cols: slice) -> Tensor:  # (n, chunk) float64, in the reused work buffer
+        d = work[:, : cols.stop - cols.start]
+        for i, r in enumerate(rows):
+            d[i].copy_(r.reshape(-1)[cols])
+        d -= flat_centre[cols].to(torch.float64)
+        if release is not None:
+            release()
+        return d
 
     gram = torch.zeros(n, n, dtype=torch.float64, device=device)
     for cols in chunks:
@@ -92,17 +113,19 @@ def trajectory_pca(snapshots: Tensor | Sequence[Tensor], centre: Tensor, k: int 
     tol = max(float(lam[0]) * 1e-12, 1e-300)
     rank = min(k, int((lam > tol).sum()))
 
-    components = torch.zeros(k, num_params, dtype=torch.float64, device=device)
+    components = torch.zeros(k, num_params, dtype=out_dtype, device=device)
     if rank > 0:
-        scale = lam[:rank].rsqrt()
+        weights = u[:, :rank].T * lam[:rank].rsqrt()[:, None]  # (rank, n)
         for cols in chunks:
-            components[:rank, cols] = (u[:, :rank].T @ offsets(cols)) * scale[:, None]
+            components[:rank, cols] = (weights @ offsets(cols)).to(out_dtype)
     generator = torch.Generator().manual_seed(0)
     for j in range(rank, k):  # fill a degenerate plane with random orthogonal directions
-        v = torch.randn(num_params, generator=generator, dtype=torch.float64).to(device)
-        for i in range(j):
-            v -= (v @ components[i]) * components[i]
-        components[j] = v / v.norm()
+        v = components[j]
+        v.copy_(torch.randn(num_params, generator=generator, dtype=out_dtype))
+        for _ in range(2):  # twice: re-orthogonalization keeps float32 at working accuracy
+            for i in range(j):
+                v -= torch.dot(v, components[i]) * components[i]
+        v /= v.norm()
 
     ratio = torch.zeros(k, dtype=torch.float64)
     sv = torch.zeros(k, dtype=torch.float64)
@@ -112,7 +135,7 @@ def trajectory_pca(snapshots: Tensor | Sequence[Tensor], centre: Tensor, k: int 
     coords = torch.zeros(n, k, dtype=torch.float64)
     coords[:, :rank] = (u[:, :rank] * lam[:rank].sqrt()).cpu()
     return TrajectoryPCA(
-        components=components.to(out_dtype),
+        components=components,
         explained_variance_ratio=ratio,
         coords=coords,
         singular_values=sv,

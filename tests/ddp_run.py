@@ -1,0 +1,117 @@
+"""One small training run with LossLandscapeCallback, for the DDP tests (run as a script, not collected).
+
+    python tests/ddp_run.py OUT_DIR STRATEGY [--probe user|train] [--fail-rank N]
+
+STRATEGY is ``single`` (one process, batch 8) or a Lightning strategy on 2 CPU processes (batch 4 per
+rank, so each optimizer step sees the same 8 samples as the single run). Each rank writes
+``OUT_DIR/rank{r}.json``: its loss_fn call count, a digest of its probe batches, what it wrote and
+logged, and its final step. Records go to ``OUT_DIR/landscape/`` (rank zero only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lightning.pytorch as pl
+import torch
+from conftest import NoisyDataset, TinyNet, ce_loss, loader
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from lightning_landscape import LossLandscapeCallback
+
+CALLS = {"n": 0}
+
+
+def counting_loss(model, batch):
+    CALLS["n"] += 1
+    fail_rank = int(os.environ.get("LL_FAIL_RANK", "-1"))
+    if fail_rank >= 0 and torch.distributed.is_initialized() and torch.distributed.get_rank() == fail_rank:
+        raise RuntimeError(f"loss_fn broken on rank {fail_rank}")
+    return ce_loss(model, batch)
+
+
+def probe_digest(batches) -> list[float]:
+    return [float(x.double().sum() + 1000 * y.double().sum()) for x, y in batches]
+
+
+class ShardedNet(TinyNet):
+    """Rank r trains on samples r, r + W, ... in order (Lightning's own sampler would shuffle)."""
+
+    def train_dataloader(self) -> DataLoader:
+        data, world = NoisyDataset(64, 0), self.trainer.world_size
+        if world == 1:
+            return DataLoader(data, batch_size=8)
+        sampler = DistributedSampler(data, world, self.trainer.global_rank, shuffle=False)
+        return DataLoader(data, batch_size=8 // world, sampler=sampler)
+
+
+class Report(pl.Callback):
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        cb = next(c for c in trainer.callbacks if isinstance(c, LossLandscapeCallback))
+        report = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "calls": CALLS["n"],
+            "probe": probe_digest(cb._probe) if cb._probe else None,
+            "written": list(cb._written),
+            "has_sinks": cb._sinks is not None,
+            "records": len(cb.records),
+            "global_step": trainer.global_step,
+        }
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("strategy")
+    parser.add_argument("--probe", default="user", choices=["user", "train"])
+    parser.add_argument("--fail-rank", type=int, default=-1)
+    args = parser.parse_args()
+    os.environ["LL_FAIL_RANK"] = str(args.fail_rank)
+    warnings.filterwarnings("ignore")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    single = args.strategy == "single"
+    pl.seed_everything(0)
+    model = ShardedNet(norm="none", dropout=0.0)
+    cb = LossLandscapeCallback(
+        loss_fn=counting_loss,
+        resolution=5,
+        final_resolution=7,
+        line_resolution=5,
+        num_batches=2,
+        snapshot_every_n_steps=2,
+        log_figures=False,
+        probe_dataloader=loader(16, 8, seed=5) if args.probe == "user" else None,
+    )
+    trainer = pl.Trainer(
+        default_root_dir=str(out),
+        accelerator="cpu",
+        devices=1 if single else 2,
+        strategy="auto" if single else args.strategy,
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        callbacks=[cb, Report(out)],
+    )
+    trainer.fit(model)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""DDP, sharded strategies and point sharding.
+
+The multi-process tests run ``tests/ddp_run.py`` in a subprocess (Lightning's ``ddp`` launcher re-runs
+the script for rank 1, and ``ddp_spawn`` state does not come back), then assert on the files written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import loader
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from lightning_landscape import LossLandscapeCallback, load_records
+from lightning_landscape.distributed import check_strategy
+from lightning_landscape.functional import PointShard, evaluate_sharded, shard_rows
+
+SCRIPT = Path(__file__).resolve().parent / "ddp_run.py"
+ROOT = SCRIPT.parents[1]
+
+
+# --------------------------------------------------------------------------- sharding without processes
+
+
+def _run_ranks(world: int, body) -> list:
+    """Run ``body(shard)`` on ``world`` threads with an all-gather that really waits for every thread."""
+    barrier = threading.Barrier(world, timeout=20)
+    slots: list = [None] * world
+    results: list = [None] * world
+
+    def gather_for(rank):
+        def all_gather(t):
+            slots[rank] = t.clone()
+            barrier.wait()
+            out = torch.stack(slots)
+            barrier.wait()
+            return out
+
+        return all_gather
+
+    def worker(rank):
+        try:
+            results[rank] = body(PointShard(rank, world, gather_for(rank)))
+        except Exception as err:
+            results[rank] = err
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads), "a rank is stuck in the all-gather"
+    return results
+
+
+@pytest.mark.parametrize(("n", "world"), [(25, 2), (7, 3), (2, 4), (49, 4)])
+def test_sharded_evaluation_equals_the_whole_table_and_splits_the_work(n, world):
+    table = np.random.default_rng(0).normal(size=(n, 2))
+    seen: dict[int, int] = {}
+
+    def body(shard):
+        def evaluate(rows):
+            seen[shard.rank] = len(rows)
+            return rows[:, 0] ** 2 + 3 * rows[:, 1]
+
+        return evaluate_sharded(evaluate, table, shard)
+
+    results = _run_ranks(world, body)
+    expected = table[:, 0] ** 2 + 3 * table[:, 1]
+    for r in results:
+        np.testing.assert_array_equal(r, expected)
+    assert sum(seen.values()) == n and max(seen.values(), default=0) == -(-n // world)
+    assert sorted(np.concatenate([shard_rows(n, r, world) for r in range(world)]).tolist()) == list(range(n))
+
+
+def test_a_failure_on_one_rank_is_raised_on_every_rank_without_deadlock():
+    def body(shard):
+        def evaluate(rows):
+            if shard.rank == 1:
+                raise KeyError("broken on rank 1")
+            return rows[:, 0]
+
+        return evaluate_sharded(evaluate, np.ones((5, 1)), shard)
+
+    r0, r1 = _run_ranks(2, body)
+    assert isinstance(r1, KeyError)
+    assert isinstance(r0, RuntimeError) and "rank(s) [1]" in str(r0)
+
+
+def test_bad_shard_is_rejected():
+    with pytest.raises(ValueError, match="`rank`"):
+        PointShard(rank=2, world_size=2, all_gather=lambda t: t)
+    with pytest.raises(ValueError, match="`world_size`"):
+        PointShard(rank=0, world_size=0, all_gather=lambda t: t)
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+@pytest.mark.parametrize("cls", [FSDPStrategy, DeepSpeedStrategy], ids=["fsdp", "deepspeed"])
+def test_sharded_strategies_are_refused_with_what_is_supported(cls):
+    strategy = cls.__new__(cls)  # no GPU and no deepspeed here: the type is what is checked
+    with pytest.raises(MisconfigurationException, match=cls.__name__) as info:
+        check_strategy(strategy)
+    assert "DDP" in str(info.value) and "single device" in str(info.value)
+
+
+def test_sharded_strategy_is_refused_at_fit_start(tmp_path):
+    cb = LossLandscapeCallback()
+    trainer = SimpleNamespace(strategy=FSDPStrategy.__new__(FSDPStrategy), callbacks=[cb])
+    with pytest.raises(MisconfigurationException, match="FSDPStrategy"):
+        cb.setup(trainer, None, "fit")  # refused before anything else is looked at
+
+
+def test_supported_strategies_pass():
+    check_strategy(SingleDeviceStrategy(device=torch.device("cpu")))
+    check_strategy(DDPStrategy())
+    with pytest.raises(MisconfigurationException, match="Supported"):
+        check_strategy(object())
+
+
+# --------------------------------------------------------------------------- 2 processes on the CPU
+
+
+def _run(out: Path, strategy: str, *extra: str) -> dict[int, dict]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), strategy, *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {int(p.stem[4:]): json.loads(p.read_text()) for p in out.glob("rank*.json")}
+
+
+def _expected_calls(world: int, rank: int) -> int:
+    """loss_fn calls of one rank: 2 periodic (5x5 surface + 5-point line), a final 7x7 + three lines."""
+    points = [25, 5] * 2 + [49, 5, 5, 5]
+    return 2 * sum(len(shard_rows(n, rank, world)) for n in points)  # 2 probe batches per point
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    return out, _run(out, "single")
+
+
+@pytest.mark.slow
+def test_ddp_equals_one_process_with_half_the_work_per_rank(tmp_path, single_run):
+    single_dir, single = single_run
+    ranks = _run(tmp_path, "ddp")
+    assert sorted(ranks) == [0, 1]
+    assert single[0]["calls"] == _expected_calls(1, 0) == 248
+    assert [ranks[r]["calls"] for r in (0, 1)] == [_expected_calls(2, 0), _expected_calls(2, 1)] == [132, 116]
+    assert ranks[0]["calls"] + ranks[1]["calls"] == single[0]["calls"]
+    assert max(ranks[r]["calls"] for r in (0, 1)) / single[0]["calls"] < 0.54  # halves, up to odd grids
+    # Same probe set on both ranks; only rank zero writes and logs; every rank holds the records.
+    assert ranks[0]["probe"] == ranks[1]["probe"] == single[0]["probe"]
+    assert ranks[0]["written"] == single[0]["written"] and ranks[1]["written"] == []
+    assert ranks[0]["has_sinks"] and not ranks[1]["has_sinks"]
+    assert ranks[0]["records"] == ranks[1]["records"] == 8
+
+    ours, theirs = load_records(tmp_path), load_records(single_dir)
+    assert [r.meta["name"] for r in ours] == [r.meta["name"] for r in theirs] and len(ours) == 8
+    for a, b in zip(ours, theirs):
+        assert a.meta["world_size"] == 2 and b.meta["world_size"] == 1
+        for key, arr in b.arrays().items():
+            np.testing.assert_allclose(a.arrays()[key], arr, rtol=1e-4, atol=1e-5, err_msg=a.meta["name"])
+
+
+@pytest.mark.slow
+def test_ddp_spawn_writes_the_records_once_with_rank_zero_probe_batches(tmp_path, single_run):
+    ranks = _run(tmp_path, "ddp_spawn", "--probe", "train")
+    assert sorted(ranks) == [0, 1] and all(r["global_step"] == 16 for r in ranks.values())
+    assert [ranks[r]["calls"] for r in (0, 1)] == [132, 116]
+    # The default probe set under DDP: rank zero's shard of the training loader, the same on both ranks.
+    data = loader(64, 4).dataset
+    shard0 = DataLoader(data, batch_size=4, sampler=DistributedSampler(data, 2, 0, shuffle=False))
+    expected = [float(x.double().sum() + 1000 * y.double().sum()) for x, y in list(shard0)[:2]]
+    assert ranks[0]["probe"] == pytest.approx(expected) and ranks[1]["probe"] == ranks[0]["probe"]
+    assert ranks[1]["written"] == [] and len(ranks[0]["written"]) == 8
+    records = load_records(tmp_path)
+    assert sorted(r.meta["name"] for r in records) == sorted(ranks[0]["written"])
+    for r in records:
+        assert np.isfinite(r.losses).all() and r.meta["probe_samples"] == 8
+
+
+@pytest.mark.slow
+def test_ddp_failure_on_one_rank_skips_the_landscape_on_all_and_training_finishes(tmp_path):
+    ranks = _run(tmp_path, "ddp", "--fail-rank", "1")
+    assert sorted(ranks) == [0, 1]
+    assert all(r["global_step"] == 16 and r["records"] == 0 and r["written"] == [] for r in ranks.values())
+    assert ranks[0]["calls"] > 0 and ranks[1]["calls"] > 0
+    assert not (tmp_path / "landscape").exists() or not list((tmp_path / "landscape").glob("*.npz"))
