@@ -5,6 +5,15 @@ batches already on the model's device, and returns a typed record or tensors. Us
 notebook or script; :class:`lightning_landscape.LossLandscapeCallback` calls the same functions.
 """
 
+from lightning_landscape.functional.curvature import (
+    HessianEigenvalues,
+    HessianTrace,
+    hessian_directions,
+    hessian_eigenvalues,
+    hessian_operator,
+    hessian_trace,
+    hessian_vector_product,
+)
 from lightning_landscape.functional.directions import (
     filter_normalize,
     filter_normalized_directions,
@@ -20,6 +29,13 @@ from lightning_landscape.functional.params import (
     preserved_random_state,
     unflatten,
 )
+from lightning_landscape.functional.sharpness import (
+    AverageSharpness,
+    SamSharpness,
+    average_sharpness,
+    loss_gradient,
+    sam_sharpness,
+)
 from lightning_landscape.functional.surface import (
     evaluate_loss,
     interpolation_line,
@@ -31,16 +47,27 @@ from lightning_landscape.functional.surface import (
 from lightning_landscape.functional.trajectory import TrajectoryPCA, trajectory_pca
 
 __all__ = [
+    "AverageSharpness",
     "Direction",
+    "HessianEigenvalues",
+    "HessianTrace",
     "LossFn",
+    "SamSharpness",
     "TrajectoryPCA",
     "WeightPerturbation",
+    "average_sharpness",
     "evaluate_loss",
     "filter_normalize",
     "filter_normalized_directions",
     "flatten",
+    "hessian_directions",
+    "hessian_eigenvalues",
+    "hessian_operator",
+    "hessian_trace",
+    "hessian_vector_product",
     "interpolation_line",
     "landscape_parameters",
+    "loss_gradient",
     "loss_line",
     "loss_surface",
     "observation",
@@ -48,6 +75,7 @@ __all__ = [
     "preserved_random_state",
     "probe_size",
     "random_direction",
+    "sam_sharpness",
     "trajectory_pca",
     "unflatten",
 ]
