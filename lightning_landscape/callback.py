@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_landscape.functional.curvature import hessian_directions
 from lightning_landscape.functional.directions import filter_normalized_directions
 from lightning_landscape.functional.params import (
     Direction,
@@ -32,14 +33,21 @@ from lightning_landscape.functional.params import (
 )
 from lightning_landscape.functional.surface import interpolation_line, loss_line, loss_surface
 from lightning_landscape.functional.trajectory import trajectory_pca
+from lightning_landscape.metrics import (
+    DEFAULT_FINAL_METRICS,
+    DEFAULT_METRICS,
+    compute_metrics,
+    resolve_metrics,
+)
 from lightning_landscape.plots import contour_figure, line_figure
 from lightning_landscape.recorder import TrajectoryRecorder
-from lightning_landscape.records import LineRecord, SurfaceRecord, save_record
+from lightning_landscape.records import LineRecord, MetricsRecord, SurfaceRecord, save_record
 from lightning_landscape.sinks import SinkSet, build_sinks
 
 __all__ = ["LossLandscapeCallback"]
 
-_DIRECTIONS = ("pca", "random")
+_DIRECTIONS = ("pca", "random", "hessian")
+_HESSIAN_PLANE_ITERATIONS = {"periodic": 20, "final": 50}  # Lanczos steps for directions="hessian"
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1, allow_none: bool = False) -> None:
@@ -99,7 +107,9 @@ class LossLandscapeCallback(Callback):
         resolution: points per axis of periodic surfaces (odd).
         final_resolution: points per axis of the final surface (odd).
         line_resolution: points of each 1-D line.
-        directions: ``"pca"`` (trajectory PCA) or ``"random"`` (filter-normalized Gaussian).
+        directions: ``"pca"`` (trajectory PCA), ``"random"`` (filter-normalized Gaussian) or
+            ``"hessian"`` (the unit eigenvectors of ``lambda_max`` and ``lambda_min`` by Lanczos, 20 steps
+            periodically and 50 at the end; a span of ``s`` is a Euclidean distance ``s``).
         span: half-width of the grid, or a ``(low, high)`` pair, in units of the directions. By default
             the trajectory-PCA grid covers the path plus ``margin``; random directions use 1.0.
         margin: extra room around the path as a fraction of its extent.
@@ -118,6 +128,14 @@ class LossLandscapeCallback(Callback):
         on_train_end: compute the final surface and lines when training ends.
         save_records: write ``.npz`` + ``.json`` records under ``<log_dir>/landscape/``.
         log_figures: send figures to the loggers (scalars are always sent).
+        metrics: curvature and sharpness scalars computed with every periodic surface: a sequence of
+            names from ``"eigenvalues"``, ``"trace"``, ``"sam"``, ``"average"``, or a mapping from name to
+            options of the matching function (``{"sam": {"rho": 0.1}}``); ``None`` or ``()`` for none.
+            Default: a 10-step Lanczos (``lambda_max``, ``lambda_min``, residuals) and SAM sharpness.
+            Logged as ``landscape/hessian/...`` and ``landscape/sharpness/...`` and saved as a
+            ``"metrics"`` record; see :mod:`lightning_landscape.metrics` for names and defaults.
+        final_metrics: the same, computed at the end of training (``landscape/final/...``). Default:
+            all four (a 50-step Lanczos, the trace with 64 probes, SAM and average sharpness).
 
     Example::
 
@@ -154,6 +172,8 @@ class LossLandscapeCallback(Callback):
         on_train_end: bool = True,
         save_records: bool = True,
         log_figures: bool = True,
+        metrics: Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None = DEFAULT_METRICS,
+        final_metrics: Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None = DEFAULT_FINAL_METRICS,
     ) -> None:
         _positive_int("every_n_epochs", every_n_epochs, allow_none=True)
         _odd("resolution", resolution)
@@ -219,9 +239,11 @@ class LossLandscapeCallback(Callback):
         self.compute_on_train_end = on_train_end
         self.save_records = save_records
         self.log_figures = log_figures
+        self.metrics = resolve_metrics(metrics, final=False, seed=seed, argument="metrics")
+        self.final_metrics = resolve_metrics(final_metrics, final=True, seed=seed, argument="final_metrics")
 
         self.recorder = TrajectoryRecorder(max_snapshots)
-        self.records: list[SurfaceRecord | LineRecord] = []
+        self.records: list[SurfaceRecord | LineRecord | MetricsRecord] = []
         self._param_names: list[str] = []
         self._probe: list[Any] | None = None
         self._log_dir: Path | None = None
@@ -281,11 +303,13 @@ class LossLandscapeCallback(Callback):
             self.recorder.offer(epoch // n, self._params(pl_module), step=trainer.global_step)
         if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._safely(self._landscape, trainer, pl_module, final=False)
+            self._safely(self._curvature, trainer, pl_module, final=False)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.compute_on_train_end:
             self._safely(self._landscape, trainer, pl_module, final=True)
+            self._safely(self._curvature, trainer, pl_module, final=True)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -385,6 +409,66 @@ class LossLandscapeCallback(Callback):
         meta = {"directions": "random", "seed": self.seed, "include_1d": self.include_1d}
         return (d1, d2), None, (self.span if self.span is not None else 1.0), meta
 
+    def _hessian_plane(
+        self, pl_module: nn.Module, loss_fn: LossFn, batches: list[Any], params: Sequence[Tensor], stage: str
+    ) -> tuple[tuple[Direction, Direction], None, float | tuple[float, float], dict[str, Any]]:
+        """The eigenvectors of lambda_max and lambda_min as the plane (Boettcher & Wheeler, 2024)."""
+        max_iter = _HESSIAN_PLANE_ITERATIONS[stage]
+        (d1, d2), eig = hessian_directions(
+            pl_module, loss_fn, batches, max_iter=max_iter, tol=1e-4, seed=self.seed, params=params
+        )
+        meta = {
+            "directions": "hessian",
+            "seed": self.seed,
+            "lambda_max": eig.lambda_max,
+            "lambda_min": eig.lambda_min,
+            "residuals": eig.residuals.tolist(),
+            "lanczos_iterations": eig.iterations,
+        }
+        return (d1, d2), None, (self.span if self.span is not None else 1.0), meta
+
+    def _curvature(self, trainer: pl.Trainer, pl_module: pl.LightningModule, final: bool) -> None:
+        """Curvature and sharpness scalars: computed by the core, recorded, saved and logged here."""
+        spec = self.final_metrics if final else self.metrics
+        if not spec:
+            return
+        params = self._params(pl_module)
+        batches = self._probe_batches(trainer, pl_module)
+        step, stage = trainer.global_step, ("final" if final else "periodic")
+        scalars, meta, errors = compute_metrics(pl_module, self._loss_fn(trainer), batches, params, spec)
+        for name, message in errors.items():
+            rank_zero_warn(
+                f"LossLandscapeCallback: metric {name!r} at step {step} failed or is not finite ({message}). "
+                "Training continues.",
+                category=RuntimeWarning,
+            )
+        if not scalars:
+            return  # every metric failed: the warnings above say why
+        name = f"{stage}_metrics_step{step:08d}"
+        record = MetricsRecord.from_dict(
+            scalars,
+            {"stage": stage, "epoch": trainer.current_epoch, "global_step": step, "name": name, **meta},
+        )
+        if errors:
+            record.meta["errors"] = errors
+        self.records.append(record)
+        if not trainer.is_global_zero:
+            return
+        assert self._log_dir is not None
+        if self.save_records:
+            try:
+                save_record(record, self._log_dir / "landscape", name)
+                self._written.append(name)
+            except OSError as err:
+                rank_zero_warn(
+                    f"LossLandscapeCallback: could not write record {name} ({err})", category=RuntimeWarning
+                )
+        if self._sinks is not None:
+            prefix = "landscape/" if stage == "periodic" else "landscape/final/"
+            finite = {f"{prefix}{k}": v for k, v in scalars.items() if math.isfinite(v)}
+            if finite:
+                self._sinks.scalars(finite, step)
+
     def _landscape(self, trainer: pl.Trainer, pl_module: pl.LightningModule, final: bool) -> None:
         params = self._params(pl_module)
         batches = self._probe_batches(trainer, pl_module)
@@ -392,7 +476,10 @@ class LossLandscapeCallback(Callback):
         step, epoch = trainer.global_step, trainer.current_epoch
         stage = "final" if final else "periodic"
         centre = flatten(params, dtype=torch.float32, device="cpu")
-        (d1, d2), path, span, plane_meta = self._plane(params, centre)
+        if self.directions == "hessian":
+            (d1, d2), path, span, plane_meta = self._hessian_plane(pl_module, loss_fn, batches, params, stage)
+        else:
+            (d1, d2), path, span, plane_meta = self._plane(params, centre)
         common = {"stage": stage, "epoch": epoch, "global_step": step, **plane_meta}
 
         resolution = self.final_resolution if final else self.resolution

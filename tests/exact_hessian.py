@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-__all__ = ["Reference", "ce", "cnn", "frozen_mlp", "mlp", "make_batches"]
+__all__ = ["Reference", "ce", "cnn", "frozen_mlp", "make_batches", "mlp"]
 
 
 def ce(model: nn.Module, batch: Any) -> torch.Tensor:

@@ -41,7 +41,7 @@ def exact():
     """Exact Hessian and eigenvalues per model, computed once."""
     out = {}
     for name in MODELS:
-        model, batches, ref = _setup(name)
+        _model, _batches, ref = _setup(name)
         h = ref.hessian()
         out[name] = (h, torch.linalg.eigvalsh(h).numpy())
     return out
@@ -49,7 +49,7 @@ def exact():
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_hvp_matches_exact_hessian(name, exact):
-    model, batches, ref = _setup(name)
+    model, batches, _ref = _setup(name)
     h, _ = exact[name]
     params = [p for _, p in landscape_parameters(model)]
     g = torch.Generator().manual_seed(3)
@@ -60,7 +60,7 @@ def test_hvp_matches_exact_hessian(name, exact):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_lanczos_extremes_match_exact_eigenvalues(name, exact):
-    model, batches, ref = _setup(name)
+    model, batches, _ref = _setup(name)
     h, evals = exact[name]
     n = h.shape[0]
     assert n == sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -135,9 +135,9 @@ def test_splitting_the_same_data_into_more_batches_changes_nothing():
 
 
 def test_hessian_directions_are_the_extreme_eigenvectors(exact):
-    model, batches, ref = _setup("mlp")
+    model, batches, _ref = _setup("mlp")
     h, evals = exact["mlp"]
-    (d_max, d_min), eig = hessian_directions(model, ce, batches, max_iter=51, tol=1e-10)
+    (d_max, d_min), _eig = hessian_directions(model, ce, batches, max_iter=51, tol=1e-10)
     u, v = _flat(d_max), _flat(d_min)
     assert float(u.norm()) == pytest.approx(1, abs=1e-9) and float(v.norm()) == pytest.approx(1, abs=1e-9)
     assert abs(float(u @ v)) < 1e-8
@@ -179,7 +179,7 @@ def test_reuse_graph_off_gives_the_same_numbers():
 
 
 def test_float32_model_gives_float64_coefficients_close_to_the_exact_values(exact):
-    model, batches, _ = _setup("mlp")
+    _model, batches, _ = _setup("mlp")
     _, evals = exact["mlp"]
     model32 = mlp().float()
     batches32 = [(x.float(), y) for x, y in batches]
@@ -195,7 +195,7 @@ def test_non_scalar_loss_is_a_value_error():
     model, batches, _ = _setup("mlp")
     per_sample = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1], reduction="none")  # noqa: E731
     for fn in (hessian_eigenvalues, hessian_trace):
-        with pytest.raises(ValueError, match="`loss_fn`.*scalar"):
+        with pytest.raises(ValueError, match=r"`loss_fn`.*scalar"):
             fn(model, per_sample, batches)
     detached = lambda m, b: ce(m, b).detach()  # noqa: E731
     with pytest.raises(ValueError, match="`loss_fn`"):

@@ -66,7 +66,7 @@ class SamSharpness:
         return self.sharpness - self.first_order
 
     def scalars(self) -> dict[str, float]:
-        """``sharpness/sam``, ``sharpness/sam_first_order``, ``sharpness/sam_curvature``, ``sharpness/grad_norm``."""
+        """``sharpness/sam``, ``.../sam_first_order``, ``.../sam_curvature``, ``.../grad_norm``."""
         return {
             "sharpness/sam": self.sharpness,
             "sharpness/sam_first_order": self.first_order,
@@ -120,7 +120,9 @@ def loss_gradient(
             loss = _scalar_loss(loss_fn, model, batch)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             total += float(loss.detach())
-            torch._foreach_add_(grad, [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)])
+            torch._foreach_add_(
+                grad, [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+            )
     n = len(batches)
     return total / n, [g / n for g in grad]
 
@@ -172,9 +174,7 @@ def sam_sharpness(
         scaled = [g * p.detach().abs() for g, p in zip(grad, params)] if adaptive else grad
         scaled_norm = _norm(scaled)
         weights = [p.detach().abs() for p in params] if adaptive else [None] * len(params)
-        e = [
-            (s * w if w is not None else s) * (rho / (scaled_norm + _EPS)) for s, w in zip(scaled, weights)
-        ]
+        e = [(s * w if w is not None else s) * (rho / (scaled_norm + _EPS)) for s, w in zip(scaled, weights)]
     losses = _evaluate_points(model, loss_fn, batches, params, [e], np.array([[0.0], [1.0]]))
     centre, perturbed = float(losses[0]), float(losses[1])
     meta["seconds"] = time.perf_counter() - start
@@ -267,10 +267,12 @@ def average_sharpness(
             RuntimeWarning,
             stacklevel=2,
         )
-    diffs = all_losses - centre
+    with np.errstate(invalid="ignore", over="ignore"):
+        diffs = all_losses - centre
+        mean, stderr = float(diffs.mean()), float(diffs.std(ddof=1) / math.sqrt(samples))
     return AverageSharpness(
-        sharpness=float(diffs.mean()),
-        stderr=float(diffs.std(ddof=1) / math.sqrt(samples)),
+        sharpness=mean,
+        stderr=stderr,
         losses=all_losses,
         loss=centre,
         meta=meta,
