@@ -90,7 +90,7 @@ class Reference:
                 m.training = t
 
     def hessian(self) -> torch.Tensor:
-        return torch.autograd.functional.hessian(self.loss, self.w0.clone())
+        return torch.autograd.functional.hessian(self.loss, self.w0.clone(), vectorize=True)
 
     def grad(self) -> torch.Tensor:
         return torch.func.grad(self.loss)(self.w0.clone())
