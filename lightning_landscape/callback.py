@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_landscape.distributed import agree, broadcast_from_zero, check_strategy, point_shard
+from lightning_landscape.functional.curvature import hessian_directions
 from lightning_landscape.functional.directions import filter_normalized_directions
 from lightning_landscape.functional.params import (
     Direction,
@@ -34,14 +35,21 @@ from lightning_landscape.functional.params import (
 )
 from lightning_landscape.functional.surface import interpolation_line, loss_line, loss_surface
 from lightning_landscape.functional.trajectory import trajectory_pca
+from lightning_landscape.metrics import (
+    DEFAULT_FINAL_METRICS,
+    DEFAULT_METRICS,
+    compute_metrics,
+    resolve_metrics,
+)
 from lightning_landscape.plots import contour_figure, line_figure
 from lightning_landscape.recorder import TrajectoryRecorder
-from lightning_landscape.records import LineRecord, SurfaceRecord, save_record
+from lightning_landscape.records import LineRecord, MetricsRecord, SurfaceRecord, save_record
 from lightning_landscape.sinks import SinkSet, build_sinks
 
 __all__ = ["LossLandscapeCallback"]
 
-_DIRECTIONS = ("pca", "random")
+_DIRECTIONS = ("pca", "random", "hessian")
+_HESSIAN_PLANE_ITERATIONS = {"periodic": 20, "final": 50}  # Lanczos steps for directions="hessian"
 _STORAGES = ("auto", "memory", "memmap")
 _SNAPSHOT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -104,7 +112,9 @@ class LossLandscapeCallback(Callback):
         resolution: points per axis of periodic surfaces (odd).
         final_resolution: points per axis of the final surface (odd).
         line_resolution: points of each 1-D line.
-        directions: ``"pca"`` (trajectory PCA) or ``"random"`` (filter-normalized Gaussian).
+        directions: ``"pca"`` (trajectory PCA), ``"random"`` (filter-normalized Gaussian) or
+            ``"hessian"`` (the unit eigenvectors of ``lambda_max`` and ``lambda_min`` by Lanczos, 20 steps
+            periodically and 50 at the end; a span of ``s`` is a Euclidean distance ``s``).
         span: half-width of the grid, or a ``(low, high)`` pair, in units of the directions. By default
             the trajectory-PCA grid covers the path plus ``margin``; random directions use 1.0.
         margin: extra room around the path as a fraction of its extent.
@@ -133,6 +143,15 @@ class LossLandscapeCallback(Callback):
         snapshot_storage: ``"memory"``, ``"memmap"`` (a memory-mapped file
             ``<log_dir>/landscape[/NAME]/snapshots*.bin``, for models whose snapshots do not fit in memory),
             or ``"auto"``: in memory unless ``snapshot_budget_bytes`` holds fewer than two snapshots.
+
+        metrics: curvature and sharpness scalars computed with every periodic surface: a sequence of
+            names from ``"eigenvalues"``, ``"trace"``, ``"sam"``, ``"average"``, or a mapping from name to
+            options of the matching function (``{"sam": {"rho": 0.1}}``); ``None`` or ``()`` for none.
+            Default: a 10-step Lanczos (``lambda_max``, ``lambda_min``, residuals) and SAM sharpness.
+            Logged as ``landscape/hessian/...`` and ``landscape/sharpness/...`` and saved as a
+            ``"metrics"`` record; see :mod:`lightning_landscape.metrics` for names and defaults.
+        final_metrics: the same, computed at the end of training (``landscape/final/...``). Default:
+            all four (a 50-step Lanczos, the trace with 64 probes, SAM and average sharpness).
 
     Distributed training: under DDP (``ddp``, ``ddp_spawn``, ...) every rank evaluates its share of the
     grid and line points and the values are gathered, so the work per rank falls with the number of
@@ -178,6 +197,8 @@ class LossLandscapeCallback(Callback):
         snapshot_dtype: torch.dtype | None = None,
         snapshot_budget_bytes: int | None = None,
         snapshot_storage: Literal["auto", "memory", "memmap"] = "auto",
+        metrics: Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None = DEFAULT_METRICS,
+        final_metrics: Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None = DEFAULT_FINAL_METRICS,
     ) -> None:
         _positive_int("every_n_epochs", every_n_epochs, allow_none=True)
         _odd("resolution", resolution)
@@ -262,9 +283,11 @@ class LossLandscapeCallback(Callback):
         self._work_dtype = torch.float32
         self._last_landscape_step = -1
         self._precision = "32-true"
+        self.metrics = resolve_metrics(metrics, final=False, seed=seed, argument="metrics")
+        self.final_metrics = resolve_metrics(final_metrics, final=True, seed=seed, argument="final_metrics")
 
         self.recorder = TrajectoryRecorder(max_snapshots)
-        self.records: list[SurfaceRecord | LineRecord] = []
+        self.records: list[SurfaceRecord | LineRecord | MetricsRecord] = []
         self._param_names: list[str] = []
         self._probe: list[Any] | None = None
         self._log_dir: Path | None = None
@@ -356,11 +379,13 @@ class LossLandscapeCallback(Callback):
         if due and trainer.global_step != self._last_landscape_step:  # not twice at one step (resume)
             self._last_landscape_step = trainer.global_step
             self._safely(self._landscape, trainer, pl_module, final=False)
+            self._safely(self._curvature, trainer, pl_module, final=False)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.compute_on_train_end:
             self._safely(self._landscape, trainer, pl_module, final=True)
+            self._safely(self._curvature, trainer, pl_module, final=True)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -511,16 +536,83 @@ class LossLandscapeCallback(Callback):
         meta = {"directions": "random", "seed": self.seed, "include_1d": self.include_1d}
         return (d1, d2), None, (self.span if self.span is not None else 1.0), meta
 
-    def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Any, ...]:
+    def _hessian_plane(
+        self, pl_module: nn.Module, loss_fn: LossFn, batches: list[Any], params: Sequence[Tensor], stage: str
+    ) -> tuple[tuple[Direction, Direction], None, float | tuple[float, float], dict[str, Any]]:
+        """The eigenvectors of lambda_max and lambda_min as the plane (Boettcher & Wheeler, 2024)."""
+        max_iter = _HESSIAN_PLANE_ITERATIONS[stage]
+        (d1, d2), eig = hessian_directions(
+            pl_module, loss_fn, batches, max_iter=max_iter, tol=1e-4, seed=self.seed, params=params
+        )
+        meta = {
+            "directions": "hessian",
+            "seed": self.seed,
+            "lambda_max": eig.lambda_max,
+            "lambda_min": eig.lambda_min,
+            "residuals": eig.residuals.tolist(),
+            "lanczos_iterations": eig.iterations,
+        }
+        return (d1, d2), None, (self.span if self.span is not None else 1.0), meta
+
+    def _curvature(self, trainer: pl.Trainer, pl_module: pl.LightningModule, final: bool) -> None:
+        """Curvature and sharpness scalars: computed by the core, recorded, saved and logged here."""
+        spec = self.final_metrics if final else self.metrics
+        if not spec:
+            return
+        params = self._params(pl_module)
+        batches = self._probe_batches(trainer, pl_module)
+        step, stage = trainer.global_step, ("final" if final else "periodic")
+        scalars, meta, errors = compute_metrics(pl_module, self._loss_fn(trainer), batches, params, spec)
+        for name, message in errors.items():
+            rank_zero_warn(
+                f"LossLandscapeCallback: metric {name!r} at step {step} failed or is not finite ({message}). "
+                "Training continues.",
+                category=RuntimeWarning,
+            )
+        if not scalars:
+            return  # every metric failed: the warnings above say why
+        name = f"{stage}_metrics_step{step:08d}"
+        record = MetricsRecord.from_dict(
+            scalars,
+            {"stage": stage, "epoch": trainer.current_epoch, "global_step": step, "name": name, **meta},
+        )
+        if errors:
+            record.meta["errors"] = errors
+        self.records.append(record)
+        if not trainer.is_global_zero:
+            return
+        assert self._log_dir is not None
+        if self.save_records:
+            try:
+                save_record(record, self._record_dir(), name)
+                self._written.append(name)
+            except OSError as err:
+                rank_zero_warn(
+                    f"LossLandscapeCallback: could not write record {name} ({err})", category=RuntimeWarning
+                )
+        if self._sinks is not None:
+            base = f"landscape/{self.name}/" if self.name else "landscape/"
+            prefix = base if stage == "periodic" else f"{base}final/"
+            finite = {f"{prefix}{k}": v for k, v in scalars.items() if math.isfinite(v)}
+            if finite:
+                self._sinks.scalars(finite, step)
+
+    def _prepare(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: list[Any], stage: str
+    ) -> tuple[Any, ...]:
         """This rank's inputs of a landscape: parameters, loss, plane and the interpolation start."""
         params = self._params(pl_module)
-        centre = flatten(params, dtype=self._work_dtype, device="cpu")
-        plane = self._plane(params, centre)
-        del centre
+        loss_fn = self._loss_fn(trainer)
+        if self.directions == "hessian":
+            plane = self._hessian_plane(pl_module, loss_fn, batches, params, stage)
+        else:
+            centre = flatten(params, dtype=self._work_dtype, device="cpu")
+            plane = self._plane(params, centre)
+            del centre
         start = None
         if len(self.recorder) >= 1:
             start = unflatten(self.recorder.snapshots[0], params, dtype=self._work_dtype)
-        return params, self._loss_fn(trainer), plane, start
+        return params, loss_fn, plane, start
 
     def _landscape(self, trainer: pl.Trainer, pl_module: pl.LightningModule, final: bool) -> None:
         # Every rank runs this whole method: each collective below (the probe broadcast, the agreement,
@@ -529,8 +621,9 @@ class LossLandscapeCallback(Callback):
         batches = self._probe_batches(trainer, pl_module)
         prepared: tuple[Any, ...] | None = None
         error: Exception | None = None
+        stage = "final" if final else "periodic"
         try:
-            prepared = self._prepare(trainer, pl_module)
+            prepared = self._prepare(trainer, pl_module, batches, stage)
         except Exception as err:
             error = err
         if not agree(trainer, error is None):
@@ -539,7 +632,6 @@ class LossLandscapeCallback(Callback):
         params, loss_fn, ((d1, d2), path, span, plane_meta), start = prepared
         shard = point_shard(trainer, pl_module.device)
         step, epoch = trainer.global_step, trainer.current_epoch
-        stage = "final" if final else "periodic"
         common = {
             "stage": stage,
             "epoch": epoch,

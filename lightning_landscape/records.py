@@ -6,9 +6,12 @@ Format, version 1 (``FORMAT_VERSION``):
   ``allow_pickle=False``. A surface has ``xs`` (nx,), ``ys`` (ny,), ``losses`` (ny, nx) with
   ``losses[i, j]`` the loss at ``(xs[j], ys[i])`` and optionally ``path`` (n, 2); a line has
   ``alphas`` (n,) and ``losses`` (n,). Non-finite losses are stored as they came (NaN, inf).
-- ``NAME.json``: ``{"format_version": 1, "kind": "surface" | "line", "meta": {...}}``; ``meta``
-  holds what the record is about (epoch, global_step, directions, seed, probe size, explained
-  variance, ...).
+  A metrics record (kind ``"metrics"``, added within version 1: readers of older files are
+  unaffected, and older readers reject it as an unknown kind) has ``names`` (n,) of unicode strings
+  such as ``"hessian/lambda_max"`` and ``values`` (n,) float64, NaN where a metric failed.
+- ``NAME.json``: ``{"format_version": 1, "kind": "surface" | "line" | "metrics", "meta": {...}}``;
+  ``meta`` holds what the record is about (epoch, global_step, directions, seed, probe size,
+  explained variance, ...; for metrics, each metric's options and probe seeds under its name).
 
 Both files are written to a temporary name and renamed, the JSON last, so a record whose JSON exists
 is complete. Nothing here uses pickle.
@@ -28,6 +31,7 @@ import numpy as np
 __all__ = [
     "FORMAT_VERSION",
     "LineRecord",
+    "MetricsRecord",
     "Record",
     "RecordError",
     "SurfaceRecord",
@@ -79,8 +83,38 @@ class LineRecord:
         return {"alphas": self.alphas, "losses": self.losses}
 
 
-Record = SurfaceRecord | LineRecord
-_KINDS: dict[str, type] = {"surface": SurfaceRecord, "line": LineRecord}
+@dataclass
+class MetricsRecord:
+    """Named scalars (curvature, sharpness) at one point of training: ``values[k]`` is ``names[k]``.
+
+    Example::
+
+        >>> rec = MetricsRecord.from_dict({"hessian/lambda_max": 3.5, "sharpness/sam": 0.01})
+        >>> rec.as_dict()["hessian/lambda_max"]
+        3.5
+    """
+
+    names: np.ndarray
+    values: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = "metrics"
+
+    @classmethod
+    def from_dict(cls, scalars: dict[str, float], meta: dict[str, Any] | None = None) -> MetricsRecord:
+        names = np.array(list(scalars), dtype=np.str_)
+        values = np.array([float(v) for v in scalars.values()], dtype=np.float64)
+        return cls(names=names, values=values, meta=dict(meta or {}))
+
+    def as_dict(self) -> dict[str, float]:
+        """``{name: value}``."""
+        return {str(n): float(v) for n, v in zip(self.names.tolist(), self.values.tolist())}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"names": np.asarray(self.names, dtype=np.str_), "values": self.values}
+
+
+Record = SurfaceRecord | LineRecord | MetricsRecord
+_KINDS: dict[str, type] = {"surface": SurfaceRecord, "line": LineRecord, "metrics": MetricsRecord}
 
 
 def _jsonable(value: Any) -> Any:

@@ -95,6 +95,8 @@ def main() -> None:
         num_batches=2,
         snapshot_every_n_steps=2,
         log_figures=False,
+        metrics=None,  # curvature metrics are not sharded across ranks yet; count surface/line work only
+        final_metrics=None,
         probe_dataloader=loader(16, 8, seed=5) if args.probe == "user" else None,
     )
     trainer = pl.Trainer(

@@ -345,7 +345,7 @@ def test_models_give_finite_landscapes(trainer_kwargs, model_cls, loss_fn):
     stages = [r.meta["stage"] for r in cb.records if isinstance(r, SurfaceRecord)]
     assert stages == ["periodic"] * 2 + ["final"]
     for r in cb.records:
-        assert np.isfinite(r.losses).all()
+        assert np.isfinite(r.losses if r.kind != "metrics" else r.values).all()
     (final,) = surfaces(cb.records, "final")
     assert final.centre_loss == pytest.approx(naive_mean_loss(model, batches_of(loader(32, 8), 2)), rel=1e-6)
 
@@ -382,7 +382,7 @@ def test_frozen_layer_stays_frozen_and_outside_the_landscape(trainer_kwargs):
     assert cb.recorder.snapshots[0].numel() == trainable
     assert not any(n.startswith("net.0.") for n in cb._param_names)
     for r in cb.records:
-        assert np.isfinite(r.losses).all()
+        assert np.isfinite(r.losses if r.kind != "metrics" else r.values).all()
 
 
 def test_tied_parameters(trainer_kwargs):
@@ -394,7 +394,7 @@ def test_tied_parameters(trainer_kwargs):
     unique = sum(p.numel() for p in model.parameters())  # parameters() de-duplicates tied ones
     assert cb.recorder.snapshots[0].numel() == unique
     for r in cb.records:
-        assert np.isfinite(r.losses).all()
+        assert np.isfinite(r.losses if r.kind != "metrics" else r.values).all()
     (final,) = surfaces(cb.records, "final")
     assert final.centre_loss == pytest.approx(naive_mean_loss(model, batches_of(loader(32, 8), 2)), rel=1e-6)
 
@@ -550,7 +550,8 @@ def test_no_logger_writes_pngs_and_records(trainer_kwargs, tmp_path):
     )
     for p in (tmp_path / "landscape" / "figures").glob("*.png"):
         assert p.read_bytes().startswith(b"\x89PNG")
-    assert len(load_records(tmp_path / "landscape")) == 2 * 2 + 4
+    # 2 periodic (surface + line) and 4 final records, plus a metrics record per period and at the end.
+    assert len(load_records(tmp_path / "landscape")) == 2 * 2 + 4 + 3
 
 
 def test_csv_logger_gets_scalars_and_pngs(trainer_kwargs, tmp_path):

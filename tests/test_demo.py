@@ -43,4 +43,8 @@ def test_demo_logs_landscapes_for_sgd_and_sam(tmp_path, capsys):
             ("line", "periodic"),
             ("surface", "final"),
             ("line", "final"),
+            ("metrics", "periodic"),
+            ("metrics", "final"),
         }
+        assert {"landscape/hessian/lambda_max", "landscape/sharpness/sam"} <= set(scalars)
+        assert {"landscape/final/hessian/trace", "landscape/final/sharpness/average"} <= set(scalars)

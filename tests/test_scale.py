@@ -17,7 +17,15 @@ from lightning_landscape import LossLandscapeCallback, SurfaceRecord, load_recor
 from lightning_landscape.functional import flatten, landscape_parameters, trajectory_pca
 from lightning_landscape.recorder import TrajectoryRecorder
 
-QUIET = {"resolution": 3, "final_resolution": 5, "line_resolution": 5, "num_batches": 2, "log_figures": False}
+QUIET = {
+    "resolution": 3,
+    "final_resolution": 5,
+    "line_resolution": 5,
+    "num_batches": 2,
+    "log_figures": False,
+    "metrics": None,
+    "final_metrics": None,
+}
 
 
 def fit(kwargs: dict[str, Any], model, train_loader, callbacks, **over):

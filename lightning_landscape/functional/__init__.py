@@ -5,6 +5,15 @@ batches already on the model's device, and returns a typed record or tensors. Us
 notebook or script; :class:`lightning_landscape.LossLandscapeCallback` calls the same functions.
 """
 
+from lightning_landscape.functional.curvature import (
+    HessianEigenvalues,
+    HessianTrace,
+    hessian_directions,
+    hessian_eigenvalues,
+    hessian_operator,
+    hessian_trace,
+    hessian_vector_product,
+)
 from lightning_landscape.functional.directions import (
     filter_normalize,
     filter_normalized_directions,
@@ -21,6 +30,13 @@ from lightning_landscape.functional.params import (
     unflatten,
 )
 from lightning_landscape.functional.sharding import PointShard, evaluate_sharded, shard_rows
+from lightning_landscape.functional.sharpness import (
+    AverageSharpness,
+    SamSharpness,
+    average_sharpness,
+    loss_gradient,
+    sam_sharpness,
+)
 from lightning_landscape.functional.surface import (
     evaluate_loss,
     interpolation_line,
@@ -32,18 +48,29 @@ from lightning_landscape.functional.surface import (
 from lightning_landscape.functional.trajectory import TrajectoryPCA, trajectory_pca
 
 __all__ = [
+    "AverageSharpness",
     "Direction",
+    "HessianEigenvalues",
+    "HessianTrace",
     "LossFn",
     "PointShard",
+    "SamSharpness",
     "TrajectoryPCA",
     "WeightPerturbation",
+    "average_sharpness",
     "evaluate_loss",
     "evaluate_sharded",
     "filter_normalize",
     "filter_normalized_directions",
     "flatten",
+    "hessian_directions",
+    "hessian_eigenvalues",
+    "hessian_operator",
+    "hessian_trace",
+    "hessian_vector_product",
     "interpolation_line",
     "landscape_parameters",
+    "loss_gradient",
     "loss_line",
     "loss_surface",
     "observation",
@@ -51,6 +78,7 @@ __all__ = [
     "preserved_random_state",
     "probe_size",
     "random_direction",
+    "sam_sharpness",
     "shard_rows",
     "trajectory_pca",
     "unflatten",

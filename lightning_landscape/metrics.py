@@ -1,0 +1,137 @@
+"""Which curvature and sharpness scalars the callback computes, with which options (no Lightning here).
+
+A *metrics spec* maps a metric name to the keyword options of its function in
+:mod:`lightning_landscape.functional`:
+
+- ``eigenvalues``: :func:`hessian_eigenvalues` with ``which="both"``; ``hessian/lambda_max``,
+  ``hessian/lambda_min``, ``hessian/lambda_max_residual``, ``hessian/lambda_min_residual``,
+  ``hessian/lanczos_iterations``.
+- ``trace``: :func:`hessian_trace`; ``hessian/trace``, ``hessian/trace_stderr``.
+- ``sam``: :func:`sam_sharpness`; ``sharpness/sam``, ``sharpness/sam_first_order``,
+  ``sharpness/sam_curvature``, ``sharpness/grad_norm``.
+- ``average``: :func:`average_sharpness`; ``sharpness/average``, ``sharpness/average_stderr``.
+
+Defaults keep the periodic cost modest (see the README's benchmark): every period a 10-step Lanczos
+(``tol=1e-3``) and SAM sharpness; at the end of training also the trace (64 probes) and average
+sharpness (32 samples), with a 50-step Lanczos. Random probes are seeded with the callback's ``seed``
+unless a metric's options give their own, so two runs use the same protocol.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from lightning_landscape.functional.curvature import hessian_eigenvalues, hessian_trace
+from lightning_landscape.functional.params import LossFn
+from lightning_landscape.functional.sharpness import average_sharpness, sam_sharpness
+
+__all__ = ["DEFAULT_FINAL_METRICS", "DEFAULT_METRICS", "METRICS", "compute_metrics", "resolve_metrics"]
+
+METRICS = {
+    "eigenvalues": hessian_eigenvalues,
+    "trace": hessian_trace,
+    "sam": sam_sharpness,
+    "average": average_sharpness,
+}
+DEFAULT_METRICS = ("eigenvalues", "sam")
+DEFAULT_FINAL_METRICS = ("eigenvalues", "trace", "sam", "average")
+
+_PERIODIC_OPTIONS: dict[str, dict[str, Any]] = {
+    "eigenvalues": {"which": "both", "max_iter": 10, "tol": 1e-3},
+    "trace": {"samples": 16},
+    "sam": {"rho": 0.05},
+    "average": {"sigma": 0.01, "samples": 16},
+}
+_FINAL_OPTIONS: dict[str, dict[str, Any]] = {
+    "eigenvalues": {"which": "both", "max_iter": 50, "tol": 1e-4},
+    "trace": {"samples": 64},
+    "sam": {"rho": 0.05},
+    "average": {"sigma": 0.01, "samples": 32},
+}
+_SEEDED = ("eigenvalues", "trace", "average")
+_RESERVED = {"model", "loss_fn", "batches", "params", "return_eigenvectors"}
+
+
+def resolve_metrics(
+    spec: Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None,
+    final: bool,
+    seed: int,
+    argument: str = "metrics",
+) -> dict[str, dict[str, Any]]:
+    """Validate a spec (names, or names -> options) and fill in the default options and the seed.
+
+    Raises ``ValueError`` naming ``argument`` for an unknown metric or option.
+
+    Example::
+
+        >>> resolve_metrics(("sam",), final=False, seed=3)
+        {'sam': {'rho': 0.05}}
+        >>> resolve_metrics({"trace": {"samples": 8}}, final=True, seed=3)
+        {'trace': {'samples': 8, 'seed': 3}}
+    """
+    if spec is None:
+        return {}
+    if isinstance(spec, str) or not isinstance(spec, (Sequence, Mapping)):
+        raise ValueError(
+            f"`{argument}` must be a sequence of metric names or a mapping name -> options, got {spec!r}"
+        )
+    items = spec.items() if isinstance(spec, Mapping) else ((name, None) for name in spec)
+    defaults = _FINAL_OPTIONS if final else _PERIODIC_OPTIONS
+    out: dict[str, dict[str, Any]] = {}
+    for name, options in items:
+        if name not in METRICS:
+            raise ValueError(f"`{argument}`: unknown metric {name!r}; choose from {sorted(METRICS)}")
+        if options is not None and not isinstance(options, Mapping):
+            raise ValueError(f"`{argument}`[{name!r}] must be a mapping of options, got {options!r}")
+        accepted = set(inspect.signature(METRICS[name]).parameters) - _RESERVED
+        unknown = sorted(set(options or {}) - accepted)
+        if unknown:
+            raise ValueError(
+                f"`{argument}`[{name!r}]: unknown option(s) {unknown}; {name} accepts {sorted(accepted)}"
+            )
+        merged = {**defaults[name], **(options or {})}
+        if name in _SEEDED:
+            merged.setdefault("seed", seed)
+        out[name] = merged
+    return out
+
+
+def compute_metrics(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    params: Sequence[Tensor],
+    spec: Mapping[str, Mapping[str, Any]],
+) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:
+    """Run each metric of ``spec``; return ``(scalars, meta, errors)``.
+
+    ``scalars`` maps names such as ``hessian/lambda_max`` to floats; ``meta[name]`` holds each
+    metric's options and result metadata (seeds, iterations, probe size, seconds). A metric that
+    raises is left out of ``scalars`` and reported in ``errors`` (name -> message); the others still run.
+    """
+    scalars: dict[str, float] = {}
+    meta: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name, options in spec.items():
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = METRICS[name](model, loss_fn, batches, params=params, **options)
+        except Exception as err:
+            errors[name] = f"{type(err).__name__}: {err}"
+            continue
+        values = result.scalars()
+        scalars.update(values)
+        meta[name] = {**options, **result.meta}
+        notes = [str(w.message) for w in caught]
+        if notes:
+            meta[name]["warnings"] = notes
+        if any(not math.isfinite(v) for v in values.values()):
+            errors[name] = "; ".join(notes) or "a non-finite value"
+    return scalars, meta, errors
