@@ -8,13 +8,16 @@ loss averaged over the same fixed list of probe batches, results kept on the dev
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape.functional.batched import auto_chunk_size, evaluate_points_batched
 from lightning_landscape.functional.params import (
     Direction,
     LossFn,
@@ -98,6 +101,22 @@ def evaluate_loss(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> 
         return float(_mean_loss(model, loss_fn, batches))
 
 
+Engine = Literal["auto", "loop", "vmap"]
+_ENGINES = ("auto", "loop", "vmap")
+
+# Per model, the engine "auto" settled on (weakly keyed: forgotten with the model). Only which path
+# runs is remembered, never values, so the engine stays a pure function of its inputs.
+_AUTO_CHOICE: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+#: Points the loop path evaluates while "auto" times it against the batched path.
+_CALIBRATION_POINTS = 8
+
+
+def check_engine(engine: Any, name: str = "engine") -> None:
+    """Raise a ValueError naming ``name`` unless ``engine`` is one of ``"auto"``, ``"loop"``, ``"vmap"``."""
+    if engine not in _ENGINES:
+        raise ValueError(f"`{name}` must be one of {_ENGINES}, got {engine!r}")
+
+
 def _evaluate_points(
     model: nn.Module,
     loss_fn: LossFn,
@@ -105,14 +124,145 @@ def _evaluate_points(
     params: Sequence[Tensor],
     directions: Sequence[Direction],
     coefficients: np.ndarray,
+    *,
+    engine: Engine = "auto",
+    chunk_size: int | None = None,
 ) -> np.ndarray:
-    """Loss at ``w0 + coefficients[n] @ directions`` for each row ``n``; one host sync at the end."""
-    values: list[Tensor] = []
-    with observation(model), WeightPerturbation(params, directions) as move:
-        for row in coefficients:
-            move.to(*row.tolist())
-            values.append(_mean_loss(model, loss_fn, batches))
-    return torch.stack(values).double().cpu().numpy()
+    """Loss at ``w0 + coefficients[n] @ directions`` for each row ``n``; one host sync at the end.
+
+    The shared engine of surfaces, lines and sharpness samples; a pure function of its inputs (the
+    model is restored exactly). ``engine="loop"`` moves the weights in place from a saved copy for
+    each point (foreach kernels, no model copies, no host sync per point); ``"vmap"`` evaluates
+    chunks of ``chunk_size`` points (default: from a memory budget) in one vmapped forward pass
+    (:mod:`lightning_landscape.functional.batched`) and raises if the model cannot be vmapped.
+    ``"auto"`` runs the first chunk batched and a few points with the loop, timed, continues with
+    the faster path and remembers the choice for this model; a model that cannot be vmapped goes to
+    the loop, silently. Both paths agree within float rounding.
+    """
+    check_engine(engine)
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"`chunk_size` must be a positive integer or None, got {chunk_size!r}")
+    if len(batches) == 0:
+        raise ValueError("`batches` is empty: at least one probe batch is needed")
+    coefficients = np.asarray(coefficients, dtype=np.float64).reshape(len(coefficients), -1)
+    move = WeightPerturbation(params, directions)  # validates shapes, casts directions once
+    if coefficients.shape[1] != len(move.directions):
+        raise ValueError(
+            f"{coefficients.shape[1]} coefficients per point for {len(move.directions)} directions"
+        )
+    if len(coefficients) == 0:
+        return np.zeros(0)
+
+    def batched(coef: np.ndarray) -> Tensor:
+        return evaluate_points_batched(
+            model, loss_fn, batches, move.params, move.directions, coef, chunk_size=chunk_size
+        )
+
+    def loop(coef: np.ndarray) -> Tensor:
+        return _evaluate_points_loop(model, loss_fn, batches, move, coef)
+
+    with observation(model):
+        choice = engine if engine != "auto" else _AUTO_CHOICE.get(model)
+        if choice == "loop":
+            values = loop(coefficients)
+        elif choice == "vmap" and engine == "vmap":
+            values = batched(coefficients)
+        elif choice == "vmap":
+            try:
+                values = batched(coefficients)
+            except Exception:
+                values = loop(coefficients)
+                _AUTO_CHOICE[model] = "loop"
+        else:
+            values = _calibrated(model, loss_fn, batches, move, coefficients, chunk_size, batched, loop)
+    return values.double().cpu().numpy()
+
+
+def _calibrated(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    move: WeightPerturbation,
+    coefficients: np.ndarray,
+    chunk_size: int | None,
+    batched: Callable[[np.ndarray], Tensor],
+    loop: Callable[[np.ndarray], Tensor],
+) -> Tensor:
+    """The "auto" engine's first call for a model: time both paths on real points, keep the faster."""
+    n = len(coefficients)
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(model, loss_fn, batches, move.params)
+    first = coefficients[: max(1, min(chunk_size, n // 2))]
+    try:
+        t0 = time.perf_counter()
+        head = batched(first)
+        float(head.sum())  # wait for the device: the one host sync of the calibration
+        per_point_vmap = (time.perf_counter() - t0) / len(first)
+    except Exception:  # cannot be vmapped (.item(), data-dependent control flow, random ops, ...)
+        values = loop(coefficients)
+        _AUTO_CHOICE[model] = "loop"  # set after the loop worked: a failing loss_fn is not the model's fault
+        return values
+    rest = coefficients[len(first) :]
+    probe = rest[:_CALIBRATION_POINTS]
+    t0 = time.perf_counter()
+    middle = loop(probe)
+    float(middle.sum())
+    per_point_loop = (time.perf_counter() - t0) / len(probe)
+    choice = "vmap" if per_point_vmap < per_point_loop else "loop"
+    _AUTO_CHOICE[model] = choice
+    parts = [head, middle]
+    if len(rest) > len(probe):
+        parts.append((batched if choice == "vmap" else loop)(rest[len(probe) :]))
+    return torch.cat(parts)
+
+
+def _checked(loss: Any) -> Tensor:
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise ValueError(
+            f"`loss_fn` must return a scalar tensor, got {type(loss).__name__}"
+            + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
+        )
+    return loss if loss.dim() == 0 else loss.reshape(())
+
+
+def _evaluate_points_loop(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    move: WeightPerturbation,
+    coefficients: np.ndarray,
+) -> Tensor:
+    """One forward pass per point and batch; per point, two foreach kernels and no host sync.
+
+    Points come row by row (a surface's ``y`` is constant along a row), so ``w0 + sum_{k>=1} c_k d_k``
+    is built once per row into a buffer, and each point is ``copy(buffer) + c_0 d_0``. Losses stay on
+    the device, unreduced, until one stack at the end.
+    """
+    losses: list[Tensor] = []
+    params, dirs = move.params, move.directions
+    with move, torch.no_grad():
+        saved = move._saved
+        assert saved is not None
+        base = saved if len(dirs) == 1 else [t.clone() for t in saved]
+        previous: list[float] | None = [] if len(dirs) == 1 else None
+        for row in coefficients.tolist():
+            first, rest = row[0], row[1:]
+            if rest != previous:
+                torch._foreach_copy_(base, saved)
+                for c, d in zip(rest, dirs[1:]):
+                    if c != 0.0:
+                        torch._foreach_add_(base, d, alpha=c)
+                previous = rest
+            torch._foreach_copy_(params, base)
+            if first != 0.0:
+                torch._foreach_add_(params, dirs[0], alpha=first)
+            losses.extend(_checked(loss_fn(model, batch)) for batch in batches)
+    stacked = torch.stack(losses).detach()
+    if stacked.dtype not in (torch.float32, torch.float64):
+        stacked = stacked.float()
+    return stacked.view(len(coefficients), len(batches)).mean(1)
 
 
 def _resolve_params(model: nn.Module, params: Sequence[Tensor] | None) -> list[Tensor]:
@@ -129,6 +279,8 @@ def loss_surface(
     xs: Sequence[float] | None = None,
     ys: Sequence[float] | None = None,
     params: Sequence[Tensor] | None = None,
+    engine: Engine = "auto",
+    chunk_size: int | None = None,
 ) -> SurfaceRecord:
     """Loss on the plane ``w + x * d1 + y * d2`` around the current weights ``w``.
 
@@ -141,6 +293,10 @@ def loss_surface(
         span: ``s`` for ``[-s, s]`` or a ``(low, high)`` pair, used when ``xs``/``ys`` are not given.
         xs, ys: explicit coefficients along ``d1`` and ``d2``.
         params: the parameters the directions belong to (default: :func:`landscape_parameters`).
+        engine: ``"auto"`` (default: batched with ``vmap`` where the model allows it, else the loop),
+            ``"loop"`` (one forward pass per point, weights moved in place) or ``"vmap"`` (batched; raises
+            if the model cannot be vmapped). All give the same values within float rounding.
+        chunk_size: grid points per batched forward pass (default: from a memory budget).
 
     Returns:
         A :class:`SurfaceRecord` with ``losses[i, j]`` at ``(xs[j], ys[i])``.
@@ -166,7 +322,9 @@ def loss_surface(
     ys_arr = np.asarray(ys, dtype=np.float64) if ys is not None else odd_grid(span, resolution)
     gx, gy = np.meshgrid(xs_arr, ys_arr)
     coefficients = np.stack([gx.ravel(), gy.ravel()], axis=1)
-    losses = _evaluate_points(model, loss_fn, batches, params, directions, coefficients)
+    losses = _evaluate_points(
+        model, loss_fn, batches, params, directions, coefficients, engine=engine, chunk_size=chunk_size
+    )
     losses = losses.reshape(len(ys_arr), len(xs_arr))
     meta = {
         "probe_batches": len(batches),
@@ -185,6 +343,8 @@ def loss_line(
     span: float | tuple[float, float] = 1.0,
     alphas: Sequence[float] | None = None,
     params: Sequence[Tensor] | None = None,
+    engine: Engine = "auto",
+    chunk_size: int | None = None,
 ) -> LineRecord:
     """Loss along ``w + alpha * d`` around the current weights ``w``.
 
@@ -200,7 +360,16 @@ def loss_line(
     """
     params = _resolve_params(model, params)
     alphas_arr = np.asarray(alphas, dtype=np.float64) if alphas is not None else odd_grid(span, resolution)
-    losses = _evaluate_points(model, loss_fn, batches, params, [direction], alphas_arr[:, None])
+    losses = _evaluate_points(
+        model,
+        loss_fn,
+        batches,
+        params,
+        [direction],
+        alphas_arr[:, None],
+        engine=engine,
+        chunk_size=chunk_size,
+    )
     meta = {
         "probe_batches": len(batches),
         "probe_samples": probe_size(batches),
@@ -217,6 +386,8 @@ def interpolation_line(
     resolution: int = 41,
     alpha_range: tuple[float, float] = (-0.5, 1.5),
     params: Sequence[Tensor] | None = None,
+    engine: Engine = "auto",
+    chunk_size: int | None = None,
 ) -> LineRecord:
     """The Goodfellow et al. (2015) line from weights ``start`` (alpha=0) to the current ones (alpha=1).
 
@@ -248,7 +419,16 @@ def interpolation_line(
             p.detach().float() - s.to(device=p.device, dtype=torch.float32) for p, s in zip(params, start)
         ]
     # start + alpha (w - start) = w + (alpha - 1) (w - start): evaluate around the current weights.
-    losses = _evaluate_points(model, loss_fn, batches, params, [direction], (alphas - 1.0)[:, None])
+    losses = _evaluate_points(
+        model,
+        loss_fn,
+        batches,
+        params,
+        [direction],
+        (alphas - 1.0)[:, None],
+        engine=engine,
+        chunk_size=chunk_size,
+    )
     meta = {
         "probe_batches": len(batches),
         "probe_samples": probe_size(batches),
