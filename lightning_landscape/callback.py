@@ -30,7 +30,12 @@ from lightning_landscape.functional.params import (
     preserved_random_state,
     unflatten,
 )
-from lightning_landscape.functional.surface import interpolation_line, loss_line, loss_surface
+from lightning_landscape.functional.surface import (
+    check_engine,
+    interpolation_line,
+    loss_line,
+    loss_surface,
+)
 from lightning_landscape.functional.trajectory import trajectory_pca
 from lightning_landscape.plots import contour_figure, line_figure
 from lightning_landscape.recorder import TrajectoryRecorder
@@ -118,6 +123,9 @@ class LossLandscapeCallback(Callback):
         on_train_end: compute the final surface and lines when training ends.
         save_records: write ``.npz`` + ``.json`` records under ``<log_dir>/landscape/``.
         log_figures: send figures to the loggers (scalars are always sent).
+        engine: how grid points are evaluated: ``"auto"`` (times the batched ``vmap`` path against the
+            loop once per model and keeps the faster; models that cannot be vmapped use the loop),
+            ``"loop"`` or ``"vmap"``. See :func:`lightning_landscape.functional.loss_surface`.
 
     Example::
 
@@ -154,8 +162,10 @@ class LossLandscapeCallback(Callback):
         on_train_end: bool = True,
         save_records: bool = True,
         log_figures: bool = True,
+        engine: Literal["auto", "loop", "vmap"] = "auto",
     ) -> None:
         _positive_int("every_n_epochs", every_n_epochs, allow_none=True)
+        check_engine(engine, "engine")
         _odd("resolution", resolution)
         _odd("final_resolution", final_resolution)
         _odd("line_resolution", line_resolution)
@@ -219,6 +229,7 @@ class LossLandscapeCallback(Callback):
         self.compute_on_train_end = on_train_end
         self.save_records = save_records
         self.log_figures = log_figures
+        self.engine = engine
 
         self.recorder = TrajectoryRecorder(max_snapshots)
         self.records: list[SurfaceRecord | LineRecord] = []
@@ -397,7 +408,14 @@ class LossLandscapeCallback(Callback):
 
         resolution = self.final_resolution if final else self.resolution
         surface = loss_surface(
-            pl_module, loss_fn, batches, (d1, d2), resolution=resolution, span=span, params=params
+            pl_module,
+            loss_fn,
+            batches,
+            (d1, d2),
+            resolution=resolution,
+            span=span,
+            params=params,
+            engine=self.engine,
         )
         surface.path = path
         surface.meta.update(common, span=span, resolution=resolution, name=f"{stage}_surface_step{step:08d}")
@@ -414,6 +432,7 @@ class LossLandscapeCallback(Callback):
                 resolution=self.line_resolution,
                 alpha_range=self.interpolation_range,
                 params=params,
+                engine=self.engine,
             )
             interp.meta.update(
                 common,
@@ -425,7 +444,14 @@ class LossLandscapeCallback(Callback):
         if final:
             for axis, d in enumerate((d1, d2)):
                 line = loss_line(
-                    pl_module, loss_fn, batches, d, resolution=self.line_resolution, span=span, params=params
+                    pl_module,
+                    loss_fn,
+                    batches,
+                    d,
+                    resolution=self.line_resolution,
+                    span=span,
+                    params=params,
+                    engine=self.engine,
                 )
                 label = f"{plane_meta['directions']} direction {axis + 1}"
                 line.meta.update(
