@@ -19,9 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import MODELS, ce_loss, interleaved, machine, median_ratio, probe, table  # noqa: E402
+from common import MODELS, ce_loss, interleaved, machine, median_ratio, probe, table
 
-from lightning_landscape.functional import filter_normalized_directions, landscape_parameters, loss_surface  # noqa: E402
+from lightning_landscape.functional import filter_normalized_directions, landscape_parameters, loss_surface
 
 
 def run(resolution: int = 11, reps: int = 5, batches: int = 4, batch_size: int = 64) -> list[list]:
@@ -61,7 +61,9 @@ def run(resolution: int = 11, reps: int = 5, batches: int = 4, batch_size: int =
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--resolution", type=int, default=11)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)

@@ -62,9 +62,10 @@ def _odd(name: str, value: Any) -> None:
         )
 
 
-def _training_step_loss(module: pl.LightningModule, batch: Any) -> Tensor:
+def _training_step_loss(module: pl.LightningModule, batch: Any, takes_index: bool | None = None) -> Tensor:
     """The loss ``training_step`` returns, with ``self.log``/``self.log_dict`` silenced for the call."""
-    takes_index = len(inspect.signature(module.training_step).parameters) >= 2
+    if takes_index is None:  # inspect.signature is slow: callers evaluating many points pass it in
+        takes_index = len(inspect.signature(module.training_step).parameters) >= 2
     module.log = lambda *a, **k: None  # type: ignore[method-assign]
     module.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
     try:
@@ -366,10 +367,14 @@ class LossLandscapeCallback(Callback):
     def _loss_fn(self, trainer: pl.Trainer) -> LossFn:
         user = self.loss_fn
         precision = trainer.precision_plugin
+        step = trainer.lightning_module.training_step
+        takes_index = len(inspect.signature(step).parameters) >= 2
 
         def loss(model: nn.Module, batch: Any) -> Tensor:
             with precision.forward_context():
-                return user(model, batch) if user is not None else _training_step_loss(model, batch)  # type: ignore[arg-type]
+                if user is not None:
+                    return user(model, batch)
+                return _training_step_loss(model, batch, takes_index)  # type: ignore[arg-type]
 
         return loss
 

@@ -35,7 +35,7 @@ __all__ = ["auto_chunk_size", "evaluate_points_batched"]
 
 #: Default memory budget of one chunk on the CPU (bytes). Larger chunks stop paying on a CPU: the
 #: per-point work no longer fits in cache and dispatch overhead is already amortised.
-CPU_BUDGET = 64 * 2**20
+CPU_BUDGET = 16 * 2**20
 #: Fraction of the free accelerator memory one chunk may use.
 CUDA_BUDGET_FRACTION = 0.25
 #: Upper bound on the chunk size whatever the budget says.
@@ -142,7 +142,7 @@ def auto_chunk_size(
 
     One point costs its perturbed parameters plus roughly twice the activations of one forward pass
     over the largest probe batch (the outputs of the leaf modules, measured once with hooks). The
-    default budget is 64 MiB on the CPU and a quarter of the free memory on a CUDA device.
+    default budget is 16 MiB on the CPU and a quarter of the free memory on a CUDA device.
     """
     device = params[0].device
     if memory_budget is None:

@@ -205,7 +205,7 @@ def _calibrated(
         _AUTO_CHOICE[model] = "loop"  # set after the loop worked: a failing loss_fn is not the model's fault
         return values
     rest = coefficients[len(first) :]
-    probe = rest[:_CALIBRATION_POINTS]
+    probe = rest[: max(_CALIBRATION_POINTS, len(first))]  # as many points as the batched chunk, or more
     t0 = time.perf_counter()
     middle = loop(probe)
     float(middle.sum())
