@@ -103,7 +103,7 @@ def test_vmap_equals_loop(kind):
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_auto_equals_loop_and_remembers_its_choice(kind):
-    model, batches, params, dirs = _case(kind)
+    model, batches, _params, dirs = _case(kind)
     loop = loss_surface(model, _ce, batches, dirs, resolution=5, engine="loop").losses
     auto = loss_surface(model, _ce, batches, dirs, resolution=5, engine="auto", chunk_size=4).losses
     np.testing.assert_allclose(auto, loop, rtol=1e-5, atol=1e-6)
@@ -113,7 +113,7 @@ def test_auto_equals_loop_and_remembers_its_choice(kind):
 
 
 def test_unbatchable_module_falls_back_to_the_loop_quietly(recwarn):
-    model, batches, params, dirs = _case("item")
+    model, batches, _params, dirs = _case("item")
     before = _state(model)
     loop = loss_surface(model, _ce, batches, dirs, resolution=3, engine="loop").losses
     auto = loss_surface(model, _ce, batches, dirs, resolution=3).losses
@@ -141,14 +141,14 @@ def test_tied_weights_batched_and_restored_as_parameters():
 
 @pytest.mark.parametrize("chunk", [1, 3, 25, 100])
 def test_chunk_size_does_not_change_values(chunk):
-    model, batches, params, dirs = _case("mlp")
+    model, batches, _params, dirs = _case("mlp")
     ref = loss_surface(model, _ce, batches, dirs, resolution=5, engine="loop").losses
     got = loss_surface(model, _ce, batches, dirs, resolution=5, engine="vmap", chunk_size=chunk).losses
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_chunk_size_follows_the_memory_budget():
-    model, batches, params, dirs = _case("mlp")
+    model, batches, params, _dirs = _case("mlp")
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     with torch.no_grad():
         small = auto_chunk_size(model, _ce, batches, params, memory_budget=1)
@@ -177,7 +177,7 @@ def test_loop_path_has_no_host_sync_per_point(monkeypatch):
 
 
 def test_bad_engine_and_chunk_size_raise_value_error():
-    model, batches, params, dirs = _case("mlp")
+    model, batches, _params, dirs = _case("mlp")
     with pytest.raises(ValueError, match="`engine`"):
         loss_surface(model, _ce, batches, dirs, resolution=3, engine="fast")
     with pytest.raises(ValueError, match="`chunk_size`"):
