@@ -29,6 +29,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check lightning_landscape tests examples benchmarks scripts
 	$(VENV)/bin/ruff format --check lightning_landscape
 
+bench: $(STAMP)  ## benchmarks: tables and ratios (README "Performance"); baselines in benchmarks/.env
+	$(PY) benchmarks/bench_floor.py
+	$(PY) benchmarks/bench_growth.py
+	$(PY) benchmarks/bench_callback.py
+	bash benchmarks/setup_env.sh $(PY) > /dev/null
+	benchmarks/.env/bin/python benchmarks/bench_baselines.py
+
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir lightning_logs
 

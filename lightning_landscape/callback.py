@@ -33,7 +33,12 @@ from lightning_landscape.functional.params import (
     preserved_random_state,
     unflatten,
 )
-from lightning_landscape.functional.surface import interpolation_line, loss_line, loss_surface
+from lightning_landscape.functional.surface import (
+    check_engine,
+    interpolation_line,
+    loss_line,
+    loss_surface,
+)
 from lightning_landscape.functional.trajectory import trajectory_pca
 from lightning_landscape.metrics import (
     DEFAULT_FINAL_METRICS,
@@ -70,9 +75,10 @@ def _odd(name: str, value: Any) -> None:
         )
 
 
-def _training_step_loss(module: pl.LightningModule, batch: Any) -> Tensor:
+def _training_step_loss(module: pl.LightningModule, batch: Any, takes_index: bool | None = None) -> Tensor:
     """The loss ``training_step`` returns, with ``self.log``/``self.log_dict`` silenced for the call."""
-    takes_index = len(inspect.signature(module.training_step).parameters) >= 2
+    if takes_index is None:  # inspect.signature is slow: callers evaluating many points pass it in
+        takes_index = len(inspect.signature(module.training_step).parameters) >= 2
     module.log = lambda *a, **k: None  # type: ignore[method-assign]
     module.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
     try:
@@ -143,7 +149,6 @@ class LossLandscapeCallback(Callback):
         snapshot_storage: ``"memory"``, ``"memmap"`` (a memory-mapped file
             ``<log_dir>/landscape[/NAME]/snapshots*.bin``, for models whose snapshots do not fit in memory),
             or ``"auto"``: in memory unless ``snapshot_budget_bytes`` holds fewer than two snapshots.
-
         metrics: curvature and sharpness scalars computed with every periodic surface: a sequence of
             names from ``"eigenvalues"``, ``"trace"``, ``"sam"``, ``"average"``, or a mapping from name to
             options of the matching function (``{"sam": {"rho": 0.1}}``); ``None`` or ``()`` for none.
@@ -152,6 +157,9 @@ class LossLandscapeCallback(Callback):
             ``"metrics"`` record; see :mod:`lightning_landscape.metrics` for names and defaults.
         final_metrics: the same, computed at the end of training (``landscape/final/...``). Default:
             all four (a 50-step Lanczos, the trace with 64 probes, SAM and average sharpness).
+        engine: how grid points are evaluated: ``"auto"`` (batched with ``vmap`` on accelerators, the
+            loop on the CPU and for models that cannot be vmapped), ``"loop"`` or ``"vmap"``. See
+            :func:`lightning_landscape.functional.loss_surface`.
 
     Distributed training: under DDP (``ddp``, ``ddp_spawn``, ...) every rank evaluates its share of the
     grid and line points and the values are gathered, so the work per rank falls with the number of
@@ -199,8 +207,10 @@ class LossLandscapeCallback(Callback):
         snapshot_storage: Literal["auto", "memory", "memmap"] = "auto",
         metrics: Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None = DEFAULT_METRICS,
         final_metrics: Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None = DEFAULT_FINAL_METRICS,
+        engine: Literal["auto", "loop", "vmap"] = "auto",
     ) -> None:
         _positive_int("every_n_epochs", every_n_epochs, allow_none=True)
+        check_engine(engine, "engine")
         _odd("resolution", resolution)
         _odd("final_resolution", final_resolution)
         _odd("line_resolution", line_resolution)
@@ -285,6 +295,7 @@ class LossLandscapeCallback(Callback):
         self._precision = "32-true"
         self.metrics = resolve_metrics(metrics, final=False, seed=seed, argument="metrics")
         self.final_metrics = resolve_metrics(final_metrics, final=True, seed=seed, argument="final_metrics")
+        self.engine = engine
 
         self.recorder = TrajectoryRecorder(max_snapshots)
         self.records: list[SurfaceRecord | LineRecord | MetricsRecord] = []
@@ -505,10 +516,14 @@ class LossLandscapeCallback(Callback):
     def _loss_fn(self, trainer: pl.Trainer) -> LossFn:
         user = self.loss_fn
         precision = trainer.precision_plugin
+        step = trainer.lightning_module.training_step
+        takes_index = len(inspect.signature(step).parameters) >= 2
 
         def loss(model: nn.Module, batch: Any) -> Tensor:
             with precision.forward_context():
-                return user(model, batch) if user is not None else _training_step_loss(model, batch)  # type: ignore[arg-type]
+                if user is not None:
+                    return user(model, batch)
+                return _training_step_loss(model, batch, takes_index)  # type: ignore[arg-type]
 
         return loss
 
@@ -655,6 +670,7 @@ class LossLandscapeCallback(Callback):
             span=span,
             params=params,
             shard=shard,
+            engine=self.engine,
         )
         surface.path = path
         surface.meta.update(common, span=span, resolution=resolution, name=f"{stage}_surface_step{step:08d}")
@@ -671,6 +687,7 @@ class LossLandscapeCallback(Callback):
                 alpha_range=self.interpolation_range,
                 params=params,
                 shard=shard,
+                engine=self.engine,
             )
             interp.meta.update(
                 common,
@@ -690,6 +707,7 @@ class LossLandscapeCallback(Callback):
                     span=span,
                     params=params,
                     shard=shard,
+                    engine=self.engine,
                 )
                 label = f"{plane_meta['directions']} direction {axis + 1}"
                 line.meta.update(

@@ -99,21 +99,22 @@ def test_observation_restores_everything_bit_for_bit():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_model_is_restored_when_the_loss_raises():
+@pytest.mark.parametrize(("engine", "after"), [("loop", 4), ("vmap", 2)])
+def test_model_is_restored_when_the_loss_raises(engine, after):
     model, batches = _model(), _batches()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     calls = []
 
     def failing(m, b):
         calls.append(1)
-        if len(calls) > 4:
+        if len(calls) > after:  # part-way through the grid
             raise RuntimeError("boom")
         return _ce(m, b)
 
     params = [p for _, p in landscape_parameters(model)]
     d1, d2 = filter_normalized_directions(params, seed=0)
     with pytest.raises(RuntimeError, match="boom"):
-        loss_surface(model, failing, batches, (d1, d2), resolution=3)
+        loss_surface(model, failing, batches, (d1, d2), resolution=3, engine=engine)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training
 

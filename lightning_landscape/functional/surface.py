@@ -8,13 +8,15 @@ loss averaged over the same fixed list of probe batches, results kept on the dev
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape.functional.batched import evaluate_points_batched
 from lightning_landscape.functional.params import (
     Direction,
     LossFn,
@@ -99,6 +101,20 @@ def evaluate_loss(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> 
         return float(_mean_loss(model, loss_fn, batches))
 
 
+Engine = Literal["auto", "loop", "vmap"]
+_ENGINES = ("auto", "loop", "vmap")
+
+# Models "auto" found it cannot vmap (weakly held: forgotten with the model). Only which path runs is
+# remembered, never values, so the engine stays a pure function of its inputs.
+_CANNOT_VMAP: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def check_engine(engine: Any, name: str = "engine") -> None:
+    """Raise a ValueError naming ``name`` unless ``engine`` is one of ``"auto"``, ``"loop"``, ``"vmap"``."""
+    if engine not in _ENGINES:
+        raise ValueError(f"`{name}` must be one of {_ENGINES}, got {engine!r}")
+
+
 def _evaluate_points(
     model: nn.Module,
     loss_fn: LossFn,
@@ -106,14 +122,119 @@ def _evaluate_points(
     params: Sequence[Tensor],
     directions: Sequence[Direction],
     coefficients: np.ndarray,
+    *,
+    engine: Engine = "auto",
+    chunk_size: int | None = None,
 ) -> np.ndarray:
-    """Loss at ``w0 + coefficients[n] @ directions`` for each row ``n``; one host sync at the end."""
-    values: list[Tensor] = []
-    with observation(model), WeightPerturbation(params, directions) as move:
-        for row in coefficients:
-            move.to(*row.tolist())
-            values.append(_mean_loss(model, loss_fn, batches))
-    return torch.stack(values).double().cpu().numpy()
+    """Loss at ``w0 + coefficients[n] @ directions`` for each row ``n``; one host sync at the end.
+
+    The shared engine of surfaces, lines and sharpness samples; a pure function of its inputs (the
+    model is restored exactly). ``engine="loop"`` moves the weights in place from a saved copy for
+    each point (foreach kernels, no model copies, no host sync per point); ``"vmap"`` evaluates
+    chunks of ``chunk_size`` points (default: from a memory budget) in one vmapped forward pass
+    (:mod:`lightning_landscape.functional.batched`) and raises if the model cannot be vmapped.
+    ``"auto"`` is batched on accelerators and the loop on the CPU (see :func:`_auto_engine`); a model
+    that cannot be vmapped goes to the loop, silently. Both paths agree within float rounding; "auto"
+    is deterministic, so identical runs give bit-identical values.
+    """
+    check_engine(engine)
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"`chunk_size` must be a positive integer or None, got {chunk_size!r}")
+    if len(batches) == 0:
+        raise ValueError("`batches` is empty: at least one probe batch is needed")
+    coefficients = np.asarray(coefficients, dtype=np.float64).reshape(len(coefficients), -1)
+    move = WeightPerturbation(params, directions)  # validates shapes, casts directions once
+    if coefficients.shape[1] != len(move.directions):
+        raise ValueError(
+            f"{coefficients.shape[1]} coefficients per point for {len(move.directions)} directions"
+        )
+    if len(coefficients) == 0:
+        return np.zeros(0)
+
+    def batched(coef: np.ndarray) -> Tensor:
+        return evaluate_points_batched(
+            model, loss_fn, batches, move.params, move.directions, coef, chunk_size=chunk_size
+        )
+
+    def loop(coef: np.ndarray) -> Tensor:
+        return _evaluate_points_loop(model, loss_fn, batches, move, coef)
+
+    may_fall_back = engine == "auto"
+    if engine == "auto":
+        engine = _auto_engine(model, move.params)
+    with observation(model):
+        if engine == "loop":
+            values = loop(coefficients)
+        else:
+            try:
+                values = batched(coefficients)
+            except Exception:
+                if not may_fall_back:
+                    raise
+                values = loop(coefficients)  # cannot be vmapped (.item(), data-dependent control flow, ...)
+                _CANNOT_VMAP.add(model)  # after the loop worked: a failing loss_fn is not the model's fault
+    return values.double().cpu().numpy()
+
+
+def _auto_engine(model: nn.Module, params: Sequence[Tensor]) -> Engine:
+    """The "auto" rule, deterministic so that identical runs give identical records.
+
+    Batched where it pays, on accelerators: one vmapped forward pass over a chunk of points replaces
+    many small kernel launches. On the CPU, the loop: measured there, batching won only for models of
+    a few thousand parameters and lost up to 2.3x on larger ones (benchmarks/bench_floor.py).
+    """
+    if model in _CANNOT_VMAP or all(p.device.type == "cpu" for p in params):
+        return "loop"
+    return "vmap"
+
+
+def _checked(loss: Any) -> Tensor:
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise ValueError(
+            f"`loss_fn` must return a scalar tensor, got {type(loss).__name__}"
+            + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
+        )
+    return loss if loss.dim() == 0 else loss.reshape(())
+
+
+def _evaluate_points_loop(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    move: WeightPerturbation,
+    coefficients: np.ndarray,
+) -> Tensor:
+    """One forward pass per point and batch; per point, two foreach kernels and no host sync.
+
+    Points come row by row (a surface's ``y`` is constant along a row), so ``w0 + sum_{k>=1} c_k d_k``
+    is built once per row into a buffer, and each point is ``copy(buffer) + c_0 d_0``. Losses stay on
+    the device, unreduced, until one stack at the end.
+    """
+    losses: list[Tensor] = []
+    params, dirs = move.params, move.directions
+    with move, torch.no_grad():
+        saved = move._saved
+        assert saved is not None
+        base = saved if len(dirs) == 1 else [t.clone() for t in saved]
+        previous: list[float] | None = [] if len(dirs) == 1 else None
+        for row in coefficients.tolist():
+            first, rest = row[0], row[1:]
+            if rest != previous:
+                torch._foreach_copy_(base, saved)
+                for c, d in zip(rest, dirs[1:]):
+                    if c != 0.0:
+                        torch._foreach_add_(base, d, alpha=c)
+                previous = rest
+            torch._foreach_copy_(params, base)
+            if first != 0.0:
+                torch._foreach_add_(params, dirs[0], alpha=first)
+            losses.extend(_checked(loss_fn(model, batch)) for batch in batches)
+    stacked = torch.stack(losses).detach()
+    if stacked.dtype not in (torch.float32, torch.float64):
+        stacked = stacked.float()
+    return stacked.view(len(coefficients), len(batches)).mean(1)
 
 
 def _evaluate_shared(
@@ -124,11 +245,17 @@ def _evaluate_shared(
     directions: Sequence[Direction],
     coefficients: np.ndarray,
     shard: PointShard | None,
+    engine: Engine = "auto",
+    chunk_size: int | None = None,
 ) -> np.ndarray:
     """:func:`_evaluate_points` on this process's rows of ``coefficients``, gathered from all processes."""
-    return evaluate_sharded(
-        lambda rows: _evaluate_points(model, loss_fn, batches, params, directions, rows), coefficients, shard
-    )
+
+    def evaluate(rows: np.ndarray) -> np.ndarray:
+        return _evaluate_points(
+            model, loss_fn, batches, params, directions, rows, engine=engine, chunk_size=chunk_size
+        )
+
+    return evaluate_sharded(evaluate, coefficients, shard)
 
 
 def _work_dtype(p: Tensor) -> torch.dtype:
@@ -152,6 +279,8 @@ def loss_surface(
     params: Sequence[Tensor] | None = None,
     *,
     shard: PointShard | None = None,
+    engine: Engine = "auto",
+    chunk_size: int | None = None,
 ) -> SurfaceRecord:
     """Loss on the plane ``w + x * d1 + y * d2`` around the current weights ``w``.
 
@@ -166,6 +295,10 @@ def loss_surface(
         params: the parameters the directions belong to (default: :func:`landscape_parameters`).
         shard: share the grid points out among processes (see :class:`PointShard`); every process
             must call with the same arguments and gets the whole surface. Default: one process.
+        engine: ``"auto"`` (default: batched with ``vmap`` where the model allows it, else the loop),
+            ``"loop"`` (one forward pass per point, weights moved in place) or ``"vmap"`` (batched; raises
+            if the model cannot be vmapped). All give the same values within float rounding.
+        chunk_size: grid points per batched forward pass (default: from a memory budget).
 
     Returns:
         A :class:`SurfaceRecord` with ``losses[i, j]`` at ``(xs[j], ys[i])``.
@@ -191,7 +324,9 @@ def loss_surface(
     ys_arr = np.asarray(ys, dtype=np.float64) if ys is not None else odd_grid(span, resolution)
     gx, gy = np.meshgrid(xs_arr, ys_arr)
     coefficients = np.stack([gx.ravel(), gy.ravel()], axis=1)
-    losses = _evaluate_shared(model, loss_fn, batches, params, directions, coefficients, shard)
+    losses = _evaluate_shared(
+        model, loss_fn, batches, params, directions, coefficients, shard, engine=engine, chunk_size=chunk_size
+    )
     losses = losses.reshape(len(ys_arr), len(xs_arr))
     meta = {
         "probe_batches": len(batches),
@@ -212,6 +347,8 @@ def loss_line(
     params: Sequence[Tensor] | None = None,
     *,
     shard: PointShard | None = None,
+    engine: Engine = "auto",
+    chunk_size: int | None = None,
 ) -> LineRecord:
     """Loss along ``w + alpha * d`` around the current weights ``w``.
 
@@ -227,7 +364,17 @@ def loss_line(
     """
     params = _resolve_params(model, params)
     alphas_arr = np.asarray(alphas, dtype=np.float64) if alphas is not None else odd_grid(span, resolution)
-    losses = _evaluate_shared(model, loss_fn, batches, params, [direction], alphas_arr[:, None], shard)
+    losses = _evaluate_shared(
+        model,
+        loss_fn,
+        batches,
+        params,
+        [direction],
+        alphas_arr[:, None],
+        shard,
+        engine=engine,
+        chunk_size=chunk_size,
+    )
     meta = {
         "probe_batches": len(batches),
         "probe_samples": probe_size(batches),
@@ -246,6 +393,8 @@ def interpolation_line(
     params: Sequence[Tensor] | None = None,
     *,
     shard: PointShard | None = None,
+    engine: Engine = "auto",
+    chunk_size: int | None = None,
 ) -> LineRecord:
     """The Goodfellow et al. (2015) line from weights ``start`` (alpha=0) to the current ones (alpha=1).
 
@@ -278,7 +427,17 @@ def interpolation_line(
             for p, s in zip(params, start)
         ]
     # start + alpha (w - start) = w + (alpha - 1) (w - start): evaluate around the current weights.
-    losses = _evaluate_shared(model, loss_fn, batches, params, [direction], (alphas - 1.0)[:, None], shard)
+    losses = _evaluate_shared(
+        model,
+        loss_fn,
+        batches,
+        params,
+        [direction],
+        (alphas - 1.0)[:, None],
+        shard,
+        engine=engine,
+        chunk_size=chunk_size,
+    )
     meta = {
         "probe_batches": len(batches),
         "probe_samples": probe_size(batches),

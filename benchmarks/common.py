@@ -1,0 +1,107 @@
+"""Shared pieces of the benchmarks: small models, probe data, interleaved timing, machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def ce_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+class TinyTransformer(nn.Module):
+    """Token embedding + 2 encoder layers (d=64, 4 heads) + mean pooling + linear head."""
+
+    def __init__(self, vocab: int = 100, d: int = 64, classes: int = 10) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        layer = nn.TransformerEncoderLayer(d, 4, 2 * d, dropout=0.1, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(self.emb(x)).mean(1))
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 10),
+    )
+
+
+def probe(kind: str, batches: int = 4, batch_size: int = 64, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
+    """Random probe batches shaped for ``kind`` (mlp, cnn, transformer)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(batches):
+        if kind == "mlp":
+            x = torch.randn(batch_size, 64, generator=g)
+        elif kind == "cnn":
+            x = torch.randn(batch_size, 3, 16, 16, generator=g)
+        else:
+            x = torch.randint(0, 100, (batch_size, 16), generator=g)
+        out.append((x, torch.randint(0, 10, (batch_size,), generator=g)))
+    return out
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {"mlp": mlp, "cnn": cnn, "transformer": TinyTransformer}
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Run each of ``fns`` once per repetition, in turn, ``reps`` times; seconds per call for each."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def median_ratio(num: Sequence[float], den: Sequence[float]) -> float:
+    """Median of the per-repetition ratios (robust to load that drifts between repetitions)."""
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+def machine() -> str:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, {gpu}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header, *[[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
