@@ -9,6 +9,7 @@ import inspect
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +45,7 @@ from lightning_landscape.metrics import (
     DEFAULT_FINAL_METRICS,
     DEFAULT_METRICS,
     compute_metrics,
+    estimated_cost,
     resolve_metrics,
 )
 from lightning_landscape.plots import contour_figure, line_figure
@@ -58,6 +60,18 @@ _HESSIAN_PLANE_ITERATIONS = {"periodic": 20, "final": 50}  # Lanczos steps for d
 _STORAGES = ("auto", "memory", "memmap")
 _SNAPSHOT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_TRAIN_STEP_COST = 3.0  # a training step costs about 3 forward passes (forward + backward) of its batch
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one landscape computation evaluates, and its cost in forward passes over one probe batch."""
+
+    resolution: int
+    line_resolution: int
+    metrics: dict[str, dict[str, Any]]
+    cost: float
+    reduced: bool = False
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1, allow_none: bool = False) -> None:
@@ -160,6 +174,13 @@ class LossLandscapeCallback(Callback):
         engine: how grid points are evaluated: ``"auto"`` (batched with ``vmap`` on accelerators, the
             loop on the CPU and for models that cannot be vmapped), ``"loop"`` or ``"vmap"``. See
             :func:`lightning_landscape.functional.loss_surface`.
+        max_overhead: most work the callback may add, as a fraction of the training work so far
+            (default 0.1). Work is counted, not timed, so the schedule is the same on every run and
+            rank: a training step costs about 3 forward passes of its batch, a landscape one forward
+            pass per grid point and probe batch (metrics by their measured equivalents). A periodic
+            landscape that does not fit is skipped; the final one is made coarser (fewer grid points,
+            then fewer metrics) until it fits, with a 5 x 5 surface as the floor. ``None`` computes
+            everything as scheduled, whatever it costs.
 
     Distributed training: under DDP (``ddp``, ``ddp_spawn``, ...) every rank evaluates its share of the
     grid and line points and the values are gathered, so the work per rank falls with the number of
@@ -171,7 +192,8 @@ class LossLandscapeCallback(Callback):
         >>> from lightning.pytorch import Trainer
         >>> from lightning.pytorch.demos.boring_classes import BoringModel
         >>> import tempfile
-        >>> cb = LossLandscapeCallback(resolution=5, final_resolution=7, num_batches=2)
+        >>> # A toy run, far shorter than its landscapes: lift the overhead budget to see them all.
+        >>> cb = LossLandscapeCallback(resolution=5, final_resolution=7, num_batches=2, max_overhead=None)
         >>> trainer = Trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=0, callbacks=[cb],
         ...                   logger=False, default_root_dir=tempfile.mkdtemp(), enable_progress_bar=False,
         ...                   enable_model_summary=False, enable_checkpointing=False)
@@ -208,6 +230,7 @@ class LossLandscapeCallback(Callback):
         metrics: Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None = DEFAULT_METRICS,
         final_metrics: Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None = DEFAULT_FINAL_METRICS,
         engine: Literal["auto", "loop", "vmap"] = "auto",
+        max_overhead: float | None = 0.1,
     ) -> None:
         _positive_int("every_n_epochs", every_n_epochs, allow_none=True)
         check_engine(engine, "engine")
@@ -296,6 +319,16 @@ class LossLandscapeCallback(Callback):
         self.metrics = resolve_metrics(metrics, final=False, seed=seed, argument="metrics")
         self.final_metrics = resolve_metrics(final_metrics, final=True, seed=seed, argument="final_metrics")
         self.engine = engine
+        if max_overhead is not None and (
+            isinstance(max_overhead, bool)
+            or not isinstance(max_overhead, (int, float))
+            or not 0 < max_overhead < math.inf
+        ):
+            raise ValueError(f"`max_overhead` must be a positive number or None, got {max_overhead!r}")
+        self.max_overhead = None if max_overhead is None else float(max_overhead)
+        self._train_batches = 0  # training batches seen: the budget's measure of training cost
+        self._spent = 0.0  # the callback's work so far, in forward passes over one probe batch
+        self._skipped = 0  # periodic landscapes skipped to stay within max_overhead
 
         self.recorder = TrajectoryRecorder(max_snapshots)
         self.records: list[SurfaceRecord | LineRecord | MetricsRecord] = []
@@ -375,6 +408,7 @@ class LossLandscapeCallback(Callback):
         # Events count optimizer steps: a snapshot when global_step // n first reaches a new value. Under
         # gradient accumulation the step stands still between optimizer steps (no duplicate); with
         # several optimizers it may jump past a multiple of n (the next step is taken instead).
+        self._train_batches += 1
         n = self.snapshot_every_n_steps
         step = trainer.global_step
         if n is not None and self.recorder.wants(step // n):
@@ -389,14 +423,37 @@ class LossLandscapeCallback(Callback):
         due = self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0
         if due and trainer.global_step != self._last_landscape_step:  # not twice at one step (resume)
             self._last_landscape_step = trainer.global_step
-            self._safely(self._landscape, trainer, pl_module, final=False)
-            self._safely(self._curvature, trainer, pl_module, final=False)
+            plan = self._plan(trainer, final=False)
+            if plan is None:
+                self._skipped += 1
+                if self._skipped == 1:
+                    rank_zero_warn(
+                        f"LossLandscapeCallback: skipping periodic landscapes that would take the callback's "
+                        f"work above max_overhead={self.max_overhead} of the training work so far; they "
+                        "resume as training accumulates. Pass `max_overhead=None` to compute all of them.",
+                        category=RuntimeWarning,
+                    )
+                return
+            self._spent += plan.cost
+            self._safely(self._landscape, trainer, pl_module, final=False, plan=plan)
+            self._safely(self._curvature, trainer, pl_module, final=False, spec=plan.metrics)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.compute_on_train_end:
-            self._safely(self._landscape, trainer, pl_module, final=True)
-            self._safely(self._curvature, trainer, pl_module, final=True)
+            plan = self._plan(trainer, final=True)
+            assert plan is not None
+            if plan.reduced:
+                rank_zero_warn(
+                    f"LossLandscapeCallback: the final landscape was reduced to {plan.resolution} x "
+                    f"{plan.resolution} points (asked: {self.final_resolution}) with metrics "
+                    f"{sorted(plan.metrics) or 'none'} to stay within max_overhead={self.max_overhead} of "
+                    "the training work. Pass `max_overhead=None` for the full one.",
+                    category=RuntimeWarning,
+                )
+            self._spent += plan.cost
+            self._safely(self._landscape, trainer, pl_module, final=True, plan=plan)
+            self._safely(self._curvature, trainer, pl_module, final=True, spec=plan.metrics)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -407,6 +464,9 @@ class LossLandscapeCallback(Callback):
             "seed": self.seed,  # the random directions' seed
             "name": self.name or "",
             "last_landscape_step": self._last_landscape_step,  # schedule position
+            "train_batches": self._train_batches,  # the overhead budget's accounts
+            "spent": self._spent,
+            "skipped": self._skipped,
         }
 
     @override
@@ -414,8 +474,58 @@ class LossLandscapeCallback(Callback):
         self.recorder.load_state_dict(state_dict["recorder"])
         self._written = list(state_dict.get("written", []))
         self._last_landscape_step = int(state_dict.get("last_landscape_step", -1))
+        self._train_batches = int(state_dict.get("train_batches", 0))
+        self._spent = float(state_dict.get("spent", 0.0))
+        self._skipped = int(state_dict.get("skipped", 0))
 
     # ------------------------------------------------------------------ helpers
+
+    def _cost(
+        self, trainer: pl.Trainer, resolution: int, lines: int, line_resolution: int, metrics: Any
+    ) -> float:
+        """Forward passes over one probe batch that a landscape takes on each rank."""
+        probe = len(self._probe) if self._probe is not None else self.num_batches
+        points = resolution**2 + lines * line_resolution  # shared out among the ranks
+        hessian = 3.9 * _HESSIAN_PLANE_ITERATIONS["final" if lines > 1 else "periodic"]
+        per_rank = estimated_cost(metrics) + (hessian if self.directions == "hessian" else 0.0)
+        return probe * (points / max(trainer.world_size, 1) + per_rank)
+
+    def _plan(self, trainer: pl.Trainer, final: bool) -> _Plan | None:
+        """The largest landscape that fits the overhead budget (None: skip this periodic one).
+
+        Counted work, not time: every rank reaches the same decision without a collective, and
+        identical runs make identical records.
+        """
+        lines = 3 if final else 1
+        if not final:
+            plan = _Plan(self.resolution, self.line_resolution, self.metrics, 0.0)
+            cost = self._cost(trainer, plan.resolution, lines, plan.line_resolution, plan.metrics)
+            plan = _Plan(plan.resolution, plan.line_resolution, plan.metrics, cost)
+            if self.max_overhead is None or self._spent + cost <= self._allowance():
+                return plan
+            return None
+        full = self._cost(trainer, self.final_resolution, lines, self.line_resolution, self.final_metrics)
+        if self.max_overhead is None or self._spent + full <= self._allowance():
+            return _Plan(self.final_resolution, self.line_resolution, self.final_metrics, full)
+        # Coarser: first fewer grid points (down to the periodic resolution), then fewer metrics, then
+        # fewer points still; a 5 x 5 surface with 11-point lines and no metrics is the floor.
+        floor = min(self.resolution, self.final_resolution)
+        candidates = [
+            (r, spec)
+            for spec in (self.final_metrics, self.metrics, {})
+            for r in range(self.final_resolution - 2, floor - 1, -2)
+        ] + [(r, {}) for r in range(floor - 2, 4, -2)]
+        for r, spec in candidates:
+            line_resolution = min(self.line_resolution, 2 * r + 1)
+            cost = self._cost(trainer, r, lines, line_resolution, spec)
+            if self._spent + cost <= self._allowance():
+                return _Plan(r, line_resolution, spec, cost, reduced=True)
+        line_resolution = min(self.line_resolution, 11)
+        return _Plan(5, line_resolution, {}, self._cost(trainer, 5, lines, line_resolution, {}), reduced=True)
+
+    def _allowance(self) -> float:
+        assert self.max_overhead is not None
+        return self.max_overhead * _TRAIN_STEP_COST * self._train_batches
 
     def _new_recorder(self, num_params: int, rank: int) -> TrajectoryRecorder:
         dtype = self.snapshot_dtype or self._work_dtype
@@ -569,9 +679,16 @@ class LossLandscapeCallback(Callback):
         }
         return (d1, d2), None, (self.span if self.span is not None else 1.0), meta
 
-    def _curvature(self, trainer: pl.Trainer, pl_module: pl.LightningModule, final: bool) -> None:
+    def _curvature(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        final: bool,
+        spec: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         """Curvature and sharpness scalars: computed by the core, recorded, saved and logged here."""
-        spec = self.final_metrics if final else self.metrics
+        if spec is None:
+            spec = self.final_metrics if final else self.metrics
         if not spec:
             return
         params = self._params(pl_module)
@@ -629,7 +746,9 @@ class LossLandscapeCallback(Callback):
             start = unflatten(self.recorder.snapshots[0], params, dtype=self._work_dtype)
         return params, loss_fn, plane, start
 
-    def _landscape(self, trainer: pl.Trainer, pl_module: pl.LightningModule, final: bool) -> None:
+    def _landscape(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, final: bool, plan: _Plan | None = None
+    ) -> None:
         # Every rank runs this whole method: each collective below (the probe broadcast, the agreement,
         # one all-gather per surface or line) is reached by all ranks in the same order, and a failure
         # on one rank is turned into the same exception on every rank *after* a collective.
@@ -660,7 +779,10 @@ class LossLandscapeCallback(Callback):
         if self.name:
             common["callback_name"] = self.name
 
-        resolution = self.final_resolution if final else self.resolution
+        resolution = plan.resolution if plan else self.final_resolution if final else self.resolution
+        line_resolution = plan.line_resolution if plan else self.line_resolution
+        if plan is not None and plan.reduced:
+            common["reduced_by_max_overhead"] = True
         surface = loss_surface(
             pl_module,
             loss_fn,
@@ -683,7 +805,7 @@ class LossLandscapeCallback(Callback):
                 loss_fn,
                 batches,
                 start,
-                resolution=self.line_resolution,
+                resolution=line_resolution,
                 alpha_range=self.interpolation_range,
                 params=params,
                 shard=shard,
@@ -703,7 +825,7 @@ class LossLandscapeCallback(Callback):
                     loss_fn,
                     batches,
                     d,
-                    resolution=self.line_resolution,
+                    resolution=line_resolution,
                     span=span,
                     params=params,
                     shard=shard,

@@ -31,7 +31,14 @@ from lightning_landscape.functional.curvature import hessian_eigenvalues, hessia
 from lightning_landscape.functional.params import LossFn
 from lightning_landscape.functional.sharpness import average_sharpness, sam_sharpness
 
-__all__ = ["DEFAULT_FINAL_METRICS", "DEFAULT_METRICS", "METRICS", "compute_metrics", "resolve_metrics"]
+__all__ = [
+    "DEFAULT_FINAL_METRICS",
+    "DEFAULT_METRICS",
+    "METRICS",
+    "compute_metrics",
+    "estimated_cost",
+    "resolve_metrics",
+]
 
 METRICS = {
     "eigenvalues": hessian_eigenvalues,
@@ -100,6 +107,31 @@ def resolve_metrics(
             merged.setdefault("seed", seed)
         out[name] = merged
     return out
+
+
+# Cost of each metric in evaluations of the loss over the probe set (forward-pass equivalents), as
+# measured by benchmarks/curvature.py: a Hessian-vector product ~2.3 and its gradient graph ~1.4 (about
+# 3.9 per Lanczos step with reorthogonalization), SAM a gradient and one evaluation, average sharpness
+# one evaluation per sample.
+def estimated_cost(spec: Mapping[str, Mapping[str, Any]]) -> float:
+    """Estimated cost of a resolved metrics spec, in evaluations of the loss over the probe set.
+
+    Example::
+
+        >>> estimated_cost(resolve_metrics(("sam", "average"), final=False, seed=0))
+        21.5
+    """
+    cost = 0.0
+    for name, options in spec.items():
+        if name == "eigenvalues":
+            cost += 1.4 + 3.9 * float(options.get("max_iter", 20))
+        elif name == "trace":
+            cost += 1.4 + 3.6 * float(options.get("samples", 16))
+        elif name == "sam":
+            cost += 4.5
+        elif name == "average":
+            cost += 1.0 + float(options.get("samples", 16))
+    return cost
 
 
 def compute_metrics(

@@ -88,6 +88,7 @@ def main() -> None:
     pl.seed_everything(0)
     model = ShardedNet(norm="none", dropout=0.0)
     cb = LossLandscapeCallback(
+        max_overhead=None,
         loss_fn=counting_loss,
         resolution=5,
         final_resolution=7,

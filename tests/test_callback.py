@@ -80,7 +80,7 @@ def test_observing_does_not_change_training(trainer_kwargs, tmp_path, own_genera
         checker = ModeChecker()
         cbs: list = [checker]
         if with_callback:
-            cbs.insert(0, LossLandscapeCallback(snapshot_every_n_steps=2, **SMALL))
+            cbs.insert(0, LossLandscapeCallback(max_overhead=None, snapshot_every_n_steps=2, **SMALL))
         logger = CSVLogger(tmp_path, name=name)
         trainer = fit(trainer_kwargs, model, dl, cbs, max_epochs=3, limit_train_batches=None, logger=logger)
         return model, trainer, checker, Path(logger.log_dir) / "metrics.csv"
@@ -121,7 +121,7 @@ def test_tensorboard_images_and_scalars(trainer_kwargs, tmp_path):
     pl.seed_everything(0)
     model = TinyNet()
     dl = loader(32, 8)
-    cb = LossLandscapeCallback(snapshot_every_n_steps=1, **SMALL)
+    cb = LossLandscapeCallback(max_overhead=None, snapshot_every_n_steps=1, **SMALL)
     logger = TensorBoardLogger(tmp_path, name="tb")
     trainer = fit(trainer_kwargs, model, dl, [cb], max_epochs=3, logger=logger)
     logger.experiment.flush()
@@ -173,7 +173,7 @@ def test_tensorboard_images_and_scalars(trainer_kwargs, tmp_path):
 def test_records_random_before_two_snapshots_then_pca(trainer_kwargs, tmp_path):
     pl.seed_everything(0)
     model = TinyNet()
-    cb = LossLandscapeCallback(snapshot_every_n_epochs=2, seed=11, **QUIET)
+    cb = LossLandscapeCallback(max_overhead=None, snapshot_every_n_epochs=2, seed=11, **QUIET)
     trainer = fit(trainer_kwargs, model, loader(32, 8), [cb], max_epochs=3)
     records = load_records(trainer.default_root_dir)
     assert len(records) == len(cb.records)
@@ -219,7 +219,9 @@ def test_interpolation_starts_at_initial_weights(trainer_kwargs):
     model = TinyNet(dropout=0.0)
     initial = TinyNet(dropout=0.0)
     initial.load_state_dict(model.state_dict())
-    cb = LossLandscapeCallback(every_n_epochs=None, interpolation_range=(0.0, 1.0), **QUIET)
+    cb = LossLandscapeCallback(
+        max_overhead=None, every_n_epochs=None, interpolation_range=(0.0, 1.0), **QUIET
+    )
     fit(trainer_kwargs, model, loader(32, 8), [cb])
     (interp,) = [r for r in cb.records if r.meta.get("directions") == "interpolation"]
     assert interp.alphas[0] == 0.0
@@ -242,6 +244,7 @@ def test_probe_batches_default_and_user_loader(trainer_kwargs):
         pl.seed_everything(0)
         model = TinyNet(dropout=0.0)
         cb = LossLandscapeCallback(
+            max_overhead=None,
             every_n_epochs=None,
             resolution=3,
             final_resolution=3,
@@ -273,7 +276,7 @@ def test_probe_batches_with_several_training_loaders(trainer_kwargs):
     """`fit` with a dict of loaders: probe batches are the combined dicts `training_step` receives."""
     pl.seed_everything(0)
     model = TwoLoaderNet(dropout=0.0)
-    cb = LossLandscapeCallback(every_n_epochs=None, **QUIET)
+    cb = LossLandscapeCallback(max_overhead=None, every_n_epochs=None, **QUIET)
     fit(trainer_kwargs, model, {"a": loader(32, 8), "b": loader(16, 4, seed=2)}, [cb])
     (final,) = surfaces(cb.records, "final")
     assert final.meta["probe_batches"] == 2
@@ -339,7 +342,7 @@ class ManualNet(TinyNet):
 def test_models_give_finite_landscapes(trainer_kwargs, model_cls, loss_fn):
     pl.seed_everything(0)
     model = model_cls()
-    cb = LossLandscapeCallback(loss_fn=loss_fn, snapshot_every_n_steps=1, **QUIET)
+    cb = LossLandscapeCallback(max_overhead=None, loss_fn=loss_fn, snapshot_every_n_steps=1, **QUIET)
     trainer = fit(trainer_kwargs, model, loader(32, 8), [cb])
     assert trainer.global_step == 8
     stages = [r.meta["stage"] for r in cb.records if isinstance(r, SurfaceRecord)]
@@ -352,7 +355,7 @@ def test_models_give_finite_landscapes(trainer_kwargs, model_cls, loss_fn):
 
 def test_manual_optimization_with_loss_fn_changes_nothing(trainer_kwargs):
     states = []
-    for cbs in ([LossLandscapeCallback(loss_fn=ce_loss, **QUIET)], []):
+    for cbs in ([LossLandscapeCallback(max_overhead=None, loss_fn=ce_loss, **QUIET)], []):
         pl.seed_everything(0)
         model = ManualNet()
         fit(trainer_kwargs, model, loader(32, 8, shuffle=True), cbs)
@@ -364,7 +367,7 @@ def test_manual_optimization_without_loss_fn_fails_at_start(trainer_kwargs):
     model = ManualNet()
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(Exception, match="loss_fn") as info:
-        fit(trainer_kwargs, model, loader(32, 8), [LossLandscapeCallback(**SMALL)])
+        fit(trainer_kwargs, model, loader(32, 8), [LossLandscapeCallback(max_overhead=None, **SMALL)])
     assert "manual optimization" in str(info.value)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
@@ -373,7 +376,7 @@ def test_frozen_layer_stays_frozen_and_outside_the_landscape(trainer_kwargs):
     pl.seed_everything(0)
     model = FrozenNet()
     frozen_before = {n: p.detach().clone() for n, p in model.net[0].named_parameters()}
-    cb = LossLandscapeCallback(snapshot_every_n_steps=1, directions="pca", **QUIET)
+    cb = LossLandscapeCallback(max_overhead=None, snapshot_every_n_steps=1, directions="pca", **QUIET)
     fit(trainer_kwargs, model, loader(32, 8), [cb])
     for n, p in model.net[0].named_parameters():
         assert p.requires_grad is False
@@ -388,7 +391,7 @@ def test_frozen_layer_stays_frozen_and_outside_the_landscape(trainer_kwargs):
 def test_tied_parameters(trainer_kwargs):
     pl.seed_everything(0)
     model = TiedNet()
-    cb = LossLandscapeCallback(snapshot_every_n_steps=1, **QUIET)
+    cb = LossLandscapeCallback(max_overhead=None, snapshot_every_n_steps=1, **QUIET)
     fit(trainer_kwargs, model, loader(32, 8), [cb])
     assert model.mid_a.weight is model.mid_b.weight
     unique = sum(p.numel() for p in model.parameters())  # parameters() de-duplicates tied ones
@@ -432,7 +435,7 @@ def test_tied_parameters(trainer_kwargs):
 )
 def test_bad_arguments_raise_value_error(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
-        LossLandscapeCallback(**kwargs)
+        LossLandscapeCallback(max_overhead=None, **kwargs)
 
 
 # --------------------------------------------------------------------------- 7. failures never stop training
@@ -449,6 +452,7 @@ def test_nan_points_warn_are_stored_and_drawn(trainer_kwargs, tmp_path):
         return loss if norm < 2.5 * ref else loss * float("nan")
 
     cb = LossLandscapeCallback(
+        max_overhead=None,
         loss_fn=far_is_nan,
         directions="random",
         span=4.0,
@@ -499,7 +503,7 @@ class _FailingTB(TensorBoardLogger):
 def test_failing_logger_warns_once_and_training_finishes(trainer_kwargs, tmp_path, logger_cls):
     pl.seed_everything(0)
     logger = logger_cls(tmp_path, name="run")
-    cb = LossLandscapeCallback(**SMALL)
+    cb = LossLandscapeCallback(max_overhead=None, **SMALL)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = fit(trainer_kwargs, TinyNet(), loader(32, 8), [cb], max_epochs=3, logger=logger)
@@ -517,7 +521,7 @@ def test_raising_loss_fn_warns_and_training_is_unchanged(trainer_kwargs):
         raise KeyError("no such column")
 
     states = []
-    for cbs in ([LossLandscapeCallback(loss_fn=broken, **QUIET)], []):
+    for cbs in ([LossLandscapeCallback(max_overhead=None, loss_fn=broken, **QUIET)], []):
         pl.seed_everything(0)
         model = TinyNet(dropout=0.5)
         if cbs:
@@ -535,7 +539,7 @@ def test_raising_loss_fn_warns_and_training_is_unchanged(trainer_kwargs):
 
 def test_no_logger_writes_pngs_and_records(trainer_kwargs, tmp_path):
     pl.seed_everything(0)
-    fit(trainer_kwargs, TinyNet(), loader(32, 8), [LossLandscapeCallback(**SMALL)])
+    fit(trainer_kwargs, TinyNet(), loader(32, 8), [LossLandscapeCallback(max_overhead=None, **SMALL)])
     names = sorted(p.name for p in (tmp_path / "landscape" / "figures").glob("*.png"))
     assert names == sorted(
         [
@@ -558,7 +562,13 @@ def test_csv_logger_gets_scalars_and_pngs(trainer_kwargs, tmp_path):
     pl.seed_everything(0)
     model = TinyNet()
     logger = CSVLogger(tmp_path, name="csv")
-    trainer = fit(trainer_kwargs, model, loader(32, 8), [LossLandscapeCallback(**SMALL)], logger=logger)
+    trainer = fit(
+        trainer_kwargs,
+        model,
+        loader(32, 8),
+        [LossLandscapeCallback(max_overhead=None, **SMALL)],
+        logger=logger,
+    )
     log_dir = Path(logger.log_dir)
     with open(log_dir / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -579,8 +589,8 @@ def test_csv_logger_gets_scalars_and_pngs(trainer_kwargs, tmp_path):
 
 def test_checkpoint_loads_weights_only_and_resumes(trainer_kwargs, tmp_path):
     pl.seed_everything(0)
-    cb_a = LossLandscapeCallback(snapshot_every_n_steps=1, name="a", **QUIET)
-    cb_b = LossLandscapeCallback(directions="random", seed=3, name="b", **QUIET)
+    cb_a = LossLandscapeCallback(max_overhead=None, snapshot_every_n_steps=1, name="a", **QUIET)
+    cb_b = LossLandscapeCallback(max_overhead=None, directions="random", seed=3, name="b", **QUIET)
     assert cb_a.state_key != cb_b.state_key
     trainer = fit(trainer_kwargs, TinyNet(), loader(32, 8), [cb_a, cb_b])
     path = tmp_path / "last.ckpt"
@@ -591,7 +601,7 @@ def test_checkpoint_loads_weights_only_and_resumes(trainer_kwargs, tmp_path):
     assert state["steps"] == cb_a.recorder.steps == list(range(9))
     assert torch.equal(state["snapshots"], cb_a.recorder.stacked())
 
-    fresh = LossLandscapeCallback(snapshot_every_n_steps=1, name="a", **QUIET)
+    fresh = LossLandscapeCallback(max_overhead=None, snapshot_every_n_steps=1, name="a", **QUIET)
     assert fresh.state_key == cb_a.state_key
     fit(trainer_kwargs, TinyNet(), loader(32, 8), [fresh], max_epochs=3, ckpt_path=path)
     assert fresh.recorder.steps == list(range(13))

@@ -51,7 +51,7 @@ def _exact_hessian(model, batches):
 def test_metrics_are_logged_recorded_and_right(trainer_kwargs, tmp_path):
     pl.seed_everything(0)
     model = TinyNet(dropout=0.3)
-    cb = LossLandscapeCallback(seed=5, loss_fn=ce_loss, **SMALL)
+    cb = LossLandscapeCallback(max_overhead=None, seed=5, loss_fn=ce_loss, **SMALL)
     logger = CSVLogger(tmp_path, name="csv")
     _fit(trainer_kwargs, model, [cb], logger=logger)
     with open(Path(logger.log_dir) / "metrics.csv", newline="") as fh:
@@ -105,7 +105,13 @@ def test_hessian_directions_and_all_metrics_do_not_change_training(trainer_kwarg
         cbs = []
         if with_cb:
             cbs = [
-                LossLandscapeCallback(directions="hessian", metrics=every, snapshot_every_n_steps=2, **SMALL)
+                LossLandscapeCallback(
+                    max_overhead=None,
+                    directions="hessian",
+                    metrics=every,
+                    snapshot_every_n_steps=2,
+                    **SMALL,
+                )
             ]
         trainer = pl.Trainer(**trainer_kwargs, callbacks=cbs)
         trainer.fit(model, loader(48, 8, shuffle=True, noise=0.1))
@@ -123,7 +129,7 @@ def test_hessian_directions_and_all_metrics_do_not_change_training(trainer_kwarg
 def test_failing_and_nan_metrics_warn_and_the_rest_are_kept(trainer_kwargs):
     pl.seed_everything(0)
     cb = LossLandscapeCallback(
-        metrics={"sam": {"rho": -1.0}, "eigenvalues": None}, final_metrics=None, **SMALL
+        max_overhead=None, metrics={"sam": {"rho": -1.0}, "eigenvalues": None}, final_metrics=None, **SMALL
     )
     with pytest.warns(RuntimeWarning, match="'sam'.*`rho`"):
         trainer = _fit(trainer_kwargs, TinyNet(), [cb])
@@ -135,7 +141,13 @@ def test_failing_and_nan_metrics_warn_and_the_rest_are_kept(trainer_kwargs):
     def nan_loss(model, batch):
         return ce_loss(model, batch) * math.nan
 
-    cb = LossLandscapeCallback(loss_fn=nan_loss, metrics=("eigenvalues",), final_metrics=None, **SMALL)
+    cb = LossLandscapeCallback(
+        max_overhead=None,
+        loss_fn=nan_loss,
+        metrics=("eigenvalues",),
+        final_metrics=None,
+        **SMALL,
+    )
     with pytest.warns(RuntimeWarning, match="'eigenvalues'"):
         _fit(trainer_kwargs, TinyNet(), [cb])
     metrics = [r for r in cb.records if r.kind == "metrics"]
@@ -144,7 +156,7 @@ def test_failing_and_nan_metrics_warn_and_the_rest_are_kept(trainer_kwargs):
 
 def test_no_metrics_when_switched_off(trainer_kwargs):
     pl.seed_everything(0)
-    cb = LossLandscapeCallback(metrics=None, final_metrics=(), **SMALL)
+    cb = LossLandscapeCallback(max_overhead=None, metrics=None, final_metrics=(), **SMALL)
     _fit(trainer_kwargs, TinyNet(), [cb])
     assert cb.records and not any(r.kind == "metrics" for r in cb.records)
 
@@ -162,7 +174,7 @@ def test_no_metrics_when_switched_off(trainer_kwargs):
 )
 def test_bad_metric_arguments(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
-        LossLandscapeCallback(**kwargs)
+        LossLandscapeCallback(max_overhead=None, **kwargs)
 
 
 def test_metrics_record_round_trip(tmp_path):

@@ -118,7 +118,7 @@ def test_sharded_strategies_are_refused_with_what_is_supported(cls):
 
 
 def test_sharded_strategy_is_refused_at_fit_start(tmp_path):
-    cb = LossLandscapeCallback()
+    cb = LossLandscapeCallback(max_overhead=None)
     trainer = SimpleNamespace(strategy=FSDPStrategy.__new__(FSDPStrategy), callbacks=[cb])
     with pytest.raises(MisconfigurationException, match="FSDPStrategy"):
         cb.setup(trainer, None, "fit")  # refused before anything else is looked at

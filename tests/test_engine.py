@@ -185,5 +185,5 @@ def test_bad_engine_and_chunk_size_raise_value_error():
     with pytest.raises(ValueError, match="`chunk_size`"):
         loss_surface(model, _ce, batches, dirs, resolution=3, chunk_size=0)
     with pytest.raises(ValueError, match="`engine`"):
-        LossLandscapeCallback(engine="gpu")
-    assert LossLandscapeCallback(engine="loop").engine == "loop"
+        LossLandscapeCallback(max_overhead=None, engine="gpu")
+    assert LossLandscapeCallback(max_overhead=None, engine="loop").engine == "loop"

@@ -75,7 +75,7 @@ def _independent_centre(model, precision: str, batches) -> float:
 def test_precisions_give_finite_surfaces_in_the_right_dtypes(trainer_kwargs, precision, effective, work, rel):
     pl.seed_everything(0)
     model = TinyNet(norm="layer", dropout=0.0)
-    cb = LossLandscapeCallback(loss_fn=ce_loss, snapshot_every_n_steps=1, **QUIET)
+    cb = LossLandscapeCallback(max_overhead=None, loss_fn=ce_loss, snapshot_every_n_steps=1, **QUIET)
     trainer = fit(trainer_kwargs, model, loader(32, 8), [cb], precision=precision)
     assert str(trainer.precision) == effective
     assert all(np.isfinite(r.losses).all() for r in cb.records)
@@ -100,7 +100,7 @@ def test_precisions_give_finite_surfaces_in_the_right_dtypes(trainer_kwargs, pre
 
 def _resumable(trainer_kwargs, root, max_epochs, ckpt_path=None):
     pl.seed_everything(0)
-    cb = LossLandscapeCallback(snapshot_every_n_steps=3, max_snapshots=4, **QUIET)
+    cb = LossLandscapeCallback(max_overhead=None, snapshot_every_n_steps=3, max_snapshots=4, **QUIET)
     saver = ModelCheckpoint(
         dirpath=root / "ckpt", save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True
     )
@@ -148,7 +148,10 @@ def test_resumed_run_writes_the_same_records_as_an_uninterrupted_one(trainer_kwa
 
 
 def test_two_unnamed_callbacks_are_refused(trainer_kwargs):
-    cbs = [LossLandscapeCallback(**QUIET), LossLandscapeCallback(directions="random", **QUIET)]
+    cbs = [
+        LossLandscapeCallback(max_overhead=None, **QUIET),
+        LossLandscapeCallback(directions="random", **QUIET),
+    ]
     with pytest.raises(MisconfigurationException, match="name="):
         fit(trainer_kwargs, TinyNet(), loader(32, 8), cbs)
 
@@ -156,8 +159,8 @@ def test_two_unnamed_callbacks_are_refused(trainer_kwargs):
 def test_named_callbacks_keep_their_records_and_figures_apart(trainer_kwargs, tmp_path):
     pl.seed_everything(0)
     small = {**QUIET, "log_figures": True, "every_n_epochs": None}
-    a = LossLandscapeCallback(name="pca", **small)
-    b = LossLandscapeCallback(name="random", directions="random", **small)
+    a = LossLandscapeCallback(max_overhead=None, name="pca", **small)
+    b = LossLandscapeCallback(max_overhead=None, name="random", directions="random", **small)
     fit(trainer_kwargs, TinyNet(), loader(32, 8), [a, b], max_epochs=1)
     for cb in (a, b):
         recs = load_records(tmp_path / "landscape" / cb.name)
@@ -182,8 +185,14 @@ def test_named_callbacks_keep_their_records_and_figures_apart(trainer_kwargs, tm
     ],
 )  # fmt: skip
 def test_state_key_covers_every_setting(change):
-    assert LossLandscapeCallback(**change).state_key != LossLandscapeCallback().state_key
-    assert LossLandscapeCallback(**change).state_key == LossLandscapeCallback(**change).state_key
+    assert (
+        LossLandscapeCallback(max_overhead=None, **change).state_key
+        != LossLandscapeCallback(max_overhead=None).state_key
+    )
+    assert (
+        LossLandscapeCallback(max_overhead=None, **change).state_key
+        == LossLandscapeCallback(**change).state_key
+    )
 
 
 # --------------------------------------------------------------------------- memory
@@ -210,7 +219,9 @@ def test_budget_bounds_the_buffer_and_low_precision_doubles_it():
 def test_too_small_a_budget_is_a_clear_error(trainer_kwargs):
     with pytest.raises(ValueError, match="`budget_bytes`"):
         TrajectoryRecorder(8, budget_bytes=100).offer(0, _weights(0.0), step=0)
-    cb = LossLandscapeCallback(snapshot_budget_bytes=100, snapshot_storage="memory", **QUIET)
+    cb = LossLandscapeCallback(
+        max_overhead=None, snapshot_budget_bytes=100, snapshot_storage="memory", **QUIET
+    )
     with pytest.raises(ValueError, match="`snapshot_budget_bytes`"):
         fit(trainer_kwargs, TinyNet(), loader(32, 8), [cb])
 
@@ -244,7 +255,11 @@ def test_callback_puts_snapshots_in_a_mapped_file_when_the_budget_is_too_small(t
     pl.seed_everything(0)
     model = TinyNet(dropout=0.0)
     cb = LossLandscapeCallback(
-        snapshot_every_n_steps=1, snapshot_budget_bytes=64, snapshot_dtype=torch.float16, **QUIET
+        max_overhead=None,
+        snapshot_every_n_steps=1,
+        snapshot_budget_bytes=64,
+        snapshot_dtype=torch.float16,
+        **QUIET,
     )
     fit(trainer_kwargs, model, loader(32, 8), [cb])
     assert cb.recorder.path == tmp_path / "landscape" / "snapshots.bin" and cb.recorder.path.exists()
@@ -273,7 +288,7 @@ class StepWatcher(pl.Callback):
 def test_gradient_accumulation_counts_optimizer_steps(trainer_kwargs):
     pl.seed_everything(0)
     watcher = StepWatcher()
-    cb = LossLandscapeCallback(snapshot_every_n_steps=1, every_n_epochs=None, **QUIET)
+    cb = LossLandscapeCallback(max_overhead=None, snapshot_every_n_steps=1, every_n_epochs=None, **QUIET)
     trainer = fit(
         trainer_kwargs, TinyNet(dropout=0.0), loader(32, 8), [cb, watcher], accumulate_grad_batches=2
     )
@@ -304,7 +319,7 @@ class TwoOptimizerNet(TinyNet):
 def test_several_optimizers_under_manual_optimization(trainer_kwargs):
     pl.seed_everything(0)
     watcher = StepWatcher()
-    cb = LossLandscapeCallback(loss_fn=ce_loss, snapshot_every_n_steps=3, **QUIET)
+    cb = LossLandscapeCallback(max_overhead=None, loss_fn=ce_loss, snapshot_every_n_steps=3, **QUIET)
     trainer = fit(trainer_kwargs, TwoOptimizerNet(), loader(32, 8), [cb, watcher])
     assert trainer.global_step == 16  # two optimizer steps per batch
     # Steps jump by 2: a snapshot at the first step past each multiple of 3, none twice.
@@ -321,7 +336,7 @@ def test_several_optimizers_under_automatic_optimization_get_lightnings_error(tr
             self.automatic_optimization = True
 
     with pytest.raises(Exception, match="manual optimization"):
-        fit(trainer_kwargs, Auto(), loader(32, 8), [LossLandscapeCallback(**QUIET)])
+        fit(trainer_kwargs, Auto(), loader(32, 8), [LossLandscapeCallback(max_overhead=None, **QUIET)])
 
 
 def test_runs_with_and_without_validation_give_the_same_landscapes(trainer_kwargs):
@@ -332,7 +347,7 @@ def test_runs_with_and_without_validation_give_the_same_landscapes(trainer_kwarg
     out = []
     for cls, over in ((TinyNet, {}), (WithVal, {"limit_val_batches": 2})):
         pl.seed_everything(0)
-        cb = LossLandscapeCallback(**QUIET)
+        cb = LossLandscapeCallback(max_overhead=None, **QUIET)
         model = cls(dropout=0.0)
         trainer = pl.Trainer(**{**trainer_kwargs, **over}, callbacks=[cb])
         trainer.fit(model, loader(32, 8), val_dataloaders=loader(16, 8, seed=4) if over else None)
