@@ -53,6 +53,10 @@ class Run:
         final = [r for r in self.surfaces if r.meta.get("stage") == "final"]
         return (final or self.surfaces or [None])[-1]
 
+    def latest_surface(self, stage: str) -> SurfaceRecord | None:
+        """The last surface of ``stage`` (``"final"`` or ``"periodic"``), if any."""
+        return ([r for r in self.surfaces if r.meta.get("stage") == stage] or [None])[-1]
+
     def final_line(self, which: str) -> LineRecord | None:
         """The final stage's ``"interpolation"`` line, or plane-axis line ``"axis0"`` / ``"axis1"``."""
         lines = [r for r in self.records if isinstance(r, LineRecord)]
@@ -238,7 +242,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     missing = [str(r.path) for r in runs if r.final_surface is None]
     if missing:
         raise CLIError(f"no loss surface to compare in: {', '.join(missing)}")
-    surfaces = [r.final_surface for r in runs]
+    # Compare like with like: the final surfaces, or the latest periodic ones where a run has no final.
+    stage = "final" if all(r.latest_surface("final") for r in runs) else "periodic"
+    if stage == "periodic":
+        unfinished = ", ".join(str(r.path) for r in runs if r.latest_surface("final") is None)
+        print(
+            f"note: no final surface in {unfinished} (training interrupted?); comparing the latest "
+            "periodic surfaces",
+            file=sys.stderr,
+        )
+    surfaces = [r.latest_surface(stage) or r.final_surface for r in runs]
     assert all(s is not None for s in surfaces)
     differ = {
         k: [s.meta.get(k) for s in surfaces]  # type: ignore[union-attr]
@@ -251,8 +264,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"the runs' surfaces are not on the same protocol ({detail}); "
             "pass --allow-mismatch to compare them anyway"
         )
-    if any(s.meta.get("stage") != "final" for s in surfaces):  # type: ignore[union-attr]
-        print("note: some runs have no final surface; their latest periodic one is shown", file=sys.stderr)
 
     lines = {
         "interpolation: initial (0) → final (1) weights": [r.final_line("interpolation") for r in runs],

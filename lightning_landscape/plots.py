@@ -267,7 +267,7 @@ def comparison_figure(
         ax.set_xlabel(_axis_label(rec.meta, 0), fontsize=8)
         ax.set_ylabel(_axis_label(rec.meta, 1), fontsize=8)
         ax.set_title(_title(rec.meta, str(label)), fontsize=10)
-    top.colorbar(cs, ax=list(axes), label="loss (shared scale)")
+    top.colorbar(cs, ax=list(axes), label="loss (shared scale)", format="%.3g")
 
     if bottom is not None:
         grid = bottom.subplots(nrows, ncols, squeeze=False).ravel()
@@ -285,7 +285,12 @@ def comparison_figure(
                 ax.plot(x, y, style, color=colour, lw=1.5, label=str(label))
             if what == "line" and log:
                 ax.set_yscale("log")
-            ax.set_xlabel("alpha" if what == "line" else "global step", fontsize=8)
+            if what == "line":
+                first = next((e for e in entries if e is not None), None)
+                along = first is not None and first.meta.get("directions") != "interpolation"
+                ax.set_xlabel("distance along direction" if along else "alpha", fontsize=8)
+            else:
+                ax.set_xlabel("global step", fontsize=8)
             ax.set_ylabel("loss" if what == "line" else key, fontsize=8)
             ax.set_title(key, fontsize=9)
             ax.grid(alpha=0.3)

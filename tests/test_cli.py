@@ -22,11 +22,14 @@ from lightning_landscape.records import save_record
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_run(root: Path, scale: float, resolution: int = 5, steps: tuple[int, ...] = (4, 8)) -> Path:
-    """A run's landscape/ folder with periodic surfaces + interpolation lines and a final set."""
+def make_run(
+    root: Path, scale: float, resolution: int = 5, steps: tuple[int, ...] = (4, 8), final: bool = True
+) -> Path:
+    """A run's landscape/ folder: periodic surfaces + interpolation lines, and (``final``) a final set."""
     folder = root / "landscape"
     xs = np.linspace(-1, 1, resolution)
-    for stage, step in [*(("periodic", s) for s in steps), ("final", steps[-1])]:
+    stages = [("periodic", s) for s in steps] + ([("final", steps[-1])] if final else [])
+    for stage, step in stages:
         losses = scale * (np.add.outer(xs**2, 2 * xs**2) + 0.1 * step)
         meta = {
             "stage": stage,
@@ -131,6 +134,15 @@ def test_series_take_any_numeric_scalars_of_unknown_record_kinds(tmp_path):
     assert series["hessian/trace"][1].tolist() == [40.0, 80.0]
     assert series["loss/centre"][1] == pytest.approx([0.4, 0.8])  # periodic only
     assert series["explained_variance/pc1"][1] == pytest.approx([0.64, 0.68])
+
+
+def test_compare_an_unfinished_run_uses_the_latest_periodic_surfaces(tmp_path, capsys):
+    a = make_run(tmp_path / "a", 1.0, resolution=5, steps=(4, 8))
+    b = make_run(tmp_path / "b", 2.0, resolution=5, steps=(4,), final=False)
+    rc, out, err = run_main(capsys, "compare", str(a), str(b), "--out", str(tmp_path / "c.png"))
+    assert rc == 0, err
+    assert "no final surface in" in err and str(b) in err
+    assert table_row(out, "global_step") == ["8", "4"]
 
 
 def test_compare_refuses_mismatched_protocols_unless_asked(tmp_path, capsys):

@@ -195,7 +195,7 @@ def test_wandb_offline_gets_images_and_scalars(trainer_kwargs, tmp_path, monkeyp
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     logger = WandbLogger(save_dir=str(tmp_path), project="landscape-test", offline=True)
-    trainer, model, cb = fit(trainer_kwargs, logger, max_epochs=1)
+    trainer, _, cb = fit(trainer_kwargs, logger, max_epochs=1)
     logger.experiment.finish()
     step = trainer.global_step
 
