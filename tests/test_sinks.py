@@ -195,8 +195,12 @@ def test_wandb_offline_gets_images_and_scalars(trainer_kwargs, tmp_path, monkeyp
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     logger = WandbLogger(save_dir=str(tmp_path), project="landscape-test", offline=True)
-    trainer, _, cb = fit(trainer_kwargs, logger, max_epochs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer, _, cb = fit(trainer_kwargs, logger, max_epochs=1)
     logger.experiment.finish()
+    failures = [str(w.message) for w in caught if "lightning-landscape" in str(w.message)]
+    assert not failures, failures
     step = trainer.global_step
 
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
@@ -207,7 +211,7 @@ def test_wandb_offline_gets_images_and_scalars(trainer_kwargs, tmp_path, monkeyp
                 {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
             )
     scalars = [h for h in history if "landscape/final/loss/centre" in h]
-    assert len(scalars) == 1 and scalars[0]["trainer/global_step"] == step
+    assert len(scalars) == 1, [sorted(h) for h in history] and scalars[0]["trainer/global_step"] == step
     assert scalars[0]["landscape/final/loss/centre"] == pytest.approx(final_surface(cb).centre_loss, rel=1e-6)
     images = {k[: -len("/_type")]: h for h in history for k, v in h.items() if v == "images/separated"}
     assert {"landscape/surface", "landscape/interpolation"} | {
