@@ -47,6 +47,11 @@ pytestmark = [
 ]
 
 
+playwright = pytest.importorskip(
+    "playwright.sync_api", reason="the pip package playwright is not installed (it is in the test extra)"
+)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,7 +102,6 @@ def tensorboard_run(tmp_path, trainer_kwargs):
 
 
 def test_tensorboard_shows_contour_and_landscape_scalars(tensorboard_run, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
     url, _ = tensorboard_run
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
