@@ -387,7 +387,9 @@ class LossLandscapeCallback(Callback):
         log_dir = trainer.log_dir or trainer.default_root_dir  # called on every rank: it broadcasts
         self._log_dir = Path(log_dir)
         if trainer.is_global_zero:
-            self._sinks = build_sinks(trainer.loggers, self._log_dir)
+            self._sinks = build_sinks(
+                trainer.loggers, self._log_dir, settings=self._settings(), rank=trainer.global_rank
+            )
         self._precision = str(trainer.precision)
         params = self._params(pl_module)
         wide = self._precision.startswith("64") or any(p.dtype == torch.float64 for p in params)
@@ -546,6 +548,39 @@ class LossLandscapeCallback(Callback):
     def _record_dir(self) -> Path:
         assert self._log_dir is not None
         return self._log_dir / "landscape" / self.name if self.name else self._log_dir / "landscape"
+
+    def _settings(self) -> dict[str, Any]:
+        """What a reader needs to know to compare runs (the loggers' text summary)."""
+        from lightning_landscape import __version__
+
+        cadence = (
+            f"{self.snapshot_every_n_steps} steps"
+            if self.snapshot_every_n_steps is not None
+            else f"{self.snapshot_every_n_epochs} epochs"
+        )
+        return {
+            "directions": self.directions,
+            "every_n_epochs": self.every_n_epochs,
+            "resolution": self.resolution,
+            "final_resolution": self.final_resolution,
+            "line_resolution": self.line_resolution,
+            "span": "path + margin" if self.span is None and self.directions == "pca" else self.span,
+            "margin": self.margin,
+            "probe": "probe_dataloader"
+            if self.probe_dataloader is not None
+            else f"{self.num_batches} batches",
+            "loss": "loss_fn" if self.loss_fn is not None else "training_step",
+            "snapshot_every": cadence,
+            "max_snapshots": self.recorder.max_snapshots,
+            "seed": self.seed,
+            "metrics": ", ".join(self.metrics) or "none",
+            "final_metrics": ", ".join(self.final_metrics) or "none",
+            "engine": self.engine,
+            "max_overhead": "none" if self.max_overhead is None else self.max_overhead,
+            "name": self.name or "",
+            "records": str(self._record_dir()) if self._log_dir is not None else "",
+            "lightning_landscape": __version__,
+        }
 
     def _params(self, pl_module: nn.Module) -> list[Tensor]:
         named = dict(pl_module.named_parameters())
@@ -887,3 +922,5 @@ class LossLandscapeCallback(Callback):
             if axes:
                 fig = line_figure(axes, xlabel="distance along direction")
                 self._sinks.figure(f"{prefix}lines", fig, step)
+            if stage == "final":
+                self._sinks.mesh(f"{prefix}surface_mesh", surface, step)

@@ -7,7 +7,7 @@ scale. Contour levels are log-spaced by default because a landscape's loss spans
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -17,11 +17,13 @@ from matplotlib.figure import Figure
 from lightning_landscape.records import LineRecord, SurfaceRecord
 
 __all__ = [
+    "comparison_figure",
     "contour_figure",
     "contour_levels",
     "figure_to_png",
     "figure_to_rgb",
     "line_figure",
+    "shared_levels",
     "surface3d_figure",
 ]
 
@@ -198,3 +200,102 @@ def figure_to_rgb(fig: Figure, dpi: int = 100) -> np.ndarray:
     fig.set_dpi(dpi)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def shared_levels(records: Sequence[SurfaceRecord], count: int = 20, log: bool = True) -> np.ndarray:
+    """One set of contour levels covering the finite losses of all ``records`` (for side-by-side plots).
+
+    Example::
+
+        >>> xs = np.linspace(-1, 1, 3)
+        >>> a, b = SurfaceRecord(xs, xs, np.full((3, 3), 1.0)), SurfaceRecord(xs, xs, np.full((3, 3), 4.0))
+        >>> lv = shared_levels([a, b], count=3)
+        >>> float(lv[0]), float(lv[-1])
+        (1.0, 4.0)
+    """
+    values = [np.asarray(r.losses, dtype=np.float64).ravel() for r in records]
+    return contour_levels(np.concatenate(values) if values else np.array([]), count, log)
+
+
+def comparison_figure(
+    surfaces: Sequence[SurfaceRecord],
+    labels: Sequence[str],
+    lines: Mapping[str, Sequence[LineRecord | None]] | None = None,
+    series: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray] | None]] | None = None,
+    levels: int | Sequence[float] = 20,
+    log: bool = True,
+) -> Figure:
+    """Several runs side by side: their surfaces on one colour scale and level set (top row); below,
+    each group of 1-D ``lines`` overlaid (one panel per group, one curve per run) and each scalar
+    ``series`` over training on shared axes (one panel per metric, ``(steps, values)`` per run).
+
+    ``lines`` and ``series`` map a panel title to one entry per run (``None`` where a run lacks it).
+
+    Example::
+
+        >>> xs = np.linspace(-1, 1, 5)
+        >>> s = [SurfaceRecord(xs, xs, np.add.outer(xs**2, xs**2) + c) for c in (0.1, 1.0)]
+        >>> fig = comparison_figure(s, ["sgd", "sam"],
+        ...                         series={"loss/centre": [(np.arange(3), np.ones(3)), None]})
+        >>> sum(ax.get_visible() for ax in fig.axes)  # two contours, a shared colour bar, one metric
+        4
+    """
+    if len(surfaces) != len(labels) or not surfaces:
+        raise ValueError(f"`labels` must name each of the {len(surfaces)} surfaces, got {len(labels)}")
+    lines, series = dict(lines or {}), dict(series or {})
+    n = len(surfaces)
+    lv = shared_levels(surfaces, levels, log) if isinstance(levels, int) else np.asarray(levels, float)
+    colours = [f"C{i % 10}" for i in range(n)]
+    panels = [("line", k) for k in lines] + [("series", k) for k in series]
+    ncols = max(n, 3)
+    nrows = -(-len(panels) // ncols) if panels else 0
+    fig = Figure(figsize=(4.4 * ncols, 4.0 + 3.0 * nrows), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[4.0, 3.0 * nrows]) if nrows else (fig, None)
+
+    axes = top.subplots(1, n, squeeze=False)[0]
+    norm = BoundaryNorm(lv, ncolors=256, extend="both")
+    cs = None
+    for ax, rec, label in zip(axes, surfaces, labels):
+        z = np.ma.masked_invalid(np.asarray(rec.losses, dtype=np.float64))
+        cs = ax.contourf(rec.xs, rec.ys, z, levels=lv, cmap="viridis", norm=norm, extend="both")
+        ax.contour(rec.xs, rec.ys, z, levels=lv, colors="white", linewidths=0.4, alpha=0.6)
+        if rec.path is not None and len(rec.path):
+            path = np.asarray(rec.path)
+            ax.plot(path[:, 0], path[:, 1], "-", color="white", lw=1.4)
+            ax.plot(*path[0], "o", color="tab:red", ms=6, mec="white")
+            ax.plot(*path[-1], "*", color="tab:orange", ms=11, mec="white")
+        ax.set_xlabel(_axis_label(rec.meta, 0), fontsize=8)
+        ax.set_ylabel(_axis_label(rec.meta, 1), fontsize=8)
+        ax.set_title(_title(rec.meta, str(label)), fontsize=10)
+    top.colorbar(cs, ax=list(axes), label="loss (shared scale)", format="%.3g")
+
+    if bottom is not None:
+        grid = bottom.subplots(nrows, ncols, squeeze=False).ravel()
+        for ax, (what, key) in zip(grid, panels):
+            entries = lines[key] if what == "line" else series[key]
+            for entry, label, colour in zip(entries, labels, colours):
+                if entry is None:
+                    continue
+                if what == "line":
+                    x, y = entry.alphas, np.ma.masked_invalid(entry.losses)
+                    style = "-"
+                else:
+                    x, y = np.asarray(entry[0]), np.ma.masked_invalid(np.asarray(entry[1], float))
+                    style = ".-"
+                ax.plot(x, y, style, color=colour, lw=1.5, label=str(label))
+            if what == "line" and log:
+                ax.set_yscale("log")
+            if what == "line":
+                first = next((e for e in entries if e is not None), None)
+                along = first is not None and first.meta.get("directions") != "interpolation"
+                ax.set_xlabel("distance along direction" if along else "alpha", fontsize=8)
+            else:
+                ax.set_xlabel("global step", fontsize=8)
+            ax.set_ylabel("loss" if what == "line" else key, fontsize=8)
+            ax.set_title(key, fontsize=9)
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=7)
+        for ax in grid[len(panels) :]:
+            ax.set_visible(False)
+    return fig

@@ -15,6 +15,13 @@ Format, version 1 (``FORMAT_VERSION``):
 
 Both files are written to a temporary name and renamed, the JSON last, so a record whose JSON exists
 is complete. Nothing here uses pickle.
+
+Reading: :func:`load_record` / :func:`load_records` (or by hand: ``json.load`` the sidecar, check
+``format_version``, ``numpy.load(..., allow_pickle=False)`` the arrays). A file that cannot be read
+raises :class:`RecordError` naming it: JSON that does not parse, JSON without ``format_version``
+(a foreign file), a ``format_version`` other than 1 (written by another version), an unknown
+``kind``, or arrays that are truncated, not an ``.npz`` or hold pickled objects. A later format
+version will get a new number; version 1 files stay readable.
 """
 
 from __future__ import annotations

@@ -1,31 +1,143 @@
-"""The one place that knows each logger: where figures and scalars go.
+"""The one place that knows each logger: where figures, scalars, meshes and settings go.
 
-Loggers are recognised by duck typing (what their ``experiment`` can do), so the classes of both
-``lightning.pytorch`` and ``pytorch_lightning`` work. A sink that raises warns once and is skipped
-from then on; records on disk are written separately and are not affected.
+=====================  ==================================================================================
+logger                 what it gets
+=====================  ==================================================================================
+TensorBoard            figures (Images tab), scalars, the final surface as a 3-D mesh (Mesh tab), a
+                       custom-scalars layout grouping the ``landscape/`` metrics, a text summary of the
+                       settings (Text tab)
+CSVLogger              scalars through ``log_metrics`` (``metrics.csv``); figures as PNG files in
+                       ``<log_dir>/landscape/figures``
+WandbLogger            scalars through ``log_metrics``; figures through ``log_image`` (``wandb.Image``)
+MLFlowLogger           scalars through ``log_metrics``; figures as run artifacts under
+                       ``landscape/figures``; the settings as ``landscape/settings.md``
+any other logger       scalars through ``log_metrics``; figures as PNG files beside the run
+no logger              figures as PNG files in ``<log_dir>/landscape/figures``
+=====================  ==================================================================================
+
+Loggers are recognised by the names of the classes they are built from, not by importing them, so
+the classes of ``lightning.pytorch``, ``pytorch_lightning`` (and subclasses of either) all work, and
+neither wandb nor mlflow is needed unless its logger is used. Nothing touches a logger's
+``experiment`` (which starts a W&B or MLflow run) before the first thing is written to it.
+
+A sink that raises warns once and is skipped from then on; records on disk are written separately
+and are not affected. Only rank zero writes (:func:`build_sinks` with ``rank != 0`` gives an empty set).
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from lightning_landscape.plots import figure_to_png
+from lightning_landscape.plots import figure_to_png, figure_to_rgb
+from lightning_landscape.records import SurfaceRecord
 
-__all__ = ["FileSink", "MetricsSink", "SinkSet", "TensorBoardSink", "build_sinks"]
+__all__ = [
+    "CSVSink",
+    "FileSink",
+    "MLFlowSink",
+    "MetricsSink",
+    "SinkSet",
+    "TensorBoardSink",
+    "WandbSink",
+    "build_sinks",
+    "custom_scalars_layout",
+    "settings_markdown",
+    "surface_mesh",
+]
 
 
 def _safe_name(tag: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", tag).strip("_")
 
 
+def _png_name(tag: str, step: int) -> str:
+    return f"{_safe_name(tag)}_step{step:08d}.png"
+
+
+def settings_markdown(settings: Mapping[str, Any]) -> str:
+    """The settings as a two-column Markdown table (what TensorBoard's Text tab and MLflow show).
+
+    Example::
+
+        >>> print(settings_markdown({"resolution": 11, "directions": "pca"}))
+        | setting | value |
+        | --- | --- |
+        | resolution | 11 |
+        | directions | pca |
+    """
+    rows = [f"| {k} | {str(v).replace('|', '/')} |" for k, v in settings.items()]
+    return "\n".join(["| setting | value |", "| --- | --- |", *rows])
+
+
+def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
+    """TensorBoard custom-scalars layout: one chart per group of ``landscape/`` metrics.
+
+    Tags are regular expressions, so metrics added later under the same prefixes are picked up.
+    """
+    charts = {
+        "loss at the centre and on the surface": [r"landscape/loss/.*"],
+        "trajectory PCA explained variance": [r"landscape/explained_variance/.*"],
+        "distance from the initial weights": [r"landscape/distance_from_init"],
+        "curvature (Hessian)": [r"landscape/hessian/.*", r"landscape/curvature/.*"],
+        "sharpness": [r"landscape/sharpness/.*"],
+    }
+    return {"landscape": {title: ["Multiline", tags] for title, tags in charts.items()}}
+
+
+def surface_mesh(record: SurfaceRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A surface record as a triangle mesh: ``(vertices (N, 3) float32, faces (F, 3) int32, colours
+    (N, 3) uint8)`` with one vertex per grid point, ``k = i * nx + j`` at ``(xs[j], ys[i], height)``.
+
+    The height is the loss rescaled to the grid's width (``(loss - min) / (max - min) * width``) so
+    the mesh is neither a needle nor a flat sheet in a 3-D viewer; the colour (viridis) carries the
+    loss on the same linear scale. Cells that touch a non-finite loss get no faces (a hole).
+
+    Example::
+
+        >>> xs = np.linspace(-1, 1, 3)
+        >>> v, f, c = surface_mesh(SurfaceRecord(xs, xs, np.add.outer(xs**2, xs**2)))
+        >>> v.shape, f.shape, c.shape
+        ((9, 3), (8, 3), (9, 3))
+    """
+    xs, ys = np.asarray(record.xs, np.float64), np.asarray(record.ys, np.float64)
+    z = np.asarray(record.losses, np.float64)
+    finite = np.isfinite(z)
+    lo, hi = (float(z[finite].min()), float(z[finite].max())) if finite.any() else (0.0, 1.0)
+    unit = (np.where(finite, z, hi) - lo) / (hi - lo) if hi > lo else np.zeros_like(z)
+    width = float(max(xs.max() - xs.min(), ys.max() - ys.min(), 1e-12))
+    gx, gy = np.meshgrid(xs, ys)
+    vertices = np.stack([gx, gy, unit * width], axis=-1).reshape(-1, 3).astype(np.float32)
+    colours = (np.asarray(colormaps["viridis"](unit.ravel()))[:, :3] * 255).round().astype(np.uint8)
+    ny, nx = z.shape
+    k = np.arange(ny * nx).reshape(ny, nx)[:-1, :-1].ravel()
+    cell_ok = (finite[:-1, :-1] & finite[1:, :-1] & finite[:-1, 1:] & finite[1:, 1:]).ravel()
+    k = k[cell_ok]
+    lower = np.stack([k, k + 1, k + nx], axis=1)
+    upper = np.stack([k + 1, k + nx + 1, k + nx], axis=1)
+    faces = np.concatenate([lower, upper]).astype(np.int32)
+    return vertices, faces, colours
+
+
 class FileSink:
-    """Figures as PNG files: ``directory/TAG_stepNNNNNNNN.png`` (``/`` in tags becomes ``_``)."""
+    """Figures as PNG files: ``directory/TAG_stepNNNNNNNN.png`` (``/`` in tags becomes ``_``).
+
+    Example::
+
+        >>> import tempfile
+        >>> sink = FileSink(tempfile.mkdtemp())
+        >>> sink.figure("landscape/surface", Figure(), 3)
+        >>> [p.name for p in sink.directory.iterdir()]
+        ['landscape_surface_step00000003.png']
+    """
 
     name = "files"
 
@@ -34,7 +146,7 @@ class FileSink:
 
     def figure(self, tag: str, fig: Figure, step: int) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{_safe_name(tag)}_step{step:08d}.png"
+        path = self.directory / _png_name(tag, step)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(figure_to_png(fig))
         tmp.replace(path)
@@ -44,56 +156,152 @@ class FileSink:
 
 
 class MetricsSink:
-    """Any Lightning logger: scalars through ``log_metrics``; figures as PNG files beside the run."""
+    """Any Lightning logger: scalars through ``log_metrics``; figures as PNG files beside the run.
 
-    def __init__(self, logger: Any, figure_dir: str | Path) -> None:
+    "Beside the run" is ``<logger.log_dir>/landscape/figures`` when the logger has a ``log_dir``,
+    else ``<fallback_dir>/landscape/figures``; it is looked up at the first figure, not before.
+    """
+
+    def __init__(self, logger: Any, fallback_dir: str | Path) -> None:
         self.logger = logger
         self.name = type(logger).__name__
-        self._files = FileSink(figure_dir)
+        self._fallback = Path(fallback_dir)
+        self._files: FileSink | None = None
+
+    def _file_sink(self) -> FileSink:
+        if self._files is None:
+            try:
+                own = getattr(self.logger, "log_dir", None)
+            except Exception:
+                own = None
+            base = Path(own) if isinstance(own, (str, Path)) and str(own) else self._fallback
+            self._files = FileSink(base / "landscape" / "figures")
+        return self._files
 
     def figure(self, tag: str, fig: Figure, step: int) -> None:
-        self._files.figure(tag, fig, step)
+        self._file_sink().figure(tag, fig, step)
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         self.logger.log_metrics(metrics, step=step)
 
 
+class CSVSink(MetricsSink):
+    """CSVLogger: scalars in its ``metrics.csv``; figures as PNG files in ``<log_dir>/landscape/figures``."""
+
+
 class TensorBoardSink(MetricsSink):
-    """TensorBoard: figures as images (``add_figure``), scalars through ``log_metrics``."""
+    """TensorBoard: figures (``add_figure``), scalars, the final surface as a mesh (``add_mesh``), a
+    custom-scalars layout and a text summary of the settings (written once, at the first write)."""
+
+    def begin(self, settings: Mapping[str, Any]) -> None:
+        writer = self.logger.experiment
+        writer.add_custom_scalars(custom_scalars_layout())
+        if settings:
+            writer.add_text("landscape/settings", settings_markdown(settings), global_step=0)
 
     def figure(self, tag: str, fig: Figure, step: int) -> None:
         self.logger.experiment.add_figure(tag, fig, global_step=step, close=False)
 
+    def mesh(self, tag: str, record: SurfaceRecord, step: int) -> None:
+        vertices, faces, colours = surface_mesh(record)
+        self.logger.experiment.add_mesh(
+            tag, vertices=vertices[None], colors=colours[None], faces=faces[None], global_step=step
+        )
 
-def _is_tensorboard(logger: Any) -> bool:
-    experiment = getattr(type(logger), "experiment", None)
-    if experiment is None:
-        return False
-    try:
-        exp = logger.experiment
-    except Exception:
-        return False
-    return callable(getattr(exp, "add_figure", None)) and callable(getattr(exp, "add_scalar", None))
+
+class WandbSink(MetricsSink):
+    """Weights & Biases: scalars through ``log_metrics``, figures through ``log_image`` (wandb images)."""
+
+    def figure(self, tag: str, fig: Figure, step: int) -> None:
+        self.logger.log_image(key=tag, images=[figure_to_rgb(fig)], step=step)
+
+
+class MLFlowSink(MetricsSink):
+    """MLflow: scalars through ``log_metrics``; figures and the settings as artifacts of the run."""
+
+    def _artifact(self, filename: str, data: bytes, folder: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / filename
+            path.write_bytes(data)
+            self.logger.experiment.log_artifact(self.logger.run_id, str(path), artifact_path=folder)
+
+    def begin(self, settings: Mapping[str, Any]) -> None:
+        if settings:
+            self._artifact("settings.md", settings_markdown(settings).encode(), "landscape")
+
+    def figure(self, tag: str, fig: Figure, step: int) -> None:
+        self._artifact(_png_name(tag, step), figure_to_png(fig), "landscape/figures")
+
+
+# Matched against the names of the classes a logger is built from (first match wins).
+_SINKS_BY_CLASS: tuple[tuple[str, type[MetricsSink]], ...] = (
+    ("TensorBoardLogger", TensorBoardSink),
+    ("WandbLogger", WandbSink),
+    ("MLFlowLogger", MLFlowSink),
+    ("CSVLogger", CSVSink),
+)
+
+
+def sink_for(logger: Any, fallback_dir: str | Path) -> MetricsSink:
+    """The sink for one logger, chosen by the class names in its MRO (any Lightning package)."""
+    names = {cls.__name__ for cls in type(logger).__mro__}
+    for class_name, sink_cls in _SINKS_BY_CLASS:
+        if class_name in names:
+            return sink_cls(logger, fallback_dir)
+    return MetricsSink(logger, fallback_dir)
 
 
 class SinkSet:
-    """Fans figures and scalars out to several sinks; a sink that raises warns once and is dropped."""
+    """Fans figures, scalars and meshes out to several sinks; a sink that raises warns once and is dropped.
 
-    def __init__(self, sinks: Sequence[Any]) -> None:
+    A sink's optional ``begin(settings)`` runs once, just before the first thing is written to it;
+    sinks without ``mesh`` (or ``begin``) simply skip that call.
+
+    Example::
+
+        >>> class Broken:
+        ...     name = "broken"
+        ...     def scalars(self, metrics, step):
+        ...         raise OSError("disk full")
+        >>> sinks = SinkSet([Broken()])
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     sinks.scalars({"landscape/loss/centre": 1.0}, 0)
+        ...     sinks.scalars({"landscape/loss/centre": 1.0}, 1)
+        >>> len(w), sinks.sinks
+        (1, [])
+    """
+
+    def __init__(self, sinks: Sequence[Any], settings: Mapping[str, Any] | None = None) -> None:
         self.sinks = list(sinks)
+        self.settings = dict(settings or {})
+        self._begun: set[int] = set()
+
+    def _drop(self, sink: Any, err: Exception) -> None:
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+        warnings.warn(
+            f"lightning-landscape: logging to {getattr(sink, 'name', type(sink).__name__)} failed "
+            f"({type(err).__name__}: {err}); it is skipped from now on. Records on disk are still written.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def _each(self, method: str, *args: Any) -> None:
         for sink in list(self.sinks):
+            fn = getattr(sink, method, None)
+            if fn is None:
+                continue
             try:
-                getattr(sink, method)(*args)
+                if id(sink) not in self._begun:
+                    self._begun.add(id(sink))
+                    begin = getattr(sink, "begin", None)
+                    if begin is not None:
+                        begin(self.settings)
+                fn(*args)
             except Exception as err:
-                self.sinks.remove(sink)
-                warnings.warn(
-                    f"lightning-landscape: logging to {sink.name} failed ({type(err).__name__}: {err}); "
-                    "it is skipped from now on. Records on disk are still written.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+                self._drop(sink, err)
 
     def figure(self, tag: str, fig: Figure, step: int) -> None:
         self._each("figure", tag, fig, step)
@@ -101,16 +309,23 @@ class SinkSet:
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         self._each("scalars", metrics, step)
 
+    def mesh(self, tag: str, record: SurfaceRecord, step: int) -> None:
+        self._each("mesh", tag, record, step)
 
-def build_sinks(loggers: Sequence[Any], log_dir: str | Path) -> SinkSet:
-    """Sinks for a trainer's loggers; with no logger, figures go to ``log_dir/landscape/figures``."""
-    sinks: list[Any] = []
-    for logger in loggers:
-        if _is_tensorboard(logger):
-            sinks.append(TensorBoardSink(logger, log_dir))
-        else:
-            own_dir = getattr(logger, "log_dir", None) or log_dir
-            sinks.append(MetricsSink(logger, Path(own_dir) / "landscape" / "figures"))
+
+def build_sinks(
+    loggers: Sequence[Any],
+    log_dir: str | Path,
+    settings: Mapping[str, Any] | None = None,
+    rank: int = 0,
+) -> SinkSet:
+    """Sinks for a trainer's loggers; with no logger, figures go to ``log_dir/landscape/figures``.
+
+    Only rank zero writes: any other ``rank`` gets an empty set.
+    """
+    if rank != 0:
+        return SinkSet([], settings)
+    sinks: list[Any] = [sink_for(logger, log_dir) for logger in loggers]
     if not sinks:
         sinks.append(FileSink(Path(log_dir) / "landscape" / "figures"))
-    return SinkSet(sinks)
+    return SinkSet(sinks, settings)

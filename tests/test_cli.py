@@ -1,0 +1,301 @@
+"""The `lightning-landscape` command: compare, plot, summary; bad input gives a message, not a traceback."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+from matplotlib.colors import BoundaryNorm
+
+from lightning_landscape import LineRecord, SurfaceRecord, load_records
+from lightning_landscape.cli import Run, format_table, main, record_scalars, run_series
+from lightning_landscape.plots import comparison_figure, shared_levels
+from lightning_landscape.records import save_record
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_run(
+    root: Path, scale: float, resolution: int = 5, steps: tuple[int, ...] = (4, 8), final: bool = True
+) -> Path:
+    """A run's landscape/ folder: periodic surfaces + interpolation lines, and (``final``) a final set."""
+    folder = root / "landscape"
+    xs = np.linspace(-1, 1, resolution)
+    stages = [("periodic", s) for s in steps] + ([("final", steps[-1])] if final else [])
+    for stage, step in stages:
+        losses = scale * (np.add.outer(xs**2, 2 * xs**2) + 0.1 * step)
+        meta = {
+            "stage": stage,
+            "global_step": step,
+            "epoch": step // 4 - 1,
+            "directions": "pca",
+            "resolution": resolution,
+            "probe_batches": 2,
+            "probe_samples": 16,
+            "explained_variance": [0.6 + 0.01 * step, 0.2],
+        }
+        path = np.array([[0.8, 0.5], [0.0, 0.0]])
+        save_record(SurfaceRecord(xs, xs, losses, path, dict(meta)), folder, f"{stage}_surface_{step}")
+        alphas = np.linspace(-0.5, 1.5, 5)
+        line_meta = {**meta, "directions": "interpolation", "distance": scale * step}
+        save_record(
+            LineRecord(alphas, scale * (alphas - 1) ** 2, line_meta), folder, f"{stage}_interp_{step}"
+        )
+        if stage == "final":
+            for axis in (0, 1):
+                axis_meta = {**meta, "axis": axis}
+                save_record(LineRecord(xs, scale * xs**2, axis_meta), folder, f"final_line{axis}_{step}")
+    return root
+
+
+def run_main(capsys: Any, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def table_row(out: str, key: str) -> list[str]:
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[0] == key:
+            return parts[1:]
+    raise AssertionError(f"no row {key!r} in\n{out}")
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def test_compare_writes_figure_and_prints_final_figures(tmp_path, capsys):
+    a, b = make_run(tmp_path / "sgd" / "seed0", 1.0), make_run(tmp_path / "sam" / "seed0", 3.0)
+    out = tmp_path / "cmp.png"
+    rc, stdout, err = run_main(capsys, "compare", str(a), str(b), "--out", str(out))
+    assert rc == 0, err
+    assert out.read_bytes().startswith(b"\x89PNG")
+    header = stdout.splitlines()[0].split()
+    assert header == ["sgd/seed0", "sam/seed0"]
+    # Final centre loss: scale * (0 + 0.1 * 8), straight from the records.
+    assert [float(v) for v in table_row(stdout, "loss/centre")] == pytest.approx([0.8, 2.4])
+    assert [float(v) for v in table_row(stdout, "loss/surface_max")] == pytest.approx([3.8, 11.4])
+    assert [float(v) for v in table_row(stdout, "distance_from_init")] == [8.0, 24.0]
+    assert table_row(stdout, "global_step") == ["8", "8"]
+
+
+def test_comparison_figure_shares_one_scale_and_level_set():
+    xs = np.linspace(-1, 1, 5)
+    low = SurfaceRecord(xs, xs, np.add.outer(xs**2, xs**2) + 0.1)
+    high = SurfaceRecord(xs, xs, 10 * np.add.outer(xs**2, xs**2) + 1.0)
+    a = np.linspace(0, 1, 3)
+    fig = comparison_figure(
+        [low, high],
+        ["a", "b"],
+        lines={"interp": [LineRecord(a, a + 1), LineRecord(a, a + 2)]},
+        series={"loss/centre": [(np.array([1, 2]), np.array([1.0, 0.5])), None]},
+    )
+    contour_sets = [c for ax in fig.axes for c in ax.collections if hasattr(c, "levels") and c.filled]
+    assert len(contour_sets) == 2
+    expected = shared_levels([low, high])
+    assert expected[0] == pytest.approx(0.1) and expected[-1] == pytest.approx(21.0)
+    for cs in contour_sets:
+        np.testing.assert_allclose(cs.levels, expected)
+        assert isinstance(cs.norm, BoundaryNorm)
+        np.testing.assert_allclose(cs.norm.boundaries, expected)
+    line_axes = [ax for ax in fig.axes if ax.get_title() == "interp"]
+    assert len(line_axes) == 1 and len(line_axes[0].lines) == 2
+    metric_axes = [ax for ax in fig.axes if ax.get_title() == "loss/centre"]
+    assert len(metric_axes[0].lines) == 1  # the run without the series draws nothing
+
+
+@dataclasses.dataclass
+class MetricsRecord:
+    """A record kind this module does not know (as a curvature branch might add)."""
+
+    lambda_max: np.ndarray
+    meta: dict
+    kind: ClassVar[str] = "metrics"
+
+
+def test_series_take_any_numeric_scalars_of_unknown_record_kinds(tmp_path):
+    make_run(tmp_path, 1.0)
+    records: list[Any] = load_records(tmp_path)
+    for step, value in [(4, 2.0), (8, 3.5)]:
+        meta = {"stage": "periodic", "global_step": step, "values": {"hessian": {"trace": 10.0 * step}}}
+        records.append(MetricsRecord(np.array([value]), meta))
+    assert record_scalars(records[-1]) == {"lambda_max": 3.5, "hessian/trace": 80.0}
+    series = run_series(Run("x", tmp_path, records))
+    steps, values = series["lambda_max"]
+    assert steps.tolist() == [4, 8] and values.tolist() == [2.0, 3.5]
+    assert series["hessian/trace"][1].tolist() == [40.0, 80.0]
+    assert series["loss/centre"][1] == pytest.approx([0.4, 0.8])  # periodic only
+    assert series["explained_variance/pc1"][1] == pytest.approx([0.64, 0.68])
+
+
+def test_compare_an_unfinished_run_uses_the_latest_periodic_surfaces(tmp_path, capsys):
+    a = make_run(tmp_path / "a", 1.0, resolution=5, steps=(4, 8))
+    b = make_run(tmp_path / "b", 2.0, resolution=5, steps=(4,), final=False)
+    rc, out, err = run_main(capsys, "compare", str(a), str(b), "--out", str(tmp_path / "c.png"))
+    assert rc == 0, err
+    assert "no final surface in" in err and str(b) in err
+    assert table_row(out, "global_step") == ["8", "4"]
+
+
+def test_compare_refuses_mismatched_protocols_unless_asked(tmp_path, capsys):
+    a, b = make_run(tmp_path / "a", 1.0, resolution=5), make_run(tmp_path / "b", 1.0, resolution=7)
+    out = tmp_path / "c.png"
+    rc, _, err = run_main(capsys, "compare", str(a), str(b), "--out", str(out))
+    assert rc == 2 and "resolution: 5, 7" in err and "--allow-mismatch" in err and not out.exists()
+    rc, _, err = run_main(capsys, "compare", str(a), str(b), "--out", str(out), "--allow-mismatch")
+    assert rc == 0 and out.exists()
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "no such run directory"),
+        ("empty", "no lightning-landscape records"),
+        ("parent", "holds the records of 2 runs"),
+        ("same", "given more than once"),
+        ("one", "at least two"),
+        ("format", "unknown image format 'xyz'"),
+    ],
+)
+def test_compare_bad_input_is_a_message(tmp_path, capsys, case, message):
+    a, b = make_run(tmp_path / "runs" / "a", 1.0), make_run(tmp_path / "runs" / "b", 2.0)
+    (tmp_path / "empty").mkdir()
+    out = str(tmp_path / ("c.xyz" if case == "format" else "c.png"))
+    runs = {
+        "missing": [str(a), str(tmp_path / "nope")],
+        "empty": [str(a), str(tmp_path / "empty")],
+        "parent": [str(a), str(tmp_path / "runs")],
+        "same": [str(a), str(a / "landscape" / "..")],
+        "one": [str(a)],
+        "format": [str(a), str(b)],
+    }[case]
+    rc, _, err = run_main(capsys, "compare", *runs, "--out", out)
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- corrupt and foreign records
+
+
+def _corrupt(folder: Path, how: str) -> str:
+    """Damage one record of a run in a way ``how`` names; returns the file the message must name."""
+    name = "periodic_surface_8"
+    if how == "truncated npz":
+        data = (folder / f"{name}.npz").read_bytes()
+        (folder / f"{name}.npz").write_bytes(data[: len(data) // 2])
+        return f"{name}.npz"
+    if how == "pickled npz":
+        np.savez(folder / f"{name}.npz", xs=np.array([{"evil": 1}], dtype=object))
+        return f"{name}.npz"
+    if how == "foreign json":
+        (folder / "foreign.json").write_text(json.dumps({"hello": "world"}))
+        (folder / "foreign.npz").write_bytes(b"PK")
+        return "foreign.json"
+    if how == "bad json":
+        (folder / f"{name}.json").write_text('{"format_version": 1, "kind": "surf')
+        return f"{name}.json"
+    if how == "future version":
+        sidecar = json.loads((folder / f"{name}.json").read_text())
+        sidecar["format_version"] = 2
+        (folder / f"{name}.json").write_text(json.dumps(sidecar))
+        return f"{name}.json"
+    raise AssertionError(how)
+
+
+CORRUPTIONS = ["truncated npz", "pickled npz", "foreign json", "bad json", "future version"]
+
+
+@pytest.mark.parametrize("how", CORRUPTIONS)
+def test_corrupt_and_foreign_records_are_named_by_load_records(tmp_path, how):
+    from lightning_landscape import RecordError
+
+    make_run(tmp_path, 1.0)
+    bad = _corrupt(tmp_path / "landscape", how)
+    with pytest.raises(RecordError, match=bad.replace(".", r"\.")):
+        load_records(tmp_path)
+
+
+@pytest.mark.parametrize("how", CORRUPTIONS)
+def test_corrupt_and_foreign_records_are_a_message_in_every_command(tmp_path, capsys, how):
+    good, bad_run = make_run(tmp_path / "good", 1.0), make_run(tmp_path / "bad", 1.0)
+    bad = _corrupt(bad_run / "landscape", how)
+    out = str(tmp_path / "c.png")
+    for argv in (
+        ["compare", str(good), str(bad_run), "--out", out],
+        ["summary", str(bad_run)],
+        ["plot", str(bad_run / "landscape" / bad), "--out", out],
+    ):
+        rc, _, err = run_main(capsys, *argv)
+        assert rc == 2, argv
+        assert bad in err and "Traceback" not in err, err
+    assert not Path(out).exists()
+
+
+def test_console_script_entry_point_exits_2_without_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_landscape.cli", "summary", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 2
+    assert "no such run directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- plot and summary
+
+
+@pytest.mark.parametrize("style", [None, "contour", "filled", "surface3d"])
+def test_plot_surface_styles(tmp_path, capsys, style):
+    make_run(tmp_path, 1.0)
+    out = tmp_path / "s.png"
+    argv = ["plot", str(tmp_path / "landscape" / "final_surface_8.npz"), "--out", str(out), "--log"]
+    rc, _, err = run_main(capsys, *argv, *(["--style", style] if style else []))
+    assert rc == 0, err
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_plot_line_and_wrong_style(tmp_path, capsys):
+    make_run(tmp_path, 1.0)
+    out = tmp_path / "l.svg"
+    rc, _, err = run_main(capsys, "plot", str(tmp_path / "landscape" / "final_line0_8"), "--out", str(out))
+    assert rc == 0, err
+    assert out.read_text().lstrip().startswith("<?xml")
+    rc, _, err = run_main(
+        capsys,
+        "plot",
+        str(tmp_path / "landscape" / "final_surface_8.json"),
+        "--style",
+        "line",
+        "--out",
+        "x.png",
+    )
+    assert rc == 2 and "cannot be drawn as 'line'" in err
+    rc, _, err = run_main(capsys, "plot", str(tmp_path / "landscape" / "nothing.json"), "--out", "x.png")
+    assert rc == 2 and "no such record" in err
+
+
+def test_summary_prints_settings_and_figures(tmp_path, capsys):
+    make_run(tmp_path, 2.0)
+    rc, out, err = run_main(capsys, "summary", str(tmp_path))
+    assert rc == 0, err
+    assert "records: 3 line (final), 2 line (periodic), 1 surface (final), 2 surface (periodic)" in out
+    assert table_row(out, "resolution") == ["5"]
+    assert table_row(out, "probe_samples") == ["16"]
+    assert table_row(out, "loss/centre") == ["1.6", "2"]  # final value, 2 periodic points
+    assert table_row(out, "distance_from_init") == ["16", "2"]
+
+
+def test_format_table_aligns_columns():
+    text = format_table([["k", "run a", "b"], ["x", 1.23456, float("nan")], ["long name", None, 3]])
+    lines = text.splitlines()
+    assert lines[2].index("1.235") == lines[0].index("run a") == lines[3].index("-")
+    assert lines[2].split() == ["x", "1.235", "nan"]
