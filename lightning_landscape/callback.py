@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_landscape._silence import silenced_logging
 from lightning_landscape.distributed import agree, broadcast_from_zero, check_strategy, point_shard
 from lightning_landscape.functional.curvature import hessian_directions
 from lightning_landscape.functional.directions import filter_normalized_directions
@@ -93,12 +94,8 @@ def _training_step_loss(module: pl.LightningModule, batch: Any, takes_index: boo
     """The loss ``training_step`` returns, with ``self.log``/``self.log_dict`` silenced for the call."""
     if takes_index is None:  # inspect.signature is slow: callers evaluating many points pass it in
         takes_index = len(inspect.signature(module.training_step).parameters) >= 2
-    module.log = lambda *a, **k: None  # type: ignore[method-assign]
-    module.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
-    try:
+    with silenced_logging(module):
         out = module.training_step(batch, 0) if takes_index else module.training_step(batch)
-    finally:
-        del module.log, module.log_dict
     if isinstance(out, dict):
         if "loss" not in out:
             raise ValueError("training_step returned a dict without a 'loss' key; pass `loss_fn=` instead")

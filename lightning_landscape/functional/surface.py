@@ -263,6 +263,15 @@ def _work_dtype(p: Tensor) -> torch.dtype:
     return torch.float64 if p.dtype == torch.float64 else torch.float32
 
 
+def _evaluation_meta(batches: Sequence[Any], losses: np.ndarray) -> dict[str, int]:
+    """What every surface and line record says about its evaluation: probe size, non-finite points."""
+    return {
+        "probe_batches": len(batches),
+        "probe_samples": probe_size(batches),
+        "nonfinite": int((~np.isfinite(losses)).sum()),
+    }
+
+
 def _resolve_params(model: nn.Module, params: Sequence[Tensor] | None) -> list[Tensor]:
     return [p for _, p in landscape_parameters(model)] if params is None else list(params)
 
@@ -328,11 +337,7 @@ def loss_surface(
         model, loss_fn, batches, params, directions, coefficients, shard, engine=engine, chunk_size=chunk_size
     )
     losses = losses.reshape(len(ys_arr), len(xs_arr))
-    meta = {
-        "probe_batches": len(batches),
-        "probe_samples": probe_size(batches),
-        "nonfinite": int((~np.isfinite(losses)).sum()),
-    }
+    meta = _evaluation_meta(batches, losses)
     return SurfaceRecord(xs=xs_arr, ys=ys_arr, losses=losses, meta=meta)
 
 
@@ -375,11 +380,7 @@ def loss_line(
         engine=engine,
         chunk_size=chunk_size,
     )
-    meta = {
-        "probe_batches": len(batches),
-        "probe_samples": probe_size(batches),
-        "nonfinite": int((~np.isfinite(losses)).sum()),
-    }
+    meta = _evaluation_meta(batches, losses)
     return LineRecord(alphas=alphas_arr, losses=losses, meta=meta)
 
 
@@ -439,9 +440,7 @@ def interpolation_line(
         chunk_size=chunk_size,
     )
     meta = {
-        "probe_batches": len(batches),
-        "probe_samples": probe_size(batches),
-        "nonfinite": int((~np.isfinite(losses)).sum()),
+        **_evaluation_meta(batches, losses),
         "distance": float(torch.sqrt(sum((d.double() ** 2).sum() for d in direction)).item()),
     }
     return LineRecord(alphas=alphas, losses=losses, meta=meta)

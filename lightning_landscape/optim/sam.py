@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from lightning_landscape._silence import silenced_logging
+
 __all__ = ["SAM"]
 
 _EPS = 1e-12
@@ -59,29 +61,6 @@ def _frozen_norm_stats(module: nn.Module | None) -> Iterator[None]:
         with torch.no_grad():
             for b, s in zip(buffers, saved):
                 b.copy_(s)
-
-
-def _noop_log(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-@contextlib.contextmanager
-def _silenced_logging(module: nn.Module | None) -> Iterator[None]:
-    """Turn ``module.log`` / ``module.log_dict`` into no-ops (instance attributes shadowing the methods)."""
-    if module is None or not hasattr(module, "log"):
-        yield
-        return
-    previous = {name: module.__dict__[name] for name in ("log", "log_dict") if name in module.__dict__}
-    for name in ("log", "log_dict"):
-        object.__setattr__(module, name, _noop_log)
-    try:
-        yield
-    finally:
-        for name in ("log", "log_dict"):
-            if name in previous:
-                object.__setattr__(module, name, previous[name])
-            else:
-                object.__delattr__(module, name)
 
 
 def _is_lightning_module(obj: Any) -> bool:
@@ -354,7 +333,7 @@ class SAM(Optimizer):
             self._sam["in_second_pass"] = True
 
             def silent_inner() -> Any:
-                with _silenced_logging(lightning_module):
+                with silenced_logging(lightning_module):
                     return inner()
 
             with _frozen_norm_stats(bn_module), torch.enable_grad():
