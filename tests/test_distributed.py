@@ -143,8 +143,14 @@ def _run(out: Path, strategy: str, *extra: str) -> dict[int, dict]:
         text=True,
         timeout=240,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {int(p.stem[4:]): json.loads(p.read_text()) for p in out.glob("rank*.json")}
+    ranks = {int(p.stem[4:]): json.loads(p.read_text()) for p in out.glob("rank*.json")}
+    # Known, not ours: torch's spawned workers leave through os._exit, so Lightning's atexit
+    # destroy_process_group never runs and a gloo thread is occasionally torn down while joinable
+    # ("terminate called without an active exception", SIGABRT) after the fit has fully finished.
+    # Seen once in about ten ddp_spawn runs here; every rank's report was written before it.
+    teardown_abort = "terminate called without an active exception" in proc.stderr and len(ranks) == 2
+    assert proc.returncode == 0 or teardown_abort, proc.stderr[-3000:]
+    return ranks
 
 
 def _expected_calls(world: int, rank: int) -> int:
