@@ -33,8 +33,9 @@ from lightning_landscape import LossLandscapeCallback  # noqa: E402
 
 CONFIGS = {
     "without callback": None,
-    "defaults": {},
-    "defaults, engine=loop": {"engine": "loop"},
+    "defaults (max_overhead=0.1)": {},
+    "defaults, engine=vmap": {"engine": "vmap"},
+    "everything as scheduled (max_overhead=None)": {"max_overhead": None},
     "snapshots only": {"every_n_epochs": None, "on_train_end": False},
 }
 

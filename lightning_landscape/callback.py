@@ -176,8 +176,8 @@ class LossLandscapeCallback(Callback):
             rank: a training step costs about 3 forward passes of its batch, a landscape one forward
             pass per grid point and probe batch (metrics by their measured equivalents). A periodic
             landscape that does not fit is skipped; the final one is made coarser (fewer grid points,
-            then fewer metrics) until it fits, with a 5 x 5 surface as the floor. ``None`` computes
-            everything as scheduled, whatever it costs.
+            then fewer metrics, down to 5 x 5) until it fits, or skipped if even that does not. A
+            warning says so. ``None`` computes everything as scheduled, whatever it costs.
 
     Distributed training: under DDP (``ddp``, ``ddp_spawn``, ...) every rank evaluates its share of the
     grid and line points and the values are gathered, so the work per rank falls with the number of
@@ -323,6 +323,7 @@ class LossLandscapeCallback(Callback):
         ):
             raise ValueError(f"`max_overhead` must be a positive number or None, got {max_overhead!r}")
         self.max_overhead = None if max_overhead is None else float(max_overhead)
+        self._state_key: str | None = None
         self._train_batches = 0  # training batches seen: the budget's measure of training cost
         self._spent = 0.0  # the callback's work so far, in forward passes over one probe batch
         self._skipped = 0  # periodic landscapes skipped to stay within max_overhead
@@ -340,6 +341,12 @@ class LossLandscapeCallback(Callback):
     @property
     @override
     def state_key(self) -> str:
+        # Lightning reads this on every hook call (profiler names): build it once.
+        if self._state_key is None:
+            self._state_key = self._make_state_key()
+        return self._state_key
+
+    def _make_state_key(self) -> str:
         # Every setting that shapes the state or the records; not the output switches.
         return self._generate_state_key(
             name=self.name,
@@ -360,6 +367,7 @@ class LossLandscapeCallback(Callback):
             snapshot_dtype=str(self.snapshot_dtype),
             snapshot_budget_bytes=self.snapshot_budget_bytes,
             snapshot_storage=self.snapshot_storage,
+            max_overhead=self.max_overhead,
         )
 
     @override
@@ -441,7 +449,15 @@ class LossLandscapeCallback(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.compute_on_train_end:
             plan = self._plan(trainer, final=True)
-            assert plan is not None
+            if plan is None:
+                rank_zero_warn(
+                    "LossLandscapeCallback: the final landscape was skipped: even a 5 x 5 surface would "
+                    f"take the callback's work above max_overhead={self.max_overhead} of this run's "
+                    f"training work ({self._train_batches} batches). Pass `max_overhead=None` (or a larger "
+                    "fraction) to compute it anyway.",
+                    category=RuntimeWarning,
+                )
+                return
             if plan.reduced:
                 rank_zero_warn(
                     f"LossLandscapeCallback: the final landscape was reduced to {plan.resolution} x "
@@ -490,7 +506,7 @@ class LossLandscapeCallback(Callback):
         return probe * (points / max(trainer.world_size, 1) + per_rank)
 
     def _plan(self, trainer: pl.Trainer, final: bool) -> _Plan | None:
-        """The largest landscape that fits the overhead budget (None: skip this periodic one).
+        """The largest landscape that fits the overhead budget (None: skip it).
 
         Counted work, not time: every rank reaches the same decision without a collective, and
         identical runs make identical records.
@@ -507,7 +523,7 @@ class LossLandscapeCallback(Callback):
         if self.max_overhead is None or self._spent + full <= self._allowance():
             return _Plan(self.final_resolution, self.line_resolution, self.final_metrics, full)
         # Coarser: first fewer grid points (down to the periodic resolution), then fewer metrics, then
-        # fewer points still; a 5 x 5 surface with 11-point lines and no metrics is the floor.
+        # fewer points still, down to a 5 x 5 surface with 11-point lines and no metrics.
         floor = min(self.resolution, self.final_resolution)
         candidates = [
             (r, spec)
@@ -519,8 +535,7 @@ class LossLandscapeCallback(Callback):
             cost = self._cost(trainer, r, lines, line_resolution, spec)
             if self._spent + cost <= self._allowance():
                 return _Plan(r, line_resolution, spec, cost, reduced=True)
-        line_resolution = min(self.line_resolution, 11)
-        return _Plan(5, line_resolution, {}, self._cost(trainer, 5, lines, line_resolution, {}), reduced=True)
+        return None  # not even a 5 x 5 surface fits: the budget is a promise, keep it
 
     def _allowance(self) -> float:
         assert self.max_overhead is not None

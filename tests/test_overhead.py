@@ -21,18 +21,28 @@ def _surfaces(cb, stage):
     return [r for r in cb.records if r.kind == "surface" and r.meta["stage"] == stage]
 
 
-def test_short_run_skips_periodic_and_coarsens_the_final_landscape(trainer_kwargs):
-    # 8 training batches allow 0.1 * 3 * 8 = 2.4 probe-batch forwards: no periodic 5x5 surface fits
-    # (2 batches * (25 + 7) = 64), and the final one falls to the 5 x 5 floor without metrics.
+def test_short_run_skips_what_does_not_fit_and_says_so(trainer_kwargs):
+    # 8 training batches allow 0.1 * 3 * 8 = 2.4 probe-batch forwards: no periodic 5 x 5 surface fits
+    # (2 batches * (25 + 7) = 64), nor a final one.
     with pytest.warns(RuntimeWarning) as warned:
         cb = _fit(trainer_kwargs, LossLandscapeCallback(**SMALL))
     messages = " ".join(str(w.message) for w in warned)
-    assert "skipping periodic landscapes" in messages and "final landscape was reduced to 5 x 5" in messages
-    assert _surfaces(cb, "periodic") == []
+    assert "skipping periodic landscapes" in messages and "final landscape was skipped" in messages
+    assert "max_overhead=None" in messages  # the way out is named
+    assert cb.records == [] and cb._spent == 0
+    assert cb._skipped == 2 and cb._train_batches == 8
+
+
+def test_the_final_landscape_is_coarsened_to_fit(trainer_kwargs):
+    # 90 batches allow 27 forwards; 1 probe batch, no metrics: 5^2 + 3 * min(7, 11) = 46 does not fit,
+    # but with line_resolution 3 the 5 x 5 surface costs 25 + 9 = 34... neither: skip. With 200 batches
+    # (60 forwards) the 5 x 5 one (46) fits and the 7 x 7 one (49 + 21 = 70) does not.
+    cb = LossLandscapeCallback(**{**SMALL, "num_batches": 1, "every_n_epochs": None})
+    with pytest.warns(RuntimeWarning, match="reduced to 5 x 5"):
+        _fit(trainer_kwargs, cb, batches_per_epoch=200, epochs=1)
     (final,) = _surfaces(cb, "final")
     assert final.losses.shape == (5, 5) and final.meta["reduced_by_max_overhead"]
-    assert not [r for r in cb.records if r.kind == "metrics"]  # no room for metrics either
-    assert cb._skipped == 2 and cb._train_batches == 8
+    assert not [r for r in cb.records if r.kind == "metrics"]  # no room for metrics
 
 
 def test_long_enough_run_computes_everything_within_the_budget(trainer_kwargs):
@@ -50,16 +60,6 @@ def test_long_enough_run_computes_everything_within_the_budget(trainer_kwargs):
 
 
 def test_the_final_landscape_keeps_the_largest_grid_that_fits(trainer_kwargs):
-    # 40 batches allow 0.1 * 3 * 40 = 12 forwards; even a 3 x 3 surface with its lines costs more, so the
-    # final landscape falls to the floor: 5 x 5 with 11-point lines.
-    cb = LossLandscapeCallback(
-        every_n_epochs=None, resolution=3, final_resolution=31, line_resolution=41, num_batches=1,
-        metrics=None, final_metrics=None,
-    )  # fmt: skip
-    with pytest.warns(RuntimeWarning, match="reduced"):
-        _fit(trainer_kwargs, cb, batches_per_epoch=40, epochs=1)
-    (final,) = _surfaces(cb, "final")
-    assert final.losses.shape == (5, 5)  # below the periodic resolution only the 5 x 5 floor is left
     cb2 = LossLandscapeCallback(
         every_n_epochs=None, resolution=3, final_resolution=31, line_resolution=5, num_batches=1,
         metrics=None, final_metrics=None,
@@ -67,6 +67,8 @@ def test_the_final_landscape_keeps_the_largest_grid_that_fits(trainer_kwargs):
     with pytest.warns(RuntimeWarning, match="reduced to 29 x 29"):
         # 3,200 batches allow 960 forwards: 31^2 + 3 * 5 = 976 does not fit, 29^2 + 15 = 856 does.
         _fit(trainer_kwargs, cb2, batches_per_epoch=3200, epochs=1)
+    (final,) = _surfaces(cb2, "final")
+    assert final.losses.shape == (29, 29)
 
 
 def test_budget_decisions_are_deterministic(trainer_kwargs, tmp_path):
@@ -74,8 +76,12 @@ def test_budget_decisions_are_deterministic(trainer_kwargs, tmp_path):
     for i in range(2):
         kwargs = {**trainer_kwargs, "default_root_dir": str(tmp_path / str(i))}
         with pytest.warns(RuntimeWarning):
-            runs.append(_fit(kwargs, LossLandscapeCallback(**SMALL), batches_per_epoch=30, epochs=3))
+            # Allowance 45, 90, 135 after each epoch; a periodic landscape costs 2 * (25 + 7) = 64: the
+            # first is skipped, the next two fit; the final one is coarsened.
+            cb = LossLandscapeCallback(**SMALL, metrics=None)
+            runs.append(_fit(kwargs, cb, batches_per_epoch=150, epochs=3))
     a, b = runs
+    assert len(_surfaces(a, "periodic")) == 2 and a._skipped == 1
     assert [r.meta["name"] for r in a.records] == [r.meta["name"] for r in b.records]
     for ra, rb in zip(a.records, b.records):
         if ra.kind != "metrics":
