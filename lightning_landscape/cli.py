@@ -24,7 +24,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lightning_landscape.records import LineRecord, RecordError, SurfaceRecord, load_record, load_records
+from lightning_landscape.records import (
+    LineRecord,
+    MetricsRecord,
+    RecordError,
+    SurfaceRecord,
+    load_record,
+    load_records,
+)
 
 __all__ = ["CLIError", "Run", "load_run", "main", "run_series"]
 
@@ -112,6 +119,8 @@ def record_scalars(record: Any) -> dict[str, float]:
     elif isinstance(record, LineRecord):
         if meta.get("directions") == "interpolation" and _number(meta.get("distance")) is not None:
             out["distance_from_init"] = float(meta["distance"])
+    elif isinstance(record, MetricsRecord):
+        out.update({k: v for k, v in record.as_dict().items() if math.isfinite(v)})
     else:
         if dataclasses.is_dataclass(record):
             for f in dataclasses.fields(record):
@@ -121,6 +130,10 @@ def record_scalars(record: Any) -> dict[str, float]:
             if isinstance(meta.get(key), dict):
                 out.update(_flat_numbers(meta[key]))
     return {k: v for k, v in out.items() if k}
+
+
+def _diagnostic(key: str) -> bool:
+    return key.endswith(("_residual", "_stderr", "lanczos_iterations", "surface_max", "grad_norm"))
 
 
 def run_series(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -272,7 +285,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     }
     lines = {k: v for k, v in lines.items() if any(x is not None for x in v)}
     per_run = [run_series(r) for r in runs]
-    keys = sorted({k for s in per_run for k in s})
+    # Panels for the figures people compare; diagnostics (residuals, iteration counts, standard errors,
+    # the surface's maximum) stay in the printed table.
+    keys = sorted({k for s in per_run for k in s if not _diagnostic(k)})
     series = {k: [s.get(k) for s in per_run] for k in keys}
 
     from lightning_landscape.plots import comparison_figure
