@@ -299,3 +299,17 @@ def test_format_table_aligns_columns():
     lines = text.splitlines()
     assert lines[2].index("1.235") == lines[0].index("run a") == lines[3].index("-")
     assert lines[2].split() == ["x", "1.235", "nan"]
+
+
+def test_metrics_records_feed_the_table_and_panels():
+    from lightning_landscape.records import MetricsRecord
+
+    rec = MetricsRecord.from_dict(
+        {"hessian/lambda_max": 4.5, "hessian/lambda_max_residual": 1e-4, "sharpness/sam": float("nan")},
+        {"stage": "final", "global_step": 7},
+    )
+    # Non-finite values are left out; everything else is a figure of the run.
+    assert record_scalars(rec) == {"hessian/lambda_max": 4.5, "hessian/lambda_max_residual": 1e-4}
+    from lightning_landscape.cli import _diagnostic
+
+    assert _diagnostic("hessian/lambda_max_residual") and not _diagnostic("hessian/lambda_max")
