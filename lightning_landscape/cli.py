@@ -397,6 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `lightning-landscape summary RUN | head`: the reader left, nothing to say
+        sys.stderr.close()
+        return 0
     except (CLIError, RecordError, OSError) as err:
         print(f"lightning-landscape {args.command}: error: {err}", file=sys.stderr)
         return 2

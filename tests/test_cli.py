@@ -313,3 +313,13 @@ def test_metrics_records_feed_the_table_and_panels():
     from lightning_landscape.cli import _diagnostic
 
     assert _diagnostic("hessian/lambda_max_residual") and not _diagnostic("hessian/lambda_max")
+
+
+def test_reading_records_does_not_import_torch_or_lightning():
+    # The command starts in under a second: the callback and SAM load on first use.
+    code = (
+        "import sys, lightning_landscape as ll, lightning_landscape.cli; "
+        "assert 'torch' not in sys.modules and 'lightning' not in sys.modules, sorted(sys.modules); "
+        "assert ll.LossLandscapeCallback.__name__ == 'LossLandscapeCallback' and 'torch' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
