@@ -741,7 +741,10 @@ class LossLandscapeCallback(Callback):
         params = self._params(pl_module)
         batches = self._probe_batches(trainer, pl_module)
         step, stage = trainer.global_step, ("final" if final else "periodic")
-        scalars, meta, errors = compute_metrics(pl_module, self._loss_fn(trainer), batches, params, spec)
+        shard = point_shard(trainer, pl_module.device)  # every rank runs the same spec: collectives match
+        scalars, meta, errors = compute_metrics(
+            pl_module, self._loss_fn(trainer), batches, params, spec, shard=shard
+        )
         for name, message in errors.items():
             rank_zero_warn(
                 f"LossLandscapeCallback: metric {name!r} at step {step} failed or is not finite ({message}). "

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from lightning_landscape.functional.curvature import hessian_eigenvalues, hessian_trace
 from lightning_landscape.functional.params import LossFn
+from lightning_landscape.functional.sharding import PointShard
 from lightning_landscape.functional.sharpness import average_sharpness, sam_sharpness
 
 __all__ = [
@@ -62,7 +63,8 @@ _FINAL_OPTIONS: dict[str, dict[str, Any]] = {
     "average": {"sigma": 0.01, "samples": 32},
 }
 _SEEDED = ("eigenvalues", "trace", "average")
-_RESERVED = {"model", "loss_fn", "batches", "params", "return_eigenvectors"}
+_SHARDED = ("trace", "average")  # independent samples: shared out among data-parallel processes
+_RESERVED = {"model", "loss_fn", "batches", "params", "return_eigenvectors", "shard"}
 
 
 def resolve_metrics(
@@ -140,8 +142,14 @@ def compute_metrics(
     batches: Sequence[Any],
     params: Sequence[Tensor],
     spec: Mapping[str, Mapping[str, Any]],
+    shard: PointShard | None = None,
 ) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:
     """Run each metric of ``spec``; return ``(scalars, meta, errors)``.
+
+    With ``shard``, the metrics made of independent samples (``trace``'s probes, ``average``'s
+    perturbations) are shared out among the processes; every process gets the same result. The
+    others (Lanczos, SAM) are computed whole on each process. Every process must call this with the
+    same ``spec``: the shared metrics use collectives.
 
     ``scalars`` maps names such as ``hessian/lambda_max`` to floats; ``meta[name]`` holds each
     metric's options and result metadata (seeds, iterations, probe size, seconds). A metric that
@@ -154,7 +162,8 @@ def compute_metrics(
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result = METRICS[name](model, loss_fn, batches, params=params, **options)
+                extra = {"shard": shard} if name in _SHARDED and shard is not None else {}
+                result = METRICS[name](model, loss_fn, batches, params=params, **options, **extra)
         except Exception as err:
             errors[name] = f"{type(err).__name__}: {err}"
             continue

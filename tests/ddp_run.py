@@ -1,6 +1,6 @@
 """One small training run with LossLandscapeCallback, for the DDP tests (run as a script, not collected).
 
-    python tests/ddp_run.py OUT_DIR STRATEGY [--probe user|train] [--fail-rank N]
+    python tests/ddp_run.py OUT_DIR STRATEGY [--probe user|train] [--fail-rank N] [--metrics]
 
 STRATEGY is ``single`` (one process, batch 8) or a Lightning strategy on 2 CPU processes (batch 4 per
 rank, so each optimizer step sees the same 8 samples as the single run). Each rank writes
@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("strategy")
     parser.add_argument("--probe", default="user", choices=["user", "train"])
     parser.add_argument("--fail-rank", type=int, default=-1)
+    parser.add_argument("--metrics", action="store_true", help="final trace + average sharpness (sharded)")
     args = parser.parse_args()
     os.environ["LL_FAIL_RANK"] = str(args.fail_rank)
     warnings.filterwarnings("ignore")
@@ -96,8 +97,8 @@ def main() -> None:
         num_batches=2,
         snapshot_every_n_steps=2,
         log_figures=False,
-        metrics=None,  # curvature metrics are not sharded across ranks yet; count surface/line work only
-        final_metrics=None,
+        metrics=None,
+        final_metrics={"trace": {"samples": 8}, "average": {"samples": 8}} if args.metrics else None,
         probe_dataloader=loader(16, 8, seed=5) if args.probe == "user" else None,
     )
     trainer = pl.Trainer(

@@ -189,6 +189,23 @@ def test_ddp_equals_one_process_with_half_the_work_per_rank(tmp_path, single_run
 
 
 @pytest.mark.slow
+def test_ddp_shares_the_sampled_metrics_and_equals_one_process(tmp_path):
+    single = _run(tmp_path / "single", "single", "--metrics")
+    ranks = _run(tmp_path / "ddp", "ddp", "--metrics")
+    (ours,) = [r for r in load_records(tmp_path / "ddp") if r.kind == "metrics"]
+    (theirs,) = [r for r in load_records(tmp_path / "single") if r.kind == "metrics"]
+    assert list(ours.names) == list(theirs.names) and "hessian/trace" in list(ours.names)
+    np.testing.assert_allclose(ours.values, theirs.values, rtol=1e-4, atol=1e-7)
+    # Trace probes and average-sharpness samples are shared out like grid points: each rank does
+    # about half the sampled work (plus its own L(w) and gradient graph).
+    landscape_only = [_expected_calls(2, r) for r in (0, 1)]
+    extra = [ranks[r]["calls"] - landscape_only[r] for r in (0, 1)]
+    single_extra = single[0]["calls"] - _expected_calls(1, 0)
+    assert single_extra == (8 + 1) * 2 + 2  # 8 samples + L(w), and the trace's graph, over 2 batches
+    assert extra == [(4 + 1) * 2 + 2, (4 + 1) * 2 + 2]
+
+
+@pytest.mark.slow
 def test_ddp_spawn_writes_the_records_once_with_rank_zero_probe_batches(tmp_path, single_run):
     ranks = _run(tmp_path, "ddp_spawn", "--probe", "train")
     assert sorted(ranks) == [0, 1] and all(r["global_step"] == 16 for r in ranks.values())

@@ -37,6 +37,7 @@ from lightning_landscape.functional.params import (
     observation,
     unflatten,
 )
+from lightning_landscape.functional.sharding import PointShard, evaluate_sharded
 
 __all__ = [
     "HessianEigenvalues",
@@ -602,12 +603,16 @@ def hessian_trace(
     seed: int = 0,
     params: Sequence[Tensor] | None = None,
     reuse_graph: bool = True,
+    *,
+    shard: PointShard | None = None,
 ) -> HessianTrace:
     """Hutchinson's estimate of ``tr(H)`` with Rademacher probes, and its standard error.
 
     Exactly ``samples`` probes are used (no early stop on a relative-change criterion, which biases
     the estimate low); report ``trace ± 2 stderr``. The probes come from a CPU generator seeded with
-    ``seed``, so two runs with the same seed use the same probes.
+    ``seed``, so two runs with the same seed use the same probes. With ``shard`` (data-parallel
+    processes holding the same weights), process ``r`` of ``W`` evaluates probes ``r, r + W, ...``
+    and all processes get every probe's value: the same result with 1/W of the products each.
 
     Example::
 
@@ -622,15 +627,26 @@ def hessian_trace(
     params = resolve_params(model, params)
     batches = check_batches(batches)
     meta = {"samples": samples, "seed": seed, "probes": "rademacher", **_probe_meta(batches)}
-    gen = torch.Generator().manual_seed(int(seed))
-    values = np.zeros(samples)
     start = time.perf_counter()
-    try:
+    losses: list[float] = []
+
+    def probe_values(rows: np.ndarray) -> np.ndarray:
+        """``z_i^T H z_i`` for the probe indices in ``rows``; the generator still draws every probe."""
+        wanted = {int(i) for i in rows[:, 0]}
+        out = []
+        gen = torch.Generator().manual_seed(int(seed))
         with hessian_operator(model, loss_fn, batches, params, reuse_graph) as op:
             for i in range(samples):
-                z = _rademacher(op.numel, gen).to(device=op.device, dtype=op.dtype)
-                values[i] = float(torch.dot(op.matvec(z).double(), z.double()))
-            loss = op.loss
+                z = _rademacher(op.numel, gen)
+                if i in wanted:
+                    z = z.to(device=op.device, dtype=op.dtype)
+                    out.append(float(torch.dot(op.matvec(z).double(), z.double())))
+            losses.append(op.loss)
+        return np.asarray(out)
+
+    try:
+        values = evaluate_sharded(probe_values, np.arange(samples, dtype=np.float64)[:, None], shard)
+        loss = losses[0] if losses else math.nan
     except NonFiniteLoss as err:
         _nonfinite_warning("hessian_trace", err)
         return HessianTrace(math.nan, math.nan, np.full(samples, math.nan), math.nan, meta=meta)

@@ -35,6 +35,7 @@ from lightning_landscape.functional.curvature import (
 )
 from lightning_landscape.functional.directions import random_direction
 from lightning_landscape.functional.params import Direction, LossFn, observation
+from lightning_landscape.functional.sharding import PointShard, evaluate_sharded
 from lightning_landscape.functional.surface import _evaluate_points
 
 __all__ = ["AverageSharpness", "SamSharpness", "average_sharpness", "loss_gradient", "sam_sharpness"]
@@ -197,13 +198,16 @@ def average_sharpness(
     adaptive: bool = False,
     seed: int = 0,
     params: Sequence[Tensor] | None = None,
+    *,
+    shard: PointShard | None = None,
 ) -> AverageSharpness:
     """Average-case sharpness ``E[L(w + d)] - L(w)``, ``d ~ N(0, sigma^2 I)`` (adaptive: ``sigma |w| * z``).
 
     The ``samples`` Gaussian draws come in sequence from a CPU generator seeded with ``seed`` (one
     standard-normal tensor per parameter, in order, as :func:`random_direction` draws them), so two
     runs with the same seed use the same perturbations. Points are evaluated through the surfaces'
-    engine, a few directions at a time to bound memory.
+    engine, a few directions at a time to bound memory. With ``shard``, process ``r`` of ``W``
+    evaluates samples ``r, r + W, ...`` and every process gets all of them (see :class:`PointShard`).
 
     Example::
 
@@ -227,31 +231,35 @@ def average_sharpness(
         **_probe_meta(batches),
     }
     start = time.perf_counter()
-    gen = torch.Generator().manual_seed(int(seed))
     numel = sum(p.numel() for p in params)
     chunk = max(1, min(samples, _CHUNK_ELEMENTS // max(numel, 1)))
     with torch.no_grad():
         scale = [p.detach().abs() * sigma if adaptive else None for p in params]
-    centre = math.nan
-    losses: list[np.ndarray] = []
-    done = 0
-    while done < samples:
-        count = min(chunk, samples - done)
-        with torch.no_grad():
-            directions = []
-            for _ in range(count):
-                z = random_direction(params, gen)
-                directions.append(
+    # L(w) through the same engine as the samples (a zero step along one direction), so that
+    # sharpness = mean(L(w + d)) - L(w) subtracts like from like.
+    zero = [[torch.zeros_like(p) for p in params]]
+    centre = float(_evaluate_points(model, loss_fn, batches, params, zero, np.zeros((1, 1)))[0])
+
+    def sample_losses(rows: np.ndarray) -> np.ndarray:
+        """``L(w + d_i)`` for the sample indices in ``rows``; the generator still draws every sample."""
+        wanted = sorted(int(i) for i in rows[:, 0])
+        gen = torch.Generator().manual_seed(int(seed))
+        out: list[np.ndarray] = []
+        pending: list[Direction] = []
+        for i in range(wanted[-1] + 1 if wanted else 0):
+            z = random_direction(params, gen)
+            if i not in wanted:
+                continue
+            with torch.no_grad():
+                pending.append(
                     [zi.to(p.dtype) * (s if s is not None else sigma) for zi, p, s in zip(z, params, scale)]
                 )
-        coefficients = np.eye(count)
-        if done == 0:
-            coefficients = np.vstack([np.zeros((1, count)), coefficients])
-        values = _evaluate_points(model, loss_fn, batches, params, directions, coefficients)
-        if done == 0:
-            centre, values = float(values[0]), values[1:]
-        losses.append(values)
-        done += count
+            if len(pending) == chunk or i == wanted[-1]:
+                out.append(_evaluate_points(model, loss_fn, batches, params, pending, np.eye(len(pending))))
+                pending = []
+        return np.concatenate(out) if out else np.zeros(0)
+
+    losses = [evaluate_sharded(sample_losses, np.arange(samples, dtype=np.float64)[:, None], shard)]
     all_losses = np.concatenate(losses)
     meta["seconds"] = time.perf_counter() - start
     if not math.isfinite(centre):
