@@ -107,20 +107,8 @@ def record_scalars(record: Any) -> dict[str, float]:
     """
     meta = record.meta if isinstance(getattr(record, "meta", None), dict) else {}
     out: dict[str, float] = {}
-    if isinstance(record, SurfaceRecord):
-        out["loss/centre"] = record.centre_loss
-        finite = record.losses[np.isfinite(record.losses)]
-        if finite.size:
-            out["loss/surface_min"], out["loss/surface_max"] = float(finite.min()), float(finite.max())
-        ratios = meta.get("explained_variance") or []
-        for i, ratio in enumerate(ratios[:2]):
-            if _number(ratio) is not None:
-                out[f"explained_variance/pc{i + 1}"] = float(ratio)
-    elif isinstance(record, LineRecord):
-        if meta.get("directions") == "interpolation" and _number(meta.get("distance")) is not None:
-            out["distance_from_init"] = float(meta["distance"])
-    elif isinstance(record, MetricsRecord):
-        out.update({k: v for k, v in record.as_dict().items() if math.isfinite(v)})
+    if isinstance(record, (SurfaceRecord, LineRecord, MetricsRecord)):
+        out.update(record.scalars())
     else:
         if dataclasses.is_dataclass(record):
             for f in dataclasses.fields(record):

@@ -37,6 +37,7 @@ import numpy as np
 
 __all__ = [
     "FORMAT_VERSION",
+    "SCALAR_GROUPS",
     "LineRecord",
     "MetricsRecord",
     "Record",
@@ -45,6 +46,7 @@ __all__ = [
     "load_record",
     "load_records",
     "save_record",
+    "tag_prefix",
 ]
 
 FORMAT_VERSION = 1
@@ -52,6 +54,38 @@ FORMAT_VERSION = 1
 
 class RecordError(ValueError):
     """A record file that cannot be read: corrupt, foreign, or of an unknown format version."""
+
+
+# The scalar schema. Each record type says which scalars it stands for (``scalars()``, keys without the
+# ``landscape/`` prefix); the callback logs exactly those under ``tag_prefix(...)``, the CLI tabulates
+# them, and TensorBoard's custom-scalars layout groups them by these prefixes. One place to add a name.
+SCALAR_GROUPS: dict[str, tuple[str, ...]] = {
+    "loss at the centre and on the surface": ("loss/",),
+    "trajectory PCA explained variance": ("explained_variance/",),
+    "distance from the initial weights": ("distance_from_init",),
+    "curvature (Hessian)": ("hessian/",),
+    "sharpness": ("sharpness/",),
+}
+
+
+def tag_prefix(name: str | None = None, stage: str = "periodic") -> str:
+    """The logged-tag prefix of a record: ``landscape/[NAME/][final/]``.
+
+    Example::
+
+        >>> tag_prefix(), tag_prefix("sam", "final")
+        ('landscape/', 'landscape/sam/final/')
+    """
+    base = f"landscape/{name}/" if name else "landscape/"
+    return base if stage == "periodic" else f"{base}final/"
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) else None
 
 
 @dataclass
@@ -76,6 +110,18 @@ class SurfaceRecord:
         """The loss at the grid point closest to (0, 0)."""
         return float(self.losses[int(np.abs(self.ys).argmin()), int(np.abs(self.xs).argmin())])
 
+    def scalars(self) -> dict[str, float]:
+        """Centre loss, surface min/max (finite points) and the plane's explained variance."""
+        out = {"loss/centre": self.centre_loss}
+        finite = self.losses[np.isfinite(self.losses)]
+        if finite.size:
+            out["loss/surface_min"], out["loss/surface_max"] = float(finite.min()), float(finite.max())
+        ratios = self.meta.get("explained_variance") or []
+        for i, ratio in enumerate(ratios[:2]):
+            if _finite(ratio) is not None:
+                out[f"explained_variance/pc{i + 1}"] = float(ratio)
+        return out
+
 
 @dataclass
 class LineRecord:
@@ -88,6 +134,13 @@ class LineRecord:
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"alphas": self.alphas, "losses": self.losses}
+
+    def scalars(self) -> dict[str, float]:
+        """The interpolation line's distance from the initial weights; nothing for other lines."""
+        distance = _finite(self.meta.get("distance"))
+        if self.meta.get("directions") == "interpolation" and distance is not None:
+            return {"distance_from_init": distance}
+        return {}
 
 
 @dataclass
@@ -115,6 +168,10 @@ class MetricsRecord:
     def as_dict(self) -> dict[str, float]:
         """``{name: value}``."""
         return {str(n): float(v) for n, v in zip(self.names.tolist(), self.values.tolist())}
+
+    def scalars(self) -> dict[str, float]:
+        """The finite values (a failed metric is stored as NaN and not logged)."""
+        return {k: v for k, v in self.as_dict().items() if np.isfinite(v)}
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"names": np.asarray(self.names, dtype=np.str_), "values": self.values}

@@ -38,7 +38,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from lightning_landscape.plots import figure_to_png, figure_to_rgb
-from lightning_landscape.records import SurfaceRecord
+from lightning_landscape.records import SCALAR_GROUPS, SurfaceRecord
 
 __all__ = [
     "CSVSink",
@@ -84,11 +84,8 @@ def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
     Tags are regular expressions, so metrics added later under the same prefixes are picked up.
     """
     charts = {
-        "loss at the centre and on the surface": [r"landscape/loss/.*"],
-        "trajectory PCA explained variance": [r"landscape/explained_variance/.*"],
-        "distance from the initial weights": [r"landscape/distance_from_init"],
-        "curvature (Hessian)": [r"landscape/hessian/.*", r"landscape/curvature/.*"],
-        "sharpness": [r"landscape/sharpness/.*"],
+        title: [rf"landscape/{p}.*" if p.endswith("/") else rf"landscape/{p}" for p in prefixes]
+        for title, prefixes in SCALAR_GROUPS.items()
     }
     return {"landscape": {title: ["Multiline", tags] for title, tags in charts.items()}}
 

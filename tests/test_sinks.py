@@ -17,7 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import pytest
-from conftest import TinyNet, loader, naive_mean_loss
+from helpers.models import TinyNet, loader, naive_mean_loss
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from matplotlib.figure import Figure
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
-from conftest import TinyNet, loader
+from helpers.models import TinyNet, loader
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_landscape import LossLandscapeCallback

@@ -1,6 +1,6 @@
 """DDP, sharded strategies and point sharding.
 
-The multi-process tests run ``tests/ddp_run.py`` in a subprocess (Lightning's ``ddp`` launcher re-runs
+The multi-process tests run ``tests/helpers/ddp_run.py`` in a subprocess (Lightning's ``ddp`` launcher re-runs
 the script for rank 1, and ``ddp_spawn`` state does not come back), then assert on the files written.
 """
 
@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import loader
+from helpers.models import loader
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader
@@ -27,8 +27,8 @@ from lightning_landscape import LossLandscapeCallback, load_records
 from lightning_landscape.distributed import check_strategy
 from lightning_landscape.functional import PointShard, evaluate_sharded, shard_rows
 
-SCRIPT = Path(__file__).resolve().parent / "ddp_run.py"
-ROOT = SCRIPT.parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tests" / "helpers" / "ddp_run.py"
 
 
 # --------------------------------------------------------------------------- sharding without processes

@@ -1,6 +1,6 @@
 """One small training run with LossLandscapeCallback, for the DDP tests (run as a script, not collected).
 
-    python tests/ddp_run.py OUT_DIR STRATEGY [--probe user|train] [--fail-rank N] [--metrics]
+    python tests/helpers/ddp_run.py OUT_DIR STRATEGY [--probe user|train] [--fail-rank N] [--metrics]
 
 STRATEGY is ``single`` (one process, batch 8) or a Lightning strategy on 2 CPU processes (batch 4 per
 rank, so each optimizer step sees the same 8 samples as the single run). Each rank writes
@@ -17,15 +17,15 @@ import sys
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the helpers package
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository
 
 import lightning.pytorch as pl
 import torch
-from conftest import NoisyDataset, TinyNet, ce_loss, loader
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from helpers.models import NoisyDataset, TinyNet, ce_loss, loader
 from lightning_landscape import LossLandscapeCallback
 
 CALLS = {"n": 0}

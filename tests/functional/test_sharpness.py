@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from exact_hessian import Reference, ce, cnn, make_batches, mlp
+from helpers.exact_hessian import Reference, ce, cnn, make_batches, mlp
 from torch import nn
 
 import lightning_landscape.functional.sharpness as sharpness_module

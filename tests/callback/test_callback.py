@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from conftest import TinyNet, ce_loss, loader, naive_mean_loss
+from helpers.models import TinyNet, ce_loss, loader, naive_mean_loss
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 

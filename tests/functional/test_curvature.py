@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from exact_hessian import Reference, ce, cnn, frozen_mlp, make_batches, mlp
+from helpers.exact_hessian import Reference, ce, cnn, frozen_mlp, make_batches, mlp
 from torch import nn
 
 from lightning_landscape.functional import (

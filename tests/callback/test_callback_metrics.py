@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from conftest import TinyNet, ce_loss, loader
+from helpers.models import TinyNet, ce_loss, loader
 from lightning.pytorch.loggers import CSVLogger
 from torch.func import functional_call
 

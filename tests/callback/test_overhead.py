@@ -3,7 +3,7 @@
 import lightning.pytorch as pl
 import numpy as np
 import pytest
-from conftest import TinyNet, loader
+from helpers.models import TinyNet, loader
 
 from lightning_landscape import LossLandscapeCallback
 
