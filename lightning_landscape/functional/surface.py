@@ -8,19 +8,32 @@ loss averaged over the same fixed list of probe batches, results kept on the dev
 from __future__ import annotations
 
 import math
-import weakref
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.functional.batched import evaluate_points_batched
+from lightning_landscape.functional.bn import (
+    BNMode,
+    BufferPlan,
+    aligned_buffers,
+    check_bn,
+    landscape_buffers,
+)
+from lightning_landscape.functional.engine import (  # noqa: F401  (_CANNOT_VMAP, check_engine: re-exported)
+    _CANNOT_VMAP,
+    Engine,
+    Evaluation,
+    _auto_engine,
+    check_engine,
+    evaluate_points,
+)
+from lightning_landscape.functional.noise import probe_noise_of
 from lightning_landscape.functional.params import (
     Direction,
     LossFn,
-    WeightPerturbation,
     landscape_parameters,
     observation,
 )
@@ -101,20 +114,6 @@ def evaluate_loss(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> 
         return float(_mean_loss(model, loss_fn, batches))
 
 
-Engine = Literal["auto", "loop", "vmap"]
-_ENGINES = ("auto", "loop", "vmap")
-
-# Models "auto" found it cannot vmap (weakly held: forgotten with the model). Only which path runs is
-# remembered, never values, so the engine stays a pure function of its inputs.
-_CANNOT_VMAP: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-
-
-def check_engine(engine: Any, name: str = "engine") -> None:
-    """Raise a ValueError naming ``name`` unless ``engine`` is one of ``"auto"``, ``"loop"``, ``"vmap"``."""
-    if engine not in _ENGINES:
-        raise ValueError(f"`{name}` must be one of {_ENGINES}, got {engine!r}")
-
-
 def _evaluate_points(
     model: nn.Module,
     loss_fn: LossFn,
@@ -126,115 +125,14 @@ def _evaluate_points(
     engine: Engine = "auto",
     chunk_size: int | None = None,
 ) -> np.ndarray:
-    """Loss at ``w0 + coefficients[n] @ directions`` for each row ``n``; one host sync at the end.
+    """Mean loss over ``batches`` at ``w0 + coefficients[n] @ directions`` for each row ``n``.
 
-    The shared engine of surfaces, lines and sharpness samples; a pure function of its inputs (the
-    model is restored exactly). ``engine="loop"`` moves the weights in place from a saved copy for
-    each point (foreach kernels, no model copies, no host sync per point); ``"vmap"`` evaluates
-    chunks of ``chunk_size`` points (default: from a memory budget) in one vmapped forward pass
-    (:mod:`lightning_landscape.functional.batched`) and raises if the model cannot be vmapped.
-    ``"auto"`` is batched on accelerators and the loop on the CPU (see :func:`_auto_engine`); a model
-    that cannot be vmapped goes to the loop, silently. Both paths agree within float rounding; "auto"
-    is deterministic, so identical runs give bit-identical values.
+    The current buffers at every point; see :func:`lightning_landscape.functional.engine.evaluate_points`.
     """
-    check_engine(engine)
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(f"`chunk_size` must be a positive integer or None, got {chunk_size!r}")
-    if len(batches) == 0:
-        raise ValueError("`batches` is empty: at least one probe batch is needed")
-    coefficients = np.asarray(coefficients, dtype=np.float64).reshape(len(coefficients), -1)
-    move = WeightPerturbation(params, directions)  # validates shapes, casts directions once
-    if coefficients.shape[1] != len(move.directions):
-        raise ValueError(
-            f"{coefficients.shape[1]} coefficients per point for {len(move.directions)} directions"
-        )
-    if len(coefficients) == 0:
-        return np.zeros(0)
-
-    def batched(coef: np.ndarray) -> Tensor:
-        return evaluate_points_batched(
-            model, loss_fn, batches, move.params, move.directions, coef, chunk_size=chunk_size
-        )
-
-    def loop(coef: np.ndarray) -> Tensor:
-        return _evaluate_points_loop(model, loss_fn, batches, move, coef)
-
-    may_fall_back = engine == "auto"
-    if engine == "auto":
-        engine = _auto_engine(model, move.params)
-    with observation(model):
-        if engine == "loop":
-            values = loop(coefficients)
-        else:
-            try:
-                values = batched(coefficients)
-            except Exception:
-                if not may_fall_back:
-                    raise
-                values = loop(coefficients)  # cannot be vmapped (.item(), data-dependent control flow, ...)
-                _CANNOT_VMAP.add(model)  # after the loop worked: a failing loss_fn is not the model's fault
-    return values.double().cpu().numpy()
-
-
-def _auto_engine(model: nn.Module, params: Sequence[Tensor]) -> Engine:
-    """The "auto" rule, deterministic so that identical runs give identical records.
-
-    Batched where it pays, on accelerators: one vmapped forward pass over a chunk of points replaces
-    many small kernel launches. On the CPU, the loop: measured there, batching won only for models of
-    a few thousand parameters and lost up to 2.3x on larger ones (benchmarks/bench_floor.py).
-    """
-    if model in _CANNOT_VMAP or all(p.device.type == "cpu" for p in params):
-        return "loop"
-    return "vmap"
-
-
-def _checked(loss: Any) -> Tensor:
-    if not isinstance(loss, Tensor) or loss.numel() != 1:
-        raise ValueError(
-            f"`loss_fn` must return a scalar tensor, got {type(loss).__name__}"
-            + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
-        )
-    return loss if loss.dim() == 0 else loss.reshape(())
-
-
-def _evaluate_points_loop(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
-    move: WeightPerturbation,
-    coefficients: np.ndarray,
-) -> Tensor:
-    """One forward pass per point and batch; per point, two foreach kernels and no host sync.
-
-    Points come row by row (a surface's ``y`` is constant along a row), so ``w0 + sum_{k>=1} c_k d_k``
-    is built once per row into a buffer, and each point is ``copy(buffer) + c_0 d_0``. Losses stay on
-    the device, unreduced, until one stack at the end.
-    """
-    losses: list[Tensor] = []
-    params, dirs = move.params, move.directions
-    with move, torch.no_grad():
-        saved = move._saved
-        assert saved is not None
-        base = saved if len(dirs) == 1 else [t.clone() for t in saved]
-        previous: list[float] | None = [] if len(dirs) == 1 else None
-        for row in coefficients.tolist():
-            first, rest = row[0], row[1:]
-            if rest != previous:
-                torch._foreach_copy_(base, saved)
-                for c, d in zip(rest, dirs[1:]):
-                    if c != 0.0:
-                        torch._foreach_add_(base, d, alpha=c)
-                previous = rest
-            torch._foreach_copy_(params, base)
-            if first != 0.0:
-                torch._foreach_add_(params, dirs[0], alpha=first)
-            losses.extend(_checked(loss_fn(model, batch)) for batch in batches)
-    stacked = torch.stack(losses).detach()
-    if stacked.dtype not in (torch.float32, torch.float64):
-        stacked = stacked.float()
-    return stacked.view(len(coefficients), len(batches)).mean(1)
+    ev = evaluate_points(
+        model, loss_fn, batches, params, directions, coefficients, engine=engine, chunk_size=chunk_size
+    )
+    return ev.losses.mean(axis=1)
 
 
 def _evaluate_shared(
@@ -247,15 +145,95 @@ def _evaluate_shared(
     shard: PointShard | None,
     engine: Engine = "auto",
     chunk_size: int | None = None,
-) -> np.ndarray:
-    """:func:`_evaluate_points` on this process's rows of ``coefficients``, gathered from all processes."""
+    *,
+    origin: Sequence[Tensor] | None = None,
+    buffers: BufferPlan | None = None,
+    metric_fn: LossFn | None = None,
+) -> Evaluation:
+    """:func:`evaluate_points` on this process's rows of ``coefficients``, gathered from all processes.
+
+    Per-batch losses and metrics are gathered with the means, so every process holds the whole record.
+    """
+    local: list[Evaluation] = []
+    n_batches = len(batches)
+    width = n_batches * (2 if metric_fn is not None else 1)
 
     def evaluate(rows: np.ndarray) -> np.ndarray:
-        return _evaluate_points(
-            model, loss_fn, batches, params, directions, rows, engine=engine, chunk_size=chunk_size
+        ev = evaluate_points(
+            model,
+            loss_fn,
+            batches,
+            params,
+            directions,
+            rows,
+            engine=engine,
+            chunk_size=chunk_size,
+            origin=origin,
+            buffers=buffers,
+            metric_fn=metric_fn,
         )
+        local.append(ev)
+        return ev.losses if ev.metrics is None else np.concatenate([ev.losses, ev.metrics], axis=1)
 
-    return evaluate_sharded(evaluate, coefficients, shard)
+    table = evaluate_sharded(evaluate, coefficients, shard, columns=width)
+    used = local[0] if local else Evaluation(np.zeros((0, n_batches)), None, "loop")
+    metrics = table[:, n_batches:] if metric_fn is not None else None
+    return Evaluation(table[:, :n_batches], metrics, used.engine, used.note)
+
+
+def _metric_name(metric_fn: LossFn | None, metric_name: str | None) -> str | None:
+    if metric_fn is None:
+        return None
+    if metric_name is not None:
+        return str(metric_name)
+    name = getattr(metric_fn, "__name__", "metric")
+    return "metric" if name == "<lambda>" else name
+
+
+def _finish(
+    ev: Evaluation,
+    batches: Sequence[Any],
+    shape: tuple[int, ...],
+    bn: str,
+    plan: BufferPlan | None,
+    metric_name: str | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Means, per-batch losses and metrics shaped like the grid, and the meta every record carries.
+
+    ``forward_passes`` counts forward passes of the model over one probe batch, all processes together:
+    one per point and batch, one more with a metric, one more to recompute the BatchNorm statistics.
+    """
+    n_points, n_batches = ev.losses.shape
+    batch_losses = ev.losses.reshape(*shape, n_batches)
+    with np.errstate(invalid="ignore", over="ignore"):
+        losses = batch_losses.mean(axis=-1)
+    metrics = ev.metrics.mean(axis=1).reshape(shape) if ev.metrics is not None else None
+    per_point = 1 + (metric_name is not None) + (plan.passes_per_batch if plan is not None else 0)
+    meta: dict[str, Any] = {
+        **_evaluation_meta(batches, losses),
+        "bn": bn,
+        "engine": ev.engine,
+        "forward_passes": int(n_points * n_batches * per_point),
+    }
+    if bn == "recompute":
+        meta["bn_layers"] = len(plan.norms) if plan is not None else 0
+    if ev.note:
+        meta["engine_note"] = ev.note
+    if metric_name is not None:
+        meta["metric_name"] = metric_name
+    noise = probe_noise_of(batch_losses, losses)
+    meta["probe_stderr_median"], meta["probe_noise"] = noise.median_stderr, noise.relative
+    return losses, batch_losses, metrics, meta
+
+
+def _plan(model: nn.Module, bn: str, allowed: tuple[str, ...] = ("keep", "recompute")) -> BufferPlan | None:
+    check_bn(bn)
+    if bn not in allowed:
+        raise ValueError(
+            f"`bn`={bn!r} needs the buffers of the models at the other ends (interpolation_line's "
+            "`start_buffers`, barrier or shared_plane_surface); use 'keep' or 'recompute' here"
+        )
+    return BufferPlan.recompute(model) if bn == "recompute" else None
 
 
 def _work_dtype(p: Tensor) -> torch.dtype:
@@ -276,6 +254,11 @@ def _resolve_params(model: nn.Module, params: Sequence[Tensor] | None) -> list[T
     return [p for _, p in landscape_parameters(model)] if params is None else list(params)
 
 
+def _check_origin(origin: Sequence[Tensor] | None, params: Sequence[Tensor]) -> None:
+    if origin is not None and len(origin) != len(params):
+        raise ValueError(f"`origin` has {len(origin)} tensors, expected one per parameter ({len(params)})")
+
+
 def loss_surface(
     model: nn.Module,
     loss_fn: LossFn,
@@ -290,8 +273,12 @@ def loss_surface(
     shard: PointShard | None = None,
     engine: Engine = "auto",
     chunk_size: int | None = None,
+    bn: BNMode = "keep",
+    metric_fn: LossFn | None = None,
+    metric_name: str | None = None,
+    origin: Sequence[Tensor] | None = None,
 ) -> SurfaceRecord:
-    """Loss on the plane ``w + x * d1 + y * d2`` around the current weights ``w``.
+    """Loss on the plane ``w + x * d1 + y * d2`` around the current weights ``w`` (or ``origin``).
 
     Args:
         model: the model; its weights are moved in place and restored exactly.
@@ -308,9 +295,19 @@ def loss_surface(
             ``"loop"`` (one forward pass per point, weights moved in place) or ``"vmap"`` (batched; raises
             if the model cannot be vmapped). All give the same values within float rounding.
         chunk_size: grid points per batched forward pass (default: from a memory budget).
+        bn: ``"keep"`` the current BatchNorm statistics at every point (Li et al.'s convention) or
+            ``"recompute"`` them at every point from the probe batches (one more forward pass per point
+            and batch; see :mod:`lightning_landscape.functional.bn`).
+        metric_fn: ``metric_fn(model, batch) -> scalar tensor`` (accuracy, say), averaged over the probe
+            batches at every point like the loss (one more forward pass per point and batch).
+        metric_name: the metric's name in the record (default: the function's ``__name__``).
+        origin: the plane's centre, a list of tensors aligned with ``params`` (default: the current
+            weights, which are restored afterwards either way).
 
     Returns:
-        A :class:`SurfaceRecord` with ``losses[i, j]`` at ``(xs[j], ys[i])``.
+        A :class:`SurfaceRecord` with ``losses[i, j]`` at ``(xs[j], ys[i])``, ``batch_losses[i, j, b]`` on
+        probe batch ``b``, ``metrics`` with ``metric_fn``; its meta says ``bn``, ``engine``,
+        ``forward_passes`` and the probe noise (see :func:`probe_noise`).
 
     Example::
 
@@ -329,16 +326,31 @@ def loss_surface(
     if len(directions) != 2:
         raise ValueError(f"`directions` must hold two directions, got {len(directions)}")
     params = _resolve_params(model, params)
+    _check_origin(origin, params)
+    plan = _plan(model, bn)
     xs_arr = np.asarray(xs, dtype=np.float64) if xs is not None else odd_grid(span, resolution)
     ys_arr = np.asarray(ys, dtype=np.float64) if ys is not None else odd_grid(span, resolution)
     gx, gy = np.meshgrid(xs_arr, ys_arr)
     coefficients = np.stack([gx.ravel(), gy.ravel()], axis=1)
-    losses = _evaluate_shared(
-        model, loss_fn, batches, params, directions, coefficients, shard, engine=engine, chunk_size=chunk_size
+    ev = _evaluate_shared(
+        model,
+        loss_fn,
+        batches,
+        params,
+        directions,
+        coefficients,
+        shard,
+        engine=engine,
+        chunk_size=chunk_size,
+        origin=origin,
+        buffers=plan,
+        metric_fn=metric_fn,
     )
-    losses = losses.reshape(len(ys_arr), len(xs_arr))
-    meta = _evaluation_meta(batches, losses)
-    return SurfaceRecord(xs=xs_arr, ys=ys_arr, losses=losses, meta=meta)
+    name = _metric_name(metric_fn, metric_name)
+    losses, per_batch, metrics, meta = _finish(ev, batches, (len(ys_arr), len(xs_arr)), bn, plan, name)
+    return SurfaceRecord(
+        xs=xs_arr, ys=ys_arr, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics
+    )
 
 
 def loss_line(
@@ -354,8 +366,14 @@ def loss_line(
     shard: PointShard | None = None,
     engine: Engine = "auto",
     chunk_size: int | None = None,
+    bn: BNMode = "keep",
+    metric_fn: LossFn | None = None,
+    metric_name: str | None = None,
+    origin: Sequence[Tensor] | None = None,
 ) -> LineRecord:
-    """Loss along ``w + alpha * d`` around the current weights ``w``.
+    """Loss along ``w + alpha * d`` around the current weights ``w`` (or ``origin``).
+
+    Options as in :func:`loss_surface`.
 
     Example::
 
@@ -368,8 +386,10 @@ def loss_line(
         array([4., 1., 0., 1., 4.])
     """
     params = _resolve_params(model, params)
+    _check_origin(origin, params)
+    plan = _plan(model, bn)
     alphas_arr = np.asarray(alphas, dtype=np.float64) if alphas is not None else odd_grid(span, resolution)
-    losses = _evaluate_shared(
+    ev = _evaluate_shared(
         model,
         loss_fn,
         batches,
@@ -379,9 +399,13 @@ def loss_line(
         shard,
         engine=engine,
         chunk_size=chunk_size,
+        origin=origin,
+        buffers=plan,
+        metric_fn=metric_fn,
     )
-    meta = _evaluation_meta(batches, losses)
-    return LineRecord(alphas=alphas_arr, losses=losses, meta=meta)
+    name = _metric_name(metric_fn, metric_name)
+    losses, per_batch, metrics, meta = _finish(ev, batches, (len(alphas_arr),), bn, plan, name)
+    return LineRecord(alphas=alphas_arr, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)
 
 
 def interpolation_line(
@@ -393,14 +417,25 @@ def interpolation_line(
     alpha_range: tuple[float, float] = (-0.5, 1.5),
     params: Sequence[Tensor] | None = None,
     *,
+    start_buffers: Mapping[str, Tensor] | None = None,
+    bn: BNMode | None = None,
     shard: PointShard | None = None,
     engine: Engine = "auto",
     chunk_size: int | None = None,
+    metric_fn: LossFn | None = None,
+    metric_name: str | None = None,
 ) -> LineRecord:
     """The Goodfellow et al. (2015) line from weights ``start`` (alpha=0) to the current ones (alpha=1).
 
     The loss at ``start + alpha * (w - start)`` for ``alpha`` in ``alpha_range``; the default extends
     half the distance beyond both ends.
+
+    BatchNorm: with ``start_buffers`` (the start model's :func:`buffer_snapshot`), the floating-point
+    buffers are interpolated with the weights by default (``bn="interpolate"``), so alpha = 0 is the
+    start model and alpha = 1 the current one, statistics included. Without them the default is
+    ``"keep"`` (the current statistics everywhere: alpha = 0 is then *not* the start model of a
+    BatchNorm network). ``bn="recompute"`` re-estimates the statistics at every point.
+    Other options as in :func:`loss_surface`.
 
     Example::
 
@@ -421,6 +456,19 @@ def interpolation_line(
         raise ValueError(f"`resolution` must be an integer >= 2, got {resolution!r}")
     if not lo < hi:
         raise ValueError(f"`alpha_range` must be (low, high) with low < high, got {alpha_range!r}")
+    if bn is None:
+        bn = "interpolate" if start_buffers is not None else "keep"
+    check_bn(bn)
+    plan: BufferPlan | None
+    if bn == "interpolate":
+        if start_buffers is None and landscape_buffers(model):
+            raise ValueError("`bn`='interpolate' needs `start_buffers` (the start model's buffer_snapshot)")
+        first = aligned_buffers(model, start_buffers or {}, "start_buffers")
+        current = [b for _, b in landscape_buffers(model)]
+        with torch.no_grad():
+            plan = BufferPlan.interpolate(model, None, [[c - s for c, s in zip(current, first)]])
+    else:
+        plan = _plan(model, bn)
     alphas = np.linspace(lo, hi, resolution)
     with torch.no_grad():
         direction = [
@@ -428,7 +476,7 @@ def interpolation_line(
             for p, s in zip(params, start)
         ]
     # start + alpha (w - start) = w + (alpha - 1) (w - start): evaluate around the current weights.
-    losses = _evaluate_shared(
+    ev = _evaluate_shared(
         model,
         loss_fn,
         batches,
@@ -438,9 +486,10 @@ def interpolation_line(
         shard,
         engine=engine,
         chunk_size=chunk_size,
+        buffers=plan,
+        metric_fn=metric_fn,
     )
-    meta = {
-        **_evaluation_meta(batches, losses),
-        "distance": float(torch.sqrt(sum((d.double() ** 2).sum() for d in direction)).item()),
-    }
-    return LineRecord(alphas=alphas, losses=losses, meta=meta)
+    name = _metric_name(metric_fn, metric_name)
+    losses, per_batch, metrics, meta = _finish(ev, batches, (len(alphas),), bn, plan, name)
+    meta["distance"] = float(torch.sqrt(sum((d.double() ** 2).sum() for d in direction)).item())
+    return LineRecord(alphas=alphas, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)
