@@ -5,6 +5,7 @@ batches already on the model's device, and returns a typed record or tensors. Us
 notebook or script; :class:`lightning_landscape.LossLandscapeCallback` calls the same functions.
 """
 
+from lightning_landscape.functional.bn import BN_MODES, buffer_snapshot, landscape_buffers
 from lightning_landscape.functional.curvature import (
     HessianEigenvalues,
     HessianTrace,
@@ -19,6 +20,7 @@ from lightning_landscape.functional.directions import (
     filter_normalized_directions,
     random_direction,
 )
+from lightning_landscape.functional.noise import ProbeNoise, probe_noise
 from lightning_landscape.functional.params import (
     Direction,
     LossFn,
@@ -48,16 +50,19 @@ from lightning_landscape.functional.surface import (
 from lightning_landscape.functional.trajectory import TrajectoryPCA, trajectory_pca
 
 __all__ = [
+    "BN_MODES",
     "AverageSharpness",
     "Direction",
     "HessianEigenvalues",
     "HessianTrace",
     "LossFn",
     "PointShard",
+    "ProbeNoise",
     "SamSharpness",
     "TrajectoryPCA",
     "WeightPerturbation",
     "average_sharpness",
+    "buffer_snapshot",
     "evaluate_loss",
     "evaluate_sharded",
     "filter_normalize",
@@ -69,6 +74,7 @@ __all__ = [
     "hessian_trace",
     "hessian_vector_product",
     "interpolation_line",
+    "landscape_buffers",
     "landscape_parameters",
     "loss_gradient",
     "loss_line",
@@ -76,6 +82,7 @@ __all__ = [
     "observation",
     "odd_grid",
     "preserved_random_state",
+    "probe_noise",
     "probe_size",
     "random_direction",
     "sam_sharpness",

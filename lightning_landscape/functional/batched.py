@@ -192,15 +192,18 @@ def evaluate_points_batched(
     """
     owners = _slots(model, params, "parameters")
     anchors = list(params) if origin is None else list(origin)
-    n_points = coefficients.shape[0]
+    n_points, n_dirs = coefficients.shape[0], len(directions)
+    buffer_coefficients = coefficients[:, n_dirs:]
+    coefficients = coefficients[:, :n_dirs]
     # One (n_dirs, numel) matrix per parameter and the coefficients in each parameter's dtype, once.
     basis = [torch.stack([d[i].reshape(-1) for d in directions]) for i in range(len(params))]
-    coef: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+    coef: dict[tuple[torch.dtype, torch.device, bool], Tensor] = {}
 
-    def coefficients_like(t: Tensor) -> Tensor:
-        key = (t.dtype, t.device)
+    def coefficients_like(t: Tensor, buffer: bool = False) -> Tensor:
+        key = (t.dtype, t.device, buffer)
         if key not in coef:
-            coef[key] = torch.as_tensor(coefficients, dtype=t.dtype).to(t.device)
+            table = buffer_coefficients if buffer else coefficients
+            coef[key] = torch.as_tensor(np.ascontiguousarray(table), dtype=t.dtype).to(t.device)
         return coef[key]
 
     mode = buffers.mode if buffers is not None else "keep"
@@ -240,7 +243,9 @@ def evaluate_points_batched(
             if mode == "interpolate":
                 assert buffers is not None
                 point_buffers = [
-                    torch.addmm(b0.reshape(1, -1), coefficients_like(t)[start:stop], b).view(k, *t.shape)
+                    torch.addmm(b0.reshape(1, -1), coefficients_like(t, True)[start:stop], b).view(
+                        k, *t.shape
+                    )
                     for t, b0, b in zip(buffers.tensors, buffers.base, buffer_basis)
                 ]
             elif norms:

@@ -129,7 +129,8 @@ class BufferPlan:
     """How the buffers are set at each point ``origin + sum_k c_k d_k`` of an evaluation.
 
     ``mode="interpolate"``: ``tensors`` (the model's floating-point buffers) are set to
-    ``base + sum_k c_k directions[k]`` (one buffer direction per weight direction).
+    ``base + sum_k b_k directions[k]``, the buffer coefficients ``b`` given per point after the weight
+    coefficients (see :func:`~lightning_landscape.functional.engine.evaluate_points`).
     ``mode="recompute"``: the running statistics of ``norms`` are re-estimated at each point.
     """
 
@@ -163,7 +164,7 @@ class BufferPlan:
 
     @torch.no_grad()
     def set_buffers(self, coefficients: Sequence[float]) -> None:
-        """Interpolate mode: write ``base + sum_k c_k d_k`` into the model's buffers."""
+        """Interpolate mode: write ``base + sum_k b_k d_k`` into the model's buffers."""
         if not self.tensors:
             return
         torch._foreach_copy_(self.tensors, self.base)

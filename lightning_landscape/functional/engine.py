@@ -95,6 +95,11 @@ def evaluate_points(
 ) -> Evaluation:
     """Per-batch losses (and metrics) at ``origin + coefficients[n] @ directions``; one host sync at the end.
 
+    With an interpolating :class:`BufferPlan`, each row carries the buffer coefficients after the weight
+    coefficients: the buffers at row ``n`` are ``base + coefficients[n, k:] @ buffers.directions``
+    (``k = len(directions)``), so the caller chooses how statistics follow the weights (held at the
+    ends of a line, say).
+
     ``engine="loop"`` moves the weights in place from a saved copy for each point (foreach kernels,
     no model copies, no host sync per point); ``"vmap"`` evaluates chunks of ``chunk_size`` points
     (default: from a memory budget) in one vmapped forward pass and raises if the model cannot be
@@ -110,9 +115,13 @@ def evaluate_points(
         raise ValueError("`batches` is empty: at least one probe batch is needed")
     coefficients = np.asarray(coefficients, dtype=np.float64).reshape(len(coefficients), -1)
     move = WeightPerturbation(params, directions)  # validates shapes, casts directions once
-    if coefficients.shape[1] != len(move.directions):
+    if buffers is not None and buffers.mode == "keep":
+        buffers = None
+    n_buffer = len(buffers.directions) if buffers is not None and buffers.mode == "interpolate" else 0
+    if coefficients.shape[1] != len(move.directions) + n_buffer:
         raise ValueError(
             f"{coefficients.shape[1]} coefficients per point for {len(move.directions)} directions"
+            + (f" and {n_buffer} buffer directions" if n_buffer else "")
         )
     if origin is not None:
         if len(origin) != len(move.params):
@@ -123,8 +132,6 @@ def evaluate_points(
             if o.shape != p.shape:
                 raise ValueError(f"`origin`: a tensor of shape {tuple(o.shape)} for {tuple(p.shape)}")
         origin = [o.detach().to(device=p.device, dtype=p.dtype) for o, p in zip(origin, move.params)]
-    if buffers is not None and buffers.mode == "keep":
-        buffers = None
     width = len(batches) * (2 if metric_fn is not None else 1)
     if len(coefficients) == 0:
         empty = np.zeros((0, len(batches)))
@@ -204,7 +211,9 @@ def _evaluate_points_loop(
         anchor = saved if origin is None else origin
         base = anchor if len(dirs) == 1 else [t.clone() for t in anchor]
         previous: list[float] | None = [] if len(dirs) == 1 else None
-        for row in coefficients.tolist():
+        n_dirs = len(dirs)
+        for full in coefficients.tolist():
+            row = full[:n_dirs]
             first, rest = row[0], row[1:]
             if rest != previous:
                 torch._foreach_copy_(base, anchor)
@@ -216,7 +225,7 @@ def _evaluate_points_loop(
             if first != 0.0:
                 torch._foreach_add_(params, dirs[0], alpha=first)
             if buffers is not None and buffers.mode == "interpolate":
-                buffers.set_buffers(row)
+                buffers.set_buffers(full[n_dirs:])
             if norms:
                 with statistics_pass(norms):
                     for batch in batches:

@@ -49,7 +49,9 @@ def probe_noise_of(batch_losses: np.ndarray, losses: np.ndarray | None = None) -
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         means = batch_losses.mean(axis=-1) if losses is None else np.asarray(losses, dtype=np.float64)
         if n >= 2:
-            stderr = batch_losses.std(axis=-1, ddof=1) / math.sqrt(n)
+            # Shifted by the first batch's value (the spread is shift-invariant): identical batches
+            # give exactly 0, however the mean rounds.
+            stderr = (batch_losses - batch_losses[..., :1]).std(axis=-1, ddof=1) / math.sqrt(n)
         else:
             stderr = np.full(batch_losses.shape[:-1], np.nan)
     finite = np.isfinite(means) & np.isfinite(stderr)

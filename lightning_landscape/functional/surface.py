@@ -432,7 +432,8 @@ def interpolation_line(
 
     BatchNorm: with ``start_buffers`` (the start model's :func:`buffer_snapshot`), the floating-point
     buffers are interpolated with the weights by default (``bn="interpolate"``), so alpha = 0 is the
-    start model and alpha = 1 the current one, statistics included. Without them the default is
+    start model and alpha = 1 the current one, statistics included; beyond the ends the statistics
+    stay at the nearest end's (extrapolated running variances can turn negative). Without them the default is
     ``"keep"`` (the current statistics everywhere: alpha = 0 is then *not* the start model of a
     BatchNorm network). ``bn="recompute"`` re-estimates the statistics at every point.
     Other options as in :func:`loss_surface`.
@@ -476,13 +477,18 @@ def interpolation_line(
             for p, s in zip(params, start)
         ]
     # start + alpha (w - start) = w + (alpha - 1) (w - start): evaluate around the current weights.
+    # Interpolated statistics stay at the nearest end beyond [0, 1] (an extrapolated running variance
+    # can turn negative).
+    coefficients = (alphas - 1.0)[:, None]
+    if bn == "interpolate":
+        coefficients = np.concatenate([coefficients, np.clip(alphas, 0.0, 1.0)[:, None] - 1.0], axis=1)
     ev = _evaluate_shared(
         model,
         loss_fn,
         batches,
         params,
         [direction],
-        (alphas - 1.0)[:, None],
+        coefficients,
         shard,
         engine=engine,
         chunk_size=chunk_size,
