@@ -5,6 +5,7 @@ batches already on the model's device, and returns a typed record or tensors. Us
 notebook or script; :class:`lightning_landscape.LossLandscapeCallback` calls the same functions.
 """
 
+from lightning_landscape.functional.barrier import barrier
 from lightning_landscape.functional.bn import BN_MODES, buffer_snapshot, landscape_buffers
 from lightning_landscape.functional.curvature import (
     HessianEigenvalues,
@@ -31,6 +32,7 @@ from lightning_landscape.functional.params import (
     preserved_random_state,
     unflatten,
 )
+from lightning_landscape.functional.plane import Plane, plane_through, shared_plane_surface
 from lightning_landscape.functional.sharding import PointShard, evaluate_sharded, shard_rows
 from lightning_landscape.functional.sharpness import (
     AverageSharpness,
@@ -56,12 +58,14 @@ __all__ = [
     "HessianEigenvalues",
     "HessianTrace",
     "LossFn",
+    "Plane",
     "PointShard",
     "ProbeNoise",
     "SamSharpness",
     "TrajectoryPCA",
     "WeightPerturbation",
     "average_sharpness",
+    "barrier",
     "buffer_snapshot",
     "evaluate_loss",
     "evaluate_sharded",
@@ -81,12 +85,14 @@ __all__ = [
     "loss_surface",
     "observation",
     "odd_grid",
+    "plane_through",
     "preserved_random_state",
     "probe_noise",
     "probe_size",
     "random_direction",
     "sam_sharpness",
     "shard_rows",
+    "shared_plane_surface",
     "trajectory_pca",
     "unflatten",
 ]
