@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape.functional._assemble import _evaluate_shared, _finish, _metric_name, _resolve_params
 from lightning_landscape.functional.bn import BNMode, BufferPlan, aligned_buffers, check_bn, landscape_buffers
 from lightning_landscape.functional.engine import Engine, Evaluation
 from lightning_landscape.functional.noise import probe_noise_of
 from lightning_landscape.functional.params import LossFn
 from lightning_landscape.functional.sharding import PointShard
-from lightning_landscape.functional.surface import _evaluate_shared, _finish, _metric_name, _resolve_params
 from lightning_landscape.records import LineRecord
 
 __all__ = ["barrier"]

@@ -10,6 +10,11 @@ probe batches are not batched over (``in_dims=None``): every point sees the same
 ``loss_fn(model, batch)`` with the model registered as its child. ``functional_call`` on that wrapper
 swaps the model's parameters (named ``model.<name>``) for the batched ones during the call.
 
+Buffers are batched the same way when a :class:`BufferPlan` asks for it: interpolated buffers are
+built like the weights, and recomputed BatchNorm statistics are ``(K, C)`` tensors that one vmapped
+forward pass per probe batch (normalization layers in train mode) fills in place before the
+evaluation. Every value is kept per probe batch (the probe noise is their spread).
+
 Not every module can be vmapped (``.item()`` or data-dependent control flow in ``forward``, random
 ops, in-place writes into unbatched state); :func:`evaluate_points_batched` then raises and the
 caller falls back to the loop path. The chunk size comes from a memory budget: the bytes of one

@@ -157,11 +157,12 @@ def evaluate_points(
     extra = (buffers.mode if buffers is not None else "keep", metric_fn is not None)
     plain = extra == ("keep", False)
     may_fall_back = engine == "auto"
-    note = None
+    note: str | None = None
     if engine == "auto":
         engine = _auto_engine(model, move.params)
         if engine == "vmap" and not plain and extra in _CANNOT_VMAP_EXTRA.get(model, set()):
             engine = "loop"
+            note = "vmap failed earlier on this model; evaluated with the loop"
     with observation(model):
         if engine == "loop":
             values = loop(coefficients)

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape.functional._assemble import _evaluate_shared, _finish, _metric_name, _resolve_params
 from lightning_landscape.functional.bn import BNMode, BufferPlan, aligned_buffers, check_bn, landscape_buffers
 from lightning_landscape.functional.engine import Engine
 from lightning_landscape.functional.noise import probe_noise_of
 from lightning_landscape.functional.params import Direction, LossFn
 from lightning_landscape.functional.sharding import PointShard
-from lightning_landscape.functional.surface import _evaluate_shared, _finish, _metric_name, _resolve_params
 from lightning_landscape.records import SurfaceRecord
 
 __all__ = ["Plane", "plane_through", "shared_plane_surface"]
@@ -115,7 +115,7 @@ def plane_through(w0: Sequence[Tensor], w1: Sequence[Tensor], w2: Sequence[Tenso
             c = _dot(r, e1)
             r, b1 = [t - c * e for t, e in zip(r, e1)], b1 + c
         b2 = _dot(r, r) ** 0.5
-        if b2 <= 1e-9 * max(a, _dot(v, v) ** 0.5):
+        if b2 <= 1e-6 * max(a, _dot(v, v) ** 0.5):  # float32 rounding is ~1e-7
             raise ValueError("`w0`, `w1`, `w2` are (nearly) collinear: they do not span a plane")
         e2 = [t / b2 for t in r]
         work = [torch.float64 if t.dtype == torch.float64 else torch.float32 for t in w0]

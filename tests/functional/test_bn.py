@@ -162,3 +162,34 @@ def test_buffer_snapshot_and_bad_bn_arguments(trained):
     bad_shape = {**b_init, "1.running_mean": torch.zeros(7)}
     with pytest.raises(ValueError, match="`start_buffers`"):
         interpolation_line(model, ce, batches, w_init, resolution=3, start_buffers=bad_shape)
+
+
+class _ItemBN(nn.Module):
+    """A BatchNorm model that calls ``.item()`` in forward: the batched engine cannot run it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.bn, self.out = nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.out(self.bn(self.lin(x))) * (1.0 + 0.0 * self.lin.weight.sum().item())
+
+
+def test_auto_falls_back_to_the_loop_with_a_note(monkeypatch):
+    from lightning_landscape.functional import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_auto_engine", lambda m, p: "vmap")  # as on an accelerator
+    torch.manual_seed(0)
+    model = _ItemBN()
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(2)]
+    (d,) = filter_normalized_directions([p for _, p in landscape_parameters(model)], count=1)
+    rec = loss_line(model, ce, batches, d, resolution=3, bn="recompute", metric_fn=accuracy)
+    assert rec.meta["engine"] == "loop" and "vmap failed" in rec.meta["engine_note"]
+    ref = loss_line(model, ce, batches, d, resolution=3, bn="recompute", metric_fn=accuracy, engine="loop")
+    np.testing.assert_array_equal(rec.losses, ref.losses)
+    np.testing.assert_array_equal(rec.metrics, ref.metrics)
+    again = loss_line(model, ce, batches, d, resolution=3, bn="recompute", metric_fn=accuracy)
+    assert again.meta["engine"] == "loop" and "earlier" in again.meta["engine_note"]  # not retried
+    with pytest.raises(RuntimeError):
+        loss_line(model, ce, batches, d, resolution=3, bn="recompute", engine="vmap")
