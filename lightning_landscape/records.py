@@ -5,7 +5,9 @@ Format, version 1 (``FORMAT_VERSION``):
 - ``NAME.npz``: plain numeric arrays only, written with :func:`numpy.savez` and read with
   ``allow_pickle=False``. A surface has ``xs`` (nx,), ``ys`` (ny,), ``losses`` (ny, nx) with
   ``losses[i, j]`` the loss at ``(xs[j], ys[i])`` and optionally ``path`` (n, 2); a line has
-  ``alphas`` (n,) and ``losses`` (n,). Non-finite losses are stored as they came (NaN, inf).
+  ``alphas`` (n,) and ``losses`` (n,). Both may also have ``batch_losses`` (the loss on each probe
+  batch, a last axis of length B) and ``metrics`` (like ``losses``); a surface may have ``path2`` (m, 2),
+  a second path on the same plane. Non-finite losses are stored as they came (NaN, inf).
   A metrics record (kind ``"metrics"``, added within version 1: readers of older files are
   unaffected, and older readers reject it as an unknown kind) has ``names`` (n,) of unicode strings
   such as ``"hessian/lambda_max"`` and ``values`` (n,) float64, NaN where a metric failed.
@@ -97,12 +99,17 @@ class SurfaceRecord:
     losses: np.ndarray
     path: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Optional: ``(ny, nx, B)`` loss on each probe batch; ``(ny, nx)`` metric; a second path ``(m, 2)``.
+    batch_losses: np.ndarray | None = None
+    metrics: np.ndarray | None = None
+    path2: np.ndarray | None = None
     kind: ClassVar[str] = "surface"
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"xs": self.xs, "ys": self.ys, "losses": self.losses}
-        if self.path is not None:
-            out["path"] = self.path
+        for key in ("path", "batch_losses", "metrics", "path2"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
     @property
@@ -130,10 +137,17 @@ class LineRecord:
     alphas: np.ndarray
     losses: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Optional: ``(n, B)`` loss on each probe batch; ``(n,)`` metric beside the loss.
+    batch_losses: np.ndarray | None = None
+    metrics: np.ndarray | None = None
     kind: ClassVar[str] = "line"
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"alphas": self.alphas, "losses": self.losses}
+        out = {"alphas": self.alphas, "losses": self.losses}
+        for key in ("batch_losses", "metrics"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
     def scalars(self) -> dict[str, float]:
         """The interpolation line's distance from the initial weights; nothing for other lines."""

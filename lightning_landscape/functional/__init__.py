@@ -5,6 +5,8 @@ batches already on the model's device, and returns a typed record or tensors. Us
 notebook or script; :class:`lightning_landscape.LossLandscapeCallback` calls the same functions.
 """
 
+from lightning_landscape.functional.barrier import barrier
+from lightning_landscape.functional.bn import BN_MODES, buffer_snapshot, landscape_buffers
 from lightning_landscape.functional.curvature import (
     HessianEigenvalues,
     HessianTrace,
@@ -19,6 +21,7 @@ from lightning_landscape.functional.directions import (
     filter_normalized_directions,
     random_direction,
 )
+from lightning_landscape.functional.noise import ProbeNoise, probe_noise
 from lightning_landscape.functional.params import (
     Direction,
     LossFn,
@@ -29,6 +32,7 @@ from lightning_landscape.functional.params import (
     preserved_random_state,
     unflatten,
 )
+from lightning_landscape.functional.plane import Plane, plane_through, shared_plane_surface
 from lightning_landscape.functional.sharding import PointShard, evaluate_sharded, shard_rows
 from lightning_landscape.functional.sharpness import (
     AverageSharpness,
@@ -48,16 +52,21 @@ from lightning_landscape.functional.surface import (
 from lightning_landscape.functional.trajectory import TrajectoryPCA, trajectory_pca
 
 __all__ = [
+    "BN_MODES",
     "AverageSharpness",
     "Direction",
     "HessianEigenvalues",
     "HessianTrace",
     "LossFn",
+    "Plane",
     "PointShard",
+    "ProbeNoise",
     "SamSharpness",
     "TrajectoryPCA",
     "WeightPerturbation",
     "average_sharpness",
+    "barrier",
+    "buffer_snapshot",
     "evaluate_loss",
     "evaluate_sharded",
     "filter_normalize",
@@ -69,17 +78,21 @@ __all__ = [
     "hessian_trace",
     "hessian_vector_product",
     "interpolation_line",
+    "landscape_buffers",
     "landscape_parameters",
     "loss_gradient",
     "loss_line",
     "loss_surface",
     "observation",
     "odd_grid",
+    "plane_through",
     "preserved_random_state",
+    "probe_noise",
     "probe_size",
     "random_direction",
     "sam_sharpness",
     "shard_rows",
+    "shared_plane_surface",
     "trajectory_pca",
     "unflatten",
 ]

@@ -10,6 +10,11 @@ probe batches are not batched over (``in_dims=None``): every point sees the same
 ``loss_fn(model, batch)`` with the model registered as its child. ``functional_call`` on that wrapper
 swaps the model's parameters (named ``model.<name>``) for the batched ones during the call.
 
+Buffers are batched the same way when a :class:`BufferPlan` asks for it: interpolated buffers are
+built like the weights, and recomputed BatchNorm statistics are ``(K, C)`` tensors that one vmapped
+forward pass per probe batch (normalization layers in train mode) fills in place before the
+evaluation. Every value is kept per probe batch (the probe noise is their spread).
+
 Not every module can be vmapped (``.item()`` or data-dependent control flow in ``forward``, random
 ops, in-place writes into unbatched state); :func:`evaluate_points_batched` then raises and the
 caller falls back to the loop path. The chunk size comes from a memory budget: the bytes of one
@@ -29,6 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
+from lightning_landscape.functional.bn import BufferPlan, recompute_session, statistics_pass
 from lightning_landscape.functional.params import LossFn
 
 __all__ = ["auto_chunk_size", "evaluate_points_batched"]
@@ -42,16 +48,16 @@ CUDA_BUDGET_FRACTION = 0.25
 MAX_CHUNK = 1024
 
 
-def _owners(model: nn.Module, params: Sequence[Tensor]) -> list[list[tuple[nn.Module, str]]]:
-    """For each parameter, every ``(module, attribute)`` slot that holds it (tied weights: several)."""
-    index = {id(p): i for i, p in enumerate(params)}
-    owners: list[list[tuple[nn.Module, str]]] = [[] for _ in params]
-    for module in model.modules():  # each module object once, however often it is registered
-        for attr, p in module._parameters.items():
-            if p is not None and id(p) in index:
-                owners[index[id(p)]].append((module, attr))
+def _slots(model: nn.Module, tensors: Sequence[Tensor], kind: str) -> list[list[tuple[nn.Module, str]]]:
+    """For each tensor, every ``(module, attribute)`` slot of ``module._<kind>`` that holds it."""
+    index = {id(t): i for i, t in enumerate(tensors)}
+    owners: list[list[tuple[nn.Module, str]]] = [[] for _ in tensors]
+    for module in model.modules():
+        for attr, t in getattr(module, f"_{kind}").items():
+            if t is not None and id(t) in index:
+                owners[index[id(t)]].append((module, attr))
     if any(not slots for slots in owners):
-        raise ValueError("a tensor in `params` is not a parameter of the model; cannot batch over it")
+        raise ValueError(f"a tensor to batch over is not among the model's {kind}")
     return owners
 
 
@@ -61,23 +67,30 @@ def _swapped_loss(
     owners: list[list[tuple[nn.Module, str]]],
     tensors: Sequence[Tensor],
     batch: Any,
+    buffer_owners: list[list[tuple[nn.Module, str]]] = (),  # type: ignore[assignment]
+    buffer_tensors: Sequence[Tensor] = (),
 ) -> Tensor:
     """``loss_fn(model, batch)`` with the parameters' slots holding ``tensors`` for the call.
 
     The slots are written directly (as :func:`torch.func.functional_call` does), once per
     ``(module, attribute)``, and always put back; ``functional_call`` itself is not used because a
     module registered under two paths (``nn.Sequential(lin, act, lin)``) leaves its tied weight
-    restored as a plain tensor.
+    restored as a plain tensor. Buffers given in ``buffer_tensors`` are swapped the same way.
     """
-    saved = [(module, attr, module._parameters[attr]) for slots in owners for module, attr in slots]
+    swaps = [(module._parameters, attr, t) for slots, t in zip(owners, tensors) for module, attr in slots]
+    swaps += [
+        (module._buffers, attr, t)
+        for slots, t in zip(buffer_owners, buffer_tensors)
+        for module, attr in slots
+    ]
+    saved = [(store, attr, store[attr]) for store, attr, _ in swaps]
     try:
-        for slots, t in zip(owners, tensors):
-            for module, attr in slots:
-                module._parameters[attr] = t  # type: ignore[assignment]
+        for store, attr, t in swaps:
+            store[attr] = t  # type: ignore[assignment]
         loss = loss_fn(model, batch)
     finally:
-        for module, attr, original in saved:
-            module._parameters[attr] = original
+        for store, attr, original in saved:
+            store[attr] = original
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         raise ValueError("`loss_fn` must return a scalar tensor")
     loss = loss.reshape(())
@@ -166,44 +179,92 @@ def evaluate_points_batched(
     coefficients: np.ndarray,
     chunk_size: int | None = None,
     memory_budget: int | None = None,
+    *,
+    origin: Sequence[Tensor] | None = None,
+    buffers: BufferPlan | None = None,
+    metric_fn: LossFn | None = None,
 ) -> Tensor:
-    """Mean loss over ``batches`` at ``w0 + coefficients[n] @ directions`` for each row ``n``, vmapped.
+    """Per-batch losses at ``origin + coefficients[n] @ directions`` for each row ``n``, vmapped.
 
-    The caller puts the model in eval mode under ``no_grad`` (see :func:`observation`) and has cast
-    ``directions`` to the parameters' dtypes and devices. Returns a 1-D tensor on the device (no host
-    synchronisation); raises whatever ``vmap`` raises for a module it cannot batch.
+    Returns an ``(n, B)`` tensor on the device (no host synchronisation), or ``(n, 2B)`` float64 with
+    ``metric_fn`` (losses, then metrics). ``origin`` defaults to the current weights. With a
+    :class:`BufferPlan`, the buffers are batched too: interpolated ones are built like the weights;
+    recomputed running statistics start at zero mean and unit variance for every point of a chunk and
+    are accumulated by one vmapped forward pass per probe batch in train mode (the normalization
+    layers only) before the evaluation. The caller puts the model in eval mode under ``no_grad`` (see
+    :func:`observation`) and has cast ``directions`` to the parameters' dtypes and devices; raises
+    whatever ``vmap`` raises for a module it cannot batch.
     """
-    owners = _owners(model, params)
-    n_points = coefficients.shape[0]
+    owners = _slots(model, params, "parameters")
+    anchors = list(params) if origin is None else list(origin)
+    n_points, n_dirs = coefficients.shape[0], len(directions)
+    buffer_coefficients = coefficients[:, n_dirs:]
+    coefficients = coefficients[:, :n_dirs]
     # One (n_dirs, numel) matrix per parameter and the coefficients in each parameter's dtype, once.
     basis = [torch.stack([d[i].reshape(-1) for d in directions]) for i in range(len(params))]
-    coef: dict[tuple[torch.dtype, torch.device], Tensor] = {}
-    for p in params:
-        key = (p.dtype, p.device)
+    coef: dict[tuple[torch.dtype, torch.device, bool], Tensor] = {}
+
+    def coefficients_like(t: Tensor, buffer: bool = False) -> Tensor:
+        key = (t.dtype, t.device, buffer)
         if key not in coef:
-            coef[key] = torch.as_tensor(coefficients, dtype=p.dtype).to(p.device)
+            table = buffer_coefficients if buffer else coefficients
+            coef[key] = torch.as_tensor(np.ascontiguousarray(table), dtype=t.dtype).to(t.device)
+        return coef[key]
+
+    mode = buffers.mode if buffers is not None else "keep"
+    norms = buffers.norms if buffers is not None and mode == "recompute" else []
+    if mode == "interpolate":
+        assert buffers is not None
+        buffer_slots = _slots(model, buffers.tensors, "buffers")
+        buffer_basis = [
+            torch.stack([d[i].reshape(-1) for d in buffers.directions]) for i in range(len(buffers.tensors))
+        ]
+    elif norms:
+        stats = [t for m in norms for t in (m.running_mean, m.running_var)]
+        buffer_slots = _slots(model, stats, "buffers")
+    else:
+        buffer_slots = []
     if chunk_size is None:
         chunk_size = auto_chunk_size(model, loss_fn, batches, params, memory_budget)
 
-    def point_loss(point_params: list[Tensor], batch: Any) -> Tensor:
-        return _swapped_loss(model, loss_fn, owners, point_params, batch)
+    def call(fn: LossFn) -> Any:
+        def point(point_params: list[Tensor], point_buffers: list[Tensor], batch: Any) -> Tensor:
+            return _swapped_loss(model, fn, owners, point_params, batch, buffer_slots, point_buffers)
 
-    batched_loss = vmap(point_loss, in_dims=(0, None))
+        return vmap(point, in_dims=(0, 0, None))
+
+    batched_loss = call(loss_fn)
+    batched_metric = call(metric_fn) if metric_fn is not None else None
     out: list[Tensor] = []
-    with _vmap_friendly_kernels():
+    with _vmap_friendly_kernels(), recompute_session(norms):
         for start in range(0, n_points, chunk_size):
             stop = min(start + chunk_size, n_points)
+            k = stop - start
             point_params = [
-                torch.addmm(p.detach().reshape(1, -1), coef[(p.dtype, p.device)][start:stop], b).view(
-                    stop - start, *p.shape
-                )
-                for p, b in zip(params, basis)
+                torch.addmm(a.detach().reshape(1, -1), coefficients_like(p)[start:stop], b).view(k, *p.shape)
+                for p, a, b in zip(params, anchors, basis)
             ]
-            total: Tensor | None = None
-            for batch in batches:
-                loss = batched_loss(point_params, batch)
-                total = loss if total is None else total + loss
-            assert total is not None
-            out.append(total / len(batches))
-            del point_params
+            point_buffers: list[Tensor] = []
+            if mode == "interpolate":
+                assert buffers is not None
+                point_buffers = [
+                    torch.addmm(b0.reshape(1, -1), coefficients_like(t, True)[start:stop], b).view(
+                        k, *t.shape
+                    )
+                    for t, b0, b in zip(buffers.tensors, buffers.base, buffer_basis)
+                ]
+            elif norms:
+                point_buffers = [
+                    (torch.zeros if i % 2 == 0 else torch.ones)(k, *t.shape, dtype=t.dtype, device=t.device)
+                    for i, t in enumerate(stats)
+                ]
+                with statistics_pass(norms):  # fills point_buffers in place, batch after batch
+                    for batch in batches:
+                        batched_loss(point_params, point_buffers, batch)
+            values = [batched_loss(point_params, point_buffers, batch) for batch in batches]
+            if batched_metric is not None:
+                values = [v.double() for v in values]
+                values += [batched_metric(point_params, point_buffers, b).double() for b in batches]
+            out.append(torch.stack(values, dim=1))
+            del point_params, point_buffers
     return torch.cat(out)

@@ -59,6 +59,7 @@ def evaluate_sharded(
     evaluate: Callable[[np.ndarray], np.ndarray],
     coefficients: np.ndarray,
     shard: PointShard | None,
+    columns: int | None = None,
 ) -> np.ndarray:
     """``evaluate(coefficients)`` with the rows shared out among processes; every process gets all values.
 
@@ -67,17 +68,22 @@ def evaluate_sharded(
     (:func:`shard_rows`), the values are all-gathered once, and the full ``(n,)`` array is returned on
     every process. If ``evaluate`` raised on any process, every process raises after the gather (the
     one that failed re-raises its own error).
+
+    With ``columns``, ``evaluate`` maps an ``(m, k)`` table to an ``(m, columns)`` array (per-batch
+    losses, say) and the result is ``(n, columns)``.
     """
     if shard is None or shard.world_size == 1:
         return np.asarray(evaluate(coefficients), dtype=np.float64)
     n, world = len(coefficients), shard.world_size
-    width = -(-n // world)  # the longest share; shorter ones are padded so every process sends as much
+    cols = 1 if columns is None else columns
+    width = -(-n // world) * cols  # the longest share; shorter ones are padded so every process sends as much
     local = torch.full((width + 1,), float("nan"), dtype=torch.float64)
     rows = shard_rows(n, shard.rank, world)
     error: BaseException | None = None
     try:
         if len(rows):
-            local[: len(rows)] = torch.as_tensor(np.asarray(evaluate(coefficients[rows]), dtype=np.float64))
+            values = np.asarray(evaluate(coefficients[rows]), dtype=np.float64).reshape(-1)
+            local[: len(rows) * cols] = torch.as_tensor(values)
         local[width] = 1.0
     except Exception as err:  # reported to the others through the flag, re-raised below
         error = err
@@ -88,8 +94,8 @@ def evaluate_sharded(
     failed = [r for r in range(world) if gathered[r, width].item() != 1.0]
     if failed:
         raise RuntimeError(f"the landscape evaluation failed on rank(s) {failed}")
-    out = np.empty(n, dtype=np.float64)
+    out = np.empty((n, cols), dtype=np.float64)
     for r in range(world):
         mine = shard_rows(n, r, world)
-        out[mine] = gathered[r, : len(mine)].numpy()
-    return out
+        out[mine] = gathered[r, : len(mine) * cols].numpy().reshape(len(mine), cols)
+    return out[:, 0] if columns is None else out

@@ -1,30 +1,54 @@
 """Loss on a grid or a line around the current weights.
 
-All evaluations share one engine: the model observed in eval mode under ``no_grad`` (state restored
-after, see :func:`observation`), the weights moved in place from a saved copy for each point, the
-loss averaged over the same fixed list of probe batches, results kept on the device until the end.
+All evaluations share one engine (:mod:`lightning_landscape.functional.engine`): the model observed
+in eval mode under ``no_grad`` (state restored after, see :func:`observation`), the weights moved in
+place from a saved copy for each point (or batched with ``vmap``), the loss on each of the same fixed
+probe batches kept (the record's ``batch_losses``; their mean is ``losses``, their spread the probe
+noise), results kept on the device until the end. Options shared by every function here: ``bn=``
+(which BatchNorm statistics each point uses, see :mod:`lightning_landscape.functional.bn`) and
+``metric_fn=`` (a second quantity, accuracy say, at every point beside the loss).
 """
 
 from __future__ import annotations
 
 import math
-import weakref
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.functional.batched import evaluate_points_batched
+from lightning_landscape.functional._assemble import (
+    _evaluate_shared,
+    _finish,
+    _metric_name,
+    _plan,
+    _resolve_params,
+    _work_dtype,
+    probe_size,
+)
+from lightning_landscape.functional.bn import (
+    BNMode,
+    BufferPlan,
+    aligned_buffers,
+    check_bn,
+    landscape_buffers,
+)
+from lightning_landscape.functional.engine import (  # noqa: F401  (_CANNOT_VMAP, check_engine: re-exported)
+    _CANNOT_VMAP,
+    Engine,
+    Evaluation,
+    _auto_engine,
+    check_engine,
+    evaluate_points,
+)
 from lightning_landscape.functional.params import (
     Direction,
     LossFn,
-    WeightPerturbation,
-    landscape_parameters,
     observation,
 )
-from lightning_landscape.functional.sharding import PointShard, evaluate_sharded
+from lightning_landscape.functional.sharding import PointShard
 from lightning_landscape.records import LineRecord, SurfaceRecord
 
 __all__ = [
@@ -54,28 +78,6 @@ def odd_grid(span: float | tuple[float, float], resolution: int, name: str = "re
     return grid
 
 
-def probe_size(batches: Sequence[Any]) -> int:
-    """Number of samples in the probe batches (the first dimension of each batch's first tensor)."""
-
-    def first_tensor(obj: Any) -> Tensor | None:
-        if isinstance(obj, Tensor):
-            return obj
-        if isinstance(obj, dict):
-            obj = list(obj.values())
-        if isinstance(obj, (list, tuple)):
-            for item in obj:
-                found = first_tensor(item)
-                if found is not None:
-                    return found
-        return None
-
-    total = 0
-    for b in batches:
-        t = first_tensor(b)
-        total += int(t.shape[0]) if t is not None and t.dim() > 0 else 1
-    return total
-
-
 def _mean_loss(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> Tensor:
     """Mean over batches of ``loss_fn(model, batch)``, as a float32 (or float64) 0-d tensor."""
     total: Tensor | None = None
@@ -101,20 +103,6 @@ def evaluate_loss(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> 
         return float(_mean_loss(model, loss_fn, batches))
 
 
-Engine = Literal["auto", "loop", "vmap"]
-_ENGINES = ("auto", "loop", "vmap")
-
-# Models "auto" found it cannot vmap (weakly held: forgotten with the model). Only which path runs is
-# remembered, never values, so the engine stays a pure function of its inputs.
-_CANNOT_VMAP: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-
-
-def check_engine(engine: Any, name: str = "engine") -> None:
-    """Raise a ValueError naming ``name`` unless ``engine`` is one of ``"auto"``, ``"loop"``, ``"vmap"``."""
-    if engine not in _ENGINES:
-        raise ValueError(f"`{name}` must be one of {_ENGINES}, got {engine!r}")
-
-
 def _evaluate_points(
     model: nn.Module,
     loss_fn: LossFn,
@@ -126,154 +114,19 @@ def _evaluate_points(
     engine: Engine = "auto",
     chunk_size: int | None = None,
 ) -> np.ndarray:
-    """Loss at ``w0 + coefficients[n] @ directions`` for each row ``n``; one host sync at the end.
+    """Mean loss over ``batches`` at ``w0 + coefficients[n] @ directions`` for each row ``n``.
 
-    The shared engine of surfaces, lines and sharpness samples; a pure function of its inputs (the
-    model is restored exactly). ``engine="loop"`` moves the weights in place from a saved copy for
-    each point (foreach kernels, no model copies, no host sync per point); ``"vmap"`` evaluates
-    chunks of ``chunk_size`` points (default: from a memory budget) in one vmapped forward pass
-    (:mod:`lightning_landscape.functional.batched`) and raises if the model cannot be vmapped.
-    ``"auto"`` is batched on accelerators and the loop on the CPU (see :func:`_auto_engine`); a model
-    that cannot be vmapped goes to the loop, silently. Both paths agree within float rounding; "auto"
-    is deterministic, so identical runs give bit-identical values.
+    The current buffers at every point; see :func:`lightning_landscape.functional.engine.evaluate_points`.
     """
-    check_engine(engine)
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(f"`chunk_size` must be a positive integer or None, got {chunk_size!r}")
-    if len(batches) == 0:
-        raise ValueError("`batches` is empty: at least one probe batch is needed")
-    coefficients = np.asarray(coefficients, dtype=np.float64).reshape(len(coefficients), -1)
-    move = WeightPerturbation(params, directions)  # validates shapes, casts directions once
-    if coefficients.shape[1] != len(move.directions):
-        raise ValueError(
-            f"{coefficients.shape[1]} coefficients per point for {len(move.directions)} directions"
-        )
-    if len(coefficients) == 0:
-        return np.zeros(0)
-
-    def batched(coef: np.ndarray) -> Tensor:
-        return evaluate_points_batched(
-            model, loss_fn, batches, move.params, move.directions, coef, chunk_size=chunk_size
-        )
-
-    def loop(coef: np.ndarray) -> Tensor:
-        return _evaluate_points_loop(model, loss_fn, batches, move, coef)
-
-    may_fall_back = engine == "auto"
-    if engine == "auto":
-        engine = _auto_engine(model, move.params)
-    with observation(model):
-        if engine == "loop":
-            values = loop(coefficients)
-        else:
-            try:
-                values = batched(coefficients)
-            except Exception:
-                if not may_fall_back:
-                    raise
-                values = loop(coefficients)  # cannot be vmapped (.item(), data-dependent control flow, ...)
-                _CANNOT_VMAP.add(model)  # after the loop worked: a failing loss_fn is not the model's fault
-    return values.double().cpu().numpy()
+    ev = evaluate_points(
+        model, loss_fn, batches, params, directions, coefficients, engine=engine, chunk_size=chunk_size
+    )
+    return ev.losses.mean(axis=1)
 
 
-def _auto_engine(model: nn.Module, params: Sequence[Tensor]) -> Engine:
-    """The "auto" rule, deterministic so that identical runs give identical records.
-
-    Batched where it pays, on accelerators: one vmapped forward pass over a chunk of points replaces
-    many small kernel launches. On the CPU, the loop: measured there, batching won only for models of
-    a few thousand parameters and lost up to 2.3x on larger ones (benchmarks/bench_floor.py).
-    """
-    if model in _CANNOT_VMAP or all(p.device.type == "cpu" for p in params):
-        return "loop"
-    return "vmap"
-
-
-def _checked(loss: Any) -> Tensor:
-    if not isinstance(loss, Tensor) or loss.numel() != 1:
-        raise ValueError(
-            f"`loss_fn` must return a scalar tensor, got {type(loss).__name__}"
-            + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
-        )
-    return loss if loss.dim() == 0 else loss.reshape(())
-
-
-def _evaluate_points_loop(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
-    move: WeightPerturbation,
-    coefficients: np.ndarray,
-) -> Tensor:
-    """One forward pass per point and batch; per point, two foreach kernels and no host sync.
-
-    Points come row by row (a surface's ``y`` is constant along a row), so ``w0 + sum_{k>=1} c_k d_k``
-    is built once per row into a buffer, and each point is ``copy(buffer) + c_0 d_0``. Losses stay on
-    the device, unreduced, until one stack at the end.
-    """
-    losses: list[Tensor] = []
-    params, dirs = move.params, move.directions
-    with move, torch.no_grad():
-        saved = move._saved
-        assert saved is not None
-        base = saved if len(dirs) == 1 else [t.clone() for t in saved]
-        previous: list[float] | None = [] if len(dirs) == 1 else None
-        for row in coefficients.tolist():
-            first, rest = row[0], row[1:]
-            if rest != previous:
-                torch._foreach_copy_(base, saved)
-                for c, d in zip(rest, dirs[1:]):
-                    if c != 0.0:
-                        torch._foreach_add_(base, d, alpha=c)
-                previous = rest
-            torch._foreach_copy_(params, base)
-            if first != 0.0:
-                torch._foreach_add_(params, dirs[0], alpha=first)
-            losses.extend(_checked(loss_fn(model, batch)) for batch in batches)
-    stacked = torch.stack(losses).detach()
-    if stacked.dtype not in (torch.float32, torch.float64):
-        stacked = stacked.float()
-    return stacked.view(len(coefficients), len(batches)).mean(1)
-
-
-def _evaluate_shared(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
-    params: Sequence[Tensor],
-    directions: Sequence[Direction],
-    coefficients: np.ndarray,
-    shard: PointShard | None,
-    engine: Engine = "auto",
-    chunk_size: int | None = None,
-) -> np.ndarray:
-    """:func:`_evaluate_points` on this process's rows of ``coefficients``, gathered from all processes."""
-
-    def evaluate(rows: np.ndarray) -> np.ndarray:
-        return _evaluate_points(
-            model, loss_fn, batches, params, directions, rows, engine=engine, chunk_size=chunk_size
-        )
-
-    return evaluate_sharded(evaluate, coefficients, shard)
-
-
-def _work_dtype(p: Tensor) -> torch.dtype:
-    """float64 for float64 parameters, float32 for everything else (bf16/fp16 included)."""
-    return torch.float64 if p.dtype == torch.float64 else torch.float32
-
-
-def _evaluation_meta(batches: Sequence[Any], losses: np.ndarray) -> dict[str, int]:
-    """What every surface and line record says about its evaluation: probe size, non-finite points."""
-    return {
-        "probe_batches": len(batches),
-        "probe_samples": probe_size(batches),
-        "nonfinite": int((~np.isfinite(losses)).sum()),
-    }
-
-
-def _resolve_params(model: nn.Module, params: Sequence[Tensor] | None) -> list[Tensor]:
-    return [p for _, p in landscape_parameters(model)] if params is None else list(params)
+def _check_origin(origin: Sequence[Tensor] | None, params: Sequence[Tensor]) -> None:
+    if origin is not None and len(origin) != len(params):
+        raise ValueError(f"`origin` has {len(origin)} tensors, expected one per parameter ({len(params)})")
 
 
 def loss_surface(
@@ -290,8 +143,12 @@ def loss_surface(
     shard: PointShard | None = None,
     engine: Engine = "auto",
     chunk_size: int | None = None,
+    bn: BNMode = "keep",
+    metric_fn: LossFn | None = None,
+    metric_name: str | None = None,
+    origin: Sequence[Tensor] | None = None,
 ) -> SurfaceRecord:
-    """Loss on the plane ``w + x * d1 + y * d2`` around the current weights ``w``.
+    """Loss on the plane ``w + x * d1 + y * d2`` around the current weights ``w`` (or ``origin``).
 
     Args:
         model: the model; its weights are moved in place and restored exactly.
@@ -308,9 +165,19 @@ def loss_surface(
             ``"loop"`` (one forward pass per point, weights moved in place) or ``"vmap"`` (batched; raises
             if the model cannot be vmapped). All give the same values within float rounding.
         chunk_size: grid points per batched forward pass (default: from a memory budget).
+        bn: ``"keep"`` the current BatchNorm statistics at every point (Li et al.'s convention) or
+            ``"recompute"`` them at every point from the probe batches (one more forward pass per point
+            and batch; see :mod:`lightning_landscape.functional.bn`).
+        metric_fn: ``metric_fn(model, batch) -> scalar tensor`` (accuracy, say), averaged over the probe
+            batches at every point like the loss (one more forward pass per point and batch).
+        metric_name: the metric's name in the record (default: the function's ``__name__``).
+        origin: the plane's centre, a list of tensors aligned with ``params`` (default: the current
+            weights, which are restored afterwards either way).
 
     Returns:
-        A :class:`SurfaceRecord` with ``losses[i, j]`` at ``(xs[j], ys[i])``.
+        A :class:`SurfaceRecord` with ``losses[i, j]`` at ``(xs[j], ys[i])``, ``batch_losses[i, j, b]`` on
+        probe batch ``b``, ``metrics`` with ``metric_fn``; its meta says ``bn``, ``engine``,
+        ``forward_passes`` and the probe noise (see :func:`probe_noise`).
 
     Example::
 
@@ -329,16 +196,31 @@ def loss_surface(
     if len(directions) != 2:
         raise ValueError(f"`directions` must hold two directions, got {len(directions)}")
     params = _resolve_params(model, params)
+    _check_origin(origin, params)
+    plan = _plan(model, bn)
     xs_arr = np.asarray(xs, dtype=np.float64) if xs is not None else odd_grid(span, resolution)
     ys_arr = np.asarray(ys, dtype=np.float64) if ys is not None else odd_grid(span, resolution)
     gx, gy = np.meshgrid(xs_arr, ys_arr)
     coefficients = np.stack([gx.ravel(), gy.ravel()], axis=1)
-    losses = _evaluate_shared(
-        model, loss_fn, batches, params, directions, coefficients, shard, engine=engine, chunk_size=chunk_size
+    ev = _evaluate_shared(
+        model,
+        loss_fn,
+        batches,
+        params,
+        directions,
+        coefficients,
+        shard,
+        engine=engine,
+        chunk_size=chunk_size,
+        origin=origin,
+        buffers=plan,
+        metric_fn=metric_fn,
     )
-    losses = losses.reshape(len(ys_arr), len(xs_arr))
-    meta = _evaluation_meta(batches, losses)
-    return SurfaceRecord(xs=xs_arr, ys=ys_arr, losses=losses, meta=meta)
+    name = _metric_name(metric_fn, metric_name)
+    losses, per_batch, metrics, meta = _finish(ev, batches, (len(ys_arr), len(xs_arr)), bn, plan, name)
+    return SurfaceRecord(
+        xs=xs_arr, ys=ys_arr, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics
+    )
 
 
 def loss_line(
@@ -354,8 +236,14 @@ def loss_line(
     shard: PointShard | None = None,
     engine: Engine = "auto",
     chunk_size: int | None = None,
+    bn: BNMode = "keep",
+    metric_fn: LossFn | None = None,
+    metric_name: str | None = None,
+    origin: Sequence[Tensor] | None = None,
 ) -> LineRecord:
-    """Loss along ``w + alpha * d`` around the current weights ``w``.
+    """Loss along ``w + alpha * d`` around the current weights ``w`` (or ``origin``).
+
+    Options as in :func:`loss_surface`.
 
     Example::
 
@@ -368,8 +256,10 @@ def loss_line(
         array([4., 1., 0., 1., 4.])
     """
     params = _resolve_params(model, params)
+    _check_origin(origin, params)
+    plan = _plan(model, bn)
     alphas_arr = np.asarray(alphas, dtype=np.float64) if alphas is not None else odd_grid(span, resolution)
-    losses = _evaluate_shared(
+    ev = _evaluate_shared(
         model,
         loss_fn,
         batches,
@@ -379,9 +269,13 @@ def loss_line(
         shard,
         engine=engine,
         chunk_size=chunk_size,
+        origin=origin,
+        buffers=plan,
+        metric_fn=metric_fn,
     )
-    meta = _evaluation_meta(batches, losses)
-    return LineRecord(alphas=alphas_arr, losses=losses, meta=meta)
+    name = _metric_name(metric_fn, metric_name)
+    losses, per_batch, metrics, meta = _finish(ev, batches, (len(alphas_arr),), bn, plan, name)
+    return LineRecord(alphas=alphas_arr, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)
 
 
 def interpolation_line(
@@ -393,14 +287,26 @@ def interpolation_line(
     alpha_range: tuple[float, float] = (-0.5, 1.5),
     params: Sequence[Tensor] | None = None,
     *,
+    start_buffers: Mapping[str, Tensor] | None = None,
+    bn: BNMode | None = None,
     shard: PointShard | None = None,
     engine: Engine = "auto",
     chunk_size: int | None = None,
+    metric_fn: LossFn | None = None,
+    metric_name: str | None = None,
 ) -> LineRecord:
     """The Goodfellow et al. (2015) line from weights ``start`` (alpha=0) to the current ones (alpha=1).
 
     The loss at ``start + alpha * (w - start)`` for ``alpha`` in ``alpha_range``; the default extends
     half the distance beyond both ends.
+
+    BatchNorm: with ``start_buffers`` (the start model's :func:`buffer_snapshot`), the floating-point
+    buffers are interpolated with the weights by default (``bn="interpolate"``), so alpha = 0 is the
+    start model and alpha = 1 the current one, statistics included; beyond the ends the statistics
+    stay at the nearest end's (extrapolated running variances can turn negative). Without them the default is
+    ``"keep"`` (the current statistics everywhere: alpha = 0 is then *not* the start model of a
+    BatchNorm network). ``bn="recompute"`` re-estimates the statistics at every point.
+    Other options as in :func:`loss_surface`.
 
     Example::
 
@@ -421,6 +327,19 @@ def interpolation_line(
         raise ValueError(f"`resolution` must be an integer >= 2, got {resolution!r}")
     if not lo < hi:
         raise ValueError(f"`alpha_range` must be (low, high) with low < high, got {alpha_range!r}")
+    if bn is None:
+        bn = "interpolate" if start_buffers is not None else "keep"
+    check_bn(bn)
+    plan: BufferPlan | None
+    if bn == "interpolate":
+        if start_buffers is None and landscape_buffers(model):
+            raise ValueError("`bn`='interpolate' needs `start_buffers` (the start model's buffer_snapshot)")
+        first = aligned_buffers(model, start_buffers or {}, "start_buffers")
+        current = [b for _, b in landscape_buffers(model)]
+        with torch.no_grad():
+            plan = BufferPlan.interpolate(model, None, [[c - s for c, s in zip(current, first)]])
+    else:
+        plan = _plan(model, bn)
     alphas = np.linspace(lo, hi, resolution)
     with torch.no_grad():
         direction = [
@@ -428,19 +347,25 @@ def interpolation_line(
             for p, s in zip(params, start)
         ]
     # start + alpha (w - start) = w + (alpha - 1) (w - start): evaluate around the current weights.
-    losses = _evaluate_shared(
+    # Interpolated statistics stay at the nearest end beyond [0, 1] (an extrapolated running variance
+    # can turn negative).
+    coefficients = (alphas - 1.0)[:, None]
+    if bn == "interpolate":
+        coefficients = np.concatenate([coefficients, np.clip(alphas, 0.0, 1.0)[:, None] - 1.0], axis=1)
+    ev = _evaluate_shared(
         model,
         loss_fn,
         batches,
         params,
         [direction],
-        (alphas - 1.0)[:, None],
+        coefficients,
         shard,
         engine=engine,
         chunk_size=chunk_size,
+        buffers=plan,
+        metric_fn=metric_fn,
     )
-    meta = {
-        **_evaluation_meta(batches, losses),
-        "distance": float(torch.sqrt(sum((d.double() ** 2).sum() for d in direction)).item()),
-    }
-    return LineRecord(alphas=alphas, losses=losses, meta=meta)
+    name = _metric_name(metric_fn, metric_name)
+    losses, per_batch, metrics, meta = _finish(ev, batches, (len(alphas),), bn, plan, name)
+    meta["distance"] = float(torch.sqrt(sum((d.double() ** 2).sum() for d in direction)).item())
+    return LineRecord(alphas=alphas, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)

@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lightning_landscape import LossLandscapeCallback
+from lightning_landscape.functional import engine as engine_module
 from lightning_landscape.functional import (
     filter_normalized_directions,
     interpolation_line,
@@ -113,7 +114,7 @@ def test_auto_is_the_loop_on_the_cpu_bit_for_bit(kind):
 def test_unbatchable_module_falls_back_to_the_loop_quietly(recwarn, monkeypatch):
     # "auto" batches on accelerators; pretend to be on one so that the fallback path runs here.
     monkeypatch.setattr(
-        surface_module, "_auto_engine", lambda m, p: "loop" if m in surface_module._CANNOT_VMAP else "vmap"
+        engine_module, "_auto_engine", lambda m, p: "loop" if m in surface_module._CANNOT_VMAP else "vmap"
     )
     model, batches, _params, dirs = _case("item")
     before = _state(model)

@@ -1,0 +1,241 @@
+"""The evaluation engine shared by surfaces, lines, barriers and sharpness samples.
+
+``evaluate_points`` gives, for each row ``c`` of a coefficient table, the loss at
+``origin + sum_k c_k d_k`` on every probe batch (not only their mean: the spread over batches is the
+probe noise), optionally a metric beside it, with the buffers set by a :class:`BufferPlan`. The model
+is observed in eval mode under ``no_grad`` and restored exactly (see :func:`observation`); the
+origin defaults to the current weights. Two paths give the same values within float rounding: the
+loop (weights moved in place, one forward pass per point and batch) and the batched path
+(:mod:`lightning_landscape.functional.batched`, many points per vmapped forward pass).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lightning_landscape.functional.batched import evaluate_points_batched
+from lightning_landscape.functional.bn import BufferPlan, recompute_session, statistics_pass
+from lightning_landscape.functional.params import Direction, LossFn, WeightPerturbation, observation
+
+__all__ = ["Engine", "Evaluation", "check_engine", "evaluate_points"]
+
+Engine = Literal["auto", "loop", "vmap"]
+_ENGINES = ("auto", "loop", "vmap")
+
+# Models "auto" found it cannot vmap (weakly held: forgotten with the model). Only which path runs is
+# remembered, never values, so the engine stays a pure function of its inputs. Plain loss evaluations
+# and evaluations with buffers or a metric are remembered apart (one may batch where the other cannot).
+_CANNOT_VMAP: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+_CANNOT_VMAP_EXTRA: weakref.WeakKeyDictionary[nn.Module, set[tuple[str, bool]]] = weakref.WeakKeyDictionary()
+
+
+def check_engine(engine: Any, name: str = "engine") -> None:
+    """Raise a ValueError naming ``name`` unless ``engine`` is one of ``"auto"``, ``"loop"``, ``"vmap"``."""
+    if engine not in _ENGINES:
+        raise ValueError(f"`{name}` must be one of {_ENGINES}, got {engine!r}")
+
+
+@dataclass
+class Evaluation:
+    """Per-batch values at each point: ``losses[n, b]`` (and ``metrics[n, b]``) for point ``n``, batch ``b``.
+
+    ``engine`` is the path that ran (``"loop"`` or ``"vmap"``), ``note`` says why "auto" fell back.
+    """
+
+    losses: np.ndarray
+    metrics: np.ndarray | None
+    engine: str
+    note: str | None = None
+
+
+def _auto_engine(model: nn.Module, params: Sequence[Tensor]) -> Engine:
+    """The "auto" rule, deterministic so that identical runs give identical records.
+
+    Batched where it pays, on accelerators: one vmapped forward pass over a chunk of points replaces
+    many small kernel launches. On the CPU, the loop: measured there, batching won only for models of
+    a few thousand parameters and lost up to 2.3x on larger ones (benchmarks/bench_floor.py).
+    """
+    if model in _CANNOT_VMAP or all(p.device.type == "cpu" for p in params):
+        return "loop"
+    return "vmap"
+
+
+def checked_scalar(value: Any, what: str = "loss_fn") -> Tensor:
+    """``value`` as a 0-d float32/float64 tensor; a ValueError naming ``what`` unless a scalar tensor."""
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        raise ValueError(
+            f"`{what}` must return a scalar tensor, got {type(value).__name__}"
+            + (f" of shape {tuple(value.shape)}" if isinstance(value, Tensor) else "")
+        )
+    value = value.detach()
+    value = value if value.dim() == 0 else value.reshape(())
+    return value if value.dtype in (torch.float32, torch.float64) else value.float()
+
+
+def evaluate_points(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    params: Sequence[Tensor],
+    directions: Sequence[Direction],
+    coefficients: np.ndarray,
+    *,
+    engine: Engine = "auto",
+    chunk_size: int | None = None,
+    origin: Sequence[Tensor] | None = None,
+    buffers: BufferPlan | None = None,
+    metric_fn: LossFn | None = None,
+) -> Evaluation:
+    """Per-batch losses (and metrics) at ``origin + coefficients[n] @ directions``; one host sync at the end.
+
+    With an interpolating :class:`BufferPlan`, each row carries the buffer coefficients after the weight
+    coefficients: the buffers at row ``n`` are ``base + coefficients[n, k:] @ buffers.directions``
+    (``k = len(directions)``), so the caller chooses how statistics follow the weights (held at the
+    ends of a line, say).
+
+    ``engine="loop"`` moves the weights in place from a saved copy for each point (foreach kernels,
+    no model copies, no host sync per point); ``"vmap"`` evaluates chunks of ``chunk_size`` points
+    (default: from a memory budget) in one vmapped forward pass and raises if the model cannot be
+    vmapped. ``"auto"`` is batched on accelerators and the loop on the CPU (see :func:`_auto_engine`);
+    a model that cannot be vmapped goes to the loop (``Evaluation.note`` says so).
+    """
+    check_engine(engine)
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"`chunk_size` must be a positive integer or None, got {chunk_size!r}")
+    if len(batches) == 0:
+        raise ValueError("`batches` is empty: at least one probe batch is needed")
+    coefficients = np.asarray(coefficients, dtype=np.float64).reshape(len(coefficients), -1)
+    move = WeightPerturbation(params, directions)  # validates shapes, casts directions once
+    if buffers is not None and buffers.mode == "keep":
+        buffers = None
+    n_buffer = len(buffers.directions) if buffers is not None and buffers.mode == "interpolate" else 0
+    if coefficients.shape[1] != len(move.directions) + n_buffer:
+        raise ValueError(
+            f"{coefficients.shape[1]} coefficients per point for {len(move.directions)} directions"
+            + (f" and {n_buffer} buffer directions" if n_buffer else "")
+        )
+    if origin is not None:
+        if len(origin) != len(move.params):
+            raise ValueError(
+                f"`origin` has {len(origin)} tensors, expected one per parameter ({len(params)})"
+            )
+        for o, p in zip(origin, move.params):
+            if o.shape != p.shape:
+                raise ValueError(f"`origin`: a tensor of shape {tuple(o.shape)} for {tuple(p.shape)}")
+        origin = [o.detach().to(device=p.device, dtype=p.dtype) for o, p in zip(origin, move.params)]
+    width = len(batches) * (2 if metric_fn is not None else 1)
+    if len(coefficients) == 0:
+        empty = np.zeros((0, len(batches)))
+        return Evaluation(empty, empty.copy() if metric_fn is not None else None, "loop")
+
+    def batched(coef: np.ndarray) -> Tensor:
+        return evaluate_points_batched(
+            model,
+            loss_fn,
+            batches,
+            move.params,
+            move.directions,
+            coef,
+            chunk_size=chunk_size,
+            origin=origin,
+            buffers=buffers,
+            metric_fn=metric_fn,
+        )
+
+    def loop(coef: np.ndarray) -> Tensor:
+        return _evaluate_points_loop(model, loss_fn, batches, move, coef, origin, buffers, metric_fn)
+
+    extra = (buffers.mode if buffers is not None else "keep", metric_fn is not None)
+    plain = extra == ("keep", False)
+    may_fall_back = engine == "auto"
+    note: str | None = None
+    if engine == "auto":
+        engine = _auto_engine(model, move.params)
+        if engine == "vmap" and not plain and extra in _CANNOT_VMAP_EXTRA.get(model, set()):
+            engine = "loop"
+            note = "vmap failed earlier on this model; evaluated with the loop"
+    with observation(model):
+        if engine == "loop":
+            values = loop(coefficients)
+        else:
+            try:
+                values = batched(coefficients)
+            except Exception as err:
+                if not may_fall_back:
+                    raise
+                values = loop(coefficients)  # cannot be vmapped (.item(), data-dependent control flow, ...)
+                # Remembered after the loop worked: a failing loss_fn is not the model's fault.
+                if plain:
+                    _CANNOT_VMAP.add(model)
+                else:
+                    _CANNOT_VMAP_EXTRA.setdefault(model, set()).add(extra)
+                engine = "loop"
+                note = f"vmap failed ({type(err).__name__}); evaluated with the loop"
+    out = values.double().cpu().numpy().reshape(len(coefficients), width)
+    losses = out[:, : len(batches)]
+    metrics = out[:, len(batches) :] if metric_fn is not None else None
+    return Evaluation(losses, metrics, str(engine), note)
+
+
+def _evaluate_points_loop(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    move: WeightPerturbation,
+    coefficients: np.ndarray,
+    origin: list[Tensor] | None,
+    buffers: BufferPlan | None,
+    metric_fn: LossFn | None,
+) -> Tensor:
+    """One forward pass per point and batch; per point, two foreach kernels and no host sync.
+
+    Points come row by row (a surface's ``y`` is constant along a row), so ``w0 + sum_{k>=1} c_k d_k``
+    is built once per row into a buffer, and each point is ``copy(buffer) + c_0 d_0``. Losses stay on
+    the device, unreduced, until one stack at the end: ``(n, B)`` losses, then ``(n, B)`` metrics.
+    """
+    losses: list[Tensor] = []
+    metrics: list[Tensor] = []
+    params, dirs = move.params, move.directions
+    norms = buffers.norms if buffers is not None and buffers.mode == "recompute" else []
+    with move, torch.no_grad(), recompute_session(norms):
+        saved = move._saved
+        assert saved is not None
+        anchor = saved if origin is None else origin
+        base = anchor if len(dirs) == 1 else [t.clone() for t in anchor]
+        previous: list[float] | None = [] if len(dirs) == 1 else None
+        n_dirs = len(dirs)
+        for full in coefficients.tolist():
+            row = full[:n_dirs]
+            first, rest = row[0], row[1:]
+            if rest != previous:
+                torch._foreach_copy_(base, anchor)
+                for c, d in zip(rest, dirs[1:]):
+                    if c != 0.0:
+                        torch._foreach_add_(base, d, alpha=c)
+                previous = rest
+            torch._foreach_copy_(params, base)
+            if first != 0.0:
+                torch._foreach_add_(params, dirs[0], alpha=first)
+            if buffers is not None and buffers.mode == "interpolate":
+                buffers.set_buffers(full[n_dirs:])
+            if norms:
+                with statistics_pass(norms):
+                    for batch in batches:
+                        loss_fn(model, batch)
+            losses.extend(checked_scalar(loss_fn(model, batch)) for batch in batches)
+            if metric_fn is not None:
+                metrics.extend(checked_scalar(metric_fn(model, batch), "metric_fn") for batch in batches)
+    n = len(coefficients)
+    stacked = torch.stack(losses).view(n, len(batches))
+    if metric_fn is None:
+        return stacked
+    return torch.cat([stacked.double(), torch.stack(metrics).double().view(n, len(batches))], dim=1)
