@@ -18,9 +18,11 @@ Two conventions (``convention`` in the result; compare numbers only within one):
   drawn through the current weights, and ``coords`` are the projections of the (uncentred) offsets,
   so the path ends at (0, 0) in both conventions.
 
-Caveat: PCA of a pure random walk also looks structured (PC1 ~ 0.61, PC1+PC2 ~ 0.76 of the variance,
-smooth cosine-shaped paths; Antognini & Sohl-Dickstein, 2018), so read the explained variance against
-:func:`lightning_landscape.functional.path_checks.random_walk_baseline` before reading the path.
+Caveat: PCA of a pure random walk also looks structured (smooth cosine-shaped paths; Antognini &
+Sohl-Dickstein, 2018): PC1 ~ 0.61, PC1+PC2 ~ 0.76 of the variance when centred, and even PC1 ~ 0.81,
+PC1+PC2 ~ 0.90 under the offsets convention (long walks, high dimension). Read the explained variance
+against :func:`lightning_landscape.functional.path_checks.random_walk_baseline` (same count, same
+convention) before reading the path.
 """
 
 from __future__ import annotations
