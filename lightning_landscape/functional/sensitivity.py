@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from lightning_landscape.functional.directions import filter_normalized_directions, random_direction
 from lightning_landscape.functional.params import Direction, LossFn, landscape_parameters
+from lightning_landscape.functional.sharding import PointShard
 from lightning_landscape.functional.surface import Engine, evaluate_loss, loss_line, odd_grid
 from lightning_landscape.records import LineRecord
 
@@ -165,6 +166,7 @@ def distance_profile(
     min_delta: float = 1e-3,
     centre_loss: float | None = None,
     params: Sequence[Tensor] | None = None,
+    shard: PointShard | None = None,
     engine: Engine = "auto",
 ) -> DistanceProfile:
     """Loss at ``w ± t * unit * direction`` for each ``t`` in ``distances``, and the basin radius.
@@ -194,7 +196,14 @@ def distance_profile(
     params = _params(model, params)
     centre = _centre(model, loss_fn, batches, centre_loss)
     line = loss_line(
-        model, loss_fn, batches, direction, alphas=np.concatenate([t, -t]), params=params, engine=engine
+        model,
+        loss_fn,
+        batches,
+        direction,
+        alphas=np.concatenate([t, -t]),
+        params=params,
+        shard=shard,
+        engine=engine,
     )
     pos, neg = line.losses[: t.size], line.losses[t.size :]
     threshold = basin_threshold(centre, delta, relative, min_delta)
@@ -230,7 +239,7 @@ class DirectionSensitivity:
             over all points.
         widths: ``(count,)`` basin width, the radii on both sides added (``inf``: wider than the line).
         threshold: the rise that leaves the basin.
-        seed: the seed the directions were drawn from.
+        seed: the seed the directions were drawn from (after ``skip`` draws).
     """
 
     alphas: np.ndarray
@@ -259,22 +268,25 @@ def direction_sensitivity(
     count: int = 3,
     points: int = 5,
     span: float = 1.0,
-    seed: int = 1,
+    seed: int = 0,
     *,
+    skip: int = 2,
     include_1d: bool = False,
     delta: float = 0.1,
     relative: bool = True,
     min_delta: float = 1e-3,
     centre_loss: float | None = None,
     params: Sequence[Tensor] | None = None,
+    shard: PointShard | None = None,
     engine: Engine = "auto",
 ) -> DirectionSensitivity:
     """Curvature and basin width along ``count`` seeded filter-normalized random directions.
 
     Each line has ``points`` evenly spaced coefficients over ``[-span, span]`` (odd, so 0 is one of
     them); the centre is evaluated once for all (not at all with ``centre_loss``), so the cost is
-    ``count * (points - 1)`` evaluations of the loss over ``batches``. Use a ``seed`` other than the
-    plane's so that the extra directions differ from the plane drawn.
+    ``count * (points - 1)`` evaluations of the loss over ``batches``. The directions continue the
+    sequence of :func:`filter_normalized_directions` with the plane's ``seed`` after its first ``skip``
+    draws (the plane's two directions), so they always differ from the plane drawn.
 
     Example::
 
@@ -294,13 +306,17 @@ def direction_sensitivity(
     centre = _centre(model, loss_fn, batches, centre_loss)
     mid = points // 2
     others = np.delete(alphas, mid)
-    directions = filter_normalized_directions(params, count=count, seed=seed, include_1d=include_1d)
+    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+        raise ValueError(f"`skip` must be a non-negative integer, got {skip!r}")
+    drawn = filter_normalized_directions(params, count=count + skip, seed=seed, include_1d=include_1d)
+    directions = drawn[skip:]
+    del drawn
     threshold = basin_threshold(centre, delta, relative, min_delta)
     losses = np.empty((count, points))
     curv, fit, widths = np.empty(count), np.empty(count), np.empty(count)
     h = alphas[mid + 1]
     for i, d in enumerate(directions):
-        line = loss_line(model, loss_fn, batches, d, alphas=others, params=params, engine=engine)
+        line = loss_line(model, loss_fn, batches, d, alphas=others, params=params, shard=shard, engine=engine)
         losses[i] = np.insert(line.losses, mid, centre)
         curv[i] = (losses[i, mid + 1] + losses[i, mid - 1] - 2.0 * centre) / h**2
         finite = np.isfinite(losses[i])
@@ -355,6 +371,7 @@ def random_direction_curvature(
     *,
     centre_loss: float | None = None,
     params: Sequence[Tensor] | None = None,
+    shard: PointShard | None = None,
     engine: Engine = "auto",
 ) -> RandomDirectionCurvature:
     """Curvature ``d^T H d`` along ``count`` seeded random unit directions (Gaussian, normalized to unit
@@ -391,6 +408,8 @@ def random_direction_curvature(
         d = random_direction(params, generator)
         norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in d))
         d = [t / norm for t in d]
-        line = loss_line(model, loss_fn, batches, d, alphas=[-step, step], params=params, engine=engine)
+        line = loss_line(
+            model, loss_fn, batches, d, alphas=[-step, step], params=params, shard=shard, engine=engine
+        )
         curv[i] = (line.losses[0] + line.losses[1] - 2.0 * centre) / step**2
     return RandomDirectionCurvature(curvatures=curv, step=float(step), num_params=num_params)
