@@ -150,7 +150,10 @@ def snapshot_losses(
             for p in params:
                 p.copy_(flat[offset : offset + p.numel()].view(p.shape))
                 offset += p.numel()
-            losses.append(torch.stack([_checked(loss_fn(model, b)).float() for b in batches]).mean())
+            per_batch = torch.stack([_checked(loss_fn(model, b)).detach() for b in batches])
+            if per_batch.dtype not in (torch.float32, torch.float64):
+                per_batch = per_batch.float()
+            losses.append(per_batch.mean())
     return torch.stack(losses).double().cpu().numpy() if losses else np.zeros(0)
 
 
