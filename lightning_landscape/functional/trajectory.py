@@ -176,7 +176,10 @@ def trajectory_pca(
         ratio[:rank] = (lam[:rank] / total).cpu()
     sv[:rank] = lam[:rank].sqrt().cpu()
     coords = torch.zeros(n, k, dtype=torch.float64)
-    coords[:, :filled] = (full @ weights.T).cpu()
+    if centred:
+        coords[:, :filled] = (full @ weights.T).cpu()
+    else:  # G u / sqrt(lam) = u sqrt(lam), the latter without a division by a small eigenvalue
+        coords[:, :rank] = (u[:, :rank] * lam[:rank].sqrt()).cpu()
     return TrajectoryPCA(
         components=components,
         explained_variance_ratio=ratio,
