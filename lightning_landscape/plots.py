@@ -338,11 +338,15 @@ def path_contour_figure(
     norm = BoundaryNorm(lv, ncolors=256, extend="both")
     finite = np.isfinite(values)
     ax.scatter(
-        pts[finite, 0], pts[finite, 1], c=values[finite], cmap="viridis", norm=norm, s=46,
-        edgecolors="white", linewidths=1.2, zorder=5, label="true loss at snapshot",
+        pts[finite, 0], pts[finite, 1], c=values[finite], cmap="viridis", norm=norm, s=70,
+        edgecolors="white", linewidths=0.8, zorder=5, label="true loss at snapshot",
     )  # fmt: skip
     if (~finite).any():
         ax.scatter(pts[~finite, 0], pts[~finite, 1], marker="x", color="red", s=30, zorder=5)
+    if record.path is not None and len(record.path):  # start and end stay visible above the markers
+        path = np.asarray(record.path)
+        ax.plot(*path[0], "o", color="tab:red", ms=7, mec="white", zorder=6)
+        ax.plot(*path[-1], "*", color="tab:orange", ms=13, mec="white", zorder=6)
     ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
     return fig
 
@@ -362,8 +366,8 @@ def distance_figure(
         >>> alphas = np.concatenate([-t[::-1], [0.0], t])
         >>> rec = LineRecord(alphas, 1.0 + alphas**2, {"centre_loss": 1.0, "threshold": 0.1, "radius": 0.316})
         >>> fig = distance_figure([rec])
-        >>> fig.axes[0].get_xscale(), len(fig.axes[0].lines)
-        ('log', 4)
+        >>> fig.axes[0].get_xscale(), fig.axes[0].get_yscale(), len(fig.axes[0].lines)
+        ('log', 'log', 4)
     """
     fig = Figure(figsize=(5.6, 3.8), layout="constrained")
     ax = fig.add_subplot()
@@ -382,6 +386,12 @@ def distance_figure(
         ax.axhline(first["centre_loss"] + first["threshold"], color="grey", lw=0.8, ls="-.",
                    label="basin threshold")  # fmt: skip
     ax.set_xscale("log")
+    values = np.concatenate([np.asarray(r.losses, np.float64).ravel() for r in records]) if records else []
+    values = np.asarray(values)[np.isfinite(values)]
+    if values.size and values.min() > 0:
+        ax.set_yscale("log")  # the loss spans decades over four decades of distance
+    elif values.size:
+        ax.set_yscale("symlog", linthresh=max(float(np.abs(values).max()) * 1e-3, 1e-12))
     ax.set_xlabel("distance from the centre (axis units, log)")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3, which="both")
