@@ -361,6 +361,21 @@ def landscape_reliability(
     Returns:
         The :class:`ReliabilityRecord` and one :class:`LineRecord` per plane axis (loss vs distance,
         ``meta["directions"] == "distance"``, for :func:`lightning_landscape.plots.distance_figure`).
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_landscape.functional import filter_normalized_directions, loss_surface
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> model = nn.Linear(3, 2)
+        >>> batches = [(torch.randn(8, 3), torch.randn(8, 2))]
+        >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()
+        >>> plane = filter_normalized_directions(list(model.parameters()), count=2, seed=0)
+        >>> surface = loss_surface(model, mse, batches, plane, resolution=5)
+        >>> record, lines = landscape_reliability(model, mse, batches, plane, surface)
+        >>> sorted(k for k in record.scalars() if "basin_radius" in k)
+        ['reliability/distance/basin_radius_axis1', 'reliability/distance/basin_radius_axis2']
     """
     st = settings or ReliabilitySettings()
     params = [p for _, p in landscape_parameters(model)] if params is None else list(params)
