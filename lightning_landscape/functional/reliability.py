@@ -410,6 +410,9 @@ def landscape_reliability(
             (thresholds or ReliabilityThresholds()).alpha, st.walk_samples, times=times,
         )  # fmt: skip
         if snapshots is not None and st.path_points != 0:
+            rows = snapshots.shape[0] if isinstance(snapshots, Tensor) else len(snapshots)
+            if rows != count:
+                raise ValueError(f"`snapshots` has {rows} rows but `pca` was computed from {count}")
             idx = subsample(count, st.path_points)
             losses = snapshot_losses(model, loss_fn, batches, snapshots, idx, params)
             check = path_loss_check(surface, pca.coords[idx, :2].numpy(), losses)

@@ -301,6 +301,8 @@ def direction_sensitivity(
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"`count` must be a positive integer, got {count!r}")
+    if isinstance(span, bool) or not isinstance(span, (int, float)) or not (math.isfinite(span) and span > 0):
+        raise ValueError(f"`span` must be a positive number (the lines cover [-span, span]), got {span!r}")
     alphas = odd_grid(span, points, name="points")
     params = _params(model, params)
     centre = _centre(model, loss_fn, batches, centre_loss)

@@ -138,6 +138,8 @@ def test_width_beyond_the_line_is_infinite_and_its_spread_unknown():
     assert np.all(np.isinf(sens.widths)) and math.isnan(sens.width_spread)
     with pytest.raises(ValueError, match="points"):
         direction_sensitivity(model, quad_loss, [None], points=4)
+    with pytest.raises(ValueError, match="span"):
+        direction_sensitivity(model, quad_loss, [None], span=(-1.0, 2.0))
 
 
 def test_random_direction_curvature_mean_is_trace_over_p_on_a_quadratic():
@@ -261,6 +263,8 @@ def test_landscape_reliability_counts_its_cost_and_leaves_no_trace():
     d = snaps[idx] - model.w_star.reshape(-1)
     np.testing.assert_allclose(record.path_losses, CENTRE_LOSS + 0.5 * ((d @ model.h) * d).sum(1), rtol=1e-12)
     assert [ln.meta["axis"] for ln in lines] == [0, 1] and lines[0].meta["directions"] == "distance"
+    with pytest.raises(ValueError, match="snapshots"):
+        landscape_reliability(model, quad_loss, [None], plane, surface, pca=pca, snapshots=snaps[:5])
 
 
 def test_default_cost_is_at_most_a_quarter_of_a_default_landscape():
