@@ -360,7 +360,8 @@ def landscape_reliability(
 
     Returns:
         The :class:`ReliabilityRecord` and one :class:`LineRecord` per plane axis (loss vs distance,
-        ``meta["directions"] == "distance"``, for :func:`lightning_landscape.plots.distance_figure`).
+        ``meta["directions"] == "distance"``, ``meta["distance_axis"]`` 0 or 1; not ``"axis"``, which marks
+        the plane-axis lines), for :func:`lightning_landscape.plots.distance_figure`.
 
     Example::
 
@@ -429,5 +430,5 @@ def landscape_reliability(
         distances=profiles, grid_step=min(steps) if steps else None, path_fit=fit, path_losses=check,
         walk=walk, thresholds=thresholds, meta=meta,
     )  # fmt: skip
-    lines = [p.to_record({"axis": i, "label": f"axis {i + 1}"}) for i, p in enumerate(profiles)]
+    lines = [p.to_record({"distance_axis": i, "label": f"axis {i + 1}"}) for i, p in enumerate(profiles)]
     return record, lines

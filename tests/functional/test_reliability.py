@@ -262,7 +262,7 @@ def test_landscape_reliability_counts_its_cost_and_leaves_no_trace():
     idx = [0, 2, 3, 5, 6, 8, 9, 11]  # subsample(12, 8)
     d = snaps[idx] - model.w_star.reshape(-1)
     np.testing.assert_allclose(record.path_losses, CENTRE_LOSS + 0.5 * ((d @ model.h) * d).sum(1), rtol=1e-12)
-    assert [ln.meta["axis"] for ln in lines] == [0, 1] and lines[0].meta["directions"] == "distance"
+    assert [ln.meta["distance_axis"] for ln in lines] == [0, 1] and lines[0].meta["directions"] == "distance"
     with pytest.raises(ValueError, match="snapshots"):
         landscape_reliability(model, quad_loss, [None], plane, surface, pca=pca, snapshots=snaps[:5])
 
