@@ -20,9 +20,11 @@ __all__ = [
     "comparison_figure",
     "contour_figure",
     "contour_levels",
+    "distance_figure",
     "figure_to_png",
     "figure_to_rgb",
     "line_figure",
+    "path_contour_figure",
     "shared_levels",
     "surface3d_figure",
 ]
@@ -298,4 +300,102 @@ def comparison_figure(
                 ax.legend(fontsize=7)
         for ax in grid[len(panels) :]:
             ax.set_visible(False)
+    return fig
+
+
+def path_contour_figure(
+    record: SurfaceRecord,
+    points: np.ndarray,
+    losses: np.ndarray,
+    flags: Sequence[str] = (),
+    levels: int | Sequence[float] = 20,
+    log: bool = True,
+    title: str | None = None,
+) -> Figure:
+    """:func:`contour_figure` with markers at the snapshots' projected ``points`` coloured by their true
+    ``losses``, on the contour's own colour scale: where a marker's colour differs from the filling under
+    it, the contour under the path is misleading. ``flags`` (failed reliability checks) go in the title.
+
+    Example::
+
+        >>> xs = np.linspace(-1, 1, 5)
+        >>> rec = SurfaceRecord(xs, xs, np.add.outer(xs**2, xs**2) + 0.1)
+        >>> fig = path_contour_figure(rec, np.array([[0.5, 0.5], [0.0, 0.0]]), np.array([2.0, 0.1]),
+        ...                           flags=["path 40 % off-plane"])
+        >>> fig.axes[0].get_title()
+        'loss surface — path 40 % off-plane'
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    values = np.asarray(losses, dtype=np.float64).reshape(-1)
+    if len(pts) != len(values):
+        raise ValueError(f"`points` has {len(pts)} rows but `losses` has {len(values)} values")
+    base = title or _title(record.meta, "loss surface")
+    full = f"{base} — {'; '.join(flags)}" if flags else base
+    fig = contour_figure(record, levels=levels, log=log, title=full)
+    ax = fig.axes[0]
+    z = np.ma.masked_invalid(np.asarray(record.losses, dtype=np.float64))
+    lv = contour_levels(z.compressed(), levels, log) if isinstance(levels, int) else np.asarray(levels)
+    norm = BoundaryNorm(lv, ncolors=256, extend="both")
+    finite = np.isfinite(values)
+    ax.scatter(
+        pts[finite, 0], pts[finite, 1], c=values[finite], cmap="viridis", norm=norm, s=70,
+        edgecolors="white", linewidths=0.8, zorder=5, label="true loss at snapshot",
+    )  # fmt: skip
+    if (~finite).any():
+        ax.scatter(pts[~finite, 0], pts[~finite, 1], marker="x", color="red", s=30, zorder=5)
+    if record.path is not None and len(record.path):  # start and end stay visible above the markers
+        path = np.asarray(record.path)
+        ax.plot(*path[0], "o", color="tab:red", ms=7, mec="white", zorder=6)
+        ax.plot(*path[-1], "*", color="tab:orange", ms=13, mec="white", zorder=6)
+    ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
+    return fig
+
+
+def distance_figure(
+    records: Sequence[LineRecord],
+    labels: Sequence[str] | None = None,
+    flags: Sequence[str] = (),
+    title: str | None = None,
+) -> Figure:
+    """Loss vs log distance from the centre along each axis (both signs), with the basin threshold and
+    radius marked: the records of :func:`lightning_landscape.functional.landscape_reliability`.
+
+    Example::
+
+        >>> t = np.array([1e-3, 1e-2, 1e-1, 1.0, 10.0])
+        >>> alphas = np.concatenate([-t[::-1], [0.0], t])
+        >>> rec = LineRecord(alphas, 1.0 + alphas**2, {"centre_loss": 1.0, "threshold": 0.1, "radius": 0.316})
+        >>> fig = distance_figure([rec])
+        >>> fig.axes[0].get_xscale(), fig.axes[0].get_yscale(), len(fig.axes[0].lines)
+        ('log', 'log', 4)
+    """
+    fig = Figure(figsize=(5.6, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    labels = labels or [r.meta.get("label", f"axis {i + 1}") for i, r in enumerate(records)]
+    for i, (rec, label) in enumerate(zip(records, labels)):
+        colour = f"C{i % 10}"
+        a, z = np.asarray(rec.alphas, np.float64), np.ma.masked_invalid(np.asarray(rec.losses, np.float64))
+        pos, neg = a > 0, a < 0
+        ax.plot(a[pos], z[pos], "o-", color=colour, ms=3, lw=1.5, label=f"{label} (+)")
+        ax.plot(-a[neg], z[neg], "s--", color=colour, ms=3, lw=1.2, label=f"{label} (-)")
+        radius = rec.meta.get("radius")
+        if radius is not None and np.isfinite(radius):
+            ax.axvline(radius, color=colour, lw=0.8, ls=":")
+    first = records[0].meta if records else {}
+    if first.get("centre_loss") is not None and first.get("threshold") is not None:
+        ax.axhline(first["centre_loss"] + first["threshold"], color="grey", lw=0.8, ls="-.",
+                   label="basin threshold")  # fmt: skip
+    ax.set_xscale("log")
+    values = np.concatenate([np.asarray(r.losses, np.float64).ravel() for r in records]) if records else []
+    values = np.asarray(values)[np.isfinite(values)]
+    if values.size and values.min() > 0:
+        ax.set_yscale("log")  # the loss spans decades over four decades of distance
+    elif values.size:
+        ax.set_yscale("symlog", linthresh=max(float(np.abs(values).max()) * 1e-3, 1e-12))
+    ax.set_xlabel("distance from the centre (axis units, log)")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    base = title or _title(first, "loss vs distance")
+    ax.set_title(f"{base} — {'; '.join(flags)}" if flags else base, fontsize=10)
     return fig

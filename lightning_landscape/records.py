@@ -11,6 +11,8 @@ Format, version 1 (``FORMAT_VERSION``):
   A metrics record (kind ``"metrics"``, added within version 1: readers of older files are
   unaffected, and older readers reject it as an unknown kind) has ``names`` (n,) of unicode strings
   such as ``"hessian/lambda_max"`` and ``values`` (n,) float64, NaN where a metric failed.
+  A reliability record (kind ``"reliability"``, added the same way) is described in
+  :mod:`lightning_landscape._reliability_record`.
 - ``NAME.json``: ``{"format_version": 1, "kind": "surface" | "line" | "metrics", "meta": {...}}``;
   ``meta`` holds what the record is about (epoch, global_step, directions, seed, probe size,
   explained variance, ...; for metrics, each metric's options and probe seeds under its name).
@@ -37,6 +39,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from lightning_landscape._reliability_record import ReliabilityRecord
+
 __all__ = [
     "FORMAT_VERSION",
     "SCALAR_GROUPS",
@@ -44,6 +48,7 @@ __all__ = [
     "MetricsRecord",
     "Record",
     "RecordError",
+    "ReliabilityRecord",
     "SurfaceRecord",
     "load_record",
     "load_records",
@@ -67,6 +72,7 @@ SCALAR_GROUPS: dict[str, tuple[str, ...]] = {
     "distance from the initial weights": ("distance_from_init",),
     "curvature (Hessian)": ("hessian/",),
     "sharpness": ("sharpness/",),
+    "reliability (how far to trust the landscape)": ("reliability/",),
 }
 
 
@@ -191,8 +197,9 @@ class MetricsRecord:
         return {"names": np.asarray(self.names, dtype=np.str_), "values": self.values}
 
 
-Record = SurfaceRecord | LineRecord | MetricsRecord
+Record = SurfaceRecord | LineRecord | MetricsRecord | ReliabilityRecord
 _KINDS: dict[str, type] = {"surface": SurfaceRecord, "line": LineRecord, "metrics": MetricsRecord}
+_KINDS["reliability"] = ReliabilityRecord
 
 
 def _jsonable(value: Any) -> Any:
