@@ -90,6 +90,6 @@ def check_arrays(kind: type, arrays: Mapping[str, Any]) -> None:
     for name, arr in arrays.items():
         if name not in schema and arr.shape[: len(point)] != point:
             raise ValueError(
-                f"array `{name}` has shape {arr.shape}; an array a {kind.kind} record does not know must "
+                f"`{name}` has shape {arr.shape}; an array a {kind.kind} record does not know must "
                 f"start with the shape of `{kind.point_array}` {point}"
             )

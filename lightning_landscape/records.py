@@ -265,7 +265,7 @@ def save_record(record: Record, directory: str | os.PathLike, name: str) -> Path
     Raises ``ValueError`` (naming the record) for arrays inconsistent with the record's kind.
     """
     directory = Path(directory)
-    arrays = {k: np.asarray(v) for k, v in record.arrays().items()}
+    arrays = {k: np.asarray(v) for k, v in record.arrays().items() if v is not None}
     for key, arr in arrays.items():
         if arr.dtype == object:
             raise TypeError(f"array {key!r} has dtype object; records hold numeric arrays only")
