@@ -38,21 +38,12 @@ from lightning_landscape.runs import (
     group_series,
     load_run,
     protocol_differences,
-    record_scalars,
+    record_scalars,  # noqa: F401  (re-exported)
     representative,
     run_series,
 )
 
-__all__ = [
-    "CLIError",
-    "Run",
-    "build_parser",
-    "format_table",
-    "load_run",
-    "main",
-    "record_scalars",
-    "run_series",
-]
+__all__ = ["CLIError", "build_parser", "format_table", "main"]  # Run, load_run, ...: see runs.py
 
 PROG = "lightning-landscape"
 
@@ -174,7 +165,8 @@ def _refuse_mismatch(differ: dict[str, list[Any]], owners: Sequence[str] | None,
         text = ", ".join(f"{o} {'/'.join(v)}" if owners else v[0] for o, v in by_owner.items())
         parts.append(f"{key}: {text}")
     raise CLIError(
-        f"the runs are not on the same protocol ({'; '.join(parts)}); pass --allow-mismatch to compare them anyway"
+        f"the runs are not on the same protocol ({'; '.join(parts)}); "
+        "pass --allow-mismatch to compare them anyway"
     )
 
 
