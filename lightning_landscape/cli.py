@@ -297,6 +297,7 @@ def _compare_groups(args: argparse.Namespace) -> int:
     chosen = [representative(g, stage) for g in groups]
     surfaces = [r.latest_surface(stage) or r.end_surface for r in chosen]
     labels = [f"{g.name}: {r.label}" for g, r in zip(groups, chosen)]
+    titles = [f"{g.name} (representative: {r.label})" for g, r in zip(groups, chosen)]
     from lightning_landscape.plots import BandPanel, group_comparison_figure
 
     panels = []
@@ -308,7 +309,8 @@ def _compare_groups(args: argparse.Namespace) -> int:
     per_group = [group_series(g) for g in groups]
     for key in sorted({k for s in per_group for k in s if not is_diagnostic(k)}):
         panels.append(BandPanel(key, "global step", [s.get(key) for s in per_group]))
-    fig = group_comparison_figure(surfaces, labels, panels, levels=args.levels, log=not args.linear)  # type: ignore[arg-type]
+    names = [g.name for g in groups]
+    fig = group_comparison_figure(surfaces, names, panels, args.levels, not args.linear, titles)  # type: ignore[arg-type]
     _save(fig, args.out)
 
     print(format_table(_group_rows(groups, stage, args.confidence)))

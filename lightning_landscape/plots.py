@@ -258,10 +258,12 @@ def group_comparison_figure(
     panels: Sequence[BandPanel] = (),
     levels: int | Sequence[float] = 20,
     log: bool = True,
+    titles: Sequence[str] | None = None,
 ) -> Figure:
     """Groups of runs side by side: one representative surface per group on a shared colour scale (top
-    row; ``labels`` title them) and below, one panel per :class:`BandPanel`, each group's mean as a line
-    with a band of plus or minus one standard deviation.
+    row, titled by ``titles`` or the ``labels``) and below, one panel per :class:`BandPanel`: each
+    group's mean as a line with a band of plus or minus one standard deviation (error bars where a
+    panel has a single point).
 
     Example::
 
@@ -279,19 +281,26 @@ def group_comparison_figure(
     nrows = -(-len(panels) // ncols) if panels else 0
     fig = Figure(figsize=(4.4 * ncols, 4.0 + 3.0 * nrows), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[4.0, 3.0 * nrows]) if nrows else (fig, None)
-    _surface_row(top, surfaces, labels, lv)
+    _surface_row(top, surfaces, titles or labels, lv)
     if bottom is None:
         return fig
+    bottom.suptitle("mean and one standard deviation over each group's runs", fontsize=9)
     grid = bottom.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, panel in zip(grid, panels):
         for i, (entry, label) in enumerate(zip(panel.entries, labels)):
             if entry is None:
                 continue
             x, mean, std = (np.asarray(a, dtype=np.float64) for a in entry)
-            ax.plot(x, np.ma.masked_invalid(mean), ".-", color=f"C{i % 10}", lw=1.5, label=str(label))
+            colour = f"C{i % 10}"
+            if x.size == 1:
+                ax.errorbar(
+                    x, mean, yerr=np.nan_to_num(std), fmt="o", color=colour, capsize=4, label=str(label)
+                )
+                continue
+            ax.plot(x, np.ma.masked_invalid(mean), ".-", color=colour, lw=1.5, label=str(label))
             spread = np.isfinite(std) & np.isfinite(mean)
             if spread.any():
-                ax.fill_between(x, mean - std, mean + std, where=spread, color=f"C{i % 10}", alpha=0.2, lw=0)
+                ax.fill_between(x, mean - std, mean + std, where=spread, color=colour, alpha=0.2, lw=0)
         if panel.log and all(np.all(e[1][np.isfinite(e[1])] > 0) for e in panel.entries if e is not None):
             ax.set_yscale("log")
         ax.set_xlabel(panel.xlabel, fontsize=8)

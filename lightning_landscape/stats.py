@@ -133,8 +133,9 @@ def mean_std(values: Sequence[float] | np.ndarray) -> tuple[int, float, float]:
     """
     x = np.asarray(values, dtype=np.float64).ravel()
     n = int(x.size)
-    mean = float(x.mean()) if n else math.nan
-    return n, mean, float(x.std(ddof=1)) if n > 1 else math.nan
+    if n and np.all(x == x[0]):  # exactly: no rounding noise from the mean of equal values
+        return n, float(x[0]), 0.0 if n > 1 else math.nan
+    return n, float(x.mean()) if n else math.nan, float(x.std(ddof=1)) if n > 1 else math.nan
 
 
 @dataclass(frozen=True)
