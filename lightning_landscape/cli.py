@@ -6,8 +6,8 @@
     lightning-landscape summary RUN_DIR
 
 A RUN_DIR is a run's log directory (``lightning_logs/sgd/seed0``) or its ``landscape/`` folder.
-Everything is read from the records on disk (:mod:`lightning_landscape.records`); no logger is needed.
-Reading runs, their protocol and the group statistics live in :mod:`lightning_landscape.runs`.
+Everything is read from the records on disk (:mod:`lightning_landscape.records`) through
+:mod:`lightning_landscape.runs` (runs, their protocol, group statistics); no logger is needed.
 Any misuse (a bad option, a missing or mixed run, a corrupt or foreign record, runs on different
 protocols) gets one line on stderr and exit status 2, never a traceback.
 """
@@ -49,27 +49,22 @@ PROG = "lightning-landscape"
 
 
 class CLIError(Exception):
-    """Bad input to the command: printed as one line, exit status 2."""
+    """Bad input to the command: printed as one line (after ``prog``, if set), exit status 2."""
 
-
-class _UsageError(CLIError):
-    def __init__(self, prog: str, message: str) -> None:
-        super().__init__(message)
-        self.prog = prog
+    prog = ""
 
 
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (no usage block) and reach :func:`main`."""
 
     def error(self, message: str) -> NoReturn:
-        raise _UsageError(self.prog, f"{message} (see `{self.prog} --help`)")
+        err = CLIError(f"{message} (see `{self.prog} --help`)")
+        err.prog = self.prog
+        raise err
 
 
 def _levels(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
+    value = int(text) if text.lstrip("-").isdigit() else 0
     if not 2 <= value <= 1000:
         raise argparse.ArgumentTypeError(
             f"expected a whole number of contour levels from 2 to 1000, got {text!r}"
@@ -78,11 +73,8 @@ def _levels(text: str) -> int:
 
 
 def _confidence(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 < value < 1.0:  # NaN fails too
+    value = float(text) if text.replace(".", "", 1).isdigit() else math.nan  # no signs, exponents, nan, inf
+    if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (0.95 for 95 %), got {text!r}")
     return value
 
@@ -158,15 +150,15 @@ def _refuse_mismatch(differ: dict[str, list[Any]], owners: Sequence[str] | None,
         return
     parts = []
     for key, values in differ.items():
-        by_owner: dict[str, list[str]] = {}
-        for owner, value in zip(owners or [str(i) for i in range(len(values))], values):
-            shown = by_owner.setdefault(owner, [])
-            shown.extend([] if _fmt(value) in shown else [_fmt(value)])
-        text = ", ".join(f"{o} {'/'.join(v)}" if owners else v[0] for o, v in by_owner.items())
-        parts.append(f"{key}: {text}")
+        shown = [_fmt(v) for v in values]
+        if owners is not None:
+            seen = {
+                o: dict.fromkeys(v for o2, v in zip(owners, shown) if o2 == o) for o in dict.fromkeys(owners)
+            }
+            shown = [f"{o} {'/'.join(vals)}" for o, vals in seen.items()]
+        parts.append(f"{key}: {', '.join(shown)}")
     raise CLIError(
-        f"the runs are not on the same protocol ({'; '.join(parts)}); "
-        "pass --allow-mismatch to compare them anyway"
+        f"the runs are not on the same protocol ({'; '.join(parts)}); pass --allow-mismatch to compare anyway"
     )
 
 
@@ -375,6 +367,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
     for key, value in sorted(end_values(run, stage).items()):
         rows.append([key, value, len(series[key][0]) if key in series else 1])
     print(format_table(rows))
+    errors = [
+        (r.meta.get("global_step"), k, v)
+        for r in run.records
+        for k, v in (r.meta.get("errors") or {}).items()
+    ]
+    if errors:
+        print("\nfailed (left out above): " + "; ".join(f"{k} at step {_fmt(s)}: {v}" for s, k, v in errors))
     return 0
 
 
@@ -431,11 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `lightning-landscape summary RUN | head`: the reader left, nothing to say
         sys.stderr.close()
         return 0
-    except _UsageError as err:
-        print(f"{err.prog}: error: {err}", file=sys.stderr)
-        return 2
     except (CLIError, RunError, RecordError, OSError) as err:
-        print(f"{command}: error: {err}", file=sys.stderr)
+        print(f"{getattr(err, 'prog', '') or command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)

@@ -558,3 +558,17 @@ def test_an_unexpected_failure_is_one_line_too(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LIGHTNING_LANDSCAPE_DEBUG", "1")
     with pytest.raises(ZeroDivisionError):
         main(["compare", str(a), str(b), "--out", str(tmp_path / "c.png")])
+
+
+def test_summary_names_failed_metrics(tmp_path, capsys):
+    make_run(tmp_path, 1.0)
+    rec = MetricsRecord.from_dict(
+        {"hessian/lambda_max": 2.0, "hessian/trace": float("nan")},
+        {"stage": "final", "global_step": 8, "errors": {"trace": "ValueError: not finite"}},
+    )
+    save_record(rec, tmp_path / "landscape", "final_metrics_8")
+    rc, out, err = run_main(capsys, "summary", str(tmp_path))
+    assert rc == 0, err
+    assert table_row(out, "hessian/lambda_max") == ["2", "1"]
+    assert "hessian/trace" not in out
+    assert "failed (left out above): trace at step 8: ValueError: not finite" in out
