@@ -32,7 +32,7 @@ def _shape_text(dims: tuple[Any, ...]) -> str:
     return "(" + ", ".join("n" if d is None else str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
 
 
-def check_arrays(kind: type, arrays: Mapping[str, Any]) -> None:
+def check_arrays(kind: Any, arrays: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` saying how ``arrays`` are inconsistent with record class ``kind``.
 
     Checks the arrays of ``kind.schema`` (presence, dtype, shape, agreement of named sizes), that the

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -239,6 +239,7 @@ def _surface_row(
         ax.set_xlabel(_axis_label(rec.meta, 0), fontsize=8)
         ax.set_ylabel(_axis_label(rec.meta, 1), fontsize=8)
         ax.set_title(title, fontsize=10)
+    assert cs is not None
     fig.colorbar(cs, ax=list(axes), label="loss (shared scale)", format="%.3g")
 
 
@@ -280,7 +281,8 @@ def group_comparison_figure(
     ncols = max(len(surfaces), 3)
     nrows = -(-len(panels) // ncols) if panels else 0
     fig = Figure(figsize=(4.4 * ncols, 4.0 + 3.0 * nrows), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[4.0, 3.0 * nrows]) if nrows else (fig, None)
+    subs: Any = fig.subfigures(2, 1, height_ratios=[4.0, 3.0 * nrows]) if nrows else (fig, None)
+    top, bottom = subs
     _surface_row(top, surfaces, titles or labels, lv)
     if bottom is None:
         return fig
@@ -347,14 +349,14 @@ def comparison_figure(
     ncols = max(n, 3)
     nrows = -(-len(panels) // ncols) if panels else 0
     fig = Figure(figsize=(4.4 * ncols, 4.0 + 3.0 * nrows), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[4.0, 3.0 * nrows]) if nrows else (fig, None)
-
+    subs: Any = fig.subfigures(2, 1, height_ratios=[4.0, 3.0 * nrows]) if nrows else (fig, None)
+    top, bottom = subs
     _surface_row(top, surfaces, [_title(rec.meta, str(label)) for rec, label in zip(surfaces, labels)], lv)
 
     if bottom is not None:
         grid = bottom.subplots(nrows, ncols, squeeze=False).ravel()
         for ax, (what, key) in zip(grid, panels):
-            entries = lines[key] if what == "line" else series[key]
+            entries: Sequence[Any] = lines[key] if what == "line" else series[key]
             for entry, label, colour in zip(entries, labels, colours):
                 if entry is None:
                     continue

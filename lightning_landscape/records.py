@@ -274,7 +274,7 @@ def save_record(record: Record, directory: str | os.PathLike, name: str) -> Path
     except ValueError as err:
         raise ValueError(f"record {name!r}: inconsistent {record.kind} arrays: {err}") from err
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / f"{name}.npz", lambda fh: np.savez(fh, **arrays))
+    _atomic_write(directory / f"{name}.npz", lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]
     sidecar = {"format_version": FORMAT_VERSION, "kind": record.kind, "meta": _jsonable(record.meta)}
     text = json.dumps(sidecar, indent=1, sort_keys=True).encode()
     json_path = directory / f"{name}.json"
@@ -302,7 +302,7 @@ def load_record(path: str | os.PathLike) -> Record:
             f"{json_path}: format_version {version!r} is not supported (this version reads "
             f"{FORMAT_VERSION}); upgrade lightning-landscape"
         )
-    cls = _KINDS.get(sidecar.get("kind"))
+    cls: Any = _KINDS.get(str(sidecar.get("kind")))
     if cls is None:
         raise RecordError(f"{json_path}: unknown record kind {sidecar.get('kind')!r}")
     meta = sidecar.get("meta") or {}

@@ -74,16 +74,16 @@ class Run:
     @property
     def end_surface(self) -> SurfaceRecord | None:
         """The final surface, or else the latest periodic one (an interrupted run)."""
-        return self.latest_surface("final") or (self.surfaces or [None])[-1]
+        return self.latest_surface("final") or next(reversed(self.surfaces), None)
 
     def latest_surface(self, stage: str) -> SurfaceRecord | None:
         """The last surface of ``stage`` (``"final"`` or ``"periodic"``), if any."""
-        return ([r for r in self.surfaces if r.meta.get("stage") == stage] or [None])[-1]
+        return next((r for r in reversed(self.surfaces) if r.meta.get("stage") == stage), None)
 
     def latest_metrics(self, stage: str) -> MetricsRecord | None:
         """The last metrics record of ``stage``, if any."""
         found = [r for r in self.records if isinstance(r, MetricsRecord) and r.meta.get("stage") == stage]
-        return (found or [None])[-1]
+        return next(reversed(found), None)
 
     def end_line(self, which: str) -> LineRecord | None:
         """The ``"interpolation"`` line or plane-axis line ``"axis0"`` / ``"axis1"`` of the final stage,
@@ -289,9 +289,9 @@ def group_series(group: Group) -> dict[str, tuple[np.ndarray, np.ndarray, np.nda
                 points.setdefault(key, {}).setdefault(step, []).append(value)
     out = {}
     for key, by_step in sorted(points.items()):
-        steps = sorted(by_step)
-        stats = [mean_std(by_step[s]) for s in steps]
-        out[key] = (np.array(steps), np.array([m for _, m, _ in stats]), np.array([s for _, _, s in stats]))
+        at = sorted(by_step)
+        stats = [mean_std(by_step[s]) for s in at]
+        out[key] = (np.array(at), np.array([m for _, m, _ in stats]), np.array([s for _, _, s in stats]))
     return out
 
 
