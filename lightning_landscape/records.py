@@ -403,8 +403,8 @@ def load_records(directory: str | os.PathLike, errors: Literal["raise", "warn"] 
     return sorted(
         records,
         key=lambda r: (
-            r.meta.get("global_step") or 0,
-            stage_order.get(r.meta.get("stage", ""), 0),
-            r.meta.get("name", ""),
+            _finite(r.meta.get("global_step")) or 0.0,  # a hand-edited step (text, null) sorts first
+            stage_order.get(str(r.meta.get("stage", "")), 0),
+            str(r.meta.get("name", "")),
         ),
     )

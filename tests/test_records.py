@@ -204,3 +204,11 @@ def test_missing_npz_is_reported_not_skipped(tmp_path):
         assert len(load_records(tmp_path, errors="warn")) == 1
     with pytest.raises(ValueError, match="`errors` must be 'raise' or 'warn'"):
         load_records(tmp_path, errors="ignore")  # type: ignore[arg-type]
+
+
+def test_odd_meta_values_do_not_break_ordering(tmp_path):
+    a = np.linspace(-1, 1, 3)
+    save_record(LineRecord(a, a**2, {"global_step": "seven", "stage": None}), tmp_path, "a")
+    save_record(LineRecord(a, a**2, {"global_step": 3, "name": 5}), tmp_path, "b")
+    save_record(LineRecord(a, a**2, {"global_step": 1}), tmp_path, "c")
+    assert [r.meta["global_step"] for r in load_records(tmp_path)] == ["seven", 1, 3]
