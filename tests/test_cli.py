@@ -311,9 +311,9 @@ def test_metrics_records_feed_the_table_and_panels():
     )
     # Non-finite values are left out; everything else is a figure of the run.
     assert record_scalars(rec) == {"hessian/lambda_max": 4.5, "hessian/lambda_max_residual": 1e-4}
-    from lightning_landscape.records import is_diagnostic as _diagnostic
+    from lightning_landscape.records import is_diagnostic
 
-    assert _diagnostic("hessian/lambda_max_residual") and not _diagnostic("hessian/lambda_max")
+    assert is_diagnostic("hessian/lambda_max_residual") and not is_diagnostic("hessian/lambda_max")
 
 
 def test_reading_records_does_not_import_torch_or_lightning():
