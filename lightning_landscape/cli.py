@@ -1,13 +1,15 @@
-"""The ``lightning-landscape`` command: compare runs, re-draw saved records, summarise a run.
+"""The ``lightning-landscape`` command: compare runs or groups of runs, re-draw saved records, summarise.
 
     lightning-landscape compare RUN_DIR RUN_DIR ... --out compare.png
+    lightning-landscape compare --group adamw runs/adamw/seed* --group sam runs/sam/seed* --out groups.png
     lightning-landscape plot RECORD [--style contour|filled|surface3d|line] [--log] --out FILE
     lightning-landscape summary RUN_DIR
 
 A RUN_DIR is a run's log directory (``lightning_logs/sgd/seed0``) or its ``landscape/`` folder.
-Everything is read from the records on disk (:mod:`lightning_landscape.records`); no logger is needed.
-Bad input (a missing or mixed run, a corrupt or foreign record, runs on different protocols) gets a
-one-line message on stderr and exit status 2, not a traceback.
+Everything is read from the records on disk (:mod:`lightning_landscape.records`) through
+:mod:`lightning_landscape.runs` (runs, their protocol, group statistics); no logger is needed.
+Any misuse (a bad option, a missing or mixed run, a corrupt or foreign record, runs on different
+protocols) gets one line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,176 +17,82 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lightning_landscape.records import (
-    LineRecord,
-    MetricsRecord,
-    RecordError,
-    SurfaceRecord,
-    load_record,
-    load_records,
+from lightning_landscape.records import RecordError, is_diagnostic, load_record
+from lightning_landscape.runs import (
+    Group,
+    Run,
+    RunError,
+    compare_groups,
+    comparison_stage,
+    end_values,
+    group_line,
+    group_series,
+    load_run,
+    protocol_differences,
+    record_scalars,  # noqa: F401  (re-exported)
+    representative,
+    run_series,
 )
 
-__all__ = ["CLIError", "Run", "load_run", "main", "run_series"]
+__all__ = ["CLIError", "build_parser", "format_table", "main"]  # Run, load_run, ...: see runs.py
 
-# Settings that must agree for a comparison to be on the same protocol.
-PROTOCOL_KEYS = ("directions", "resolution", "probe_batches", "probe_samples")
+PROG = "lightning-landscape"
 
 
 class CLIError(Exception):
-    """Bad input to the command: printed as one line, exit status 2."""
+    """Bad input to the command: printed as one line (after ``prog``, if set), exit status 2."""
+
+    prog = ""
 
 
-@dataclasses.dataclass
-class Run:
-    """One run's records, with its final (or else latest) surface and lines picked out."""
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block) and reach :func:`main`."""
 
-    label: str
-    path: Path
-    records: list[Any]
-
-    @property
-    def surfaces(self) -> list[SurfaceRecord]:
-        return [r for r in self.records if isinstance(r, SurfaceRecord)]
-
-    @property
-    def final_surface(self) -> SurfaceRecord | None:
-        final = [r for r in self.surfaces if r.meta.get("stage") == "final"]
-        return (final or self.surfaces or [None])[-1]
-
-    def latest_surface(self, stage: str) -> SurfaceRecord | None:
-        """The last surface of ``stage`` (``"final"`` or ``"periodic"``), if any."""
-        return ([r for r in self.surfaces if r.meta.get("stage") == stage] or [None])[-1]
-
-    def final_line(self, which: str) -> LineRecord | None:
-        """The final stage's ``"interpolation"`` line, or plane-axis line ``"axis0"`` / ``"axis1"``."""
-        lines = [r for r in self.records if isinstance(r, LineRecord)]
-        final = [r for r in lines if r.meta.get("stage") == "final"] or lines
-        for r in reversed(final):
-            if which == "interpolation" and r.meta.get("directions") == "interpolation":
-                return r
-            if which.startswith("axis") and r.meta.get("axis") == int(which[4:]):
-                return r
-        return None
+    def error(self, message: str) -> NoReturn:
+        err = CLIError(f"{message} (see `{self.prog} --help`)")
+        err.prog = self.prog
+        raise err
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return float(value)
-    if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "iuf":
-        return float(value.ravel()[0])
-    return None
+def _levels(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else 0
+    if not 2 <= value <= 1000:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of contour levels from 2 to 1000, got {text!r}"
+        )
+    return value
 
 
-def _flat_numbers(values: Any, prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    if isinstance(values, dict):
-        for k, v in values.items():
-            out.update(_flat_numbers(v, f"{prefix}{k}/"))
-    else:
-        x = _number(values)
-        if x is not None:
-            out[prefix.rstrip("/")] = x
-    return out
-
-
-def record_scalars(record: Any) -> dict[str, float]:
-    """The scalar figures one record stands for (keys as in the loggers, without ``landscape/``).
-
-    Surfaces give the centre loss, surface min/max and explained variance; the interpolation line
-    gives the distance from the initial weights. Records of any other kind (curvature metrics, say)
-    give their numeric scalar fields and the numbers under ``meta["values" | "scalars" | "metrics"]``.
-    """
-    meta = record.meta if isinstance(getattr(record, "meta", None), dict) else {}
-    out: dict[str, float] = {}
-    if isinstance(record, (SurfaceRecord, LineRecord, MetricsRecord)):
-        out.update(record.scalars())
-    else:
-        if dataclasses.is_dataclass(record):
-            for f in dataclasses.fields(record):
-                if f.name != "meta":
-                    out.update(_flat_numbers(getattr(record, f.name), f"{f.name}/"))
-        for key in ("values", "scalars", "metrics"):
-            if isinstance(meta.get(key), dict):
-                out.update(_flat_numbers(meta[key]))
-    return {k: v for k, v in out.items() if k}
-
-
-def _diagnostic(key: str) -> bool:
-    return key.endswith(("_residual", "_stderr", "lanczos_iterations", "surface_max", "grad_norm"))
-
-
-def run_series(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each scalar over training as ``(global steps, values)``: the periodic records, or the final
-    ones where a figure has no periodic record."""
-    points: dict[str, dict[int, float]] = {}
-    for stage in ("periodic", "final"):
-        seen = set(points)  # figures with periodic points take nothing from the final records
-        for rec in run.records:
-            if rec.meta.get("stage", "periodic") != stage:
-                continue
-            step = int(_number(rec.meta.get("global_step")) or 0)
-            for key, value in record_scalars(rec).items():
-                if key not in seen:
-                    points.setdefault(key, {})[step] = value
-    return {
-        k: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)])) for k, v in sorted(points.items()) if v
-    }
-
-
-def final_figures(run: Run) -> dict[str, float]:
-    """The run's figures at the end: the final records', then the last value of every other series."""
-    out: dict[str, float] = {}
-    final = [r for r in run.records if r.meta.get("stage") == "final"]
-    for rec in final or run.records[-1:]:
-        out.update(record_scalars(rec))
-    for key, (_, values) in run_series(run).items():
-        out.setdefault(key, float(values[-1]))
-    return out
-
-
-def _run_label(path: Path) -> str:
-    parts = [p for p in path.resolve().parts if p != "landscape"]
-    return "/".join(parts[-2:])
-
-
-def load_run(run_dir: str | Path, label: str | None = None) -> Run:
-    """Read a run's records; :class:`CLIError` if it is missing, empty or holds several runs."""
-    path = Path(run_dir)
-    if not path.exists():
-        raise CLIError(f"{path}: no such run directory")
-    if not path.is_dir():
-        raise CLIError(f"{path}: not a directory; give a run's log directory (or its landscape/ folder)")
-    folders = sorted({p.parent for p in path.rglob("*.json") if p.with_suffix(".npz").exists()})
-    if not folders:
-        raise CLIError(f"{path}: no lightning-landscape records found (looked for NAME.json + NAME.npz)")
-    if len(folders) > 1:
-        shown = ", ".join(str(f) for f in folders[:4]) + (" ..." if len(folders) > 4 else "")
-        raise CLIError(f"{path}: holds the records of {len(folders)} runs ({shown}); give one run directory")
-    return Run(label or _run_label(path), path, load_records(folders[0]))
+def _confidence(text: str) -> float:
+    value = float(text) if text.replace(".", "", 1).isdigit() else math.nan  # no signs, exponents, nan, inf
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (0.95 for 95 %), got {text!r}")
+    return value
 
 
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
-    x = _number(value)
-    if x is None:
-        if isinstance(value, list):
-            return ", ".join(_fmt(v) for v in value)
+    if isinstance(value, (bool, str)):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value)
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
         return str(value)
     if math.isnan(x):
         return "nan"
-    return f"{int(x)}" if float(x).is_integer() and abs(x) < 1e15 else f"{x:.4g}"
+    return f"{int(x)}" if x.is_integer() and abs(x) < 1e15 else f"{x:.4g}"
 
 
 def format_table(rows: Sequence[Sequence[Any]]) -> str:
@@ -205,7 +113,8 @@ def format_table(rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _save(fig: Figure, out: str) -> None:
+def _check_out(out: str) -> None:
+    """Refuse an output path that cannot be written, before any work."""
     path = Path(out)
     fmt = path.suffix.lstrip(".").lower()
     supported = FigureCanvasAgg.get_supported_filetypes()
@@ -213,6 +122,15 @@ def _save(fig: Figure, out: str) -> None:
         raise CLIError(
             f"--out {out}: unknown image format {fmt!r}; use one of {', '.join(sorted(supported))}"
         )
+    if path.is_dir():
+        raise CLIError(f"--out {out}: a directory; give a file name")
+    parent = next((p for p in path.resolve().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise CLIError(f"--out {out}: {parent} is not a directory")
+
+
+def _save(fig: Figure, out: str) -> None:
+    path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=110)
@@ -226,12 +144,45 @@ def _settings_rows(rec: Any) -> list[list[Any]]:
     return [[k, rec.meta[k]] for k in keys if k in rec.meta]
 
 
+def _refuse_mismatch(differ: dict[str, list[Any]], owners: Sequence[str] | None, allow: bool) -> None:
+    """One line naming each protocol setting the runs disagree on (per group when ``owners`` name them)."""
+    if not differ or allow:
+        return
+    parts = []
+    for key, values in differ.items():
+        shown = [_fmt(v) for v in values]
+        if owners is not None:
+            seen = {
+                o: dict.fromkeys(v for o2, v in zip(owners, shown) if o2 == o) for o in dict.fromkeys(owners)
+            }
+            shown = [f"{o} {'/'.join(vals)}" for o, vals in seen.items()]
+        parts.append(f"{key}: {', '.join(shown)}")
+    raise CLIError(
+        f"the runs are not on the same protocol ({'; '.join(parts)}); pass --allow-mismatch to compare anyway"
+    )
+
+
+def _note_stage(runs: Sequence[Run]) -> str:
+    stage = comparison_stage(runs)
+    if stage == "periodic":
+        unfinished = ", ".join(str(r.path) for r in runs if r.latest_surface("final") is None)
+        print(
+            f"note: no final surface in {unfinished} (training interrupted?); comparing the latest "
+            "periodic surfaces",
+            file=sys.stderr,
+        )
+    return stage
+
+
 # --------------------------------------------------------------------------- commands
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    _check_out(args.out)
+    if args.group:
+        return _compare_groups(args)
     if len(args.runs) < 2:
-        raise CLIError("compare needs at least two run directories")
+        raise CLIError("compare needs at least two run directories (or two --group NAME RUN [RUN ...])")
     resolved = [Path(r).resolve() for r in args.runs]
     if len(set(resolved)) < len(resolved):
         raise CLIError("the same run directory is given more than once")
@@ -240,42 +191,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     runs = [load_run(r, label) for r, label in zip(args.runs, args.labels or [None] * len(args.runs))]
     if len({r.label for r in runs}) < len(runs):
         runs = [dataclasses.replace(r, label=str(r.path)) for r in runs]
-    missing = [str(r.path) for r in runs if r.final_surface is None]
+    missing = [str(r.path) for r in runs if r.end_surface is None]
     if missing:
         raise CLIError(f"no loss surface to compare in: {', '.join(missing)}")
-    # Compare like with like: the final surfaces, or the latest periodic ones where a run has no final.
-    stage = "final" if all(r.latest_surface("final") for r in runs) else "periodic"
-    if stage == "periodic":
-        unfinished = ", ".join(str(r.path) for r in runs if r.latest_surface("final") is None)
-        print(
-            f"note: no final surface in {unfinished} (training interrupted?); comparing the latest "
-            "periodic surfaces",
-            file=sys.stderr,
-        )
-    surfaces = [r.latest_surface(stage) or r.final_surface for r in runs]
-    assert all(s is not None for s in surfaces)
-    differ = {
-        k: [s.meta.get(k) for s in surfaces]  # type: ignore[union-attr]
-        for k in PROTOCOL_KEYS
-        if len({str(s.meta.get(k)) for s in surfaces}) > 1  # type: ignore[union-attr]
-    }
-    if differ and not args.allow_mismatch:
-        detail = "; ".join(f"{k}: {', '.join(_fmt(v) for v in vals)}" for k, vals in differ.items())
-        raise CLIError(
-            f"the runs' surfaces are not on the same protocol ({detail}); "
-            "pass --allow-mismatch to compare them anyway"
-        )
+    stage = _note_stage(runs)
+    surfaces = [r.latest_surface(stage) or r.end_surface for r in runs]
+    _refuse_mismatch(protocol_differences(runs, stage), None, args.allow_mismatch)
 
     lines = {
-        "interpolation: initial (0) → final (1) weights": [r.final_line("interpolation") for r in runs],
-        "along plane axis 1": [r.final_line("axis0") for r in runs],
-        "along plane axis 2": [r.final_line("axis1") for r in runs],
+        "interpolation: initial (0) → final (1) weights": [r.end_line("interpolation") for r in runs],
+        "along plane axis 1": [r.end_line("axis0") for r in runs],
+        "along plane axis 2": [r.end_line("axis1") for r in runs],
     }
     lines = {k: v for k, v in lines.items() if any(x is not None for x in v)}
     per_run = [run_series(r) for r in runs]
-    # Panels for the figures people compare; diagnostics (residuals, iteration counts, standard errors,
-    # the surface's maximum) stay in the printed table.
-    keys = sorted({k for s in per_run for k in s if not _diagnostic(k)})
+    # Panels for the figures people compare; diagnostics stay in the printed table.
+    keys = sorted({k for s in per_run for k in s if not is_diagnostic(k)})
     series = {k: [s.get(k) for s in per_run] for k in keys}
 
     from lightning_landscape.plots import comparison_figure
@@ -289,13 +220,93 @@ def cmd_compare(args: argparse.Namespace) -> int:
         log=not args.linear,
     )
     _save(fig, args.out)
-    figures = [final_figures(r) for r in runs]
+    ends = [end_values(r, stage) for r in runs]
     rows: list[list[Any]] = [["", *[r.label for r in runs]]]
     for key in ("global_step", "epoch", "directions", "resolution", "probe_samples"):
         rows.append([key, *[s.meta.get(key) for s in surfaces]])  # type: ignore[union-attr]
-    for key in sorted({k for f in figures for k in f}):
-        rows.append([key, *[f.get(key) for f in figures]])
+    for key in sorted({k for f in ends for k in f}):
+        rows.append([key, *[f.get(key) for f in ends]])
     print(format_table(rows))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _groups(args: argparse.Namespace) -> list[Group]:
+    if args.runs:
+        raise CLIError(f"give runs either inside --group or alone, not both (got {' '.join(args.runs)})")
+    if args.labels is not None:
+        raise CLIError("--labels names single runs; with --group the group names are the labels")
+    if len(args.group) < 2:
+        raise CLIError("compare needs at least two groups (--group NAME RUN [RUN ...] --group NAME RUN ...)")
+    names = [g[0] for g in args.group]
+    if len(set(names)) < len(names):
+        raise CLIError(f"group names must differ, got {', '.join(names)}")
+    seen: dict[Path, str] = {}
+    for name, *runs in args.group:
+        if len(runs) < 2:
+            raise CLIError(
+                f"--group {name}: {len(runs)} run(s); a group needs at least two (seeds) for a spread "
+                "and an interval"
+            )
+        for run in runs:
+            key = Path(run).resolve()
+            if key in seen:
+                raise CLIError(f"{run} is given more than once (in groups {seen[key]} and {name})")
+            seen[key] = name
+    return [Group(name, [load_run(r) for r in runs]) for name, *runs in args.group]
+
+
+def _group_rows(groups: Sequence[Group], stage: str, confidence: float) -> list[list[Any]]:
+    """The grouped table: settings, then each scalar as mean +- std per group and the differences."""
+    header = ["", *[f"{g.name} ({len(g.runs)} runs)" for g in groups]]
+    header += [f"{g.name} - {groups[0].name} [{100 * confidence:g}% CI, Welch]" for g in groups[1:]]
+    rows: list[list[Any]] = [header]
+    surfaces = [[r.latest_surface(stage) or r.end_surface for r in g.runs] for g in groups]
+    for key in ("global_step", "epoch", "directions", "resolution", "probe_samples"):
+        values = [sorted({_fmt(s.meta.get(key)) for s in group if s is not None}) for group in surfaces]
+        rows.append([key, *["/".join(v) for v in values]])
+    for row in compare_groups(groups, stage, confidence):
+        cells = []
+        for (n, mean, std), group in zip(row.stats, groups):
+            cell = "-" if n == 0 else f"{_fmt(mean)} +- {_fmt(std)}" if n > 1 else f"{_fmt(mean)} (1 run)"
+            cells.append(cell + (f" (n={n})" if 1 < n < len(group.runs) else ""))
+        for d in row.differences[1:]:
+            cells.append("-" if d is None else f"{d.difference:+.4g} [{_fmt(d.low)}, {_fmt(d.high)}]")
+        rows.append([row.key, *cells])
+    return rows
+
+
+def _compare_groups(args: argparse.Namespace) -> int:
+    groups = _groups(args)
+    runs = [r for g in groups for r in g.runs]
+    missing = [str(r.path) for r in runs if r.end_surface is None]
+    if missing:
+        raise CLIError(f"no loss surface to compare in: {', '.join(missing)}")
+    stage = _note_stage(runs)
+    owners = [g.name for g in groups for _ in g.runs]
+    _refuse_mismatch(protocol_differences(runs, stage), owners, args.allow_mismatch)
+
+    chosen = [representative(g, stage) for g in groups]
+    surfaces = [r.latest_surface(stage) or r.end_surface for r in chosen]
+    labels = [f"{g.name}: {r.label}" for g, r in zip(groups, chosen)]
+    titles = [f"{g.name} (representative: {r.label})" for g, r in zip(groups, chosen)]
+    from lightning_landscape.plots import BandPanel, group_comparison_figure
+
+    panels = []
+    interp = [group_line(g) for g in groups]
+    if any(x is not None for x in interp):
+        panels.append(
+            BandPanel("interpolation: initial (0) → final (1)", "alpha", interp, "loss", not args.linear)
+        )
+    per_group = [group_series(g) for g in groups]
+    for key in sorted({k for s in per_group for k in s if not is_diagnostic(k)}):
+        panels.append(BandPanel(key, "global step", [s.get(key) for s in per_group]))
+    names = [g.name for g in groups]
+    fig = group_comparison_figure(surfaces, names, panels, args.levels, not args.linear, titles)  # type: ignore[arg-type]
+    _save(fig, args.out)
+
+    print(format_table(_group_rows(groups, stage, args.confidence)))
+    print("representative surfaces (centre loss nearest the group median): " + ", ".join(labels))
     print(f"wrote {args.out}")
     return 0
 
@@ -304,6 +315,7 @@ _STYLES = {"surface": ("filled", "contour", "surface3d"), "line": ("line",)}
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    _check_out(args.out)
     path = Path(args.record)
     if path.is_dir():
         raise CLIError(f"{path}: a directory; give one record file (NAME.json or NAME.npz)")
@@ -312,8 +324,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if not path.with_suffix(".json").exists():
         raise CLIError(f"{path.with_suffix('.json')}: no such record")
     rec = load_record(path)
-    styles = _STYLES.get(rec.kind, ())
-    style = args.style or (styles[0] if styles else None)
+    styles = _STYLES.get(rec.kind)
+    if styles is None:
+        raise CLIError(
+            f"{path}: a {rec.kind} record holds scalars, not a surface or a line; nothing to draw "
+            f"(see `{PROG} summary` for its values)"
+        )
+    style = args.style or styles[0]
     if style not in styles:
         raise CLIError(
             f"{path}: a {rec.kind} record cannot be drawn as {style!r}; use --style {' or '.join(styles)}"
@@ -321,11 +338,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from lightning_landscape import plots
 
     if style == "line":
-        fig = plots.line_figure([rec], log=args.log)
+        fig = plots.line_figure([rec], log=args.log)  # type: ignore[list-item]
     elif style == "surface3d":
-        fig = plots.surface3d_figure(rec, log=args.log)
+        fig = plots.surface3d_figure(rec, log=args.log)  # type: ignore[arg-type]
     else:
-        fig = plots.contour_figure(rec, log=args.log, filled=style == "filled")
+        fig = plots.contour_figure(rec, log=args.log, filled=style == "filled")  # type: ignore[arg-type]
     _save(fig, args.out)
     print(f"wrote {args.out}")
     return 0
@@ -339,31 +356,50 @@ def cmd_summary(args: argparse.Namespace) -> int:
         kinds[key] = kinds.get(key, 0) + 1
     print(f"run: {run.path}")
     print("records: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
-    latest = run.final_surface
+    latest = run.end_surface
     if latest is not None:
         print()
         print(format_table([["setting", "value"], *_settings_rows(latest)]))
     print()
     series = run_series(run)
-    rows: list[list[Any]] = [["figure", "final", "points"]]
-    for key, value in sorted(final_figures(run).items()):
+    stage = "final" if any(r.meta.get("stage") == "final" for r in run.records) else "periodic"
+    rows: list[list[Any]] = [["figure", stage, "points"]]
+    for key, value in sorted(end_values(run, stage).items()):
         rows.append([key, value, len(series[key][0]) if key in series else 1])
     print(format_table(rows))
+    errors = [
+        (r.meta.get("global_step"), k, v)
+        for r in run.records
+        for k, v in (r.meta.get("errors") or {}).items()
+    ]
+    if errors:
+        print("\nfailed (left out above): " + "; ".join(f"{k} at step {_fmt(s)}: {v}" for s, k, v in errors))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lightning-landscape",
+    parser = _Parser(
+        prog=PROG,
         description="Compare runs, re-draw saved records and summarise runs of LossLandscapeCallback.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("compare", help="runs side by side on one colour scale; final figures as a table")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run log directories (or their landscape/)")
+    p = sub.add_parser("compare", help="runs (or groups of runs) side by side on one colour scale")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run log directories (or their landscape/)")
+    p.add_argument(
+        "--group",
+        nargs="+",
+        action="append",
+        metavar=("NAME", "RUN"),
+        help="a named group of runs (seeds): --group NAME RUN RUN ...; repeat for each group. Prints each "
+        "scalar's mean +- std per group and each group's difference from the first with a Welch interval",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="image to write (.png, .pdf, .svg, ...)")
     p.add_argument("--labels", nargs="+", metavar="NAME", help="one name per run (default: the path)")
-    p.add_argument("--levels", type=int, default=20, help="number of shared contour levels (default 20)")
+    p.add_argument("--levels", type=_levels, default=20, help="number of shared contour levels (default 20)")
     p.add_argument("--linear", action="store_true", help="linear contour levels and line axes (default log)")
+    p.add_argument(
+        "--confidence", type=_confidence, default=0.95, help="of the group intervals (default 0.95)"
+    )
     p.add_argument("--allow-mismatch", action="store_true", help="compare runs on different protocols")
     p.set_defaults(func=cmd_compare)
 
@@ -381,16 +417,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lightning-landscape`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``lightning-landscape`` console script; returns the exit status.
+
+    Misuse gives one line on stderr and status 2; an unexpected failure one line and status 1 (set
+    ``LIGHTNING_LANDSCAPE_DEBUG=1`` for its traceback).
+    """
+    command = PROG
     try:
+        args = build_parser().parse_args(argv)
+        command = f"{PROG} {args.command}"
         return int(args.func(args))
     except BrokenPipeError:  # `lightning-landscape summary RUN | head`: the reader left, nothing to say
         sys.stderr.close()
         return 0
-    except (CLIError, RecordError, OSError) as err:
-        print(f"lightning-landscape {args.command}: error: {err}", file=sys.stderr)
+    except (CLIError, RunError, RecordError, OSError) as err:
+        print(f"{getattr(err, 'prog', '') or command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if os.environ.get("LIGHTNING_LANDSCAPE_DEBUG"):
+            raise
+        message = " ".join(str(err).split())
+        print(
+            f"{command}: internal error: {type(err).__name__}: {message} "
+            "(please report it; LIGHTNING_LANDSCAPE_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,36 +20,52 @@ Format, version 1 (``FORMAT_VERSION``):
 Both files are written to a temporary name and renamed, the JSON last, so a record whose JSON exists
 is complete. Nothing here uses pickle.
 
+Consistency (checked when saving and when loading): every array a kind knows has its dtype (real
+numbers; unicode for ``names``) and its shape (``losses`` is ``(len(ys), len(xs))``, ``path`` is
+``(n, 2)``, ``names`` and ``values`` have one length, names are unique); axes are finite, strictly
+increasing and not empty. Arrays a kind does not know (added by a later version within format 1,
+such as per-batch losses) pass when their shape starts with the shape of the kind's per-point array
+(``losses``, or ``values`` for metrics), and are ignored by readers that do not know them.
+
 Reading: :func:`load_record` / :func:`load_records` (or by hand: ``json.load`` the sidecar, check
 ``format_version``, ``numpy.load(..., allow_pickle=False)`` the arrays). A file that cannot be read
 raises :class:`RecordError` naming it: JSON that does not parse, JSON without ``format_version``
 (a foreign file), a ``format_version`` other than 1 (written by another version), an unknown
-``kind``, or arrays that are truncated, not an ``.npz`` or hold pickled objects. A later format
-version will get a new number; version 1 files stay readable.
+``kind``, arrays that are missing, truncated, not an ``.npz`` or hold pickled objects, or arrays
+inconsistent with their kind. A later format version will get a new number; version 1 files stay
+readable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from lightning_landscape._reliability_record import ReliabilityRecord
+from lightning_landscape._schema import ArraySpec, check_arrays
 
 __all__ = [
+    "DIAGNOSTIC_SUFFIXES",
     "FORMAT_VERSION",
     "SCALAR_GROUPS",
+    "ArraySpec",
     "LineRecord",
     "MetricsRecord",
     "Record",
     "RecordError",
     "ReliabilityRecord",
     "SurfaceRecord",
+    "check_arrays",
+    "find_records",
+    "is_diagnostic",
     "load_record",
     "load_records",
     "save_record",
@@ -74,6 +90,23 @@ SCALAR_GROUPS: dict[str, tuple[str, ...]] = {
     "sharpness": ("sharpness/",),
     "reliability (how far to trust the landscape)": ("reliability/",),
 }
+
+# Scalars that qualify others rather than describe the landscape (residuals, standard errors, iteration
+# counts, the surface's maximum, the gradient norm): tables show them, figures leave them out.
+DIAGNOSTIC_SUFFIXES: tuple[str, ...] = (
+    "_residual", "_stderr", "lanczos_iterations", "surface_max", "grad_norm",
+)  # fmt: skip
+
+
+def is_diagnostic(key: str) -> bool:
+    """Whether scalar ``key`` is a diagnostic (tabulated) rather than a figure to draw.
+
+    Example::
+
+        >>> is_diagnostic("hessian/lambda_max_residual"), is_diagnostic("hessian/lambda_max")
+        (True, False)
+    """
+    return key.endswith(DIAGNOSTIC_SUFFIXES)
 
 
 def tag_prefix(name: str | None = None, stage: str = "periodic") -> str:
@@ -110,6 +143,17 @@ class SurfaceRecord:
     metrics: np.ndarray | None = None
     path2: np.ndarray | None = None
     kind: ClassVar[str] = "surface"
+    schema: ClassVar[dict[str, ArraySpec]] = {
+        "xs": ArraySpec(("nx",)),
+        "ys": ArraySpec(("ny",)),
+        "losses": ArraySpec(("ny", "nx")),
+        "path": ArraySpec((None, 2), required=False),
+        "path2": ArraySpec((None, 2), required=False),
+        "batch_losses": ArraySpec(("ny", "nx", None), required=False),
+        "metrics": ArraySpec(("ny", "nx"), required=False),
+    }
+    axes: ClassVar[tuple[str, ...]] = ("xs", "ys")
+    point_array: ClassVar[str] = "losses"
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"xs": self.xs, "ys": self.ys, "losses": self.losses}
@@ -147,6 +191,14 @@ class LineRecord:
     batch_losses: np.ndarray | None = None
     metrics: np.ndarray | None = None
     kind: ClassVar[str] = "line"
+    schema: ClassVar[dict[str, ArraySpec]] = {
+        "alphas": ArraySpec(("n",)),
+        "losses": ArraySpec(("n",)),
+        "batch_losses": ArraySpec(("n", None), required=False),
+        "metrics": ArraySpec(("n",), required=False),
+    }
+    axes: ClassVar[tuple[str, ...]] = ("alphas",)
+    point_array: ClassVar[str] = "losses"
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"alphas": self.alphas, "losses": self.losses}
@@ -178,6 +230,12 @@ class MetricsRecord:
     values: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
     kind: ClassVar[str] = "metrics"
+    schema: ClassVar[dict[str, ArraySpec]] = {
+        "names": ArraySpec(("n",), dtype="U"),
+        "values": ArraySpec(("n",)),
+    }
+    unique: ClassVar[tuple[str, ...]] = ("names",)
+    point_array: ClassVar[str] = "values"
 
     @classmethod
     def from_dict(cls, scalars: dict[str, float], meta: dict[str, Any] | None = None) -> MetricsRecord:
@@ -230,14 +288,21 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 
 def save_record(record: Record, directory: str | os.PathLike, name: str) -> Path:
-    """Write ``record`` as ``directory/name.npz`` + ``directory/name.json``; return the JSON path."""
+    """Write ``record`` as ``directory/name.npz`` + ``directory/name.json``; return the JSON path.
+
+    Raises ``ValueError`` (naming the record) for arrays inconsistent with the record's kind.
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    arrays = {k: np.asarray(v) for k, v in record.arrays().items()}
+    arrays = {k: np.asarray(v) for k, v in record.arrays().items() if v is not None}
     for key, arr in arrays.items():
         if arr.dtype == object:
             raise TypeError(f"array {key!r} has dtype object; records hold numeric arrays only")
-    _atomic_write(directory / f"{name}.npz", lambda fh: np.savez(fh, **arrays))
+    try:
+        check_arrays(type(record), arrays)
+    except ValueError as err:
+        raise ValueError(f"record {name!r}: inconsistent {record.kind} arrays: {err}") from err
+    directory.mkdir(parents=True, exist_ok=True)
+    _atomic_write(directory / f"{name}.npz", lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]
     sidecar = {"format_version": FORMAT_VERSION, "kind": record.kind, "meta": _jsonable(record.meta)}
     text = json.dumps(sidecar, indent=1, sort_keys=True).encode()
     json_path = directory / f"{name}.json"
@@ -246,7 +311,11 @@ def save_record(record: Record, directory: str | os.PathLike, name: str) -> Path
 
 
 def load_record(path: str | os.PathLike) -> Record:
-    """Read one record from its ``.json`` (or ``.npz``) path. Raises :class:`RecordError` if unreadable."""
+    """Read one record from its ``.json`` (or ``.npz``) path.
+
+    Raises :class:`RecordError` naming the file and what is wrong: unreadable or foreign JSON, another
+    format version, an unknown kind, missing or corrupt arrays, arrays inconsistent with the kind.
+    """
     path = Path(path)
     json_path, npz_path = path.with_suffix(".json"), path.with_suffix(".npz")
     try:
@@ -261,22 +330,63 @@ def load_record(path: str | os.PathLike) -> Record:
             f"{json_path}: format_version {version!r} is not supported (this version reads "
             f"{FORMAT_VERSION}); upgrade lightning-landscape"
         )
-    cls = _KINDS.get(sidecar.get("kind"))
+    cls: Any = _KINDS.get(str(sidecar.get("kind")))
     if cls is None:
         raise RecordError(f"{json_path}: unknown record kind {sidecar.get('kind')!r}")
+    meta = sidecar.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise RecordError(f"{json_path}: `meta` must be a JSON object, got {type(meta).__name__}")
+    if not npz_path.is_file():
+        raise RecordError(f"{json_path}: its arrays {npz_path.name} are missing (copied without them?)")
     try:
         with np.load(npz_path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-        return cls(**arrays, meta=dict(sidecar.get("meta") or {}))
     except Exception as err:
         raise RecordError(f"{npz_path}: corrupt or foreign record arrays ({err})") from err
+    try:
+        check_arrays(cls, arrays)
+    except ValueError as err:
+        raise RecordError(f"{npz_path}: inconsistent {cls.kind} record: {err}") from err
+    if dataclasses.is_dataclass(cls):  # arrays this version does not know are left out
+        known = {f.name for f in dataclasses.fields(cls)} - {"meta"}
+        arrays = {k: v for k, v in arrays.items() if k in known}
+    try:
+        return cls(**arrays, meta=dict(meta))
+    except Exception as err:
+        raise RecordError(f"{npz_path}: {cls.kind} record arrays do not fit ({err})") from err
 
 
-def load_records(directory: str | os.PathLike) -> list[Record]:
+def _is_sidecar(path: Path) -> bool:
+    """Whether a JSON file without its ``.npz`` is a record's sidecar (it starts with ``format_version``,
+    as ``save_record`` writes it) rather than some other tool's JSON."""
+    try:
+        with path.open("rb") as fh:
+            return b'"format_version"' in fh.read(4096)
+    except OSError:
+        return False
+
+
+def find_records(directory: str | os.PathLike) -> list[Path]:
+    """The records' ``.json`` sidecars under ``directory`` (recursively, sorted): every JSON file with an
+    ``.npz`` beside it, and every record sidecar whose ``.npz`` is missing (loading reports those).
+    Other JSON files (a logger's, say) are not records and are left out.
+    """
+    directory = Path(directory)
+    return [
+        p
+        for p in sorted(directory.rglob("*.json"))
+        if p.is_file() and (p.with_suffix(".npz").exists() or _is_sidecar(p))
+    ]
+
+
+def load_records(directory: str | os.PathLike, errors: Literal["raise", "warn"] = "raise") -> list[Record]:
     """All records under ``directory`` (searched recursively), ordered by global step,
     periodic before final, then name.
 
-    ``directory`` may be a run's log directory or its ``landscape/`` folder.
+    ``directory`` may be a run's log directory or its ``landscape/`` folder. A record that cannot be
+    read (see :func:`load_record`) raises :class:`RecordError` naming it; record sidecars whose
+    ``.npz`` is missing are listed together in one error. With ``errors="warn"`` such records are
+    skipped instead, with one ``RuntimeWarning`` naming them.
 
     Example::
 
@@ -286,16 +396,43 @@ def load_records(directory: str | os.PathLike) -> list[Record]:
         >>> [(r.kind, r.meta["global_step"]) for r in load_records(d)]
         [('line', 5)]
     """
+    if errors not in ("raise", "warn"):
+        raise ValueError(f"`errors` must be 'raise' or 'warn', got {errors!r}")
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no such directory")
-    records = [load_record(p) for p in sorted(directory.rglob("*.json")) if p.with_suffix(".npz").exists()]
+    paths = find_records(directory)
+    missing = [p for p in paths if not p.with_suffix(".npz").exists()]
+    if missing and errors == "raise":
+        shown = ", ".join(str(p) for p in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise RecordError(
+            f"{len(missing)} record(s) have no .npz arrays beside their .json: {shown} (copied without them?)"
+        )
+    records: list[Record] = []
+    problems = [f"{p.name} (no .npz)" for p in missing]
+    for p in paths:
+        if p in missing:
+            continue
+        try:
+            records.append(load_record(p))
+        except RecordError as err:
+            if errors == "raise":
+                raise
+            problems.append(str(err))
+    if problems:
+        warnings.warn(
+            f"load_records: skipped {len(problems)} unreadable record(s) under {directory}: "
+            + "; ".join(problems[:5])
+            + (" ..." if len(problems) > 5 else ""),
+            RuntimeWarning,
+            stacklevel=2,
+        )
     stage_order = {"periodic": 0, "final": 1}
     return sorted(
         records,
         key=lambda r: (
-            r.meta.get("global_step") or 0,
-            stage_order.get(r.meta.get("stage", ""), 0),
-            r.meta.get("name", ""),
+            _finite(r.meta.get("global_step")) or 0.0,  # a hand-edited step (text, null) sorts first
+            stage_order.get(str(r.meta.get("stage", "")), 0),
+            str(r.meta.get("name", "")),
         ),
     )

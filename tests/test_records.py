@@ -1,9 +1,17 @@
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from lightning_landscape import LineRecord, RecordError, SurfaceRecord, load_record, load_records
+from lightning_landscape import (
+    LineRecord,
+    MetricsRecord,
+    RecordError,
+    SurfaceRecord,
+    load_record,
+    load_records,
+)
 from lightning_landscape.plots import (
     contour_figure,
     contour_levels,
@@ -90,3 +98,119 @@ def test_figures_render_with_gaps_and_path():
     a = np.linspace(-1, 1, 5)
     assert len(line_figure([LineRecord(a, a**2), LineRecord(a, a**2 + np.nan)]).axes[0].lines) == 2
     assert figure_to_png(surface3d_figure(_surface(), log=True))[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------- consistency of the arrays
+
+
+def _good(kind):
+    xs = np.linspace(-1, 1, 7)
+    if kind == "surface":
+        return _surface()
+    if kind == "line":
+        return LineRecord(xs, xs**2, {"global_step": 1})
+    return MetricsRecord.from_dict({"hessian/lambda_max": 2.0, "sharpness/sam": 0.1}, {"global_step": 1})
+
+
+# (kind, arrays replacing or added to a good record's (None removes one), what the message must say)
+INCONSISTENT = [
+    ("surface", {"losses": np.ones((3, 2))}, r"`losses` has shape \(3, 2\); expected \(ny, nx\) = \(5, 5\)"),
+    ("surface", {"xs": np.linspace(-1, 1, 7)}, r"`losses` has shape \(5, 5\); expected .* = \(5, 7\)"),
+    ("surface", {"losses": None}, r"missing array\(s\) 'losses'"),
+    ("surface", {"xs": None, "ys": None}, r"missing array\(s\) 'xs', 'ys'"),
+    ("surface", {"xs": np.zeros((5, 1))}, r"`xs` has shape \(5, 1\); expected 1-D"),
+    ("surface", {"losses": np.ones(25)}, r"`losses` has shape \(25,\); expected 2-D"),
+    ("surface", {"losses": np.full((5, 5), "a")}, r"`losses` has dtype <U1; expected real numbers"),
+    ("surface", {"losses": np.ones((5, 5), dtype=bool)}, r"`losses` has dtype bool"),
+    ("surface", {"path": np.zeros((4, 3))}, r"`path` has shape \(4, 3\); expected \(n, 2\)"),
+    ("surface", {"path": np.zeros(4)}, r"`path` has shape \(4,\); expected 2-D"),
+    ("surface", {"xs": np.linspace(1, -1, 5)}, r"`xs` must be a non-empty, finite, strictly increasing"),
+    ("surface", {"ys": np.array([0.0, np.nan, 1, 2, 3])}, r"`ys` must be a .*finite"),
+    ("surface", {"xs": np.zeros(0), "losses": np.zeros((5, 0))}, r"`xs` must be a non-empty"),
+    ("surface", {"batch_losses": np.ones((4, 5, 5))}, r"`batch_losses` has shape \(4, 5, 5\); expected \(ny, nx, n\)"),
+    ("surface", {"extra": np.ones((4, 5, 5))}, r"`extra` has shape \(4, 5, 5\).*\(5, 5\)"),
+    ("line", {"batch_losses": np.ones((6, 3))}, r"`batch_losses` has shape \(6, 3\); expected \(n, n\)"),
+    ("line", {"losses": np.ones(6)}, r"`losses` has shape \(6,\); expected \(n,\) = \(7,\)"),
+    ("line", {"alphas": None}, r"missing array\(s\) 'alphas'"),
+    ("line", {"metric": np.ones(3)}, r"`metric` has shape \(3,\).*`losses` \(7,\)"),
+    ("metrics", {"values": np.ones(3)}, r"`values` has shape \(3,\); expected \(n,\) = \(2,\)"),
+    ("metrics", {"names": np.array([1.0, 2.0])}, r"`names` has dtype float64; expected unicode strings"),
+    ("metrics", {"names": np.array(["a", "a"])}, r"`names` repeats 'a'"),
+    ("metrics", {"values": None}, r"missing array\(s\) 'values'"),
+]
+
+
+def _write_arrays(folder, name, record, changes):
+    """Save a good record, then overwrite its .npz with ``changes`` applied (bypassing save checks)."""
+    save_record(record, folder, name)
+    arrays = {**record.arrays(), **changes}
+    np.savez(folder / f"{name}.npz", **{k: v for k, v in arrays.items() if v is not None})
+
+
+@pytest.mark.parametrize("kind, changes, message", INCONSISTENT)
+def test_inconsistent_arrays_are_refused_naming_file_and_fault(tmp_path, kind, changes, message):
+    _write_arrays(tmp_path, "bad", _good(kind), changes)
+    with pytest.raises(RecordError, match=rf"bad\.npz: inconsistent {kind} record: {message}"):
+        load_record(tmp_path / "bad.json")
+    save_record(_good(kind), tmp_path, "good")
+    with pytest.raises(RecordError, match=r"bad\.npz"):
+        load_records(tmp_path)
+    with pytest.warns(RuntimeWarning, match=r"skipped 1 unreadable record.*bad\.npz"):
+        assert [r.kind for r in load_records(tmp_path, errors="warn")] == [kind]
+
+
+@pytest.mark.parametrize("kind, changes, message", INCONSISTENT)
+def test_save_record_refuses_what_load_would_refuse(tmp_path, kind, changes, message):
+    record = _good(kind)
+    known = set(record.arrays()) | ({"path"} if kind == "surface" else set())
+    if not set(changes) <= known or (kind == "metrics" and "names" in changes):
+        return  # unknown arrays cannot be set on the record; `arrays()` writes names as strings
+    bad = dataclasses.replace(record, **changes)
+    with pytest.raises(ValueError, match=rf"record 'r': inconsistent {kind} arrays: {message}"):
+        save_record(bad, tmp_path, "r")
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    "kind, extra",
+    [
+        ("surface", {"stderr_map": np.ones((5, 5, 4)), "metric": np.zeros((5, 5))}),
+        ("line", {"per_batch": np.ones((7, 3))}),
+        ("metrics", {"stderr": np.ones(2)}),
+    ],
+)
+def test_arrays_a_kind_does_not_know_pass_when_per_point(tmp_path, kind, extra):
+    _write_arrays(tmp_path, "r", _good(kind), extra)
+    rec = load_record(tmp_path / "r.json")
+    assert rec.kind == kind and not set(extra) & set(vars(rec))  # read, and left out of the record
+
+
+def test_meta_that_is_not_an_object_is_refused(tmp_path):
+    save_record(_good("line"), tmp_path, "l")
+    (tmp_path / "l.json").write_text(json.dumps({"format_version": 1, "kind": "line", "meta": [1, 2]}))
+    with pytest.raises(RecordError, match=r"l\.json: `meta` must be a JSON object"):
+        load_record(tmp_path / "l.json")
+
+
+def test_missing_npz_is_reported_not_skipped(tmp_path):
+    for name in ("a", "b", "c"):
+        save_record(_good("line"), tmp_path, name)
+    (tmp_path / "a.npz").unlink()
+    (tmp_path / "c.npz").unlink()
+    (tmp_path / "logger.json").write_text(json.dumps({"not": "a record"}))  # another tool's JSON: ignored
+    with pytest.raises(RecordError, match=r"a\.json: its arrays a\.npz are missing"):
+        load_record(tmp_path / "a.json")
+    with pytest.raises(RecordError, match=r"2 record\(s\) have no \.npz arrays .*a\.json.*c\.json"):
+        load_records(tmp_path)
+    with pytest.warns(RuntimeWarning, match=r"skipped 2 unreadable record\(s\).*a\.json \(no \.npz\)"):
+        assert len(load_records(tmp_path, errors="warn")) == 1
+    with pytest.raises(ValueError, match="`errors` must be 'raise' or 'warn'"):
+        load_records(tmp_path, errors="ignore")  # type: ignore[arg-type]
+
+
+def test_odd_meta_values_do_not_break_ordering(tmp_path):
+    a = np.linspace(-1, 1, 3)
+    save_record(LineRecord(a, a**2, {"global_step": "seven", "stage": None}), tmp_path, "a")
+    save_record(LineRecord(a, a**2, {"global_step": 3, "name": 5}), tmp_path, "b")
+    save_record(LineRecord(a, a**2, {"global_step": 1}), tmp_path, "c")
+    assert [r.meta["global_step"] for r in load_records(tmp_path)] == ["seven", 1, 3]
