@@ -47,14 +47,15 @@ class SolutionComparison:
     """What :func:`compare_solutions` computed (and where it wrote it, if it did).
 
     Attributes:
-        surface: the shared plane (meta ``points``, ``point_labels``, ``point_losses``, ``run_labels``).
+        surface: the shared plane (meta ``points``, ``point_labels``, ``point_losses``, ``run_labels``);
+            ``None`` when not asked for (``shared_plane=False``).
         barrier: the line between the final weights with statistics re-estimated (meta ``barrier``).
         naive_barrier: the same line with interpolated statistics; ``None`` without BatchNorm buffers
             (the two curves are then the same).
         directory: the folder the records were written to, or ``None``.
     """
 
-    surface: SurfaceRecord
+    surface: SurfaceRecord | None
     barrier: LineRecord
     naive_barrier: LineRecord | None
     directory: Path | None
@@ -139,6 +140,7 @@ def compare_solutions(
     margin: float = 0.25,
     init_tolerance: float = 1e-5,
     labels: tuple[str, str] | None = None,
+    shared_plane: bool = True,
     save: bool = True,
     engine: Engine = "auto",
     chunk_size: int | None = None,
@@ -163,6 +165,8 @@ def compare_solutions(
         margin: the plane's box is widened by this fraction of its size on every side.
         init_tolerance: largest ``|w0_A - w0_B| / |w0_A|`` accepted as "the same initialization".
         labels: names of the two runs in the records and figures; :func:`run_labels` by default.
+        shared_plane: compute the plane. ``False``: the barriers only, for runs from different
+            initializations (different seeds: the usual linear-mode-connectivity question).
         save: write the records (into ``out_dir``).
         engine, chunk_size: as in :func:`~lightning_landscape.functional.loss_surface`.
 
@@ -207,11 +211,12 @@ def compare_solutions(
         w0a, w0b = a.initial.double(), b.initial.double()
         scale = float(w0a.norm()) or 1.0
         init_difference = float((w0a - w0b).norm()) / scale
-    if not init_difference <= init_tolerance:
+    if shared_plane and not init_difference <= init_tolerance:
         raise ValueError(
             f"runs do not start from the same initialization: |w0_A - w0_B| / |w0_A| = {init_difference:.3g} "
             f"(`init_tolerance`={init_tolerance:g}); the shared plane goes through one common initial point, "
-            "so train both runs from the same seed (or the same initial checkpoint)"
+            "so train both runs from the same seed (or the same initial checkpoint), or pass "
+            "`shared_plane=False` for the barrier alone"
         )
     la, lb = labels if labels is not None else run_labels(a, b)
     params = a.parameters_of(model)
@@ -224,33 +229,39 @@ def compare_solutions(
     has_buffers = bool(landscape_buffers(model))
     empty = torch.empty(0, a.num_params)
     paths = [r.trajectory if r.trajectory is not None else empty for r in (a, b)]
-    shared = dict(stage="shared", run_labels=[la, lb], runs=[str(a.directory), str(b.directory)])
-    surface = shared_plane_surface(
-        model,
-        loss_fn,
-        batches,
-        w0,
-        w1,
-        w2,
-        trajectories=paths,
-        resolution=resolution,
-        margin=margin,
-        buffers=(a.initial_buffers, a.final_buffers, b.final_buffers) if has_buffers else None,
-        bn=surface_bn if has_buffers else None,
-        metric_fn=metric_fn,
-        metric_name=metric_name,
-        params=params,
-        engine=engine,
-        chunk_size=chunk_size,
-    )
-    surface.meta.update(
-        shared,
-        name=SHARED_PLANE,
-        point_labels=["init", la, lb],
+    shared = dict(
+        stage="shared",
+        run_labels=[la, lb],
+        runs=[str(a.directory), str(b.directory)],
         init_difference=init_difference,
-        path_steps=[np.asarray(r.steps).tolist() for r in (a, b)],
-        final_steps=[r.meta.get("global_step") for r in (a, b)],
     )
+    surface: SurfaceRecord | None = None
+    if shared_plane:
+        surface = shared_plane_surface(
+            model,
+            loss_fn,
+            batches,
+            w0,
+            w1,
+            w2,
+            trajectories=paths,
+            resolution=resolution,
+            margin=margin,
+            buffers=(a.initial_buffers, a.final_buffers, b.final_buffers) if has_buffers else None,
+            bn=surface_bn if has_buffers else None,
+            metric_fn=metric_fn,
+            metric_name=metric_name,
+            params=params,
+            engine=engine,
+            chunk_size=chunk_size,
+        )
+        surface.meta.update(
+            shared,
+            name=SHARED_PLANE,
+            point_labels=["init", la, lb],
+            path_steps=[np.asarray(r.steps).tolist() for r in (a, b)],
+            final_steps=[r.meta.get("global_step") for r in (a, b)],
+        )
 
     def line(mode: BNMode, name: str) -> LineRecord:
         rec = barrier(
