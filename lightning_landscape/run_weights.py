@@ -312,11 +312,11 @@ class RunWeights:
                 )
         buffers = dict(landscape_buffers(model))
         saved = self.final_buffers
-        if set(buffers) != set(saved):
-            problems.append(
-                f"buffers not in the model: {[b for b in saved if b not in buffers]}, "
-                f"buffers of the model not in the file: {[b for b in buffers if b not in saved]}"
-            )
+        gone, unsaved_buffers = [b for b in saved if b not in buffers], [b for b in buffers if b not in saved]
+        if gone:
+            problems.append(f"buffers not in the model: {gone}")
+        if unsaved_buffers:
+            problems.append(f"buffers of the model not in the file: {unsaved_buffers}")
         for n, b in buffers.items():
             if n in saved and saved[n].shape != b.shape:
                 problems.append(
