@@ -78,7 +78,8 @@ def _folder(run: RunLike) -> Path:
 
 
 def run_labels(run_a: RunLike, run_b: RunLike) -> tuple[str, str]:
-    """Short names of two runs: their log directories' paths below the common parent.
+    """Short names of two runs: their log directories' paths below the common parent, without the
+    trailing folders they share (``logs/sgd/version_0`` and ``logs/sam/version_0`` give ``sgd``, ``sam``).
 
     A label stored in the weights' meta (``meta["label"]``) wins; runs in one log directory (two named
     callbacks) are told apart by the callback's folder name.
@@ -86,11 +87,14 @@ def run_labels(run_a: RunLike, run_b: RunLike) -> tuple[str, str]:
     folders = [_folder(r) for r in (run_a, run_b)]
     logs = [_log_dir(f) for f in folders]
     common = Path(os.path.commonpath([str(p) for p in logs]))
+    parts = [list(log.relative_to(common).parts) for log in logs]
+    while all(len(p) > 1 for p in parts) and parts[0][-1] == parts[1][-1]:  # sgd/version_0, sam/version_0
+        parts = [p[:-1] for p in parts]
     labels = []
-    for run, folder, log in zip((run_a, run_b), folders, logs):
+    for run, folder, log, rel in zip((run_a, run_b), folders, logs, parts):
         label = run.meta.get("label") if isinstance(run, RunWeights) else None
         if not label:
-            label = "/".join(log.relative_to(common).parts)
+            label = "/".join(rel)
             callback = folder.resolve().parent.name
             if callback != "landscape" and (not label or logs[0] == logs[1]):
                 label = f"{label}/{callback}" if label else callback
@@ -105,8 +109,8 @@ def default_shared_dir(run_a: RunLike, run_b: RunLike) -> Path:
 
     ``<common parent>`` is the deepest folder holding both runs' log directories and ``<A>``, ``<B>``
     their :func:`run_labels` with every character other than letters, digits, ``.``, ``_``, ``-``
-    replaced by ``-``: ``logs/sgd/version_0`` and ``logs/sam/version_0`` give
-    ``logs/shared_sgd-version_0_vs_sam-version_0/``.
+    replaced by ``-``: ``logs/sgd/version_0`` and ``logs/sam/version_0`` give ``logs/shared_sgd_vs_sam/``,
+    ``logs/sgd/version_0`` and ``logs/sgd/version_1`` give ``logs/sgd/shared_version_0_vs_version_1/``.
     """
     logs = [_log_dir(_folder(r)) for r in (run_a, run_b)]
     common = Path(os.path.commonpath([str(p) for p in logs]))
