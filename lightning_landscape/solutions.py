@@ -33,10 +33,10 @@ from lightning_landscape.functional.bn import BNMode, check_bn, landscape_buffer
 from lightning_landscape.functional.engine import Engine
 from lightning_landscape.functional.params import LossFn
 from lightning_landscape.functional.plane import shared_plane_surface
-from lightning_landscape.records import LineRecord, SurfaceRecord, save_record
+from lightning_landscape.records import LineRecord, SurfaceRecord, load_records, save_record
 from lightning_landscape.run_weights import RunWeights, find_run_weights, load_run_weights
 
-__all__ = ["SolutionComparison", "compare_solutions", "default_shared_dir", "run_labels"]
+__all__ = ["SolutionComparison", "compare_solutions", "default_shared_dir", "load_solutions", "run_labels"]
 
 SHARED_PLANE, BARRIER, NAIVE_BARRIER = "shared_plane", "barrier", "barrier_naive"
 RunLike = str | os.PathLike | RunWeights
@@ -63,6 +63,49 @@ class SolutionComparison:
     def records(self) -> list[SurfaceRecord | LineRecord]:
         """The records, in the order written."""
         return [r for r in (self.surface, self.barrier, self.naive_barrier) if r is not None]
+
+    def summary(self) -> dict[str, float]:
+        """The figures to tabulate: barrier heights, endpoint and point losses, distances.
+
+        Example::
+
+            >>> line = LineRecord(np.linspace(0, 1, 3), np.array([0.1, 0.5, 0.2]),
+            ...                   {"barrier": 0.35, "barrier_alpha": 0.5, "distance": 2.0})
+            >>> SolutionComparison(None, line, None, None).summary()["barrier"]
+            0.35
+        """
+        out: dict[str, float] = {}
+        for key, rec in (("barrier", self.barrier), ("barrier_naive", self.naive_barrier)):
+            if rec is not None:
+                out[key] = float(rec.meta.get("barrier", np.nan))
+                out[f"{key}_alpha"] = float(rec.meta.get("barrier_alpha", np.nan))
+        out["loss_A"], out["loss_B"] = (float(x) for x in self.barrier.losses[[0, -1]])
+        out["distance_A_B"] = float(self.barrier.meta.get("distance", np.nan))
+        if self.surface is not None:
+            meta = self.surface.meta
+            points, losses = np.asarray(meta["points"], float), np.asarray(meta["point_losses"], float)
+            out["loss_init"] = float(losses[0])
+            out["distance_init_A"] = float(np.linalg.norm(points[1] - points[0]))
+            out["distance_init_B"] = float(np.linalg.norm(points[2] - points[0]))
+            far = [np.max(d) for d in meta.get("path_distances") or [] if d is not None and len(d)]
+            if far:
+                out["path_off_plane_max"] = float(max(far))
+        return out
+
+
+def load_solutions(directory: str | os.PathLike) -> SolutionComparison:
+    """Read back what :func:`compare_solutions` wrote into ``directory`` (a ValueError if it holds none)."""
+    found = {r.meta.get("name"): r for r in load_records(directory) if r.meta.get("stage") == "shared"}
+    line = found.get(BARRIER)
+    if not isinstance(line, LineRecord):
+        raise ValueError(f"{directory}: no `{BARRIER}` record of compare_solutions here")
+    surface, naive = found.get(SHARED_PLANE), found.get(NAIVE_BARRIER)
+    return SolutionComparison(
+        surface=surface if isinstance(surface, SurfaceRecord) else None,
+        barrier=line,
+        naive_barrier=naive if isinstance(naive, LineRecord) else None,
+        directory=Path(directory),
+    )
 
 
 def _log_dir(folder: Path) -> Path:

@@ -12,7 +12,7 @@ from lightning_landscape.functional import buffer_snapshot, flatten
 from lightning_landscape.plots import barrier_figure, shared_plane_figure
 from lightning_landscape.records import load_records
 from lightning_landscape.run_weights import load_run_weights, save_run_weights
-from lightning_landscape.solutions import default_shared_dir, run_labels
+from lightning_landscape.solutions import default_shared_dir, load_solutions, run_labels
 
 
 def _run(model, batches, log_dir, order, lr, steps=3):
@@ -117,6 +117,10 @@ def test_shared_plane_and_barrier_end_to_end(runs):
     assert all(r.meta["stage"] == "shared" for r in loaded.values())
     np.testing.assert_array_equal(loaded["shared_plane"].path2, surface.path2)
     np.testing.assert_array_equal(loaded["barrier"].losses, line.losses)
+    summary = load_solutions(result.directory).summary()
+    assert summary == pytest.approx(result.summary())
+    assert summary["barrier"] == line.meta["barrier"] and summary["loss_B"] == pytest.approx(own[2])
+    assert summary["distance_init_A"] == pytest.approx(np.linalg.norm(wa - w0))
 
     # The figures: both paths drawn as they are in the record, both curves, the metric on a twin axis.
     fig = shared_plane_figure(loaded["shared_plane"])
