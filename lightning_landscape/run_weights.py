@@ -33,15 +33,15 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
-from lightning_landscape.functional.bn import landscape_buffers
-from lightning_landscape.functional.params import landscape_parameters
 from lightning_landscape.records import _atomic_write, _jsonable
+
+if TYPE_CHECKING:  # torch loads on first use: finding and reading these folders' names does not need it
+    import torch
+    from torch import Tensor, nn
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -56,8 +56,13 @@ __all__ = [
 WEIGHTS_FORMAT_VERSION = 1
 DEFAULT_MAX_BYTES = 2 * 1024**3
 ARRAYS, MANIFEST = "weights.npz", "manifest.json"
-_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16}
-_DTYPES["bfloat16"] = torch.bfloat16
+_DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16")
+
+
+def _dtype(name: str) -> torch.dtype:
+    import torch
+
+    return getattr(torch, name if name in _DTYPE_NAMES else "float32")
 
 
 def _name(dtype: torch.dtype) -> str:
@@ -65,11 +70,15 @@ def _name(dtype: torch.dtype) -> str:
 
 
 def _to_numpy(t: Tensor) -> np.ndarray:
+    import torch
+
     t = t.detach().cpu().contiguous()
     return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
 
 
 def _from_numpy(a: np.ndarray, dtype: str) -> Tensor:
+    import torch
+
     if dtype == "bfloat16":
         return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(np.ascontiguousarray(a))
@@ -78,8 +87,10 @@ def _from_numpy(a: np.ndarray, dtype: str) -> Tensor:
 def _flat(
     value: Tensor | Sequence[Tensor], shapes: Sequence[torch.Size], what: str, dtype: torch.dtype
 ) -> Tensor:
+    import torch
+
     numel = sum(int(np.prod(s)) for s in shapes)
-    if isinstance(value, Tensor):
+    if isinstance(value, torch.Tensor):
         if value.dim() != 1 or value.numel() != numel:
             raise ValueError(f"`{what}` must be a flat ({numel},) tensor or one tensor per parameter")
         return value.detach().to("cpu", dtype)
@@ -145,12 +156,18 @@ def save_run_weights(
     Example::
 
         >>> import tempfile
+        >>> from torch import nn
         >>> net = nn.Linear(3, 2)
         >>> w0 = [p.detach().clone() for p in net.parameters()]
         >>> folder = save_run_weights(tempfile.mkdtemp(), net, w0)
         >>> load_run_weights(folder, net).final.shape
         torch.Size([8])
     """
+    import torch
+
+    from lightning_landscape.functional.bn import landscape_buffers
+    from lightning_landscape.functional.params import landscape_parameters
+
     named = dict(model.named_parameters())
     if names is None:
         names = [n for n, _ in landscape_parameters(model)]
@@ -159,8 +176,9 @@ def save_run_weights(
         raise ValueError(f"`names`: {type(model).__name__} has no parameters called {missing}")
     params = [named[n] for n in names]
     shapes = [p.shape for p in params]
-    if dtype is not None and dtype not in _DTYPES.values():
-        raise ValueError(f"`dtype` must be one of {list(_DTYPES.values())} or None, got {dtype!r}")
+    allowed = [_dtype(n) for n in _DTYPE_NAMES]
+    if dtype is not None and dtype not in allowed:
+        raise ValueError(f"`dtype` must be one of {allowed} or None, got {dtype!r}")
     if max_bytes is not None and (
         isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
     ):
@@ -169,8 +187,14 @@ def save_run_weights(
     num_params = sum(p.numel() for p in params)
 
     if trajectory is not None:
-        if not isinstance(trajectory, Tensor) or trajectory.dim() != 2 or trajectory.shape[1] != num_params:
-            got = tuple(trajectory.shape) if isinstance(trajectory, Tensor) else type(trajectory).__name__
+        if (
+            not isinstance(trajectory, torch.Tensor)
+            or trajectory.dim() != 2
+            or trajectory.shape[1] != num_params
+        ):
+            got = (
+                tuple(trajectory.shape) if isinstance(trajectory, torch.Tensor) else type(trajectory).__name__
+            )
             raise ValueError(f"`trajectory` must be an (n, {num_params}) tensor, got {got}")
         if steps is None or len(steps) != trajectory.shape[0]:
             raise ValueError(
@@ -296,6 +320,8 @@ class RunWeights:
         Parameters: each saved name must exist with the saved shape, and the model must have no other
         trainable floating-point parameter. Buffers: the same floating-point buffers, with the same shapes.
         """
+        from lightning_landscape.functional.bn import landscape_buffers
+
         named = dict(model.named_parameters())
         trainable = [n for n, p in named.items() if p.is_floating_point() and p.requires_grad]
         problems = []
@@ -383,6 +409,8 @@ def load_run_weights(path: str | os.PathLike, model: nn.Module | None = None) ->
             f"{folder}: {ARRAYS} and {MANIFEST} come from different writes (a write in progress?)"
         )
 
+    import torch
+
     def buffers(key: str) -> dict[str, Tensor]:
         if key not in arrays:
             return {}
@@ -392,7 +420,7 @@ def load_run_weights(path: str | os.PathLike, model: nn.Module | None = None) ->
             manifest["buffer_names"], manifest["buffer_shapes"], manifest["buffer_dtypes"]
         ):
             size = int(np.prod(shape))
-            out[n] = flat[offset : offset + size].reshape(shape).to(_DTYPES.get(dt, torch.float32))
+            out[n] = flat[offset : offset + size].reshape(shape).to(_dtype(dt))
             offset += size
         return out
 

@@ -22,19 +22,19 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
-from lightning_landscape.functional.barrier import barrier
-from lightning_landscape.functional.bn import BNMode, check_bn, landscape_buffers
-from lightning_landscape.functional.engine import Engine
-from lightning_landscape.functional.params import LossFn
-from lightning_landscape.functional.plane import shared_plane_surface
 from lightning_landscape.records import LineRecord, SurfaceRecord, load_records, save_record
 from lightning_landscape.run_weights import RunWeights, find_run_weights, load_run_weights
+
+if TYPE_CHECKING:  # torch loads on first use: reading the records back (the CLI) does not need it
+    from torch import Tensor, nn
+
+    from lightning_landscape.functional.bn import BNMode
+    from lightning_landscape.functional.engine import Engine
+    from lightning_landscape.functional.params import LossFn
 
 __all__ = ["SolutionComparison", "compare_solutions", "default_shared_dir", "load_solutions", "run_labels"]
 
@@ -224,7 +224,8 @@ def compare_solutions(
     Example::
 
         >>> import tempfile
-        >>> from lightning_landscape.functional import landscape_parameters
+        >>> import torch
+        >>> from torch import nn
         >>> from lightning_landscape.run_weights import save_run_weights
         >>> logs = Path(tempfile.mkdtemp())
         >>> batch = (torch.randn(16, 2), torch.randn(16, 1))
@@ -244,6 +245,12 @@ def compare_solutions(
         >>> result.directory.name, result.surface.meta["point_labels"]
         ('shared_sgd_vs_adam', ['init', 'sgd', 'adam'])
     """
+    import torch
+
+    from lightning_landscape.functional.barrier import barrier
+    from lightning_landscape.functional.bn import check_bn, landscape_buffers
+    from lightning_landscape.functional.plane import shared_plane_surface
+
     check_bn(bn)
     check_bn(surface_bn, "surface_bn")
     if not (isinstance(init_tolerance, (int, float)) and init_tolerance >= 0):

@@ -1,6 +1,8 @@
 """compare_solutions end to end: two runs written through run_weights, one plane, the barrier, the figures."""
 
 import copy
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -169,3 +171,13 @@ def test_bad_input_and_labels(runs, tmp_path):
         compare_solutions(bn_cnn(0), ce, batches, run_a, tmp_path)
     with pytest.raises(ValueError, match="`surface_bn` must be one of"):
         compare_solutions(bn_cnn(0), ce, batches, run_a, run_b, surface_bn="none")
+
+
+def test_reading_shared_records_does_not_import_torch():
+    # `lightning-landscape compare` draws these records: it must start without torch.
+    code = (
+        "import sys, lightning_landscape.solutions, lightning_landscape.run_weights, "
+        "lightning_landscape.plots; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
