@@ -11,9 +11,9 @@ from helpers.bn_models import accuracy, bn_batches, bn_cnn, ce, naive_point, tra
 
 from lightning_landscape import compare_solutions
 from lightning_landscape.functional import buffer_snapshot, flatten
-from lightning_landscape.plots import barrier_figure, shared_plane_figure
 from lightning_landscape.records import load_records
 from lightning_landscape.run_weights import load_run_weights, save_run_weights
+from lightning_landscape.solution_plots import barrier_figure, shared_plane_figure
 from lightning_landscape.solutions import default_shared_dir, load_solutions, run_labels
 
 
@@ -177,7 +177,7 @@ def test_reading_shared_records_does_not_import_torch():
     # `lightning-landscape compare` draws these records: it must start without torch.
     code = (
         "import sys, lightning_landscape.solutions, lightning_landscape.run_weights, "
-        "lightning_landscape.plots; "
+        "lightning_landscape.solution_plots; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
