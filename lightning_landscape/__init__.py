@@ -24,10 +24,19 @@ from lightning_landscape.records import (
 if TYPE_CHECKING:
     from lightning_landscape.callback import LossLandscapeCallback
     from lightning_landscape.optim import SAM
+    from lightning_landscape.run_weights import RunWeights, load_run_weights, save_run_weights
+    from lightning_landscape.solutions import compare_solutions
 
 __version__ = "0.1.0"
 
-_LAZY = {"LossLandscapeCallback": "lightning_landscape.callback", "SAM": "lightning_landscape.optim"}
+_LAZY = {
+    "LossLandscapeCallback": "lightning_landscape.callback",
+    "SAM": "lightning_landscape.optim",
+    "RunWeights": "lightning_landscape.run_weights",
+    "load_run_weights": "lightning_landscape.run_weights",
+    "save_run_weights": "lightning_landscape.run_weights",
+    "compare_solutions": "lightning_landscape.solutions",
+}
 
 __all__ = [
     "SAM",
@@ -35,10 +44,14 @@ __all__ = [
     "LossLandscapeCallback",
     "MetricsRecord",
     "RecordError",
+    "RunWeights",
     "SurfaceRecord",
     "__version__",
+    "compare_solutions",
     "load_record",
     "load_records",
+    "load_run_weights",
+    "save_run_weights",
 ]
 
 
