@@ -127,7 +127,7 @@ INCONSISTENT = [
     ("surface", {"xs": np.linspace(1, -1, 5)}, r"`xs` must be a non-empty, finite, strictly increasing"),
     ("surface", {"ys": np.array([0.0, np.nan, 1, 2, 3])}, r"`ys` must be a .*finite"),
     ("surface", {"xs": np.zeros(0), "losses": np.zeros((5, 0))}, r"`xs` must be a non-empty"),
-    ("surface", {"batch_losses": np.ones((4, 5, 5))}, r"`batch_losses` has shape \(4, 5, 5\); expected \(ny, nx"),
+    ("surface", {"batch_losses": np.ones((4, 5, 5))}, r"`batch_losses` has shape \(4, 5, 5\); expected"),
     ("surface", {"extra": np.ones((4, 5, 5))}, r"`extra` has shape \(4, 5, 5\).*\(5, 5\)"),
     ("line", {"batch_losses": np.ones((6, 3))}, r"`batch_losses` has shape \(6, 3\); expected \(n, n\)"),
     ("line", {"losses": np.ones(6)}, r"`losses` has shape \(6,\); expected \(n,\) = \(7,\)"),
