@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["TrajectoryRecorder"]
+__all__ = ["TrajectoryRecorder", "recorder_for"]
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
@@ -227,3 +227,28 @@ class TrajectoryRecorder:
         for j, i in enumerate(rows):
             buffer[j].copy_(snaps[i])
         self.release()
+
+
+def recorder_for(
+    num_params: int,
+    max_snapshots: int,
+    dtype: torch.dtype,
+    budget_bytes: int | None,
+    storage: str,
+    directory: str | os.PathLike,
+    rank: int = 0,
+) -> TrajectoryRecorder:
+    """A recorder for ``num_params`` parameters: in memory, or (``storage="memmap"``, or ``"auto"`` when
+    ``budget_bytes`` holds fewer than two snapshots) in ``directory/snapshots[-rankN].bin``."""
+    if storage == "auto":
+        fits = budget_bytes is None or budget_bytes // (num_params * dtype.itemsize) >= 2
+        storage = "memory" if fits else "memmap"
+    path = None
+    if storage == "memmap":
+        path = Path(directory) / (f"snapshots-rank{rank}.bin" if rank else "snapshots.bin")
+    recorder = TrajectoryRecorder(max_snapshots, dtype=dtype, budget_bytes=budget_bytes, path=path)
+    try:
+        recorder.capacity_for(num_params)
+    except ValueError as err:
+        raise ValueError(f"`snapshot_budget_bytes`: {err}") from None
+    return recorder
