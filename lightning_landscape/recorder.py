@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_landscape import _validation as check
+
 __all__ = ["TrajectoryRecorder", "recorder_for"]
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -61,14 +63,9 @@ class TrajectoryRecorder:
         budget_bytes: int | None = None,
         path: str | os.PathLike | None = None,
     ) -> None:
-        if isinstance(max_snapshots, bool) or not isinstance(max_snapshots, int) or max_snapshots < 2:
-            raise ValueError(f"`max_snapshots` must be an integer >= 2, got {max_snapshots!r}")
-        if dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"`dtype` must be one of {_FLOAT_DTYPES}, got {dtype!r}")
-        if budget_bytes is not None and (
-            isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 1
-        ):
-            raise ValueError(f"`budget_bytes` must be a positive integer or None, got {budget_bytes!r}")
+        check.positive_int("max_snapshots", max_snapshots, minimum=2)
+        check.choice("dtype", dtype, _FLOAT_DTYPES)
+        check.positive_int("budget_bytes", budget_bytes, allow_none=True)
         self.max_snapshots = max_snapshots
         self.dtype = dtype
         self.budget_bytes = budget_bytes

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape import _validation as check
 from lightning_landscape.functional.batched import evaluate_points_batched
 from lightning_landscape.functional.params import (
     Direction,
@@ -39,10 +40,7 @@ __all__ = [
 
 def odd_grid(span: float | tuple[float, float], resolution: int, name: str = "resolution") -> np.ndarray:
     """``resolution`` evenly spaced points over ``span``; odd, so a symmetric span contains 0 exactly."""
-    if not isinstance(resolution, int) or resolution < 3 or resolution % 2 == 0:
-        raise ValueError(
-            f"`{name}` must be an odd integer >= 3 (so the grid contains its centre), got {resolution!r}"
-        )
+    check.odd_int(name, resolution)
     lo, hi = (-float(span), float(span)) if isinstance(span, (int, float)) else map(float, span)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(
@@ -111,8 +109,7 @@ _CANNOT_VMAP: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 def check_engine(engine: Any, name: str = "engine") -> None:
     """Raise a ValueError naming ``name`` unless ``engine`` is one of ``"auto"``, ``"loop"``, ``"vmap"``."""
-    if engine not in _ENGINES:
-        raise ValueError(f"`{name}` must be one of {_ENGINES}, got {engine!r}")
+    check.choice(name, engine, _ENGINES)
 
 
 def _evaluate_points(
@@ -138,10 +135,7 @@ def _evaluate_points(
     is deterministic, so identical runs give bit-identical values.
     """
     check_engine(engine)
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(f"`chunk_size` must be a positive integer or None, got {chunk_size!r}")
+    check.positive_int("chunk_size", chunk_size, allow_none=True)
     if len(batches) == 0:
         raise ValueError("`batches` is empty: at least one probe batch is needed")
     coefficients = np.asarray(coefficients, dtype=np.float64).reshape(len(coefficients), -1)
@@ -416,11 +410,8 @@ def interpolation_line(
     params = _resolve_params(model, params)
     if len(start) != len(params):
         raise ValueError(f"`start` has {len(start)} tensors, expected one per parameter ({len(params)})")
-    lo, hi = alpha_range
-    if not (isinstance(resolution, int) and resolution >= 2):
-        raise ValueError(f"`resolution` must be an integer >= 2, got {resolution!r}")
-    if not lo < hi:
-        raise ValueError(f"`alpha_range` must be (low, high) with low < high, got {alpha_range!r}")
+    check.positive_int("resolution", resolution, minimum=2)
+    lo, hi = check.value_range("alpha_range", alpha_range)
     alphas = np.linspace(lo, hi, resolution)
     with torch.no_grad():
         direction = [
