@@ -278,16 +278,24 @@ class LossLandscapeCallback(Callback):
         params = self._params(pl_module)
         wide = self._precision.startswith("64") or any(p.dtype == torch.float64 for p in params)
         self.builder.work_dtype = torch.float64 if wide else torch.float32
-        dtype = self.snapshot_dtype or self.builder.work_dtype
-        self.recorder = recorder_for(
-            sum(p.numel() for p in params), self.max_snapshots, dtype, self.snapshot_budget_bytes,
-            self.snapshot_storage, self.publisher.record_dir, trainer.global_rank,
-        )  # fmt: skip
+        size, dtype = sum(p.numel() for p in params), self.snapshot_dtype or self.builder.work_dtype
+        where = (self.max_snapshots, dtype, self.snapshot_budget_bytes)
+        try:
+            self.recorder = recorder_for(
+                size, *where, self.snapshot_storage, self.publisher.record_dir, trainer.global_rank
+            )
+        except ValueError as err:  # a budget too small for two snapshots in memory: use a file, and say so
+            self.warnings.warn(
+                "snapshot storage", f"LossLandscapeCallback: {err} Keeping them in a file instead."
+            )
+            self.recorder = recorder_for(
+                size, *where, "memmap", self.publisher.record_dir, trainer.global_rank
+            )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if len(self.recorder) == 0:
-            self.recorder.offer(0, self._params(pl_module), step=trainer.global_step)
+            self._snapshot(0, trainer, pl_module)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -304,13 +312,13 @@ class LossLandscapeCallback(Callback):
         self.schedule.count_batch(step)
         event = self.schedule.snapshot_event(step=step)
         if event is not None and self.recorder.wants(event):
-            self.recorder.offer(event, self._params(pl_module), step=step)
+            self._snapshot(event, trainer, pl_module)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         event = self.schedule.snapshot_event(epoch_end=trainer.current_epoch)
         if event is not None:
-            self.recorder.offer(event, self._params(pl_module), step=trainer.global_step)
+            self._snapshot(event, trainer, pl_module)
         if self.schedule.landscape_due(trainer.current_epoch, trainer.global_step):
             self._observe("periodic", trainer, pl_module)
 
@@ -358,6 +366,11 @@ class LossLandscapeCallback(Callback):
         self.schedule.charge(plan)
         self._guarded(step, lambda: self._landscape(trainer, pl_module, plan))
         self._guarded(step, lambda: self._metrics(trainer, pl_module, plan))
+
+    def _snapshot(self, event: int, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.global_step
+        self.builder.part = "a snapshot of the weights"
+        self._guarded(step, lambda: self.recorder.offer(event, self._params(pl_module), step=step))
 
     def _guarded(self, step: int, fn: Callable[[], Any]) -> Any:
         """Run ``fn``; on failure warn, naming what failed, and let training go on (returns False)."""
