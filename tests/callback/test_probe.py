@@ -86,7 +86,8 @@ def test_a_user_loader_wins_and_several_training_loaders_are_combined():
     probe = ProbeSet(num_batches=5, probe_dataloader=user)
     got = probe.batches(FakeTrainer(loader(32, 8)), TinyNet())
     assert probe.size == 3 and same_batches(got, list(user))  # only 3 batches exist: all of them
-    combined = ProbeSet(num_batches=3).batches(FakeTrainer({"a": loader(32, 8), "b": loader(8, 4)}), TinyNet())
+    two = FakeTrainer({"a": loader(32, 8), "b": loader(8, 4)})
+    combined = ProbeSet(num_batches=3).batches(two, TinyNet())
     a, b = list(loader(32, 8)), list(loader(8, 4))
     assert [set(batch) for batch in combined] == [{"a", "b"}] * 3
     assert same_batches([c["a"] for c in combined], a[:3])
