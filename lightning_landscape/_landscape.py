@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_landscape._probe import ProbeSet
+from lightning_landscape._publish import Warnings
 from lightning_landscape._schedule import Plan
 from lightning_landscape.distributed import agree, point_shard
 from lightning_landscape.functional.curvature import hessian_directions
@@ -78,6 +79,7 @@ class LandscapeBuilder:
         include_1d: bool = False,
         engine: str = "auto",
         interpolation_range: tuple[float, float] = (-0.5, 1.5),
+        warn: Warnings | None = None,
     ) -> None:
         self.directions = directions
         self.span = span
@@ -88,6 +90,7 @@ class LandscapeBuilder:
         self.interpolation_range = interpolation_range
         self.work_dtype = torch.float32
         self.part = "the landscape"
+        self.warnings = warn if warn is not None else Warnings()
         self._latest: _Latest | None = None
 
     def reset(self) -> None:
@@ -154,6 +157,13 @@ class LandscapeBuilder:
         same = latest is not None and latest.step == step and torch.equal(latest.mark, mark)
         return latest if same else None
 
+    def _earlier(self, trainer: Any, stage: str, step: int, mark: Tensor) -> _Latest | None:
+        """For the final landscape: the latest periodic one if every rank can reuse it (a collective)."""
+        if stage != "final":
+            return None
+        latest = self._reusable(step, mark)
+        return latest if agree(trainer, latest is not None) else None
+
     def compute(
         self,
         trainer: Any,
@@ -186,7 +196,26 @@ class LandscapeBuilder:
                 raise error if error is not None else RuntimeError("the plane failed on another rank")
             assert plane is not None
             shard = point_shard(trainer, params[0].device)
-            return self.evaluate(module, loss_fn, batches, params, plane, start, plan, common, shard)
+            mark = fingerprint(module, params)
+            step = int(common["global_step"])
+            earlier = self._earlier(trainer, plan.stage, step, mark)
+            common = {
+                **common,
+                "precision": str(trainer.precision),
+                "snapshot_dtype": str(recorder.dtype).removeprefix("torch."),
+                "world_size": trainer.world_size,
+            }
+            records = self.evaluate(
+                module, loss_fn, batches, params, plane, start, plan, common, shard, mark, earlier
+            )
+        bad = sum(r.meta.get("nonfinite", 0) for r in records)
+        if bad:
+            self.warnings.warn(
+                "non-finite points",
+                f"LossLandscapeCallback: {bad} evaluation point(s) at step {step} gave a non-finite loss; "
+                "they are stored as NaN/inf and drawn as gaps.",
+            )
+        return records
 
     def metrics_record(
         self,
@@ -195,28 +224,39 @@ class LandscapeBuilder:
         params: Sequence[Tensor],
         plan: Plan,
         probe: ProbeSet,
+        recorder: TrajectoryRecorder,
         common: Mapping[str, Any],
-    ) -> tuple[MetricsRecord | None, dict[str, str]]:
-        """The plan's metrics under ``trainer`` as a record (None if every one failed), and the errors.
+    ) -> list[MetricsRecord]:
+        """The plan's metrics under ``trainer`` as a record (none if every one failed, or none asked).
 
         Every rank runs the same spec, so the collectives of the shared metrics match.
         """
+        if not plan.metrics:
+            return []
         self.part = "the probe batches"
         batches = probe.batches(trainer, module)
         loss_fn = probe.loss_fn(module, trainer.precision_plugin.forward_context)
         shard = point_shard(trainer, params[0].device)
         step, stage = int(common["global_step"]), plan.stage
         with probe.observing(module):
+            mark = fingerprint(module, params)
+            earlier = self._earlier(trainer, stage, step, mark)
             scalars, meta, errors = self.metrics(
-                module, loss_fn, batches, params, plan.metrics, stage, step, shard
+                module, loss_fn, batches, params, plan.metrics, stage, step, shard, mark, earlier
+            )
+        for metric, message in errors.items():
+            self.warnings.warn(
+                f"metric {metric!r} failed",
+                f"LossLandscapeCallback: metric {metric!r} at step {step} failed or is not finite "
+                f"({message}). Training continues.",
             )
         if not scalars:
-            return None, errors
+            return []  # every metric failed: the warnings above say why
         name = f"{stage}_metrics_step{step:08d}"
         record = MetricsRecord.from_dict(scalars, {**common, "name": name, **meta})
         if errors:
             record.meta["errors"] = errors
-        return record, errors
+        return [record]
 
     def evaluate(
         self,
@@ -229,12 +269,16 @@ class LandscapeBuilder:
         plan: Plan,
         common: Mapping[str, Any],
         shard: PointShard | None = None,
+        mark: Tensor | None = None,
+        earlier: _Latest | None = None,
     ) -> list[SurfaceRecord | LineRecord]:
-        """The surface, the interpolation line (with a start) and, at the end, the two axis lines."""
+        """The surface, the interpolation line (with a start) and, at the end, the two axis lines.
+
+        ``earlier``: the latest periodic landscape, computed at these weights (``mark``), to reuse from.
+        """
         (d1, d2), stage, step = plane.directions, plan.stage, int(common["global_step"])
         key = self.plane_key_of(plane, plan)
-        mark = fingerprint(model, params)
-        earlier = self._reusable(step, mark) if stage == "final" else None
+        mark = fingerprint(model, params) if mark is None else mark
         common = {**common, **plane.meta, "direction_dtype": str(d1[0].dtype).removeprefix("torch.")}
         if plan.reduced:
             common["reduced_by_max_overhead"] = True
@@ -242,10 +286,9 @@ class LandscapeBuilder:
 
         self.part = "the surface"
         old_surface = earlier.surface if earlier is not None and earlier.plane_key == key else None
-        if (
-            old_surface is not None and old_surface.losses.shape[0] == plan.resolution
-        ):  # same plane, same grid
-            surface = SurfaceRecord(old_surface.xs, old_surface.ys, old_surface.losses, plane.path)
+        if old_surface is not None and old_surface.losses.shape[0] == plan.resolution:  # same plane and grid
+            surface = SurfaceRecord(old_surface.xs.copy(), old_surface.ys.copy(), old_surface.losses.copy())
+            surface.path = plane.path
             surface.meta.update(old_surface.meta, reused_from=old_surface.meta["name"])
         else:
             surface = loss_surface(
@@ -262,7 +305,9 @@ class LandscapeBuilder:
             self.part = "the interpolation line"
             old = earlier.interpolation if earlier is not None else None
             if old is not None and len(old.alphas) == plan.line_resolution:
-                interp = LineRecord(old.alphas, old.losses, {**old.meta, "reused_from": old.meta["name"]})
+                interp = LineRecord(
+                    old.alphas.copy(), old.losses.copy(), {**old.meta, "reused_from": old.meta["name"]}
+                )
             else:
                 interp = interpolation_line(
                     model, loss_fn, batches, start, resolution=plan.line_resolution,
@@ -311,14 +356,15 @@ class LandscapeBuilder:
         stage: str,
         step: int,
         shard: PointShard | None = None,
+        mark: Tensor | None = None,
+        earlier: _Latest | None = None,
     ) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:
-        """:func:`~lightning_landscape.metrics.compute_metrics`, reusing the metrics the latest periodic
-        landscape computed at the same weights with the same options (the final ones, at the last step)."""
-        mark = fingerprint(model, params)
-        latest = self._latest
-        if latest is None or latest.step != step or not torch.equal(latest.mark, mark):
-            latest = None
+        """:func:`~lightning_landscape.metrics.compute_metrics`; the final ones reuse the metrics of
+        ``earlier`` (the latest periodic landscape, at these weights) computed with the same options."""
+        mark = fingerprint(model, params) if mark is None else mark
+        latest = earlier
         if stage == "periodic":
+            latest = self._reusable(step, mark)  # this step's landscape, if it succeeded
             if latest is None:
                 latest = self._latest = _Latest(step, mark, ("metrics only",))
             latest.metrics = {}

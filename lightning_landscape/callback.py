@@ -20,7 +20,7 @@ from lightning_landscape import _validation as check
 from lightning_landscape._landscape import LandscapeBuilder
 from lightning_landscape._probe import ProbeSet
 from lightning_landscape._publish import Publisher, Warnings, describe_settings
-from lightning_landscape._schedule import LandscapeSchedule, Plan
+from lightning_landscape._schedule import LandscapeSchedule
 from lightning_landscape.distributed import check_strategy
 from lightning_landscape.functional.params import LossFn, landscape_parameters
 from lightning_landscape.metrics import DEFAULT_FINAL_METRICS, DEFAULT_METRICS, resolve_metrics
@@ -210,15 +210,21 @@ class LossLandscapeCallback(Callback):
             self.budget_final, hessian_plane=directions == "hessian",
         )  # fmt: skip
         self.probe = ProbeSet(num_batches, probe_dataloader, loss_fn)
-        self.builder = LandscapeBuilder(
-            directions, span, self.margin, seed, self.include_1d, engine, self.interpolation_range
-        )
         self.warnings = Warnings()
+        self.builder = LandscapeBuilder(
+            directions,
+            span,
+            self.margin,
+            seed,
+            self.include_1d,
+            engine,
+            self.interpolation_range,
+            self.warnings,
+        )
         self.publisher = Publisher(name, self.save_records, self.log_figures, self.warnings)
         self.recorder = TrajectoryRecorder(max_snapshots)
         self.records: list[SurfaceRecord | LineRecord | MetricsRecord] = []
         self._param_names: list[str] = []
-        self._precision = "32-true"
         self._state_key: str | None = None
 
     def __init_snapshots(
@@ -274,9 +280,8 @@ class LossLandscapeCallback(Callback):
         self._param_names = [n for n, _ in landscape_parameters(pl_module)]
         log_dir = trainer.log_dir or trainer.default_root_dir  # called on every rank: it broadcasts
         self.publisher.setup(log_dir, trainer.loggers, self._settings(), rank=trainer.global_rank)
-        self._precision = str(trainer.precision)
         params = self._params(pl_module)
-        wide = self._precision.startswith("64") or any(p.dtype == torch.float64 for p in params)
+        wide = str(trainer.precision).startswith("64") or any(p.dtype == torch.float64 for p in params)
         self.builder.work_dtype = torch.float64 if wide else torch.float32
         size, dtype = sum(p.numel() for p in params), self.snapshot_dtype or self.builder.work_dtype
         where = (self.max_snapshots, dtype, self.snapshot_budget_bytes)
@@ -352,7 +357,7 @@ class LossLandscapeCallback(Callback):
         """Plan, compute and publish one landscape and its metrics; nothing raises out of here."""
         step = trainer.global_step
         self.builder.part = "the overhead budget"
-        plan = self._guarded(step, lambda: self.schedule.plan(stage, trainer.world_size, self.probe.size))
+        plan = self._guarded(step, self.schedule.plan, stage, trainer.world_size, self.probe.size)
         if plan is False:
             return
         note = self.schedule.explain(plan, stage)
@@ -364,18 +369,30 @@ class LossLandscapeCallback(Callback):
             self.publisher.begin()  # the settings text shows even when no landscape does
             return
         self.schedule.charge(plan)
-        self._guarded(step, lambda: self._landscape(trainer, pl_module, plan))
-        self._guarded(step, lambda: self._metrics(trainer, pl_module, plan))
+        # The epoch that just ended, 0-based, as in Lightning's progress bar (at the end of training
+        # `current_epoch` has moved past the last epoch run; the schedule remembers it).
+        epoch = self.schedule.epoch if self.schedule.epoch >= 0 else max(trainer.current_epoch - 1, 0)
+        common = {"stage": stage, "epoch": epoch, "global_step": step}
+        common.update({"callback_name": self.name} if self.name else {})
+        args = (trainer, pl_module, self._params(pl_module), plan, self.probe, self.recorder, common)
+        for compute in (self.builder.compute, self.builder.metrics_record):  # each guarded on its own
+            self._guarded(step, lambda c=compute: self._keep(c(*args), trainer, stage))
+
+    def _keep(self, records: list[Any], trainer: pl.Trainer, stage: str) -> None:
+        self.records.extend(records)
+        if records and trainer.is_global_zero:
+            self.builder.part = "logging the results"
+            self.publisher.publish(records, trainer.global_step, stage)
 
     def _snapshot(self, event: int, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step = trainer.global_step
         self.builder.part = "a snapshot of the weights"
         self._guarded(step, lambda: self.recorder.offer(event, self._params(pl_module), step=step))
 
-    def _guarded(self, step: int, fn: Callable[[], Any]) -> Any:
-        """Run ``fn``; on failure warn, naming what failed, and let training go on (returns False)."""
+    def _guarded(self, step: int, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``; on failure warn, naming what failed, and let training go on (returns False)."""
         try:
-            return fn()
+            return fn(*args)
         except Exception as err:
             part = self.builder.part
             self.builder.part = "the landscape"
@@ -385,53 +402,6 @@ class LossLandscapeCallback(Callback):
                 f"({type(err).__name__}: {err}). Training continues.",
             )
             return False
-
-    def _common(self, trainer: pl.Trainer, stage: str) -> dict[str, Any]:
-        """Metadata every record of this landscape carries."""
-        # The epoch that just ended, 0-based, as in Lightning's progress bar (at the end of training
-        # `current_epoch` has moved past the last epoch run; the schedule remembers it).
-        epoch = self.schedule.epoch if self.schedule.epoch >= 0 else max(trainer.current_epoch - 1, 0)
-        common = {"stage": stage, "epoch": epoch, "global_step": trainer.global_step}
-        return {**common, "callback_name": self.name} if self.name else common
-
-    def _landscape(self, trainer: pl.Trainer, pl_module: pl.LightningModule, plan: Plan) -> None:
-        common = {
-            **self._common(trainer, plan.stage),
-            "precision": self._precision,
-            "snapshot_dtype": str(self.recorder.dtype).removeprefix("torch."),
-            "world_size": trainer.world_size,
-        }
-        params = self._params(pl_module)
-        records = self.builder.compute(trainer, pl_module, params, plan, self.probe, self.recorder, common)
-        bad = sum(r.meta.get("nonfinite", 0) for r in records)
-        if bad:
-            self.warnings.warn(
-                "non-finite points",
-                f"LossLandscapeCallback: {bad} evaluation point(s) at step {trainer.global_step} gave a "
-                "non-finite loss; they are stored as NaN/inf and drawn as gaps.",
-            )
-        self.records.extend(records)
-        if trainer.is_global_zero:
-            self.publisher.publish(records, trainer.global_step, plan.stage)
-
-    def _metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule, plan: Plan) -> None:
-        """Curvature and sharpness scalars: computed by the core, recorded, saved and logged here."""
-        if not plan.metrics:
-            return
-        step = trainer.global_step
-        record, errors = self.builder.metrics_record(
-            trainer, pl_module, self._params(pl_module), plan, self.probe, self._common(trainer, plan.stage)
-        )
-        for name, message in errors.items():
-            self.warnings.warn(
-                f"metric {name!r} failed",
-                f"LossLandscapeCallback: metric {name!r} at step {step} failed or is not finite ({message}). "
-                "Training continues.",
-            )
-        if record is not None:  # None: every metric failed, the warnings above say why
-            self.records.append(record)
-            if trainer.is_global_zero:
-                self.publisher.publish([record], step, plan.stage)
 
     # ------------------------------------------------------------------ helpers
 
@@ -446,4 +416,4 @@ class LossLandscapeCallback(Callback):
 
     def _params(self, pl_module: nn.Module) -> list[Tensor]:
         named = dict(pl_module.named_parameters())
-        return [named[n] for n in self._param_names]
+        return [named[n] for n in self._param_names if n in named]  # a missing one: caught downstream
