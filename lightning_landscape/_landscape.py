@@ -24,7 +24,7 @@ from lightning_landscape.functional.curvature import hessian_directions
 from lightning_landscape.functional.directions import filter_normalized_directions
 from lightning_landscape.functional.params import Direction, LossFn, flatten, unflatten
 from lightning_landscape.functional.sharding import PointShard
-from lightning_landscape.functional.surface import interpolation_line, loss_line, loss_surface
+from lightning_landscape.functional.surface import Engine, interpolation_line, loss_line, loss_surface
 from lightning_landscape.functional.trajectory import trajectory_pca
 from lightning_landscape.metrics import compute_metrics
 from lightning_landscape.recorder import TrajectoryRecorder
@@ -77,7 +77,7 @@ class LandscapeBuilder:
         margin: float = 0.25,
         seed: int = 0,
         include_1d: bool = False,
-        engine: str = "auto",
+        engine: Engine = "auto",
         interpolation_range: tuple[float, float] = (-0.5, 1.5),
         warn: Warnings | None = None,
     ) -> None:
@@ -282,7 +282,6 @@ class LandscapeBuilder:
         common = {**common, **plane.meta, "direction_dtype": str(d1[0].dtype).removeprefix("torch.")}
         if plan.reduced:
             common["reduced_by_max_overhead"] = True
-        options = {"params": params, "shard": shard, "engine": self.engine}
 
         self.part = "the surface"
         old_surface = earlier.surface if earlier is not None and earlier.plane_key == key else None
@@ -292,8 +291,9 @@ class LandscapeBuilder:
             surface.meta.update(old_surface.meta, reused_from=old_surface.meta["name"])
         else:
             surface = loss_surface(
-                model, loss_fn, batches, (d1, d2), resolution=plan.resolution, span=plane.span, **options
-            )
+                model, loss_fn, batches, (d1, d2), resolution=plan.resolution, span=plane.span,
+                params=params, shard=shard, engine=self.engine,
+            )  # fmt: skip
             surface.path = plane.path
         surface.meta.update(
             common, span=plane.span, resolution=plan.resolution, name=f"{stage}_surface_step{step:08d}"
@@ -311,7 +311,8 @@ class LandscapeBuilder:
             else:
                 interp = interpolation_line(
                     model, loss_fn, batches, start, resolution=plan.line_resolution,
-                    alpha_range=self.interpolation_range, **options,
+                    alpha_range=self.interpolation_range, params=params, shard=shard,
+                    engine=self.engine,
                 )  # fmt: skip
             interp.meta.update(
                 common,
@@ -324,8 +325,9 @@ class LandscapeBuilder:
             for axis, d in enumerate((d1, d2)):
                 self.part = f"line {axis + 1}"
                 line = loss_line(
-                    model, loss_fn, batches, d, resolution=plan.line_resolution, span=plane.span, **options
-                )
+                    model, loss_fn, batches, d, resolution=plan.line_resolution, span=plane.span,
+                    params=params, shard=shard, engine=self.engine,
+                )  # fmt: skip
                 label = f"{plane.meta['directions']} direction {axis + 1}"
                 line.meta.update(
                     common, label=label, axis=axis, name=f"{stage}_line{axis + 1}_step{step:08d}"
@@ -373,9 +375,10 @@ class LandscapeBuilder:
         errors: dict[str, str] = {}
         for name, options in spec.items():  # one at a time (as compute_metrics does): each one's scalars
             self.part = f"metric {name!r}"
-            earlier = latest.metrics.get(name) if latest is not None and stage == "final" else None
-            if earlier is not None and earlier[0] == options:
-                values, info, problems = dict(earlier[1]), {name: {**earlier[2], "reused": True}}, {}
+            cached = latest.metrics.get(name) if latest is not None and stage == "final" else None
+            problems: dict[str, str] = {}
+            if cached is not None and cached[0] == options:
+                values, info = dict(cached[1]), {name: {**cached[2], "reused": True}}
             else:
                 values, info, problems = compute_metrics(
                     model, loss_fn, batches, params, {name: options}, shard=shard

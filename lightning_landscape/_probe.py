@@ -25,7 +25,7 @@ __all__ = ["ProbeSet", "loader_generators", "training_step_loss"]
 
 def training_step_loss(module: nn.Module, batch: Any, takes_index: bool | None = None) -> Tensor:
     """The loss ``training_step`` returns, with ``self.log``/``self.log_dict`` silenced for the call."""
-    step = module.training_step  # type: ignore[operator]
+    step = getattr(module, "training_step")  # noqa: B009 (an nn.Module attribute to mypy)
     if takes_index is None:  # inspect.signature is slow: callers evaluating many points pass it in
         takes_index = len(inspect.signature(step).parameters) >= 2
     with silenced_logging(module):
@@ -167,7 +167,8 @@ class ProbeSet:
         inside ``forward_context()`` (the trainer's precision context)."""
         user = self.user_loss_fn
         if user is None and id(module) not in self._takes_index:
-            self._takes_index = {id(module): len(inspect.signature(module.training_step).parameters) >= 2}
+            step = getattr(module, "training_step")  # noqa: B009
+            self._takes_index = {id(module): len(inspect.signature(step).parameters) >= 2}
         takes_index = self._takes_index.get(id(module), True)
 
         def loss(model: nn.Module, batch: Any) -> Tensor:

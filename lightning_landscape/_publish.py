@@ -12,6 +12,7 @@ import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from lightning_landscape.records import LineRecord, Record, SurfaceRecord, save_record, tag_prefix
@@ -41,7 +42,8 @@ def warn_at_user_code(message: str, category: type[Warning] = RuntimeWarning) ->
     global _INTERNAL
     if _INTERNAL is None:
         _INTERNAL = _package_dirs()
-    frame, level = sys._getframe(0), 1
+    frame: FrameType | None = sys._getframe(0)
+    level = 1
     while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_INTERNAL):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)

@@ -212,15 +212,9 @@ class LossLandscapeCallback(Callback):
         self.probe = ProbeSet(num_batches, probe_dataloader, loss_fn)
         self.warnings = Warnings()
         self.builder = LandscapeBuilder(
-            directions,
-            span,
-            self.margin,
-            seed,
-            self.include_1d,
-            engine,
-            self.interpolation_range,
+            directions, span, self.margin, seed, self.include_1d, engine, self.interpolation_range,
             self.warnings,
-        )
+        )  # fmt: skip
         self.publisher = Publisher(name, self.save_records, self.log_figures, self.warnings)
         self.recorder = TrajectoryRecorder(max_snapshots)
         self.records: list[SurfaceRecord | LineRecord | MetricsRecord] = []
