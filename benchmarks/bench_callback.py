@@ -36,7 +36,7 @@ CONFIGS = {
     "defaults (max_overhead=0.1)": {},
     "defaults, engine=vmap": {"engine": "vmap"},
     "everything as scheduled (max_overhead=None)": {"max_overhead": None},
-    "snapshots only": {"every_n_epochs": None, "on_train_end": False},
+    "snapshots only": {"every_n_epochs": None, "final": False},
 }
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from lightning_landscape import _validation as check
 from lightning_landscape.functional.curvature import hessian_eigenvalues, hessian_trace
 from lightning_landscape.functional.params import LossFn
 from lightning_landscape.functional.sharding import PointShard
@@ -37,7 +38,6 @@ __all__ = [
     "DEFAULT_METRICS",
     "METRICS",
     "compute_metrics",
-    "estimated_cost",
     "resolve_metrics",
 ]
 
@@ -65,6 +65,20 @@ _FINAL_OPTIONS: dict[str, dict[str, Any]] = {
 _SEEDED = ("eigenvalues", "trace", "average")
 _SHARDED = ("trace", "average")  # independent samples: shared out among data-parallel processes
 _RESERVED = {"model", "loss_fn", "batches", "params", "return_eigenvectors", "shard"}
+
+# How each option is checked at construction, so a bad value is refused there and not deep inside `fit`.
+_OPTION_CHECKS: dict[str, Any] = {
+    "k": lambda n, v: check.positive_int(n, v),
+    "which": lambda n, v: check.choice(n, v, ("largest", "smallest", "both")),
+    "max_iter": lambda n, v: check.positive_int(n, v),
+    "tol": lambda n, v: check.positive_number(n, v),
+    "seed": lambda n, v: check.integer(n, v),
+    "reuse_graph": lambda n, v: check.boolean(n, v),
+    "samples": lambda n, v: check.positive_int(n, v, minimum=2),
+    "rho": lambda n, v: check.positive_number(n, v),
+    "sigma": lambda n, v: check.positive_number(n, v),
+    "adaptive": lambda n, v: check.boolean(n, v),
+}
 
 
 def resolve_metrics(
@@ -94,7 +108,7 @@ def resolve_metrics(
     defaults = _FINAL_OPTIONS if final else _PERIODIC_OPTIONS
     out: dict[str, dict[str, Any]] = {}
     for name, options in items:
-        if name not in METRICS:
+        if not isinstance(name, str) or name not in METRICS:
             raise ValueError(f"`{argument}`: unknown metric {name!r}; choose from {sorted(METRICS)}")
         if options is not None and not isinstance(options, Mapping):
             raise ValueError(f"`{argument}`[{name!r}] must be a mapping of options, got {options!r}")
@@ -105,35 +119,18 @@ def resolve_metrics(
                 f"`{argument}`[{name!r}]: unknown option(s) {unknown}; {name} accepts {sorted(accepted)}"
             )
         merged = {**defaults[name], **(options or {})}
+        for option, value in merged.items():
+            checker = _OPTION_CHECKS.get(option)
+            if checker is None:  # a new option of the function, not yet known here: let it check
+                continue
+            try:
+                checker(option, value)
+            except ValueError as err:
+                raise ValueError(f"`{argument}`[{name!r}]: {err}") from None
         if name in _SEEDED:
             merged.setdefault("seed", seed)
         out[name] = merged
     return out
-
-
-# Cost of each metric in evaluations of the loss over the probe set (forward-pass equivalents), as
-# measured by benchmarks/curvature.py: a Hessian-vector product ~2.3 and its gradient graph ~1.4 (about
-# 3.9 per Lanczos step with reorthogonalization), SAM a gradient and one evaluation, average sharpness
-# one evaluation per sample.
-def estimated_cost(spec: Mapping[str, Mapping[str, Any]]) -> float:
-    """Estimated cost of a resolved metrics spec, in evaluations of the loss over the probe set.
-
-    Example::
-
-        >>> estimated_cost(resolve_metrics(("sam", "average"), final=False, seed=0))
-        21.5
-    """
-    cost = 0.0
-    for name, options in spec.items():
-        if name == "eigenvalues":
-            cost += 1.4 + 3.9 * float(options.get("max_iter", 20))
-        elif name == "trace":
-            cost += 1.4 + 3.6 * float(options.get("samples", 16))
-        elif name == "sam":
-            cost += 4.5
-        elif name == "average":
-            cost += 1.0 + float(options.get("samples", 16))
-    return cost
 
 
 def compute_metrics(

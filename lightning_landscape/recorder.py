@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["TrajectoryRecorder"]
+from lightning_landscape import _validation as check
+
+__all__ = ["TrajectoryRecorder", "recorder_for"]
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
@@ -61,14 +63,9 @@ class TrajectoryRecorder:
         budget_bytes: int | None = None,
         path: str | os.PathLike | None = None,
     ) -> None:
-        if isinstance(max_snapshots, bool) or not isinstance(max_snapshots, int) or max_snapshots < 2:
-            raise ValueError(f"`max_snapshots` must be an integer >= 2, got {max_snapshots!r}")
-        if dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"`dtype` must be one of {_FLOAT_DTYPES}, got {dtype!r}")
-        if budget_bytes is not None and (
-            isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 1
-        ):
-            raise ValueError(f"`budget_bytes` must be a positive integer or None, got {budget_bytes!r}")
+        check.positive_int("max_snapshots", max_snapshots, minimum=2)
+        check.choice("dtype", dtype, _FLOAT_DTYPES)
+        check.positive_int("budget_bytes", budget_bytes, allow_none=True)
         self.max_snapshots = max_snapshots
         self.dtype = dtype
         self.budget_bytes = budget_bytes
@@ -227,3 +224,28 @@ class TrajectoryRecorder:
         for j, i in enumerate(rows):
             buffer[j].copy_(snaps[i])
         self.release()
+
+
+def recorder_for(
+    num_params: int,
+    max_snapshots: int,
+    dtype: torch.dtype,
+    budget_bytes: int | None,
+    storage: str,
+    directory: str | os.PathLike,
+    rank: int = 0,
+) -> TrajectoryRecorder:
+    """A recorder for ``num_params`` parameters: in memory, or (``storage="memmap"``, or ``"auto"`` when
+    ``budget_bytes`` holds fewer than two snapshots) in ``directory/snapshots[-rankN].bin``."""
+    if storage == "auto":
+        fits = budget_bytes is None or budget_bytes // (num_params * dtype.itemsize) >= 2
+        storage = "memory" if fits else "memmap"
+    path = None
+    if storage == "memmap":
+        path = Path(directory) / (f"snapshots-rank{rank}.bin" if rank else "snapshots.bin")
+    recorder = TrajectoryRecorder(max_snapshots, dtype=dtype, budget_bytes=budget_bytes, path=path)
+    try:
+        recorder.capacity_for(num_params)
+    except ValueError as err:
+        raise ValueError(f"`snapshot_budget_bytes`: {err}") from None
+    return recorder

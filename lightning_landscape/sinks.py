@@ -300,6 +300,19 @@ class SinkSet:
             except Exception as err:
                 self._drop(sink, err)
 
+    def begin(self) -> None:
+        """Run each sink's ``begin(settings)`` now, if not yet (the settings show even before results)."""
+        for sink in list(self.sinks):
+            if id(sink) in self._begun:
+                continue
+            self._begun.add(id(sink))
+            try:
+                begin = getattr(sink, "begin", None)
+                if begin is not None:
+                    begin(self.settings)
+            except Exception as err:
+                self._drop(sink, err)
+
     def figure(self, tag: str, fig: Figure, step: int) -> None:
         self._each("figure", tag, fig, step)
 

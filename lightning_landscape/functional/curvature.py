@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape import _validation as check
 from lightning_landscape.functional.params import (
     Direction,
     LossFn,
@@ -60,14 +61,9 @@ class NonFiniteLoss(ArithmeticError):
 # --------------------------------------------------------------------------------------- argument checks
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
-        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
+# The shared checks of lightning_landscape._validation: _check_int(name, value, minimum).
+_check_int = check.positive_int
+_check_positive = check.positive_number
 
 
 def resolve_params(model: nn.Module, params: Sequence[Tensor] | None) -> list[Tensor]:
@@ -443,8 +439,7 @@ def _nonfinite_warning(what: str, err: Exception) -> None:
 
 def _validate_lanczos_args(k: int, which: str, max_iter: int, tol: float) -> None:
     _check_int("k", k, 1)
-    if which not in ("largest", "smallest", "both"):
-        raise ValueError(f"`which` must be 'largest', 'smallest' or 'both', got {which!r}")
+    check.choice("which", which, ("largest", "smallest", "both"))
     _check_int("max_iter", max_iter, 1)
     _check_positive("tol", tol)
 

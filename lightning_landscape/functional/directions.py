@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lightning_landscape import _validation as check
 from lightning_landscape.functional.params import Direction
 
 __all__ = ["filter_normalize", "filter_normalized_directions", "random_direction"]
@@ -86,8 +87,7 @@ def filter_normalized_directions(
         >>> d1[1].abs().sum().item()   # biases are zeroed by default
         0.0
     """
-    if count < 1:
-        raise ValueError(f"`count` must be >= 1, got {count}")
+    check.positive_int("count", count)
     generator = torch.Generator().manual_seed(int(seed))
     return [
         filter_normalize(random_direction(params, generator), params, include_1d=include_1d)

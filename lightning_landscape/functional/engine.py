@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape import _validation as check
 from lightning_landscape.functional.batched import evaluate_points_batched
 from lightning_landscape.functional.bn import BufferPlan, recompute_session, statistics_pass
 from lightning_landscape.functional.params import Direction, LossFn, WeightPerturbation, observation
@@ -38,8 +39,7 @@ _CANNOT_VMAP_EXTRA: weakref.WeakKeyDictionary[nn.Module, set[tuple[str, bool]]] 
 
 def check_engine(engine: Any, name: str = "engine") -> None:
     """Raise a ValueError naming ``name`` unless ``engine`` is one of ``"auto"``, ``"loop"``, ``"vmap"``."""
-    if engine not in _ENGINES:
-        raise ValueError(f"`{name}` must be one of {_ENGINES}, got {engine!r}")
+    check.choice(name, engine, _ENGINES)
 
 
 @dataclass

@@ -103,7 +103,7 @@ class WeightPerturbation:
         >>> params = [p for _, p in landscape_parameters(lin)]
         >>> before = [p.detach().clone() for p in params]
         >>> with WeightPerturbation(params, [[torch.ones_like(p) for p in params]]) as move:
-        ...     move.to(0.5)
+        ...     move.move_to(0.5)
         ...     bool(torch.equal(lin.bias, before[1] + 0.5))
         True
         >>> all(torch.equal(p, b) for p, b in zip(params, before))
@@ -138,10 +138,10 @@ class WeightPerturbation:
         self.restore()
 
     @torch.no_grad()
-    def to(self, *coefficients: float) -> None:
+    def move_to(self, *coefficients: float) -> None:
         """Set the parameters to ``w0 + sum_k coefficients[k] * directions[k]``."""
         if self._saved is None:
-            raise RuntimeError("WeightPerturbation.to() outside its `with` block")
+            raise RuntimeError("WeightPerturbation.move_to() outside its `with` block")
         if len(coefficients) != len(self.directions):
             raise ValueError(f"{len(coefficients)} coefficients for {len(self.directions)} directions")
         torch._foreach_copy_(self.params, self._saved)

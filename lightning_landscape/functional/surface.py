@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape import _validation as check
 from lightning_landscape.functional._assemble import (
     _evaluate_shared,
     _finish,
@@ -63,10 +64,7 @@ __all__ = [
 
 def odd_grid(span: float | tuple[float, float], resolution: int, name: str = "resolution") -> np.ndarray:
     """``resolution`` evenly spaced points over ``span``; odd, so a symmetric span contains 0 exactly."""
-    if not isinstance(resolution, int) or resolution < 3 or resolution % 2 == 0:
-        raise ValueError(
-            f"`{name}` must be an odd integer >= 3 (so the grid contains its centre), got {resolution!r}"
-        )
+    check.odd_int(name, resolution)
     lo, hi = (-float(span), float(span)) if isinstance(span, (int, float)) else map(float, span)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(
@@ -322,11 +320,8 @@ def interpolation_line(
     params = _resolve_params(model, params)
     if len(start) != len(params):
         raise ValueError(f"`start` has {len(start)} tensors, expected one per parameter ({len(params)})")
-    lo, hi = alpha_range
-    if not (isinstance(resolution, int) and resolution >= 2):
-        raise ValueError(f"`resolution` must be an integer >= 2, got {resolution!r}")
-    if not lo < hi:
-        raise ValueError(f"`alpha_range` must be (low, high) with low < high, got {alpha_range!r}")
+    check.positive_int("resolution", resolution, minimum=2)
+    lo, hi = check.value_range("alpha_range", alpha_range)
     if bn is None:
         bn = "interpolate" if start_buffers is not None else "keep"
     check_bn(bn)

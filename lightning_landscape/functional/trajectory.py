@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_landscape import _validation as check
+
 __all__ = ["TrajectoryPCA", "trajectory_pca"]
 
 # float64 elements of the one (n, chunk) work buffer both passes reuse: 8 MiB, whatever the model size.
@@ -103,8 +105,7 @@ def trajectory_pca(
         >>> round(float(pca.explained_variance_ratio.sum()), 6)  # the path lies in a plane
         1.0
     """
-    if k < 1:
-        raise ValueError(f"`k` must be >= 1, got {k}")
+    check.positive_int("k", k)
     rows = list(snapshots) if not isinstance(snapshots, Tensor) else list(snapshots.unbind(0))
     n = len(rows)
     if n < 1:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
-import numbers
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +13,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from lightning_landscape import _validation as check
 from lightning_landscape._silence import silenced_logging
 
 __all__ = ["SAM"]
@@ -173,13 +172,7 @@ class SAM(Optimizer):
         adaptive: bool = False,
         **base_kwargs: Any,
     ) -> None:
-        if (
-            isinstance(rho, bool)
-            or not isinstance(rho, numbers.Real)
-            or not math.isfinite(float(rho))
-            or float(rho) <= 0
-        ):
-            raise ValueError(f"SAM: `rho` must be a finite number > 0, got {rho!r}")
+        check.positive_number("rho", rho, owner="SAM")
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
             raise TypeError(
                 "SAM: `base_optimizer` must be a torch.optim.Optimizer subclass (the class, e.g. "

@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.func import functional_call
 
 from lightning_landscape import LossLandscapeCallback, MetricsRecord, load_records
+from lightning_landscape import metrics as metrics_module
 from lightning_landscape.functional import sam_sharpness
 
 SMALL = {"resolution": 3, "final_resolution": 5, "line_resolution": 5, "num_batches": 2, "log_figures": False}
@@ -126,10 +127,17 @@ def test_hessian_directions_and_all_metrics_do_not_change_training(trainer_kwarg
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
-def test_failing_and_nan_metrics_warn_and_the_rest_are_kept(trainer_kwargs):
+def test_failing_and_nan_metrics_warn_and_the_rest_are_kept(trainer_kwargs, monkeypatch):
+    with pytest.raises(ValueError, match=r"`metrics`.*'sam'.*`rho`"):  # a bad option: refused up front
+        LossLandscapeCallback(metrics={"sam": {"rho": -1.0}})
+
+    def broken_sam(model, loss_fn, batches, rho=0.05, adaptive=False, params=None):
+        raise RuntimeError(f"`rho`={rho} exploded")
+
+    monkeypatch.setitem(metrics_module.METRICS, "sam", broken_sam)
     pl.seed_everything(0)
     cb = LossLandscapeCallback(
-        max_overhead=None, metrics={"sam": {"rho": -1.0}, "eigenvalues": None}, final_metrics=None, **SMALL
+        max_overhead=None, metrics={"sam": {"rho": 0.5}, "eigenvalues": None}, final_metrics=None, **SMALL
     )
     with pytest.warns(RuntimeWarning, match="'sam'.*`rho`"):
         trainer = _fit(trainer_kwargs, TinyNet(), [cb])

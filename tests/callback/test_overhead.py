@@ -1,4 +1,5 @@
-"""The overhead budget: counted work, deterministic, periodic landscapes skipped, the final one coarsened."""
+"""The overhead budget: counted work, deterministic; later periodic landscapes skipped, the final one kept
+(or, with budget_final=True, coarsened)."""
 
 import lightning.pytorch as pl
 import numpy as np
@@ -21,23 +22,34 @@ def _surfaces(cb, stage):
     return [r for r in cb.records if r.kind == "surface" and r.meta["stage"] == stage]
 
 
-def test_short_run_skips_what_does_not_fit_and_says_so(trainer_kwargs):
+def test_short_run_shows_the_first_and_final_landscapes_and_skips_the_rest(trainer_kwargs):
     # 8 training batches allow 0.1 * 3 * 8 = 2.4 probe-batch forwards: no periodic 5 x 5 surface fits
-    # (2 batches * (25 + 7) = 64), nor a final one.
+    # (2 batches * (25 + 7) = 64), nor a final one; the first periodic one and the final one are shown anyway.
     with pytest.warns(RuntimeWarning) as warned:
-        cb = _fit(trainer_kwargs, LossLandscapeCallback(**SMALL))
+        cb = _fit(trainer_kwargs, LossLandscapeCallback(**SMALL, metrics=None))
     messages = " ".join(str(w.message) for w in warned)
-    assert "skipping periodic landscapes" in messages and "final landscape was skipped" in messages
-    assert "max_overhead=None" in messages  # the way out is named
-    assert cb.records == [] and cb._spent == 0
-    assert cb._skipped == 2 and cb._train_batches == 8
+    assert "skipping periodic landscapes" in messages and "max_overhead=None" in messages  # the way out
+    assert [s.meta["epoch"] for s in _surfaces(cb, "periodic")] == [0]
+    (final,) = _surfaces(cb, "final")
+    assert final.losses.shape == (9, 9) and "reduced_by_max_overhead" not in final.meta
+    assert cb.schedule.skipped == 1 and cb.schedule.train_batches == 8
+    # Final metrics: Lanczos 50 steps 1.4 + 3.9 * 50, trace 1.4 + 3.6 * 64, SAM 4.5, average 1 + 32.
+    assert cb.schedule.spent == pytest.approx(64 + 2 * (81 + 3 * 7) + 2 * (196.4 + 231.8 + 4.5 + 33))
+
+
+def test_budget_final_skips_a_final_landscape_that_does_not_fit(trainer_kwargs):
+    with pytest.warns(RuntimeWarning) as warned:
+        cb = _fit(trainer_kwargs, LossLandscapeCallback(**SMALL, budget_final=True, every_n_epochs=None))
+    messages = " ".join(str(w.message) for w in warned)
+    assert "final landscape was skipped" in messages and "budget_final=False" in messages
+    assert cb.records == [] and cb.schedule.spent == 0
 
 
 def test_the_final_landscape_is_coarsened_to_fit(trainer_kwargs):
     # 90 batches allow 27 forwards; 1 probe batch, no metrics: 5^2 + 3 * min(7, 11) = 46 does not fit,
     # but with line_resolution 3 the 5 x 5 surface costs 25 + 9 = 34... neither: skip. With 200 batches
     # (60 forwards) the 5 x 5 one (46) fits and the 7 x 7 one (49 + 21 = 70) does not.
-    cb = LossLandscapeCallback(**{**SMALL, "num_batches": 1, "every_n_epochs": None})
+    cb = LossLandscapeCallback(**{**SMALL, "num_batches": 1, "every_n_epochs": None, "budget_final": True})
     with pytest.warns(RuntimeWarning, match="reduced to 5 x 5"):
         _fit(trainer_kwargs, cb, batches_per_epoch=200, epochs=1)
     (final,) = _surfaces(cb, "final")
@@ -52,17 +64,17 @@ def test_long_enough_run_computes_everything_within_the_budget(trainer_kwargs):
         resolution=3, final_resolution=3, line_resolution=5, num_batches=1, metrics=None, final_metrics=None
     )
     cb = _fit(trainer_kwargs, cb, batches_per_epoch=200)
-    assert len(_surfaces(cb, "periodic")) == 2 and cb._skipped == 0
+    assert len(_surfaces(cb, "periodic")) == 2 and cb.schedule.skipped == 0
     (final,) = _surfaces(cb, "final")
     assert "reduced_by_max_overhead" not in final.meta
-    assert cb._spent == pytest.approx(14 + 14 + 24)
-    assert cb._spent <= 0.1 * 3 * cb._train_batches
+    assert cb.schedule.spent == pytest.approx(14 + 14 + 24)
+    assert cb.schedule.spent <= 0.1 * 3 * cb.schedule.train_batches
 
 
 def test_the_final_landscape_keeps_the_largest_grid_that_fits(trainer_kwargs):
     cb2 = LossLandscapeCallback(
         every_n_epochs=None, resolution=3, final_resolution=31, line_resolution=5, num_batches=1,
-        metrics=None, final_metrics=None,
+        metrics=None, final_metrics=None, budget_final=True,
     )  # fmt: skip
     with pytest.warns(RuntimeWarning, match="reduced to 29 x 29"):
         # 3,200 batches allow 960 forwards: 31^2 + 3 * 5 = 976 does not fit, 29^2 + 15 = 856 does.
@@ -77,11 +89,12 @@ def test_budget_decisions_are_deterministic(trainer_kwargs, tmp_path):
         kwargs = {**trainer_kwargs, "default_root_dir": str(tmp_path / str(i))}
         with pytest.warns(RuntimeWarning):
             # Allowance 45, 90, 135 after each epoch; a periodic landscape costs 2 * (25 + 7) = 64: the
-            # first is skipped, the next two fit; the final one is coarsened.
-            cb = LossLandscapeCallback(**SMALL, metrics=None)
+            # first is always computed, the second skipped (128 > 90), the third fits (128 <= 135); the
+            # final one is coarsened.
+            cb = LossLandscapeCallback(**SMALL, metrics=None, budget_final=True)
             runs.append(_fit(kwargs, cb, batches_per_epoch=150, epochs=3))
     a, b = runs
-    assert len(_surfaces(a, "periodic")) == 2 and a._skipped == 1
+    assert len(_surfaces(a, "periodic")) == 2 and a.schedule.skipped == 1
     assert [r.meta["name"] for r in a.records] == [r.meta["name"] for r in b.records]
     for ra, rb in zip(a.records, b.records):
         if ra.kind != "metrics":

@@ -64,9 +64,9 @@ class Report(pl.Callback):
             "rank": trainer.global_rank,
             "world_size": trainer.world_size,
             "calls": CALLS["n"],
-            "probe": probe_digest(cb._probe) if cb._probe else None,
-            "written": list(cb._written),
-            "has_sinks": cb._sinks is not None,
+            "probe": probe_digest(cb.probe.cached) if cb.probe.cached else None,
+            "written": list(cb.publisher.written),
+            "has_sinks": cb.publisher.sinks is not None,
             "records": len(cb.records),
             "global_step": trainer.global_step,
         }

@@ -1,0 +1,195 @@
+"""Where results go: records on disk first, then scalars, figures and meshes through the sinks; warnings.
+
+:class:`Publisher` owns the record directory and the sinks (rank zero only). Scalars are those each
+record declares (``record.scalars()``) under ``records.tag_prefix``. :class:`Warnings` shows each kind
+of warning once, pointing at the user's code, and counts the repeats.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from lightning_landscape.records import LineRecord, Record, SurfaceRecord, save_record, tag_prefix
+from lightning_landscape.sinks import SinkSet, build_sinks
+
+__all__ = ["Publisher", "Warnings", "describe_settings", "warn_at_user_code"]
+
+
+def _package_dirs() -> tuple[str, ...]:
+    dirs = [str(Path(__file__).resolve().parent)]
+    for name in ("lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities", "torch"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        for location in (spec.submodule_search_locations or []) if spec is not None else []:
+            dirs.append(str(Path(location).resolve()))
+    return tuple(d.rstrip("/\\") + ("/" if "/" in d else "\\") for d in dirs)
+
+
+_INTERNAL: tuple[str, ...] | None = None
+
+
+def warn_at_user_code(message: str, category: type[Warning] = RuntimeWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside this package, Lightning and torch (the
+    user's ``trainer.fit(...)`` line), or to no file at all when there is none."""
+    global _INTERNAL
+    if _INTERNAL is None:
+        _INTERNAL = _package_dirs()
+    frame: FrameType | None = sys._getframe(0)
+    level = 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+class Warnings:
+    """Each kind of warning once per ``fit``; repeats are counted and summed up by :meth:`summary`.
+
+    Example::
+
+        >>> w = Warnings()
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     for step in (1, 2, 3):
+        ...         w.warn("metric 'trace'", f"metric 'trace' at step {step} failed")
+        >>> len(caught), w.counts
+        (1, {"metric 'trace'": 3})
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled  # False on ranks other than zero
+        self.counts: dict[str, int] = {}
+
+    def reset(self, enabled: bool = True) -> None:
+        self.enabled, self.counts = enabled, {}
+
+    def warn(self, key: str, message: str, category: type[Warning] = RuntimeWarning) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if self.enabled and self.counts[key] == 1:
+            warn_at_user_code(message, category)
+
+    def summary(self) -> None:
+        """One warning listing what repeated (say at the end of ``fit``), then start counting again."""
+        repeated = {k: n for k, n in self.counts.items() if n > 1}
+        self.counts = {}
+        if repeated and self.enabled:
+            listed = "; ".join(f"{k}: {n} times" for k, n in repeated.items())
+            warn_at_user_code(
+                f"LossLandscapeCallback: warnings shown once but repeated during this fit: {listed}."
+            )
+
+
+def describe_settings(values: Mapping[str, Any], record_dir: Path | None) -> dict[str, Any]:
+    """The callback's settings as the loggers' text summary shows them (readable, one per row)."""
+    from lightning_landscape import __version__
+
+    shown: dict[str, Any] = {}
+    for n, value in values.items():
+        if n == "span" and value is None:
+            value = "path + margin" if values.get("directions") == "pca" else 1.0
+        elif n in ("metrics", "final_metrics"):
+            value = ", ".join(value) or "none"
+        elif n == "probe_dataloader":
+            n, value = "probe", "probe_dataloader" if value is not None else "training loader"
+        elif n == "loss_fn":
+            n, value = "loss", "loss_fn" if value is not None else "training_step"
+        shown[n] = (value or "") if n == "name" else "none" if value is None else value
+    return {**shown, "records": str(record_dir or ""), "lightning_landscape": __version__}
+
+
+class Publisher:
+    """Writes records to ``<log_dir>/landscape[/NAME]/`` and logs their scalars and figures (rank zero).
+
+    Example::
+
+        >>> import tempfile, numpy as np
+        >>> pub = Publisher(log_figures=False)
+        >>> pub.setup(tempfile.mkdtemp(), loggers=[], settings={})
+        >>> line = LineRecord(np.linspace(0, 1, 3), np.ones(3), {"name": "periodic_line_step00000004"})
+        >>> [p.name for p in pub.publish([line], step=4, stage="periodic")]
+        ['periodic_line_step00000004.json']
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        save_records: bool = True,
+        log_figures: bool = True,
+        warn: Warnings | None = None,
+    ) -> None:
+        self.name = name
+        self.save_records = save_records
+        self.log_figures = log_figures
+        self.warnings = warn if warn is not None else Warnings()
+        self.log_dir: Path | None = None
+        self.sinks: SinkSet | None = None
+        self.written: list[str] = []  # names of the records written since setup
+
+    def setup(
+        self, log_dir: str | Path, loggers: Sequence[Any], settings: Mapping[str, Any], rank: int = 0
+    ) -> None:
+        """Point at a run's log directory; rank zero gets the sinks of ``loggers``, other ranks none."""
+        self.log_dir = Path(log_dir)
+        self.written = []
+        self.sinks = build_sinks(loggers, self.log_dir, settings=settings, rank=rank) if rank == 0 else None
+
+    @property
+    def record_dir(self) -> Path:
+        if self.log_dir is None:
+            raise RuntimeError("Publisher.setup() has not been called")
+        return self.log_dir / "landscape" / self.name if self.name else self.log_dir / "landscape"
+
+    def begin(self) -> None:
+        """Write the settings to the loggers now if nothing has been written yet (a skipped landscape)."""
+        if self.sinks is not None:
+            self.sinks.begin()
+
+    def publish(self, records: Sequence[Record], step: int, stage: str) -> list[Path]:
+        """Write ``records`` first (nothing saved is lost if a logger fails), then log their scalars and
+        figures. Returns the JSON paths written."""
+        written: list[Path] = []
+        if self.save_records:
+            for record in records:
+                name = record.meta["name"]
+                try:
+                    written.append(save_record(record, self.record_dir, name))
+                    self.written.append(name)
+                except OSError as err:
+                    self.warnings.warn(
+                        "record", f"LossLandscapeCallback: could not write record {name} ({err})"
+                    )
+        if self.sinks is None:
+            return written
+        prefix = tag_prefix(self.name, stage)
+        scalars = {f"{prefix}{k}": v for r in records for k, v in r.scalars().items()}
+        if scalars:
+            self.sinks.scalars(scalars, step)
+        if self.log_figures:
+            self.render(records, prefix, step, stage)
+        return written
+
+    def render(self, records: Sequence[Record], prefix: str, step: int, stage: str) -> None:
+        """Draw the figures of a landscape's records and send them (and, at the end, the mesh)."""
+        from lightning_landscape.plots import contour_figure, line_figure
+
+        assert self.sinks is not None
+        surfaces = [r for r in records if isinstance(r, SurfaceRecord)]
+        lines = [r for r in records if isinstance(r, LineRecord)]
+        interp = [ln for ln in lines if ln.meta.get("directions") == "interpolation"]
+        axes = [ln for ln in lines if ln.meta.get("directions") != "interpolation"]
+        for surface in surfaces:
+            self.sinks.figure(f"{prefix}surface", contour_figure(surface), step)
+        if interp:
+            self.sinks.figure(f"{prefix}interpolation", line_figure(interp, xlabel="alpha"), step)
+        if axes:
+            self.sinks.figure(f"{prefix}lines", line_figure(axes, xlabel="distance along direction"), step)
+        if stage == "final":
+            for surface in surfaces:
+                self.sinks.mesh(f"{prefix}surface_mesh", surface, step)

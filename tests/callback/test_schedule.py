@@ -1,0 +1,137 @@
+"""LandscapeSchedule without a Trainer: cadence, resume guard, the overhead budget and its cost model."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightning_landscape._schedule import LandscapeSchedule, Plan, estimated_cost
+
+NO_METRICS = {"metrics": {}, "final_metrics": {}}
+
+
+def schedule(**kwargs) -> LandscapeSchedule:
+    base = {"resolution": 5, "final_resolution": 9, "line_resolution": 7, **NO_METRICS}
+    return LandscapeSchedule(**{**base, **kwargs})
+
+
+def batches(s: LandscapeSchedule, n: int) -> LandscapeSchedule:
+    for _ in range(n):
+        s.count_batch()
+    return s
+
+
+def test_snapshot_events_by_steps_and_by_epochs():
+    steps = schedule(snapshot_every_n_steps=3)
+    assert [steps.snapshot_event(step=s) for s in (0, 2, 3, 7, 9)] == [0, 0, 1, 2, 3]
+    assert steps.snapshot_event(epoch_end=4) is None
+    epochs = schedule(snapshot_every_n_steps=None, snapshot_every_n_epochs=2)
+    assert epochs.snapshot_event(step=6) is None
+    # Event e is the e-th multiple of the cadence; epoch_end is 0-based (epoch 1 ends the 2nd epoch).
+    assert [epochs.snapshot_event(epoch_end=e) for e in range(5)] == [None, 1, None, 2, None]
+
+
+def test_landscape_cadence_and_resume_guard():
+    s = schedule(every_n_epochs=2)
+    assert [s.landscape_due(epoch, step=4 * (epoch + 1)) for epoch in range(4)] == [False, True, False, True]
+    assert s.landscape_due(3, step=16) is False  # the same step again (a resumed run): not twice
+    assert schedule(every_n_epochs=None).landscape_due(0, step=4) is False
+
+
+def test_cost_model_counts_points_lines_ranks_and_metrics():
+    s = schedule()
+    periodic = Plan("periodic", resolution=5, line_resolution=7)
+    assert s.cost(periodic, world_size=1, probe_batches=2) == 2 * (25 + 7)
+    final = Plan("final", resolution=9, line_resolution=7, metrics={"sam": {}})
+    # Points are shared out among the ranks; metrics are computed whole on each rank.
+    assert s.cost(final, world_size=2, probe_batches=1) == pytest.approx((81 + 3 * 7) / 2 + 4.5)
+    hessian = schedule(hessian_plane=True)  # Lanczos for the plane: 3.9 per step, 20 / 50 steps
+    assert hessian.cost(periodic, 1, 1) == pytest.approx(25 + 7 + 3.9 * 20)
+    assert hessian.cost(Plan("final", 9, 7), 1, 1) == pytest.approx(81 + 21 + 3.9 * 50)
+    assert estimated_cost({"eigenvalues": {"max_iter": 10}, "trace": {"samples": 10}}) == pytest.approx(
+        1.4 + 39 + 1.4 + 36
+    )
+
+
+def test_the_first_periodic_landscape_is_free_later_ones_must_fit():
+    s = batches(schedule(max_overhead=0.1), 8)  # allowance 0.1 * 3 * 8 = 2.4; a landscape costs 64
+    first = s.plan("periodic", world_size=1, probe_batches=2)
+    assert first == Plan("periodic", 5, 7, {}, 64.0)
+    s.charge(first)
+    assert s.plan("periodic", 1, 2) is None and s.skip() == 1
+    assert s.plan("periodic", 1, 2) is None  # still not: 0.1 * 3 * 8 < 64 + 64
+    batches(s, 420)  # allowance 0.1 * 3 * 428 = 128.4 >= 64 + 64
+    assert s.plan("periodic", 1, 2) is not None
+
+
+def test_the_final_landscape_is_full_unless_budget_final():
+    s = batches(schedule(max_overhead=0.1), 8)
+    assert s.plan("final", 1, 2) == Plan("final", 9, 7, {}, 2 * (81 + 21))
+    strict = batches(schedule(max_overhead=0.1, budget_final=True), 8)
+    assert strict.plan("final", 1, 2) is None  # not even 5 x 5 (2 * (25 + 21) = 92 > 2.4)
+    assert "budget_final=False" in strict.explain(None, "final")
+    # 1 probe batch, 200 batches: allowance 60; 9 x 9 (81 + 21 = 102) and 7 x 7 (49 + 21 = 70) do not fit.
+    strict = batches(schedule(max_overhead=0.1, budget_final=True), 200)
+    plan = strict.plan("final", 1, 1)
+    assert plan is not None and plan.reduced and (plan.resolution, plan.line_resolution) == (5, 7)
+    assert plan.cost == 25 + 21 and "reduced to 5 x 5" in strict.explain(plan, "final")
+
+
+def test_coarsening_drops_grid_points_then_metrics():
+    metrics = {"trace": {"samples": 10}}  # 1.4 + 36 = 37.4 per probe batch
+    s = schedule(max_overhead=0.1, budget_final=True, final_metrics=metrics, metrics={})
+    batches(s, 400)  # allowance 120: 9 x 9 + lines + trace = 139.4 no; 7 x 7: 49 + 21 + 37.4 = 107.4 yes
+    plan = s.plan("final", 1, 1)
+    assert (plan.resolution, plan.metrics, plan.reduced) == (7, metrics, True)
+    s = batches(schedule(max_overhead=0.1, budget_final=True, final_metrics=metrics), 300)  # allowance 90
+    plan = s.plan("final", 1, 1)  # 7 x 7 with the trace (107.4) no; 5 x 5 with it (83.4) yes: points first
+    assert (plan.resolution, plan.metrics) == (5, metrics)
+    s = batches(schedule(max_overhead=0.1, budget_final=True, final_metrics=metrics), 250)  # allowance 75
+    plan = s.plan("final", 1, 1)  # 9 x 9 without metrics: 102 no; 7 x 7: 70 yes
+    assert (plan.resolution, plan.metrics) == (7, {})
+
+
+def test_no_budget_computes_everything():
+    s = schedule(max_overhead=None, budget_final=True)
+    s.charge(s.plan("periodic", 1, 4))
+    assert s.plan("periodic", 1, 4) is not None and s.plan("final", 1, 4).resolution == 9
+    assert s.explain(s.plan("final", 1, 4), "final") is None
+
+
+class EveryOther(LandscapeSchedule):
+    """The decision is one overridable method."""
+
+    def plan(self, stage, world_size, probe_batches):
+        if stage == "periodic" and self.periodic % 2 == 1:
+            self.periodic += 1
+            return None
+        return super().plan(stage, world_size, probe_batches)
+
+
+def test_plan_is_overridable():
+    s = EveryOther(resolution=3, final_resolution=3, line_resolution=3, max_overhead=None)
+    decisions = []
+    for _ in range(4):
+        plan = s.plan("periodic", 1, 1)
+        s.charge(plan)
+        decisions.append(plan is not None)
+    assert decisions == [True, False, True, False]
+
+
+def test_state_round_trip_reset_and_old_checkpoints():
+    s = batches(schedule(max_overhead=0.1), 8)
+    s.start_epoch(1)
+    s.count_batch(step=9)
+    assert s.landscape_due(1, 9)
+    s.charge(s.plan("periodic", 1, 2))
+    s.skip()
+    state = s.state_dict()
+    assert all(isinstance(v, (int, float)) for v in state.values())  # primitives: weights_only loads
+    other = schedule()
+    other.load_state_dict(state)
+    assert other.state_dict() == state
+    other.reset()
+    assert other.state_dict() == schedule().state_dict()
+    # A 0.1 checkpoint: these keys at the callback's top level, beside others ("written", "recorder").
+    old = {"last_landscape_step": 8, "train_batches": 8, "spent": 64.0, "skipped": 1, "written": ["a"]}
+    other.load_state_dict(old)
+    assert (other.periodic, other.step, other.spent, other.skipped) == (1, 8, 64.0, 1)
