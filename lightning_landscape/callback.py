@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_landscape._module_state import ModuleStateKeeper
 from lightning_landscape._silence import silenced_logging
 from lightning_landscape.distributed import agree, broadcast_from_zero, check_strategy, point_shard
 from lightning_landscape.functional.curvature import hessian_directions
@@ -335,6 +336,7 @@ class LossLandscapeCallback(Callback):
         self._log_dir: Path | None = None
         self._sinks: SinkSet | None = None
         self._written: list[str] = []
+        self._module_state = ModuleStateKeeper()  # restores the module's Python state around each computation
 
     # ------------------------------------------------------------------ Lightning plumbing
 
@@ -375,6 +377,7 @@ class LossLandscapeCallback(Callback):
         if stage != "fit":
             return
         check_strategy(trainer.strategy)
+        self._module_state.reset()
         mine = [c for c in trainer.callbacks if isinstance(c, LossLandscapeCallback)]  # type: ignore[attr-defined]
         if len({c.name for c in mine}) < len(mine):
             raise MisconfigurationException(
@@ -601,7 +604,7 @@ class LossLandscapeCallback(Callback):
     def _safely(self, fn: Any, trainer: pl.Trainer, pl_module: pl.LightningModule, **kwargs: Any) -> None:
         """Run ``fn``; on failure warn and let training go on (the core has already restored the model)."""
         try:
-            fn(trainer, pl_module, **kwargs)
+            self._module_state.run(trainer, pl_module, self.loss_fn is None, fn, trainer, pl_module, **kwargs)
         except Exception as err:
             rank_zero_warn(
                 f"LossLandscapeCallback: the landscape at step {trainer.global_step} failed and was skipped "
