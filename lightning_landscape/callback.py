@@ -61,6 +61,7 @@ _DIRECTIONS = ("pca", "random", "hessian")
 _HESSIAN_PLANE_ITERATIONS = {"periodic": 20, "final": 50}  # Lanczos steps for directions="hessian"
 _STORAGES = ("auto", "memory", "memmap")
 _SNAPSHOT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_DTYPE_NAMES = {str(d).removeprefix("torch."): d for d in _SNAPSHOT_DTYPES}  # "bfloat16" from a config file
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _TRAIN_STEP_COST = 3.0  # a training step costs about 3 forward passes (forward + backward) of its batch
 
@@ -156,6 +157,7 @@ class LossLandscapeCallback(Callback):
             than one ``LossLandscapeCallback``; part of ``state_key``.
         snapshot_dtype: storage dtype of the snapshots; default float32 (float64 under ``64-true``).
             ``torch.bfloat16`` or ``torch.float16`` halve the memory; the PCA is still computed in float64.
+            A name (``"bfloat16"``) is accepted too, as a config file gives it.
         snapshot_budget_bytes: most bytes of snapshots kept in memory; fewer than ``max_snapshots`` are
             kept if they do not fit (see ``snapshot_storage``).
         snapshot_storage: ``"memory"``, ``"memmap"`` (a memory-mapped file
@@ -206,7 +208,7 @@ class LossLandscapeCallback(Callback):
         resolution: int = 11,
         final_resolution: int = 31,
         line_resolution: int = 41,
-        directions: Literal["pca", "random"] = "pca",
+        directions: Literal["pca", "random", "hessian"] = "pca",
         span: float | tuple[float, float] | None = None,
         margin: float = 0.25,
         num_batches: int = 4,
@@ -222,7 +224,7 @@ class LossLandscapeCallback(Callback):
         save_records: bool = True,
         log_figures: bool = True,
         name: str | None = None,
-        snapshot_dtype: torch.dtype | None = None,
+        snapshot_dtype: torch.dtype | Literal["float32", "float64", "bfloat16", "float16"] | None = None,
         snapshot_budget_bytes: int | None = None,
         snapshot_storage: Literal["auto", "memory", "memmap"] = "auto",
         metrics: Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None = DEFAULT_METRICS,
@@ -299,9 +301,12 @@ class LossLandscapeCallback(Callback):
             raise ValueError(
                 f"`name` must be a non-empty string of letters, digits, '_', '.', '-'; got {name!r}"
             )
+        if isinstance(snapshot_dtype, str):
+            snapshot_dtype = _DTYPE_NAMES.get(snapshot_dtype.removeprefix("torch."), snapshot_dtype)  # type: ignore[assignment]
         if snapshot_dtype is not None and snapshot_dtype not in _SNAPSHOT_DTYPES:
             raise ValueError(
-                f"`snapshot_dtype` must be None or one of {_SNAPSHOT_DTYPES}, got {snapshot_dtype!r}"
+                f"`snapshot_dtype` must be None or one of {_SNAPSHOT_DTYPES} (or their names, like "
+                f"'bfloat16'), got {snapshot_dtype!r}"
             )
         _positive_int("snapshot_budget_bytes", snapshot_budget_bytes, allow_none=True)
         if snapshot_storage not in _STORAGES:
