@@ -44,11 +44,44 @@ __all__ = ["ModuleStateGuard", "ModuleStateKeeper", "UnrestorableStateError", "p
 _IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, tuple, frozenset, range, torch.dtype)
 _IMMUTABLE += (torch.device, torch.Size, enum.Enum, type)
 _CALLABLES = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, functools.partial)
-_CONTAINERS = (list, dict, set, collections.deque, bytearray)
+_RNGS = (torch.Generator, np.random.Generator, np.random.RandomState, random.Random)
 # Framework objects a training_step does not change (and whose internals move on their own).
 _OPAQUE_KEYS = frozenset({"_trainer", "_fabric", "trainer", "fabric"})
 _OPAQUE_MODULES = ("lightning", "pytorch_lightning", "lightning_fabric", "lightning_landscape", "torch")
+_NO_MODULES_INSIDE = frozenset({"_parameters", "_buffers", "_modules"})
 _DEFAULT_MAX_COPY_BYTES = 64 * 2**20
+
+# What to do with a value, decided once per type (a module has ~20 attributes; a model thousands of them).
+_KEEP, _MODULE, _TENSOR, _ARRAY, _DICT, _LIST, _SET, _DEQUE, _RNG, _OBJECT = range(10)
+_KINDS: dict[type, int] = {}
+_EMPTY: list[Any] = []  # the shallow copy of every empty container (never modified)
+
+
+def _kind(tp: type) -> int:
+    kind = _KINDS.get(tp)
+    if kind is None:
+        kind = _KINDS[tp] = _classify(tp)
+    return kind
+
+
+def _classify(tp: type) -> int:
+    if issubclass(tp, (*_IMMUTABLE, nn.Parameter, *_CALLABLES)):  # parameters: the core restores them
+        return _KEEP
+    for base, kind in (
+        (nn.Module, _MODULE),
+        (Tensor, _TENSOR),
+        (np.ndarray, _ARRAY),
+        (dict, _DICT),
+        ((list, bytearray), _LIST),
+        (set, _SET),
+        (collections.deque, _DEQUE),
+        (_RNGS, _RNG),
+    ):
+        if issubclass(tp, base):
+            return kind
+    if (tp.__module__ or "").split(".")[0] in _OPAQUE_MODULES:
+        return _KEEP
+    return _OBJECT
 
 
 class UnrestorableStateError(RuntimeError):
@@ -57,9 +90,8 @@ class UnrestorableStateError(RuntimeError):
 
 def _is_metric(obj: Any) -> bool:
     """A torchmetrics ``Metric`` (recognised by its state registry: torchmetrics need not be imported)."""
-    return isinstance(getattr(obj, "_defaults", None), dict) and isinstance(
-        getattr(obj, "_reductions", None), dict
-    )
+    attrs = obj.__dict__
+    return isinstance(attrs.get("_defaults"), dict) and isinstance(attrs.get("_reductions"), dict)
 
 
 def _describe(value: Any) -> str:
@@ -77,7 +109,7 @@ def _token(value: Any) -> Any:
         return (type(value), value)
     if isinstance(value, Tensor):
         return ("tensor", id(value), _version(value))
-    if isinstance(value, _CONTAINERS):
+    if isinstance(value, (list, dict, set, collections.deque, bytearray)):
         return ("container", id(value), len(value))
     return ("object", id(value))
 
@@ -100,62 +132,83 @@ def _fingerprint(obj: Any) -> dict[str, Any] | None:
         return None
 
 
-def _is_opaque(key: str, value: Any) -> bool:
-    """Values not to fingerprint: framework objects, functions, the module's own framework references."""
-    if key in _OPAQUE_KEYS or isinstance(value, _CALLABLES):
-        return True
-    return (type(value).__module__ or "").split(".")[0] in _OPAQUE_MODULES
+def _rng_state(value: Any) -> Any:
+    if isinstance(value, torch.Generator):
+        return value.get_state()
+    if isinstance(value, np.random.Generator):
+        return value.bit_generator.state
+    return value.getstate() if isinstance(value, random.Random) else value.get_state()
+
+
+def _set_rng_state(value: Any, state: Any) -> None:
+    if isinstance(value, torch.Generator):
+        value.set_state(state)
+    elif isinstance(value, np.random.Generator):
+        value.bit_generator.state = state
+    elif isinstance(value, random.Random):
+        value.setstate(state)
+    else:
+        value.set_state(state)
 
 
 class _Saved:
-    """One object's ``__dict__``: the bindings, plus how to restore each mutable value."""
+    """One object's ``__dict__``: the bindings, plus how to restore each mutable value.
 
-    def __init__(self, path: str, obj: Any, max_copy_bytes: int, metric: bool) -> None:
+    Modules found on the way (registered, or held in attributes and containers) go onto ``stack``.
+    """
+
+    def __init__(self, path: str, obj: Any, max_copy_bytes: int, stack: list[tuple[str, Any]]) -> None:
         self.path, self.obj = path, obj
-        self.bindings = dict(obj.__dict__)
-        self.containers: dict[str, Any] = {}  # key -> shallow copy (restored in place)
-        self.copies: dict[str, Any] = {}  # key -> tensor / array copy (restored by value)
-        self.rng: dict[str, Any] = {}  # key -> generator state
-        self.versions: dict[str, int] = {}  # key -> version of a tensor too large to copy
-        self.fingerprints: dict[str, dict[str, Any]] = {}  # key -> custom object fingerprint
-        for key, value in self.bindings.items():
-            if isinstance(value, (*_IMMUTABLE, nn.Module)):
-                continue
-            if isinstance(value, _CONTAINERS):
-                self.containers[key] = list(value.items()) if isinstance(value, dict) else list(value)
-            elif isinstance(value, Tensor):
-                if isinstance(value, nn.Parameter):
-                    continue
+        self.bindings = bindings = obj.__dict__.copy()
+        metric = _is_metric(obj)
+        self.containers: list[tuple[Any, int, list[Any]]] = []  # (container, kind, shallow copy)
+        self.copies: list[tuple[str, Any, Any]] = []  # (key, tensor or array, copy): restored by value
+        self.rng: list[tuple[Any, Any]] = []  # (generator, state)
+        self.versions: list[tuple[str, Tensor, int]] = []  # tensors too large to copy: watched
+        self.fingerprints: list[tuple[str, Any, dict[str, Any]]] = []  # custom objects: watched
+        for key, value in bindings.items():
+            kind = _KINDS.get(type(value))
+            if kind is None:
+                kind = _kind(type(value))
+            if kind == _KEEP:
+                if type(value) is tuple and value:
+                    _push_modules(stack, f"{path}.{key}", enumerate(value))
+            elif kind == _MODULE:
+                if key not in _OPAQUE_KEYS:
+                    stack.append((f"{path}.{key}", value))
+            elif kind >= _DICT and kind <= _DEQUE:
+                # Most are a module's empty hook dicts: nothing to copy, only to empty again.
+                saved = _EMPTY if not value else list(value.items()) if kind == _DICT else list(value)
+                self.containers.append((value, kind, saved))
+                if key == "_modules":
+                    stack.extend((f"{path}.{name}", m) for name, m in saved if m is not None)
+                elif key not in _NO_MODULES_INSIDE and saved and kind != _SET:
+                    _push_modules(stack, f"{path}.{key}", saved if kind == _DICT else enumerate(saved))
+            elif kind == _TENSOR:
                 if metric or value.numel() * value.element_size() <= max_copy_bytes:
                     with torch.no_grad():
-                        self.copies[key] = value.detach().clone()
+                        self.copies.append((key, value, value.detach().clone()))
                 else:
                     version = _version(value)
                     if version is not None:
-                        self.versions[key] = version
-            elif isinstance(value, np.ndarray):
+                        self.versions.append((key, value, version))
+            elif kind == _ARRAY:
                 if metric or value.nbytes <= max_copy_bytes:
-                    self.copies[key] = value.copy()
-            elif isinstance(value, torch.Generator):
-                self.rng[key] = value.get_state()
-            elif isinstance(value, np.random.Generator):
-                self.rng[key] = value.bit_generator.state
-            elif isinstance(value, (np.random.RandomState, random.Random)):
-                self.rng[key] = value.getstate() if isinstance(value, random.Random) else value.get_state()
-            elif not _is_opaque(key, value):
+                    self.copies.append((key, value, value.copy()))
+            elif kind == _RNG:
+                self.rng.append((value, _rng_state(value)))
+            elif key not in _OPAQUE_KEYS:  # _OBJECT
                 fp = _fingerprint(value)
                 if fp is not None:
-                    self.fingerprints[key] = fp
+                    self.fingerprints.append((key, value, fp))
 
     def changes(self) -> list[str]:
         """What changed that restoring cannot undo."""
         out = []
-        for key, fp in self.fingerprints.items():
-            value = self.bindings[key]
+        for key, value, fp in self.fingerprints:
             if _fingerprint(value) != fp:
                 out.append(f"`{self.path}.{key}` ({_describe(value)})")
-        for key, version in self.versions.items():
-            value = self.bindings[key]
+        for key, value, version in self.versions:
             if _version(value) != version:
                 out.append(
                     f"`{self.path}.{key}` ({_describe(value)}, changed in place and too large to copy)"
@@ -163,22 +216,26 @@ class _Saved:
         return out
 
     def restore(self) -> None:
-        attrs = self.obj.__dict__
-        for key in [k for k in attrs if k not in self.bindings]:
-            del attrs[key]
-        attrs.update(self.bindings)  # straight into __dict__: no __setattr__ side effects (Metric consts)
-        for key, saved in self.containers.items():
-            value = self.bindings[key]
-            if isinstance(value, dict):
+        attrs, bindings = self.obj.__dict__, self.bindings
+        if attrs.keys() != bindings.keys():
+            for key in [k for k in attrs if k not in bindings]:
+                del attrs[key]
+        attrs.update(bindings)  # straight into __dict__: no __setattr__ side effects (Metric consts)
+        for value, kind, saved in self.containers:
+            if not saved and not value:
+                continue
+            if kind == _DICT:
                 value.clear()
                 value.update(saved)
-            elif isinstance(value, (list, bytearray)):
+            elif kind == _LIST:
                 value[:] = saved
-            else:  # set, deque (keeps its maxlen)
+            elif kind == _SET:
                 value.clear()
-                value.extend(saved) if isinstance(value, collections.deque) else value.update(saved)
-        for key, saved in self.copies.items():
-            value = self.bindings[key]
+                value.update(saved)
+            else:  # a deque keeps its maxlen
+                value.clear()
+                value.extend(saved)
+        for key, value, saved in self.copies:
             if isinstance(value, Tensor):
                 with torch.no_grad():
                     if value.shape == saved.shape and value.dtype == saved.dtype:
@@ -189,43 +246,27 @@ class _Saved:
                 np.copyto(value, saved)
             else:
                 attrs[key] = saved
-        for key, state in self.rng.items():
-            value = self.bindings[key]
-            if isinstance(value, torch.Generator):
-                value.set_state(state)
-            elif isinstance(value, np.random.Generator):
-                value.bit_generator.state = state
-            elif isinstance(value, random.Random):
-                value.setstate(state)
-            else:
-                value.set_state(state)
+        for value, state in self.rng:
+            _set_rng_state(value, state)
 
 
-def _walk(module: nn.Module) -> list[tuple[str, Any]]:
-    """The module, its submodules and modules held unregistered in attributes (``self.ms = [Accuracy()]``)."""
-    out: list[tuple[str, Any]] = []
+def _push_modules(stack: list[tuple[str, Any]], path: str, items: Any) -> None:
+    """Modules held unregistered in a container (``self.metrics = [Accuracy()]``) are walked too."""
+    for k, v in items:
+        if _KINDS.get(type(v)) == _MODULE or (type(v) not in _KINDS and _kind(type(v)) == _MODULE):
+            stack.append((f"{path}[{k!r}]", v))
+
+
+def _snapshot(module: nn.Module, max_copy_bytes: int) -> list[_Saved]:
+    """The saved state of the module, its submodules and the modules held in their attributes."""
+    out: list[_Saved] = []
     seen: set[int] = set()
     stack: list[tuple[str, Any]] = [("self", module)]
     while stack:
         path, m = stack.pop()
-        if id(m) in seen:
-            continue
-        seen.add(id(m))
-        out.append((path, m))
-        for name, child in m._modules.items():
-            if child is not None:
-                stack.append((f"{path}.{name}", child))
-        for key, value in m.__dict__.items():
-            if isinstance(value, nn.Module) and key not in _OPAQUE_KEYS:
-                stack.append((f"{path}.{key}", value))
-            elif isinstance(value, (list, tuple)):
-                stack.extend(
-                    (f"{path}.{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, nn.Module)
-                )
-            elif isinstance(value, dict) and key not in ("_modules", "_parameters", "_buffers"):
-                stack.extend(
-                    (f"{path}.{key}[{k!r}]", v) for k, v in value.items() if isinstance(v, nn.Module)
-                )
+        if id(m) not in seen:
+            seen.add(id(m))
+            out.append(_Saved(path, m, max_copy_bytes, stack))
     return out
 
 
@@ -276,9 +317,7 @@ class ModuleStateGuard:
 
     def __enter__(self) -> ModuleStateGuard:
         self.unrestorable, self._raised = [], None
-        self._saved = [
-            _Saved(path, obj, self.max_copy_bytes, _is_metric(obj)) for path, obj in _walk(self.module)
-        ]
+        self._saved = _snapshot(self.module, self.max_copy_bytes)
         if self.watch is not None:
             self._install_watch(self.watch)
         return self
