@@ -92,7 +92,7 @@ def test_lightning_cli_fit_from_yaml(tmp_path) -> None:
     # The config LightningCLI saved beside the run builds the same callback again.
     saved = yaml.safe_load((Path(cli.trainer.log_dir) / "config.yaml").read_text())
     assert saved["trainer"]["callbacks"][0]["init_args"]["snapshot_dtype"] == "bfloat16"
-    saved = {k: saved[k] for k in ("seed_everything", "trainer", "model") if k in saved}  # not `fit`-only ones
+    saved = {k: saved[k] for k in ("seed_everything", "trainer", "model") if k in saved}  # no `fit` options
     again_path = tmp_path / "in" / "again.yaml"
     again_path.write_text(yaml.safe_dump(saved))
     again = LightningCLI(TinyNet, TinyData, run=False, args=["--config", str(again_path)])
