@@ -345,6 +345,8 @@ class ModuleStateGuard:
         @functools.wraps(method)
         def watched(*args: Any, **kwargs: Any) -> Any:
             nonlocal calls
+            if self._raised is not None:  # sticky: a caller that swallowed it (a fallback) gets it again
+                raise self._raised
             out = method(*args, **kwargs)
             calls += 1
             if calls == 1 and self.check():

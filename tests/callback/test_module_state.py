@@ -7,6 +7,7 @@ must equal those of the same run without the callback, value for value.
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import csv
 import random
@@ -184,6 +185,34 @@ def test_watch_stops_after_the_first_call() -> None:
         m.outs.clear()
         raise UnrestorableStateError("mine")
     assert m.outs == [1]
+
+
+def test_watch_is_sticky_through_fallbacks_and_metrics() -> None:
+    """A caller that swallows errors (the engine's vmap -> loop fallback, compute_metrics) cannot go on."""
+    from lightning_landscape.functional.params import landscape_parameters
+    from lightning_landscape.metrics import compute_metrics, resolve_metrics
+
+    m = Sideways()
+    calls = []
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        m.tracker.record(1.0)
+        return m.lin(x).pow(2).mean()
+
+    m.training_step = step  # type: ignore[method-assign]
+    with ModuleStateGuard(m, watch="training_step") as guard:
+        for _ in range(3):
+            with contextlib.suppress(UnrestorableStateError):  # a fallback that retries
+                m.training_step(torch.ones(2, 3))
+    assert len(calls) == 1 and guard.unrestorable
+    calls.clear()
+    params = [p for _, p in landscape_parameters(m.lin)]
+    spec = resolve_metrics(["eigenvalues", "sam"], final=False, seed=0, argument="metrics")
+    with ModuleStateGuard(m, watch="training_step") as guard:
+        compute_metrics(m, lambda model, b: model.training_step(b), [torch.ones(2, 3)], params, spec)
+        raise AssertionError("compute_metrics must let the guard's error through")
+    assert len(calls) == 1 and "self.tracker" in guard.unrestorable[0]
 
 
 def test_large_tensor_changed_in_place_is_reported() -> None:
