@@ -125,11 +125,12 @@ def test_sam_finds_the_module_in_either_namespace(tmp_path, name) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*could not find the model.*")
         _, model, _ = _fit(tmp_path, name, name, sam=True)
-    _, ref, _ = _fit(tmp_path / "ref", "lightning.pytorch", "lightning.pytorch", sam=True)
     # BatchNorm statistics come from the first pass only, so 8 steps count 8 batches (not 16).
     assert int(model.net[1].num_batches_tracked) == 8
-    for a, b in zip(model.state_dict().values(), ref.state_dict().values()):
-        assert torch.equal(a, b)
+    if name != "lightning.pytorch":
+        _, ref, _ = _fit(tmp_path / "ref", "lightning.pytorch", "lightning.pytorch", sam=True)
+        for a, b in zip(model.state_dict().values(), ref.state_dict().values()):
+            assert torch.equal(a, b)
 
 
 def _ddp(out: Path, name: str, mode: str) -> dict[int, dict]:
