@@ -18,6 +18,7 @@ from typing_extensions import override
 
 from lightning_landscape import _validation as check
 from lightning_landscape._landscape import LandscapeBuilder
+from lightning_landscape._module_state import ModuleStateKeeper
 from lightning_landscape._probe import ProbeSet
 from lightning_landscape._publish import Publisher, Warnings, describe_settings
 from lightning_landscape._schedule import LandscapeSchedule
@@ -30,6 +31,7 @@ from lightning_landscape.records import LineRecord, MetricsRecord, SurfaceRecord
 __all__ = ["LossLandscapeCallback"]
 
 _SNAPSHOT_DTYPES = (None, torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_DTYPE_NAMES = {str(d).removeprefix("torch."): d for d in _SNAPSHOT_DTYPES if d is not None}  # from YAML
 MetricSpec = Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None
 
 # The one list of settings: (attribute, part of state_key). The state_key takes those that shape the
@@ -161,7 +163,7 @@ class LossLandscapeCallback(Callback):
         save_records: bool = True,
         log_figures: bool = True,
         name: str | None = None,
-        snapshot_dtype: torch.dtype | None = None,
+        snapshot_dtype: torch.dtype | Literal["float32", "float64", "bfloat16", "float16"] | None = None,
         snapshot_budget_bytes: int | None = None,
         snapshot_storage: Literal["auto", "memory", "memmap"] = "auto",
         metrics: MetricSpec = DEFAULT_METRICS,
@@ -191,6 +193,8 @@ class LossLandscapeCallback(Callback):
         self.save_records = check.boolean("save_records", save_records)
         self.log_figures = check.boolean("log_figures", log_figures)
         self.name = check.name_arg("name", name)
+        if isinstance(snapshot_dtype, str):  # a name, as a config file gives it
+            snapshot_dtype = _DTYPE_NAMES.get(snapshot_dtype.removeprefix("torch."), snapshot_dtype)  # type: ignore[assignment]
         self.snapshot_dtype = check.choice("snapshot_dtype", snapshot_dtype, _SNAPSHOT_DTYPES)
         self.snapshot_budget_bytes = check.positive_int(
             "snapshot_budget_bytes", snapshot_budget_bytes, allow_none=True
@@ -218,6 +222,9 @@ class LossLandscapeCallback(Callback):
         self.publisher = Publisher(name, self.save_records, self.log_figures, self.warnings)
         self.recorder = TrajectoryRecorder(max_snapshots)
         self.records: list[SurfaceRecord | LineRecord | MetricsRecord] = []
+        self._module_state = (
+            ModuleStateKeeper()
+        )  # the module's Python state, restored around each computation
         self._param_names: list[str] = []
         self._state_key: str | None = None
 
@@ -270,6 +277,7 @@ class LossLandscapeCallback(Callback):
         self.probe.reset()
         self.builder.reset()
         self.warnings.reset(enabled=trainer.is_global_zero)
+        self._module_state.reset()
         self.records = []
         self._param_names = [n for n, _ in landscape_parameters(pl_module)]
         log_dir = trainer.log_dir or trainer.default_root_dir  # called on every rank: it broadcasts
@@ -370,7 +378,23 @@ class LossLandscapeCallback(Callback):
         common.update({"callback_name": self.name} if self.name else {})
         args = (trainer, pl_module, self._params(pl_module), plan, self.probe, self.recorder, common)
         for compute in (self.builder.compute, self.builder.metrics_record):  # each guarded on its own
-            self._guarded(step, lambda c=compute: self._keep(c(*args), trainer, stage))
+            records = self._guarded(step, self._compute, compute, args, trainer, pl_module)
+            if records:
+                self._guarded(step, self._keep, records, trainer, stage)
+
+    def _compute(
+        self,
+        compute: Callable[..., list[Any]],
+        args: tuple[Any, ...],
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+    ) -> list[Any]:
+        """``compute(*args)`` with the module's Python state (lists, counters, torchmetrics states that
+        ``training_step`` touches) restored afterwards."""
+        out: list[Any] = []
+        uses_step = self.loss_fn is None
+        self._module_state.run(trainer, pl_module, uses_step, lambda: out.extend(compute(*args)))
+        return out
 
     def _keep(self, records: list[Any], trainer: pl.Trainer, stage: str) -> None:
         self.records.extend(records)

@@ -10,13 +10,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
 from lightning_landscape.functional.sharding import PointShard
 
-__all__ = ["agree", "broadcast_from_zero", "check_strategy", "point_shard"]
+__all__ = ["agree", "broadcast_from_zero", "check_strategy", "lightning_bases", "point_shard"]
 
 SUPPORTED = (
     "a single device (strategy='auto' with devices=1) and the DDP variants "
@@ -24,26 +23,48 @@ SUPPORTED = (
 )
 
 
+# Both packages Lightning ships: `lightning.pytorch` and the standalone `pytorch_lightning`. Their classes are
+# distinct copies, so strategies are recognised by the names of the Lightning classes they derive from.
+LIGHTNING_NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
+
+
+def lightning_bases(obj: Any) -> set[str]:
+    """Names of the classes of either Lightning namespace that ``obj``'s class is built from (its MRO).
+
+    Example::
+
+        >>> from lightning.pytorch.strategies import DDPStrategy
+        >>> sorted(lightning_bases(DDPStrategy()))
+        ['DDPStrategy', 'ParallelStrategy', 'Strategy']
+    """
+    return {cls.__name__ for cls in type(obj).__mro__ if _in_lightning(cls.__module__ or "")}
+
+
+def _in_lightning(module: str) -> bool:
+    return any(module == ns or module.startswith(ns + ".") for ns in LIGHTNING_NAMESPACES)
+
+
 def _sharded_strategy_name(strategy: Any) -> str | None:
     """The name of a strategy that shards parameters (FSDP, DeepSpeed, model parallel), else None."""
-    from lightning.pytorch import strategies
-
+    bases = lightning_bases(strategy)
     for cls_name in ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"):
-        cls = getattr(strategies, cls_name, None)
-        if cls is not None and isinstance(strategy, cls):
+        if cls_name in bases:
             return cls_name
     return None
 
 
 def check_strategy(strategy: Any) -> None:
-    """Refuse strategies whose ranks do not each hold the whole model (the perturbation would be wrong)."""
+    """Refuse strategies whose ranks do not each hold the whole model (the perturbation would be wrong).
+
+    Strategies of ``lightning.pytorch`` and of ``pytorch_lightning`` (and their subclasses) alike.
+    """
     sharded = _sharded_strategy_name(strategy)  # DeepSpeedStrategy subclasses DDPStrategy: check first
     if sharded is not None:
         raise MisconfigurationException(
             f"LossLandscapeCallback does not support {sharded}: it shards the parameters across ranks, "
             f"and the callback needs every rank to hold the whole model. Supported: {SUPPORTED}."
         )
-    if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
+    if not lightning_bases(strategy) & {"SingleDeviceStrategy", "DDPStrategy"}:
         raise MisconfigurationException(
             f"LossLandscapeCallback does not support the strategy {type(strategy).__name__}. "
             f"Supported: {SUPPORTED}."

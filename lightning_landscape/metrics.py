@@ -28,6 +28,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from lightning_landscape import _validation as check
+from lightning_landscape._module_state import UnrestorableStateError
 from lightning_landscape.functional.curvature import hessian_eigenvalues, hessian_trace
 from lightning_landscape.functional.params import LossFn
 from lightning_landscape.functional.sharding import PointShard
@@ -161,6 +162,8 @@ def compute_metrics(
                 warnings.simplefilter("always")
                 extra = {"shard": shard} if name in _SHARDED and shard is not None else {}
                 result = METRICS[name](model, loss_fn, batches, params=params, **options, **extra)
+        except UnrestorableStateError:
+            raise  # not this metric's failure: the module cannot be observed any more (the caller says why)
         except Exception as err:
             errors[name] = f"{type(err).__name__}: {err}"
             continue

@@ -19,6 +19,10 @@ from lightning_landscape._silence import silenced_logging
 __all__ = ["SAM"]
 
 _EPS = 1e-12
+_NAMESPACE_ROOTS = (
+    "lightning",
+    "pytorch_lightning",
+)  # lightning.pytorch.LightningModule, pytorch_lightning's
 
 _NO_CLOSURE_MSG = (
     "SAM.step() needs a closure that re-evaluates the loss and runs backward: SAM evaluates the gradient "
@@ -63,11 +67,11 @@ def _frozen_norm_stats(module: nn.Module | None) -> Iterator[None]:
 
 
 def _is_lightning_module(obj: Any) -> bool:
-    try:
-        from lightning.pytorch import LightningModule
-    except ImportError:  # pragma: no cover - lightning is a dependency
-        return False
-    return isinstance(obj, LightningModule)
+    """A LightningModule of ``lightning.pytorch`` or of ``pytorch_lightning`` (neither is imported here)."""
+    return isinstance(obj, nn.Module) and any(
+        cls.__name__ == "LightningModule" and (cls.__module__ or "").split(".")[0] in _NAMESPACE_ROOTS
+        for cls in type(obj).__mro__
+    )
 
 
 def _find_lightning_module(obj: Any, depth: int = 0) -> nn.Module | None:

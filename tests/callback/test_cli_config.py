@@ -1,0 +1,138 @@
+"""LightningCLI: the callback and every kind of option configure from YAML (issue 11.7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from helpers.models import TinyNet, loader
+
+pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse[signatures] (the `test` extra)")
+
+import lightning.pytorch as pl
+from lightning.pytorch.cli import LightningCLI
+
+from lightning_landscape import LossLandscapeCallback
+
+CALLBACK_ARGS: dict[str, Any] = {
+    "name": "hess",
+    "directions": "hessian",
+    "every_n_epochs": 1,
+    "resolution": 3,
+    "final_resolution": 5,
+    "line_resolution": 5,
+    "num_batches": 1,
+    "span": [-0.5, 1.0],
+    "interpolation_range": [-0.25, 1.25],
+    "snapshot_dtype": "bfloat16",
+    "snapshot_every_n_steps": 2,
+    "snapshot_storage": "memory",
+    "metrics": {"eigenvalues": {"max_iter": 4}, "sam": {"rho": 0.05}},
+    "final_metrics": ["eigenvalues"],
+    "engine": "loop",
+    "max_overhead": None,
+    "loss_fn": "helpers.models.ce_loss",
+    "log_figures": False,
+}
+
+
+class TinyData(pl.LightningDataModule):
+    def train_dataloader(self) -> Any:
+        return loader(32, 8)
+
+
+def _config(tmp_path: Path, class_path: str) -> Path:
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "default_root_dir": str(tmp_path),
+            "accelerator": "cpu",
+            "max_epochs": 1,
+            "limit_train_batches": 4,
+            "limit_val_batches": 0,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "enable_checkpointing": False,
+            "callbacks": [{"class_path": class_path, "init_args": CALLBACK_ARGS}],
+        },
+        "model": {"norm": "none", "dropout": 0.0},
+    }
+    path = tmp_path / "in" / "landscape.yaml"  # not where LightningCLI saves the run's config.yaml
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _check_options(cb: LossLandscapeCallback) -> None:
+    assert cb.name == "hess" and cb.directions == "hessian" and cb.engine == "loop"
+    assert tuple(cb.span) == (-0.5, 1.0) and cb.interpolation_range == (-0.25, 1.25)
+    assert cb.snapshot_dtype is torch.bfloat16 and cb.max_overhead is None
+    assert cb.metrics["eigenvalues"]["max_iter"] == 4 and cb.metrics["sam"] == {"rho": 0.05}
+    assert list(cb.final_metrics) == ["eigenvalues"]
+    from helpers.models import ce_loss
+
+    assert cb.loss_fn is ce_loss
+
+
+def test_lightning_cli_fit_from_yaml(tmp_path) -> None:
+    config = _config(tmp_path, "lightning_landscape.LossLandscapeCallback")
+    cli = LightningCLI(TinyNet, TinyData, args=["fit", "--config", str(config)])
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, LossLandscapeCallback)]
+    _check_options(cb)
+    # It trained and drew hessian-plane landscapes with the configured span and bf16 snapshots.
+    surfaces = [r for r in cb.records if r.kind == "surface"]
+    assert [r.meta["stage"] for r in surfaces] == ["periodic", "final"]
+    assert all(r.meta["directions"] == "hessian" and r.meta["snapshot_dtype"] == "bfloat16" for r in surfaces)
+    assert tuple(surfaces[0].meta["span"]) == (-0.5, 1.0)
+    assert {r.meta["stage"] for r in cb.records if r.kind == "metrics"} == {"periodic", "final"}
+    # The config LightningCLI saved beside the run builds the same callback again.
+    saved = yaml.safe_load((Path(cli.trainer.log_dir) / "config.yaml").read_text())
+    assert saved["trainer"]["callbacks"][0]["init_args"]["snapshot_dtype"] == "bfloat16"
+    saved = {k: saved[k] for k in ("seed_everything", "trainer", "model") if k in saved}  # no `fit` options
+    again_path = tmp_path / "in" / "again.yaml"
+    again_path.write_text(yaml.safe_dump(saved))
+    again = LightningCLI(TinyNet, TinyData, run=False, args=["--config", str(again_path)])
+    (cb2,) = [c for c in again.trainer.callbacks if isinstance(c, LossLandscapeCallback)]
+    _check_options(cb2)
+    assert cb2.state_key == cb.state_key
+
+
+def test_pytorch_lightning_cli_takes_the_pytorch_lightning_class(tmp_path) -> None:
+    import pytorch_lightning
+    from pytorch_lightning.cli import LightningCLI as PLLightningCLI
+    from pytorch_lightning.demos.boring_classes import BoringDataModule, BoringModel
+
+    config = _config(tmp_path, "lightning_landscape.pytorch_lightning.LossLandscapeCallback")
+    cfg = yaml.safe_load(config.read_text())
+    del cfg["model"]
+    config.write_text(yaml.safe_dump(cfg))
+    cli = PLLightningCLI(BoringModel, BoringDataModule, run=False, args=["--config", str(config)])
+    assert isinstance(cli.trainer, pytorch_lightning.Trainer)
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, LossLandscapeCallback)]
+    assert isinstance(cb, pytorch_lightning.Callback)
+    _check_options(cb)
+    # The plain class is a lightning.pytorch Callback: pytorch_lightning's CLI refuses it (hence the other).
+    cfg["trainer"]["callbacks"][0]["class_path"] = "lightning_landscape.LossLandscapeCallback"
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit):
+        PLLightningCLI(BoringModel, BoringDataModule, run=False, args=["--config", str(config)])
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("bfloat16", torch.bfloat16), ("torch.float16", torch.float16), (torch.float64, torch.float64)],
+)
+def test_snapshot_dtype_by_name(given: Any, expected: torch.dtype) -> None:
+    cb = LossLandscapeCallback(snapshot_dtype=given)
+    assert cb.snapshot_dtype is expected
+    assert cb.state_key == LossLandscapeCallback(snapshot_dtype=expected).state_key
+
+
+@pytest.mark.parametrize("bad", ["int8", "float", "", torch.int64])
+def test_snapshot_dtype_refuses_other_names(bad: Any) -> None:
+    with pytest.raises(ValueError, match=r"`snapshot_dtype`.*bfloat16"):
+        LossLandscapeCallback(snapshot_dtype=bad)
