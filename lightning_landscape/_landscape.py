@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_landscape._probe import ProbeSet
-from lightning_landscape._publish import Warnings
+from lightning_landscape._publish import Warnings, record_name
 from lightning_landscape._schedule import Plan
 from lightning_landscape.distributed import agree, point_shard
 from lightning_landscape.functional.curvature import hessian_directions
@@ -252,7 +252,7 @@ class LandscapeBuilder:
             )
         if not scalars:
             return []  # every metric failed: the warnings above say why
-        name = f"{stage}_metrics_step{step:08d}"
+        name = record_name(stage, "metrics", step)
         record = MetricsRecord.from_dict(scalars, {**common, "name": name, **meta})
         if errors:
             record.meta["errors"] = errors
@@ -296,7 +296,7 @@ class LandscapeBuilder:
             )  # fmt: skip
             surface.path = plane.path
         surface.meta.update(
-            common, span=plane.span, resolution=plan.resolution, name=f"{stage}_surface_step{step:08d}"
+            common, span=plane.span, resolution=plan.resolution, name=record_name(stage, "surface", step)
         )
         records: list[SurfaceRecord | LineRecord] = [surface]
 
@@ -318,7 +318,7 @@ class LandscapeBuilder:
                 common,
                 directions="interpolation",
                 label="initial → current (alpha)",
-                name=f"{stage}_interpolation_step{step:08d}",
+                name=record_name(stage, "interpolation", step),
             )
             records.append(interp)
         if stage == "final":
@@ -330,7 +330,7 @@ class LandscapeBuilder:
                 )  # fmt: skip
                 label = f"{plane.meta['directions']} direction {axis + 1}"
                 line.meta.update(
-                    common, label=label, axis=axis, name=f"{stage}_line{axis + 1}_step{step:08d}"
+                    common, label=label, axis=axis, name=record_name(stage, f"line{axis + 1}", step)
                 )
                 records.append(line)
         else:

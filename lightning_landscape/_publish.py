@@ -18,7 +18,7 @@ from typing import Any
 from lightning_landscape.records import LineRecord, Record, SurfaceRecord, save_record, tag_prefix
 from lightning_landscape.sinks import SinkSet, build_sinks
 
-__all__ = ["Publisher", "Warnings", "describe_settings", "warn_at_user_code"]
+__all__ = ["Publisher", "Warnings", "describe_settings", "record_name", "warn_at_user_code"]
 
 
 def _package_dirs() -> tuple[str, ...]:
@@ -84,6 +84,17 @@ class Warnings:
             warn_at_user_code(
                 f"LossLandscapeCallback: warnings shown once but repeated during this fit: {listed}."
             )
+
+
+def record_name(stage: str, what: str, step: int) -> str:
+    """A record's file name (without suffix): ``STAGE_WHAT_stepNNNNNNNN``, sorted by step within a stage.
+
+    Example::
+
+        >>> record_name("final", "line1", 12)
+        'final_line1_step00000012'
+    """
+    return f"{stage}_{what}_step{step:08d}"
 
 
 def describe_settings(values: Mapping[str, Any], record_dir: Path | None) -> dict[str, Any]:

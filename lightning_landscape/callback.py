@@ -285,19 +285,13 @@ class LossLandscapeCallback(Callback):
         params = self._params(pl_module)
         wide = str(trainer.precision).startswith("64") or any(p.dtype == torch.float64 for p in params)
         self.builder.work_dtype = torch.float64 if wide else torch.float32
-        size, dtype = sum(p.numel() for p in params), self.snapshot_dtype or self.builder.work_dtype
-        where = (self.max_snapshots, dtype, self.snapshot_budget_bytes)
-        try:
-            self.recorder = recorder_for(
-                size, *where, self.snapshot_storage, self.publisher.record_dir, trainer.global_rank
-            )
-        except ValueError as err:  # a budget too small for two snapshots in memory: use a file, and say so
-            self.warnings.warn(
-                "snapshot storage", f"LossLandscapeCallback: {err} Keeping them in a file instead."
-            )
-            self.recorder = recorder_for(
-                size, *where, "memmap", self.publisher.record_dir, trainer.global_rank
-            )
+        dtype, rank = self.snapshot_dtype or self.builder.work_dtype, trainer.global_rank
+        self.recorder, note = recorder_for(
+            sum(p.numel() for p in params), self.max_snapshots, dtype, self.snapshot_budget_bytes,
+            self.snapshot_storage, self.publisher.record_dir, rank,
+        )  # fmt: skip
+        if note:  # a budget too small for two snapshots in memory: they go to a file
+            self.warnings.warn("snapshot storage", f"LossLandscapeCallback: {note}")
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -234,18 +234,21 @@ def recorder_for(
     storage: str,
     directory: str | os.PathLike,
     rank: int = 0,
-) -> TrajectoryRecorder:
-    """A recorder for ``num_params`` parameters: in memory, or (``storage="memmap"``, or ``"auto"`` when
-    ``budget_bytes`` holds fewer than two snapshots) in ``directory/snapshots[-rankN].bin``."""
-    if storage == "auto":
-        fits = budget_bytes is None or budget_bytes // (num_params * dtype.itemsize) >= 2
-        storage = "memory" if fits else "memmap"
+) -> tuple[TrajectoryRecorder, str | None]:
+    """A recorder for ``num_params`` parameters, and a note when it is not what was asked.
+
+    In memory, or in ``directory/snapshots[-rankN].bin`` with ``storage="memmap"``, with ``"auto"`` when
+    ``budget_bytes`` holds fewer than two snapshots, and with ``"memory"`` in that case too (the note
+    says so).
+    """
+    fits = budget_bytes is None or budget_bytes // (num_params * dtype.itemsize) >= 2
+    note = None
+    if storage == "memory" and not fits:
+        note = (
+            f"`snapshot_budget_bytes`={budget_bytes} holds fewer than 2 snapshots of {num_params} {dtype} "
+            "parameters in memory; keeping them in a memory-mapped file instead."
+        )
     path = None
-    if storage == "memmap":
+    if storage == "memmap" or not fits:
         path = Path(directory) / (f"snapshots-rank{rank}.bin" if rank else "snapshots.bin")
-    recorder = TrajectoryRecorder(max_snapshots, dtype=dtype, budget_bytes=budget_bytes, path=path)
-    try:
-        recorder.capacity_for(num_params)
-    except ValueError as err:
-        raise ValueError(f"`snapshot_budget_bytes`: {err}") from None
-    return recorder
+    return TrajectoryRecorder(max_snapshots, dtype=dtype, budget_bytes=budget_bytes, path=path), note

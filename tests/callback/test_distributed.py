@@ -154,8 +154,9 @@ def _run(out: Path, strategy: str, *extra: str) -> dict[int, dict]:
 
 
 def _expected_calls(world: int, rank: int) -> int:
-    """loss_fn calls of one rank: 2 periodic (5x5 surface + 5-point line), a final 7x7 + three lines."""
-    points = [25, 5] * 2 + [49, 5, 5, 5]
+    """loss_fn calls of one rank: 2 periodic (5x5 surface + 5-point line), a final 7x7 + two axis lines (the
+    final interpolation line is the last periodic one's: same step, same weights)."""
+    points = [25, 5] * 2 + [49, 5, 5]
     return 2 * sum(len(shard_rows(n, rank, world)) for n in points)  # 2 probe batches per point
 
 
@@ -170,8 +171,8 @@ def test_ddp_equals_one_process_with_half_the_work_per_rank(tmp_path, single_run
     single_dir, single = single_run
     ranks = _run(tmp_path, "ddp")
     assert sorted(ranks) == [0, 1]
-    assert single[0]["calls"] == _expected_calls(1, 0) == 248
-    assert [ranks[r]["calls"] for r in (0, 1)] == [_expected_calls(2, 0), _expected_calls(2, 1)] == [132, 116]
+    assert single[0]["calls"] == _expected_calls(1, 0) == 238
+    assert [ranks[r]["calls"] for r in (0, 1)] == [_expected_calls(2, 0), _expected_calls(2, 1)] == [126, 112]
     assert ranks[0]["calls"] + ranks[1]["calls"] == single[0]["calls"]
     assert max(ranks[r]["calls"] for r in (0, 1)) / single[0]["calls"] < 0.54  # halves, up to odd grids
     # Same probe set on both ranks; only rank zero writes and logs; every rank holds the records.
@@ -209,7 +210,7 @@ def test_ddp_shares_the_sampled_metrics_and_equals_one_process(tmp_path):
 def test_ddp_spawn_writes_the_records_once_with_rank_zero_probe_batches(tmp_path, single_run):
     ranks = _run(tmp_path, "ddp_spawn", "--probe", "train")
     assert sorted(ranks) == [0, 1] and all(r["global_step"] == 16 for r in ranks.values())
-    assert [ranks[r]["calls"] for r in (0, 1)] == [132, 116]
+    assert [ranks[r]["calls"] for r in (0, 1)] == [126, 112]
     # The default probe set under DDP: rank zero's shard of the training loader, the same on both ranks.
     data = loader(64, 4).dataset
     shard0 = DataLoader(data, batch_size=4, sampler=DistributedSampler(data, 2, 0, shuffle=False))
