@@ -5,19 +5,25 @@ batches already on the model's device, and returns a typed record or tensors. Us
 notebook or script; :class:`lightning_landscape.LossLandscapeCallback` calls the same functions.
 """
 
+from lightning_landscape.functional._common import probe_size
 from lightning_landscape.functional.curvature import (
     HessianEigenvalues,
     HessianTrace,
     hessian_directions,
     hessian_eigenvalues,
-    hessian_operator,
     hessian_trace,
-    hessian_vector_product,
 )
 from lightning_landscape.functional.directions import (
     filter_normalize,
     filter_normalized_directions,
     random_direction,
+)
+from lightning_landscape.functional.estimators import HutchinsonResult, LanczosResult, hutchinson, lanczos
+from lightning_landscape.functional.operators import (
+    HessianOperator,
+    ScaledOperator,
+    hessian_operator,
+    hessian_vector_product,
 )
 from lightning_landscape.functional.params import (
     Direction,
@@ -43,7 +49,6 @@ from lightning_landscape.functional.surface import (
     loss_line,
     loss_surface,
     odd_grid,
-    probe_size,
 )
 from lightning_landscape.functional.trajectory import TrajectoryPCA, trajectory_pca
 
@@ -51,10 +56,14 @@ __all__ = [
     "AverageSharpness",
     "Direction",
     "HessianEigenvalues",
+    "HessianOperator",
     "HessianTrace",
+    "HutchinsonResult",
+    "LanczosResult",
     "LossFn",
     "PointShard",
     "SamSharpness",
+    "ScaledOperator",
     "TrajectoryPCA",
     "WeightPerturbation",
     "average_sharpness",
@@ -68,7 +77,9 @@ __all__ = [
     "hessian_operator",
     "hessian_trace",
     "hessian_vector_product",
+    "hutchinson",
     "interpolation_line",
+    "lanczos",
     "landscape_parameters",
     "loss_gradient",
     "loss_line",

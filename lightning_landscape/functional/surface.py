@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape.functional._common import probe_size, resolve_params, work_dtype
 from lightning_landscape.functional.batched import evaluate_points_batched
 from lightning_landscape.functional.params import (
     Direction,
     LossFn,
     WeightPerturbation,
-    landscape_parameters,
     observation,
 )
 from lightning_landscape.functional.sharding import PointShard, evaluate_sharded
@@ -52,28 +52,6 @@ def odd_grid(span: float | tuple[float, float], resolution: int, name: str = "re
     if lo == -hi:
         grid[resolution // 2] = 0.0  # exactly, not 1e-17
     return grid
-
-
-def probe_size(batches: Sequence[Any]) -> int:
-    """Number of samples in the probe batches (the first dimension of each batch's first tensor)."""
-
-    def first_tensor(obj: Any) -> Tensor | None:
-        if isinstance(obj, Tensor):
-            return obj
-        if isinstance(obj, dict):
-            obj = list(obj.values())
-        if isinstance(obj, (list, tuple)):
-            for item in obj:
-                found = first_tensor(item)
-                if found is not None:
-                    return found
-        return None
-
-    total = 0
-    for b in batches:
-        t = first_tensor(b)
-        total += int(t.shape[0]) if t is not None and t.dim() > 0 else 1
-    return total
 
 
 def _mean_loss(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> Tensor:
@@ -258,11 +236,6 @@ def _evaluate_shared(
     return evaluate_sharded(evaluate, coefficients, shard)
 
 
-def _work_dtype(p: Tensor) -> torch.dtype:
-    """float64 for float64 parameters, float32 for everything else (bf16/fp16 included)."""
-    return torch.float64 if p.dtype == torch.float64 else torch.float32
-
-
 def _evaluation_meta(batches: Sequence[Any], losses: np.ndarray) -> dict[str, int]:
     """What every surface and line record says about its evaluation: probe size, non-finite points."""
     return {
@@ -270,10 +243,6 @@ def _evaluation_meta(batches: Sequence[Any], losses: np.ndarray) -> dict[str, in
         "probe_samples": probe_size(batches),
         "nonfinite": int((~np.isfinite(losses)).sum()),
     }
-
-
-def _resolve_params(model: nn.Module, params: Sequence[Tensor] | None) -> list[Tensor]:
-    return [p for _, p in landscape_parameters(model)] if params is None else list(params)
 
 
 def loss_surface(
@@ -328,7 +297,7 @@ def loss_surface(
     """
     if len(directions) != 2:
         raise ValueError(f"`directions` must hold two directions, got {len(directions)}")
-    params = _resolve_params(model, params)
+    params = resolve_params(model, params, require_grad=False)
     xs_arr = np.asarray(xs, dtype=np.float64) if xs is not None else odd_grid(span, resolution)
     ys_arr = np.asarray(ys, dtype=np.float64) if ys is not None else odd_grid(span, resolution)
     gx, gy = np.meshgrid(xs_arr, ys_arr)
@@ -367,7 +336,7 @@ def loss_line(
         >>> loss_line(model, mse, [batch], [torch.ones(1, 1)], resolution=5, span=2.0).losses
         array([4., 1., 0., 1., 4.])
     """
-    params = _resolve_params(model, params)
+    params = resolve_params(model, params, require_grad=False)
     alphas_arr = np.asarray(alphas, dtype=np.float64) if alphas is not None else odd_grid(span, resolution)
     losses = _evaluate_shared(
         model,
@@ -413,7 +382,7 @@ def interpolation_line(
         >>> line.alphas, line.losses  # w(alpha) = 3 - 2 alpha
         (array([-0.5,  0. ,  0.5,  1. ,  1.5]), array([16.,  9.,  4.,  1.,  0.]))
     """
-    params = _resolve_params(model, params)
+    params = resolve_params(model, params, require_grad=False)
     if len(start) != len(params):
         raise ValueError(f"`start` has {len(start)} tensors, expected one per parameter ({len(params)})")
     lo, hi = alpha_range
@@ -424,7 +393,7 @@ def interpolation_line(
     alphas = np.linspace(lo, hi, resolution)
     with torch.no_grad():
         direction = [
-            p.detach().to(_work_dtype(p)) - s.to(device=p.device, dtype=_work_dtype(p))
+            p.detach().to(work_dtype(p)) - s.to(device=p.device, dtype=work_dtype(p))
             for p, s in zip(params, start)
         ]
     # start + alpha (w - start) = w + (alpha - 1) (w - start): evaluate around the current weights.
