@@ -37,9 +37,97 @@ __all__ = [
     "HessianOperator",
     "LinearOperator",
     "ScaledOperator",
+    "SecondOrderError",
     "hessian_operator",
     "hessian_vector_product",
 ]
+
+
+class SecondOrderError(RuntimeError):
+    """Part of the model cannot be differentiated twice, so its Hessian-vector products do not exist."""
+
+
+def _tensors(obj: Any) -> list[Tensor]:
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [t for item in obj for t in _tensors(item)]
+    return []
+
+
+# Autograd nodes that end a second backward pass: ``NotImplemented`` raises when reached (an op without a
+# double-backward formula, such as a fused attention kernel), ``Error`` (from ``@once_differentiable``) is
+# never reached because nothing leads past it, so the second derivative silently misses a term.
+_DEAD_ENDS = ("NotImplemented", "Error", "DelayedError")
+_SECOND_ORDER_MESSAGES = ("derivative for", "differentiate twice", "double backward", "not implemented")
+
+
+def _graph(roots: Sequence[Any], stop: set[Any] | None = None) -> set[Any]:
+    """The autograd nodes reachable from ``roots`` (tensors or nodes), not entering ``stop``."""
+    stop = stop or set()
+    seen: set[Any] = set()
+    todo = [r.grad_fn if isinstance(r, Tensor) else r for r in roots]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen or node in stop:
+            continue
+        seen.add(node)
+        todo.extend(nxt for nxt, _ in node.next_functions)
+    return seen
+
+
+def _dead_end(outputs: Sequence[Tensor], grads: Sequence[Tensor]) -> bool:
+    """Whether the graph of ``grads`` (first derivatives of ``outputs``) has a node a second pass cannot
+    cross; the forward graph of ``outputs`` is not walked again."""
+    forward = _graph(outputs)
+    return any(type(n).__name__ in _DEAD_ENDS for n in _graph([g for g in grads if g is not None], forward))
+
+
+def _twice_differentiable(inputs: list[Tensor], outputs: list[Tensor]) -> bool:
+    """Whether ``outputs`` can be differentiated twice with respect to ``inputs``."""
+    try:
+        # Grad outputs that require grad, as in a real second pass (where they depend on the weights).
+        ones = [torch.ones_like(o, requires_grad=True) for o in outputs]
+        grads = torch.autograd.grad(outputs, inputs, ones, create_graph=True, allow_unused=True)
+    except RuntimeError:
+        return False
+    return not _dead_end(outputs, grads)
+
+
+def _modules_without_double_backward(model: nn.Module, loss_fn: LossFn, batch: Any) -> list[str]:
+    """The innermost modules whose forward pass cannot be differentiated twice (``type (name)``).
+
+    Run only after a Hessian-vector product failed: one forward pass records every module's inputs and
+    outputs, then each module is tried on its own, and the failing ones with no failing submodule are
+    named (a failure in a parent's own code, such as a functional attention call, names the parent).
+    """
+    calls: list[tuple[str, nn.Module, list[Tensor], list[Tensor]]] = []
+
+    def record(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            inputs = [t for t in _tensors((args, kwargs)) if t.requires_grad and t.is_floating_point()]
+            inputs += [p for p in module.parameters() if p.requires_grad]
+            outputs = [t for t in _tensors(output) if t.requires_grad and t.is_floating_point()]
+            if inputs and outputs:
+                calls.append((name, module, inputs, outputs))
+
+        return hook
+
+    handles = [m.register_forward_hook(record(n), with_kwargs=True) for n, m in model.named_modules()]
+    try:
+        loss_fn(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    failing = {name: module for name, module, i, o in calls if not _twice_differentiable(i, o)}
+
+    def inside(child: str, parent: str) -> bool:
+        return child != parent and (parent == "" or child.startswith(parent + "."))
+
+    innermost = [n for n in failing if not any(inside(other, n) for other in failing)]
+    return [f"{type(failing[n]).__name__} ({'the model' if n == '' else repr(n)})" for n in innermost]
 
 
 class LinearOperator(Protocol):
@@ -81,8 +169,11 @@ class HessianOperator:
         self.device = self.params[0].device
         self._graphs: list[tuple[Tensor, ...]] = []
         total: Tensor | None = None
-        for batch in self.batches:
+        for b, batch in enumerate(self.batches):
             loss, grads = self._first_order(batch)
+            if b == 0 and _dead_end([loss], grads):
+                self._explain(RuntimeError("a node without a double backward"), batch, certain=True)
+            loss = loss.detach()
             total = loss.double() if total is None else total + loss.double()
             if reuse_graph:
                 self._graphs.append(grads)
@@ -96,7 +187,7 @@ class HessianOperator:
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         # A parameter the loss does not use has zero gradient and zero Hessian rows.
         grads = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params))
-        return loss.detach(), grads
+        return loss, grads
 
     def _product(self, index: Sequence[int], vector: Tensor) -> Tensor:
         """``(H v)`` on the parameters ``index`` for ``v`` zero outside them (``vector`` holds their part)."""
@@ -109,17 +200,35 @@ class HessianOperator:
             pairs = [(grads[i], v) for i, v in zip(index, pieces) if grads[i].requires_grad]
             if not pairs:
                 continue  # the gradient does not depend on w here: zero Hessian for this batch
-            hv = torch.autograd.grad(
-                [g for g, _ in pairs],
-                chosen,
-                grad_outputs=[v for _, v in pairs],
-                retain_graph=self.reuse_graph,
-                allow_unused=True,
-            )
+            try:
+                hv = torch.autograd.grad(
+                    [g for g, _ in pairs],
+                    chosen,
+                    grad_outputs=[v for _, v in pairs],
+                    retain_graph=self.reuse_graph,
+                    allow_unused=True,
+                )
+            except RuntimeError as err:
+                self._explain(err, batch)
+                raise
             used = [(o, h) for o, h in zip(views, hv) if h is not None]
             if used:
                 torch._foreach_add_([o for o, _ in used], [h for _, h in used])
         return out.div_(len(self.batches))
+
+    def _explain(self, err: RuntimeError, batch: Any, certain: bool = False) -> None:
+        """Raise a :class:`SecondOrderError` naming the modules that have no double backward, when that
+        is what ``err`` is about (``certain``: a dead end was found in the graph)."""
+        culprits = _modules_without_double_backward(self.model, self.loss_fn, batch)
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if not (culprits or certain or any(m in message for m in _SECOND_ORDER_MESSAGES)):
+            return  # some other failure (out of memory, a shape error): let it through unchanged
+        where = ", ".join(culprits) or "code outside any module (in `loss_fn` or a module's own forward)"
+        raise SecondOrderError(
+            "Hessian-vector products need second derivatives, and this cannot be differentiated twice: "
+            f"{where} ({message}). Leave its parameters out with `params=`, or give it a twice-"
+            "differentiable implementation."
+        ) from err
 
     def matvec(self, vector: Tensor) -> Tensor:
         """``H v`` for a flat vector ``v`` (length :attr:`numel`); the result is flat, in :attr:`dtype`."""
