@@ -5,6 +5,7 @@ batches already on the model's device, and returns a typed record or tensors. Us
 notebook or script; :class:`lightning_landscape.LossLandscapeCallback` calls the same functions.
 """
 
+from lightning_landscape.functional._common import probe_size
 from lightning_landscape.functional.barrier import barrier
 from lightning_landscape.functional.bn import BN_MODES, buffer_snapshot, landscape_buffers
 from lightning_landscape.functional.curvature import (
@@ -12,16 +13,21 @@ from lightning_landscape.functional.curvature import (
     HessianTrace,
     hessian_directions,
     hessian_eigenvalues,
-    hessian_operator,
     hessian_trace,
-    hessian_vector_product,
 )
 from lightning_landscape.functional.directions import (
     filter_normalize,
     filter_normalized_directions,
     random_direction,
 )
+from lightning_landscape.functional.estimators import HutchinsonResult, LanczosResult, hutchinson, lanczos
 from lightning_landscape.functional.noise import ProbeNoise, probe_noise
+from lightning_landscape.functional.operators import (
+    HessianOperator,
+    ScaledOperator,
+    hessian_operator,
+    hessian_vector_product,
+)
 from lightning_landscape.functional.params import (
     Direction,
     LossFn,
@@ -73,7 +79,6 @@ from lightning_landscape.functional.surface import (
     loss_line,
     loss_surface,
     odd_grid,
-    probe_size,
 )
 from lightning_landscape.functional.trajectory import TrajectoryPCA, trajectory_pca
 
@@ -84,7 +89,10 @@ __all__ = [
     "DirectionSensitivity",
     "DistanceProfile",
     "HessianEigenvalues",
+    "HessianOperator",
     "HessianTrace",
+    "HutchinsonResult",
+    "LanczosResult",
     "LossFn",
     "PathLossCheck",
     "PathPlaneFit",
@@ -97,6 +105,7 @@ __all__ = [
     "ReliabilitySettings",
     "ReliabilityThresholds",
     "SamSharpness",
+    "ScaledOperator",
     "TrajectoryPCA",
     "WeightPerturbation",
     "average_sharpness",
@@ -114,7 +123,9 @@ __all__ = [
     "hessian_operator",
     "hessian_trace",
     "hessian_vector_product",
+    "hutchinson",
     "interpolation_line",
+    "lanczos",
     "landscape_buffers",
     "landscape_parameters",
     "landscape_reliability",

@@ -10,36 +10,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
+from lightning_landscape.functional._common import probe_size, resolve_params
+from lightning_landscape.functional._common import work_dtype as _work_dtype  # noqa: F401 (re-exported)
 from lightning_landscape.functional.bn import BufferPlan, check_bn
 from lightning_landscape.functional.engine import Engine, Evaluation, evaluate_points
 from lightning_landscape.functional.noise import probe_noise_of
-from lightning_landscape.functional.params import Direction, LossFn, landscape_parameters
+from lightning_landscape.functional.params import Direction, LossFn
 from lightning_landscape.functional.sharding import PointShard, evaluate_sharded
 
 
-def probe_size(batches: Sequence[Any]) -> int:
-    """Number of samples in the probe batches (the first dimension of each batch's first tensor)."""
-
-    def first_tensor(obj: Any) -> Tensor | None:
-        if isinstance(obj, Tensor):
-            return obj
-        if isinstance(obj, dict):
-            obj = list(obj.values())
-        if isinstance(obj, (list, tuple)):
-            for item in obj:
-                found = first_tensor(item)
-                if found is not None:
-                    return found
-        return None
-
-    total = 0
-    for b in batches:
-        t = first_tensor(b)
-        total += int(t.shape[0]) if t is not None and t.dim() > 0 else 1
-    return total
+def _resolve_params(model: nn.Module, params: Sequence[Tensor] | None) -> list[Tensor]:
+    """The landscape's parameters (the one resolver, without the requires-grad check)."""
+    return resolve_params(model, params, require_grad=False)
 
 
 def _evaluate_shared(
@@ -143,11 +127,6 @@ def _plan(model: nn.Module, bn: str, allowed: tuple[str, ...] = ("keep", "recomp
     return BufferPlan.recompute(model) if bn == "recompute" else None
 
 
-def _work_dtype(p: Tensor) -> torch.dtype:
-    """float64 for float64 parameters, float32 for everything else (bf16/fp16 included)."""
-    return torch.float64 if p.dtype == torch.float64 else torch.float32
-
-
 def _evaluation_meta(batches: Sequence[Any], losses: np.ndarray) -> dict[str, int]:
     """What every surface and line record says about its evaluation: probe size, non-finite points."""
     return {
@@ -157,5 +136,3 @@ def _evaluation_meta(batches: Sequence[Any], losses: np.ndarray) -> dict[str, in
     }
 
 
-def _resolve_params(model: nn.Module, params: Sequence[Tensor] | None) -> list[Tensor]:
-    return [p for _, p in landscape_parameters(model)] if params is None else list(params)

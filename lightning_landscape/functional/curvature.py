@@ -1,14 +1,14 @@
-"""Curvature of the loss at the current weights: Hessian-vector products, Lanczos, Hutchinson.
+"""Curvature of the loss at the current weights: the model-level functions.
 
 Everything here is about the Hessian ``H`` of the *mean* loss over the probe batches,
 ``L(w) = (1/B) sum_b loss_fn(model, batch_b)``, with respect to the chosen parameters (trainable
 floating-point ones by default), with the model observed in eval mode (BatchNorm uses its running
-statistics, dropout is off) and everything restored afterwards (see :func:`observation`). Averaging,
-not summing, keeps every number independent of how the same data is split into batches.
+statistics, dropout is off) and everything restored afterwards. Averaging, not summing, keeps every
+number independent of how the same data is split into batches. Each function builds the
+:class:`~lightning_landscape.functional.operators.HessianOperator` and hands it to an estimator of
+:mod:`lightning_landscape.functional.estimators`:
 
-- :func:`hessian_vector_product`: ``H v`` by double backward.
-- :func:`hessian_eigenvalues`: extreme eigenvalues by Lanczos with full reorthogonalization, float64
-  tridiagonal coefficients and the Ritz residual ``|H y - theta y|`` of every reported pair.
+- :func:`hessian_eigenvalues`: extreme eigenvalues by Lanczos, with the Ritz residual of every pair.
 - :func:`hessian_trace`: Hutchinson's estimator with seeded Rademacher probes and its standard error.
 - :func:`hessian_directions`: the unit eigenvectors of ``lambda_max`` and ``lambda_min``, ready to be
   used as the two axes of :func:`loss_surface` (Boettcher & Wheeler, 2024).
@@ -18,333 +18,41 @@ A loss that is NaN or infinite at ``w`` gives NaN results and a ``RuntimeWarning
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
-from lightning_landscape import _validation as check
-from lightning_landscape.functional.params import (
-    Direction,
-    LossFn,
-    landscape_parameters,
-    observation,
-    unflatten,
+from lightning_landscape.functional._common import (
+    NonFiniteError,
+    check_batches,
+    check_int,
+    nonfinite_warning,
+    probe_meta,
+    resolve_params,
 )
+from lightning_landscape.functional.estimators import (
+    Which,
+    check_lanczos_args,
+    hutchinson_samples,
+    lanczos,
+    summarize_samples,
+)
+from lightning_landscape.functional.operators import hessian_operator
+from lightning_landscape.functional.params import Direction, LossFn, unflatten
 from lightning_landscape.functional.sharding import PointShard, evaluate_sharded
 
 __all__ = [
     "HessianEigenvalues",
-    "HessianOperator",
     "HessianTrace",
     "hessian_directions",
     "hessian_eigenvalues",
-    "hessian_operator",
     "hessian_trace",
-    "hessian_vector_product",
 ]
-
-Which = Literal["largest", "smallest", "both"]
-
-
-class NonFiniteLoss(ArithmeticError):
-    """The loss (or its gradient or a Hessian-vector product) is NaN or infinite."""
-
-
-# --------------------------------------------------------------------------------------- argument checks
-
-
-# The shared checks of lightning_landscape._validation: _check_int(name, value, minimum).
-_check_int = check.positive_int
-_check_positive = check.positive_number
-
-
-def resolve_params(model: nn.Module, params: Sequence[Tensor] | None) -> list[Tensor]:
-    """The parameters to differentiate: given ones (each must require grad) or the trainable ones."""
-    if params is None:
-        return [p for _, p in landscape_parameters(model)]
-    params = list(params)
-    if not params:
-        raise ValueError("`params` is empty")
-    for i, p in enumerate(params):
-        if not isinstance(p, Tensor) or not p.is_floating_point():
-            raise ValueError(f"`params`[{i}] is not a floating-point tensor")
-        if not p.requires_grad:
-            raise ValueError(
-                f"`params`[{i}] (shape {tuple(p.shape)}) does not require grad: curvature is taken with "
-                "respect to trainable parameters only"
-            )
-    return params
-
-
-def check_batches(batches: Sequence[Any]) -> list[Any]:
-    batches = list(batches)
-    if not batches:
-        raise ValueError("`batches` is empty: at least one probe batch is needed")
-    return batches
-
-
-def _scalar_loss(loss_fn: LossFn, model: nn.Module, batch: Any) -> Tensor:
-    loss = loss_fn(model, batch)
-    if not isinstance(loss, Tensor) or loss.numel() != 1:
-        raise ValueError(
-            f"`loss_fn` must return a scalar tensor, got {type(loss).__name__}"
-            + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
-        )
-    if not loss.requires_grad:
-        raise ValueError(
-            "`loss_fn` returned a loss that does not depend on the parameters through autograd "
-            "(detached, or computed under torch.no_grad)"
-        )
-    return loss.reshape(())
-
-
-# --------------------------------------------------------------------------------------- the operator
-
-
-class HessianOperator:
-    """``v -> H v`` for the Hessian of the mean probe loss, on flat vectors; also holds ``L(w)`` and ``g``.
-
-    Made by :func:`hessian_operator`, valid only inside its ``with`` block. With ``reuse_graph`` the
-    first-order gradient graph of every probe batch is built once and kept, so each product costs one
-    extra backward pass per batch; without it each product rebuilds the graph (less memory, about
-    twice the time).
-
-    Attributes:
-        loss: ``L(w)``, the mean loss over the batches (a Python float).
-        grad: the flat gradient of ``L`` at ``w`` (detached).
-        products: number of Hessian-vector products computed so far.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        batches: Sequence[Any],
-        params: Sequence[Tensor],
-        reuse_graph: bool = True,
-    ) -> None:
-        self.model, self.loss_fn, self.batches, self.params = model, loss_fn, list(batches), list(params)
-        self.reuse_graph = reuse_graph
-        self.numel = sum(p.numel() for p in self.params)
-        self.dtype = self.params[0].dtype if self.params[0].dtype == torch.float64 else torch.float32
-        self.device = self.params[0].device
-        self.products = 0
-        self._graphs: list[tuple[Tensor, ...]] = []
-        total, grad = 0.0, torch.zeros(self.numel, dtype=self.dtype, device=self.device)
-        for batch in self.batches:
-            loss, grads = self._first_order(batch)
-            total += float(loss)
-            grad += self._flat(grads).detach()
-            if reuse_graph:
-                self._graphs.append(grads)
-        n = len(self.batches)
-        self.loss = total / n
-        self.grad = grad / n
-        if not (math.isfinite(self.loss) and bool(torch.isfinite(self.grad).all())):
-            raise NonFiniteLoss(f"the loss at w is {self.loss} (or its gradient is not finite)")
-
-    def _first_order(self, batch: Any) -> tuple[Tensor, tuple[Tensor, ...]]:
-        loss = _scalar_loss(self.loss_fn, self.model, batch)
-        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-        # A parameter the loss does not use has zero gradient and zero Hessian rows.
-        grads = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params))
-        return loss.detach(), grads
-
-    def _flat(self, tensors: Sequence[Tensor | None]) -> Tensor:
-        return torch.cat(
-            [
-                (torch.zeros_like(p) if t is None else t).reshape(-1).to(self.dtype)
-                for t, p in zip(tensors, self.params)
-            ]
-        )
-
-    def _split(self, vector: Tensor) -> Direction:
-        return unflatten(vector, self.params)
-
-    def matvec(self, vector: Tensor) -> Tensor:
-        """``H v`` for a flat vector ``v`` (length :attr:`numel`); the result is flat, in :attr:`dtype`."""
-        pieces = self._split(vector)
-        out = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
-        for i, batch in enumerate(self.batches):
-            grads = self._graphs[i] if self.reuse_graph else self._first_order(batch)[1]
-            if not any(g.requires_grad for g in grads):
-                continue  # the gradient does not depend on w: zero Hessian for this batch
-            needs = [g for g in grads if g.requires_grad]
-            outs = [v for g, v in zip(grads, pieces) if g.requires_grad]
-            hv = torch.autograd.grad(
-                needs, self.params, grad_outputs=outs, retain_graph=self.reuse_graph, allow_unused=True
-            )
-            out += self._flat(hv)
-        out /= len(self.batches)
-        self.products += 1
-        if not bool(torch.isfinite(out).all()):
-            raise NonFiniteLoss("a Hessian-vector product is not finite")
-        return out
-
-
-@contextlib.contextmanager
-def hessian_operator(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
-    params: Sequence[Tensor] | None = None,
-    reuse_graph: bool = True,
-) -> Iterator[HessianOperator]:
-    """Observe ``model`` (eval mode, state restored after) and yield its :class:`HessianOperator`.
-
-    Example::
-
-        >>> model = nn.Linear(2, 1, bias=False)
-        >>> batch = (torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0]]))
-        >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()
-        >>> with hessian_operator(model, mse, [batch]) as H:  # H = 2 x x^T
-        ...     H.matvec(torch.tensor([1.0, 0.0]))
-        tensor([2., 4.])
-    """
-    params = resolve_params(model, params)
-    batches = check_batches(batches)
-    with observation(model), torch.enable_grad():
-        yield HessianOperator(model, loss_fn, batches, params, reuse_graph=reuse_graph)
-
-
-def hessian_vector_product(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
-    vector: Sequence[Tensor],
-    params: Sequence[Tensor] | None = None,
-) -> Direction:
-    """``H v``: the Hessian of the mean probe loss times ``vector`` (a list aligned with ``params``).
-
-    Example::
-
-        >>> model = nn.Linear(2, 1, bias=False)
-        >>> batch = (torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0]]))
-        >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()
-        >>> hessian_vector_product(model, mse, [batch], [torch.tensor([[0.0, 1.0]])])
-        [tensor([[4., 8.]])]
-    """
-    params = resolve_params(model, params)
-    if len(vector) != len(params) or any(v.shape != p.shape for v, p in zip(vector, params)):
-        raise ValueError("`vector` must hold one tensor per parameter, shaped like it")
-    with hessian_operator(model, loss_fn, batches, params) as op:
-        flat = torch.cat([v.detach().reshape(-1).to(device=op.device, dtype=op.dtype) for v in vector])
-        return [t.clone() for t in unflatten(op.matvec(flat), params)]
-
-
-# --------------------------------------------------------------------------------------- Lanczos
-
-
-@dataclass
-class LanczosResult:
-    """Ritz pairs of a symmetric operator from :func:`lanczos` (values in float64, descending)."""
-
-    values: np.ndarray
-    residuals: np.ndarray
-    vectors: Tensor | None
-    iterations: int
-    history: np.ndarray  # the largest Ritz value after each iteration
-    history_min: np.ndarray  # the smallest Ritz value after each iteration
-    invariant: bool  # the Krylov space became invariant: the Ritz values are exact
-    converged: bool  # every wanted residual is within tol of the largest Ritz value in magnitude
-
-
-def _rademacher(n: int, generator: torch.Generator) -> Tensor:
-    return torch.randint(0, 2, (n,), generator=generator, dtype=torch.int8).mul_(2).sub_(1)
-
-
-def lanczos(
-    matvec: Any,
-    n: int,
-    k: int = 1,
-    which: Which = "largest",
-    max_iter: int = 100,
-    tol: float = 1e-6,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float64,
-    device: Any = None,
-    return_vectors: bool = False,
-) -> LanczosResult:
-    """Lanczos with full reorthogonalization on ``matvec`` (a symmetric operator on length-``n`` vectors).
-
-    The basis is kept in ``dtype`` and reorthogonalized twice (classical Gram-Schmidt, twice) at every
-    step; the tridiagonal coefficients are float64. The residual of a Ritz pair ``(theta, y = V s)`` is
-    ``|beta_m s_m|``. Iteration stops when the wanted pairs' residuals are at most ``tol`` times the
-    largest Ritz value in magnitude, when the Krylov space becomes invariant, or after ``max_iter``
-    steps. The start vector is a Rademacher vector from a CPU generator seeded with ``seed``.
-    """
-    m_max = min(max_iter, n)
-    basis = torch.empty((m_max, n), dtype=dtype, device=device)
-    gen = torch.Generator().manual_seed(int(seed))
-    v = _rademacher(n, gen).to(device=device, dtype=dtype)
-    basis[0] = v / torch.linalg.vector_norm(v)
-    alphas: list[float] = []
-    betas: list[float] = []
-    history, history_min = [], []
-    invariant = False
-    theta = s = None
-    scale = 0.0
-    for j in range(m_max):
-        w = matvec(basis[j]).to(dtype)
-        alpha = float(torch.dot(w.double(), basis[j].double()))
-        alphas.append(alpha)
-        for _ in range(2):  # CGS2: full reorthogonalization against every basis vector so far
-            w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
-        beta = float(torch.linalg.vector_norm(w.double()))
-        t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        theta, s = np.linalg.eigh(t)
-        scale = max(scale, float(np.abs(theta).max()), beta)
-        history.append(float(theta[-1]))
-        history_min.append(float(theta[0]))
-        eps = float(torch.finfo(dtype).eps)
-        # Invariant Krylov space: what is left of w is rounding noise (HVPs are accurate to ~eps |H|).
-        if beta <= 10 * eps * max(scale, 1e-300):
-            invariant = True
-            beta = 0.0
-        residuals = np.abs(beta * s[-1, :])
-        wanted = _wanted(len(theta), k, which)
-        if invariant or j + 1 == m_max or bool((residuals[wanted] <= tol * max(scale, 1e-300)).all()):
-            break
-        betas.append(beta)
-        basis[j + 1] = w / beta
-    m = len(alphas)
-    assert theta is not None and s is not None
-    order = _wanted(m, k, which)
-    residuals = np.abs(beta * s[-1, order])
-    vectors = None
-    if return_vectors:
-        coeffs = torch.as_tensor(s[:, order], dtype=dtype, device=device)
-        vectors = (basis[:m].T @ coeffs).T  # (len(order), n)
-    return LanczosResult(
-        values=theta[order],
-        residuals=residuals,
-        vectors=vectors,
-        iterations=m,
-        history=np.asarray(history),
-        history_min=np.asarray(history_min),
-        invariant=invariant,
-        converged=invariant or bool((residuals <= tol * max(scale, 1e-300)).all()),
-    )
-
-
-def _wanted(m: int, k: int, which: Which) -> list[int]:
-    """Indices into ascending Ritz values: largest first, then smallest first."""
-    k = min(k, m)
-    top = list(range(m - 1, m - 1 - k, -1))
-    bottom = list(range(k))
-    if which == "largest":
-        return top
-    if which == "smallest":
-        return bottom
-    return top + [i for i in bottom if i not in top]
 
 
 # --------------------------------------------------------------------------------------- public results
@@ -427,23 +135,6 @@ class HessianTrace:
         return {"hessian/trace": self.trace, "hessian/trace_stderr": self.stderr}
 
 
-def _probe_meta(batches: Sequence[Any]) -> dict[str, Any]:
-    from lightning_landscape.functional.surface import probe_size  # surface imports nothing from here
-
-    return {"probe_batches": len(batches), "probe_samples": probe_size(batches)}
-
-
-def _nonfinite_warning(what: str, err: Exception) -> None:
-    warnings.warn(f"{what}: {err}; the result is NaN", RuntimeWarning, stacklevel=3)
-
-
-def _validate_lanczos_args(k: int, which: str, max_iter: int, tol: float) -> None:
-    _check_int("k", k, 1)
-    check.choice("which", which, ("largest", "smallest", "both"))
-    _check_int("max_iter", max_iter, 1)
-    _check_positive("tol", tol)
-
-
 def hessian_eigenvalues(
     model: nn.Module,
     loss_fn: LossFn,
@@ -478,6 +169,7 @@ def hessian_eigenvalues(
 
     Example::
 
+        >>> import torch
         >>> model = nn.Linear(2, 1, bias=False)
         >>> batch = (torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.zeros(2, 1))
         >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()   # H = x^T x / 1 = I
@@ -485,7 +177,7 @@ def hessian_eigenvalues(
         >>> round(res.lambda_max, 6), round(res.lambda_min, 6)
         (1.0, 1.0)
     """
-    _validate_lanczos_args(k, which, max_iter, tol)
+    check_lanczos_args(k, which, max_iter, tol)
     params = resolve_params(model, params)
     batches = check_batches(batches)
     meta = {
@@ -494,7 +186,7 @@ def hessian_eigenvalues(
         "max_iter": max_iter,
         "tol": tol,
         "seed": seed,
-        **_probe_meta(batches),
+        **probe_meta(batches),
         "parameters": sum(p.numel() for p in params),
     }
     start = time.perf_counter()
@@ -513,8 +205,8 @@ def hessian_eigenvalues(
                 return_vectors=return_eigenvectors,
             )
             loss = op.loss
-    except NonFiniteLoss as err:
-        _nonfinite_warning("hessian_eigenvalues", err)
+    except NonFiniteError as err:
+        nonfinite_warning("hessian_eigenvalues", err)
         n = min(k, max_iter) * (2 if which == "both" else 1)
         nan = np.full(n, math.nan)
         return HessianEigenvalues(nan, nan.copy(), None, 0, False, math.nan, meta=meta)
@@ -560,6 +252,7 @@ def hessian_directions(
 
     Example::
 
+        >>> import torch
         >>> model = nn.Linear(2, 1, bias=False)
         >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.zeros(2, 1))
         >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()   # H = diag(4, 1)
@@ -611,6 +304,7 @@ def hessian_trace(
 
     Example::
 
+        >>> import torch
         >>> model = nn.Linear(3, 1, bias=False)
         >>> batch = (torch.eye(3), torch.zeros(3, 1))
         >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()   # H = 2/3 I: tr = 2, exactly per probe
@@ -618,38 +312,28 @@ def hessian_trace(
         >>> round(res.trace, 6), round(res.stderr, 6)
         (2.0, 0.0)
     """
-    _check_int("samples", samples, 2)
+    check_int("samples", samples, 2)
     params = resolve_params(model, params)
     batches = check_batches(batches)
-    meta = {"samples": samples, "seed": seed, "probes": "rademacher", **_probe_meta(batches)}
+    meta = {"samples": samples, "seed": seed, "probes": "rademacher", **probe_meta(batches)}
     start = time.perf_counter()
     losses: list[float] = []
 
     def probe_values(rows: np.ndarray) -> np.ndarray:
         """``z_i^T H z_i`` for the probe indices in ``rows``; the generator still draws every probe."""
-        wanted = {int(i) for i in rows[:, 0]}
-        out = []
-        gen = torch.Generator().manual_seed(int(seed))
         with hessian_operator(model, loss_fn, batches, params, reuse_graph) as op:
-            for i in range(samples):
-                z = _rademacher(op.numel, gen)
-                if i in wanted:
-                    z = z.to(device=op.device, dtype=op.dtype)
-                    out.append(float(torch.dot(op.matvec(z).double(), z.double())))
+            values = hutchinson_samples(
+                op.matvec, op.numel, samples, seed, op.dtype, op.device, indices=rows[:, 0].astype(int)
+            )
             losses.append(op.loss)
-        return np.asarray(out)
+        return values
 
     try:
         values = evaluate_sharded(probe_values, np.arange(samples, dtype=np.float64)[:, None], shard)
         loss = losses[0] if losses else math.nan
-    except NonFiniteLoss as err:
-        _nonfinite_warning("hessian_trace", err)
+    except NonFiniteError as err:
+        nonfinite_warning("hessian_trace", err)
         return HessianTrace(math.nan, math.nan, np.full(samples, math.nan), math.nan, meta=meta)
     meta["seconds"] = time.perf_counter() - start
-    return HessianTrace(
-        trace=float(values.mean()),
-        stderr=float(values.std(ddof=1) / math.sqrt(samples)),
-        samples=values,
-        loss=loss,
-        meta=meta,
-    )
+    summary = summarize_samples(values)
+    return HessianTrace(summary.trace, summary.stderr, summary.samples, loss=loss, meta=meta)

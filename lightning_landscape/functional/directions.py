@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from lightning_landscape import _validation as check
+from lightning_landscape.functional._common import work_dtype
 from lightning_landscape.functional.params import Direction
 
 __all__ = ["filter_normalize", "filter_normalized_directions", "random_direction"]
@@ -23,13 +24,9 @@ def random_direction(params: Sequence[Tensor], generator: torch.Generator) -> Di
     widened); each tensor is then moved once to its parameter's device.
     """
     return [
-        torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p.device, _work_dtype(p))
+        torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p.device, work_dtype(p))
         for p in params
     ]
-
-
-def _work_dtype(p: Tensor) -> torch.dtype:
-    return torch.float64 if p.dtype == torch.float64 else torch.float32
 
 
 def filter_normalize(

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.functional.curvature import (
-    _check_int,
-    _check_positive,
-    _probe_meta,
-    _scalar_loss,
+from lightning_landscape.functional._common import (
     check_batches,
+    check_int,
+    check_positive,
+    probe_meta,
     resolve_params,
+    scalar_loss,
 )
 from lightning_landscape.functional.directions import random_direction
 from lightning_landscape.functional.params import Direction, LossFn, observation
@@ -118,7 +118,7 @@ def loss_gradient(
     grad = [torch.zeros_like(p) for p in params]
     with observation(model), torch.enable_grad():
         for batch in batches:
-            loss = _scalar_loss(loss_fn, model, batch)
+            loss = scalar_loss(loss_fn, model, batch)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             total += float(loss.detach())
             torch._foreach_add_(
@@ -157,10 +157,10 @@ def sam_sharpness(
         >>> round(res.sharpness, 6), round(res.first_order, 6), round(res.curvature, 6)
         (1.25, 1.0, 0.25)
     """
-    _check_positive("rho", rho)
+    check_positive("rho", rho)
     params = resolve_params(model, params)
     batches = check_batches(batches)
-    meta = {"rho": float(rho), "adaptive": bool(adaptive), **_probe_meta(batches)}
+    meta = {"rho": float(rho), "adaptive": bool(adaptive), **probe_meta(batches)}
     start = time.perf_counter()
     loss, grad = loss_gradient(model, loss_fn, batches, params)
     grad_norm = _norm(grad)
@@ -218,8 +218,8 @@ def average_sharpness(
         >>> abs(res.sharpness - 0.01) < 4 * res.stderr
         True
     """
-    _check_positive("sigma", sigma)
-    _check_int("samples", samples, 2)
+    check_positive("sigma", sigma)
+    check_int("samples", samples, 2)
     params = resolve_params(model, params)
     batches = check_batches(batches)
     meta = {
@@ -228,7 +228,7 @@ def average_sharpness(
         "adaptive": bool(adaptive),
         "seed": seed,
         "distribution": "gaussian",
-        **_probe_meta(batches),
+        **probe_meta(batches),
     }
     start = time.perf_counter()
     numel = sum(p.numel() for p in params)
