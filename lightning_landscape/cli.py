@@ -1,11 +1,14 @@
 """The ``lightning-landscape`` command: compare runs or groups of runs, re-draw saved records, summarise.
 
-    lightning-landscape compare RUN_DIR RUN_DIR ... --out compare.png
+    lightning-landscape compare RUN_DIR RUN_DIR ... --out compare.png [--shared DIR]
     lightning-landscape compare --group adamw runs/adamw/seed* --group sam runs/sam/seed* --out groups.png
     lightning-landscape plot RECORD [--style contour|filled|surface3d|line] [--log] --out FILE
     lightning-landscape summary RUN_DIR
 
 A RUN_DIR is a run's log directory (``lightning_logs/sgd/seed0``) or its ``landscape/`` folder.
+Two runs compared as solutions (:func:`lightning_landscape.compare_solutions`) also get the shared plane
+and the barrier (``--out`` stem + ``_shared_plane`` / ``_barrier``) and their numbers; folders named
+``shared_*`` are never taken for runs.
 Everything is read from the records on disk (:mod:`lightning_landscape.records`) through
 :mod:`lightning_landscape.runs` (runs, their protocol, group statistics); no logger is needed.
 Any misuse (a bad option, a missing or mixed run, a corrupt or foreign record, runs on different
@@ -26,6 +29,7 @@ from typing import Any, NoReturn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lightning_landscape._shared_report import draw_shared, find_shared, is_shared_folder, summary_rows
 from lightning_landscape.records import RecordError, is_diagnostic, load_record
 from lightning_landscape.runs import (
     Group,
@@ -177,10 +181,43 @@ def _note_stage(runs: Sequence[Run]) -> str:
 # --------------------------------------------------------------------------- commands
 
 
+def _not_shared(paths: Sequence[str]) -> list[str]:
+    """``paths`` without folders of compared solutions (``shared_*``: not runs), with a note."""
+    skipped = [p for p in paths if is_shared_folder(p)]
+    if skipped:
+        print(f"note: skipping {', '.join(skipped)} (compared solutions, not runs)", file=sys.stderr)
+    return [p for p in paths if not is_shared_folder(p)]
+
+
+def _shared(args: argparse.Namespace) -> None:
+    """Draw and tabulate two runs' compared solutions, if there are any (or ``--shared`` names them)."""
+    from lightning_landscape.solutions import load_solutions
+
+    try:
+        folder = find_shared(args.runs[0], args.runs[1], args.shared) if len(args.runs) == 2 else None
+        comparison = load_solutions(folder) if folder is not None else None
+    except RecordError:
+        raise
+    except ValueError as err:
+        raise CLIError(str(err)) from err
+    if comparison is None:
+        return
+    written = draw_shared(comparison, args.out, args.levels, not args.linear)
+    print(format_table(summary_rows(comparison)))
+    print(f"wrote {', '.join(map(str, written))} (from {folder})")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     _check_out(args.out)
     if args.group:
+        if args.shared is not None:
+            raise CLIError("--shared goes with two runs, not with --group")
         return _compare_groups(args)
+    args.runs = _not_shared(args.runs)
+    if args.shared is not None and len(args.runs) != 2:
+        raise CLIError(f"--shared goes with two runs, got {len(args.runs)}")
+    if args.shared is not None and not Path(args.shared).is_dir():
+        raise CLIError(f"--shared {args.shared}: no such directory")
     if len(args.runs) < 2:
         raise CLIError("compare needs at least two run directories (or two --group NAME RUN [RUN ...])")
     resolved = [Path(r).resolve() for r in args.runs]
@@ -228,6 +265,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         rows.append([key, *[f.get(key) for f in ends]])
     print(format_table(rows))
     print(f"wrote {args.out}")
+    _shared(args)
     return 0
 
 
@@ -241,6 +279,7 @@ def _groups(args: argparse.Namespace) -> list[Group]:
     names = [g[0] for g in args.group]
     if len(set(names)) < len(names):
         raise CLIError(f"group names must differ, got {', '.join(names)}")
+    args.group = [[name, *_not_shared(runs)] for name, *runs in args.group]
     seen: dict[Path, str] = {}
     for name, *runs in args.group:
         if len(runs) < 2:
@@ -401,6 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--confidence", type=_confidence, default=0.95, help="of the group intervals (default 0.95)"
     )
     p.add_argument("--allow-mismatch", action="store_true", help="compare runs on different protocols")
+    p.add_argument(
+        "--shared",
+        metavar="DIR",
+        help="the two runs' compared solutions (compare_solutions' folder; default: shared_<A>_vs_<B>/ "
+        "beside the runs, when it exists): draws the shared plane and the barrier, tabulates them",
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("plot", help="re-draw one saved record")
