@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_landscape.functional.bn import BufferPlan, check_bn
-from lightning_landscape.functional.engine import Engine, Evaluation, evaluate_points
+from lightning_landscape.functional.engine import Engine, Evaluation, Progress, evaluate_points
 from lightning_landscape.functional.noise import probe_noise_of
 from lightning_landscape.functional.params import Direction, LossFn, landscape_parameters
 from lightning_landscape.functional.sharding import PointShard, evaluate_sharded
@@ -56,6 +56,7 @@ def _evaluate_shared(
     origin: Sequence[Tensor] | None = None,
     buffers: BufferPlan | None = None,
     metric_fn: LossFn | None = None,
+    progress: Progress | None = None,
 ) -> Evaluation:
     """:func:`evaluate_points` on this process's rows of ``coefficients``, gathered from all processes.
 
@@ -78,6 +79,7 @@ def _evaluate_shared(
             origin=origin,
             buffers=buffers,
             metric_fn=metric_fn,
+            progress=progress,
         )
         local.append(ev)
         return ev.losses if ev.metrics is None else np.concatenate([ev.losses, ev.metrics], axis=1)
