@@ -10,16 +10,20 @@ figure (``<out stem>_shared_plane.<ext>``, ``<out stem>_barrier.<ext>``) and tab
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_landscape.solutions import SolutionComparison, default_shared_dir
+from lightning_landscape.solutions import SolutionComparison, default_shared_dir, load_solutions
 
 __all__ = [
     "SHARED_PREFIX",
     "draw_shared",
     "find_shared",
     "is_shared_folder",
+    "not_shared",
+    "report_shared",
     "shared_outputs",
     "summary_rows",
 ]
@@ -96,3 +100,28 @@ def summary_rows(comparison: SolutionComparison) -> list[list[Any]]:
     rows.append(["statistics of the barrier", str(meta.get("bn", "-"))])
     rows += [[key, value] for key, value in comparison.summary().items()]
     return rows
+
+
+def not_shared(paths: Sequence[str]) -> list[str]:
+    """``paths`` without folders of compared solutions (``shared_*``: not runs), with a note on stderr."""
+    skipped = [p for p in paths if is_shared_folder(p)]
+    if skipped:
+        print(f"note: skipping {', '.join(skipped)} (compared solutions, not runs)", file=sys.stderr)
+    return [p for p in paths if not is_shared_folder(p)]
+
+
+def report_shared(
+    runs: Sequence[str], explicit: str | None, out: str | os.PathLike, levels: int = 20, log: bool = True
+) -> SolutionComparison | None:
+    """For two runs compared as solutions (or ``explicit``, their folder): draw the figures beside ``out``
+    and print the table. Nothing for other runs; a ValueError for a folder that holds no comparison."""
+    from lightning_landscape.cli import format_table
+
+    folder = find_shared(runs[0], runs[1], explicit) if len(runs) == 2 else None
+    if folder is None:
+        return None
+    comparison = load_solutions(folder)
+    written = draw_shared(comparison, out, levels, log)
+    print(format_table(summary_rows(comparison)))
+    print(f"wrote {', '.join(map(str, written))} (from {folder})")
+    return comparison

@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lightning_landscape._shared_report import draw_shared, find_shared, is_shared_folder, summary_rows
+from lightning_landscape._shared_report import not_shared, report_shared
 from lightning_landscape.records import RecordError, is_diagnostic, load_record
 from lightning_landscape.runs import (
     Group,
@@ -181,39 +181,13 @@ def _note_stage(runs: Sequence[Run]) -> str:
 # --------------------------------------------------------------------------- commands
 
 
-def _not_shared(paths: Sequence[str]) -> list[str]:
-    """``paths`` without folders of compared solutions (``shared_*``: not runs), with a note."""
-    skipped = [p for p in paths if is_shared_folder(p)]
-    if skipped:
-        print(f"note: skipping {', '.join(skipped)} (compared solutions, not runs)", file=sys.stderr)
-    return [p for p in paths if not is_shared_folder(p)]
-
-
-def _shared(args: argparse.Namespace) -> None:
-    """Draw and tabulate two runs' compared solutions, if there are any (or ``--shared`` names them)."""
-    from lightning_landscape.solutions import load_solutions
-
-    try:
-        folder = find_shared(args.runs[0], args.runs[1], args.shared) if len(args.runs) == 2 else None
-        comparison = load_solutions(folder) if folder is not None else None
-    except RecordError:
-        raise
-    except ValueError as err:
-        raise CLIError(str(err)) from err
-    if comparison is None:
-        return
-    written = draw_shared(comparison, args.out, args.levels, not args.linear)
-    print(format_table(summary_rows(comparison)))
-    print(f"wrote {', '.join(map(str, written))} (from {folder})")
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     _check_out(args.out)
     if args.group:
         if args.shared is not None:
             raise CLIError("--shared goes with two runs, not with --group")
         return _compare_groups(args)
-    args.runs = _not_shared(args.runs)
+    args.runs = not_shared(args.runs)
     if args.shared is not None and len(args.runs) != 2:
         raise CLIError(f"--shared goes with two runs, got {len(args.runs)}")
     if args.shared is not None and not Path(args.shared).is_dir():
@@ -265,7 +239,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         rows.append([key, *[f.get(key) for f in ends]])
     print(format_table(rows))
     print(f"wrote {args.out}")
-    _shared(args)
+    try:  # two runs compared as solutions: their shared plane and barrier too
+        report_shared(args.runs, args.shared, args.out, args.levels, not args.linear)
+    except RecordError:
+        raise
+    except ValueError as err:
+        raise CLIError(str(err)) from err
     return 0
 
 
@@ -279,7 +258,7 @@ def _groups(args: argparse.Namespace) -> list[Group]:
     names = [g[0] for g in args.group]
     if len(set(names)) < len(names):
         raise CLIError(f"group names must differ, got {', '.join(names)}")
-    args.group = [[name, *_not_shared(runs)] for name, *runs in args.group]
+    args.group = [[name, *not_shared(runs)] for name, *runs in args.group]
     seen: dict[Path, str] = {}
     for name, *runs in args.group:
         if len(runs) < 2:
