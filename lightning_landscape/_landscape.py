@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_landscape._probe import ProbeSet
+from lightning_landscape._progress import LandscapeProgress
 from lightning_landscape._publish import Warnings, record_name
 from lightning_landscape._schedule import Plan
 from lightning_landscape.distributed import agree, point_shard
@@ -92,6 +93,7 @@ class LandscapeBuilder:
         self.part = "the landscape"
         self.warnings = warn if warn is not None else Warnings()
         self._latest: _Latest | None = None
+        self.progress: LandscapeProgress | None = None  # of the landscape being evaluated (compute)
 
     def reset(self) -> None:
         self._latest = None
@@ -205,9 +207,19 @@ class LandscapeBuilder:
                 "snapshot_dtype": str(recorder.dtype).removeprefix("torch."),
                 "world_size": trainer.world_size,
             }
-            records = self.evaluate(
-                module, loss_fn, batches, params, plane, start, plan, common, shard, mark, earlier
+            lines = (start is not None) + 2 * (plan.stage == "final")
+            total = plan.resolution**2 + lines * plan.line_resolution
+            self.progress = LandscapeProgress.for_trainer(
+                trainer, total, f"{plan.stage} landscape at step {step}"
             )
+            try:
+                records = self.evaluate(
+                    module, loss_fn, batches, params, plane, start, plan, common, shard, mark, earlier
+                )
+            finally:
+                seconds, self.progress = self.progress.close(), None
+            for record in records:  # how long the surface and lines took (the plane not included)
+                record.meta["seconds"] = round(seconds, 3)
         bad = sum(r.meta.get("nonfinite", 0) for r in records)
         if bad:
             self.warnings.warn(
@@ -292,7 +304,7 @@ class LandscapeBuilder:
         else:
             surface = loss_surface(
                 model, loss_fn, batches, (d1, d2), resolution=plan.resolution, span=plane.span,
-                params=params, shard=shard, engine=self.engine,
+                params=params, shard=shard, engine=self.engine, progress=self._part(plan.resolution**2),
             )  # fmt: skip
             surface.path = plane.path
         surface.meta.update(
@@ -312,7 +324,7 @@ class LandscapeBuilder:
                 interp = interpolation_line(
                     model, loss_fn, batches, start, resolution=plan.line_resolution,
                     alpha_range=self.interpolation_range, params=params, shard=shard,
-                    engine=self.engine,
+                    engine=self.engine, progress=self._part(plan.line_resolution),
                 )  # fmt: skip
             interp.meta.update(
                 common,
@@ -326,7 +338,7 @@ class LandscapeBuilder:
                 self.part = f"line {axis + 1}"
                 line = loss_line(
                     model, loss_fn, batches, d, resolution=plan.line_resolution, span=plane.span,
-                    params=params, shard=shard, engine=self.engine,
+                    params=params, shard=shard, engine=self.engine, progress=self._part(plan.line_resolution),
                 )  # fmt: skip
                 label = f"{plane.meta['directions']} direction {axis + 1}"
                 line.meta.update(
@@ -337,6 +349,10 @@ class LandscapeBuilder:
             self._latest = _Latest(step, mark, key, surface, interp)
         self.part = "the landscape"
         return records
+
+    def _part(self, points: int) -> Any:
+        """The progress hook of one evaluation of ``points`` points (None outside :meth:`compute`)."""
+        return self.progress.part(points) if self.progress is not None else None
 
     def plane_key_of(self, plane: Plane, plan: Plan) -> tuple[Any, ...]:
         kind = plane.meta.get("directions")

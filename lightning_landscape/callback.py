@@ -23,10 +23,12 @@ from lightning_landscape._probe import ProbeSet
 from lightning_landscape._publish import Publisher, Warnings, describe_settings
 from lightning_landscape._schedule import LandscapeSchedule
 from lightning_landscape.distributed import check_strategy
+from lightning_landscape.functional.bn import buffer_snapshot
 from lightning_landscape.functional.params import LossFn, landscape_parameters
 from lightning_landscape.metrics import DEFAULT_FINAL_METRICS, DEFAULT_METRICS, resolve_metrics
 from lightning_landscape.recorder import TrajectoryRecorder, recorder_for
 from lightning_landscape.records import LineRecord, MetricsRecord, SurfaceRecord
+from lightning_landscape.run_weights import DEFAULT_MAX_BYTES, save_run_weights
 
 __all__ = ["LossLandscapeCallback"]
 
@@ -43,6 +45,7 @@ _SETTINGS = (
     *[(n, True) for n in ("max_snapshots", "snapshot_dtype", "snapshot_budget_bytes", "snapshot_storage")],
     ("max_overhead", True), ("budget_final", False), ("final", False), ("probe_dataloader", False),
     ("loss_fn", False), ("metrics", False), ("final_metrics", False), ("engine", False),
+    ("save_weights", False),
 )  # fmt: skip
 
 
@@ -121,6 +124,18 @@ class LossLandscapeCallback(Callback):
             so even a short run shows a landscape. ``None`` computes everything as scheduled.
         budget_final: hold the final landscape to ``max_overhead`` too: it is made coarser (fewer grid
             points, then fewer metrics, down to 5 x 5) until it fits, or skipped, with a warning.
+        save_weights: at the end of ``fit``, write the run's initial and final weights and BatchNorm
+            statistics and the snapshot buffer (with each snapshot's global step) to
+            ``<log_dir>/landscape/[NAME/]weights/`` (:func:`~lightning_landscape.save_run_weights`), so
+            that two runs can be compared on one plane afterwards
+            (:func:`~lightning_landscape.compare_solutions`). Size: ``(2 + n) * P`` values for ``P``
+            parameters and ``n <= max_snapshots`` snapshots (the initial weights are the first snapshot,
+            in ``snapshot_dtype``), plus two copies of the BatchNorm statistics: 11.7 M parameters with 64
+            float32 snapshots take 3.1 GB. A failure to write warns; training is not affected.
+        save_weights_dtype: storage dtype of the saved weights (``torch.bfloat16`` halves the size);
+            default float32 (float64 for float64 parameters) and the snapshots' own dtype.
+        save_weights_max_bytes: refuse (with a warning) to write more than this many bytes (2 GiB by
+            default; ``None`` for no limit).
 
     Distributed training: under DDP (``ddp``, ``ddp_spawn``, ...) every rank evaluates its share of the
     grid and line points and the values are gathered, so the work per rank falls with the number of
@@ -171,6 +186,9 @@ class LossLandscapeCallback(Callback):
         engine: Literal["auto", "loop", "vmap"] = "auto",
         max_overhead: float | None = 0.1,
         budget_final: bool = False,
+        save_weights: bool = False,
+        save_weights_dtype: torch.dtype | Literal["float32", "float64", "bfloat16", "float16"] | None = None,
+        save_weights_max_bytes: int | None = DEFAULT_MAX_BYTES,
     ) -> None:
         self.every_n_epochs = check.positive_int("every_n_epochs", every_n_epochs, allow_none=True)
         self.num_batches = check.positive_int("num_batches", num_batches)
@@ -207,6 +225,14 @@ class LossLandscapeCallback(Callback):
         self.engine = check.choice("engine", engine, ("auto", "loop", "vmap"))
         self.max_overhead = check.positive_number("max_overhead", max_overhead, allow_none=True)
         self.budget_final = check.boolean("budget_final", budget_final)
+        self.save_weights = check.boolean("save_weights", save_weights)
+        if isinstance(save_weights_dtype, str):
+            named = _DTYPE_NAMES.get(save_weights_dtype.removeprefix("torch."))
+            save_weights_dtype = named or save_weights_dtype  # type: ignore[assignment]
+        self.save_weights_dtype = check.choice("save_weights_dtype", save_weights_dtype, _SNAPSHOT_DTYPES)
+        self.save_weights_max_bytes = check.positive_int(
+            "save_weights_max_bytes", save_weights_max_bytes, allow_none=True
+        )
 
         self.schedule = LandscapeSchedule(
             self.every_n_epochs, self.snapshot_every_n_steps, snapshot_every_n_epochs, self.resolution,
@@ -226,6 +252,7 @@ class LossLandscapeCallback(Callback):
             ModuleStateKeeper()
         )  # the module's Python state, restored around each computation
         self._param_names: list[str] = []
+        self._initial_buffers: dict[str, Tensor] | None = None  # the floating-point buffers at snapshot 0
         self._state_key: str | None = None
 
     def __init_snapshots(
@@ -279,6 +306,7 @@ class LossLandscapeCallback(Callback):
         self.warnings.reset(enabled=trainer.is_global_zero)
         self._module_state.reset()
         self.records = []
+        self._initial_buffers = None
         self._param_names = [n for n, _ in landscape_parameters(pl_module)]
         log_dir = trainer.log_dir or trainer.default_root_dir  # called on every rank: it broadcasts
         self.publisher.setup(log_dir, trainer.loggers, self._settings(), rank=trainer.global_rank)
@@ -297,6 +325,8 @@ class LossLandscapeCallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if len(self.recorder) == 0:
             self._snapshot(0, trainer, pl_module)
+            buffers = self._guarded(0, buffer_snapshot, pl_module, "cpu")
+            self._initial_buffers = None if buffers is False else buffers
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -327,6 +357,9 @@ class LossLandscapeCallback(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.final:
             self._observe("final", trainer, pl_module)
+        if self.save_weights and trainer.is_global_zero:
+            self.builder.part = "saving the weights"
+            self._guarded(trainer.global_step, self._save_weights, trainer, pl_module)
         self.publisher.begin()  # the settings text, even when every landscape was skipped
         self.warnings.summary()
 
@@ -338,12 +371,15 @@ class LossLandscapeCallback(Callback):
             "schedule": self.schedule.state_dict(),  # cadence position and the budget's accounts
             "seed": self.seed,
             "name": self.name or "",
+            "initial_buffers": dict(self._initial_buffers or {}),
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.recorder.load_state_dict(state_dict["recorder"])
         self.schedule.load_state_dict(state_dict.get("schedule", state_dict))  # 0.1: its keys at the top
+        buffers = state_dict.get("initial_buffers")
+        self._initial_buffers = dict(buffers) if buffers is not None else None  # None: a checkpoint of <= 0.2
 
     # ------------------------------------------------------------------ one landscape
 
@@ -400,6 +436,21 @@ class LossLandscapeCallback(Callback):
         step = trainer.global_step
         self.builder.part = "a snapshot of the weights"
         self._guarded(step, lambda: self.recorder.offer(event, self._params(pl_module), step=step))
+
+    def _save_weights(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The run's weights under ``<record dir>/weights`` (rank zero; the caller guards it)."""
+        if len(self.recorder) == 0:
+            raise ValueError("no snapshot of the initial weights was taken")
+        initial_buffers = self._initial_buffers
+        if initial_buffers is None:  # resumed from a checkpoint without them: unknown, not invented
+            raise ValueError("the checkpoint this run resumed from holds no initial BatchNorm statistics")
+        save_run_weights(
+            self.publisher.record_dir / "weights", pl_module, self.recorder.snapshots[0],
+            initial_buffers=initial_buffers, trajectory=self.recorder.stacked(), steps=self.recorder.steps,
+            names=self._param_names, dtype=self.save_weights_dtype, max_bytes=self.save_weights_max_bytes,
+            meta={"global_step": trainer.global_step, "epoch": trainer.current_epoch, "seed": self.seed,
+                  "name": self.name, "snapshot_dtype": str(self.recorder.dtype).removeprefix("torch.")},
+        )  # fmt: skip
 
     def _guarded(self, step: int, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)``; on failure warn, naming what failed, and let training go on (returns False)."""

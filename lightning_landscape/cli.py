@@ -1,11 +1,14 @@
 """The ``lightning-landscape`` command: compare runs or groups of runs, re-draw saved records, summarise.
 
-    lightning-landscape compare RUN_DIR RUN_DIR ... --out compare.png
+    lightning-landscape compare RUN_DIR RUN_DIR ... --out compare.png [--shared DIR]
     lightning-landscape compare --group adamw runs/adamw/seed* --group sam runs/sam/seed* --out groups.png
     lightning-landscape plot RECORD [--style contour|filled|surface3d|line] [--log] --out FILE
     lightning-landscape summary RUN_DIR
 
 A RUN_DIR is a run's log directory (``lightning_logs/sgd/seed0``) or its ``landscape/`` folder.
+Two runs compared as solutions (:func:`lightning_landscape.compare_solutions`) also get the shared plane
+and the barrier (``--out`` stem + ``_shared_plane`` / ``_barrier``) and their numbers; folders named
+``shared_*`` are never taken for runs.
 Everything is read from the records on disk (:mod:`lightning_landscape.records`) through
 :mod:`lightning_landscape.runs` (runs, their protocol, group statistics); no logger is needed.
 Any misuse (a bad option, a missing or mixed run, a corrupt or foreign record, runs on different
@@ -26,6 +29,7 @@ from typing import Any, NoReturn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lightning_landscape._shared_report import not_shared, report_shared
 from lightning_landscape.records import RecordError, is_diagnostic, load_record
 from lightning_landscape.runs import (
     Group,
@@ -180,7 +184,14 @@ def _note_stage(runs: Sequence[Run]) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     _check_out(args.out)
     if args.group:
+        if args.shared is not None:
+            raise CLIError("--shared goes with two runs, not with --group")
         return _compare_groups(args)
+    args.runs = not_shared(args.runs)
+    if args.shared is not None and len(args.runs) != 2:
+        raise CLIError(f"--shared goes with two runs, got {len(args.runs)}")
+    if args.shared is not None and not Path(args.shared).is_dir():
+        raise CLIError(f"--shared {args.shared}: no such directory")
     if len(args.runs) < 2:
         raise CLIError("compare needs at least two run directories (or two --group NAME RUN [RUN ...])")
     resolved = [Path(r).resolve() for r in args.runs]
@@ -228,6 +239,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         rows.append([key, *[f.get(key) for f in ends]])
     print(format_table(rows))
     print(f"wrote {args.out}")
+    try:  # two runs compared as solutions: their shared plane and barrier too
+        report_shared(args.runs, args.shared, args.out, args.levels, not args.linear)
+    except RecordError:
+        raise
+    except ValueError as err:
+        raise CLIError(str(err)) from err
     return 0
 
 
@@ -241,6 +258,7 @@ def _groups(args: argparse.Namespace) -> list[Group]:
     names = [g[0] for g in args.group]
     if len(set(names)) < len(names):
         raise CLIError(f"group names must differ, got {', '.join(names)}")
+    args.group = [[name, *not_shared(runs)] for name, *runs in args.group]
     seen: dict[Path, str] = {}
     for name, *runs in args.group:
         if len(runs) < 2:
@@ -401,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--confidence", type=_confidence, default=0.95, help="of the group intervals (default 0.95)"
     )
     p.add_argument("--allow-mismatch", action="store_true", help="compare runs on different protocols")
+    p.add_argument(
+        "--shared",
+        metavar="DIR",
+        help="the two runs' compared solutions (compare_solutions' folder; default: shared_<A>_vs_<B>/ "
+        "beside the runs, when it exists): draws the shared plane and the barrier, tabulates them",
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("plot", help="re-draw one saved record")

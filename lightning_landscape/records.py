@@ -89,6 +89,7 @@ SCALAR_GROUPS: dict[str, tuple[str, ...]] = {
     "curvature (Hessian)": ("hessian/",),
     "sharpness": ("sharpness/",),
     "reliability (how far to trust the landscape)": ("reliability/",),
+    "barrier between two solutions": ("barrier/",),
 }
 
 # Scalars that qualify others rather than describe the landscape (residuals, standard errors, iteration
@@ -208,10 +209,18 @@ class LineRecord:
         return out
 
     def scalars(self) -> dict[str, float]:
-        """The interpolation line's distance from the initial weights; nothing for other lines."""
+        """The interpolation line's distance from the initial weights; a barrier line's height
+        (``barrier/height``, or ``barrier/height_naive`` for the ``barrier_naive`` record of interpolated
+        statistics) and length (``barrier/distance``); nothing for other lines."""
         distance = _finite(self.meta.get("distance"))
-        if self.meta.get("directions") == "interpolation" and distance is not None:
+        kind = self.meta.get("directions")
+        if kind == "interpolation" and distance is not None:
             return {"distance_from_init": distance}
+        if kind == "barrier":
+            naive = self.meta.get("name") == "barrier_naive"
+            out = {"barrier/height_naive" if naive else "barrier/height": _finite(self.meta.get("barrier"))}
+            out["barrier/distance"] = distance
+            return {k: v for k, v in out.items() if v is not None}
         return {}
 
 
@@ -361,7 +370,9 @@ def _is_sidecar(path: Path) -> bool:
     as ``save_record`` writes it) rather than some other tool's JSON."""
     try:
         with path.open("rb") as fh:
-            return b'"format_version"' in fh.read(4096)
+            head = fh.read(4096)
+        # A run's saved weights (run_weights.py: manifest.json + weights.npz) are not a record.
+        return b'"format_version"' in head and b'"kind": "weights"' not in head
     except OSError:
         return False
 

@@ -186,7 +186,11 @@ def load_run(run_dir: str | Path, label: str | None = None) -> Run:
         raise RunError(f"{path}: no such run directory")
     if not path.is_dir():
         raise RunError(f"{path}: not a directory; give a run's log directory (or its landscape/ folder)")
-    folders = sorted({p.parent for p in find_records(path)})
+    # Folders of compared solutions (``shared_*``, written by compare_solutions) are not runs.
+    found = [
+        p for p in find_records(path) if not any(x.startswith("shared_") for x in p.relative_to(path).parts)
+    ]
+    folders = sorted({p.parent for p in found})
     if not folders:
         raise RunError(f"{path}: no lightning-landscape records found (looked for NAME.json + NAME.npz)")
     if len(folders) > 1:

@@ -89,7 +89,7 @@ def shared_plane_figure(
     ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel(f"distance along init → {labels[1]}", fontsize=9)
     ax.set_ylabel(f"distance towards {labels[2]} (orthogonal)", fontsize=9)
-    if ax.lines and (record.path is not None or record.path2 is not None):
+    if ax.get_legend_handles_labels()[0]:  # trajectories drawn (a run saved without one has none)
         ax.legend(loc="best", fontsize=8, framealpha=0.7, title="trajectories", title_fontsize=7)
     heading = title or f"shared plane: init, {labels[1]}, {labels[2]}"
     dists = [np.asarray(d, dtype=np.float64) for d in _given(meta, "path_distances", []) if d is not None]  # type: ignore[attr-defined]

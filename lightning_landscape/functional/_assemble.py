@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from lightning_landscape.functional._common import probe_size, resolve_params
 from lightning_landscape.functional._common import work_dtype as _work_dtype  # noqa: F401 (re-exported)
 from lightning_landscape.functional.bn import BufferPlan, check_bn
-from lightning_landscape.functional.engine import Engine, Evaluation, evaluate_points
+from lightning_landscape.functional.engine import Engine, Evaluation, Progress, evaluate_points
 from lightning_landscape.functional.noise import probe_noise_of
 from lightning_landscape.functional.params import Direction, LossFn
 from lightning_landscape.functional.sharding import PointShard, evaluate_sharded
@@ -40,6 +40,7 @@ def _evaluate_shared(
     origin: Sequence[Tensor] | None = None,
     buffers: BufferPlan | None = None,
     metric_fn: LossFn | None = None,
+    progress: Progress | None = None,
 ) -> Evaluation:
     """:func:`evaluate_points` on this process's rows of ``coefficients``, gathered from all processes.
 
@@ -62,6 +63,7 @@ def _evaluate_shared(
             origin=origin,
             buffers=buffers,
             metric_fn=metric_fn,
+            progress=progress,
         )
         local.append(ev)
         return ev.losses if ev.metrics is None else np.concatenate([ev.losses, ev.metrics], axis=1)

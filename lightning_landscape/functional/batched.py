@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -183,6 +183,7 @@ def evaluate_points_batched(
     origin: Sequence[Tensor] | None = None,
     buffers: BufferPlan | None = None,
     metric_fn: LossFn | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """Per-batch losses at ``origin + coefficients[n] @ directions`` for each row ``n``, vmapped.
 
@@ -267,4 +268,6 @@ def evaluate_points_batched(
                 values += [batched_metric(point_params, point_buffers, b).double() for b in batches]
             out.append(torch.stack(values, dim=1))
             del point_params, point_buffers
+            if progress is not None:  # points dispatched (no host sync)
+                progress(stop, n_points)
     return torch.cat(out)

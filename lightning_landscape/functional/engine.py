@@ -12,7 +12,7 @@ loop (weights moved in place, one forward pass per point and batch) and the batc
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,7 +25,11 @@ from lightning_landscape.functional.batched import evaluate_points_batched
 from lightning_landscape.functional.bn import BufferPlan, recompute_session, statistics_pass
 from lightning_landscape.functional.params import Direction, LossFn, WeightPerturbation, observation
 
-__all__ = ["Engine", "Evaluation", "check_engine", "evaluate_points"]
+__all__ = ["Engine", "Evaluation", "Progress", "check_engine", "evaluate_points"]
+
+#: ``progress(done, total)``: called from Python as points are dispatched (no host sync), monotone,
+#: ending with ``done == total``.
+Progress = Callable[[int, int], None]
 
 Engine = Literal["auto", "loop", "vmap"]
 _ENGINES = ("auto", "loop", "vmap")
@@ -92,6 +96,7 @@ def evaluate_points(
     origin: Sequence[Tensor] | None = None,
     buffers: BufferPlan | None = None,
     metric_fn: LossFn | None = None,
+    progress: Progress | None = None,
 ) -> Evaluation:
     """Per-batch losses (and metrics) at ``origin + coefficients[n] @ directions``; one host sync at the end.
 
@@ -105,6 +110,9 @@ def evaluate_points(
     (default: from a memory budget) in one vmapped forward pass and raises if the model cannot be
     vmapped. ``"auto"`` is batched on accelerators and the loop on the CPU (see :func:`_auto_engine`);
     a model that cannot be vmapped goes to the loop (``Evaluation.note`` says so).
+
+    ``progress(done, total)`` is called every few points (after each chunk when batched) and at the end,
+    from Python, without a host synchronisation: on an accelerator ``done`` counts points dispatched.
     """
     check_engine(engine)
     if chunk_size is not None and (
@@ -133,6 +141,7 @@ def evaluate_points(
                 raise ValueError(f"`origin`: a tensor of shape {tuple(o.shape)} for {tuple(p.shape)}")
         origin = [o.detach().to(device=p.device, dtype=p.dtype) for o, p in zip(origin, move.params)]
     width = len(batches) * (2 if metric_fn is not None else 1)
+    progress = _monotone(progress, len(coefficients))
     if len(coefficients) == 0:
         empty = np.zeros((0, len(batches)))
         return Evaluation(empty, empty.copy() if metric_fn is not None else None, "loop")
@@ -149,10 +158,13 @@ def evaluate_points(
             origin=origin,
             buffers=buffers,
             metric_fn=metric_fn,
+            progress=progress,
         )
 
     def loop(coef: np.ndarray) -> Tensor:
-        return _evaluate_points_loop(model, loss_fn, batches, move, coef, origin, buffers, metric_fn)
+        return _evaluate_points_loop(
+            model, loss_fn, batches, move, coef, origin, buffers, metric_fn, progress
+        )
 
     extra = (buffers.mode if buffers is not None else "keep", metric_fn is not None)
     plain = extra == ("keep", False)
@@ -181,9 +193,26 @@ def evaluate_points(
                 engine = "loop"
                 note = f"vmap failed ({type(err).__name__}); evaluated with the loop"
     out = values.double().cpu().numpy().reshape(len(coefficients), width)
+    if progress is not None:
+        progress(len(coefficients), len(coefficients))
     losses = out[:, : len(batches)]
     metrics = out[:, len(batches) :] if metric_fn is not None else None
     return Evaluation(losses, metrics, str(engine), note)
+
+
+def _monotone(progress: Progress | None, total: int) -> Progress | None:
+    """``progress`` over ``total`` points, told only of advances (a vmap that fell back to the loop
+    starts again from zero; the caller is not told twice)."""
+    if progress is None:
+        return None
+    best = [-1]
+
+    def report(done: int, _total: int) -> None:
+        if done > best[0]:
+            best[0] = done
+            progress(done, total)
+
+    return report
 
 
 def _evaluate_points_loop(
@@ -195,6 +224,7 @@ def _evaluate_points_loop(
     origin: list[Tensor] | None,
     buffers: BufferPlan | None,
     metric_fn: LossFn | None,
+    progress: Progress | None = None,
 ) -> Tensor:
     """One forward pass per point and batch; per point, two foreach kernels and no host sync.
 
@@ -213,7 +243,11 @@ def _evaluate_points_loop(
         base = anchor if len(dirs) == 1 else [t.clone() for t in anchor]
         previous: list[float] | None = [] if len(dirs) == 1 else None
         n_dirs = len(dirs)
-        for full in coefficients.tolist():
+        n_points = len(coefficients)
+        every = max(1, n_points // 50)  # progress about 50 times per evaluation
+        for index, full in enumerate(coefficients.tolist()):
+            if progress is not None and index and index % every == 0:
+                progress(index, n_points)
             row = full[:n_dirs]
             first, rest = row[0], row[1:]
             if rest != previous:

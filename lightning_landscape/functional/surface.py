@@ -40,6 +40,7 @@ from lightning_landscape.functional.engine import (  # noqa: F401  (_CANNOT_VMAP
     _CANNOT_VMAP,
     Engine,
     Evaluation,
+    Progress,
     _auto_engine,
     check_engine,
     evaluate_points,
@@ -145,6 +146,7 @@ def loss_surface(
     metric_fn: LossFn | None = None,
     metric_name: str | None = None,
     origin: Sequence[Tensor] | None = None,
+    progress: Progress | None = None,
 ) -> SurfaceRecord:
     """Loss on the plane ``w + x * d1 + y * d2`` around the current weights ``w`` (or ``origin``).
 
@@ -171,6 +173,8 @@ def loss_surface(
         metric_name: the metric's name in the record (default: the function's ``__name__``).
         origin: the plane's centre, a list of tensors aligned with ``params`` (default: the current
             weights, which are restored afterwards either way).
+        progress: ``progress(done, total)``, called every few points (this process's points under a
+            ``shard``) and at the end; from Python, without a host synchronisation.
 
     Returns:
         A :class:`SurfaceRecord` with ``losses[i, j]`` at ``(xs[j], ys[i])``, ``batch_losses[i, j, b]`` on
@@ -213,6 +217,7 @@ def loss_surface(
         origin=origin,
         buffers=plan,
         metric_fn=metric_fn,
+        progress=progress,
     )
     name = _metric_name(metric_fn, metric_name)
     losses, per_batch, metrics, meta = _finish(ev, batches, (len(ys_arr), len(xs_arr)), bn, plan, name)
@@ -238,6 +243,7 @@ def loss_line(
     metric_fn: LossFn | None = None,
     metric_name: str | None = None,
     origin: Sequence[Tensor] | None = None,
+    progress: Progress | None = None,
 ) -> LineRecord:
     """Loss along ``w + alpha * d`` around the current weights ``w`` (or ``origin``).
 
@@ -270,6 +276,7 @@ def loss_line(
         origin=origin,
         buffers=plan,
         metric_fn=metric_fn,
+        progress=progress,
     )
     name = _metric_name(metric_fn, metric_name)
     losses, per_batch, metrics, meta = _finish(ev, batches, (len(alphas_arr),), bn, plan, name)
@@ -292,6 +299,7 @@ def interpolation_line(
     chunk_size: int | None = None,
     metric_fn: LossFn | None = None,
     metric_name: str | None = None,
+    progress: Progress | None = None,
 ) -> LineRecord:
     """The Goodfellow et al. (2015) line from weights ``start`` (alpha=0) to the current ones (alpha=1).
 
@@ -359,6 +367,7 @@ def interpolation_line(
         chunk_size=chunk_size,
         buffers=plan,
         metric_fn=metric_fn,
+        progress=progress,
     )
     name = _metric_name(metric_fn, metric_name)
     losses, per_batch, metrics, meta = _finish(ev, batches, (len(alphas),), bn, plan, name)

@@ -52,6 +52,9 @@ REFUSED: dict[str, list[Any]] = {
     "engine": ["gpu", None],
     "max_overhead": [0, -0.1, math.nan, math.inf, "0.1", True],
     "budget_final": ["yes", None],
+    "save_weights": ["yes", None, 1],
+    "save_weights_dtype": [torch.int32, "int8", 16],
+    "save_weights_max_bytes": [0, -1, 1.5, "10", True],
 }
 CASES = [(arg, value) for arg, values in REFUSED.items() for value in values]
 
