@@ -10,6 +10,9 @@ A *metrics spec* maps a metric name to the keyword options of its function in
 - ``sam``: :func:`sam_sharpness`; ``sharpness/sam``, ``sharpness/sam_first_order``,
   ``sharpness/sam_curvature``, ``sharpness/grad_norm``.
 - ``average``: :func:`average_sharpness`; ``sharpness/average``, ``sharpness/average_stderr``.
+- ``blocks``: :func:`block_curvature`; ``blocks/<block>/lambda_max``, ``blocks/<block>/trace``,
+  ``blocks/<block>/trace_stderr`` for each block (top-level child modules unless ``blocks`` is given).
+  Not a default: it costs ``max_iter + samples`` restricted products per block.
 
 Defaults keep the periodic cost modest (see the README's benchmark): every period a 10-step Lanczos
 (``tol=1e-3``) and SAM sharpness; at the end of training also the trace (64 probes) and average
@@ -27,6 +30,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from lightning_landscape.functional.blocks import block_curvature
 from lightning_landscape.functional.curvature import hessian_eigenvalues, hessian_trace
 from lightning_landscape.functional.params import LossFn
 from lightning_landscape.functional.sharding import PointShard
@@ -46,6 +50,7 @@ METRICS = {
     "trace": hessian_trace,
     "sam": sam_sharpness,
     "average": average_sharpness,
+    "blocks": block_curvature,
 }
 DEFAULT_METRICS = ("eigenvalues", "sam")
 DEFAULT_FINAL_METRICS = ("eigenvalues", "trace", "sam", "average")
@@ -55,14 +60,18 @@ _PERIODIC_OPTIONS: dict[str, dict[str, Any]] = {
     "trace": {"samples": 16},
     "sam": {"rho": 0.05},
     "average": {"sigma": 0.01, "samples": 16},
+    "blocks": {"max_iter": 10, "tol": 1e-3, "samples": 8},
 }
 _FINAL_OPTIONS: dict[str, dict[str, Any]] = {
     "eigenvalues": {"which": "both", "max_iter": 50, "tol": 1e-4},
     "trace": {"samples": 64},
     "sam": {"rho": 0.05},
     "average": {"sigma": 0.01, "samples": 32},
+    "blocks": {"max_iter": 20, "tol": 1e-4, "samples": 16},
 }
-_SEEDED = ("eigenvalues", "trace", "average")
+_SEEDED = ("eigenvalues", "trace", "average", "blocks")
+# Blocks per model when the spec does not list them (the cost model has no model to count them on).
+_ASSUMED_BLOCKS = 4
 _SHARDED = ("trace", "average")  # independent samples: shared out among data-parallel processes
 _RESERVED = {"model", "loss_fn", "batches", "params", "return_eigenvectors", "shard"}
 
@@ -133,6 +142,12 @@ def estimated_cost(spec: Mapping[str, Mapping[str, Any]]) -> float:
             cost += 4.5
         elif name == "average":
             cost += 1.0 + float(options.get("samples", 16))
+        elif name == "blocks":
+            blocks = options.get("blocks")
+            count = len(blocks) if blocks is not None else _ASSUMED_BLOCKS
+            # Restricted products cost about as much as full ones (one backward pass each).
+            per_block = 3.9 * float(options.get("max_iter", 20)) + 3.6 * float(options.get("samples", 16))
+            cost += 1.4 + count * per_block
     return cost
 
 

@@ -64,6 +64,7 @@ SCALAR_GROUPS: dict[str, tuple[str, ...]] = {
     "trajectory PCA explained variance": ("explained_variance/",),
     "distance from the initial weights": ("distance_from_init",),
     "curvature (Hessian)": ("hessian/",),
+    "curvature per block": ("blocks/",),
     "sharpness": ("sharpness/",),
 }
 

@@ -6,6 +6,7 @@ notebook or script; :class:`lightning_landscape.LossLandscapeCallback` calls the
 """
 
 from lightning_landscape.functional._common import probe_size
+from lightning_landscape.functional.blocks import BlockCurvature, block_curvature, parameter_blocks
 from lightning_landscape.functional.curvature import (
     HessianEigenvalues,
     HessianTrace,
@@ -54,6 +55,7 @@ from lightning_landscape.functional.trajectory import TrajectoryPCA, trajectory_
 
 __all__ = [
     "AverageSharpness",
+    "BlockCurvature",
     "Direction",
     "HessianEigenvalues",
     "HessianOperator",
@@ -67,6 +69,7 @@ __all__ = [
     "TrajectoryPCA",
     "WeightPerturbation",
     "average_sharpness",
+    "block_curvature",
     "evaluate_loss",
     "evaluate_sharded",
     "filter_normalize",
@@ -86,6 +89,7 @@ __all__ = [
     "loss_surface",
     "observation",
     "odd_grid",
+    "parameter_blocks",
     "preserved_random_state",
     "probe_size",
     "random_direction",
