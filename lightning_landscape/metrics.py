@@ -13,6 +13,8 @@ A *metrics spec* maps a metric name to the keyword options of its function in
 - ``blocks``: :func:`block_curvature`; ``blocks/<block>/lambda_max``, ``blocks/<block>/trace``,
   ``blocks/<block>/trace_stderr`` for each block (top-level child modules unless ``blocks`` is given).
   Not a default: it costs ``max_iter + samples`` restricted products per block.
+- ``eos``: :func:`edge_of_stability_ratio` against the training optimizer (passed to
+  :func:`compute_metrics` as ``optimizer``); ``eos/ratio``, ``eos/sharpness``, ``eos/threshold``.
 
 Defaults keep the periodic cost modest (see the README's benchmark): every period a 10-step Lanczos
 (``tol=1e-3``) and SAM sharpness; at the end of training also the trace (64 probes) and average
@@ -35,6 +37,7 @@ from lightning_landscape.functional.curvature import hessian_eigenvalues, hessia
 from lightning_landscape.functional.params import LossFn
 from lightning_landscape.functional.sharding import PointShard
 from lightning_landscape.functional.sharpness import average_sharpness, sam_sharpness
+from lightning_landscape.functional.stability import edge_of_stability_ratio
 
 __all__ = [
     "DEFAULT_FINAL_METRICS",
@@ -51,6 +54,7 @@ METRICS = {
     "sam": sam_sharpness,
     "average": average_sharpness,
     "blocks": block_curvature,
+    "eos": edge_of_stability_ratio,
 }
 DEFAULT_METRICS = ("eigenvalues", "sam")
 DEFAULT_FINAL_METRICS = ("eigenvalues", "trace", "sam", "average")
@@ -61,6 +65,7 @@ _PERIODIC_OPTIONS: dict[str, dict[str, Any]] = {
     "sam": {"rho": 0.05},
     "average": {"sigma": 0.01, "samples": 16},
     "blocks": {"max_iter": 10, "tol": 1e-3, "samples": 8},
+    "eos": {"max_iter": 20, "tol": 1e-3},
 }
 _FINAL_OPTIONS: dict[str, dict[str, Any]] = {
     "eigenvalues": {"which": "both", "max_iter": 50, "tol": 1e-4},
@@ -68,12 +73,13 @@ _FINAL_OPTIONS: dict[str, dict[str, Any]] = {
     "sam": {"rho": 0.05},
     "average": {"sigma": 0.01, "samples": 32},
     "blocks": {"max_iter": 20, "tol": 1e-4, "samples": 16},
+    "eos": {"max_iter": 50, "tol": 1e-4},
 }
-_SEEDED = ("eigenvalues", "trace", "average", "blocks")
+_SEEDED = ("eigenvalues", "trace", "average", "blocks", "eos")
 # Blocks per model when the spec does not list them (the cost model has no model to count them on).
 _ASSUMED_BLOCKS = 4
 _SHARDED = ("trace", "average")  # independent samples: shared out among data-parallel processes
-_RESERVED = {"model", "loss_fn", "batches", "params", "return_eigenvectors", "shard"}
+_RESERVED = {"model", "loss_fn", "batches", "params", "return_eigenvectors", "shard", "optimizer"}
 
 
 def resolve_metrics(
@@ -134,7 +140,7 @@ def estimated_cost(spec: Mapping[str, Mapping[str, Any]]) -> float:
     """
     cost = 0.0
     for name, options in spec.items():
-        if name == "eigenvalues":
+        if name in ("eigenvalues", "eos"):
             cost += 1.4 + 3.9 * float(options.get("max_iter", 20))
         elif name == "trace":
             cost += 1.4 + 3.6 * float(options.get("samples", 16))
@@ -158,6 +164,7 @@ def compute_metrics(
     params: Sequence[Tensor],
     spec: Mapping[str, Mapping[str, Any]],
     shard: PointShard | None = None,
+    optimizer: Any = None,
 ) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:
     """Run each metric of ``spec``; return ``(scalars, meta, errors)``.
 
@@ -169,6 +176,7 @@ def compute_metrics(
     ``scalars`` maps names such as ``hessian/lambda_max`` to floats; ``meta[name]`` holds each
     metric's options and result metadata (seeds, iterations, probe size, seconds). A metric that
     raises is left out of ``scalars`` and reported in ``errors`` (name -> message); the others still run.
+    ``optimizer`` (the training optimizer) is what ``eos`` reads its learning rate and momentum from.
     """
     scalars: dict[str, float] = {}
     meta: dict[str, Any] = {}
@@ -177,7 +185,11 @@ def compute_metrics(
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                extra = {"shard": shard} if name in _SHARDED and shard is not None else {}
+                extra: dict[str, Any] = {"shard": shard} if name in _SHARDED and shard is not None else {}
+                if name == "eos":
+                    if optimizer is None:
+                        raise ValueError("the edge-of-stability ratio needs the training optimizer")
+                    extra["optimizer"] = optimizer
                 result = METRICS[name](model, loss_fn, batches, params=params, **options, **extra)
         except Exception as err:
             errors[name] = f"{type(err).__name__}: {err}"

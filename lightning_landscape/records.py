@@ -65,6 +65,7 @@ SCALAR_GROUPS: dict[str, tuple[str, ...]] = {
     "distance from the initial weights": ("distance_from_init",),
     "curvature (Hessian)": ("hessian/",),
     "curvature per block": ("blocks/",),
+    "edge of stability (sharpness / threshold)": ("eos/",),
     "sharpness": ("sharpness/",),
 }
 

@@ -44,6 +44,13 @@ from lightning_landscape.functional.sharpness import (
     loss_gradient,
     sam_sharpness,
 )
+from lightning_landscape.functional.stability import (
+    EdgeOfStability,
+    StabilityThreshold,
+    adam_preconditioner,
+    edge_of_stability_ratio,
+    stability_threshold,
+)
 from lightning_landscape.functional.surface import (
     evaluate_loss,
     interpolation_line,
@@ -57,6 +64,7 @@ __all__ = [
     "AverageSharpness",
     "BlockCurvature",
     "Direction",
+    "EdgeOfStability",
     "HessianEigenvalues",
     "HessianOperator",
     "HessianTrace",
@@ -66,10 +74,13 @@ __all__ = [
     "PointShard",
     "SamSharpness",
     "ScaledOperator",
+    "StabilityThreshold",
     "TrajectoryPCA",
     "WeightPerturbation",
+    "adam_preconditioner",
     "average_sharpness",
     "block_curvature",
+    "edge_of_stability_ratio",
     "evaluate_loss",
     "evaluate_sharded",
     "filter_normalize",
@@ -95,6 +106,7 @@ __all__ = [
     "random_direction",
     "sam_sharpness",
     "shard_rows",
+    "stability_threshold",
     "trajectory_pca",
     "unflatten",
 ]
