@@ -1,17 +1,25 @@
-"""Peak resident memory of snapshotting a model of a few million parameters over a long run.
+"""Peak resident memory: snapshotting a model over a long run, and a 50-step Lanczos.
 
 Each configuration runs in a fresh subprocess: it builds the model, records a baseline resident set
-(VmRSS), resets the high-water mark (``/proc/self/clear_refs``, value 5) and offers ``--events``
-snapshots to a TrajectoryRecorder (then runs trajectory PCA on them), reading VmHWM after each phase.
-The figures printed are the growth over the baseline, against the snapshot budget.
+(VmRSS), resets the high-water mark (``/proc/self/clear_refs``, value 5) and reads VmHWM after each
+phase; the figures printed are the growth over the baseline.
 
-    PYTHONPATH=. python benchmarks/memory.py [--params 4000000] [--events 400] [--budget-mib 64]
+1. Snapshots (``--what snapshots``): ``--events`` snapshots offered to a TrajectoryRecorder, then
+   trajectory PCA on them, against the snapshot budget.
+2. Lanczos (``--what lanczos``): ``hessian_eigenvalues(which="both", max_iter=--steps)`` run to the last
+   step on an MLP of ``--lanczos-params`` parameters (float32, 4 probe batches of 64), as a multiple of
+   the parameters' own memory: the code of commit 5087733 (a ``max_iter x P`` basis allocated up front)
+   against the bounded basis for several ``max_basis``.
+
+    PYTHONPATH=. python benchmarks/memory.py [--what all] [--params 4000000] [--events 400]
+        [--budget-mib 64] [--lanczos-params 8000000] [--steps 50]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -66,6 +74,94 @@ print(json.dumps(out))
 """
 
 
+LANCZOS_CHILD = r"""
+import importlib.util, json, subprocess, sys, tempfile, torch
+from pathlib import Path
+from torch import nn
+cfg = json.loads(sys.argv[1])
+torch.set_num_threads(1)
+
+def status(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+def reset_peak():
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+if cfg["code"] == "old":
+    src = subprocess.run(["git", "show", cfg["commit"] + ":lightning_landscape/functional/curvature.py"],
+                         capture_output=True, text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "old_curvature.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("old_curvature", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["old_curvature"] = module
+    spec.loader.exec_module(module)
+    run = module.hessian_eigenvalues
+    extra = {}
+else:
+    from lightning_landscape.functional import hessian_eigenvalues as run
+    extra = {"max_basis": cfg["max_basis"]}
+
+torch.manual_seed(0)
+width = cfg["width"]
+layers = [nn.Linear(1000, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 10)]
+model = nn.Sequential(*layers)
+P = sum(p.numel() for p in model.parameters())
+batches = [(torch.randn(64, 1000), torch.randint(0, 10, (64,))) for _ in range(4)]
+loss = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])
+small = [(b[0][:2], b[1][:2]) for b in batches[:1]]
+run(model, loss, small, max_iter=2, **extra)  # load kernels and code once, outside the measurement
+base = status("VmRSS")
+exact = reset_peak()
+res = run(model, loss, batches, which="both", max_iter=cfg["steps"], tol=1e-300, **extra)
+peak = status("VmHWM") - base
+print(json.dumps({"P": P, "peak": peak, "exact": exact, "iterations": res.iterations,
+                  "lambda_max": res.lambda_max, "lambda_min": res.lambda_min}))
+"""
+
+
+def lanczos_table(args: argparse.Namespace) -> None:
+    """Peak extra memory of a Lanczos run as a multiple of the parameters' memory, old code and new."""
+    # An MLP 1000 -> w -> w -> 10 has about w^2 + 1011 w parameters.
+    width = int((-1011 + (1011**2 + 4 * args.lanczos_params) ** 0.5) / 2)
+    print(
+        f"\nLanczos: MLP 1000-{width}-{width}-10, which='both', {args.steps} steps run to the end, "
+        f"float32; load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{'code':34} {'P':>10} {'peak extra MiB':>14} {'x parameters':>12} {'steps':>5} {'lambda_max':>11}"
+    )
+    configs = [("commit 5087733 (max_iter x P basis)", {"code": "old"})]
+    configs += [(f"bounded, max_basis={m}", {"code": "new", "max_basis": m}) for m in args.max_basis]
+    for label, extra in configs:
+        cfg = {"width": width, "steps": args.steps, "commit": "5087733", **extra}
+        out = subprocess.run(
+            [sys.executable, "-c", LANCZOS_CHILD, json.dumps(cfg)],
+            capture_output=True,
+            text=True,
+            # Every large buffer in its own mapping, returned on free: RSS follows what is allocated.
+            env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
+        )
+        if out.returncode:
+            print(f"{label:34} failed: {out.stderr.strip().splitlines()[-1]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        ratio = r["peak"] / (4 * r["P"])
+        print(
+            f"{label:34} {r['P']:>10,} {r['peak'] / 2**20:>14.1f} {ratio:>12.1f} {r['iterations']:>5} "
+            f"{r['lambda_max']:>11.5g}"
+        )
+        if not r["exact"]:
+            print("  (could not reset the high-water mark: peaks include the set-up)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -74,7 +170,15 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=400)
     parser.add_argument("--budget-mib", type=float, default=64.0)
     parser.add_argument("--max-snapshots", type=int, default=64)
+    parser.add_argument("--what", choices=("all", "snapshots", "lanczos"), default="all")
+    parser.add_argument("--lanczos-params", type=int, default=8_000_000)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--max-basis", type=int, nargs="+", default=[50, 16, 10, 8, 6])
     args = parser.parse_args()
+    if args.what in ("all", "lanczos"):
+        lanczos_table(args)
+    if args.what == "lanczos":
+        return
     budget = int(args.budget_mib * 2**20)
     tmp = Path(tempfile.mkdtemp())
     configs = [

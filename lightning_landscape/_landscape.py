@@ -253,8 +253,9 @@ class LandscapeBuilder:
         with probe.observing(module):
             mark = fingerprint(module, params)
             earlier = self._earlier(trainer, stage, step, mark)
+            optimizer = trainer.optimizers[0] if getattr(trainer, "optimizers", None) else None  # for "eos"
             scalars, meta, errors = self.metrics(
-                module, loss_fn, batches, params, plan.metrics, stage, step, shard, mark, earlier
+                module, loss_fn, batches, params, plan.metrics, stage, step, shard, mark, earlier, optimizer
             )
         for metric, message in errors.items():
             self.warnings.warn(
@@ -376,6 +377,7 @@ class LandscapeBuilder:
         shard: PointShard | None = None,
         mark: Tensor | None = None,
         earlier: _Latest | None = None,
+        optimizer: Any = None,
     ) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:
         """:func:`~lightning_landscape.metrics.compute_metrics`; the final ones reuse the metrics of
         ``earlier`` (the latest periodic landscape, at these weights) computed with the same options."""
@@ -397,7 +399,7 @@ class LandscapeBuilder:
                 values, info = dict(cached[1]), {name: {**cached[2], "reused": True}}
             else:
                 values, info, problems = compute_metrics(
-                    model, loss_fn, batches, params, {name: options}, shard=shard
+                    model, loss_fn, batches, params, {name: options}, shard=shard, optimizer=optimizer
                 )
             scalars.update(values)
             meta.update(info)

@@ -30,6 +30,10 @@ SMALLEST_FINAL = 5  # the coarsest final surface the budget may reduce to (5 x 5
 # measured by benchmarks/curvature.py: a Hessian-vector product ~2.3 and its gradient graph ~1.4 (about
 # 3.9 per Lanczos step with reorthogonalization), SAM a gradient and one evaluation, average sharpness
 # one evaluation per sample.
+# Blocks per model when a "blocks" spec does not list them (the cost model has no model to count them on).
+_ASSUMED_BLOCKS = 4
+
+
 def estimated_cost(spec: Mapping[str, Mapping[str, Any]]) -> float:
     """Estimated cost of a resolved metrics spec, in evaluations of the loss over the probe set.
 
@@ -40,7 +44,7 @@ def estimated_cost(spec: Mapping[str, Mapping[str, Any]]) -> float:
     """
     cost = 0.0
     for name, options in spec.items():
-        if name == "eigenvalues":
+        if name in ("eigenvalues", "eos"):
             cost += 1.4 + 3.9 * float(options.get("max_iter", 20))
         elif name == "trace":
             cost += 1.4 + 3.6 * float(options.get("samples", 16))
@@ -48,6 +52,12 @@ def estimated_cost(spec: Mapping[str, Mapping[str, Any]]) -> float:
             cost += 4.5
         elif name == "average":
             cost += 1.0 + float(options.get("samples", 16))
+        elif name == "blocks":
+            blocks = options.get("blocks")
+            count = len(blocks) if blocks is not None else _ASSUMED_BLOCKS
+            # Restricted products cost about as much as full ones (one backward pass each).
+            per_block = 3.9 * float(options.get("max_iter", 20)) + 3.6 * float(options.get("samples", 16))
+            cost += 1.4 + count * per_block
     return cost
 
 

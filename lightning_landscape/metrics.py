@@ -10,6 +10,11 @@ A *metrics spec* maps a metric name to the keyword options of its function in
 - ``sam``: :func:`sam_sharpness`; ``sharpness/sam``, ``sharpness/sam_first_order``,
   ``sharpness/sam_curvature``, ``sharpness/grad_norm``.
 - ``average``: :func:`average_sharpness`; ``sharpness/average``, ``sharpness/average_stderr``.
+- ``blocks``: :func:`block_curvature`; ``blocks/<block>/lambda_max``, ``blocks/<block>/trace``,
+  ``blocks/<block>/trace_stderr`` for each block (top-level child modules unless ``blocks`` is given).
+  Not a default: it costs ``max_iter + samples`` restricted products per block.
+- ``eos``: :func:`edge_of_stability_ratio` against the training optimizer (passed to
+  :func:`compute_metrics` as ``optimizer``); ``eos/ratio``, ``eos/sharpness``, ``eos/threshold``.
 
 Defaults keep the periodic cost modest (see the README's benchmark): every period a 10-step Lanczos
 (``tol=1e-3``) and SAM sharpness; at the end of training also the trace (64 probes) and average
@@ -29,10 +34,12 @@ from torch import Tensor, nn
 
 from lightning_landscape import _validation as check
 from lightning_landscape._module_state import UnrestorableStateError
+from lightning_landscape.functional.blocks import block_curvature
 from lightning_landscape.functional.curvature import hessian_eigenvalues, hessian_trace
 from lightning_landscape.functional.params import LossFn
 from lightning_landscape.functional.sharding import PointShard
 from lightning_landscape.functional.sharpness import average_sharpness, sam_sharpness
+from lightning_landscape.functional.stability import edge_of_stability_ratio
 
 __all__ = [
     "DEFAULT_FINAL_METRICS",
@@ -47,6 +54,8 @@ METRICS = {
     "trace": hessian_trace,
     "sam": sam_sharpness,
     "average": average_sharpness,
+    "blocks": block_curvature,
+    "eos": edge_of_stability_ratio,
 }
 DEFAULT_METRICS = ("eigenvalues", "sam")
 DEFAULT_FINAL_METRICS = ("eigenvalues", "trace", "sam", "average")
@@ -56,16 +65,20 @@ _PERIODIC_OPTIONS: dict[str, dict[str, Any]] = {
     "trace": {"samples": 16},
     "sam": {"rho": 0.05},
     "average": {"sigma": 0.01, "samples": 16},
+    "blocks": {"max_iter": 10, "tol": 1e-3, "samples": 8},
+    "eos": {"max_iter": 20, "tol": 1e-3},
 }
 _FINAL_OPTIONS: dict[str, dict[str, Any]] = {
     "eigenvalues": {"which": "both", "max_iter": 50, "tol": 1e-4},
     "trace": {"samples": 64},
     "sam": {"rho": 0.05},
     "average": {"sigma": 0.01, "samples": 32},
+    "blocks": {"max_iter": 20, "tol": 1e-4, "samples": 16},
+    "eos": {"max_iter": 50, "tol": 1e-4},
 }
-_SEEDED = ("eigenvalues", "trace", "average")
+_SEEDED = ("eigenvalues", "trace", "average", "blocks", "eos")
 _SHARDED = ("trace", "average")  # independent samples: shared out among data-parallel processes
-_RESERVED = {"model", "loss_fn", "batches", "params", "return_eigenvectors", "shard"}
+_RESERVED = {"model", "loss_fn", "batches", "params", "return_eigenvectors", "shard", "optimizer"}
 
 # How each option is checked at construction, so a bad value is refused there and not deep inside `fit`.
 _OPTION_CHECKS: dict[str, Any] = {
@@ -141,6 +154,7 @@ def compute_metrics(
     params: Sequence[Tensor],
     spec: Mapping[str, Mapping[str, Any]],
     shard: PointShard | None = None,
+    optimizer: Any = None,
 ) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:
     """Run each metric of ``spec``; return ``(scalars, meta, errors)``.
 
@@ -152,6 +166,7 @@ def compute_metrics(
     ``scalars`` maps names such as ``hessian/lambda_max`` to floats; ``meta[name]`` holds each
     metric's options and result metadata (seeds, iterations, probe size, seconds). A metric that
     raises is left out of ``scalars`` and reported in ``errors`` (name -> message); the others still run.
+    ``optimizer`` (the training optimizer) is what ``eos`` reads its learning rate and momentum from.
     """
     scalars: dict[str, float] = {}
     meta: dict[str, Any] = {}
@@ -160,7 +175,11 @@ def compute_metrics(
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                extra = {"shard": shard} if name in _SHARDED and shard is not None else {}
+                extra: dict[str, Any] = {"shard": shard} if name in _SHARDED and shard is not None else {}
+                if name == "eos":
+                    if optimizer is None:
+                        raise ValueError("the edge-of-stability ratio needs the training optimizer")
+                    extra["optimizer"] = optimizer
                 result = METRICS[name](model, loss_fn, batches, params=params, **options, **extra)
         except UnrestorableStateError:
             raise  # not this metric's failure: the module cannot be observed any more (the caller says why)

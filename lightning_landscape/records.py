@@ -87,6 +87,8 @@ SCALAR_GROUPS: dict[str, tuple[str, ...]] = {
     "trajectory PCA explained variance": ("explained_variance/",),
     "distance from the initial weights": ("distance_from_init",),
     "curvature (Hessian)": ("hessian/",),
+    "curvature per block": ("blocks/",),
+    "edge of stability (sharpness / threshold)": ("eos/",),
     "sharpness": ("sharpness/",),
     "reliability (how far to trust the landscape)": ("reliability/",),
     "barrier between two solutions": ("barrier/",),

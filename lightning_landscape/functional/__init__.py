@@ -7,6 +7,7 @@ notebook or script; :class:`lightning_landscape.LossLandscapeCallback` calls the
 
 from lightning_landscape.functional._common import probe_size
 from lightning_landscape.functional.barrier import barrier
+from lightning_landscape.functional.blocks import BlockCurvature, block_curvature, parameter_blocks
 from lightning_landscape.functional.bn import BN_MODES, buffer_snapshot, landscape_buffers
 from lightning_landscape.functional.curvature import (
     HessianEigenvalues,
@@ -73,6 +74,13 @@ from lightning_landscape.functional.sharpness import (
     loss_gradient,
     sam_sharpness,
 )
+from lightning_landscape.functional.stability import (
+    EdgeOfStability,
+    StabilityThreshold,
+    adam_preconditioner,
+    edge_of_stability_ratio,
+    stability_threshold,
+)
 from lightning_landscape.functional.surface import (
     evaluate_loss,
     interpolation_line,
@@ -85,9 +93,11 @@ from lightning_landscape.functional.trajectory import TrajectoryPCA, trajectory_
 __all__ = [
     "BN_MODES",
     "AverageSharpness",
+    "BlockCurvature",
     "Direction",
     "DirectionSensitivity",
     "DistanceProfile",
+    "EdgeOfStability",
     "HessianEigenvalues",
     "HessianOperator",
     "HessianTrace",
@@ -106,13 +116,17 @@ __all__ = [
     "ReliabilityThresholds",
     "SamSharpness",
     "ScaledOperator",
+    "StabilityThreshold",
     "TrajectoryPCA",
     "WeightPerturbation",
+    "adam_preconditioner",
     "average_sharpness",
     "barrier",
+    "block_curvature",
     "buffer_snapshot",
     "direction_sensitivity",
     "distance_profile",
+    "edge_of_stability_ratio",
     "evaluate_loss",
     "evaluate_sharded",
     "filter_normalize",
@@ -134,6 +148,7 @@ __all__ = [
     "loss_surface",
     "observation",
     "odd_grid",
+    "parameter_blocks",
     "path_loss_check",
     "path_plane_fit",
     "plane_through",
@@ -150,6 +165,7 @@ __all__ = [
     "shard_rows",
     "shared_plane_surface",
     "snapshot_losses",
+    "stability_threshold",
     "trajectory_pca",
     "unflatten",
 ]

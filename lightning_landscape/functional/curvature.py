@@ -147,6 +147,7 @@ def hessian_eigenvalues(
     params: Sequence[Tensor] | None = None,
     return_eigenvectors: bool = False,
     reuse_graph: bool = True,
+    max_basis: int | None = None,
 ) -> HessianEigenvalues:
     """Extreme eigenvalues of the Hessian of the mean probe loss, by Lanczos.
 
@@ -163,6 +164,9 @@ def hessian_eigenvalues(
         params: the parameters (default: trainable floating-point ones); each must require grad.
         return_eigenvectors: also return unit eigenvectors as directions.
         reuse_graph: keep each batch's gradient graph across products (faster; more memory).
+        max_basis: most Lanczos vectors held at once (default 8, more for large ``k``): memory is
+            about ``max_basis + 2`` parameter-sized vectors however large ``max_iter`` is, by thick
+            restarts once the basis is full. ``max_basis >= max_iter`` is plain Lanczos.
 
     Returns:
         A :class:`HessianEigenvalues`; NaN values and a ``RuntimeWarning`` if the loss at ``w`` is not finite.
@@ -186,6 +190,7 @@ def hessian_eigenvalues(
         "max_iter": max_iter,
         "tol": tol,
         "seed": seed,
+        "max_basis": max_basis,
         **probe_meta(batches),
         "parameters": sum(p.numel() for p in params),
     }
@@ -203,6 +208,7 @@ def hessian_eigenvalues(
                 dtype=op.dtype,
                 device=op.device,
                 return_vectors=return_eigenvectors,
+                max_basis=max_basis,
             )
             loss = op.loss
     except NonFiniteError as err:
@@ -213,7 +219,7 @@ def hessian_eigenvalues(
     vectors = None
     if res.vectors is not None:
         vectors = [[t.clone() for t in unflatten(_fix_sign(v), params)] for v in res.vectors]
-    meta["seconds"] = time.perf_counter() - start
+    meta.update(max_basis=res.max_basis, restarts=res.restarts, seconds=time.perf_counter() - start)
     return HessianEigenvalues(
         eigenvalues=res.values,
         residuals=res.residuals,

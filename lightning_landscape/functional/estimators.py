@@ -42,6 +42,8 @@ class LanczosResult:
         history: the largest Ritz value after each iteration.
         invariant: the Krylov space became invariant: the Ritz values are exact eigenvalues.
         converged: every wanted residual is within ``tol`` of the largest Ritz value in magnitude.
+        restarts: thick restarts done (0: plain Lanczos).
+        max_basis: the most basis vectors held at once.
     """
 
     values: np.ndarray
@@ -51,6 +53,8 @@ class LanczosResult:
     history: np.ndarray
     invariant: bool
     converged: bool
+    restarts: int = 0
+    max_basis: int = 0
 
 
 def wanted_indices(m: int, k: int, which: Which) -> list[int]:
@@ -74,6 +78,49 @@ def check_lanczos_args(k: int, which: Any, max_iter: int, tol: float) -> None:
     check_positive("tol", tol)
 
 
+DEFAULT_MAX_BASIS = 8
+
+
+def _kept(theta: np.ndarray, k: int, which: Which, keep: int) -> list[int]:
+    """Indices (into ascending ``theta``) of the ``keep`` Ritz vectors kept at a restart (wanted ends)."""
+    m = len(theta)
+    if which == "largest":
+        return list(range(m - keep, m))
+    if which == "smallest":
+        return list(range(keep))
+    low = max(k, keep // 2)
+    return list(range(low)) + list(range(m - (keep - low), m))
+
+
+def _orthogonalize(w: Tensor, basis: list[Tensor]) -> Tensor:
+    """Remove from ``w`` (in place) its components along the orthonormal ``basis``, twice (CGS2); return
+    the summed coefficients ``V^T w`` (on the device, no host sync)."""
+    total = torch.zeros(len(basis), dtype=w.dtype, device=w.device)
+    for _ in range(2):
+        coeffs = torch.stack([torch.dot(v, w) for v in basis])
+        for v, c in zip(basis, coeffs.neg().unbind()):
+            w.addcmul_(v, c)  # no temporary vector, no host sync
+        total += coeffs
+    return total
+
+
+def _rotate(basis: list[Tensor], coeffs: np.ndarray) -> None:
+    """Overwrite ``basis[:p]`` with ``V @ coeffs`` (``coeffs`` is ``len(basis) x p``) in place.
+
+    Column block by column block, so the extra memory is one block of ``len(basis) + p`` rows (a quarter
+    of a vector in all), not ``p`` new vectors.
+    """
+    m, p = coeffs.shape
+    n = basis[0].numel()
+    c = torch.as_tensor(coeffs.T, dtype=basis[0].dtype, device=basis[0].device)  # (p, m)
+    step = max(1 << 14, -(-n // (4 * (m + p))))
+    for start in range(0, n, step):
+        block = torch.stack([v[start : start + step] for v in basis])  # (m, step)
+        new = c @ block  # (p, step)
+        for i in range(p):
+            basis[i][start : start + step] = new[i]
+
+
 def lanczos(
     matvec: MatVec,
     n: int,
@@ -85,75 +132,102 @@ def lanczos(
     dtype: torch.dtype = torch.float64,
     device: Any = None,
     return_vectors: bool = False,
+    max_basis: int | None = None,
 ) -> LanczosResult:
-    """Lanczos with full reorthogonalization on ``matvec`` (a symmetric operator on length-``n`` vectors).
+    """Thick-restart Lanczos with full reorthogonalization on ``matvec`` (symmetric, on length-``n`` vectors).
 
-    The basis is kept in ``dtype`` and reorthogonalized twice (classical Gram-Schmidt, twice) at every
-    step; the tridiagonal coefficients are float64. The residual of a Ritz pair ``(theta, y = V s)`` is
-    ``|beta_m s_m|``. Iteration stops when the wanted pairs' residuals are at most ``tol`` times the
-    largest Ritz value in magnitude, when the Krylov space becomes invariant, or after ``max_iter``
-    steps. The start vector is a Rademacher vector from a CPU generator seeded with ``seed``.
+    The basis grows one vector per product and is kept orthonormal (classical Gram-Schmidt, twice,
+    against every basis vector). When it holds ``max_basis`` vectors, it restarts (Wu & Simon, 2000):
+    the Ritz vectors nearest the wanted end(s) of the spectrum are kept, with the last residual vector,
+    and the iteration goes on from there. So memory is ``max_basis + 2`` vectors whatever ``max_iter``
+    is, while the wanted Ritz pairs keep improving. The projected matrix is float64. The residual of a
+    Ritz pair ``(theta, y = V s)`` is ``|beta s_last|``. Iteration stops when the wanted pairs' residuals
+    are at most ``tol`` times the largest Ritz value in magnitude, when the Krylov space becomes
+    invariant, or after ``max_iter`` products. The start vector is a Rademacher vector from a CPU
+    generator seeded with ``seed``. One host synchronization per product.
+
+    Args:
+        max_basis: most basis vectors kept (default :data:`DEFAULT_MAX_BASIS`, at least enough for the
+            wanted pairs); ``max_basis >= max_iter`` never restarts (plain Lanczos).
 
     Example::
 
-        >>> a = torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
-        >>> res = lanczos(lambda v: a @ v, 10, which="both", max_iter=10)
-        >>> res.values.round(8).tolist()
-        [10.0, 1.0]
+        >>> a = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
+        >>> res = lanczos(lambda v: a @ v, 100, which="both", max_iter=300, tol=1e-10, max_basis=8)
+        >>> res.values.round(8).tolist(), res.converged
+        ([100.0, 1.0], True)
     """
     check_int("n", n, 1)
     check_lanczos_args(k, which, max_iter, tol)
-    m_max = min(max_iter, n)
-    basis = torch.empty((m_max, n), dtype=dtype, device=device)
+    count = min(k, n) * (2 if which == "both" else 1)
+    if max_basis is None:
+        max_basis = max(DEFAULT_MAX_BASIS, 2 * count + 2)
+    check_int("max_basis", max_basis, count + 2)
+    cap = min(max_basis, n)
+    keep = max(count, (cap - 1) // 2)  # Ritz vectors kept at a restart: room for (cap - 1 - keep) new ones
+    eps = float(torch.finfo(dtype).eps)
+
     gen = torch.Generator().manual_seed(int(seed))
     v = rademacher(n, gen).to(device=device, dtype=dtype)
-    basis[0] = v / torch.linalg.vector_norm(v)
-    alphas: list[float] = []
-    betas: list[float] = []
-    history = []
+    basis = [v.div_(torch.linalg.vector_norm(v))]
+    t = np.zeros((cap, cap))  # the projected matrix V^T A V (float64)
+    history: list[float] = []
     invariant = False
-    theta = s = None
-    scale = 0.0
-    eps = float(torch.finfo(dtype).eps)
-    for j in range(m_max):
+    scale, beta, iterations, restarts = 0.0, 0.0, 0, 0
+    while True:
+        j = len(basis) - 1
         w = matvec(basis[j]).to(dtype)
-        alpha = float(torch.dot(w.double(), basis[j].double()))
-        for _ in range(2):  # CGS2: full reorthogonalization against every basis vector so far
-            w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
-        beta = float(torch.linalg.vector_norm(w.double()))
+        if w.data_ptr() == basis[j].data_ptr():
+            w = w.clone()  # an operator that returned its input: do not orthogonalize the basis away
+        iterations += 1
+        coeffs = _orthogonalize(w, basis)
+        alpha, beta = torch.stack([coeffs[j], torch.linalg.vector_norm(w)]).double().tolist()
         if not (math.isfinite(alpha) and math.isfinite(beta)):
             raise NonFiniteError("a product with the operator is not finite")
-        alphas.append(alpha)
-        t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        theta, s = np.linalg.eigh(t)
+        t[j, j] = alpha
+        theta, s = np.linalg.eigh(t[: j + 1, : j + 1])
         scale = max(scale, float(np.abs(theta).max()), beta)
         history.append(float(theta[-1]))
         # Invariant Krylov space: what is left of w is rounding noise (products are accurate to ~eps |A|).
-        if beta <= 10 * eps * max(scale, 1e-300):
-            invariant = True
-            beta = 0.0
+        if beta <= 10 * eps * max(scale, 1e-300) or (j + 1 == n and cap == n):
+            invariant, beta = True, 0.0
         residuals = np.abs(beta * s[-1, :])
-        wanted = wanted_indices(len(theta), k, which)
-        if invariant or j + 1 == m_max or bool((residuals[wanted] <= tol * max(scale, 1e-300)).all()):
+        wanted = wanted_indices(j + 1, k, which)
+        if invariant or iterations >= max_iter or bool((residuals[wanted] <= tol * max(scale, 1e-300)).all()):
             break
-        betas.append(beta)
-        basis[j + 1] = w / beta
-    m = len(alphas)
-    assert theta is not None and s is not None
-    order = wanted_indices(m, k, which)
+        w.div_(beta)
+        if j + 1 < cap:
+            basis.append(w)
+            t[j, j + 1] = t[j + 1, j] = beta
+            continue
+        # Thick restart: keep the Ritz vectors at the wanted end(s) and the residual direction w.
+        kept = _kept(theta, k, which, keep)
+        _rotate(basis, s[:, kept])
+        del basis[len(kept) :]
+        basis.append(w)
+        t[:] = 0.0
+        p = len(kept)
+        t[np.arange(p), np.arange(p)] = theta[kept]
+        t[:p, p] = t[p, :p] = beta * s[-1, kept]
+        restarts += 1
+    order = wanted_indices(len(theta), k, which)
     residuals = np.abs(beta * s[-1, order])
     vectors = None
     if return_vectors:
-        coeffs = torch.as_tensor(s[:, order], dtype=dtype, device=device)
-        vectors = (basis[:m].T @ coeffs).T  # (len(order), n)
+        coeffs_t = torch.as_tensor(s[:, order].T, dtype=dtype, device=device)  # (len(order), m)
+        vectors = torch.zeros((len(order), n), dtype=dtype, device=device)
+        for c, b in zip(coeffs_t.T, basis):  # one vector at a time: no (m, n) temporary
+            vectors.addcmul_(c[:, None], b[None, :])
     return LanczosResult(
         values=theta[order],
         residuals=residuals,
         vectors=vectors,
-        iterations=m,
+        iterations=iterations,
         history=np.asarray(history),
         invariant=invariant,
         converged=invariant or bool((residuals <= tol * max(scale, 1e-300)).all()),
+        restarts=restarts,
+        max_basis=cap,
     )
 
 

@@ -16,6 +16,7 @@ Every operator here has ``numel`` (the dimension), ``dtype`` and ``device`` of t
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -130,6 +131,18 @@ def _modules_without_double_backward(model: nn.Module, loss_fn: LossFn, batch: A
     return [f"{type(failing[n]).__name__} ({'the model' if n == '' else repr(n)})" for n in innermost]
 
 
+def _release(grads: Sequence[Tensor | None], saved: set[int]) -> None:
+    """Give back the memory of gradients kept only for their graph.
+
+    A Hessian-vector product differentiates ``g . v`` through the graph that made ``g``; the values of
+    ``g`` are never read, unless a node of that graph saved them (then they are kept). Storage resized
+    to zero, as FSDP does with its unsharded parameters; the tensors keep their shape for autograd.
+    """
+    for g in grads:
+        if g is not None and g.untyped_storage().data_ptr() not in saved:
+            g.untyped_storage().resize_(0)
+
+
 class LinearOperator(Protocol):
     """What an estimator needs: the dimension, dtype and device of its vectors, and ``v -> A v``."""
 
@@ -167,27 +180,37 @@ class HessianOperator:
         self.numel = sum(p.numel() for p in self.params)
         self.dtype = work_dtype(self.params[0])
         self.device = self.params[0].device
-        self._graphs: list[tuple[Tensor, ...]] = []
-        total: Tensor | None = None
+        # Each batch's gradient graph (create_graph) is kept for the products when ``reuse_graph``; the
+        # gradients' own values are not needed for that (only their graph), so their memory is given back
+        # (see ``_release``): what stays is the graph, about the size of a forward pass's activations.
+        self._graphs: list[tuple[Tensor | None, ...]] = []
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         for b, batch in enumerate(self.batches):
-            loss, grads = self._first_order(batch)
-            if b == 0 and _dead_end([loss], grads):
+            loss, grads, saved = self._gradient(batch)
+            if b == 0 and _dead_end([loss], [g for g in grads if g is not None]):
                 self._explain(RuntimeError("a node without a double backward"), batch, certain=True)
-            loss = loss.detach()
-            total = loss.double() if total is None else total + loss.double()
             if reuse_graph:
+                _release(grads, saved)
                 self._graphs.append(grads)
-        assert total is not None
+            total = total + loss.detach().double()
         self.loss = float(total) / len(self.batches)  # the one host sync of the set-up
-        if not torch.isfinite(torch.tensor(self.loss)):
+        if not math.isfinite(self.loss):
             raise NonFiniteError(f"the loss at w is {self.loss}")
 
-    def _first_order(self, batch: Any) -> tuple[Tensor, tuple[Tensor, ...]]:
-        loss = scalar_loss(self.loss_fn, self.model, batch)
-        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-        # A parameter the loss does not use has zero gradient and zero Hessian rows.
-        grads = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params))
-        return loss, grads
+    def _gradient(self, batch: Any) -> tuple[Tensor, tuple[Tensor | None, ...], set[int]]:
+        """The batch's loss, its gradient with the gradient's graph, and the storages the graphs saved."""
+        saved: set[int] = set()
+
+        def pack(t: Tensor) -> Tensor:
+            saved.add(t.untyped_storage().data_ptr())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = scalar_loss(self.loss_fn, self.model, batch)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        # A parameter the loss does not use (None), or whose gradient does not depend on the weights, has
+        # zero Hessian rows.
+        return loss, tuple(g if g is not None and g.requires_grad else None for g in grads), saved
 
     def _product(self, index: Sequence[int], vector: Tensor) -> Tensor:
         """``(H v)`` on the parameters ``index`` for ``v`` zero outside them (``vector`` holds their part)."""
@@ -196,25 +219,38 @@ class HessianOperator:
         out = torch.zeros(vector.numel(), dtype=self.dtype, device=self.device)
         views = unflatten(out, chosen, dtype=self.dtype)  # views of `out` (same dtype: no copy)
         for b, batch in enumerate(self.batches):
-            grads = self._graphs[b] if self.reuse_graph else self._first_order(batch)[1]
-            pairs = [(grads[i], v) for i, v in zip(index, pieces) if grads[i].requires_grad]
-            if not pairs:
-                continue  # the gradient does not depend on w here: zero Hessian for this batch
-            try:
-                hv = torch.autograd.grad(
-                    [g for g, _ in pairs],
-                    chosen,
-                    grad_outputs=[v for _, v in pairs],
-                    retain_graph=self.reuse_graph,
-                    allow_unused=True,
-                )
-            except RuntimeError as err:
-                self._explain(err, batch)
-                raise
-            used = [(o, h) for o, h in zip(views, hv) if h is not None]
-            if used:
-                torch._foreach_add_([o for o, _ in used], [h for _, h in used])
+            # Without reuse_graph, the batch's graph is rebuilt here and freed after its product.
+            grads = self._graphs[b] if self.reuse_graph else self._gradient(batch)[1]
+            self._accumulate(grads, index, pieces, chosen, views, batch)
         return out.div_(len(self.batches))
+
+    def _accumulate(
+        self,
+        grads: Sequence[Tensor | None],
+        index: Sequence[int],
+        pieces: Sequence[Tensor],
+        chosen: list[Tensor],
+        views: Sequence[Tensor],
+        batch: Any,
+    ) -> None:
+        """Add ``d/dw_B (g_B . v_B)`` to ``views`` (one backward pass through the gradient graph)."""
+        pairs = [(g, v) for g, v in ((grads[i], v) for i, v in zip(index, pieces)) if g is not None]
+        if not pairs:
+            return  # the gradient does not depend on w here: zero Hessian
+        try:
+            hv = torch.autograd.grad(
+                [g for g, _ in pairs],
+                chosen,
+                grad_outputs=[v for _, v in pairs],
+                retain_graph=self.reuse_graph,
+                allow_unused=True,
+            )
+        except RuntimeError as err:
+            self._explain(err, batch)
+            raise
+        used = [(o, h) for o, h in zip(views, hv) if h is not None]
+        if used:
+            torch._foreach_add_([o for o, _ in used], [h for _, h in used])
 
     def _explain(self, err: RuntimeError, batch: Any, certain: bool = False) -> None:
         """Raise a :class:`SecondOrderError` naming the modules that have no double backward, when that

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ class Counting:
 def test_lanczos_extremes_match_eigh():
     a = spd_like(60)
     evals = torch.linalg.eigvalsh(a).numpy()
-    res = lanczos(Counting(a), 60, k=3, which="both", max_iter=60, tol=1e-12)
+    res = lanczos(Counting(a), 60, k=3, which="both", max_iter=60, tol=1e-12, max_basis=60)
     np.testing.assert_allclose(res.values[:3], evals[::-1][:3], rtol=1e-10)
     np.testing.assert_allclose(res.values[3:], evals[:3], rtol=1e-8, atol=1e-10)
     assert res.converged
@@ -57,13 +58,53 @@ def test_lanczos_stops_early_and_its_residuals_are_true():
     assert len(res.history) == res.iterations and res.history[-1] == pytest.approx(res.values[0])
 
 
+class Live(Counting):
+    """``A v`` that also counts how many of its outputs are alive at each call (Lanczos keeps its basis
+    vectors in the outputs it is given)."""
+
+    def __init__(self, a: torch.Tensor) -> None:
+        super().__init__(a)
+        self.outputs: list[weakref.ref] = []
+        self.most_alive = 0
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        self.most_alive = max(self.most_alive, sum(r() is not None for r in self.outputs))
+        out = super().__call__(v)
+        self.outputs.append(weakref.ref(out))
+        return out
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest", "both"])
+def test_thick_restarts_bound_the_basis_and_keep_the_answer(which):
+    a = spd_like(300, seed=9)
+    evals = torch.linalg.eigvalsh(a).numpy()
+    matvec = Live(a)
+    res = lanczos(matvec, 300, k=1, which=which, max_iter=300, tol=1e-10, max_basis=6, return_vectors=True)
+    assert res.converged and res.restarts > 0 and res.max_basis == 6
+    assert matvec.most_alive <= 6  # the basis never holds more than max_basis vectors
+    exact = {"largest": [evals[-1]], "smallest": [evals[0]], "both": [evals[-1], evals[0]]}[which]
+    np.testing.assert_allclose(res.values, exact, rtol=1e-10)
+    for theta, y, r in zip(res.values, res.vectors, res.residuals):
+        assert float(y.norm()) == pytest.approx(1.0, abs=1e-10)
+        assert float((a @ y - theta * y).norm()) == pytest.approx(r, rel=0.1, abs=1e-9)
+    # Against plain Lanczos (no restart, every vector kept), the products are about as many.
+    plain = lanczos(Counting(a), 300, k=1, which=which, max_iter=300, tol=1e-10, max_basis=300)
+    assert plain.restarts == 0 and res.iterations <= 2 * plain.iterations
+    np.testing.assert_allclose(res.values, plain.values, rtol=1e-10)
+
+
+def test_max_basis_must_leave_room_for_the_wanted_pairs():
+    with pytest.raises(ValueError, match="`max_basis`"):
+        lanczos(lambda v: v, 50, k=2, which="both", max_basis=5)
+
+
 def test_smallest_comes_ascending_and_ritz_values_stay_inside_the_spectrum():
     a = spd_like(80, seed=2)
     evals = torch.linalg.eigvalsh(a).numpy()
     few = lanczos(Counting(a), 80, k=2, which="smallest", max_iter=4, tol=1e-14)
     assert not few.converged and few.iterations == 4
     assert few.values[0] <= few.values[1] and few.values[0] >= evals[0] - 1e-12
-    full = lanczos(Counting(a), 80, k=2, which="smallest", max_iter=80, tol=1e-12)
+    full = lanczos(Counting(a), 80, k=2, which="smallest", max_iter=80, tol=1e-12, max_basis=80)
     np.testing.assert_allclose(full.values, evals[:2], rtol=1e-9)
 
 
