@@ -7,6 +7,7 @@ notebook or script; :class:`lightning_landscape.LossLandscapeCallback` calls the
 
 from lightning_landscape.functional.barrier import barrier
 from lightning_landscape.functional.bn import BN_MODES, buffer_snapshot, landscape_buffers
+from lightning_landscape.functional.compiled import CompileFallbackWarning, compile_settings
 from lightning_landscape.functional.curvature import (
     HessianEigenvalues,
     HessianTrace,
@@ -80,6 +81,7 @@ from lightning_landscape.functional.trajectory import TrajectoryPCA, trajectory_
 __all__ = [
     "BN_MODES",
     "AverageSharpness",
+    "CompileFallbackWarning",
     "Direction",
     "DirectionSensitivity",
     "DistanceProfile",
@@ -102,6 +104,7 @@ __all__ = [
     "average_sharpness",
     "barrier",
     "buffer_snapshot",
+    "compile_settings",
     "direction_sensitivity",
     "distance_profile",
     "evaluate_loss",

@@ -27,8 +27,8 @@ from lightning_landscape.functional.params import Direction, LossFn, WeightPertu
 
 __all__ = ["Engine", "Evaluation", "check_engine", "evaluate_points"]
 
-Engine = Literal["auto", "loop", "vmap"]
-_ENGINES = ("auto", "loop", "vmap")
+Engine = Literal["auto", "loop", "vmap", "compile"]
+_ENGINES = ("auto", "loop", "vmap", "compile")
 
 # Models "auto" found it cannot vmap (weakly held: forgotten with the model). Only which path runs is
 # remembered, never values, so the engine stays a pure function of its inputs. Plain loss evaluations
@@ -38,7 +38,7 @@ _CANNOT_VMAP_EXTRA: weakref.WeakKeyDictionary[nn.Module, set[tuple[str, bool]]] 
 
 
 def check_engine(engine: Any, name: str = "engine") -> None:
-    """Raise a ValueError naming ``name`` unless ``engine`` is one of ``"auto"``, ``"loop"``, ``"vmap"``."""
+    """Raise a ValueError naming ``name`` unless ``engine`` is one of ``_ENGINES``."""
     check.choice(name, engine, _ENGINES)
 
 
@@ -61,6 +61,8 @@ def _auto_engine(model: nn.Module, params: Sequence[Tensor]) -> Engine:
     Batched where it pays, on accelerators: one vmapped forward pass over a chunk of points replaces
     many small kernel launches. On the CPU, the loop: measured there, batching won only for models of
     a few thousand parameters and lost up to 2.3x on larger ones (benchmarks/bench_floor.py).
+    Never "compile": compiling costs tens of seconds per model and pays back only after about a
+    thousand points on a CNN, never on some models (benchmarks/bench_compile.py).
     """
     if model in _CANNOT_VMAP or all(p.device.type == "cpu" for p in params):
         return "loop"
@@ -104,7 +106,8 @@ def evaluate_points(
     no model copies, no host sync per point); ``"vmap"`` evaluates chunks of ``chunk_size`` points
     (default: from a memory budget) in one vmapped forward pass and raises if the model cannot be
     vmapped. ``"auto"`` is batched on accelerators and the loop on the CPU (see :func:`_auto_engine`);
-    a model that cannot be vmapped goes to the loop (``Evaluation.note`` says so).
+    a model that cannot be vmapped goes to the loop (``Evaluation.note`` says so). ``"compile"``: the
+    loop's points through a ``torch.compile``-d evaluation (:mod:`~lightning_landscape.functional.compiled`).
     """
     check_engine(engine)
     if chunk_size is not None and (
@@ -166,6 +169,12 @@ def evaluate_points(
     with observation(model):
         if engine == "loop":
             values = loop(coefficients)
+        elif engine == "compile":
+            from lightning_landscape.functional.compiled import evaluate_compiled  # imports this module
+
+            values, engine, note = evaluate_compiled(
+                model, loss_fn, batches, move, coefficients, origin, buffers, metric_fn, loop
+            )
         else:
             try:
                 values = batched(coefficients)
