@@ -117,6 +117,8 @@ class FigureRenderer:
             debugging); errors are still collected and reported by :meth:`drain`.
         max_pending: at most this many submitted jobs wait for delivery; :meth:`submit` waits for the
             oldest beyond that (bounds the memory held by rendered images).
+        warn: how :meth:`drain` reports failures (one message); default ``warnings.warn`` with a
+            ``RuntimeWarning``.
 
     Example::
 
@@ -131,11 +133,14 @@ class FigureRenderer:
         >>> renderer.close()
     """
 
-    def __init__(self, synchronous: bool = False, max_pending: int = 16) -> None:
+    def __init__(
+        self, synchronous: bool = False, max_pending: int = 16, warn: Callable[[str], None] | None = None
+    ) -> None:
         if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
             raise ValueError(f"`max_pending` must be a positive integer, got {max_pending!r}")
         self.synchronous = synchronous
         self.max_pending = max_pending
+        self._warn = warn
         self.errors: list[tuple[str, int, BaseException]] = []  # (tag, step, error) not yet reported
         self._pending: collections.deque[_Job] = collections.deque()  # submission order
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -182,13 +187,15 @@ class FigureRenderer:
         if self.errors:
             errors, self.errors = self.errors, []
             tag, step, first = errors[0]
-            warnings.warn(
+            message = (
                 f"lightning-landscape: {len(errors)} figure(s) could not be drawn or written; the first, "
                 f"{tag!r} at step {step}: {type(first).__name__}: {first}. "
-                "Records and scalars are unaffected.",
-                RuntimeWarning,
-                stacklevel=2,
+                "Records and scalars are unaffected."
             )
+            if self._warn is not None:
+                self._warn(message)
+            else:
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def close(self) -> None:
         """:meth:`drain`, then stop the worker thread (a later :meth:`submit` starts a new one)."""

@@ -163,6 +163,14 @@ def test_a_failing_builder_warns_once_at_drain_and_the_rest_is_written():
         renderer.close()
 
 
+def test_failures_go_to_the_given_warn():
+    messages: list[str] = []
+    renderer = FigureRenderer(synchronous=True, warn=messages.append)
+    renderer.submit(Recorder(), "bad", 4, lambda: 1 / 0)
+    renderer.drain()
+    assert len(messages) == 1 and "'bad' at step 4: ZeroDivisionError" in messages[0]
+
+
 def test_synchronous_mode_delivers_inside_submit():
     sink = Recorder()
     renderer = FigureRenderer(synchronous=True)
