@@ -113,8 +113,10 @@ class LossLandscapeCallback(Callback):
         final_metrics: the same, computed at the end of training (``landscape/final/...``). Default:
             all four (a 50-step Lanczos, the trace with 64 probes, SAM and average sharpness).
         engine: how grid points are evaluated: ``"auto"`` (batched with ``vmap`` on accelerators, the
-            loop on the CPU and for models that cannot be vmapped), ``"loop"`` or ``"vmap"``. See
-            :func:`lightning_landscape.functional.loss_surface`.
+            loop on the CPU and for models that cannot be vmapped), ``"loop"``, ``"vmap"``, or
+            ``"compile"`` (one ``torch.compile`` graph per model, reused by every landscape; worth it for
+            conv and attention models over many landscapes; needs ``loss_fn=``, as ``training_step``'s
+            ``self.log`` does not compile). See :func:`lightning_landscape.functional.loss_surface`.
         max_overhead: most work the periodic landscapes after the first may add, as a fraction of the
             training work so far (default 0.1). Work is counted, not timed, so the schedule is the same
             on every run and rank: a training step costs about 3 forward passes of its batch, a
@@ -183,7 +185,7 @@ class LossLandscapeCallback(Callback):
         snapshot_storage: Literal["auto", "memory", "memmap"] = "auto",
         metrics: MetricSpec = DEFAULT_METRICS,
         final_metrics: MetricSpec = DEFAULT_FINAL_METRICS,
-        engine: Literal["auto", "loop", "vmap"] = "auto",
+        engine: Literal["auto", "loop", "vmap", "compile"] = "auto",
         max_overhead: float | None = 0.1,
         budget_final: bool = False,
         save_weights: bool = False,
@@ -222,7 +224,7 @@ class LossLandscapeCallback(Callback):
         )
         self.metrics = resolve_metrics(metrics, final=False, seed=seed, argument="metrics")
         self.final_metrics = resolve_metrics(final_metrics, final=True, seed=seed, argument="final_metrics")
-        self.engine = check.choice("engine", engine, ("auto", "loop", "vmap"))
+        self.engine = check.choice("engine", engine, ("auto", "loop", "vmap", "compile"))
         self.max_overhead = check.positive_number("max_overhead", max_overhead, allow_none=True)
         self.budget_final = check.boolean("budget_final", budget_final)
         self.save_weights = check.boolean("save_weights", save_weights)

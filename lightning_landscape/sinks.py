@@ -37,6 +37,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from lightning_landscape._render import RenderedFigure
 from lightning_landscape.plots import figure_to_png, figure_to_rgb
 from lightning_landscape.records import SCALAR_GROUPS, SurfaceRecord
 
@@ -137,15 +138,25 @@ class FileSink:
     """
 
     name = "files"
+    #: What :meth:`image` takes from a :class:`RenderedFigure` (rendered off the training thread).
+    figure_format = "png"
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
 
     def figure(self, tag: str, fig: Figure, step: int) -> None:
+        self._write(tag, figure_to_png(fig), step)
+
+    def image(self, tag: str, rendered: RenderedFigure, step: int) -> None:
+        """A figure already rendered (by :class:`~lightning_landscape._render.FigureRenderer`)."""
+        assert rendered.png is not None
+        self._write(tag, rendered.png, step)
+
+    def _write(self, tag: str, png: bytes, step: int) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / _png_name(tag, step)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(figure_to_png(fig))
+        tmp.write_bytes(png)
         tmp.replace(path)
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
@@ -175,8 +186,13 @@ class MetricsSink:
             self._files = FileSink(base / "landscape" / "figures")
         return self._files
 
+    figure_format = "png"
+
     def figure(self, tag: str, fig: Figure, step: int) -> None:
         self._file_sink().figure(tag, fig, step)
+
+    def image(self, tag: str, rendered: RenderedFigure, step: int) -> None:
+        self._file_sink().image(tag, rendered, step)
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         self.logger.log_metrics(metrics, step=step)
@@ -196,8 +212,14 @@ class TensorBoardSink(MetricsSink):
         if settings:
             writer.add_text("landscape/settings", settings_markdown(settings), global_step=0)
 
+    figure_format = "rgb"
+
     def figure(self, tag: str, fig: Figure, step: int) -> None:
         self.logger.experiment.add_figure(tag, fig, global_step=step, close=False)
+
+    def image(self, tag: str, rendered: RenderedFigure, step: int) -> None:
+        # The image add_figure makes of the same figure (Agg at the figure's 100 dpi), pixel for pixel.
+        self.logger.experiment.add_image(tag, rendered.rgb, global_step=step, dataformats="HWC")
 
     def mesh(self, tag: str, record: SurfaceRecord, step: int) -> None:
         vertices, faces, colours = surface_mesh(record)
@@ -209,8 +231,13 @@ class TensorBoardSink(MetricsSink):
 class WandbSink(MetricsSink):
     """Weights & Biases: scalars through ``log_metrics``, figures through ``log_image`` (wandb images)."""
 
+    figure_format = "rgb"
+
     def figure(self, tag: str, fig: Figure, step: int) -> None:
         self.logger.log_image(key=tag, images=[figure_to_rgb(fig)], step=step)
+
+    def image(self, tag: str, rendered: RenderedFigure, step: int) -> None:
+        self.logger.log_image(key=tag, images=[rendered.rgb], step=step)
 
 
 class MLFlowSink(MetricsSink):
@@ -228,6 +255,10 @@ class MLFlowSink(MetricsSink):
 
     def figure(self, tag: str, fig: Figure, step: int) -> None:
         self._artifact(_png_name(tag, step), figure_to_png(fig), "landscape/figures")
+
+    def image(self, tag: str, rendered: RenderedFigure, step: int) -> None:
+        assert rendered.png is not None
+        self._artifact(_png_name(tag, step), rendered.png, "landscape/figures")
 
 
 # Matched against the names of the classes a logger is built from (first match wins).
@@ -315,6 +346,15 @@ class SinkSet:
 
     def figure(self, tag: str, fig: Figure, step: int) -> None:
         self._each("figure", tag, fig, step)
+
+    @property
+    def figure_formats(self) -> set[str]:
+        """What the sinks' ``image`` methods take ("png", "rgb"): render only those, once each."""
+        return {getattr(sink, "figure_format", "png") for sink in self.sinks}
+
+    def image(self, tag: str, rendered: RenderedFigure, step: int) -> None:
+        """A figure already rendered in :attr:`figure_formats` (off the training thread), to every sink."""
+        self._each("image", tag, rendered, step)
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         self._each("scalars", metrics, step)

@@ -9,6 +9,7 @@ from lightning_landscape.functional._common import probe_size
 from lightning_landscape.functional.barrier import barrier
 from lightning_landscape.functional.blocks import BlockCurvature, block_curvature, parameter_blocks
 from lightning_landscape.functional.bn import BN_MODES, buffer_snapshot, landscape_buffers
+from lightning_landscape.functional.compiled import CompileFallbackWarning, compile_settings
 from lightning_landscape.functional.curvature import (
     HessianEigenvalues,
     HessianTrace,
@@ -94,6 +95,7 @@ __all__ = [
     "BN_MODES",
     "AverageSharpness",
     "BlockCurvature",
+    "CompileFallbackWarning",
     "Direction",
     "DirectionSensitivity",
     "DistanceProfile",
@@ -124,6 +126,7 @@ __all__ = [
     "barrier",
     "block_curvature",
     "buffer_snapshot",
+    "compile_settings",
     "direction_sensitivity",
     "distance_profile",
     "edge_of_stability_ratio",

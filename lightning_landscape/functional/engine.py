@@ -31,8 +31,8 @@ __all__ = ["Engine", "Evaluation", "Progress", "check_engine", "evaluate_points"
 #: ending with ``done == total``.
 Progress = Callable[[int, int], None]
 
-Engine = Literal["auto", "loop", "vmap"]
-_ENGINES = ("auto", "loop", "vmap")
+Engine = Literal["auto", "loop", "vmap", "compile"]
+_ENGINES = ("auto", "loop", "vmap", "compile")
 
 # Models "auto" found it cannot vmap (weakly held: forgotten with the model). Only which path runs is
 # remembered, never values, so the engine stays a pure function of its inputs. Plain loss evaluations
@@ -42,7 +42,7 @@ _CANNOT_VMAP_EXTRA: weakref.WeakKeyDictionary[nn.Module, set[tuple[str, bool]]] 
 
 
 def check_engine(engine: Any, name: str = "engine") -> None:
-    """Raise a ValueError naming ``name`` unless ``engine`` is one of ``"auto"``, ``"loop"``, ``"vmap"``."""
+    """Raise a ValueError naming ``name`` unless ``engine`` is one of ``_ENGINES``."""
     check.choice(name, engine, _ENGINES)
 
 
@@ -65,6 +65,8 @@ def _auto_engine(model: nn.Module, params: Sequence[Tensor]) -> Engine:
     Batched where it pays, on accelerators: one vmapped forward pass over a chunk of points replaces
     many small kernel launches. On the CPU, the loop: measured there, batching won only for models of
     a few thousand parameters and lost up to 2.3x on larger ones (benchmarks/bench_floor.py).
+    Never "compile": compiling costs tens of seconds per model and pays back only after about a
+    thousand points on a CNN, never on some models (benchmarks/bench_compile.py).
     """
     if model in _CANNOT_VMAP or all(p.device.type == "cpu" for p in params):
         return "loop"
@@ -109,7 +111,8 @@ def evaluate_points(
     no model copies, no host sync per point); ``"vmap"`` evaluates chunks of ``chunk_size`` points
     (default: from a memory budget) in one vmapped forward pass and raises if the model cannot be
     vmapped. ``"auto"`` is batched on accelerators and the loop on the CPU (see :func:`_auto_engine`);
-    a model that cannot be vmapped goes to the loop (``Evaluation.note`` says so).
+    a model that cannot be vmapped goes to the loop (``Evaluation.note`` says so). ``"compile"``: the
+    loop's points through a ``torch.compile``-d evaluation (:mod:`~lightning_landscape.functional.compiled`).
 
     ``progress(done, total)`` is called every few points (after each chunk when batched) and at the end,
     from Python, without a host synchronisation: on an accelerator ``done`` counts points dispatched.
@@ -178,6 +181,12 @@ def evaluate_points(
     with observation(model):
         if engine == "loop":
             values = loop(coefficients)
+        elif engine == "compile":
+            from lightning_landscape.functional.compiled import evaluate_compiled  # imports this module
+
+            values, engine, note = evaluate_compiled(
+                model, loss_fn, batches, move, coefficients, origin, buffers, metric_fn, loop
+            )
         else:
             try:
                 values = batched(coefficients)

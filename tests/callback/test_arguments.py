@@ -44,7 +44,7 @@ REFUSED: dict[str, list[Any]] = {
     "save_records": ["yes", None],
     "log_figures": ["false"],
     "name": ["", "..", ".", "a/b", 3],
-    "snapshot_dtype": [torch.int32, "float32", 32],
+    "snapshot_dtype": [torch.int32, "float31", 32],
     "snapshot_budget_bytes": [0, -5, 1.5, "1000"],
     "snapshot_storage": ["disk", None],
     "metrics": BAD_METRIC_SPECS,
