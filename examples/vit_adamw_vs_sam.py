@@ -61,8 +61,8 @@ from lightning_landscape.records import save_record
 # The probe is the whole training set in one batch, so the landscape's loss is the training loss.
 LANDSCAPE: dict[str, Any] = {
     "resolution": 9,
-    "final_resolution": 21,
-    "line_resolution": 25,
+    "final_resolution": 17,
+    "line_resolution": 21,
     "snapshot_every_n_steps": 10,
     "metrics": ("eigenvalues", "sam"),  # every periodic surface
     "final_metrics": ("eigenvalues", "trace", "sam", "average"),  # at the end (the package defaults)
@@ -283,7 +283,7 @@ def train_run(
     probe = DataLoader(train, batch_size=len(train))  # the whole training set, one batch
     evaluation = EpochEvaluation(train, test, every_n_epochs=max(1, args.epochs // 15))
     callback = LossLandscapeCallback(
-        every_n_epochs=max(1, args.epochs // 5), probe_dataloader=probe, loss_fn=cross_entropy, **landscape
+        every_n_epochs=max(1, args.epochs // 3), probe_dataloader=probe, loss_fn=cross_entropy, **landscape
     )
     shutil.rmtree(args.out / group / f"seed{seed}", ignore_errors=True)  # this run's folder only
     logger = TensorBoardLogger(str(args.out), name=group, version=f"seed{seed}", default_hp_metric=False)
@@ -300,11 +300,11 @@ def train_run(
         log_every_n_steps=max(1, len(loader)),
         deterministic=True,
     )
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.fit(module, loader)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     run_dir = Path(logger.log_dir)
     if args.span_resolution and seed == args.seeds_list[0] and weight_decay == args.weight_decay:
         x, y = (t.to(module.device) for t in train.tensors)
@@ -328,6 +328,7 @@ def train_run(
         "parameters": sum(p.numel() for p in module.parameters()),
         "init_sha256": digest,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "history": h,
         "final": {
             "train_loss": h["train_loss"][-1],
@@ -342,6 +343,15 @@ def train_run(
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _expected_seconds(done: list[dict[str, Any]], optimizer: str) -> float:
+    """A run's expected time: the mean of finished runs with this optimizer, else of all finished runs
+    (doubled for SAM, which evaluates two gradients per step)."""
+    same = [s["seconds"] for s in done if s["optimizer"] == optimizer]
+    if same:
+        return sum(same) / len(same)
+    return sum(s["seconds"] for s in done) / len(done) * (2.0 if optimizer == "sam" else 1.0)
 
 
 def _clock(seconds: float) -> str:
@@ -401,8 +411,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for opt, wd in [("adamw", args.weight_decay), ("sam", args.weight_decay)]
         + [("adamw", w) for w in weight_decays[1:]]
     ]
-    cost = {"adamw": 1.0, "sam": 2.0}  # SAM evaluates two gradients per step; refined as runs finish
-    total = sum(cost[opt] for opt, _, _ in plan)
     args.out.mkdir(parents=True, exist_ok=True)
     print(
         f"{len(plan)} runs ({args.seeds} seeds; AdamW and SAM at weight decay {args.weight_decay:g}, AdamW "
@@ -411,13 +419,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    start, done, summaries = time.perf_counter(), 0.0, []
+    start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
+    summaries, loads = [], []
     for i, (opt, wd, seed) in enumerate(plan, 1):
         s = train_run(args, opt, wd, seed, data, landscape)
         summaries.append(s)
-        done += cost[opt]
+        loads.append(os.getloadavg()[0])
         elapsed = time.perf_counter() - start
-        eta = elapsed / done * (total - done)
+        eta = sum(_expected_seconds(summaries, o) for o, _, _ in plan[i:])
         f = s["final"]
         print(
             f"[{i:>2}/{len(plan)}] {s['group']:<12} seed{seed}  {s['seconds']:6.1f} s  "
@@ -425,7 +434,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"  | elapsed {_clock(elapsed)}, ETA {_clock(eta)}",
             flush=True,
         )
-    total_seconds = time.perf_counter() - start
+    total_seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     study = {
         "command": "python examples/vit_adamw_vs_sam.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "seeds": args.seeds_list,
@@ -443,7 +452,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "spans": list(SPANS),
         "quick": args.quick,
         "total_seconds": total_seconds,
-        "load_average": list(os.getloadavg()),
+        "cpu_seconds": cpu_seconds,
+        "load_average_start": load_start,
+        "load_average_after_each_run": loads,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "accelerator": args.accelerator,
@@ -453,7 +464,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs": [str(Path(s["run_dir"]).relative_to(args.out)) for s in summaries],
     }
     (args.out / "study.json").write_text(json.dumps(study, indent=1))
-    print(f"all runs: {_clock(total_seconds)} (load average {os.getloadavg()[0]:.2f}); writing figures ...")
+    print(
+        f"all runs: {_clock(total_seconds)} wall, {_clock(cpu_seconds)} CPU (load average "
+        f"{load_start:.2f} at the start, {loads[-1]:.2f} at the end); writing figures ...",
+        flush=True,
+    )
     result = vit_study_report.write_all(args.out, args.docs)
     print(f"figures in {args.out / 'figures'}, report in {args.out / 'REPORT.md'}")
     print(

@@ -285,13 +285,14 @@ def report(out: Path, study: dict[str, Any], groups: dict[str, list[dict[str, An
     lines += _table(
         ["group", "seed", "weight decay", "train loss", "train acc. (%)", "test acc. (%)", "fit s"], rows
     )
-    load = ", ".join(f"{x:.2f}" for x in study["load_average"])
+    loads = study["load_average_after_each_run"]
     lines += [
         "",
-        f"Runtime: {study['total_seconds'] / 60:.1f} min for {len(study['runs'])} runs on "
-        f"{study['accelerator']} ({study['cpu_count']} CPU cores, {study['threads']} torch thread(s), load "
-        f"average at the end {load}); torch {study['torch']}, lightning {study['lightning']}, "
-        f"Python {study['python']}.",
+        f"Runtime: {study['total_seconds'] / 60:.1f} min wall, {study['cpu_seconds'] / 60:.1f} min of CPU "
+        f"time for {len(study['runs'])} runs on {study['accelerator']} ({study['cpu_count']} CPU cores, "
+        f"{study['threads']} torch thread(s); 1-minute load average {study['load_average_start']:.2f} at the "
+        f"start, {min(loads):.2f} to {max(loads):.2f} after the runs: other processes shared the cores). "
+        f"torch {study['torch']}, lightning {study['lightning']}, Python {study['python']}.",
         "",
     ]
     return "\n".join(lines)
