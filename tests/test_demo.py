@@ -3,6 +3,7 @@
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -48,3 +49,31 @@ def test_demo_logs_landscapes_for_sgd_and_sam(tmp_path, capsys):
         }
         assert {"landscape/hessian/lambda_max", "landscape/sharpness/sam"} <= set(scalars)
         assert {"landscape/final/hessian/trace", "landscape/final/sharpness/average"} <= set(scalars)
+
+
+def test_demo_seeds_share_the_initialization_per_seed(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    demo = _demo_module()
+    args = ["--epochs", "1", "--seeds", "2", "--log-dir", str(tmp_path), "--resolution", "3"]
+    results = demo.main([*args, "--final-resolution", "3"])
+    assert "mean ± std over 2 seeds" in capsys.readouterr().out
+    initial_loss = {}
+    for name in ("sgd", "sam"):
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["seed0", "seed1"]
+        for seed in (0, 1):
+            (line,) = [
+                r
+                for r in load_records(tmp_path / name / f"seed{seed}")
+                if r.kind == "line" and r.meta["stage"] == "final" and r.meta["directions"] == "interpolation"
+            ]
+            at_init = np.abs(line.alphas).argmin()  # alpha = 0: the initial weights
+            initial_loss[name, seed] = float(line.losses[at_init])
+        runs = results[name]["runs"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        values = [r["val_acc"] for r in runs]
+        assert results[name]["val_acc"] == pytest.approx(sum(values) / 2)
+        assert results[name]["val_acc_std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    # Same initial weights and probe batches for both optimizers at a seed; another seed, other weights.
+    assert initial_loss["sgd", 0] == initial_loss["sam", 0]
+    assert initial_loss["sgd", 1] == initial_loss["sam", 1]
+    assert initial_loss["sgd", 0] != initial_loss["sgd", 1]
