@@ -373,7 +373,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--span-resolution", type=int, default=None, help="points per axis of figure (d); 0: off")
     p.add_argument("--accelerator", default="cpu", help="'cpu' (default), 'auto' (a GPU if present), ...")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: these models are tiny; 0: torch's choice)",
+    )
     p.add_argument("--callback-kwargs", type=json.loads, default={}, help="JSON, overrides LANDSCAPE")
     p.add_argument(
         "--quick", action="store_true", help="a tiny run for tests: 1 seed, 1 epoch, 60 images, no sweep"
