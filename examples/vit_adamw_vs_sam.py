@@ -314,33 +314,16 @@ def train_run(
     final_metrics = [r for r in records if r.kind == "metrics" and r.meta.get("stage") == "final"]
     final_surface = [r for r in records if r.kind == "surface" and r.meta.get("stage") == "final"]
     h = evaluation.history
-    summary = {
-        "group": group,
-        "optimizer": optimizer,
-        "seed": seed,
-        "weight_decay": weight_decay,
-        "lr": args.lr,
-        "rho": args.rho if optimizer == "sam" else None,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "train_size": len(train),
-        "test_size": len(test),
-        "parameters": sum(p.numel() for p in module.parameters()),
-        "init_sha256": digest,
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds,
-        "history": h,
-        "final": {
-            "train_loss": h["train_loss"][-1],
-            "train_acc": h["train_acc"][-1],
-            "test_loss": h["test_loss"][-1],
-            "test_acc": h["test_acc"][-1],
-            "gap": h["train_acc"][-1] - h["test_acc"][-1],
-        },
-        "landscape": final_metrics[-1].as_dict() if final_metrics else {},
-        "final_surface_centre": final_surface[-1].centre_loss if final_surface else None,
-        "run_dir": str(run_dir),
-    }
+    final = {k: h[k][-1] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
+    summary = dict(
+        group=group, optimizer=optimizer, seed=seed, weight_decay=weight_decay, lr=args.lr,
+        epochs=args.epochs, rho=args.rho if optimizer == "sam" else None, batch_size=args.batch_size, train_size=len(train),
+        test_size=len(test), parameters=sum(p.numel() for p in module.parameters()), init_sha256=digest,
+        seconds=seconds, cpu_seconds=cpu_seconds, history=h,
+        final={**final, "gap": final["train_acc"] - final["test_acc"]},
+        landscape=final_metrics[-1].as_dict() if final_metrics else {},
+        final_surface_centre=final_surface[-1].centre_loss if final_surface else None, run_dir=str(run_dir),
+    )  # fmt: skip
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -440,34 +423,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             flush=True,
         )
     total_seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    study = {
-        "command": "python examples/vit_adamw_vs_sam.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "seeds": args.seeds_list,
-        "epochs": args.epochs,
-        "train_size": len(data[0]),
-        "test_size": len(data[1]),
-        "lr": args.lr,
-        "rho": args.rho,
-        "batch_size": args.batch_size,
-        "weight_decay": args.weight_decay,
-        "weight_decays": weight_decays,
-        "model": args.model,
-        "parameters": summaries[0]["parameters"],
-        "landscape": {k: v if not isinstance(v, tuple) else list(v) for k, v in landscape.items()},
-        "spans": list(SPANS),
-        "quick": args.quick,
-        "total_seconds": total_seconds,
-        "cpu_seconds": cpu_seconds,
-        "load_average_start": load_start,
-        "load_average_after_each_run": loads,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "accelerator": args.accelerator,
-        "torch": torch.__version__,
-        "lightning": pl.__version__,
-        "python": platform.python_version(),
-        "runs": [str(Path(s["run_dir"]).relative_to(args.out)) for s in summaries],
-    }
+    study = dict(
+        command="python examples/vit_adamw_vs_sam.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        seeds=args.seeds_list, epochs=args.epochs, train_size=len(data[0]), test_size=len(data[1]),
+        lr=args.lr, rho=args.rho, batch_size=args.batch_size, weight_decay=args.weight_decay, weight_decays=weight_decays,
+        model=args.model, parameters=summaries[0]["parameters"], spans=list(SPANS), quick=args.quick,
+        landscape={k: list(v) if isinstance(v, tuple) else v for k, v in landscape.items()},
+        total_seconds=total_seconds, cpu_seconds=cpu_seconds, load_average_start=load_start,
+        load_average_after_each_run=loads, threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
+        accelerator=args.accelerator, torch=torch.__version__, lightning=pl.__version__,
+        python=platform.python_version(),
+        runs=[str(Path(s["run_dir"]).relative_to(args.out)) for s in summaries],
+    )  # fmt: skip
     (args.out / "study.json").write_text(json.dumps(study, indent=1))
     print(
         f"all runs: {_clock(total_seconds)} wall, {_clock(cpu_seconds)} CPU (load average "

@@ -186,18 +186,30 @@ def figure_spans(out: Path, groups: dict[str, list[dict[str, Any]]]) -> Figure |
     fig = Figure(figsize=(4.3 * ncols, 3.7 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), ncols, squeeze=False)
     for col in range(ncols):
-        column = [r[col] for r in rows.values() if col < len(r)]
-        levels = shared_levels(column, 15, log=True)
-        norm = BoundaryNorm(levels, ncolors=256, extend="both")
+        # The rise above the centre, L(w + x d1 + y d2) - L(w), on one scale per span: the two solutions
+        # start from different losses, and their rise is what the span changes. Quantile levels, so each
+        # span's colours cover its own range (from flat at 0.1 to a spike at 10).
+        rises = {g: np.asarray(r[col].losses, dtype=np.float64) - r[col].centre_loss for g, r in rows.items()}
+        pooled = np.concatenate([v[np.isfinite(v)] for v in rises.values()])
+        levels = np.unique(np.quantile(pooled, np.linspace(0, 1, 16))) if pooled.size else np.arange(2.0)
+        if len(levels) < 2:
+            levels = np.array([levels[0], levels[0] + 1e-12])
+        norm = BoundaryNorm(levels, ncolors=256)
         for row, (g, recs) in enumerate(rows.items()):
             rec, ax = recs[col], axes[row, col]
-            cs = ax.contourf(
-                rec.xs, rec.ys, np.ma.masked_invalid(rec.losses), levels=levels, norm=norm, extend="both"
-            )
+            cs = ax.contourf(rec.xs, rec.ys, np.ma.masked_invalid(rises[g]), levels=levels, norm=norm)
             ax.plot(0, 0, "*", color="tab:orange", ms=12, mec="w")
-            ax.set_title(f"{g} seed{rec.meta['seed']}, span {rec.meta['span']:g}", fontsize=10)
-        fig.colorbar(cs, ax=list(axes[:, col]), label="train loss", shrink=0.8)
-    fig.suptitle("The same surface (random filter-normalized directions) at three distances")
+            ax.set_title(
+                f"{g} seed{rec.meta['seed']}, span {rec.meta['span']:g} (L(w) = {rec.centre_loss:.3g})",
+                fontsize=9,
+            )
+            ax.set_xlabel("random direction 1", fontsize=8)
+            ax.set_ylabel("random direction 2", fontsize=8)
+        fig.colorbar(cs, ax=list(axes[:, col]), label="train loss - L(w)", shrink=0.8, format="%.3g")
+    fig.suptitle(
+        "One final solution on one pair of random filter-normalized directions, at three distances "
+        "(colour: rise above the centre, one scale per span)"
+    )
     return fig
 
 

@@ -93,7 +93,7 @@ def test_report_numbers_equal_the_run_outputs(quick_study):
     summaries = [json.loads(p.read_text()) for p in out.glob("*/seed*/summary.json")]
     rows = _table(report, "## All runs")
     assert len(rows) == len(summaries)
-    for group, seed, wd, train_loss, train_acc, test_acc, _ in rows:
+    for group, seed, wd, train_loss, train_acc, test_acc, *_ in rows:
         (s,) = [s for s in summaries if s["group"] == group and s["seed"] == int(seed)]
         assert float(wd) == s["weight_decay"]
         assert abs(float(train_loss) - s["final"]["train_loss"]) <= 5e-5
@@ -112,7 +112,7 @@ def test_report_numbers_equal_the_run_outputs(quick_study):
             if r.kind == "metrics" and r.meta["stage"] == "final"
         ]
         lam = recs[-1].as_dict()["hessian/lambda_max"]
-        assert abs(_first_number(metrics["lambda_max"][column]) - lam) <= 5e-5 * max(1.0, abs(lam))
+        assert abs(_first_number(metrics["lambda_max"][column]) - lam) <= 5e-4 * abs(lam)  # 4 digits
     assert "Not enough seeds to decide" in report  # one seed: no interval, and the report says so
     assert "vit_study_report.py" in report and "Regenerate:" in report
 
