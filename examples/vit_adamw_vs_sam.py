@@ -317,8 +317,8 @@ def train_run(
     final = {k: h[k][-1] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
     summary = dict(
         group=group, optimizer=optimizer, seed=seed, weight_decay=weight_decay, lr=args.lr,
-        epochs=args.epochs, rho=args.rho if optimizer == "sam" else None, batch_size=args.batch_size, train_size=len(train),
-        test_size=len(test), parameters=sum(p.numel() for p in module.parameters()), init_sha256=digest,
+        epochs=args.epochs, rho=args.rho if optimizer == "sam" else None, batch_size=args.batch_size,
+        train_size=len(train), test_size=len(test), parameters=sum(p.numel() for p in module.parameters()), init_sha256=digest,
         seconds=seconds, cpu_seconds=cpu_seconds, history=h,
         final={**final, "gap": final["train_acc"] - final["test_acc"]},
         landscape=final_metrics[-1].as_dict() if final_metrics else {},
@@ -328,13 +328,13 @@ def train_run(
     return summary
 
 
-def _expected_seconds(done: list[dict[str, Any]], optimizer: str) -> float:
-    """A run's expected time: the mean of finished runs with this optimizer, else of all finished runs
-    (doubled for SAM, which evaluates two gradients per step)."""
-    same = [s["seconds"] for s in done if s["optimizer"] == optimizer]
+def _expected_seconds(done: list[tuple[str, float]], optimizer: str) -> float:
+    """A run's expected wall time from the finished ``(optimizer, seconds)``: the mean of those with this
+    optimizer, else of all (x 1.3 for SAM: two gradients per training step, same landscape work)."""
+    same = [t for o, t in done if o == optimizer]
     if same:
         return sum(same) / len(same)
-    return sum(s["seconds"] for s in done) / len(done) * (2.0 if optimizer == "sam" else 1.0)
+    return sum(t for _, t in done) / len(done) * (1.3 if optimizer == "sam" else 1.0)
 
 
 def _clock(seconds: float) -> str:
@@ -408,13 +408,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         flush=True,
     )
     start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
-    summaries, loads = [], []
+    summaries, loads, durations = [], [], []
     for i, (opt, wd, seed) in enumerate(plan, 1):
+        run_start = time.perf_counter()
         s = train_run(args, opt, wd, seed, data, landscape)
         summaries.append(s)
         loads.append(os.getloadavg()[0])
+        durations.append((opt, time.perf_counter() - run_start))
         elapsed = time.perf_counter() - start
-        eta = sum(_expected_seconds(summaries, o) for o, _, _ in plan[i:])
+        eta = sum(_expected_seconds(durations, o) for o, _, _ in plan[i:])
         f = s["final"]
         print(
             f"[{i:>2}/{len(plan)}] {s['group']:<12} seed{seed}  {s['seconds']:6.1f} s  "
@@ -426,7 +428,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     study = dict(
         command="python examples/vit_adamw_vs_sam.py " + " ".join(sys.argv[1:] if argv is None else argv),
         seeds=args.seeds_list, epochs=args.epochs, train_size=len(data[0]), test_size=len(data[1]),
-        lr=args.lr, rho=args.rho, batch_size=args.batch_size, weight_decay=args.weight_decay, weight_decays=weight_decays,
+        lr=args.lr, rho=args.rho, batch_size=args.batch_size, weight_decay=args.weight_decay,
+        weight_decays=weight_decays,
         model=args.model, parameters=summaries[0]["parameters"], spans=list(SPANS), quick=args.quick,
         landscape={k: list(v) if isinstance(v, tuple) else v for k, v in landscape.items()},
         total_seconds=total_seconds, cpu_seconds=cpu_seconds, load_average_start=load_start,
