@@ -318,8 +318,8 @@ def train_run(
     summary = dict(
         group=group, optimizer=optimizer, seed=seed, weight_decay=weight_decay, lr=args.lr,
         epochs=args.epochs, rho=args.rho if optimizer == "sam" else None, batch_size=args.batch_size,
-        train_size=len(train), test_size=len(test), parameters=sum(p.numel() for p in module.parameters()), init_sha256=digest,
-        seconds=seconds, cpu_seconds=cpu_seconds, history=h,
+        train_size=len(train), test_size=len(test), parameters=sum(p.numel() for p in module.parameters()),
+        init_sha256=digest, seconds=seconds, cpu_seconds=cpu_seconds, history=h,
         final={**final, "gap": final["train_acc"] - final["test_acc"]},
         landscape=final_metrics[-1].as_dict() if final_metrics else {},
         final_surface_centre=final_surface[-1].centre_loss if final_surface else None, run_dir=str(run_dir),
