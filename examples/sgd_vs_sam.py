@@ -14,8 +14,10 @@ the same initialization and batch order for both optimizers at a seed, on one fi
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -101,9 +103,13 @@ def evaluate(model: DigitsCNN, loader: DataLoader) -> tuple[float, float]:
     return losses / total, correct / total
 
 
-def train(optimizer: str, epochs: int, log_dir: Path, seed: int, landscape: dict) -> dict[str, float]:
+def train(optimizer: str, epochs: int, log_dir: Path, seed: int, landscape: dict) -> dict[str, Any]:
     pl.seed_everything(seed, verbose=False)
     model = DigitsCNN(optimizer=optimizer)
+    # Equal digests: the same initial weights, bit for bit (every optimizer gets the same at a seed).
+    init_sha256 = hashlib.sha256(
+        b"".join(p.detach().numpy().tobytes() for p in model.parameters())
+    ).hexdigest()
     train_loader, val_loader = digits_loaders(seed=seed)
     callback = LossLandscapeCallback(**landscape)
     trainer = pl.Trainer(
@@ -132,6 +138,7 @@ def train(optimizer: str, epochs: int, log_dir: Path, seed: int, landscape: dict
         "seconds": elapsed,
         "surface_centre": final[0].centre_loss if final else float("nan"),
         "log_dir": trainer.log_dir or "",
+        "init_sha256": init_sha256,
     }
 
 
@@ -161,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         "every_n_epochs": max(1, args.epochs // 6),
         "max_overhead": None,  # this 10-second training is far shorter than the landscapes: show them all
     }
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in args.optimizers}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.optimizers}
     for seed in seeds:
         for name in args.optimizers:
             print(f"\n=== training with {name.upper()}, seed {seed} ===", flush=True)
@@ -187,10 +194,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     return results
 
 
-def _summary(per_seed: list[dict[str, float]]) -> dict:
+def _summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """The mean over seeds of each number (the value itself for one seed), ``<key>_std`` (sample standard
     deviation, NaN for one seed) and the per-seed results under ``"runs"``."""
-    out: dict = {"runs": per_seed, "seeds": [r["seed"] for r in per_seed]}
+    out: dict[str, Any] = {"runs": per_seed, "seeds": [r["seed"] for r in per_seed]}
     for key in ("train_loss", "val_acc", "val_loss", "seconds", "surface_centre"):
         values = [float(r[key]) for r in per_seed]
         mean = sum(values) / len(values)
