@@ -14,7 +14,7 @@ loss, train accuracy and test accuracy), ``spans/`` (the seed-0 final solutions 
 filter-normalized directions at three spans), ``study.json`` (the settings and timings), then
 ``figures/*.png`` and ``REPORT.md``, written by ``vit_study_report.py`` from those files only.
 
-    python examples/vit_adamw_vs_sam.py                  # 3 seeds, about 10 minutes on 2 CPU cores
+    python examples/vit_adamw_vs_sam.py                  # 3 seeds: about 6 CPU-minutes (one thread)
     python examples/vit_adamw_vs_sam.py --seeds 5 --accelerator auto   # more seeds, on a GPU if present
     python examples/vit_adamw_vs_sam.py --figures-only   # redraw figures and REPORT.md from the runs
     lightning-landscape compare lightning_logs/vit/adamw/seed0 lightning_logs/vit/sam/seed0
@@ -57,9 +57,24 @@ from lightning_landscape.functional import (
 from lightning_landscape.optim import SAM
 from lightning_landscape.records import save_record
 
-# The callback's settings for every run, in one place: switch a new option on here (one line).
-# The probe is the whole training set in one batch, so the landscape's loss is the training loss.
+
+def cross_entropy(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``loss_fn(model, batch)`` of the landscapes, with attention on the math kernel: the fused CPU/GPU
+    kernels have no double backward, which Hessian-vector products need (training is not affected)."""
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+
+def accuracy(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Fraction of correct predictions on a batch (a ``metric_fn(model, batch)``)."""
+    return (model(batch[0]).argmax(-1) == batch[1]).float().mean()
+
+
+# The callback's settings for every run, in one place: switch a new option on here (one line), e.g.
+# "metric_fn": accuracy once the callback takes one. The probe (set per run) is the whole training set in
+# one batch, so the landscape's loss is the training loss.
 LANDSCAPE: dict[str, Any] = {
+    "loss_fn": cross_entropy,
     "resolution": 9,
     "final_resolution": 17,
     "line_resolution": 21,
@@ -76,13 +91,9 @@ QUICK_LANDSCAPE: dict[str, Any] = {
     "line_resolution": 5,
     "snapshot_every_n_steps": 2,
     "metrics": {"eigenvalues": {"max_iter": 4}, "sam": None},
-    "final_metrics": {
-        "eigenvalues": {"max_iter": 6},
-        "trace": {"samples": 4},
-        "sam": None,
-        "average": {"samples": 4},
-    },
-}
+    "final_metrics": {"eigenvalues": {"max_iter": 6}, "trace": {"samples": 4}, "sam": None,
+                      "average": {"samples": 4}},
+}  # fmt: skip
 SPANS = (0.1, 1.0, 10.0)  # figure (d): one surface, three distances
 # 4x4 patches: in a pilot (AdamW, seed 0) they trained to 100 % train accuracy in a third of the epochs
 # that 2x2 patches needed, at half the cost per step; the model and lr were chosen on AdamW alone.
@@ -160,18 +171,6 @@ class DigitsViT(pl.LightningModule):
         else:
             opt = torch.optim.AdamW(self.parameters(), **kwargs)
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, hp.epochs)}
-
-
-def cross_entropy(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """``loss_fn(model, batch)`` of the landscapes, with attention on the math kernel: the fused CPU/GPU
-    kernels have no double backward, which Hessian-vector products need (training is not affected)."""
-    with sdpa_kernel(SDPBackend.MATH):
-        return F.cross_entropy(model(batch[0]), batch[1])
-
-
-def accuracy(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Fraction of correct predictions on a batch (a ``metric_fn(model, batch)``)."""
-    return (model(batch[0]).argmax(-1) == batch[1]).float().mean()
 
 
 def digits_split(train_size: int, test_size: int | None = None) -> tuple[TensorDataset, TensorDataset]:
@@ -283,7 +282,7 @@ def train_run(
     probe = DataLoader(train, batch_size=len(train))  # the whole training set, one batch
     evaluation = EpochEvaluation(train, test, every_n_epochs=max(1, args.epochs // 15))
     callback = LossLandscapeCallback(
-        every_n_epochs=max(1, args.epochs // 3), probe_dataloader=probe, loss_fn=cross_entropy, **landscape
+        every_n_epochs=max(1, args.epochs // 3), probe_dataloader=probe, **landscape
     )
     shutil.rmtree(args.out / group / f"seed{seed}", ignore_errors=True)  # this run's folder only
     logger = TensorBoardLogger(str(args.out), name=group, version=f"seed{seed}", default_hp_metric=False)
@@ -335,6 +334,12 @@ def _expected_seconds(done: list[tuple[str, float]], optimizer: str) -> float:
     if same:
         return sum(same) / len(same)
     return sum(t for _, t in done) / len(done) * (1.3 if optimizer == "sam" else 1.0)
+
+
+def _command(argv: list[str]) -> str:
+    """The command line that reruns these runs (``--docs DIR`` left out: it only says where to publish)."""
+    kept = [a for i, a in enumerate(argv) if a != "--docs" and (i == 0 or argv[i - 1] != "--docs")]
+    return " ".join(["python examples/vit_adamw_vs_sam.py", *kept])
 
 
 def _clock(seconds: float) -> str:
@@ -426,12 +431,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     total_seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     study = dict(
-        command="python examples/vit_adamw_vs_sam.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        command=_command(sys.argv[1:] if argv is None else argv),
         seeds=args.seeds_list, epochs=args.epochs, train_size=len(data[0]), test_size=len(data[1]),
         lr=args.lr, rho=args.rho, batch_size=args.batch_size, weight_decay=args.weight_decay,
         weight_decays=weight_decays,
         model=args.model, parameters=summaries[0]["parameters"], spans=list(SPANS), quick=args.quick,
-        landscape={k: list(v) if isinstance(v, tuple) else v for k, v in landscape.items()},
+        landscape={k: getattr(v, "__name__", v) for k, v in landscape.items()},
         total_seconds=total_seconds, cpu_seconds=cpu_seconds, load_average_start=load_start,
         load_average_after_each_run=loads, threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
         accelerator=args.accelerator, torch=torch.__version__, lightning=pl.__version__,

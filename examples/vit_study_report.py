@@ -170,7 +170,7 @@ def report(
     model, epochs = study["model"], study["epochs"]
     same = "identical" if _same_init(groups) else "NOT identical"
     adamw, sam = groups.get("adamw", []), groups.get("sam", [])
-    cmd = study["command"]
+    cmd = study["command"].strip()
     if docs:
         regenerate = (
             f'Regenerate this page: `{cmd} --docs docs` (or `make study ARGS="--docs docs"`); from runs '
@@ -275,6 +275,7 @@ def report(
         lines += [
             "",
             flatness(adamw, sam),
+            _residuals(adamw + sam),
             "These are measured where each optimizer ended, at different training losses "
             f"(AdamW {train_losses[0]}, SAM {train_losses[1]}); on cross-entropy the Hessian shrinks as the "
             "predictions saturate, so a lower loss alone makes a solution look flatter.",
@@ -352,6 +353,16 @@ def report(
         "",
     ]
     return "\n".join(lines)
+
+
+def _residuals(runs: Sequence[dict[str, Any]]) -> str:
+    """How far the Lanczos eigenpairs are from converged: the largest residual ``|H y - theta y|``."""
+    out = []
+    for name in ("lambda_max", "lambda_min"):
+        values = landscape_values(runs, f"hessian/{name}_residual")
+        if values:
+            out.append(f"{name} up to {max(values):.1e}")
+    return f"Lanczos residuals |H y - theta y| over these runs: {', '.join(out)}." if out else ""
 
 
 def _same_init(groups: dict[str, list[dict[str, Any]]]) -> bool:
