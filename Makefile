@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench tensorboard clean
+.PHONY: demo study test test-fast lint bench tensorboard clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml scripts/install_torch.py | $(PY)
 
 demo: $(STAMP)  ## SGD vs SAM on digits, landscapes to lightning_logs/
 	$(PY) examples/sgd_vs_sam.py $(ARGS)
+
+study: $(STAMP)  ## ViT on digits, AdamW vs SAM, weight-decay sweep, 3 seeds: figures + REPORT.md in lightning_logs/vit/
+	$(PY) examples/vit_adamw_vs_sam.py $(ARGS)
 
 test: $(STAMP)  ## lint + the whole suite, slow multi-process tests included
 	$(VENV)/bin/ruff check lightning_landscape tests examples benchmarks scripts

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_landscape import load_records
+from lightning_landscape import LossLandscapeCallback, load_records
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "sgd_vs_sam.py"
 
@@ -48,3 +48,29 @@ def test_demo_logs_landscapes_for_sgd_and_sam(tmp_path, capsys):
         }
         assert {"landscape/hessian/lambda_max", "landscape/sharpness/sam"} <= set(scalars)
         assert {"landscape/final/hessian/trace", "landscape/final/sharpness/average"} <= set(scalars)
+
+
+def test_demo_seeds_share_the_initialization_per_seed(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("sklearn")
+    demo = _demo_module()
+    # The landscapes themselves are tested above; here only the seeds matter: keep each run cheap.
+    cheap = {"metrics": None, "final_metrics": None, "log_figures": False, "line_resolution": 5}
+    monkeypatch.setattr(demo, "LossLandscapeCallback", lambda **kw: LossLandscapeCallback(**{**kw, **cheap}))
+    args = ["--epochs", "1", "--seeds", "2", "--log-dir", str(tmp_path), "--resolution", "3"]
+    results = demo.main([*args, "--final-resolution", "3"])
+    assert "mean ± std over 2 seeds" in capsys.readouterr().out
+    digests = {}
+    for name in ("sgd", "sam"):
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["seed0", "seed1"]
+        runs = results[name]["runs"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        for r in runs:
+            assert Path(r["log_dir"]) == tmp_path / name / f"seed{r['seed']}"
+            assert any(rec.kind == "surface" for rec in load_records(r["log_dir"]))
+            digests[name, r["seed"]] = r["init_sha256"]
+        values = [r["val_acc"] for r in runs]
+        assert results[name]["val_acc"] == pytest.approx(sum(values) / 2)
+        assert results[name]["val_acc_std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    # The same initial weights for both optimizers at a seed; another seed, other weights.
+    assert digests["sgd", 0] == digests["sam", 0] and digests["sgd", 1] == digests["sam", 1]
+    assert digests["sgd", 0] != digests["sgd", 1]
