@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         "snapshot_every_n_steps": 5,
         "every_n_epochs": max(1, args.epochs // 6),
         "max_overhead": None,  # this 10-second training is far shorter than the landscapes: show them all
+        "save_weights": True,  # for the shared plane and the barrier between the two solutions (below)
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.optimizers}
     for seed in seeds:
@@ -189,9 +191,38 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                 f"{name:<12} {r['train_loss']:>9.4f} ± {r['train_loss_std']:.4f}"
                 f"   val accuracy {r['val_acc']:.2%} ± {r['val_acc_std']:.2%}"
             )
+    if {"sgd", "sam"} <= set(runs):
+        _compare_solutions(runs, resolution=min(21, args.final_resolution))
     print(f"\nLoss landscapes, paths and metrics are in {args.log_dir}/ (records under */landscape/).")
     print(f"Open them side by side with:\n\n    tensorboard --logdir {args.log_dir}\n")
+    if {"sgd", "sam"} <= set(runs):
+        sgd, sam = runs["sgd"][0]["log_dir"], runs["sam"][0]["log_dir"]
+        print("Compare them on one colour scale:\n")
+        print(f"    lightning-landscape compare {sgd} {sam} --out compare.png")
+        if len(seeds) > 1:
+            print(
+                f"    lightning-landscape compare --group sgd {args.log_dir}/sgd/seed* "
+                f"--group sam {args.log_dir}/sam/seed* --out groups.png"
+            )
+        print()
     return results
+
+
+def _compare_solutions(runs: dict[str, list[dict[str, Any]]], resolution: int = 21) -> None:
+    """The SGD and SAM solutions of each seed on one plane through their common initialization, and the
+    loss barrier between them (BatchNorm statistics re-estimated along it); written beside the runs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from compare_solutions import compare  # the sibling example; it imports this module's model
+
+    print("\nrun pair                 barrier (re-estimated BN)   barrier (naive BN)   distance SGD-SAM")
+    for sgd, sam in zip(runs["sgd"], runs["sam"]):
+        summary = compare(
+            sgd["log_dir"], sam["log_dir"], resolution=resolution, barrier_resolution=resolution
+        ).summary()
+        print(
+            f"{'seed' + str(sgd['seed']):<24} {summary['barrier']:>25.4f}   {summary['barrier_naive']:>18.4f}"
+            f"   {summary['distance_A_B']:>16.3f}"
+        )
 
 
 def _summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
