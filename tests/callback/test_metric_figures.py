@@ -100,3 +100,10 @@ def test_block_matrix_and_series_from_a_history():
     np.testing.assert_array_equal(trace, [[3.0, np.nan], [np.nan, np.nan]])
     with pytest.raises(ValueError, match="quantity"):
         metric_plots.block_matrix(history, "trace_stderr")
+
+
+def test_compare_tabulates_block_scalars_and_draws_the_ratio():
+    from lightning_landscape.records import is_diagnostic
+
+    assert is_diagnostic("blocks/net.0/lambda_max") and is_diagnostic("blocks/net.4/trace")
+    assert not is_diagnostic("eos/ratio") and not is_diagnostic("hessian/lambda_max")
