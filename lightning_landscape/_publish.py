@@ -10,11 +10,12 @@ from __future__ import annotations
 import importlib.util
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from lightning_landscape._render import FigureRenderer
 from lightning_landscape.records import LineRecord, Record, SurfaceRecord, save_record, tag_prefix
 from lightning_landscape.sinks import SinkSet, build_sinks
 
@@ -142,13 +143,15 @@ class Publisher:
         self.log_dir: Path | None = None
         self.sinks: SinkSet | None = None
         self.written: list[str] = []  # names of the records written since setup
+        self.renderer = FigureRenderer(warn=lambda m: self.warnings.warn("figures", m))
+        self.metric_history: list[tuple[int, str, dict[str, float]]] = []  # metrics of this fit, in order
 
     def setup(
         self, log_dir: str | Path, loggers: Sequence[Any], settings: Mapping[str, Any], rank: int = 0
     ) -> None:
         """Point at a run's log directory; rank zero gets the sinks of ``loggers``, other ranks none."""
         self.log_dir = Path(log_dir)
-        self.written = []
+        self.written, self.metric_history = [], []
         self.sinks = build_sinks(loggers, self.log_dir, settings=settings, rank=rank) if rank == 0 else None
 
     @property
@@ -165,6 +168,7 @@ class Publisher:
     def publish(self, records: Sequence[Record], step: int, stage: str) -> list[Path]:
         """Write ``records`` first (nothing saved is lost if a logger fails), then log their scalars and
         figures. Returns the JSON paths written."""
+        self.renderer.deliver_ready()  # the figures of earlier landscapes, drawn in the background
         written: list[Path] = []
         if self.save_records:
             for record in records:
@@ -196,11 +200,41 @@ class Publisher:
         interp = [ln for ln in lines if ln.meta.get("directions") == "interpolation"]
         axes = [ln for ln in lines if ln.meta.get("directions") != "interpolation"]
         for surface in surfaces:
-            self.sinks.figure(f"{prefix}surface", contour_figure(surface), step)
+            self._figure(f"{prefix}surface", step, contour_figure, surface)
         if interp:
-            self.sinks.figure(f"{prefix}interpolation", line_figure(interp, xlabel="alpha"), step)
+            self._figure(f"{prefix}interpolation", step, line_figure, interp, xlabel="alpha")
         if axes:
-            self.sinks.figure(f"{prefix}lines", line_figure(axes, xlabel="distance along direction"), step)
+            self._figure(f"{prefix}lines", step, line_figure, axes, xlabel="distance along direction")
+        self._metric_figures(records, prefix, step, stage)
         if stage == "final":
             for surface in surfaces:
                 self.sinks.mesh(f"{prefix}surface_mesh", surface, step)
+
+    def _figure(self, tag: str, step: int, build: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """``build(*args, **kwargs)`` drawn by the background renderer and sent to the sinks under ``tag``."""
+        assert self.sinks is not None
+        self.renderer.submit(self.sinks, tag, step, build, *args, **kwargs)
+
+    def _metric_figures(self, records: Sequence[Record], prefix: str, step: int, stage: str) -> None:
+        """The metrics over this fit so far: ``{prefix}stability`` (edge-of-stability ratio) and
+        ``{prefix}blocks`` (curvature per block), when the records hold those metrics."""
+        from lightning_landscape import metric_plots
+        from lightning_landscape.records import MetricsRecord
+
+        new = [(step, stage, r.scalars()) for r in records if isinstance(r, MetricsRecord)]
+        if not new:
+            return
+        self.metric_history.extend(new)
+        history = tuple(self.metric_history)  # a copy: the worker draws it later
+        if any(metric_plots.has_stability(s) for _, _, s in new):
+            self._figure(f"{prefix}stability", step, metric_plots.stability_figure, history)
+        if any(metric_plots.has_blocks(s) for _, _, s in new):
+            self._figure(f"{prefix}blocks", step, metric_plots.blocks_figure, history)
+
+    def drain(self) -> None:
+        """Wait for the figures still being drawn and send them (end of fit, on an exception)."""
+        self.renderer.drain()
+
+    def close(self) -> None:
+        """:meth:`drain`, then stop the renderer's worker thread (teardown)."""
+        self.renderer.close()

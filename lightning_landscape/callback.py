@@ -363,7 +363,18 @@ class LossLandscapeCallback(Callback):
             self.builder.part = "saving the weights"
             self._guarded(trainer.global_step, self._save_weights, trainer, pl_module)
         self.publisher.begin()  # the settings text, even when every landscape was skipped
+        self.publisher.drain()  # the figures still drawn in the background, in order
         self.warnings.summary()
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.publisher.drain()  # what was drawn so far still reaches the loggers
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.publisher.close()  # stop the figure worker thread
 
     @override
     def state_dict(self) -> dict[str, Any]:

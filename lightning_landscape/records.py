@@ -99,6 +99,9 @@ SCALAR_GROUPS: dict[str, tuple[str, ...]] = {
 DIAGNOSTIC_SUFFIXES: tuple[str, ...] = (
     "_residual", "_stderr", "lanczos_iterations", "surface_max", "grad_norm",
 )  # fmt: skip
+# Families too many to draw one panel each in ``compare`` (one scalar per block and quantity): tabulated,
+# and drawn by the callback as one heatmap (``lightning_landscape.metric_plots.blocks_figure``).
+TABLE_ONLY_PREFIXES: tuple[str, ...] = ("blocks/",)
 
 
 def is_diagnostic(key: str) -> bool:
@@ -108,8 +111,10 @@ def is_diagnostic(key: str) -> bool:
 
         >>> is_diagnostic("hessian/lambda_max_residual"), is_diagnostic("hessian/lambda_max")
         (True, False)
+        >>> is_diagnostic("blocks/net.0/lambda_max")  # per block: a table, not a panel each
+        True
     """
-    return key.endswith(DIAGNOSTIC_SUFFIXES)
+    return key.endswith(DIAGNOSTIC_SUFFIXES) or key.startswith(TABLE_ONLY_PREFIXES)
 
 
 def tag_prefix(name: str | None = None, stage: str = "periodic") -> str:

@@ -497,6 +497,9 @@ class _Experiment:
     def add_figure(self, *a, **k):
         raise ConnectionError("image upload failed")
 
+    def add_image(self, *a, **k):  # figures drawn in the background arrive as images
+        raise ConnectionError("image upload failed")
+
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
