@@ -16,31 +16,52 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape._indicators import Indicators
 from lightning_landscape._probe import ProbeSet
 from lightning_landscape._publish import Warnings, record_name
 from lightning_landscape._schedule import Plan
 from lightning_landscape.distributed import agree, point_shard
+from lightning_landscape.functional.bn import landscape_buffers
 from lightning_landscape.functional.curvature import hessian_directions
 from lightning_landscape.functional.directions import filter_normalized_directions
 from lightning_landscape.functional.params import Direction, LossFn, flatten, unflatten
 from lightning_landscape.functional.sharding import PointShard
 from lightning_landscape.functional.surface import Engine, interpolation_line, loss_line, loss_surface
-from lightning_landscape.functional.trajectory import trajectory_pca
+from lightning_landscape.functional.trajectory import TrajectoryPCA, trajectory_pca
 from lightning_landscape.metrics import compute_metrics
 from lightning_landscape.recorder import TrajectoryRecorder
-from lightning_landscape.records import LineRecord, MetricsRecord, SurfaceRecord
+from lightning_landscape.records import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
 
 __all__ = ["LandscapeBuilder", "Plane", "fingerprint"]
 
 
+def _copy(record: SurfaceRecord | LineRecord) -> Any:
+    """A copy of a record computed at the same weights, to reuse (its arrays copied, its name noted)."""
+    arrays = {k: v.copy() for k, v in record.arrays().items()}
+    return type(record)(**arrays, meta={**record.meta, "reused_from": record.meta["name"]})
+
+
 @dataclass
 class Plane:
-    """Two directions, the path projected on them (or None), the grid's span and what to record."""
+    """Two directions, the path projected on them (or None), the grid's span and what to record.
+
+    ``pca``: the trajectory PCA the plane came from; ``unit``: the axes' unit for the reliability's
+    distance scan (1 for filter-normalized directions, the weights' norm for unit-vector directions).
+    """
 
     directions: tuple[Direction, Direction]
     path: np.ndarray | None
     span: float | tuple[float, float]
     meta: dict[str, Any] = field(default_factory=dict)
+    pca: TrajectoryPCA | None = None
+    unit: float = 1.0
+
+
+def _norm(params: Sequence[Tensor]) -> float:
+    """The weights' Euclidean norm: the unit of the distance scan along unit-vector directions (a
+    filter-normalized direction has about this norm, so both planes scan the same distances)."""
+    with torch.no_grad():
+        return float(torch.sqrt(sum(p.detach().double().square().sum() for p in params))) or 1.0
 
 
 def fingerprint(model: nn.Module, params: Sequence[Tensor]) -> Tensor:
@@ -64,6 +85,18 @@ class _Latest:
     metrics: dict[str, tuple[dict[str, Any], dict[str, float], Any]] = field(default_factory=dict)
 
 
+@dataclass
+class _Drawn:
+    """The surface just drawn, for the reliability indicators computed after the metrics."""
+
+    step: int
+    stage: str
+    plane: Plane
+    surface: SurfaceRecord
+    common: dict[str, Any]
+    trace: float | None = None
+
+
 class LandscapeBuilder:
     """Builds the plane and evaluates the surface and lines of one landscape (see the callback's options).
 
@@ -80,6 +113,11 @@ class LandscapeBuilder:
         engine: Engine = "auto",
         interpolation_range: tuple[float, float] = (-0.5, 1.5),
         warn: Warnings | None = None,
+        bn: str = "interpolate",
+        metric_fn: LossFn | None = None,
+        metric_name: str = "metric",
+        indicators: Indicators | None = None,
+        pca_centred: bool = False,
     ) -> None:
         self.directions = directions
         self.span = span
@@ -91,10 +129,19 @@ class LandscapeBuilder:
         self.work_dtype = torch.float32
         self.part = "the landscape"
         self.warnings = warn if warn is not None else Warnings()
+        self.bn = bn
+        self.metric_fn = metric_fn
+        self.metric_name = metric_name
+        self.indicators = indicators if indicators is not None else Indicators(False)
+        self.pca_centred = pca_centred
+        self.start_buffers: dict[str, Tensor] | None = None  # the initial model's floating-point buffers
         self._latest: _Latest | None = None
+        self._drawn: _Drawn | None = None
 
     def reset(self) -> None:
         self._latest = None
+        self._drawn = None
+        self.start_buffers = None
 
     # ------------------------------------------------------------------ the plane
 
@@ -127,10 +174,12 @@ class LandscapeBuilder:
                 "residuals": eig.residuals.tolist(),
                 "lanczos_iterations": eig.iterations,
             }
-            return Plane((d1, d2), None, span if span is not None else 1.0, meta)
+            return Plane((d1, d2), None, span if span is not None else 1.0, meta, unit=_norm(params))
         if self.directions == "pca" and len(recorder) >= 2:
             centre = flatten(params, dtype=self.work_dtype, device="cpu")
-            pca = trajectory_pca(recorder.stacked(), centre, release=recorder.release)
+            pca = trajectory_pca(
+                recorder.stacked(), centre, centred=self.pca_centred, release=recorder.release
+            )
             del centre
             d1, d2 = (unflatten(c, params, dtype=self.work_dtype) for c in pca.components)
             path = np.vstack([pca.coords.numpy(), np.zeros((1, 2))])  # the path ends at the centre
@@ -140,10 +189,11 @@ class LandscapeBuilder:
             meta = {
                 "directions": "pca",
                 "explained_variance": pca.explained_variance_ratio.tolist(),
+                "pca_convention": pca.convention,
                 "snapshots": len(recorder),
                 "snapshot_steps": list(recorder.steps),
             }
-            return Plane((d1, d2), path, span, meta)
+            return Plane((d1, d2), path, span, meta, pca=pca, unit=_norm(params))
         d1, d2 = filter_normalized_directions(params, count=2, seed=self.seed, include_1d=self.include_1d)
         d1, d2 = ([t.to(self.work_dtype) for t in d] for d in (d1, d2))
         meta = {"directions": "random", "seed": self.seed, "include_1d": self.include_1d}
@@ -205,8 +255,9 @@ class LandscapeBuilder:
                 "snapshot_dtype": str(recorder.dtype).removeprefix("torch."),
                 "world_size": trainer.world_size,
             }
+            metric = self._metric(trainer.precision_plugin.forward_context)
             records = self.evaluate(
-                module, loss_fn, batches, params, plane, start, plan, common, shard, mark, earlier
+                module, loss_fn, batches, params, plane, start, plan, common, shard, mark, earlier, metric
             )
         bad = sum(r.meta.get("nonfinite", 0) for r in records)
         if bad:
@@ -250,6 +301,9 @@ class LandscapeBuilder:
                 f"LossLandscapeCallback: metric {metric!r} at step {step} failed or is not finite "
                 f"({message}). Training continues.",
             )
+        drawn = self._drawn
+        if drawn is not None and (drawn.step, drawn.stage) == (step, stage):
+            drawn.trace = scalars.get("hessian/trace")  # for the reliability's trace / P cross-check
         if not scalars:
             return []  # every metric failed: the warnings above say why
         name = record_name(stage, "metrics", step)
@@ -257,6 +311,50 @@ class LandscapeBuilder:
         if errors:
             record.meta["errors"] = errors
         return [record]
+
+    def reliability_record(
+        self,
+        trainer: Any,
+        module: nn.Module,
+        params: Sequence[Tensor],
+        plan: Plan,
+        probe: ProbeSet,
+        recorder: TrajectoryRecorder,
+        common: Mapping[str, Any],
+    ) -> list[ReliabilityRecord | LineRecord]:
+        """The reliability indicators of the surface :meth:`compute` just drew (after the metrics, so
+        that a final ``trace`` feeds the ``trace / P`` cross-check): the record and the distance lines.
+
+        Evaluated with the current BatchNorm statistics (``bn="keep"``) whatever ``bn`` is.
+        """
+        step, stage, drawn = int(common["global_step"]), plan.stage, self._drawn
+        if not plan.reliability or drawn is None or (drawn.step, drawn.stage) != (step, stage):
+            return []  # off, or the surface failed
+        self._drawn = None
+        self.part = "the reliability indicators"
+        batches = probe.batches(trainer, module)
+        loss_fn = probe.loss_fn(module, trainer.precision_plugin.forward_context)
+        shard = point_shard(trainer, params[0].device)
+        plane = drawn.plane
+        with probe.observing(module):
+            record, lines = self.indicators.compute(
+                module, loss_fn, batches, params, plane.directions, drawn.surface, stage=stage,
+                metrics=plan.metrics, pca=plane.pca,
+                snapshots=recorder.stacked() if plane.pca is not None else None,
+                steps=plane.meta.get("snapshot_steps", []), step=step, seed=self.seed,
+                include_1d=self.include_1d, unit=plane.unit, trace=drawn.trace, shard=shard,
+                engine=self.engine,
+            )  # fmt: skip
+        keep = ("stage", "epoch", "global_step", "callback_name", "precision", "world_size", "directions")
+        base = {k: drawn.common[k] for k in keep if k in drawn.common}
+        record.meta.update(
+            base, name=record_name(stage, "reliability", step), surface=drawn.surface.meta["name"]
+        )
+        record.meta["bn"] = "keep"
+        for i, line in enumerate(lines):
+            line.meta.update(base, directions="distance", name=record_name(stage, f"distance{i + 1}", step))
+        self.part = "the landscape"
+        return [record, *lines]
 
     def evaluate(
         self,
@@ -271,10 +369,15 @@ class LandscapeBuilder:
         shard: PointShard | None = None,
         mark: Tensor | None = None,
         earlier: _Latest | None = None,
+        metric: LossFn | None = None,
     ) -> list[SurfaceRecord | LineRecord]:
         """The surface, the interpolation line (with a start) and, at the end, the two axis lines.
 
         ``earlier``: the latest periodic landscape, computed at these weights (``mark``), to reuse from.
+        ``metric``: evaluated beside the loss on the interpolation line and the final surface.
+        BatchNorm statistics (``self.bn``): ``"interpolate"`` on the interpolation line (from the initial
+        model's, ``start_buffers``) and the current ones on the plane; ``"keep"`` the current ones
+        everywhere; ``"recompute"`` re-estimated at every point.
         """
         (d1, d2), stage, step = plane.directions, plan.stage, int(common["global_step"])
         key = self.plane_key_of(plane, plan)
@@ -284,15 +387,18 @@ class LandscapeBuilder:
             common["reduced_by_max_overhead"] = True
 
         self.part = "the surface"
+        plane_bn = "recompute" if self.bn == "recompute" else "keep"
+        surface_metric = metric if stage == "final" else None
+        named = {"metric_fn": surface_metric, "metric_name": self.metric_name if surface_metric else None}
         old_surface = earlier.surface if earlier is not None and earlier.plane_key == key else None
-        if old_surface is not None and old_surface.losses.shape[0] == plan.resolution:  # same plane and grid
-            surface = SurfaceRecord(old_surface.xs.copy(), old_surface.ys.copy(), old_surface.losses.copy())
+        same_grid = old_surface is not None and old_surface.losses.shape[0] == plan.resolution
+        if same_grid and (surface_metric is None or old_surface.metrics is not None):  # same plane, grid
+            surface = _copy(old_surface)
             surface.path = plane.path
-            surface.meta.update(old_surface.meta, reused_from=old_surface.meta["name"])
         else:
             surface = loss_surface(
                 model, loss_fn, batches, (d1, d2), resolution=plan.resolution, span=plane.span,
-                params=params, shard=shard, engine=self.engine,
+                params=params, shard=shard, engine=self.engine, bn=plane_bn, **named,
             )  # fmt: skip
             surface.path = plane.path
         surface.meta.update(
@@ -305,14 +411,14 @@ class LandscapeBuilder:
             self.part = "the interpolation line"
             old = earlier.interpolation if earlier is not None else None
             if old is not None and len(old.alphas) == plan.line_resolution:
-                interp = LineRecord(
-                    old.alphas.copy(), old.losses.copy(), {**old.meta, "reused_from": old.meta["name"]}
-                )
+                interp = _copy(old)
             else:
+                line_bn, buffers = self._line_bn(model)
                 interp = interpolation_line(
                     model, loss_fn, batches, start, resolution=plan.line_resolution,
                     alpha_range=self.interpolation_range, params=params, shard=shard,
-                    engine=self.engine,
+                    engine=self.engine, bn=line_bn, start_buffers=buffers, metric_fn=metric,
+                    metric_name=self.metric_name if metric is not None else None,
                 )  # fmt: skip
             interp.meta.update(
                 common,
@@ -326,7 +432,7 @@ class LandscapeBuilder:
                 self.part = f"line {axis + 1}"
                 line = loss_line(
                     model, loss_fn, batches, d, resolution=plan.line_resolution, span=plane.span,
-                    params=params, shard=shard, engine=self.engine,
+                    params=params, shard=shard, engine=self.engine, bn=plane_bn,
                 )  # fmt: skip
                 label = f"{plane.meta['directions']} direction {axis + 1}"
                 line.meta.update(
@@ -335,8 +441,36 @@ class LandscapeBuilder:
                 records.append(line)
         else:
             self._latest = _Latest(step, mark, key, surface, interp)
+        self._drawn = _Drawn(step, stage, plane, surface, dict(common))
         self.part = "the landscape"
         return records
+
+    def _line_bn(self, model: nn.Module) -> tuple[str, dict[str, Tensor] | None]:
+        """The interpolation line's BatchNorm mode and the initial buffers it needs."""
+        if self.bn in ("keep", "recompute"):
+            return self.bn, None
+        if not landscape_buffers(model):
+            return "keep", None  # nothing to interpolate
+        if self.start_buffers is None:  # a checkpoint of an older version: no initial statistics
+            self.warnings.warn(
+                "no initial buffers",
+                "LossLandscapeCallback: the initial model's BatchNorm statistics are not known (a checkpoint "
+                "written before they were kept); the interpolation line uses the current ones (bn='keep').",
+            )
+            return "keep", None
+        return "interpolate", self.start_buffers
+
+    def _metric(self, forward_context: Any) -> LossFn | None:
+        """``metric_fn`` run inside the trainer's precision context, as the loss is."""
+        user = self.metric_fn
+        if user is None:
+            return None
+
+        def metric(model: nn.Module, batch: Any) -> Tensor:
+            with forward_context():
+                return user(model, batch)
+
+        return metric
 
     def plane_key_of(self, plane: Plane, plan: Plan) -> tuple[Any, ...]:
         kind = plane.meta.get("directions")

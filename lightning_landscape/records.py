@@ -89,6 +89,7 @@ SCALAR_GROUPS: dict[str, tuple[str, ...]] = {
     "curvature (Hessian)": ("hessian/",),
     "sharpness": ("sharpness/",),
     "reliability (how far to trust the landscape)": ("reliability/",),
+    "metric beside the loss (metric_fn)": ("metric/",),
 }
 
 # Scalars that qualify others rather than describe the landscape (residuals, standard errors, iteration
@@ -177,6 +178,10 @@ class SurfaceRecord:
         for i, ratio in enumerate(ratios[:2]):
             if _finite(ratio) is not None:
                 out[f"explained_variance/pc{i + 1}"] = float(ratio)
+        if self.metrics is not None:  # metric_fn beside the loss, at the centre
+            centre = _finite(self.metrics[int(np.abs(self.ys).argmin()), int(np.abs(self.xs).argmin())])
+            if centre is not None:
+                out["metric/centre"] = centre
         return out
 
 
@@ -209,10 +214,17 @@ class LineRecord:
 
     def scalars(self) -> dict[str, float]:
         """The interpolation line's distance from the initial weights; nothing for other lines."""
+        if self.meta.get("directions") != "interpolation":
+            return {}
         distance = _finite(self.meta.get("distance"))
-        if self.meta.get("directions") == "interpolation" and distance is not None:
-            return {"distance_from_init": distance}
-        return {}
+        out = {"distance_from_init": distance} if distance is not None else {}
+        if self.metrics is not None:  # metric_fn at the initial (alpha = 0) and current (alpha = 1) weights
+            for key, alpha in (("metric/initial", 0.0), ("metric/current", 1.0)):
+                k = int(np.abs(self.alphas - alpha).argmin())
+                value = _finite(self.metrics[k]) if abs(self.alphas[k] - alpha) < 1e-9 else None
+                if value is not None:
+                    out[key] = value
+        return out
 
 
 @dataclass

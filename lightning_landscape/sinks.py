@@ -199,6 +199,9 @@ class TensorBoardSink(MetricsSink):
     def figure(self, tag: str, fig: Figure, step: int) -> None:
         self.logger.experiment.add_figure(tag, fig, global_step=step, close=False)
 
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        self.logger.experiment.add_text(tag, markdown, global_step=step)
+
     def mesh(self, tag: str, record: SurfaceRecord, step: int) -> None:
         vertices, faces, colours = surface_mesh(record)
         self.logger.experiment.add_mesh(
@@ -252,7 +255,7 @@ class SinkSet:
     """Fans figures, scalars and meshes out to several sinks; a sink that raises warns once and is dropped.
 
     A sink's optional ``begin(settings)`` runs once, just before the first thing is written to it;
-    sinks without ``mesh`` (or ``begin``) simply skip that call.
+    sinks without ``mesh`` (or ``text``, or ``begin``) simply skip that call.
 
     Example::
 
@@ -321,6 +324,10 @@ class SinkSet:
 
     def mesh(self, tag: str, record: SurfaceRecord, step: int) -> None:
         self._each("mesh", tag, record, step)
+
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        """Markdown for loggers with a text panel (TensorBoard's Text tab); the others skip it."""
+        self._each("text", tag, markdown, step)
 
 
 def build_sinks(
