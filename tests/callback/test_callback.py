@@ -153,6 +153,15 @@ def test_tensorboard_images_and_scalars(trainer_kwargs, tmp_path):
     for tag in ("landscape/final/loss/centre", "landscape/final/explained_variance/pc1"):
         assert [e.step for e in acc.Scalars(tag)] == [trainer.global_step]
     assert [e.step for e in acc.Images("landscape/final/surface")] == [trainer.global_step]
+    # The reliability indicators, on by default: scalars, the distance figure and the checks' table.
+    assert {"landscape/distance", "landscape/final/distance"} <= images
+    for tag in ("landscape/reliability/distance/basin_radius_axis1", "landscape/reliability/failed_checks"):
+        assert [e.step for e in acc.Scalars(tag)] == periodic_steps
+    assert "landscape/final/reliability/path/on_plane_share" in scalars
+    texts = {t for t in acc.Tags()["tensors"]}
+    assert "landscape/final/reliability/text_summary" in texts
+    (event,) = acc.Tensors("landscape/final/reliability/text_summary")
+    assert b"| check | value | threshold | status |" in event.tensor_proto.string_val[0]
 
     # The logged centre loss is the loss of the final weights on the probe batches, in eval mode.
     expected = naive_mean_loss(model, batches_of(dl, SMALL["num_batches"]))
@@ -561,12 +570,16 @@ def test_no_logger_writes_pngs_and_records(trainer_kwargs, tmp_path):
             "landscape_final_surface_step00000008.png",
             "landscape_final_interpolation_step00000008.png",
             "landscape_final_lines_step00000008.png",
+            "landscape_distance_step00000004.png",  # the reliability's loss vs log distance
+            "landscape_distance_step00000008.png",
+            "landscape_final_distance_step00000008.png",
         ]
     )
     for p in (tmp_path / "landscape" / "figures").glob("*.png"):
         assert p.read_bytes().startswith(b"\x89PNG")
-    # 2 periodic (surface + line) and 4 final records, plus a metrics record per period and at the end.
-    assert len(load_records(tmp_path / "landscape")) == 2 * 2 + 4 + 3
+    # 2 periodic (surface + line) and 4 final records, plus a metrics record per period and at the end,
+    # plus a reliability record and two distance lines with each landscape.
+    assert len(load_records(tmp_path / "landscape")) == 2 * 2 + 4 + 3 + 3 * 3
 
 
 def test_csv_logger_gets_scalars_and_pngs(trainer_kwargs, tmp_path):
