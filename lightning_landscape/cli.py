@@ -359,7 +359,9 @@ def _print_reliability(run: Run) -> None:
     if rec.meta.get("random_walk"):
         print(f"trajectory PCA: {rec.meta['random_walk']} ({rec.meta.get('convention')} convention)")
     rows = [["check", "value", "threshold", "status"]]
-    rows += [[c.get("check"), c.get("value"), c.get("threshold"), c.get("status")] for c in rec.meta["checks"]]
+    rows += [
+        [c.get("check"), c.get("value"), c.get("threshold"), c.get("status")] for c in rec.meta["checks"]
+    ]
     print(format_table(rows))
     print("flags: " + ("; ".join(rec.flags) if rec.flags else "none (every check passed)"))
 

@@ -52,6 +52,11 @@ REFUSED: dict[str, list[Any]] = {
     "engine": ["gpu", None],
     "max_overhead": [0, -0.1, math.nan, math.inf, "0.1", True],
     "budget_final": ["yes", None],
+    "bn": ["bogus", None, "Keep"],
+    "metric_fn": [3, "accuracy"],
+    "metric_name": ["", 3, None],
+    "reliability": ["yes", 3, None, {"bogus": 1}, {"directions": -1}, {"min_on_plane_share": 2.0}],
+    "pca_centred": ["yes", None, 1],
 }
 CASES = [(arg, value) for arg, values in REFUSED.items() for value in values]
 
