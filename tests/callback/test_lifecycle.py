@@ -97,7 +97,14 @@ def test_epochs_agree_across_record_types_and_with_the_progress_bar(trainer_kwar
     cb = LossLandscapeCallback(**QUIET, max_overhead=None, metrics=("sam",), final_metrics=("sam",))
     run(trainer_kwargs, cb, max_epochs=3)
     periodic = [(r.kind, r.meta["epoch"]) for r in cb.records if r.meta["stage"] == "periodic"]
-    kinds = ("surface", "line", "metrics", "reliability", "line", "line")  # + the reliability's distance lines
+    kinds = (
+        "surface",
+        "line",
+        "metrics",
+        "reliability",
+        "line",
+        "line",
+    )  # + the reliability's distance lines
     assert periodic == [(k, e) for e in (0, 1, 2) for k in kinds]
     # The final records: the last epoch run (2, 0-based), as the last periodic ones, not max_epochs (3).
     assert {r.meta["epoch"] for r in cb.records if r.meta["stage"] == "final"} == {2}
