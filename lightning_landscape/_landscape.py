@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from lightning_landscape._indicators import Indicators
 from lightning_landscape._probe import ProbeSet
 from lightning_landscape._publish import Warnings, record_name
+from lightning_landscape._reliability_step import ReliabilitySteps, _copy
 from lightning_landscape._schedule import Plan
 from lightning_landscape.distributed import agree, point_shard
 from lightning_landscape.functional.bn import landscape_buffers
@@ -30,15 +31,9 @@ from lightning_landscape.functional.surface import Engine, interpolation_line, l
 from lightning_landscape.functional.trajectory import TrajectoryPCA, trajectory_pca
 from lightning_landscape.metrics import compute_metrics
 from lightning_landscape.recorder import TrajectoryRecorder
-from lightning_landscape.records import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
+from lightning_landscape.records import LineRecord, MetricsRecord, SurfaceRecord
 
 __all__ = ["LandscapeBuilder", "Plane", "fingerprint"]
-
-
-def _copy(record: SurfaceRecord | LineRecord) -> Any:
-    """A copy of a record computed at the same weights, to reuse (its arrays copied, its name noted)."""
-    arrays = {k: v.copy() for k, v in record.arrays().items()}
-    return type(record)(**arrays, meta={**record.meta, "reused_from": record.meta["name"]})
 
 
 @dataclass
@@ -98,7 +93,7 @@ class _Drawn:
     trace: float | None = None
 
 
-class LandscapeBuilder:
+class LandscapeBuilder(ReliabilitySteps):
     """Builds the plane and evaluates the surface and lines of one landscape (see the callback's options).
 
     ``part`` names what is being computed, for the failure message.
@@ -312,74 +307,6 @@ class LandscapeBuilder:
         if errors:
             record.meta["errors"] = errors
         return [record]
-
-    def reliability_record(
-        self,
-        trainer: Any,
-        module: nn.Module,
-        params: Sequence[Tensor],
-        plan: Plan,
-        probe: ProbeSet,
-        recorder: TrajectoryRecorder,
-        common: Mapping[str, Any],
-    ) -> list[ReliabilityRecord | LineRecord]:
-        """The reliability indicators of the surface :meth:`compute` just drew (after the metrics, so
-        that a final ``trace`` feeds the ``trace / P`` cross-check): the record and the distance lines.
-
-        Evaluated with the current BatchNorm statistics (``bn="keep"``) whatever ``bn`` is.
-        """
-        step, stage, drawn = int(common["global_step"]), plan.stage, self._drawn
-        if not plan.reliability or drawn is None or (drawn.step, drawn.stage) != (step, stage):
-            return []  # off, or the surface failed
-        self._drawn = None
-        self.part = "the reliability indicators"
-        batches = probe.batches(trainer, module)
-        loss_fn = probe.loss_fn(module, trainer.precision_plugin.forward_context)
-        shard = point_shard(trainer, params[0].device)
-        settings = self.indicators.settings_for(stage, plan.metrics)
-        latest = self._latest if stage == "final" and "reused_from" in drawn.surface.meta else None
-        old = latest.reliability if latest is not None and latest.step == step else None
-        if old is not None and old[0] == settings:  # the same surface, the same checks: reuse them
-            record, lines = _copy(old[1][0]), [_copy(r) for r in old[1][1:]]
-        else:
-            record, lines = self._indicate(
-                module, params, plan, probe, recorder, drawn, batches, loss_fn, shard
-            )
-        if stage == "periodic" and self._latest is not None and self._latest.step == step:
-            self._latest.reliability = (settings, [record, *lines])
-        keep = ("stage", "epoch", "global_step", "callback_name", "precision", "world_size", "directions")
-        base = {k: drawn.common[k] for k in keep if k in drawn.common}
-        record.meta.update(
-            base, name=record_name(stage, "reliability", step), surface=drawn.surface.meta["name"]
-        )
-        record.meta["bn"] = "keep"
-        for i, line in enumerate(lines):
-            line.meta.update(base, directions="distance", name=record_name(stage, f"distance{i + 1}", step))
-        self.part = "the landscape"
-        return [record, *lines]
-
-    def _indicate(
-        self,
-        module: nn.Module,
-        params: Sequence[Tensor],
-        plan: Plan,
-        probe: ProbeSet,
-        recorder: TrajectoryRecorder,
-        drawn: _Drawn,
-        batches: list[Any],
-        loss_fn: LossFn,
-        shard: PointShard | None,
-    ) -> tuple[ReliabilityRecord, list[LineRecord]]:
-        plane = drawn.plane
-        with probe.observing(module):
-            return self.indicators.compute(
-                module, loss_fn, batches, params, plane.directions, drawn.surface, stage=plan.stage,
-                metrics=plan.metrics, pca=plane.pca,
-                snapshots=recorder.stacked() if plane.pca is not None else None,
-                steps=plane.meta.get("snapshot_steps", []), step=drawn.step, seed=self.seed,
-                include_1d=self.include_1d, unit=plane.unit, trace=drawn.trace, shard=shard,
-                engine=self.engine,
-            )  # fmt: skip
 
     def evaluate(
         self,
