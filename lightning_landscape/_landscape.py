@@ -16,17 +16,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape._indicators import Indicators
 from lightning_landscape._probe import ProbeSet
 from lightning_landscape._progress import LandscapeProgress
 from lightning_landscape._publish import Warnings, record_name
+from lightning_landscape._reliability_step import ReliabilitySteps, _copy
 from lightning_landscape._schedule import Plan
 from lightning_landscape.distributed import agree, point_shard
+from lightning_landscape.functional.bn import landscape_buffers
 from lightning_landscape.functional.curvature import hessian_directions
 from lightning_landscape.functional.directions import filter_normalized_directions
 from lightning_landscape.functional.params import Direction, LossFn, flatten, unflatten
 from lightning_landscape.functional.sharding import PointShard
 from lightning_landscape.functional.surface import Engine, interpolation_line, loss_line, loss_surface
-from lightning_landscape.functional.trajectory import trajectory_pca
+from lightning_landscape.functional.trajectory import TrajectoryPCA, trajectory_pca
 from lightning_landscape.metrics import compute_metrics
 from lightning_landscape.recorder import TrajectoryRecorder
 from lightning_landscape.records import LineRecord, MetricsRecord, SurfaceRecord
@@ -36,12 +39,25 @@ __all__ = ["LandscapeBuilder", "Plane", "fingerprint"]
 
 @dataclass
 class Plane:
-    """Two directions, the path projected on them (or None), the grid's span and what to record."""
+    """Two directions, the path projected on them (or None), the grid's span and what to record.
+
+    ``pca``: the trajectory PCA the plane came from; ``unit``: the axes' unit for the reliability's
+    distance scan (1 for filter-normalized directions, the weights' norm for unit-vector directions).
+    """
 
     directions: tuple[Direction, Direction]
     path: np.ndarray | None
     span: float | tuple[float, float]
     meta: dict[str, Any] = field(default_factory=dict)
+    pca: TrajectoryPCA | None = None
+    unit: float = 1.0
+
+
+def _norm(params: Sequence[Tensor]) -> float:
+    """The weights' Euclidean norm: the unit of the distance scan along unit-vector directions (a
+    filter-normalized direction has about this norm, so both planes scan the same distances)."""
+    with torch.no_grad():
+        return float(torch.sqrt(sum(p.detach().double().square().sum() for p in params))) or 1.0
 
 
 def fingerprint(model: nn.Module, params: Sequence[Tensor]) -> Tensor:
@@ -63,9 +79,22 @@ class _Latest:
     surface: SurfaceRecord | None = None
     interpolation: LineRecord | None = None
     metrics: dict[str, tuple[dict[str, Any], dict[str, float], Any]] = field(default_factory=dict)
+    reliability: tuple[Any, list[Any]] | None = None  # (settings, [record, distance lines])
 
 
-class LandscapeBuilder:
+@dataclass
+class _Drawn:
+    """The surface just drawn, for the reliability indicators computed after the metrics."""
+
+    step: int
+    stage: str
+    plane: Plane
+    surface: SurfaceRecord
+    common: dict[str, Any]
+    trace: float | None = None
+
+
+class LandscapeBuilder(ReliabilitySteps):
     """Builds the plane and evaluates the surface and lines of one landscape (see the callback's options).
 
     ``part`` names what is being computed, for the failure message.
@@ -81,6 +110,11 @@ class LandscapeBuilder:
         engine: Engine = "auto",
         interpolation_range: tuple[float, float] = (-0.5, 1.5),
         warn: Warnings | None = None,
+        bn: str = "interpolate",
+        metric_fn: LossFn | None = None,
+        metric_name: str = "metric",
+        indicators: Indicators | None = None,
+        pca_centred: bool = False,
     ) -> None:
         self.directions = directions
         self.span = span
@@ -92,11 +126,20 @@ class LandscapeBuilder:
         self.work_dtype = torch.float32
         self.part = "the landscape"
         self.warnings = warn if warn is not None else Warnings()
+        self.bn = bn
+        self.metric_fn = metric_fn
+        self.metric_name = metric_name
+        self.indicators = indicators if indicators is not None else Indicators(False)
+        self.pca_centred = pca_centred
+        self.start_buffers: dict[str, Tensor] | None = None  # the initial model's floating-point buffers
         self._latest: _Latest | None = None
         self.progress: LandscapeProgress | None = None  # of the landscape being evaluated (compute)
+        self._drawn: _Drawn | None = None
 
     def reset(self) -> None:
         self._latest = None
+        self._drawn = None
+        self.start_buffers = None
 
     # ------------------------------------------------------------------ the plane
 
@@ -129,10 +172,12 @@ class LandscapeBuilder:
                 "residuals": eig.residuals.tolist(),
                 "lanczos_iterations": eig.iterations,
             }
-            return Plane((d1, d2), None, span if span is not None else 1.0, meta)
+            return Plane((d1, d2), None, span if span is not None else 1.0, meta, unit=_norm(params))
         if self.directions == "pca" and len(recorder) >= 2:
             centre = flatten(params, dtype=self.work_dtype, device="cpu")
-            pca = trajectory_pca(recorder.stacked(), centre, release=recorder.release)
+            pca = trajectory_pca(
+                recorder.stacked(), centre, centred=self.pca_centred, release=recorder.release
+            )
             del centre
             d1, d2 = (unflatten(c, params, dtype=self.work_dtype) for c in pca.components)
             path = np.vstack([pca.coords.numpy(), np.zeros((1, 2))])  # the path ends at the centre
@@ -142,10 +187,11 @@ class LandscapeBuilder:
             meta = {
                 "directions": "pca",
                 "explained_variance": pca.explained_variance_ratio.tolist(),
+                "pca_convention": pca.convention,
                 "snapshots": len(recorder),
                 "snapshot_steps": list(recorder.steps),
             }
-            return Plane((d1, d2), path, span, meta)
+            return Plane((d1, d2), path, span, meta, pca=pca, unit=_norm(params))
         d1, d2 = filter_normalized_directions(params, count=2, seed=self.seed, include_1d=self.include_1d)
         d1, d2 = ([t.to(self.work_dtype) for t in d] for d in (d1, d2))
         meta = {"directions": "random", "seed": self.seed, "include_1d": self.include_1d}
@@ -212,9 +258,10 @@ class LandscapeBuilder:
             self.progress = LandscapeProgress.for_trainer(
                 trainer, total, f"{plan.stage} landscape at step {step}"
             )
+            metric = self._metric(trainer.precision_plugin.forward_context)
             try:
                 records = self.evaluate(
-                    module, loss_fn, batches, params, plane, start, plan, common, shard, mark, earlier
+                    module, loss_fn, batches, params, plane, start, plan, common, shard, mark, earlier, metric
                 )
             finally:
                 seconds, self.progress = self.progress.close(), None
@@ -263,6 +310,9 @@ class LandscapeBuilder:
                 f"LossLandscapeCallback: metric {metric!r} at step {step} failed or is not finite "
                 f"({message}). Training continues.",
             )
+        drawn = self._drawn
+        if drawn is not None and (drawn.step, drawn.stage) == (step, stage):
+            drawn.trace = scalars.get("hessian/trace")  # for the reliability's trace / P cross-check
         if not scalars:
             return []  # every metric failed: the warnings above say why
         name = record_name(stage, "metrics", step)
@@ -284,10 +334,15 @@ class LandscapeBuilder:
         shard: PointShard | None = None,
         mark: Tensor | None = None,
         earlier: _Latest | None = None,
+        metric: LossFn | None = None,
     ) -> list[SurfaceRecord | LineRecord]:
         """The surface, the interpolation line (with a start) and, at the end, the two axis lines.
 
         ``earlier``: the latest periodic landscape, computed at these weights (``mark``), to reuse from.
+        ``metric``: evaluated beside the loss on the interpolation line and the final surface.
+        BatchNorm statistics (``self.bn``): ``"interpolate"`` on the interpolation line (from the initial
+        model's, ``start_buffers``) and the current ones on the plane; ``"keep"`` the current ones
+        everywhere; ``"recompute"`` re-estimated at every point.
         """
         (d1, d2), stage, step = plane.directions, plan.stage, int(common["global_step"])
         key = self.plane_key_of(plane, plan)
@@ -297,15 +352,19 @@ class LandscapeBuilder:
             common["reduced_by_max_overhead"] = True
 
         self.part = "the surface"
+        plane_bn = "recompute" if self.bn == "recompute" else "keep"
+        surface_metric = metric if stage == "final" else None
+        named = {"metric_fn": surface_metric, "metric_name": self.metric_name if surface_metric else None}
         old_surface = earlier.surface if earlier is not None and earlier.plane_key == key else None
-        if old_surface is not None and old_surface.losses.shape[0] == plan.resolution:  # same plane and grid
-            surface = SurfaceRecord(old_surface.xs.copy(), old_surface.ys.copy(), old_surface.losses.copy())
+        same_grid = old_surface is not None and old_surface.losses.shape[0] == plan.resolution
+        if same_grid and (surface_metric is None or old_surface.metrics is not None):  # same plane, grid
+            surface = _copy(old_surface)
             surface.path = plane.path
-            surface.meta.update(old_surface.meta, reused_from=old_surface.meta["name"])
         else:
             surface = loss_surface(
                 model, loss_fn, batches, (d1, d2), resolution=plan.resolution, span=plane.span,
-                params=params, shard=shard, engine=self.engine, progress=self._part(plan.resolution**2),
+                params=params, shard=shard, engine=self.engine, bn=plane_bn, **named,
+                progress=self._part(plan.resolution**2),
             )  # fmt: skip
             surface.path = plane.path
         surface.meta.update(
@@ -318,14 +377,15 @@ class LandscapeBuilder:
             self.part = "the interpolation line"
             old = earlier.interpolation if earlier is not None else None
             if old is not None and len(old.alphas) == plan.line_resolution:
-                interp = LineRecord(
-                    old.alphas.copy(), old.losses.copy(), {**old.meta, "reused_from": old.meta["name"]}
-                )
+                interp = _copy(old)
             else:
+                line_bn, buffers = self._line_bn(model)
                 interp = interpolation_line(
                     model, loss_fn, batches, start, resolution=plan.line_resolution,
                     alpha_range=self.interpolation_range, params=params, shard=shard,
-                    engine=self.engine, progress=self._part(plan.line_resolution),
+                    engine=self.engine, bn=line_bn, start_buffers=buffers, metric_fn=metric,
+                    metric_name=self.metric_name if metric is not None else None,
+                    progress=self._part(plan.line_resolution),
                 )  # fmt: skip
             interp.meta.update(
                 common,
@@ -339,7 +399,8 @@ class LandscapeBuilder:
                 self.part = f"line {axis + 1}"
                 line = loss_line(
                     model, loss_fn, batches, d, resolution=plan.line_resolution, span=plane.span,
-                    params=params, shard=shard, engine=self.engine, progress=self._part(plan.line_resolution),
+                    params=params, shard=shard, engine=self.engine, bn=plane_bn,
+                    progress=self._part(plan.line_resolution),
                 )  # fmt: skip
                 label = f"{plane.meta['directions']} direction {axis + 1}"
                 line.meta.update(
@@ -348,12 +409,40 @@ class LandscapeBuilder:
                 records.append(line)
         else:
             self._latest = _Latest(step, mark, key, surface, interp)
+        self._drawn = _Drawn(step, stage, plane, surface, dict(common))
         self.part = "the landscape"
         return records
 
     def _part(self, points: int) -> Any:
         """The progress hook of one evaluation of ``points`` points (None outside :meth:`compute`)."""
         return self.progress.part(points) if self.progress is not None else None
+
+    def _line_bn(self, model: nn.Module) -> tuple[str, dict[str, Tensor] | None]:
+        """The interpolation line's BatchNorm mode and the initial buffers it needs."""
+        if self.bn in ("keep", "recompute"):
+            return self.bn, None
+        if not landscape_buffers(model):
+            return "keep", None  # nothing to interpolate
+        if self.start_buffers is None:  # a checkpoint of an older version: no initial statistics
+            self.warnings.warn(
+                "no initial buffers",
+                "LossLandscapeCallback: the initial model's BatchNorm statistics are not known (a checkpoint "
+                "written before they were kept); the interpolation line uses the current ones (bn='keep').",
+            )
+            return "keep", None
+        return "interpolate", self.start_buffers
+
+    def _metric(self, forward_context: Any) -> LossFn | None:
+        """``metric_fn`` run inside the trainer's precision context, as the loss is."""
+        user = self.metric_fn
+        if user is None:
+            return None
+
+        def metric(model: nn.Module, batch: Any) -> Tensor:
+            with forward_context():
+                return user(model, batch)
+
+        return metric
 
     def plane_key_of(self, plane: Plane, plan: Plan) -> tuple[Any, ...]:
         kind = plane.meta.get("directions")

@@ -16,7 +16,14 @@ from types import FrameType
 from typing import Any
 
 from lightning_landscape._render import FigureRenderer
-from lightning_landscape.records import LineRecord, Record, SurfaceRecord, save_record, tag_prefix
+from lightning_landscape.records import (
+    LineRecord,
+    Record,
+    ReliabilityRecord,
+    SurfaceRecord,
+    save_record,
+    tag_prefix,
+)
 from lightning_landscape.sinks import SinkSet, build_sinks
 
 __all__ = ["Publisher", "Warnings", "describe_settings", "record_name", "warn_at_user_code"]
@@ -116,6 +123,20 @@ def describe_settings(values: Mapping[str, Any], record_dir: Path | None) -> dic
     return {**shown, "records": str(record_dir or ""), "lightning_landscape": __version__}
 
 
+def _surface_title(surface: SurfaceRecord) -> str:
+    from lightning_landscape.plots import _title
+
+    return _title(surface.meta, "loss surface")
+
+
+def _reliability_text(record: ReliabilityRecord) -> str:
+    """The text panel's entry: the verdict line and the checks' table."""
+    flags = record.flags
+    head = f"**{len(flags)} check(s) failed**: {'; '.join(flags)}" if flags else "**all checks passed**"
+    walk = record.meta.get("random_walk")
+    return "\n\n".join(p for p in (head, f"trajectory PCA: {walk}" if walk else "", record.markdown()) if p)
+
+
 class Publisher:
     """Writes records to ``<log_dir>/landscape[/NAME]/`` and logs their scalars and figures (rank zero).
 
@@ -186,25 +207,49 @@ class Publisher:
         scalars = {f"{prefix}{k}": v for r in records for k, v in r.scalars().items()}
         if scalars:
             self.sinks.scalars(scalars, step)
+        for record in records:  # the checks as a table in the text panel (loggers that have one)
+            if isinstance(record, ReliabilityRecord):
+                self.sinks.text(f"{prefix}reliability", _reliability_text(record), step)
         if self.log_figures:
             self.render(records, prefix, step, stage)
         return written
 
     def render(self, records: Sequence[Record], prefix: str, step: int, stage: str) -> None:
-        """Draw the figures of a landscape's records and send them (and, at the end, the mesh)."""
-        from lightning_landscape.plots import contour_figure, line_figure
+        """Draw the figures of a landscape's records and send them (and, at the end, the mesh).
+
+        With a reliability record: the surface with the path's true losses as coloured markers and the
+        failed checks in its title, and the loss against log distance (``{prefix}distance``).
+        """
+        from lightning_landscape.plots import (
+            contour_figure,
+            distance_figure,
+            line_figure,
+            path_contour_figure,
+        )
 
         assert self.sinks is not None
         surfaces = [r for r in records if isinstance(r, SurfaceRecord)]
         lines = [r for r in records if isinstance(r, LineRecord)]
         interp = [ln for ln in lines if ln.meta.get("directions") == "interpolation"]
-        axes = [ln for ln in lines if ln.meta.get("directions") != "interpolation"]
+        distance = [ln for ln in lines if ln.meta.get("directions") == "distance"]
+        axes = [ln for ln in lines if ln.meta.get("directions") not in ("interpolation", "distance")]
+        trust = next((r for r in records if isinstance(r, ReliabilityRecord)), None)
+        flags = trust.flags if trust is not None else []
         for surface in surfaces:
-            self._figure(f"{prefix}surface", step, contour_figure, surface)
+            if trust is not None and trust.path_points is not None and trust.path_losses is not None:
+                self._figure(
+                    f"{prefix}surface", step, path_contour_figure, surface, trust.path_points,
+                    trust.path_losses, flags=flags,
+                )  # fmt: skip
+            else:
+                title = trust.title(_surface_title(surface)) if trust is not None else None
+                self._figure(f"{prefix}surface", step, contour_figure, surface, title=title)
         if interp:
             self._figure(f"{prefix}interpolation", step, line_figure, interp, xlabel="alpha")
         if axes:
             self._figure(f"{prefix}lines", step, line_figure, axes, xlabel="distance along direction")
+        if distance:
+            self._figure(f"{prefix}distance", step, distance_figure, distance, flags=flags)
         self._metric_figures(records, prefix, step, stage)
         if stage == "final":
             for surface in surfaces:

@@ -12,7 +12,7 @@ landscape one forward pass per grid or line point and probe batch, a metric its 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -71,6 +71,7 @@ class Plan:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     cost: float = 0.0
     reduced: bool = False
+    reliability: bool = False
 
     @property
     def lines(self) -> int:
@@ -120,6 +121,9 @@ class LandscapeSchedule:
         max_overhead: float | None = 0.1,
         budget_final: bool = False,
         hessian_plane: bool = False,
+        bn: str = "interpolate",
+        metric: bool = False,
+        reliability: Callable[[Plan], float] | None = None,
     ) -> None:
         self.every_n_epochs = every_n_epochs
         self.snapshot_every_n_steps = snapshot_every_n_steps
@@ -132,6 +136,9 @@ class LandscapeSchedule:
         self.max_overhead = max_overhead
         self.budget_final = budget_final
         self.hessian_plane = hessian_plane
+        self.bn = bn  # "recompute" doubles every grid and line point's forward passes
+        self.metric = metric  # a metric_fn: one more pass per point of interpolation line, final surface
+        self.reliability = reliability  # the indicators' evaluations for a plan (None: off)
         self.reset()
 
     def reset(self) -> None:
@@ -192,8 +199,19 @@ class LandscapeSchedule:
         return True
 
     def cost(self, plan: Plan, world_size: int, probe_batches: int) -> float:
-        """Forward passes over one probe batch that ``plan`` takes on each rank."""
-        points = plan.resolution**2 + plan.lines * plan.line_resolution  # shared out among the ranks
+        """Forward passes over one probe batch that ``plan`` takes on each rank.
+
+        A grid or line point costs one pass per probe batch, two with ``bn="recompute"`` (the
+        statistics are re-estimated first); a ``metric_fn`` adds one on the interpolation line and the
+        final surface; the reliability indicators count their evaluations (shared out like points).
+        """
+        per_point = 2.0 if self.bn == "recompute" else 1.0
+        surface, line = plan.resolution**2, plan.line_resolution
+        points = per_point * (surface + plan.lines * line)
+        if self.metric:
+            points += line + (surface if plan.stage == "final" else 0)
+        if plan.reliability and self.reliability is not None:
+            points += self.reliability(plan)
         per_rank = estimated_cost(plan.metrics)
         if self.hessian_plane:
             per_rank += 3.9 * plan.hessian_iterations
@@ -213,8 +231,11 @@ class LandscapeSchedule:
         final = stage == "final"
         resolution = self.final_resolution if final else self.resolution
         metrics = self.final_metrics if final else self.metrics
+        reliable = self.reliability is not None
         full = self._costed(
-            Plan(stage, resolution, self.line_resolution, dict(metrics)), world_size, probe_batches
+            Plan(stage, resolution, self.line_resolution, dict(metrics), reliability=reliable),
+            world_size,
+            probe_batches,
         )
         free = self.budget_final is False if final else self.periodic == 0
         if free or self.fits(full.cost):
@@ -222,15 +243,16 @@ class LandscapeSchedule:
         if not final:
             return None
         # Coarser: first fewer grid points (down to the periodic resolution), then fewer metrics, then
-        # fewer points still, down to a 5 x 5 surface with 11-point lines and no metrics.
+        # fewer points still, down to a 5 x 5 surface with 11-point lines, no metrics, no indicators.
         floor = min(self.resolution, self.final_resolution)
         candidates = [
-            (r, spec)
+            (r, spec, reliable)
             for spec in (self.final_metrics, self.metrics, {})
             for r in range(self.final_resolution - 2, floor - 1, -2)
-        ] + [(r, {}) for r in range(floor - 2, SMALLEST_FINAL - 1, -2)]
-        for r, spec in candidates:
-            smaller = Plan(stage, r, min(self.line_resolution, 2 * r + 1), dict(spec), reduced=True)
+        ] + [(r, {}, False) for r in range(floor - 2, SMALLEST_FINAL - 1, -2)]
+        for r, spec, rel in candidates:
+            line = min(self.line_resolution, 2 * r + 1)
+            smaller = Plan(stage, r, line, dict(spec), reduced=True, reliability=rel)
             plan = self._costed(smaller, world_size, probe_batches)
             if self.fits(plan.cost):
                 return plan

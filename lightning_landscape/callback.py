@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_landscape import _validation as check
+from lightning_landscape._indicators import Indicators
 from lightning_landscape._landscape import LandscapeBuilder
 from lightning_landscape._module_state import ModuleStateKeeper
 from lightning_landscape._probe import ProbeSet
@@ -27,7 +28,7 @@ from lightning_landscape.functional.bn import buffer_snapshot
 from lightning_landscape.functional.params import LossFn, landscape_parameters
 from lightning_landscape.metrics import DEFAULT_FINAL_METRICS, DEFAULT_METRICS, resolve_metrics
 from lightning_landscape.recorder import TrajectoryRecorder, recorder_for
-from lightning_landscape.records import LineRecord, MetricsRecord, SurfaceRecord
+from lightning_landscape.records import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
 from lightning_landscape.run_weights import DEFAULT_MAX_BYTES, save_run_weights
 
 __all__ = ["LossLandscapeCallback"]
@@ -46,6 +47,7 @@ _SETTINGS = (
     ("max_overhead", True), ("budget_final", False), ("final", False), ("probe_dataloader", False),
     ("loss_fn", False), ("metrics", False), ("final_metrics", False), ("engine", False),
     ("save_weights", False),
+    ("bn", False), ("metric_name", False), ("reliability", False), ("pca_centred", False),
 )  # fmt: skip
 
 
@@ -138,6 +140,34 @@ class LossLandscapeCallback(Callback):
             default float32 (float64 for float64 parameters) and the snapshots' own dtype.
         save_weights_max_bytes: refuse (with a warning) to write more than this many bytes (2 GiB by
             default; ``None`` for no limit).
+        bn: which BatchNorm running statistics each evaluated point uses. ``"interpolate"`` (default):
+            on the interpolation line they move with the weights from the initial model's (kept with the
+            initial snapshot and checkpointed) to the current ones, so alpha = 0 and 1 are the real
+            initial and current models; on surfaces and axis lines (no second model to move towards) the
+            current ones (Li et al.'s convention). ``"keep"``: the current statistics everywhere.
+            ``"recompute"``: re-estimated from the probe batches at every point of every surface and
+            line (one more forward pass per point and batch, counted in the budget). Records' meta ``bn``
+            says which was used. The reliability indicators use the current statistics.
+        metric_fn: ``metric_fn(model, batch) -> scalar tensor`` (accuracy, say), evaluated beside the loss
+            on the interpolation line (every landscape) and on the final surface (one more forward pass
+            per point and batch there, counted in the budget; periodic surfaces are left without it to
+            keep them cheap). Stored as the records' ``metrics`` arrays, drawn on a second axis of the
+            interpolation figure and logged as ``metric/centre`` (final surface), ``metric/initial``
+            and ``metric/current`` (interpolation line, alpha = 0 and 1).
+        metric_name: the metric's name in records and figures.
+        reliability: compute the reliability indicators with every landscape (probe noise, direction
+            and distance sensitivity with the basin radius, the path's fit to the plane, its true losses
+            against the contour, the PCA against a random walk; see docs/reliability.md): ``True``
+            (default: about 40 loss evaluations per landscape, counted in the budget), ``False``, or a
+            mapping of :class:`~lightning_landscape.functional.ReliabilitySettings` and
+            :class:`~lightning_landscape.functional.ReliabilityThresholds` fields (``{"directions": 5,
+            "min_on_plane_share": 0.8}``). At the end, with a ``trace`` final metric, the
+            ``trace / P`` cross-check runs on 8 random directions. Saved as ``reliability`` records,
+            logged under ``landscape/[final/]reliability/...``, a table in the text panel, failed
+            checks in the surface figure's title.
+        pca_centred: mean-centre the snapshots' offsets in the trajectory PCA (Li et al.'s scikit-learn
+            convention) instead of taking them from the current weights (default); recorded as the
+            surface's ``pca_convention``. Compare explained variances only within one convention.
 
     Distributed training: under DDP (``ddp``, ``ddp_spawn``, ...) every rank evaluates its share of the
     grid and line points and the values are gathered, so the work per rank falls with the number of
@@ -191,6 +221,11 @@ class LossLandscapeCallback(Callback):
         save_weights: bool = False,
         save_weights_dtype: torch.dtype | Literal["float32", "float64", "bfloat16", "float16"] | None = None,
         save_weights_max_bytes: int | None = DEFAULT_MAX_BYTES,
+        bn: Literal["interpolate", "keep", "recompute"] = "interpolate",
+        metric_fn: LossFn | None = None,
+        metric_name: str = "metric",
+        reliability: bool | Mapping[str, Any] = True,
+        pca_centred: bool = False,
     ) -> None:
         self.every_n_epochs = check.positive_int("every_n_epochs", every_n_epochs, allow_none=True)
         self.num_batches = check.positive_int("num_batches", num_batches)
@@ -235,26 +270,38 @@ class LossLandscapeCallback(Callback):
         self.save_weights_max_bytes = check.positive_int(
             "save_weights_max_bytes", save_weights_max_bytes, allow_none=True
         )
+        self.bn = check.choice("bn", bn, ("interpolate", "keep", "recompute"))
+        self.metric_fn = check.callable_arg("metric_fn", metric_fn, "metric_fn(model, batch)")
+        if not isinstance(metric_name, str) or not metric_name:
+            raise ValueError(f"`metric_name` must be a non-empty string, got {metric_name!r}")
+        self.metric_name = metric_name
+        self.reliability = reliability
+        indicators = Indicators(reliability)
+        self.pca_centred = check.boolean("pca_centred", pca_centred)
 
         self.schedule = LandscapeSchedule(
             self.every_n_epochs, self.snapshot_every_n_steps, snapshot_every_n_epochs, self.resolution,
             self.final_resolution, self.line_resolution, self.metrics, self.final_metrics, self.max_overhead,
-            self.budget_final, hessian_plane=directions == "hessian",
+            self.budget_final, hessian_plane=directions == "hessian", bn=self.bn,
+            metric=metric_fn is not None,
+            reliability=(
+                (lambda plan: indicators.evaluations(plan.stage, plan.metrics, self.max_snapshots))
+                if indicators.enabled else None
+            ),
         )  # fmt: skip
         self.probe = ProbeSet(num_batches, probe_dataloader, loss_fn)
         self.warnings = Warnings()
         self.builder = LandscapeBuilder(
             directions, span, self.margin, seed, self.include_1d, engine, self.interpolation_range,
-            self.warnings,
+            self.warnings, self.bn, metric_fn, metric_name, indicators, self.pca_centred,
         )  # fmt: skip
         self.publisher = Publisher(name, self.save_records, self.log_figures, self.warnings)
         self.recorder = TrajectoryRecorder(max_snapshots)
-        self.records: list[SurfaceRecord | LineRecord | MetricsRecord] = []
+        self.records: list[SurfaceRecord | LineRecord | MetricsRecord | ReliabilityRecord] = []
         self._module_state = (
             ModuleStateKeeper()
         )  # the module's Python state, restored around each computation
         self._param_names: list[str] = []
-        self._initial_buffers: dict[str, Tensor] | None = None  # the floating-point buffers at snapshot 0
         self._state_key: str | None = None
 
     def __init_snapshots(
@@ -308,7 +355,6 @@ class LossLandscapeCallback(Callback):
         self.warnings.reset(enabled=trainer.is_global_zero)
         self._module_state.reset()
         self.records = []
-        self._initial_buffers = None
         self._param_names = [n for n, _ in landscape_parameters(pl_module)]
         log_dir = trainer.log_dir or trainer.default_root_dir  # called on every rank: it broadcasts
         self.publisher.setup(log_dir, trainer.loggers, self._settings(), rank=trainer.global_rank)
@@ -327,8 +373,10 @@ class LossLandscapeCallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if len(self.recorder) == 0:
             self._snapshot(0, trainer, pl_module)
+            # the initial floating-point buffers (BatchNorm statistics): the interpolation line's alpha = 0
+            # and the saved weights' initial model (small, on the CPU)
             buffers = self._guarded(0, buffer_snapshot, pl_module, "cpu")
-            self._initial_buffers = None if buffers is False else buffers
+            self.builder.start_buffers = None if buffers is False else buffers
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -384,15 +432,15 @@ class LossLandscapeCallback(Callback):
             "schedule": self.schedule.state_dict(),  # cadence position and the budget's accounts
             "seed": self.seed,
             "name": self.name or "",
-            "initial_buffers": dict(self._initial_buffers or {}),
+            "initial_buffers": dict(self.builder.start_buffers or {}),  # the initial float buffers
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.recorder.load_state_dict(state_dict["recorder"])
         self.schedule.load_state_dict(state_dict.get("schedule", state_dict))  # 0.1: its keys at the top
-        buffers = state_dict.get("initial_buffers")
-        self._initial_buffers = dict(buffers) if buffers is not None else None  # None: a checkpoint of <= 0.2
+        buffers = state_dict.get("initial_buffers", state_dict.get("start_buffers"))  # absent before 0.2
+        self.builder.start_buffers = dict(buffers) if buffers is not None else None
 
     # ------------------------------------------------------------------ one landscape
 
@@ -420,10 +468,13 @@ class LossLandscapeCallback(Callback):
         common = {"stage": stage, "epoch": epoch, "global_step": step}
         common.update({"callback_name": self.name} if self.name else {})
         args = (trainer, pl_module, self._params(pl_module), plan, self.probe, self.recorder, common)
-        for compute in (self.builder.compute, self.builder.metrics_record):  # each guarded on its own
+        kept: list[Any] = []
+        # each guarded on its own; the reliability after the metrics (a final trace feeds its check)
+        for compute in (self.builder.compute, self.builder.metrics_record, self.builder.reliability_record):
             records = self._guarded(step, self._compute, compute, args, trainer, pl_module)
-            if records:
-                self._guarded(step, self._keep, records, trainer, stage)
+            kept.extend(records or [])
+        if kept:  # published together: the surface's figure shows the reliability's flags
+            self._guarded(step, self._keep, kept, trainer, stage)
 
     def _compute(
         self,
@@ -454,7 +505,7 @@ class LossLandscapeCallback(Callback):
         """The run's weights under ``<record dir>/weights`` (rank zero; the caller guards it)."""
         if len(self.recorder) == 0:
             raise ValueError("no snapshot of the initial weights was taken")
-        initial_buffers = self._initial_buffers
+        initial_buffers = self.builder.start_buffers
         if initial_buffers is None:  # resumed from a checkpoint without them: unknown, not invented
             raise ValueError("the checkpoint this run resumed from holds no initial BatchNorm statistics")
         save_run_weights(

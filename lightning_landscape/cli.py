@@ -366,6 +366,24 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_reliability(run: Run) -> None:
+    """The latest reliability record's checks (the final one if any) and its flags."""
+    found = [r for r in run.records if r.kind == "reliability"]
+    final = [r for r in found if r.meta.get("stage") == "final"] or found
+    if not final:
+        return
+    rec = final[-1]
+    print(f"\nreliability ({rec.meta.get('stage', '?')}, step {_fmt(rec.meta.get('global_step'))}):")
+    if rec.meta.get("random_walk"):
+        print(f"trajectory PCA: {rec.meta['random_walk']} ({rec.meta.get('convention')} convention)")
+    rows = [["check", "value", "threshold", "status"]]
+    rows += [
+        [c.get("check"), c.get("value"), c.get("threshold"), c.get("status")] for c in rec.meta["checks"]
+    ]
+    print(format_table(rows))
+    print("flags: " + ("; ".join(rec.flags) if rec.flags else "none (every check passed)"))
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     kinds: dict[str, int] = {}
@@ -385,6 +403,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     for key, value in sorted(end_values(run, stage).items()):
         rows.append([key, value, len(series[key][0]) if key in series else 1])
     print(format_table(rows))
+    _print_reliability(run)
     errors = [
         (r.meta.get("global_step"), k, v)
         for r in run.records

@@ -169,6 +169,12 @@ def line_figure(
     ax.grid(alpha=0.3)
     if len(records) > 1 or labels:
         ax.legend(fontsize=8)
+    measured = [(r, lb) for r, lb in zip(records, labels) if getattr(r, "metrics", None) is not None]
+    if measured:  # a metric_fn beside the loss (accuracy, say): dashed, on its own axis
+        twin = ax.twinx()
+        for i, (rec, _) in enumerate(measured):
+            twin.plot(rec.alphas, np.ma.masked_invalid(rec.metrics), "--", lw=1.2, color=f"C{i}", alpha=0.8)
+        twin.set_ylabel(f"{measured[0][0].meta.get('metric_name') or 'metric'} (dashed)")
     meta = records[0].meta if records else {}
     ax.set_title(title or _title(meta, "loss along lines"), fontsize=10)
     return fig

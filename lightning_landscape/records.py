@@ -92,6 +92,7 @@ SCALAR_GROUPS: dict[str, tuple[str, ...]] = {
     "sharpness": ("sharpness/",),
     "reliability (how far to trust the landscape)": ("reliability/",),
     "barrier between two solutions": ("barrier/",),
+    "metric beside the loss (metric_fn)": ("metric/",),
 }
 
 # Scalars that qualify others rather than describe the landscape (residuals, standard errors, iteration
@@ -185,6 +186,10 @@ class SurfaceRecord:
         for i, ratio in enumerate(ratios[:2]):
             if _finite(ratio) is not None:
                 out[f"explained_variance/pc{i + 1}"] = float(ratio)
+        if self.metrics is not None:  # metric_fn beside the loss, at the centre
+            centre = _finite(self.metrics[int(np.abs(self.ys).argmin()), int(np.abs(self.xs).argmin())])
+            if centre is not None:
+                out["metric/centre"] = centre
         return out
 
 
@@ -216,19 +221,27 @@ class LineRecord:
         return out
 
     def scalars(self) -> dict[str, float]:
-        """The interpolation line's distance from the initial weights; a barrier line's height
+        """The interpolation line's distance from the initial weights and, with a ``metric_fn``, the metric
+        at the initial (alpha = 0) and current (alpha = 1) weights; a barrier line's height
         (``barrier/height``, or ``barrier/height_naive`` for the ``barrier_naive`` record of interpolated
         statistics) and length (``barrier/distance``); nothing for other lines."""
         distance = _finite(self.meta.get("distance"))
         kind = self.meta.get("directions")
-        if kind == "interpolation" and distance is not None:
-            return {"distance_from_init": distance}
         if kind == "barrier":
             naive = self.meta.get("name") == "barrier_naive"
             out = {"barrier/height_naive" if naive else "barrier/height": _finite(self.meta.get("barrier"))}
             out["barrier/distance"] = distance
             return {k: v for k, v in out.items() if v is not None}
-        return {}
+        if kind != "interpolation":
+            return {}
+        found: dict[str, float] = {"distance_from_init": distance} if distance is not None else {}
+        if self.metrics is not None:  # metric_fn at the initial (alpha = 0) and current (alpha = 1) weights
+            for key, alpha in (("metric/initial", 0.0), ("metric/current", 1.0)):
+                k = int(np.abs(self.alphas - alpha).argmin())
+                value = _finite(self.metrics[k]) if abs(self.alphas[k] - alpha) < 1e-9 else None
+                if value is not None:
+                    found[key] = value
+        return found
 
 
 @dataclass

@@ -220,6 +220,8 @@ class TensorBoardSink(MetricsSink):
     def image(self, tag: str, rendered: RenderedFigure, step: int) -> None:
         # The image add_figure makes of the same figure (Agg at the figure's 100 dpi), pixel for pixel.
         self.logger.experiment.add_image(tag, rendered.rgb, global_step=step, dataformats="HWC")
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        self.logger.experiment.add_text(tag, markdown, global_step=step)
 
     def mesh(self, tag: str, record: SurfaceRecord, step: int) -> None:
         vertices, faces, colours = surface_mesh(record)
@@ -283,7 +285,7 @@ class SinkSet:
     """Fans figures, scalars and meshes out to several sinks; a sink that raises warns once and is dropped.
 
     A sink's optional ``begin(settings)`` runs once, just before the first thing is written to it;
-    sinks without ``mesh`` (or ``begin``) simply skip that call.
+    sinks without ``mesh`` (or ``text``, or ``begin``) simply skip that call.
 
     Example::
 
@@ -361,6 +363,10 @@ class SinkSet:
 
     def mesh(self, tag: str, record: SurfaceRecord, step: int) -> None:
         self._each("mesh", tag, record, step)
+
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        """Markdown for loggers with a text panel (TensorBoard's Text tab); the others skip it."""
+        self._each("text", tag, markdown, step)
 
 
 def build_sinks(

@@ -572,3 +572,29 @@ def test_summary_names_failed_metrics(tmp_path, capsys):
     assert table_row(out, "hessian/lambda_max") == ["2", "1"]
     assert "hessian/trace" not in out
     assert "failed (left out above): trace at step 8: ValueError: not finite" in out
+
+
+def _add_reliability(root: Path, share: float) -> None:
+    from lightning_landscape.functional import reliability_summary
+    from lightning_landscape.functional.path_checks import PathPlaneFit
+
+    for stage, step in (("periodic", 4), ("periodic", 8), ("final", 8)):
+        fit = PathPlaneFit(share, np.array([0.0, 1.0]), np.array([2.0, 1.0]), "offsets")
+        rec = reliability_summary(path_fit=fit, noise=0.001)
+        rec.meta.update(stage=stage, global_step=step)
+        save_record(rec, root / "landscape", f"{stage}_reliability_{step}")
+
+
+def test_summary_and_compare_show_the_reliability_scalars_and_flags(tmp_path, capsys):
+    a, b = make_run(tmp_path / "a", 1.0), make_run(tmp_path / "b", 2.0)
+    _add_reliability(a, 0.6)
+    _add_reliability(b, 0.9)
+    rc, out, err = run_main(capsys, "summary", str(a))
+    assert rc == 0, err
+    assert table_row(out, "reliability/path/on_plane_share") == ["0.6", "2"]  # final value, 2 periodic
+    assert "| path on the plane (share)" not in out  # a plain table, not markdown
+    assert table_row(out, "path") == ["on", "the", "plane", "(share)", "0.6", ">=", "0.7", "fail"]
+    assert "flags: path 40 % off-plane" in out
+    rc, out, err = run_main(capsys, "compare", str(a), str(b), "--out", str(tmp_path / "c.png"))
+    assert rc == 0, err
+    assert [float(v) for v in table_row(out, "reliability/path/on_plane_share")] == [0.6, 0.9]

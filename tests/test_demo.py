@@ -45,8 +45,14 @@ def test_demo_logs_landscapes_for_sgd_and_sam(tmp_path, capsys):
             ("line", "final"),
             ("metrics", "periodic"),
             ("metrics", "final"),
+            ("reliability", "periodic"),
+            ("reliability", "final"),
         }
         assert {"landscape/hessian/lambda_max", "landscape/sharpness/sam"} <= set(scalars)
+        assert {
+            "landscape/reliability/path/on_plane_share",
+            "landscape/final/reliability/failed_checks",
+        } <= set(scalars)
         assert {"landscape/final/hessian/trace", "landscape/final/sharpness/average"} <= set(scalars)
 
 

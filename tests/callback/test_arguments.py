@@ -55,6 +55,11 @@ REFUSED: dict[str, list[Any]] = {
     "save_weights": ["yes", None, 1],
     "save_weights_dtype": [torch.int32, "int8", 16],
     "save_weights_max_bytes": [0, -1, 1.5, "10", True],
+    "bn": ["bogus", None, "Keep"],
+    "metric_fn": [3, "accuracy"],
+    "metric_name": ["", 3, None],
+    "reliability": ["yes", 3, None, {"bogus": 1}, {"directions": -1}, {"min_on_plane_share": 2.0}],
+    "pca_centred": ["yes", None, 1],
 }
 CASES = [(arg, value) for arg, values in REFUSED.items() for value in values]
 

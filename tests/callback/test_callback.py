@@ -153,6 +153,15 @@ def test_tensorboard_images_and_scalars(trainer_kwargs, tmp_path):
     for tag in ("landscape/final/loss/centre", "landscape/final/explained_variance/pc1"):
         assert [e.step for e in acc.Scalars(tag)] == [trainer.global_step]
     assert [e.step for e in acc.Images("landscape/final/surface")] == [trainer.global_step]
+    # The reliability indicators, on by default: scalars, the distance figure and the checks' table.
+    assert {"landscape/distance", "landscape/final/distance"} <= images
+    for tag in ("landscape/reliability/distance/basin_radius_axis1", "landscape/reliability/failed_checks"):
+        assert [e.step for e in acc.Scalars(tag)] == periodic_steps
+    assert "landscape/final/reliability/path/on_plane_share" in scalars
+    texts = {t for t in acc.Tags()["tensors"]}
+    assert "landscape/final/reliability/text_summary" in texts
+    (event,) = acc.Tensors("landscape/final/reliability/text_summary")
+    assert b"| check | value | threshold | status |" in event.tensor_proto.string_val[0]
 
     # The logged centre loss is the loss of the final weights on the probe batches, in eval mode.
     expected = naive_mean_loss(model, batches_of(dl, SMALL["num_batches"]))
@@ -204,7 +213,7 @@ def test_records_random_before_two_snapshots_then_pca(trainer_kwargs, tmp_path):
     lines = [r for r in records if isinstance(r, LineRecord)]
     interp = [r for r in lines if r.meta["directions"] == "interpolation"]
     assert sorted(r.meta["stage"] for r in interp) == ["final"] + ["periodic"] * 3
-    axes = [r for r in lines if r.meta["directions"] != "interpolation"]
+    axes = [r for r in lines if r.meta["directions"] not in ("interpolation", "distance")]
     assert len(axes) == 2 and all(r.meta["stage"] == "final" and r.kind == "line" for r in axes)
     # The interpolation line passes through the current weights at alpha = 1 and initial ones at 0.
     last = interp[-1]
@@ -220,12 +229,12 @@ def test_interpolation_starts_at_initial_weights(trainer_kwargs):
     initial = TinyNet(dropout=0.0)
     initial.load_state_dict(model.state_dict())
     cb = LossLandscapeCallback(
-        max_overhead=None, every_n_epochs=None, interpolation_range=(0.0, 1.0), **QUIET
+        max_overhead=None, every_n_epochs=None, interpolation_range=(0.0, 1.0), bn="keep", **QUIET
     )
     fit(trainer_kwargs, model, loader(32, 8), [cb])
     (interp,) = [r for r in cb.records if r.meta.get("directions") == "interpolation"]
-    assert interp.alphas[0] == 0.0
-    # alpha = 0: the initial weights (with the final BatchNorm statistics, which are buffers, not weights).
+    assert interp.alphas[0] == 0.0 and interp.meta["bn"] == "keep"
+    # bn="keep": alpha = 0 is the initial weights with the final BatchNorm statistics (buffers, not weights).
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         getattr(initial.net[1], name).copy_(getattr(model.net[1], name))
     expected = naive_mean_loss(initial, batches_of(loader(32, 8), 2))
@@ -348,7 +357,8 @@ def test_models_give_finite_landscapes(trainer_kwargs, model_cls, loss_fn):
     stages = [r.meta["stage"] for r in cb.records if isinstance(r, SurfaceRecord)]
     assert stages == ["periodic"] * 2 + ["final"]
     for r in cb.records:
-        assert np.isfinite(r.losses if r.kind != "metrics" else r.values).all()
+        if r.kind != "reliability":  # its unused indicators are NaN, a basin wider than the scan inf
+            assert np.isfinite(r.losses if r.kind != "metrics" else r.values).all()
     (final,) = surfaces(cb.records, "final")
     assert final.centre_loss == pytest.approx(naive_mean_loss(model, batches_of(loader(32, 8), 2)), rel=1e-6)
 
@@ -385,7 +395,8 @@ def test_frozen_layer_stays_frozen_and_outside_the_landscape(trainer_kwargs):
     assert cb.recorder.snapshots[0].numel() == trainable
     assert not any(n.startswith("net.0.") for n in cb._param_names)
     for r in cb.records:
-        assert np.isfinite(r.losses if r.kind != "metrics" else r.values).all()
+        if r.kind != "reliability":  # its unused indicators are NaN, a basin wider than the scan inf
+            assert np.isfinite(r.losses if r.kind != "metrics" else r.values).all()
 
 
 def test_tied_parameters(trainer_kwargs):
@@ -397,7 +408,8 @@ def test_tied_parameters(trainer_kwargs):
     unique = sum(p.numel() for p in model.parameters())  # parameters() de-duplicates tied ones
     assert cb.recorder.snapshots[0].numel() == unique
     for r in cb.records:
-        assert np.isfinite(r.losses if r.kind != "metrics" else r.values).all()
+        if r.kind != "reliability":  # its unused indicators are NaN, a basin wider than the scan inf
+            assert np.isfinite(r.losses if r.kind != "metrics" else r.values).all()
     (final,) = surfaces(cb.records, "final")
     assert final.centre_loss == pytest.approx(naive_mean_loss(model, batches_of(loader(32, 8), 2)), rel=1e-6)
 
@@ -561,12 +573,16 @@ def test_no_logger_writes_pngs_and_records(trainer_kwargs, tmp_path):
             "landscape_final_surface_step00000008.png",
             "landscape_final_interpolation_step00000008.png",
             "landscape_final_lines_step00000008.png",
+            "landscape_distance_step00000004.png",  # the reliability's loss vs log distance
+            "landscape_distance_step00000008.png",
+            "landscape_final_distance_step00000008.png",
         ]
     )
     for p in (tmp_path / "landscape" / "figures").glob("*.png"):
         assert p.read_bytes().startswith(b"\x89PNG")
-    # 2 periodic (surface + line) and 4 final records, plus a metrics record per period and at the end.
-    assert len(load_records(tmp_path / "landscape")) == 2 * 2 + 4 + 3
+    # 2 periodic (surface + line) and 4 final records, plus a metrics record per period and at the end,
+    # plus a reliability record and two distance lines with each landscape.
+    assert len(load_records(tmp_path / "landscape")) == 2 * 2 + 4 + 3 + 3 * 3
 
 
 def test_csv_logger_gets_scalars_and_pngs(trainer_kwargs, tmp_path):

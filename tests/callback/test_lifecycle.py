@@ -97,7 +97,15 @@ def test_epochs_agree_across_record_types_and_with_the_progress_bar(trainer_kwar
     cb = LossLandscapeCallback(**QUIET, max_overhead=None, metrics=("sam",), final_metrics=("sam",))
     run(trainer_kwargs, cb, max_epochs=3)
     periodic = [(r.kind, r.meta["epoch"]) for r in cb.records if r.meta["stage"] == "periodic"]
-    assert periodic == [(k, e) for e in (0, 1, 2) for k in ("surface", "line", "metrics")]
+    kinds = (
+        "surface",
+        "line",
+        "metrics",
+        "reliability",
+        "line",
+        "line",
+    )  # + the reliability's distance lines
+    assert periodic == [(k, e) for e in (0, 1, 2) for k in kinds]
     # The final records: the last epoch run (2, 0-based), as the last periodic ones, not max_epochs (3).
     assert {r.meta["epoch"] for r in cb.records if r.meta["stage"] == "final"} == {2}
 
@@ -125,10 +133,16 @@ def test_the_final_landscape_reuses_what_the_last_periodic_one_computed(trainer_
     kwargs = {**QUIET, "final_resolution": 3, "metrics": None, "final_metrics": None, "max_overhead": None}
     cb = LossLandscapeCallback(**kwargs, loss_fn=loss)
     run(trainer_kwargs, [Nudge(), cb] if nudged else cb)
-    # Per periodic landscape: 3 x 3 surface + 5-point line, on 2 batches; the final one adds 2 axis lines.
-    periodic, axes = 2 * (9 + 5), 2 * 2 * 5
-    final = axes + (2 * (9 + 5) if nudged else 0)  # at other weights it computes everything again
+    # Per periodic landscape: 3 x 3 surface + 5-point line, on 2 batches, and the reliability indicators
+    # (a random plane: no snapshot path; 3 directions x 4 points + 2 axes x 2 signs x 5 distances); the
+    # final one adds 2 axis lines.
+    periodic, axes = 2 * (9 + 5 + 32), 2 * 2 * 5
+    final = axes + (periodic if nudged else 0)  # at other weights it computes everything again
     assert loss.calls == 2 * periodic + final
+    trust = [r for r in cb.records if r.kind == "reliability"]
+    assert [r.meta["stage"] for r in trust] == ["periodic", "periodic", "final"]
+    assert ("reused_from" in trust[-1].meta) != nudged
+    assert trust[-1].meta["name"] == "final_reliability_step00000008"
     surfaces = [r for r in cb.records if r.kind == "surface"]
     last, fin = surfaces[-2], surfaces[-1]
     assert fin.meta["stage"] == "final" and (("reused_from" in fin.meta) != nudged)

@@ -9,6 +9,7 @@ from helpers.models import TinyNet, loader
 from lightning_landscape import LossLandscapeCallback
 
 SMALL = {"resolution": 5, "final_resolution": 9, "line_resolution": 7, "num_batches": 2, "log_figures": False}
+SMALL["reliability"] = False  # the costs below are the surfaces', lines' and metrics' (test_wiring: the rest)
 
 
 def _fit(trainer_kwargs, cb, batches_per_epoch=4, epochs=2):
@@ -61,7 +62,13 @@ def test_long_enough_run_computes_everything_within_the_budget(trainer_kwargs):
     # 2 epochs x 200 batches allow 0.1 * 3 * 200 = 60 forwards after epoch 1 and 120 at the end; each
     # periodic landscape costs 1 batch * (9 + 5) = 14 with metrics off, the full final one 9 + 3*5 = 24.
     cb = LossLandscapeCallback(
-        resolution=3, final_resolution=3, line_resolution=5, num_batches=1, metrics=None, final_metrics=None
+        resolution=3,
+        final_resolution=3,
+        line_resolution=5,
+        num_batches=1,
+        metrics=None,
+        final_metrics=None,
+        reliability=False,
     )
     cb = _fit(trainer_kwargs, cb, batches_per_epoch=200)
     assert len(_surfaces(cb, "periodic")) == 2 and cb.schedule.skipped == 0

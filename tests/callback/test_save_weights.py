@@ -94,5 +94,5 @@ def test_initial_buffers_survive_a_checkpoint(tmp_path):
     loaded = torch.load(buf, weights_only=True)
     fresh = LossLandscapeCallback(**QUIET)
     fresh.load_state_dict(loaded)
-    assert fresh._initial_buffers is not None
-    assert torch.equal(fresh._initial_buffers["net.1.running_var"], before.net[1].running_var)
+    assert fresh.builder.start_buffers is not None
+    assert torch.equal(fresh.builder.start_buffers["net.1.running_var"], before.net[1].running_var)

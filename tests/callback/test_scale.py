@@ -78,7 +78,7 @@ def test_precisions_give_finite_surfaces_in_the_right_dtypes(trainer_kwargs, pre
     cb = LossLandscapeCallback(max_overhead=None, loss_fn=ce_loss, snapshot_every_n_steps=1, **QUIET)
     trainer = fit(trainer_kwargs, model, loader(32, 8), [cb], precision=precision)
     assert str(trainer.precision) == effective
-    assert all(np.isfinite(r.losses).all() for r in cb.records)
+    assert all(np.isfinite(r.losses).all() for r in cb.records if r.kind != "reliability")
     (final,) = [r for r in cb.records if isinstance(r, SurfaceRecord) and r.meta["stage"] == "final"]
     assert final.meta["precision"] == effective and final.meta["directions"] == "pca"
     assert final.meta["direction_dtype"] == str(work).removeprefix("torch.")
@@ -135,7 +135,8 @@ def test_resumed_run_writes_the_same_records_as_an_uninterrupted_one(trainer_kwa
     # The stopped run also wrote its own final records at step 8; everything else matches.
     assert sorted(got) == sorted([r.meta["name"] for r in expected] + [
         "final_surface_step00000008", "final_interpolation_step00000008",
-        "final_line1_step00000008", "final_line2_step00000008",
+        "final_line1_step00000008", "final_line2_step00000008", "final_reliability_step00000008",
+        "final_distance1_step00000008", "final_distance2_step00000008",
     ])  # fmt: skip
     for rec in expected:
         other = got[rec.meta["name"]]
@@ -165,7 +166,7 @@ def test_named_callbacks_keep_their_records_and_figures_apart(trainer_kwargs, tm
     fit(trainer_kwargs, TinyNet(), loader(32, 8), [a, b], max_epochs=1)
     for cb in (a, b):
         recs = load_records(tmp_path / "landscape" / cb.name)
-        assert len(recs) == 4 and all(r.meta["callback_name"] == cb.name for r in recs)
+        assert len(recs) == 4 + 3 and all(r.meta["callback_name"] == cb.name for r in recs)  # + reliability
     assert load_records(tmp_path / "landscape" / "random")[-1].meta["directions"] == "random"
     figures = {p.name for p in (tmp_path / "landscape" / "figures").glob("*.png")}
     assert {
@@ -272,7 +273,7 @@ def test_callback_puts_snapshots_in_a_mapped_file_when_the_budget_is_too_small(t
     assert cb.recorder.dtype == torch.float16 and len(cb.recorder) == 9
     last = flatten([p for _, p in landscape_parameters(model)]).to(torch.float16)
     assert torch.equal(cb.recorder.snapshots[-1], last)
-    assert all(np.isfinite(r.losses).all() for r in cb.records)
+    assert all(np.isfinite(r.losses).all() for r in cb.records if r.kind != "reliability")
 
 
 # --------------------------------------------------------------------------- training loops
@@ -332,7 +333,9 @@ def test_several_optimizers_under_manual_optimization(trainer_kwargs):
     assert cb.recorder.steps == [0, 4, 6, 10, 12, 16]
     for snap, step in zip(cb.recorder.snapshots, cb.recorder.steps):
         assert torch.equal(snap, watcher.after[step])
-    assert len(cb.records) == 2 * 2 + 4 and all(np.isfinite(r.losses).all() for r in cb.records)
+    assert len(cb.records) == 2 * 2 + 4 + 3 * 3 and all(
+        np.isfinite(r.losses).all() for r in cb.records if r.kind != "reliability"
+    )
 
 
 def test_several_optimizers_under_automatic_optimization_get_lightnings_error(trainer_kwargs):
@@ -360,4 +363,4 @@ def test_runs_with_and_without_validation_give_the_same_landscapes(trainer_kwarg
         out.append(cb.records)
     assert [r.meta["name"] for r in out[0]] == [r.meta["name"] for r in out[1]]
     for a, b in zip(*out):
-        np.testing.assert_array_equal(a.losses, b.losses)
+        np.testing.assert_array_equal(*(r.losses if r.kind != "reliability" else r.values for r in (a, b)))
