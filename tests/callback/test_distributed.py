@@ -190,6 +190,23 @@ def test_ddp_equals_one_process_with_half_the_work_per_rank(tmp_path, single_run
 
 
 @pytest.mark.slow
+def test_ddp_reliability_equals_one_process(tmp_path):
+    # The indicators' lines are shared out among the ranks like the grid; the records match one process.
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    one = _run(single, "single", "--reliability")
+    ranks = _run(ddp, "ddp", "--reliability")
+    assert max(ranks[r]["calls"] for r in (0, 1)) < 0.75 * one[0]["calls"]  # shared out (path checks: not)
+    ours, theirs = load_records(ddp), load_records(single)
+    assert [r.meta["name"] for r in ours] == [r.meta["name"] for r in theirs]
+    trust = [r for r in ours if r.kind == "reliability"]
+    assert len(trust) == 3  # 2 periodic and the final one
+    for a, b in zip(ours, theirs):
+        for key, arr in b.arrays().items():
+            if arr.dtype.kind == "f":
+                np.testing.assert_allclose(a.arrays()[key], arr, rtol=1e-4, atol=1e-5, err_msg=a.meta["name"])
+
+
+@pytest.mark.slow
 def test_ddp_shares_the_sampled_metrics_and_equals_one_process(tmp_path):
     single = _run(tmp_path / "single", "single", "--metrics")
     ranks = _run(tmp_path / "ddp", "ddp", "--metrics")

@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--probe", default="user", choices=["user", "train"])
     parser.add_argument("--fail-rank", type=int, default=-1)
     parser.add_argument("--metrics", action="store_true", help="final trace + average sharpness (sharded)")
+    parser.add_argument("--reliability", action="store_true", help="the reliability indicators (sharded)")
     args = parser.parse_args()
     os.environ["LL_FAIL_RANK"] = str(args.fail_rank)
     warnings.filterwarnings("ignore")
@@ -100,6 +101,7 @@ def main() -> None:
         metrics=None,
         final_metrics={"trace": {"samples": 8}, "average": {"samples": 8}} if args.metrics else None,
         probe_dataloader=loader(16, 8, seed=5) if args.probe == "user" else None,
+        reliability=args.reliability,
     )
     trainer = pl.Trainer(
         default_root_dir=str(out),
