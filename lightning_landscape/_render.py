@@ -92,7 +92,8 @@ class _Job:
 
     def __init__(self, sink: ImageSink, tag: str, step: int, build: Callable[..., Figure], args, kwargs):
         self.sink, self.tag, self.step = sink, tag, step
-        self.build, self.args, self.kwargs = build, args, kwargs
+        self.build: Callable[..., Figure] | None = build
+        self.args, self.kwargs = args, kwargs
         self.formats = _checked_formats(sink.figure_formats)  # read on the caller's thread
         self.rendered: RenderedFigure | None = None
         self.error: BaseException | None = None
@@ -101,6 +102,7 @@ class _Job:
     def run(self) -> None:
         try:
             build, args, kwargs = self.build, self.args, self.kwargs
+            assert build is not None  # run() runs once, before the references are dropped
             self.rendered = render_figure(lambda: build(*args, **kwargs), self.formats)
         except Exception as err:  # reported at drain, never raised into training
             self.error = err
