@@ -233,7 +233,7 @@ def loss_line(
     direction: Direction,
     resolution: int = 41,
     span: float | tuple[float, float] = 1.0,
-    alphas: Sequence[float] | None = None,
+    alphas: Sequence[float] | np.ndarray | None = None,
     params: Sequence[Tensor] | None = None,
     *,
     shard: PointShard | None = None,
