@@ -90,7 +90,15 @@ class ImageSink(Protocol):
 class _Job:
     __slots__ = ("args", "build", "done", "error", "formats", "kwargs", "rendered", "sink", "step", "tag")
 
-    def __init__(self, sink: ImageSink, tag: str, step: int, build: Callable[..., Figure], args, kwargs):
+    def __init__(
+        self,
+        sink: ImageSink,
+        tag: str,
+        step: int,
+        build: Callable[..., Figure],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
         self.sink, self.tag, self.step = sink, tag, step
         self.build: Callable[..., Figure] | None = build
         self.args, self.kwargs = args, kwargs
@@ -107,7 +115,7 @@ class _Job:
         except Exception as err:  # reported at drain, never raised into training
             self.error = err
         finally:
-            self.build = self.args = self.kwargs = None  # free the records as soon as possible
+            self.build, self.args, self.kwargs = None, (), {}  # free the records as soon as possible
             self.done.set()
 
 
