@@ -470,7 +470,7 @@ def distance_figure(
         ax.axhline(first["centre_loss"] + first["threshold"], color="grey", lw=0.8, ls="-.",
                    label="basin threshold")  # fmt: skip
     ax.set_xscale("log")
-    values = np.concatenate([np.asarray(r.losses, np.float64).ravel() for r in records]) if records else np.zeros(0)
+    values = np.concatenate([np.zeros(0), *(np.asarray(r.losses, np.float64).ravel() for r in records)])
     values = np.asarray(values)[np.isfinite(values)]
     if values.size and values.min() > 0:
         ax.set_yscale("log")  # the loss spans decades over four decades of distance
