@@ -21,16 +21,18 @@ demo: $(STAMP)  ## SGD vs SAM on digits, landscapes to lightning_logs/
 study: $(STAMP)  ## ViT on digits, AdamW vs SAM, weight-decay sweep, 3 seeds: figures + REPORT.md in lightning_logs/vit/
 	$(PY) examples/vit_adamw_vs_sam.py $(ARGS)
 
-test: $(STAMP)  ## lint + the whole suite, slow multi-process tests included
+test: $(STAMP)  ## lint + type check + the whole suite, slow multi-process tests included
 	$(VENV)/bin/ruff check lightning_landscape tests examples benchmarks scripts
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q $(ARGS)
 
 test-fast: $(STAMP)  ## the suite without the slow multi-process tests
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff + mypy (files and settings: [tool.mypy] in pyproject.toml)
 	$(VENV)/bin/ruff check lightning_landscape tests examples benchmarks scripts
 	$(VENV)/bin/ruff format --check lightning_landscape
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)  ## benchmarks: tables and ratios (README "Performance"); baselines in benchmarks/.env
 	$(PY) benchmarks/bench_floor.py
@@ -43,4 +45,4 @@ tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir lightning_logs
 
 clean:
-	rm -rf $(VENV) lightning_logs .pytest_cache
+	rm -rf $(VENV) lightning_logs .pytest_cache .mypy_cache

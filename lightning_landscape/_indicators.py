@@ -126,10 +126,11 @@ class Indicators:
         """:func:`landscape_reliability` of ``surface`` with what the landscape knows."""
         noise = surface.meta.get("probe_noise")
         noise = float(noise) if isinstance(noise, (int, float)) and math.isfinite(noise) else None
-        times: list[float] | None = [float(s) for s in (*steps, step)]
-        fits = pca is not None and len(times) == pca.coords.shape[0] + 1
-        if not fits or np.any(np.diff(times) < 0) or times[-1] <= times[0]:
-            times = None  # the random-walk baseline then assumes evenly spaced snapshots
+        given = [float(s) for s in (*steps, step)]
+        fits = pca is not None and len(given) == pca.coords.shape[0] + 1
+        # Otherwise the random-walk baseline assumes evenly spaced snapshots.
+        ordered = fits and not np.any(np.diff(given) < 0) and given[-1] > given[0]
+        times: list[float] | None = given if ordered else None
         settings = self.settings_for(stage, metrics)
         return landscape_reliability(
             model, loss_fn, batches, plane, surface, params=params, pca=pca,

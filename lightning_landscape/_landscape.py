@@ -23,7 +23,7 @@ from lightning_landscape._publish import Warnings, record_name
 from lightning_landscape._reliability_step import ReliabilitySteps, _copy
 from lightning_landscape._schedule import Plan
 from lightning_landscape.distributed import agree, point_shard
-from lightning_landscape.functional.bn import landscape_buffers
+from lightning_landscape.functional.bn import BNMode, landscape_buffers
 from lightning_landscape.functional.curvature import hessian_directions
 from lightning_landscape.functional.directions import filter_normalized_directions
 from lightning_landscape.functional.params import Direction, LossFn, flatten, unflatten
@@ -57,7 +57,10 @@ def _norm(params: Sequence[Tensor]) -> float:
     """The weights' Euclidean norm: the unit of the distance scan along unit-vector directions (a
     filter-normalized direction has about this norm, so both planes scan the same distances)."""
     with torch.no_grad():
-        return float(torch.sqrt(sum(p.detach().double().square().sum() for p in params))) or 1.0
+        total = torch.zeros((), dtype=torch.float64)
+        for p in params:
+            total = total + p.detach().double().square().sum().cpu()
+        return float(torch.sqrt(total)) or 1.0
 
 
 def fingerprint(model: nn.Module, params: Sequence[Tensor]) -> Tensor:
@@ -134,7 +137,7 @@ class LandscapeBuilder(ReliabilitySteps):
         self.start_buffers: dict[str, Tensor] | None = None  # the initial model's floating-point buffers
         self._latest: _Latest | None = None
         self.progress: LandscapeProgress | None = None  # of the landscape being evaluated (compute)
-        self._drawn: _Drawn | None = None
+        self._drawn: _Drawn | None = None  # type: ignore[assignment]  # (declared None in the mixin)
 
     def reset(self) -> None:
         self._latest = None
@@ -352,18 +355,23 @@ class LandscapeBuilder(ReliabilitySteps):
             common["reduced_by_max_overhead"] = True
 
         self.part = "the surface"
-        plane_bn = "recompute" if self.bn == "recompute" else "keep"
+        plane_bn: BNMode = "recompute" if self.bn == "recompute" else "keep"
         surface_metric = metric if stage == "final" else None
-        named = {"metric_fn": surface_metric, "metric_name": self.metric_name if surface_metric else None}
+        metric_name = self.metric_name if surface_metric else None
         old_surface = earlier.surface if earlier is not None and earlier.plane_key == key else None
         same_grid = old_surface is not None and old_surface.losses.shape[0] == plan.resolution
-        if same_grid and (surface_metric is None or old_surface.metrics is not None):  # same plane, grid
-            surface = _copy(old_surface)
+        if (
+            old_surface is not None
+            and same_grid
+            and (surface_metric is None or old_surface.metrics is not None)
+        ):
+            surface = _copy(old_surface)  # same plane, same grid
             surface.path = plane.path
         else:
             surface = loss_surface(
                 model, loss_fn, batches, (d1, d2), resolution=plan.resolution, span=plane.span,
-                params=params, shard=shard, engine=self.engine, bn=plane_bn, **named,
+                params=params, shard=shard, engine=self.engine, bn=plane_bn, metric_fn=surface_metric,
+                metric_name=metric_name,
                 progress=self._part(plan.resolution**2),
             )  # fmt: skip
             surface.path = plane.path
@@ -417,10 +425,10 @@ class LandscapeBuilder(ReliabilitySteps):
         """The progress hook of one evaluation of ``points`` points (None outside :meth:`compute`)."""
         return self.progress.part(points) if self.progress is not None else None
 
-    def _line_bn(self, model: nn.Module) -> tuple[str, dict[str, Tensor] | None]:
+    def _line_bn(self, model: nn.Module) -> tuple[BNMode, dict[str, Tensor] | None]:
         """The interpolation line's BatchNorm mode and the initial buffers it needs."""
-        if self.bn in ("keep", "recompute"):
-            return self.bn, None
+        if self.bn == "keep" or self.bn == "recompute":
+            return ("keep" if self.bn == "keep" else "recompute"), None
         if not landscape_buffers(model):
             return "keep", None  # nothing to interpolate
         if self.start_buffers is None:  # a checkpoint of an older version: no initial statistics

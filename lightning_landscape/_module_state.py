@@ -41,7 +41,19 @@ from torch import Tensor, nn
 
 __all__ = ["ModuleStateGuard", "ModuleStateKeeper", "UnrestorableStateError", "preserved_module_state"]
 
-_IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, tuple, frozenset, range, torch.dtype)
+_IMMUTABLE: tuple[type, ...] = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    tuple,
+    frozenset,
+    range,
+    torch.dtype,
+)
 _IMMUTABLE += (torch.device, torch.Size, enum.Enum, type)
 _CALLABLES = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, functools.partial)
 _RNGS = (torch.Generator, np.random.Generator, np.random.RandomState, random.Random)

@@ -90,9 +90,18 @@ class ImageSink(Protocol):
 class _Job:
     __slots__ = ("args", "build", "done", "error", "formats", "kwargs", "rendered", "sink", "step", "tag")
 
-    def __init__(self, sink: ImageSink, tag: str, step: int, build: Callable[..., Figure], args, kwargs):
+    def __init__(
+        self,
+        sink: ImageSink,
+        tag: str,
+        step: int,
+        build: Callable[..., Figure],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
         self.sink, self.tag, self.step = sink, tag, step
-        self.build, self.args, self.kwargs = build, args, kwargs
+        self.build: Callable[..., Figure] | None = build
+        self.args, self.kwargs = args, kwargs
         self.formats = _checked_formats(sink.figure_formats)  # read on the caller's thread
         self.rendered: RenderedFigure | None = None
         self.error: BaseException | None = None
@@ -101,11 +110,12 @@ class _Job:
     def run(self) -> None:
         try:
             build, args, kwargs = self.build, self.args, self.kwargs
+            assert build is not None  # run() runs once, before the references are dropped
             self.rendered = render_figure(lambda: build(*args, **kwargs), self.formats)
         except Exception as err:  # reported at drain, never raised into training
             self.error = err
         finally:
-            self.build = self.args = self.kwargs = None  # free the records as soon as possible
+            self.build, self.args, self.kwargs = None, (), {}  # free the records as soon as possible
             self.done.set()
 
 

@@ -127,7 +127,7 @@ def choice(name: str, value: Any, choices: Sequence[T]) -> T:
         ok = False
     if not ok:
         raise _fail(name, f"one of {tuple(choices)}", value)
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def callable_arg(name: str, value: Any, signature: str, allow_none: bool = True) -> Any:

@@ -249,7 +249,7 @@ class LossLandscapeCallback(Callback):
         self.log_figures = check.boolean("log_figures", log_figures)
         self.name = check.name_arg("name", name)
         if isinstance(snapshot_dtype, str):  # a name, as a config file gives it
-            snapshot_dtype = _DTYPE_NAMES.get(snapshot_dtype.removeprefix("torch."), snapshot_dtype)  # type: ignore[assignment]
+            snapshot_dtype = _DTYPE_NAMES.get(snapshot_dtype.removeprefix("torch."), snapshot_dtype)
         self.snapshot_dtype = check.choice("snapshot_dtype", snapshot_dtype, _SNAPSHOT_DTYPES)
         self.snapshot_budget_bytes = check.positive_int(
             "snapshot_budget_bytes", snapshot_budget_bytes, allow_none=True
@@ -265,7 +265,7 @@ class LossLandscapeCallback(Callback):
         self.save_weights = check.boolean("save_weights", save_weights)
         if isinstance(save_weights_dtype, str):
             named = _DTYPE_NAMES.get(save_weights_dtype.removeprefix("torch."))
-            save_weights_dtype = named or save_weights_dtype  # type: ignore[assignment]
+            save_weights_dtype = named or save_weights_dtype
         self.save_weights_dtype = check.choice("save_weights_dtype", save_weights_dtype, _SNAPSHOT_DTYPES)
         self.save_weights_max_bytes = check.positive_int(
             "save_weights_max_bytes", save_weights_max_bytes, allow_none=True

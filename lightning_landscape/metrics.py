@@ -49,7 +49,7 @@ __all__ = [
     "resolve_metrics",
 ]
 
-METRICS = {
+METRICS: dict[str, Any] = {  # name -> function(model, loss_fn, batches, params=..., **options)
     "eigenvalues": hessian_eigenvalues,
     "trace": hessian_trace,
     "sam": sam_sharpness,

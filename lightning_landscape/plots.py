@@ -173,7 +173,14 @@ def line_figure(
     if measured:  # a metric_fn beside the loss (accuracy, say): dashed, on its own axis
         twin = ax.twinx()
         for i, (rec, _) in enumerate(measured):
-            twin.plot(rec.alphas, np.ma.masked_invalid(rec.metrics), "--", lw=1.2, color=f"C{i}", alpha=0.8)
+            twin.plot(
+                rec.alphas,
+                np.ma.masked_invalid(np.asarray(rec.metrics)),
+                "--",
+                lw=1.2,
+                color=f"C{i}",
+                alpha=0.8,
+            )
         twin.set_ylabel(f"{measured[0][0].meta.get('metric_name') or 'metric'} (dashed)")
     meta = records[0].meta if records else {}
     ax.set_title(title or _title(meta, "loss along lines"), fontsize=10)
@@ -476,7 +483,7 @@ def distance_figure(
         ax.axhline(first["centre_loss"] + first["threshold"], color="grey", lw=0.8, ls="-.",
                    label="basin threshold")  # fmt: skip
     ax.set_xscale("log")
-    values = np.concatenate([np.asarray(r.losses, np.float64).ravel() for r in records]) if records else []
+    values = np.concatenate([np.zeros(0), *(np.asarray(r.losses, np.float64).ravel() for r in records)])
     values = np.asarray(values)[np.isfinite(values)]
     if values.size and values.min() > 0:
         ax.set_yscale("log")  # the loss spans decades over four decades of distance

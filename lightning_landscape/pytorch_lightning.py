@@ -23,7 +23,10 @@ from lightning_landscape.callback import LossLandscapeCallback as _LossLandscape
 __all__ = ["LossLandscapeCallback"]
 
 
-class LossLandscapeCallback(_LossLandscapeCallback, _pl.Callback):
+# The two bases are copies of one class under two package names, so mypy sees every hook defined twice with
+# "incompatible" signatures (each names its own namespace's Trainer/LightningModule types). They are the same
+# methods at runtime; the [misc] ignore covers only that duplicate-definition report.
+class LossLandscapeCallback(_LossLandscapeCallback, _pl.Callback):  # type: ignore[misc]
     """:class:`lightning_landscape.LossLandscapeCallback` as a ``pytorch_lightning.Callback`` too.
 
     Example::

@@ -263,7 +263,8 @@ def save_run_weights(
     }
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / ARRAYS, lambda fh: np.savez(fh, **arrays))
+    # numpy's stub types **kwds as possibly filling `allow_pickle: bool`; our keys are fixed array names.
+    _atomic_write(folder / ARRAYS, lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]
     text = json.dumps(manifest, indent=1).encode()
     _atomic_write(folder / MANIFEST, lambda fh: fh.write(text))
     return folder

@@ -220,6 +220,7 @@ class TensorBoardSink(MetricsSink):
     def image(self, tag: str, rendered: RenderedFigure, step: int) -> None:
         # The image add_figure makes of the same figure (Agg at the figure's 100 dpi), pixel for pixel.
         self.logger.experiment.add_image(tag, rendered.rgb, global_step=step, dataformats="HWC")
+
     def text(self, tag: str, markdown: str, step: int) -> None:
         self.logger.experiment.add_text(tag, markdown, global_step=step)
 

@@ -75,7 +75,7 @@ def shared_plane_figure(
         text = labels[i] + (f"\nloss {losses[i]:.3g}" if i < len(losses) and losses[i] is not None else "")
         ax.annotate(
             text,
-            xy,
+            (xy[0], xy[1]),
             xytext=(8, 6),
             textcoords="offset points",
             fontsize=8,

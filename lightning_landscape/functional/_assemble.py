@@ -136,5 +136,3 @@ def _evaluation_meta(batches: Sequence[Any], losses: np.ndarray) -> dict[str, in
         "probe_samples": probe_size(batches),
         "nonfinite": int((~np.isfinite(losses)).sum()),
     }
-
-

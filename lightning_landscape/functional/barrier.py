@@ -149,11 +149,11 @@ def barrier(
 
     def stack(key: str) -> np.ndarray | None:
         parts = [getattr(ends[0], key), getattr(middle, key), getattr(ends[1], key)]
-        return None if parts[0] is None else np.concatenate(parts)  # type: ignore[arg-type]
+        return None if parts[0] is None else np.concatenate(parts)
 
     ev = Evaluation(stack("losses"), stack("metrics"), middle.engine, middle.note)  # type: ignore[arg-type]
-    name = _metric_name(metric_fn, metric_name)
-    losses, per_batch, metrics, meta = _finish(ev, batches, (resolution,), bn, None, name)
+    metric_label = _metric_name(metric_fn, metric_name)
+    losses, per_batch, metrics, meta = _finish(ev, batches, (resolution,), bn, None, metric_label)
     meta["forward_passes"] += passes * len(batches)
     chord = (1 - alphas) * losses[0] + alphas * losses[-1]
     with np.errstate(invalid="ignore"):
@@ -166,7 +166,11 @@ def barrier(
         barrier_alpha=float(alphas[k]),
         endpoint_losses=[float(losses[0]), float(losses[-1])],
         endpoints=endpoints,
-        distance=float(torch.sqrt(sum((d.double() ** 2).sum() for d in direction)).item()),
+        distance=float(
+            torch.sqrt(
+                sum(((d.double() ** 2).sum() for d in direction), torch.zeros((), dtype=torch.float64))
+            ).item()
+        ),
     )
     if bn == "recompute":
         meta["bn_layers"] = len(BufferPlan.recompute(model).norms)

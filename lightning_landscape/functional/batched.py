@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -77,6 +77,7 @@ def _swapped_loss(
     module registered under two paths (``nn.Sequential(lin, act, lin)``) leaves its tied weight
     restored as a plain tensor. Buffers given in ``buffer_tensors`` are swapped the same way.
     """
+    swaps: list[tuple[dict[str, Any], str, Tensor]]
     swaps = [(module._parameters, attr, t) for slots, t in zip(owners, tensors) for module, attr in slots]
     swaps += [
         (module._buffers, attr, t)
@@ -86,7 +87,7 @@ def _swapped_loss(
     saved = [(store, attr, store[attr]) for store, attr, _ in swaps]
     try:
         for store, attr, t in swaps:
-            store[attr] = t  # type: ignore[assignment]
+            store[attr] = t
         loss = loss_fn(model, batch)
     finally:
         for store, attr, original in saved:
@@ -221,7 +222,8 @@ def evaluate_points_batched(
             torch.stack([d[i].reshape(-1) for d in buffers.directions]) for i in range(len(buffers.tensors))
         ]
     elif norms:
-        stats = [t for m in norms for t in (m.running_mean, m.running_var)]
+        # batch_norms() lists only layers that track running statistics: none of these is None.
+        stats = cast(list[Tensor], [t for m in norms for t in (m.running_mean, m.running_var)])
         buffer_slots = _slots(model, stats, "buffers")
     else:
         buffer_slots = []

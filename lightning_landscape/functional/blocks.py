@@ -125,8 +125,8 @@ def parameter_blocks(
         )
     out: dict[str, list[int]] = {}
     owner: dict[int, str] = {}
-    for name, members in groups.items():
-        chosen = sorted({index[id(p)] for p in members if id(p) in index})
+    for name, group in groups.items():
+        chosen = sorted({index[id(p)] for p in group if id(p) in index})
         if not chosen:
             raise ValueError(f"`blocks`: block {name!r} holds none of the parameters curvature is taken of")
         for i in chosen:

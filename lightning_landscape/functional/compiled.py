@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_landscape.functional.bn import BufferPlan, recompute_session, statistics_pass
-from lightning_landscape.functional.engine import checked_scalar
+from lightning_landscape.functional.engine import Engine, checked_scalar
 from lightning_landscape.functional.params import LossFn, WeightPerturbation
 
 __all__ = ["CompileFallbackWarning", "compile_settings", "compiled_loss", "evaluate_compiled"]
@@ -46,9 +46,9 @@ _SETTINGS: dict[str, Any] = {"backend": "inductor", "mode": None, "options": Non
 
 # One compiled function per model (weakly held: forgotten with the model). The compiled function does
 # not hold the model: the model and ``loss_fn`` are arguments, and dynamo's guards keep only ids.
-_COMPILED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], Callable[..., Tensor]]] = (
-    weakref.WeakKeyDictionary()
-)
+_COMPILED: weakref.WeakKeyDictionary[
+    nn.Module, tuple[tuple[Any, ...], Callable[..., tuple[Tensor, Tensor | None]]]
+] = weakref.WeakKeyDictionary()
 # Models that fell back to the loop (warned about once; later calls go straight to the loop).
 _CANNOT_COMPILE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
@@ -136,7 +136,7 @@ def evaluate_compiled(
     buffers: BufferPlan | None,
     metric_fn: LossFn | None,
     loop: Callable[[np.ndarray], Tensor],
-) -> tuple[Tensor, str, str | None]:
+) -> tuple[Tensor, Engine, str | None]:
     """The loop engine's points through the compiled evaluation of ``model``; ``loop`` if that fails.
 
     Same arguments and result layout as the loop engine of

@@ -251,7 +251,7 @@ def hutchinson_samples(
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     device: Any = None,
-    indices: Sequence[int] | None = None,
+    indices: Sequence[int] | np.ndarray | None = None,
 ) -> np.ndarray:
     """``z_i^T A z_i`` (float64) for the Rademacher probes ``z_i``, ``i`` in ``indices`` (default: all).
 

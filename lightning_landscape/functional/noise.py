@@ -84,6 +84,7 @@ def probe_noise(record: SurfaceRecord | LineRecord) -> ProbeNoise:
         >>> round(noise.relative, 6)   # 0.1 over a range of 4
         0.025
     """
-    if getattr(record, "batch_losses", None) is None:
+    batch_losses = getattr(record, "batch_losses", None)
+    if batch_losses is None:
         raise ValueError("`record` has no `batch_losses`: it was made without per-batch losses")
-    return probe_noise_of(record.batch_losses, record.losses)
+    return probe_noise_of(batch_losses, record.losses)

@@ -115,7 +115,7 @@ def snapshot_losses(
     loss_fn: LossFn,
     batches: Sequence[Any],
     snapshots: Tensor | Sequence[Tensor],
-    indices: Sequence[int] | None = None,
+    indices: Sequence[int] | np.ndarray | None = None,
     params: Sequence[Tensor] | None = None,
 ) -> np.ndarray:
     """The loss at each snapshot's own weights (flat vectors aligned with ``params``), one evaluation each.

@@ -56,6 +56,7 @@ class Plane:
         :class:`TrajectoryRecorder`'s buffer, parameters concatenated in order), or a sequence of
         weight lists aligned with the parameters.
         """
+        rows: list[Tensor | Sequence[Tensor]]
         rows = list(snapshots.unbind(0)) if isinstance(snapshots, Tensor) else list(snapshots)
         coords, dists = np.zeros((len(rows), 2)), np.zeros(len(rows))
         if not rows:
@@ -112,8 +113,8 @@ def plane_through(w0: Sequence[Tensor], w1: Sequence[Tensor], w2: Sequence[Tenso
         e1 = [t / a for t in u]
         r, b1 = v, 0.0
         for _ in range(2):
-            c = _dot(r, e1)
-            r, b1 = [t - c * e for t, e in zip(r, e1)], b1 + c
+            coef = _dot(r, e1)
+            r, b1 = [t - coef * e for t, e in zip(r, e1)], b1 + coef
         b2 = _dot(r, r) ** 0.5
         if b2 <= 1e-6 * max(a, _dot(v, v) ** 0.5):  # float32 rounding is ~1e-7
             raise ValueError("`w0`, `w1`, `w2` are (nearly) collinear: they do not span a plane")
@@ -242,8 +243,8 @@ def shared_plane_surface(
         buffers=plan,
         metric_fn=metric_fn,
     )
-    name = _metric_name(metric_fn, metric_name)
-    losses, per_batch, metrics, meta = _finish(ev, batches, (len(coords),), bn, plan, name)
+    metric_label = _metric_name(metric_fn, metric_name)
+    losses, per_batch, metrics, meta = _finish(ev, batches, (len(coords),), bn, plan, metric_label)
     n = resolution * resolution
     meta.update(
         directions="shared_plane",

@@ -382,6 +382,7 @@ def landscape_reliability(
     params = [p for _, p in landscape_parameters(model)] if params is None else list(params)
     on_grid = 0.0 in set(np.asarray(surface.xs).tolist()) and 0.0 in set(np.asarray(surface.ys).tolist())
     centre = surface.centre_loss if on_grid else evaluate_loss(model, loss_fn, batches)
+    common: dict[str, Any]
     common = {"delta": st.delta, "relative": st.relative, "min_delta": st.min_delta, "centre_loss": centre}
     common.update(params=params, shard=shard, engine=engine)
     sens = None

@@ -64,7 +64,9 @@ def basin_threshold(
     return max(float(delta) * abs(float(centre_loss)), float(min_delta))
 
 
-def crossing_distance(distances: Sequence[float], rises: Sequence[float], threshold: float) -> float:
+def crossing_distance(
+    distances: Sequence[float] | np.ndarray, rises: Sequence[float] | np.ndarray, threshold: float
+) -> float:
     """The first distance at which ``rises`` (loss minus centre loss, at increasing ``distances > 0``)
     reaches ``threshold``; ``inf`` if it never does (the basin is wider than the last distance).
 

@@ -129,7 +129,9 @@ def loss_gradient(
 
 
 def _norm(tensors: Sequence[Tensor]) -> float:
-    return float(torch.sqrt(sum((t.double() ** 2).sum() for t in tensors)))
+    return float(
+        torch.sqrt(sum(((t.double() ** 2).sum() for t in tensors), torch.zeros((), dtype=torch.float64)))
+    )
 
 
 def sam_sharpness(

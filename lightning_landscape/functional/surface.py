@@ -233,7 +233,7 @@ def loss_line(
     direction: Direction,
     resolution: int = 41,
     span: float | tuple[float, float] = 1.0,
-    alphas: Sequence[float] | None = None,
+    alphas: Sequence[float] | np.ndarray | None = None,
     params: Sequence[Tensor] | None = None,
     *,
     shard: PointShard | None = None,
@@ -371,5 +371,9 @@ def interpolation_line(
     )
     name = _metric_name(metric_fn, metric_name)
     losses, per_batch, metrics, meta = _finish(ev, batches, (len(alphas),), bn, plan, name)
-    meta["distance"] = float(torch.sqrt(sum((d.double() ** 2).sum() for d in direction)).item())
+    meta["distance"] = float(
+        torch.sqrt(
+            sum(((d.double() ** 2).sum() for d in direction), torch.zeros((), dtype=torch.float64))
+        ).item()
+    )
     return LineRecord(alphas=alphas, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)

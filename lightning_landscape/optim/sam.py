@@ -7,7 +7,7 @@ import functools
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -260,7 +260,7 @@ class SAM(Optimizer):
     def _base_step(self) -> None:
         self.base_optimizer.step()
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One SAM step. ``closure`` must zero the gradients, compute the loss, backward, return the loss.
 
         Returns the loss at ``w`` (the first closure evaluation).
@@ -271,7 +271,9 @@ class SAM(Optimizer):
             and len(closure.args) == 3
             and _is_lightning_module(closure.args[0])
         )
-        inner: Any = closure.args[2] if lightning_closure else closure  # type: ignore[union-attr]
+        # Read only where ``lightning_closure`` holds (a flag that mypy cannot narrow through).
+        wrapped = cast("functools.partial[Any]", closure)
+        inner: Any = wrapped.args[2] if lightning_closure else closure
         if closure is None or inner is None or _is_do_nothing(inner):
             if not self._sam["manual_pending"]:
                 raise RuntimeError(_NO_CLOSURE_MSG)
@@ -282,7 +284,7 @@ class SAM(Optimizer):
             self._base_step()
             return None
 
-        lightning_module = closure.args[0] if lightning_closure else _find_lightning_module(closure)  # type: ignore[union-attr]
+        lightning_module = wrapped.args[0] if lightning_closure else _find_lightning_module(closure)
         own_module = self._module_ref() if self._module_ref is not None else None
         if lightning_module is None and own_module is not None and _is_lightning_module(own_module):
             lightning_module = own_module
@@ -335,7 +337,7 @@ class SAM(Optimizer):
 
             with _frozen_norm_stats(bn_module), torch.enable_grad():
                 if lightning_closure:
-                    closure.func(closure.args[0], closure.args[1], silent_inner, **closure.keywords)  # type: ignore[union-attr]
+                    wrapped.func(wrapped.args[0], wrapped.args[1], silent_inner, **wrapped.keywords)
                 else:
                     silent_inner()
         finally:
