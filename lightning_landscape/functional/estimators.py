@@ -103,6 +103,7 @@ def _kept(theta: np.ndarray, k: int, which: Which, keep: int) -> list[int]:
 
 
 _CHUNK = 1 << 16  # elements multiplied at a time by `precise_dot` on the CPU
+_SMALL = 1 << 21  # basis elements up to which reorthogonalization stacks the basis (a float64 copy)
 
 
 def precise_dot(x: Tensor, y: Tensor) -> Tensor:
@@ -117,6 +118,8 @@ def precise_dot(x: Tensor, y: Tensor) -> Tensor:
         return torch.dot(x, y)
     if x.device.type != "cpu":
         return torch.dot(x, y).double()
+    if x.numel() <= _CHUNK:
+        return torch.dot(x.double(), y.double())
     total = torch.zeros((), dtype=torch.float64)
     for start in range(0, x.numel(), _CHUNK):
         total += torch.mul(x[start : start + _CHUNK], y[start : start + _CHUNK]).sum(dtype=torch.float64)
@@ -127,6 +130,13 @@ def _orthogonalize(w: Tensor, basis: list[Tensor]) -> Tensor:
     """Remove from ``w`` (in place) its components along the orthonormal ``basis``, twice (CGS2); return
     the summed coefficients ``V^T w`` (on the device, no host sync)."""
     total = torch.zeros(len(basis), dtype=torch.float64, device=w.device)
+    if len(basis) * w.numel() <= _SMALL:  # a small basis: one float64 matrix product per pass is fastest
+        v64 = torch.stack(basis).double()
+        for _ in range(2):
+            coeffs = v64 @ w.double()
+            w -= (coeffs @ v64).to(w.dtype)
+            total += coeffs
+        return total
     for _ in range(2):
         coeffs = torch.stack([precise_dot(v, w) for v in basis])
         for v, c in zip(basis, coeffs.neg().to(w.dtype).unbind()):

@@ -215,9 +215,10 @@ class HessianOperator:
     def _product(self, index: Sequence[int], vector: Tensor) -> Tensor:
         """``(H v)`` on the parameters ``index`` for ``v`` zero outside them (``vector`` holds their part)."""
         chosen = [self.params[i] for i in index]
-        pieces = unflatten(vector, chosen)
+        sizes, shapes = [p.numel() for p in chosen], [p.shape for p in chosen]
+        pieces = [c.view(sh).to(p.dtype) for c, sh, p in zip(vector.split(sizes), shapes, chosen)]
         out = torch.zeros(vector.numel(), dtype=self.dtype, device=self.device)
-        views = unflatten(out, chosen, dtype=self.dtype)  # views of `out` (same dtype: no copy)
+        views = [c.view(sh) for c, sh in zip(out.split(sizes), shapes)]  # views of `out`: no copy
         for b, batch in enumerate(self.batches):
             # Without reuse_graph, the batch's graph is rebuilt here and freed after its product.
             grads = self._graphs[b] if self.reuse_graph else self._gradient(batch)[1]
