@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -157,10 +156,6 @@ def bench_size(model: nn.Module, batch, args: argparse.Namespace, PyHessian) -> 
             f"(speed-up {s_theirs / s_ours:.1f}x); a 1e-2 relative standard error takes about {need} probes "
             f"on this model (trace {tr.trace:.4g} +- {tr.stderr:.2g})"
         )
-    print(
-        f"\nload average at the end {os.getloadavg()[0]:.1f}; our runs' errors, tolerances:",
-        np.array(OUR_TOLS),
-    )
 
 
 if __name__ == "__main__":
