@@ -9,7 +9,10 @@ phase; the figures printed are the growth over the baseline.
 2. Lanczos (``--what lanczos``): ``hessian_eigenvalues(which="both", max_iter=--steps)`` run to the last
    step on an MLP of ``--lanczos-params`` parameters (float32, 4 probe batches of 64), as a multiple of
    the parameters' own memory: the code of commit 5087733 (a ``max_iter x P`` basis allocated up front)
-   against the bounded basis for several ``max_basis``.
+   against the bounded basis, with its default budget and for several ``--max-basis``.
+
+   Measured (2-core CPU, 8.0M parameters, float32, 4 probe batches of 64): commit 5087733 61.6x
+   (1880 MiB); default (6 vectors) 9.6x; max_basis 8: 11.6x, 10: 13.6x, 16: 19.6x, 50 (no restart): 53.6x.
 
     PYTHONPATH=. python benchmarks/memory.py [--what all] [--params 4000000] [--events 400]
         [--budget-mib 64] [--lanczos-params 8000000] [--steps 50]
@@ -139,6 +142,7 @@ def lanczos_table(args: argparse.Namespace) -> None:
         f"{'code':34} {'P':>10} {'peak extra MiB':>14} {'x parameters':>12} {'steps':>5} {'lambda_max':>11}"
     )
     configs = [("commit 5087733 (max_iter x P basis)", {"code": "old"})]
+    configs.append(("bounded, default max_basis", {"code": "new", "max_basis": None}))
     configs += [(f"bounded, max_basis={m}", {"code": "new", "max_basis": m}) for m in args.max_basis]
     for label, extra in configs:
         cfg = {"width": width, "steps": args.steps, "commit": "5087733", **extra}
@@ -173,7 +177,7 @@ def main() -> None:
     parser.add_argument("--what", choices=("all", "snapshots", "lanczos"), default="all")
     parser.add_argument("--lanczos-params", type=int, default=8_000_000)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--max-basis", type=int, nargs="+", default=[50, 16, 10, 8, 6])
+    parser.add_argument("--max-basis", type=int, nargs="*", default=[16, 10])
     args = parser.parse_args()
     if args.what in ("all", "lanczos"):
         lanczos_table(args)

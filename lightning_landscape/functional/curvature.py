@@ -164,9 +164,10 @@ def hessian_eigenvalues(
         params: the parameters (default: trainable floating-point ones); each must require grad.
         return_eigenvectors: also return unit eigenvectors as directions.
         reuse_graph: keep each batch's gradient graph across products (faster; more memory).
-        max_basis: most Lanczos vectors held at once (default 8, more for large ``k``): memory is
-            about ``max_basis + 2`` parameter-sized vectors however large ``max_iter`` is, by thick
-            restarts once the basis is full. ``max_basis >= max_iter`` is plain Lanczos.
+        max_basis: most Lanczos vectors held at once: memory is about ``max_basis + 3``
+            parameter-sized vectors however large ``max_iter`` is, by thick restarts once the basis is
+            full. Default: as many as fit in 64 MiB, at least 6 (so small models never restart).
+            ``max_basis >= max_iter`` is plain Lanczos.
 
     Returns:
         A :class:`HessianEigenvalues`; NaN values and a ``RuntimeWarning`` if the loss at ``w`` is not finite.

@@ -78,7 +78,17 @@ def check_lanczos_args(k: int, which: Any, max_iter: int, tol: float) -> None:
     check_positive("tol", tol)
 
 
-DEFAULT_MAX_BASIS = 8
+# The default basis budget: as many vectors as fit in BASIS_BYTES, and never fewer than MIN_BASIS. Small
+# problems (up to 2M float32 parameters) keep every vector (plain Lanczos, the fewest products); large ones
+# hold MIN_BASIS vectors, so a Lanczos run needs about MIN_BASIS + 3 parameter-sized vectors in all.
+BASIS_BYTES = 1 << 26
+MIN_BASIS = 6
+
+
+def default_max_basis(n: int, dtype: torch.dtype, wanted: int = 1) -> int:
+    """The basis budget used when ``max_basis`` is not given (see :data:`BASIS_BYTES`, :data:`MIN_BASIS`)."""
+    per_vector = n * torch.empty((), dtype=dtype).element_size()
+    return max(MIN_BASIS, 2 * wanted + 2, BASIS_BYTES // max(per_vector, 1))
 
 
 def _kept(theta: np.ndarray, k: int, which: Which, keep: int) -> list[int]:
@@ -92,13 +102,44 @@ def _kept(theta: np.ndarray, k: int, which: Which, keep: int) -> list[int]:
     return list(range(low)) + list(range(m - (keep - low), m))
 
 
+_CHUNK = 1 << 16  # elements multiplied at a time by `precise_dot` on the CPU
+_SMALL = 1 << 21  # basis elements up to which reorthogonalization stacks the basis (a float64 copy)
+
+
+def precise_dot(x: Tensor, y: Tensor) -> Tensor:
+    """``x . y`` as a float64 0-d tensor on the device, accurate to about 1e-8 relative for float32 vectors.
+
+    A float32 ``torch.dot`` (BLAS) or ``vector_norm`` of millions of elements on the CPU is off by 1e-6 to
+    1e-4 of ``|x| |y|``, enough to spoil orthogonality and Ritz values; so there the products are summed
+    in float64, a block at a time (no copy of the vectors). On GPUs the float32 dot is a tree reduction,
+    accurate enough; float64 vectors use the plain dot.
+    """
+    if x.dtype == torch.float64:
+        return torch.dot(x, y)
+    if x.device.type != "cpu":
+        return torch.dot(x, y).double()
+    if x.numel() <= _CHUNK:
+        return torch.dot(x.double(), y.double())
+    total = torch.zeros((), dtype=torch.float64)
+    for start in range(0, x.numel(), _CHUNK):
+        total += torch.mul(x[start : start + _CHUNK], y[start : start + _CHUNK]).sum(dtype=torch.float64)
+    return total
+
+
 def _orthogonalize(w: Tensor, basis: list[Tensor]) -> Tensor:
     """Remove from ``w`` (in place) its components along the orthonormal ``basis``, twice (CGS2); return
     the summed coefficients ``V^T w`` (on the device, no host sync)."""
-    total = torch.zeros(len(basis), dtype=w.dtype, device=w.device)
+    total = torch.zeros(len(basis), dtype=torch.float64, device=w.device)
+    if len(basis) * w.numel() <= _SMALL:  # a small basis: one float64 matrix product per pass is fastest
+        v64 = torch.stack(basis).double()
+        for _ in range(2):
+            coeffs = v64 @ w.double()
+            w -= (coeffs @ v64).to(w.dtype)
+            total += coeffs
+        return total
     for _ in range(2):
-        coeffs = torch.stack([torch.dot(v, w) for v in basis])
-        for v, c in zip(basis, coeffs.neg().unbind()):
+        coeffs = torch.stack([precise_dot(v, w) for v in basis])
+        for v, c in zip(basis, coeffs.neg().to(w.dtype).unbind()):
             w.addcmul_(v, c)  # no temporary vector, no host sync
         total += coeffs
     return total
@@ -139,7 +180,7 @@ def lanczos(
     The basis grows one vector per product and is kept orthonormal (classical Gram-Schmidt, twice,
     against every basis vector). When it holds ``max_basis`` vectors, it restarts (Wu & Simon, 2000):
     the Ritz vectors nearest the wanted end(s) of the spectrum are kept, with the last residual vector,
-    and the iteration goes on from there. So memory is ``max_basis + 2`` vectors whatever ``max_iter``
+    and the iteration goes on from there. So memory is ``max_basis + 1`` vectors whatever ``max_iter``
     is, while the wanted Ritz pairs keep improving. The projected matrix is float64. The residual of a
     Ritz pair ``(theta, y = V s)`` is ``|beta s_last|``. Iteration stops when the wanted pairs' residuals
     are at most ``tol`` times the largest Ritz value in magnitude, when the Krylov space becomes
@@ -147,8 +188,10 @@ def lanczos(
     generator seeded with ``seed``. One host synchronization per product.
 
     Args:
-        max_basis: most basis vectors kept (default :data:`DEFAULT_MAX_BASIS`, at least enough for the
-            wanted pairs); ``max_basis >= max_iter`` never restarts (plain Lanczos).
+        max_basis: most basis vectors held (at least the number of wanted pairs + 2). Default: as many
+            as fit in 64 MiB, at least 6 (:func:`default_max_basis`). ``max_basis >= max_iter`` never
+            restarts (plain Lanczos, the fewest products; thick restarts need more of them to resolve an
+            end of the spectrum that lies in a dense bulk, typically ``lambda_min`` of a trained network).
 
     Example::
 
@@ -161,7 +204,7 @@ def lanczos(
     check_lanczos_args(k, which, max_iter, tol)
     count = min(k, n) * (2 if which == "both" else 1)
     if max_basis is None:
-        max_basis = max(DEFAULT_MAX_BASIS, 2 * count + 2)
+        max_basis = default_max_basis(n, dtype, count)
     check_int("max_basis", max_basis, count + 2)
     cap = min(max_basis, n)
     keep = max(count, (cap - 1) // 2)  # Ritz vectors kept at a restart: room for (cap - 1 - keep) new ones
@@ -180,8 +223,9 @@ def lanczos(
         if w.data_ptr() == basis[j].data_ptr():
             w = w.clone()  # an operator that returned its input: do not orthogonalize the basis away
         iterations += 1
-        coeffs = _orthogonalize(w, basis)
-        alpha, beta = torch.stack([coeffs[j], torch.linalg.vector_norm(w)]).double().tolist()
+        alpha_t = precise_dot(w, basis[j])
+        _orthogonalize(w, basis)
+        alpha, beta = torch.stack([alpha_t, precise_dot(w, w).sqrt()]).tolist()  # the one host sync
         if not (math.isfinite(alpha) and math.isfinite(beta)):
             raise NonFiniteError("a product with the operator is not finite")
         t[j, j] = alpha
@@ -266,7 +310,7 @@ def hutchinson_samples(
         z = rademacher(n, gen)
         if i in wanted:
             z = z.to(device=device, dtype=dtype)
-            values.append(torch.dot(matvec(z).to(dtype).double(), z.double()))
+            values.append(precise_dot(matvec(z).to(dtype), z))
     out = torch.stack(values).cpu().numpy() if values else np.zeros(0)  # one host sync for all probes
     if not np.isfinite(out).all():
         raise NonFiniteError("a product with the operator is not finite")

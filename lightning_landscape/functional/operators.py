@@ -138,8 +138,12 @@ def _release(grads: Sequence[Tensor | None], saved: set[int]) -> None:
     ``g`` are never read, unless a node of that graph saved them (then they are kept). Storage resized
     to zero, as FSDP does with its unsharded parameters; the tensors keep their shape for autograd.
     """
+    if -1 in saved:
+        return
     for g in grads:
-        if g is not None and g.untyped_storage().data_ptr() not in saved:
+        if g is None or g.layout != torch.strided or type(g) is not Tensor:
+            continue
+        if g.untyped_storage().data_ptr() not in saved:
             g.untyped_storage().resize_(0)
 
 
@@ -202,7 +206,10 @@ class HessianOperator:
         saved: set[int] = set()
 
         def pack(t: Tensor) -> Tensor:
-            saved.add(t.untyped_storage().data_ptr())
+            try:
+                saved.add(t.untyped_storage().data_ptr())
+            except (RuntimeError, NotImplementedError):  # no plain storage (sparse, some subclasses)
+                saved.add(-1)  # unknown: keep every gradient (see _release)
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -215,9 +222,10 @@ class HessianOperator:
     def _product(self, index: Sequence[int], vector: Tensor) -> Tensor:
         """``(H v)`` on the parameters ``index`` for ``v`` zero outside them (``vector`` holds their part)."""
         chosen = [self.params[i] for i in index]
-        pieces = unflatten(vector, chosen)
+        sizes, shapes = [p.numel() for p in chosen], [p.shape for p in chosen]
+        pieces = [c.view(sh).to(p.dtype) for c, sh, p in zip(vector.split(sizes), shapes, chosen)]
         out = torch.zeros(vector.numel(), dtype=self.dtype, device=self.device)
-        views = unflatten(out, chosen, dtype=self.dtype)  # views of `out` (same dtype: no copy)
+        views = [c.view(sh) for c, sh in zip(out.split(sizes), shapes)]  # views of `out`: no copy
         for b, batch in enumerate(self.batches):
             # Without reuse_graph, the batch's graph is rebuilt here and freed after its product.
             grads = self._graphs[b] if self.reuse_graph else self._gradient(batch)[1]

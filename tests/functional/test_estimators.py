@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_landscape.functional import ScaledOperator, hutchinson, lanczos
+from lightning_landscape.functional import ScaledOperator, estimators, hutchinson, lanczos
 from lightning_landscape.functional._common import NonFiniteError
-from lightning_landscape.functional.estimators import hutchinson_samples
+from lightning_landscape.functional.estimators import default_max_basis, hutchinson_samples
 
 
 def spd_like(n: int, seed: int = 0, spectrum: torch.Tensor | None = None) -> torch.Tensor:
@@ -91,6 +91,30 @@ def test_thick_restarts_bound_the_basis_and_keep_the_answer(which):
     plain = lanczos(Counting(a), 300, k=1, which=which, max_iter=300, tol=1e-10, max_basis=300)
     assert plain.restarts == 0 and res.iterations <= 2 * plain.iterations
     np.testing.assert_allclose(res.values, plain.values, rtol=1e-10)
+
+
+def test_the_default_budget_keeps_small_problems_whole_and_bounds_large_ones(monkeypatch):
+    assert default_max_basis(1000, torch.float64) == (1 << 26) // 8000  # every vector of a small problem
+    assert default_max_basis(4_000_000, torch.float32) == 6  # 16 MB vectors: the minimum
+    assert default_max_basis(4_000_000, torch.float32, wanted=4) == 10
+    monkeypatch.setattr(estimators, "BASIS_BYTES", 1 << 20)  # as if 200,000 elements were large
+    a = spd_like(300, seed=10)
+    evals = torch.linalg.eigvalsh(a).numpy()
+    matvec = Live(a)
+    kron = lambda v: matvec(v.view(300, -1)).reshape(-1)  # noqa: E731  (A kron I: 200,100 elements)
+    res = lanczos(kron, 300 * 667, which="largest", max_iter=60, tol=1e-8)
+    assert res.max_basis == 6 and res.restarts > 0 and matvec.most_alive <= 6
+    assert res.values[0] == pytest.approx(evals[-1], rel=1e-8)
+
+
+def test_float32_dot_products_of_millions_of_elements_stay_accurate():
+    """Float32 BLAS dots of a million elements on the CPU put Ritz values 1e-5 off (1e-4 at 3M)."""
+    n = 1_000_000
+    d = torch.linspace(-1.0, 2.0, n)
+    d[:3] = torch.tensor([5.0, 4.0, -3.0])
+    res = lanczos(lambda v: d * v, n, which="both", max_iter=40, tol=1e-6, dtype=torch.float32, max_basis=6)
+    assert res.restarts > 0
+    np.testing.assert_allclose(res.values, [5.0, -3.0], rtol=2e-6)
 
 
 def test_max_basis_must_leave_room_for_the_wanted_pairs():

@@ -223,3 +223,19 @@ def test_a_module_without_double_backward_is_named(layer, name):
     # Leaving it out (its parameters and everything before it) works.
     res = hessian_eigenvalues(model, ce, batches, params=list(model[2].parameters()))
     assert np.isfinite(res.lambda_max)
+
+
+def test_kept_gradient_graphs_do_not_keep_the_gradients():
+    """Only the graph of each batch's gradient is needed for products: its values' memory is given back."""
+    from helpers.exact_hessian import make_batches, mlp
+
+    from lightning_landscape.functional import hessian_operator
+
+    model, batches = mlp(), make_batches("mlp")
+    h = Reference(model, batches).hessian()
+    with hessian_operator(model, ce, batches) as op:
+        kept = [g for graph in op._graphs for g in graph if g is not None]
+        assert kept and all(g.untyped_storage().nbytes() == 0 for g in kept)
+        v = torch.randn(op.numel, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(op.matvec(v), h @ v, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(op.matvec(v), h @ v, rtol=1e-10, atol=1e-12)  # the graphs are reusable
