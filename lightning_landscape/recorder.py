@@ -109,10 +109,16 @@ class TrajectoryRecorder:
             # torch.empty touches no page: resident memory grows only as rows are written.
             self._buffer = torch.empty(capacity, num_params, dtype=self.dtype)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "w+b") as fh:
-                fh.truncate(nbytes)
-                self._mmap = mmap.mmap(fh.fileno(), nbytes)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "w+b") as fh:
+                    fh.truncate(nbytes)
+                    self._mmap = mmap.mmap(fh.fileno(), nbytes)
+            except OSError as err:
+                raise OSError(
+                    f"could not create the snapshot file {self.path} ({nbytes} bytes): {err.strerror or err}. "
+                    "Give the trainer a writable log directory, or pass snapshot_storage='memory'."
+                ) from err
             self._buffer = torch.frombuffer(self._mmap, dtype=self.dtype).view(capacity, num_params)
         self.capacity = capacity
         return self._buffer

@@ -52,3 +52,12 @@ def test_state_dict_round_trip_is_weights_only_loadable(tmp_path):
 def test_bad_size_is_rejected():
     with pytest.raises(ValueError, match="`max_snapshots`"):
         TrajectoryRecorder(1)
+
+
+def test_a_snapshot_file_that_cannot_be_created_names_its_path(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the folder should be")
+    path = blocker / "snapshots.bin"
+    recorder = TrajectoryRecorder(4, path=path)
+    with pytest.raises(OSError, match=r"could not create the snapshot file .*not_a_dir/snapshots\.bin"):
+        recorder.offer(0, [torch.zeros(3)], step=0)
