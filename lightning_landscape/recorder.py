@@ -116,8 +116,8 @@ class TrajectoryRecorder:
                     self._mmap = mmap.mmap(fh.fileno(), nbytes)
             except OSError as err:
                 raise OSError(
-                    f"could not create the snapshot file {self.path} ({nbytes} bytes): {err.strerror or err}. "
-                    "Give the trainer a writable log directory, or pass snapshot_storage='memory'."
+                    f"could not create the snapshot file {self.path} ({nbytes} bytes): "
+                    f"{err.strerror or err}. Give the trainer a writable log directory, or pass snapshot_storage='memory'."
                 ) from err
             self._buffer = torch.frombuffer(self._mmap, dtype=self.dtype).view(capacity, num_params)
         self.capacity = capacity
