@@ -117,7 +117,8 @@ class TrajectoryRecorder:
             except OSError as err:
                 raise OSError(
                     f"could not create the snapshot file {self.path} ({nbytes} bytes): "
-                    f"{err.strerror or err}. Give the trainer a writable log directory, or pass snapshot_storage='memory'."
+                    f"{err.strerror or err}. Give the trainer a writable log directory, or pass "
+                    "snapshot_storage='memory'."
                 ) from err
             self._buffer = torch.frombuffer(self._mmap, dtype=self.dtype).view(capacity, num_params)
         self.capacity = capacity
