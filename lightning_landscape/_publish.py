@@ -164,7 +164,7 @@ class Publisher:
         self.log_dir: Path | None = None
         self.sinks: SinkSet | None = None
         self.written: list[str] = []  # names of the records written since setup
-        self.renderer = FigureRenderer(warn=lambda m: self.warnings.warn("figures", m))
+        self.renderer: FigureRenderer | None = None  # made in setup(): a thread does not cross processes
         self.metric_history: list[tuple[int, str, dict[str, float]]] = []  # metrics of this fit, in order
 
     def setup(
@@ -173,7 +173,17 @@ class Publisher:
         """Point at a run's log directory; rank zero gets the sinks of ``loggers``, other ranks none."""
         self.log_dir = Path(log_dir)
         self.written, self.metric_history = [], []
+        if self.renderer is not None:
+            self.renderer.close()
+        self.renderer = FigureRenderer(warn=self._figure_warning)
         self.sinks = build_sinks(loggers, self.log_dir, settings=settings, rank=rank) if rank == 0 else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # ddp_spawn pickles the trainer's callbacks before setup(): leave the renderer's thread behind.
+        return {**self.__dict__, "renderer": None}
+
+    def _figure_warning(self, message: str) -> None:
+        self.warnings.warn("figures", message)
 
     @property
     def record_dir(self) -> Path:
@@ -189,7 +199,8 @@ class Publisher:
     def publish(self, records: Sequence[Record], step: int, stage: str) -> list[Path]:
         """Write ``records`` first (nothing saved is lost if a logger fails), then log their scalars and
         figures. Returns the JSON paths written."""
-        self.renderer.deliver_ready()  # the figures of earlier landscapes, drawn in the background
+        if self.renderer is not None:
+            self.renderer.deliver_ready()  # the figures of earlier landscapes, drawn in the background
         written: list[Path] = []
         if self.save_records:
             for record in records:
@@ -257,7 +268,7 @@ class Publisher:
 
     def _figure(self, tag: str, step: int, build: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """``build(*args, **kwargs)`` drawn by the background renderer and sent to the sinks under ``tag``."""
-        assert self.sinks is not None
+        assert self.sinks is not None and self.renderer is not None  # both made in setup()
         self.renderer.submit(self.sinks, tag, step, build, *args, **kwargs)
 
     def _metric_figures(self, records: Sequence[Record], prefix: str, step: int, stage: str) -> None:
@@ -278,8 +289,10 @@ class Publisher:
 
     def drain(self) -> None:
         """Wait for the figures still being drawn and send them (end of fit, on an exception)."""
-        self.renderer.drain()
+        if self.renderer is not None:
+            self.renderer.drain()
 
     def close(self) -> None:
         """:meth:`drain`, then stop the renderer's worker thread (teardown)."""
-        self.renderer.close()
+        if self.renderer is not None:
+            self.renderer.close()
