@@ -20,7 +20,9 @@ from lightning_landscape.functional import edge_of_stability_ratio
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--every", type=int, default=25)
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.1, 0.3])
@@ -46,7 +48,10 @@ def main() -> None:
                 loss = loss_fn(model, batch)
                 loss.backward()
                 opt.step()
-        print(f"lr {lr} (threshold 2/lr = {2 / lr:.0f}), final loss {loss.item():.4f}; step:ratio  " + " ".join(row))
+        print(
+            f"lr {lr} (threshold 2/lr = {2 / lr:.0f}), final loss {loss.item():.4f}; step:ratio  "
+            + " ".join(row)
+        )
 
 
 if __name__ == "__main__":
