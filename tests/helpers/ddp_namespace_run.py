@@ -42,6 +42,7 @@ def main() -> None:
         resolution=5,
         final_resolution=5,
         line_resolution=5,
+        reliability=False,  # their equivalence under DDP is tested in test_distributed.py
         num_batches=2,
         snapshot_every_n_steps=2,
         log_figures=False,
@@ -67,7 +68,7 @@ def main() -> None:
     report = {
         "strategy": type(trainer.strategy).__module__ + "." + type(trainer.strategy).__name__,
         "records": len(cb.records),
-        "written": list(cb._written),
+        "written": list(cb.publisher.written),
         "global_step": trainer.global_step,
         "outs": len(model.outs),
     }
