@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import struct
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -209,12 +210,18 @@ def test_wandb_offline_gets_images_and_scalars(trainer_kwargs, tmp_path, monkeyp
     step = trainer.global_step
 
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    history = []
-    for record in read_wandb_offline_run(run_file):
-        if record.WhichOneof("record_type") == "history":
-            history.append(
-                {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
-            )
+    # wandb's service process may still be flushing the offline file after finish(): read it again for a
+    # few seconds until the run's last row is there (seen empty once on a loaded machine).
+    for _ in range(50):
+        history = []
+        for record in read_wandb_offline_run(run_file):
+            if record.WhichOneof("record_type") == "history":
+                history.append(
+                    {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
+                )
+        if any("landscape/final/loss/centre" in h for h in history):
+            break
+        time.sleep(0.2)
     scalars = [h for h in history if "landscape/final/loss/centre" in h]
     assert len(scalars) == 1, [sorted(h) for h in history] and scalars[0]["trainer/global_step"] == step
     assert scalars[0]["landscape/final/loss/centre"] == pytest.approx(final_surface(cb).centre_loss, rel=1e-6)
