@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.functional.bn import BufferPlan, recompute_session, statistics_pass
-from lightning_landscape.functional.engine import Engine, checked_scalar
+from lightning_landscape.functional.bn import BufferPlan, recompute_session
+from lightning_landscape.functional.engine import Engine, checked_scalar, move_to_point
 from lightning_landscape.functional.params import LossFn, WeightPerturbation
 
 __all__ = ["CompileFallbackWarning", "compile_settings", "compiled_loss", "evaluate_compiled"]
@@ -199,22 +199,9 @@ def _compiled_points(
         previous: list[float] | None = [] if len(dirs) == 1 else None
         n_dirs = len(dirs)
         for full in coefficients.tolist():
-            first, rest = full[0], full[1:n_dirs]
-            if rest != previous:
-                torch._foreach_copy_(base, anchor)
-                for c, d in zip(rest, dirs[1:]):
-                    if c != 0.0:
-                        torch._foreach_add_(base, d, alpha=c)
-                previous = rest
-            torch._foreach_copy_(params, base)
-            if first != 0.0:
-                torch._foreach_add_(params, dirs[0], alpha=first)
-            if buffers is not None and buffers.mode == "interpolate":
-                buffers.set_buffers(full[n_dirs:])
-            if norms:
-                with statistics_pass(norms):
-                    for batch in batches:
-                        loss_fn(model, batch)
+            previous = move_to_point(
+                full, n_dirs, params, base, anchor, dirs, previous, buffers, norms, model, loss_fn, batches
+            )
             point_losses, point_metrics = compiled(loss_fn, metric_fn, model, batches)
             losses.append(point_losses)
             if point_metrics is not None:

@@ -257,23 +257,9 @@ def _evaluate_points_loop(
         for index, full in enumerate(coefficients.tolist()):
             if progress is not None and index and index % every == 0:
                 progress(index, n_points)
-            row = full[:n_dirs]
-            first, rest = row[0], row[1:]
-            if rest != previous:
-                torch._foreach_copy_(base, anchor)
-                for c, d in zip(rest, dirs[1:]):
-                    if c != 0.0:
-                        torch._foreach_add_(base, d, alpha=c)
-                previous = rest
-            torch._foreach_copy_(params, base)
-            if first != 0.0:
-                torch._foreach_add_(params, dirs[0], alpha=first)
-            if buffers is not None and buffers.mode == "interpolate":
-                buffers.set_buffers(full[n_dirs:])
-            if norms:
-                with statistics_pass(norms):
-                    for batch in batches:
-                        loss_fn(model, batch)
+            previous = move_to_point(
+                full, n_dirs, params, base, anchor, dirs, previous, buffers, norms, model, loss_fn, batches
+            )
             losses.extend(checked_scalar(loss_fn(model, batch)) for batch in batches)
             if metric_fn is not None:
                 metrics.extend(checked_scalar(metric_fn(model, batch), "metric_fn") for batch in batches)
@@ -282,3 +268,42 @@ def _evaluate_points_loop(
     if metric_fn is None:
         return stacked
     return torch.cat([stacked.double(), torch.stack(metrics).double().view(n, len(batches))], dim=1)
+
+
+def move_to_point(
+    full: list[float],
+    n_dirs: int,
+    params: list[Tensor],
+    base: list[Tensor],
+    anchor: list[Tensor],
+    dirs: Sequence[list[Tensor]],
+    previous: list[float] | None,
+    buffers: BufferPlan | None,
+    norms: Any,
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+) -> list[float]:
+    """Put the model at one point of the loop engines (eager and compiled); return the row key.
+
+    Points come row by row, so ``anchor + sum_{k>=1} c_k d_k`` is rebuilt into ``base`` only when the row
+    changes, and each point is ``copy(base) + c_0 d_0``; interpolated buffers follow the point's trailing
+    coefficients, and with BatchNorm statistics to recompute, one statistics pass runs over the batches.
+    """
+    first, rest = full[0], full[1:n_dirs]
+    if rest != previous:
+        torch._foreach_copy_(base, anchor)
+        for c, d in zip(rest, dirs[1:]):
+            if c != 0.0:
+                torch._foreach_add_(base, d, alpha=c)
+        previous = rest
+    torch._foreach_copy_(params, base)
+    if first != 0.0:
+        torch._foreach_add_(params, dirs[0], alpha=first)
+    if buffers is not None and buffers.mode == "interpolate":
+        buffers.set_buffers(full[n_dirs:])
+    if norms:
+        with statistics_pass(norms):
+            for batch in batches:
+                loss_fn(model, batch)
+    return previous
