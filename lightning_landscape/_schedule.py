@@ -90,9 +90,11 @@ class LandscapeSchedule:
     Periodic landscapes come every ``every_n_epochs`` epochs, at most once per global step (a resumed
     run does not repeat one). The first periodic landscape and the final one are computed at their
     configured size; later periodic ones must fit ``max_overhead`` (the callback's counted work as a
-    fraction of the training work so far), else they are skipped until training has caught up. With
-    ``budget_final=True`` the final landscape must fit too: it is made coarser until it does (fewer
-    grid points, then fewer metrics, down to 5 x 5), or skipped. ``max_overhead=None`` computes
+    fraction of the training work so far) with the final landscape's work set aside, else they are
+    skipped until training has caught up. So a run long enough for the first and the final landscape
+    to fit within ``max_overhead`` stays within it as a whole. With ``budget_final=True`` nothing is
+    set aside and the final landscape must fit too: it is made coarser until it does (fewer grid
+    points, then fewer metrics, down to 5 x 5), or skipped. ``max_overhead=None`` computes
     everything. Override :meth:`plan` to decide differently.
 
     Example::
@@ -124,6 +126,7 @@ class LandscapeSchedule:
         bn: str = "interpolate",
         metric: bool = False,
         reliability: Callable[[Plan], float] | None = None,
+        final: bool = True,
     ) -> None:
         self.every_n_epochs = every_n_epochs
         self.snapshot_every_n_steps = snapshot_every_n_steps
@@ -139,6 +142,7 @@ class LandscapeSchedule:
         self.bn = bn  # "recompute" doubles every grid and line point's forward passes
         self.metric = metric  # a metric_fn: one more pass per point of interpolation line, final surface
         self.reliability = reliability  # the indicators' evaluations for a plan (None: off)
+        self.final = final  # a final landscape will come: periodic ones leave room for its work
         self.reset()
 
     def reset(self) -> None:
@@ -238,7 +242,7 @@ class LandscapeSchedule:
             probe_batches,
         )
         free = self.budget_final is False if final else self.periodic == 0
-        if free or self.fits(full.cost):
+        if free or self.fits(full.cost + (0.0 if final else self.final_reserve(world_size, probe_batches))):
             return full
         if not final:
             return None
@@ -258,13 +262,23 @@ class LandscapeSchedule:
                 return plan
         return None  # not even a 5 x 5 surface fits: the budget is a promise, keep it
 
+    def final_reserve(self, world_size: int, probe_batches: int) -> float:
+        """The work set aside for the final landscape at its configured size: 0 without one, and with
+        ``budget_final=True`` (the final landscape then takes what the budget has left)."""
+        if not self.final or self.budget_final:
+            return 0.0
+        plan = Plan("final", self.final_resolution, self.line_resolution, dict(self.final_metrics),
+                    reliability=self.reliability is not None)  # fmt: skip
+        return self.cost(plan, world_size, probe_batches)
+
     def explain(self, plan: Plan | None, stage: Stage) -> str | None:
         """What the user should know about a decision of :meth:`plan` (None: computed as configured)."""
         if plan is None and stage == "periodic":
             return (
                 "skipping periodic landscapes that would take the callback's work above "
-                f"max_overhead={self.max_overhead} of the training work so far; they resume as training "
-                "accumulates. Pass `max_overhead=None` to compute all of them."
+                f"max_overhead={self.max_overhead} of the training work so far (the final landscape's work "
+                "set aside); they resume as training accumulates. Pass `max_overhead=None` to compute all "
+                "of them."
             )
         if plan is None:
             return (

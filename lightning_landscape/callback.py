@@ -123,9 +123,11 @@ class LossLandscapeCallback(Callback):
             training work so far (default 0.1). Work is counted, not timed, so the schedule is the same
             on every run and rank: a training step costs about 3 forward passes of its batch, a
             landscape one forward pass per grid point and probe batch (metrics by their measured
-            equivalents). A periodic landscape that does not fit is skipped (a warning says so). The
-            first periodic landscape and the final one are always computed at their configured size,
-            so even a short run shows a landscape. ``None`` computes everything as scheduled.
+            equivalents). A periodic landscape that does not fit, with the final landscape's work set
+            aside, is skipped (a warning says so). The first periodic landscape and the final one are
+            always computed at their configured size, so even a short run shows a landscape, and a run
+            long enough for those two to fit stays within ``max_overhead`` as a whole. ``None``
+            computes everything as scheduled.
         budget_final: hold the final landscape to ``max_overhead`` too: it is made coarser (fewer grid
             points, then fewer metrics, down to 5 x 5) until it fits, or skipped, with a warning.
         save_weights: at the end of ``fit``, write the run's initial and final weights and BatchNorm
@@ -283,7 +285,7 @@ class LossLandscapeCallback(Callback):
             self.every_n_epochs, self.snapshot_every_n_steps, snapshot_every_n_epochs, self.resolution,
             self.final_resolution, self.line_resolution, self.metrics, self.final_metrics, self.max_overhead,
             self.budget_final, hessian_plane=directions == "hessian", bn=self.bn,
-            metric=metric_fn is not None,
+            metric=metric_fn is not None, final=self.final,
             reliability=(
                 (lambda plan: indicators.evaluations(plan.stage, plan.metrics, self.max_snapshots))
                 if indicators.enabled else None

@@ -59,8 +59,38 @@ def test_the_first_periodic_landscape_is_free_later_ones_must_fit():
     s.charge(first)
     assert s.plan("periodic", 1, 2) is None and s.skip() == 1
     assert s.plan("periodic", 1, 2) is None  # still not: 0.1 * 3 * 8 < 64 + 64
-    batches(s, 420)  # allowance 0.1 * 3 * 428 = 128.4 >= 64 + 64
+    # The final landscape's work (2 * (81 + 21) = 204) is set aside: 64 + 64 + 204 = 332.
+    batches(s, 1098)  # allowance 0.1 * 3 * 1106 = 331.8
+    assert s.plan("periodic", 1, 2) is None
+    batches(s, 1)  # 0.1 * 3 * 1107 = 332.1
     assert s.plan("periodic", 1, 2) is not None
+    # Without a final landscape nothing is set aside: 0.1 * 3 * 428 = 128.4 >= 64 + 64.
+    no_final = batches(schedule(max_overhead=0.1, final=False), 428)
+    no_final.charge(no_final.plan("periodic", 1, 2))
+    assert no_final.final_reserve(1, 2) == 0.0 and no_final.plan("periodic", 1, 2) is not None
+    # With budget_final the final landscape takes what is left: nothing is set aside for it.
+    strict = batches(schedule(max_overhead=0.1, budget_final=True), 428)
+    strict.charge(strict.plan("periodic", 1, 2))
+    assert strict.final_reserve(1, 2) == 0.0 and strict.plan("periodic", 1, 2) is not None
+    assert batches(schedule(max_overhead=0.1), 1).final_reserve(1, 2) == 2 * (81 + 3 * 7)
+
+
+@pytest.mark.parametrize("epochs", [10, 100, 1000, 5000])
+def test_whole_run_stays_within_the_budget_once_first_and_final_fit(epochs):
+    """A simulated run: 20 batches an epoch, a periodic landscape asked for after each, the final one."""
+    s = schedule(max_overhead=0.1)
+    for _ in range(epochs):
+        batches(s, 20)
+        s.charge(s.plan("periodic", 1, 2))
+    s.charge(s.plan("final", 1, 2))
+    training = 3.0 * 20 * epochs
+    first_and_final = 64 + 204
+    # Whatever the length, the work is the larger of the unconditional part and the budget ...
+    assert s.spent <= max(first_and_final, 0.1 * training) + 1e-9
+    if 0.1 * training >= first_and_final:  # ... so a long run stays within max_overhead
+        assert s.spent / training <= 0.1
+    # and the budget is used, not starved: the periodic landscapes fill it up to one landscape.
+    assert s.spent >= min(0.1 * training, first_and_final + 64 * (epochs - 1)) - 64
 
 
 def test_the_final_landscape_is_full_unless_budget_final():
