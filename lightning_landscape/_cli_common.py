@@ -10,7 +10,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["CLIError", "format_table"]
+__all__ = ["CLIError", "check_out", "format_table", "format_value", "save_figure"]
 
 
 class CLIError(Exception):
@@ -19,13 +19,13 @@ class CLIError(Exception):
     prog = ""
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, (bool, str)):
         return str(value)
     if isinstance(value, (list, tuple)):
-        return ", ".join(_fmt(v) for v in value)
+        return ", ".join(format_value(v) for v in value)
     try:
         x = float(value)
     except (TypeError, ValueError):
@@ -45,7 +45,7 @@ def format_table(rows: Sequence[Sequence[Any]]) -> str:
         ------  ---
         loss    0.5
     """
-    cells = [[_fmt(c) if not isinstance(c, str) else c for c in row] for row in rows]
+    cells = [[format_value(c) if not isinstance(c, str) else c for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells if i < len(row)) for i in range(len(cells[0]))]
     widths = [max(w, 3) for w in widths]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
@@ -53,7 +53,7 @@ def format_table(rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _check_out(out: str) -> None:
+def check_out(out: str) -> None:
     """Refuse an output path that cannot be written, before any work."""
     path = Path(out)
     fmt = path.suffix.lstrip(".").lower()
@@ -69,7 +69,7 @@ def _check_out(out: str) -> None:
         raise CLIError(f"--out {out}: {parent} is not a directory")
 
 
-def _save(fig: Figure, out: str) -> None:
+def save_figure(fig: Figure, out: str) -> None:
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)

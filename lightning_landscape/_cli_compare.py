@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_landscape._cli_common import CLIError, _check_out, _fmt, _save, format_table
+from lightning_landscape._cli_common import CLIError, check_out, format_table, save_figure
+from lightning_landscape._cli_common import format_value as _fmt
 from lightning_landscape._shared_report import not_shared, report_shared
 from lightning_landscape.records import RecordError, is_diagnostic
 from lightning_landscape.runs import (
@@ -63,7 +64,7 @@ def _note_stage(runs: Sequence[Run]) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    _check_out(args.out)
+    check_out(args.out)
     if args.group:
         if args.shared is not None:
             raise CLIError("--shared goes with two runs, not with --group")
@@ -111,7 +112,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         levels=args.levels,
         log=not args.linear,
     )
-    _save(fig, args.out)
+    save_figure(fig, args.out)
     ends = [end_values(r, stage) for r in runs]
     rows: list[list[Any]] = [["", *[r.label for r in runs]]]
     for key in ("global_step", "epoch", "directions", "resolution", "probe_samples"):
@@ -202,7 +203,7 @@ def _compare_groups(args: argparse.Namespace) -> int:
         panels.append(BandPanel(key, "global step", [s.get(key) for s in per_group]))
     names = [g.name for g in groups]
     fig = group_comparison_figure(surfaces, names, panels, args.levels, not args.linear, titles)  # type: ignore[arg-type]
-    _save(fig, args.out)
+    save_figure(fig, args.out)
 
     print(format_table(_group_rows(groups, stage, args.confidence)))
     print("representative surfaces (centre loss nearest the group median): " + ", ".join(labels))

@@ -11,7 +11,14 @@ from matplotlib.figure import Figure
 
 from lightning_landscape.records import SurfaceRecord
 
-__all__ = ["contour_levels", "figure_to_png", "figure_to_rgb", "shared_levels"]
+__all__ = [
+    "axis_label",
+    "contour_levels",
+    "figure_to_png",
+    "figure_to_rgb",
+    "record_title",
+    "shared_levels",
+]
 
 
 def contour_levels(values: np.ndarray, count: int = 20, log: bool = True) -> np.ndarray:
@@ -41,7 +48,7 @@ def contour_levels(values: np.ndarray, count: int = 20, log: bool = True) -> np.
     return np.unique(levels)
 
 
-def _axis_label(meta: dict, axis: int) -> str:
+def axis_label(meta: dict, axis: int) -> str:
     kind = meta.get("directions", "")
     ratios = meta.get("explained_variance") or []
     if kind == "pca":
@@ -54,7 +61,7 @@ def _axis_label(meta: dict, axis: int) -> str:
     return f"direction {axis + 1}" + (f" ({kind})" if kind else "")
 
 
-def _title(meta: dict, default: str) -> str:
+def record_title(meta: dict, default: str) -> str:
     parts = [default]
     if meta.get("epoch") is not None:
         parts.append(f"epoch {meta['epoch']}")

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure, SubFigure
 
-from lightning_landscape._plots_base import _axis_label, _title, shared_levels
+from lightning_landscape._plots_base import axis_label, record_title, shared_levels
 from lightning_landscape.records import LineRecord, SurfaceRecord
 
 __all__ = ["BandPanel", "comparison_figure", "group_comparison_figure"]
@@ -31,11 +31,49 @@ def _surface_row(
             ax.plot(path[:, 0], path[:, 1], "-", color="white", lw=1.4)
             ax.plot(*path[0], "o", color="tab:red", ms=6, mec="white")
             ax.plot(*path[-1], "*", color="tab:orange", ms=11, mec="white")
-        ax.set_xlabel(_axis_label(rec.meta, 0), fontsize=8)
-        ax.set_ylabel(_axis_label(rec.meta, 1), fontsize=8)
+        ax.set_xlabel(axis_label(rec.meta, 0), fontsize=8)
+        ax.set_ylabel(axis_label(rec.meta, 1), fontsize=8)
         ax.set_title(title, fontsize=10)
     assert cs is not None
     fig.colorbar(cs, ax=list(axes), label="loss (shared scale)", format="%.3g")
+
+
+_BAND_NOTE = "mean and one standard deviation over each group's runs"
+
+
+def _layout(
+    surfaces: Sequence[SurfaceRecord],
+    titles: Sequence[str],
+    npanels: int,
+    levels: int | Sequence[float],
+    log: bool,
+    note: str | None = None,
+) -> tuple[Figure, list[Any]]:
+    """The surfaces in a row on shared levels above a grid of ``npanels`` axes (spares hidden)."""
+    lv = shared_levels(surfaces, levels, log) if isinstance(levels, int) else np.asarray(levels, float)
+    ncols = max(len(surfaces), 3)
+    nrows = -(-npanels // ncols) if npanels else 0
+    fig = Figure(figsize=(4.4 * ncols, 4.0 + 3.0 * nrows), layout="constrained")
+    subs: Any = fig.subfigures(2, 1, height_ratios=[4.0, 3.0 * nrows]) if nrows else (fig, None)
+    top, bottom = subs
+    _surface_row(top, surfaces, titles, lv)
+    if bottom is None:
+        return fig, []
+    if note:
+        bottom.suptitle(note, fontsize=9)
+    grid = bottom.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in grid[npanels:]:
+        ax.set_visible(False)
+    return fig, list(grid[:npanels])
+
+
+def _finish_panel(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7)
 
 
 class BandPanel(NamedTuple):
@@ -72,17 +110,7 @@ def group_comparison_figure(
     """
     if len(surfaces) != len(labels) or not surfaces:
         raise ValueError(f"`labels` must name each of the {len(surfaces)} surfaces, got {len(labels)}")
-    lv = shared_levels(surfaces, levels, log) if isinstance(levels, int) else np.asarray(levels, float)
-    ncols = max(len(surfaces), 3)
-    nrows = -(-len(panels) // ncols) if panels else 0
-    fig = Figure(figsize=(4.4 * ncols, 4.0 + 3.0 * nrows), layout="constrained")
-    subs: Any = fig.subfigures(2, 1, height_ratios=[4.0, 3.0 * nrows]) if nrows else (fig, None)
-    top, bottom = subs
-    _surface_row(top, surfaces, titles or labels, lv)
-    if bottom is None:
-        return fig
-    bottom.suptitle("mean and one standard deviation over each group's runs", fontsize=9)
-    grid = bottom.subplots(nrows, ncols, squeeze=False).ravel()
+    fig, grid = _layout(surfaces, titles or labels, len(panels), levels, log, _BAND_NOTE)
     for ax, panel in zip(grid, panels):
         for i, (entry, label) in enumerate(zip(panel.entries, labels)):
             if entry is None:
@@ -100,14 +128,7 @@ def group_comparison_figure(
                 ax.fill_between(x, mean - std, mean + std, where=spread, color=colour, alpha=0.2, lw=0)
         if panel.log and all(np.all(e[1][np.isfinite(e[1])] > 0) for e in panel.entries if e is not None):
             ax.set_yscale("log")
-        ax.set_xlabel(panel.xlabel, fontsize=8)
-        ax.set_ylabel(panel.ylabel or panel.title, fontsize=8)
-        ax.set_title(panel.title, fontsize=9)
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
-    for ax in grid[len(panels) :]:
-        ax.set_visible(False)
+        _finish_panel(ax, panel.xlabel, panel.ylabel or panel.title, panel.title)
     return fig
 
 
@@ -137,44 +158,29 @@ def comparison_figure(
     if len(surfaces) != len(labels) or not surfaces:
         raise ValueError(f"`labels` must name each of the {len(surfaces)} surfaces, got {len(labels)}")
     lines, series = dict(lines or {}), dict(series or {})
-    n = len(surfaces)
-    lv = shared_levels(surfaces, levels, log) if isinstance(levels, int) else np.asarray(levels, float)
-    colours = [f"C{i % 10}" for i in range(n)]
+    colours = [f"C{i % 10}" for i in range(len(surfaces))]
     panels = [("line", k) for k in lines] + [("series", k) for k in series]
-    ncols = max(n, 3)
-    nrows = -(-len(panels) // ncols) if panels else 0
-    fig = Figure(figsize=(4.4 * ncols, 4.0 + 3.0 * nrows), layout="constrained")
-    subs: Any = fig.subfigures(2, 1, height_ratios=[4.0, 3.0 * nrows]) if nrows else (fig, None)
-    top, bottom = subs
-    _surface_row(top, surfaces, [_title(rec.meta, str(label)) for rec, label in zip(surfaces, labels)], lv)
-
-    if bottom is not None:
-        grid = bottom.subplots(nrows, ncols, squeeze=False).ravel()
-        for ax, (what, key) in zip(grid, panels):
-            entries: Sequence[Any] = lines[key] if what == "line" else series[key]
-            for entry, label, colour in zip(entries, labels, colours):
-                if entry is None:
-                    continue
-                if what == "line":
-                    x, y = entry.alphas, np.ma.masked_invalid(entry.losses)
-                    style = "-"
-                else:
-                    x, y = np.asarray(entry[0]), np.ma.masked_invalid(np.asarray(entry[1], float))
-                    style = ".-"
-                ax.plot(x, y, style, color=colour, lw=1.5, label=str(label))
-            if what == "line" and log:
-                ax.set_yscale("log")
+    titles = [record_title(rec.meta, str(label)) for rec, label in zip(surfaces, labels)]
+    fig, grid = _layout(surfaces, titles, len(panels), levels, log)
+    for ax, (what, key) in zip(grid, panels):
+        entries: Sequence[Any] = lines[key] if what == "line" else series[key]
+        for entry, label, colour in zip(entries, labels, colours):
+            if entry is None:
+                continue
             if what == "line":
-                first = next((e for e in entries if e is not None), None)
-                along = first is not None and first.meta.get("directions") != "interpolation"
-                ax.set_xlabel("distance along direction" if along else "alpha", fontsize=8)
+                x, y = entry.alphas, np.ma.masked_invalid(entry.losses)
+                style = "-"
             else:
-                ax.set_xlabel("global step", fontsize=8)
-            ax.set_ylabel("loss" if what == "line" else key, fontsize=8)
-            ax.set_title(key, fontsize=9)
-            ax.grid(alpha=0.3)
-            if ax.lines:
-                ax.legend(fontsize=7)
-        for ax in grid[len(panels) :]:
-            ax.set_visible(False)
+                x, y = np.asarray(entry[0]), np.ma.masked_invalid(np.asarray(entry[1], float))
+                style = ".-"
+            ax.plot(x, y, style, color=colour, lw=1.5, label=str(label))
+        if what == "line" and log:
+            ax.set_yscale("log")
+        if what == "line":
+            first = next((e for e in entries if e is not None), None)
+            along = first is not None and first.meta.get("directions") != "interpolation"
+            xlabel = "distance along direction" if along else "alpha"
+        else:
+            xlabel = "global step"
+        _finish_panel(ax, xlabel, "loss" if what == "line" else key, key)
     return fig

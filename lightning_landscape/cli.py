@@ -25,22 +25,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from lightning_landscape._cli_common import CLIError, _check_out, _fmt, _save, format_table
+from lightning_landscape._cli_common import CLIError, check_out, format_table, save_figure
+from lightning_landscape._cli_common import format_value as _fmt
 from lightning_landscape._cli_compare import cmd_compare
-from lightning_landscape.records import RecordError, is_diagnostic, load_record  # noqa: F401  (re-exported)
-from lightning_landscape.runs import (  # noqa: F401  (Group, compare_groups, ...: re-exported)
-    Group,
+from lightning_landscape.records import (
+    RecordError,
+    is_diagnostic,  # noqa: F401  (re-exported)
+    load_record,
+)
+from lightning_landscape.runs import (
     Run,
     RunError,
-    compare_groups,
-    comparison_stage,
     end_values,
-    group_line,
-    group_series,
     load_run,
-    protocol_differences,
-    record_scalars,
-    representative,
+    record_scalars,  # noqa: F401  (re-exported)
     run_series,
 )
 
@@ -86,7 +84,7 @@ _STYLES = {"surface": ("filled", "contour", "surface3d"), "line": ("line",)}
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    _check_out(args.out)
+    check_out(args.out)
     path = Path(args.record)
     if path.is_dir():
         raise CLIError(f"{path}: a directory; give one record file (NAME.json or NAME.npz)")
@@ -114,7 +112,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         fig = plots.surface3d_figure(rec, log=args.log)  # type: ignore[arg-type]
     else:
         fig = plots.contour_figure(rec, log=args.log, filled=style == "filled")  # type: ignore[arg-type]
-    _save(fig, args.out)
+    save_figure(fig, args.out)
     print(f"wrote {args.out}")
     return 0
 

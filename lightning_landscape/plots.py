@@ -15,11 +15,11 @@ from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure
 
 from lightning_landscape._plots_base import (
-    _axis_label,
-    _title,
+    axis_label,
     contour_levels,
     figure_to_png,
     figure_to_rgb,
+    record_title,
     shared_levels,
 )
 from lightning_landscape._plots_compare import BandPanel, comparison_figure, group_comparison_figure
@@ -39,6 +39,8 @@ __all__ = [
     "shared_levels",
     "surface3d_figure",
 ]
+
+_axis_label, _title = axis_label, record_title  # their names before the split
 
 
 def contour_figure(
@@ -92,9 +94,9 @@ def contour_figure(
         ax.plot(*path[-1], "*", color="tab:orange", ms=13, mec="white", label="end (current)")
     if record.path is not None or z.mask.any():
         ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
-    ax.set_xlabel(_axis_label(record.meta, 0))
-    ax.set_ylabel(_axis_label(record.meta, 1))
-    ax.set_title(title or _title(record.meta, "loss surface"), fontsize=10)
+    ax.set_xlabel(axis_label(record.meta, 0))
+    ax.set_ylabel(axis_label(record.meta, 1))
+    ax.set_title(title or record_title(record.meta, "loss surface"), fontsize=10)
     return fig
 
 
@@ -142,7 +144,7 @@ def line_figure(
             )
         twin.set_ylabel(f"{measured[0][0].meta.get('metric_name') or 'metric'} (dashed)")
     meta = records[0].meta if records else {}
-    ax.set_title(title or _title(meta, "loss along lines"), fontsize=10)
+    ax.set_title(title or record_title(meta, "loss along lines"), fontsize=10)
     return fig
 
 
@@ -156,10 +158,10 @@ def surface3d_figure(record: SurfaceRecord, log: bool = False, title: str | None
     if log:
         z = np.log10(np.clip(z, np.nanmin(z[z > 0]) if np.any(z > 0) else 1e-12, None))
     ax.plot_surface(gx, gy, z, cmap="viridis", linewidth=0, antialiased=True)
-    ax.set_xlabel(_axis_label(record.meta, 0), fontsize=8)
-    ax.set_ylabel(_axis_label(record.meta, 1), fontsize=8)
+    ax.set_xlabel(axis_label(record.meta, 0), fontsize=8)
+    ax.set_ylabel(axis_label(record.meta, 1), fontsize=8)
     ax.set_zlabel("log10 loss" if log else "loss", fontsize=8)
-    ax.set_title(title or _title(record.meta, "loss surface"), fontsize=10)
+    ax.set_title(title or record_title(record.meta, "loss surface"), fontsize=10)
     return fig
 
 
@@ -189,7 +191,7 @@ def path_contour_figure(
     values = np.asarray(losses, dtype=np.float64).reshape(-1)
     if len(pts) != len(values):
         raise ValueError(f"`points` has {len(pts)} rows but `losses` has {len(values)} values")
-    base = title or _title(record.meta, "loss surface")
+    base = title or record_title(record.meta, "loss surface")
     full = f"{base} — {'; '.join(flags)}" if flags else base
     fig = contour_figure(record, levels=levels, log=log, title=full)
     ax = fig.axes[0]
@@ -256,6 +258,6 @@ def distance_figure(
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    base = title or _title(first, "loss vs distance")
+    base = title or record_title(first, "loss vs distance")
     ax.set_title(f"{base} — {'; '.join(flags)}" if flags else base, fontsize=10)
     return fig
