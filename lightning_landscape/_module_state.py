@@ -21,7 +21,8 @@ tensor too large to copy that was changed in place. :meth:`ModuleStateGuard.chec
 attribute's path (``self.history (a Tracker)``); :attr:`ModuleStateGuard.unrestorable` holds them after
 exit. With ``watch="training_step"`` the check runs after the method's first call inside the guard and
 raises :class:`UnrestorableStateError` (the guard suppresses it on exit, after restoring), so at most one
-call's worth of damage is done.
+call's worth of damage is done. The snapshot itself (per type: rebind, copy, fingerprint) is in
+``_attr_snapshot``.
 """
 
 from __future__ import annotations

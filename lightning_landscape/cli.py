@@ -13,6 +13,8 @@ Everything is read from the records on disk (:mod:`lightning_landscape.records`)
 :mod:`lightning_landscape.runs` (runs, their protocol, group statistics); no logger is needed.
 Any misuse (a bad option, a missing or mixed run, a corrupt or foreign record, runs on different
 protocols) gets one line on stderr and exit status 2, never a traceback.
+``compare`` is in ``_cli_compare``; the error type, tables and image output all commands share are in
+``_cli_common``.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ raises :class:`RecordError` naming it: JSON that does not parse, JSON without ``
 ``kind``, arrays that are missing, truncated, not an ``.npz`` or hold pickled objects, or arrays
 inconsistent with their kind. A later format version will get a new number; version 1 files stay
 readable.
+
+The scalar schema (``SCALAR_GROUPS``, ``tag_prefix``, ``is_diagnostic``) lives in ``_scalar_schema`` and is
+imported from here.
 """
 
 from __future__ import annotations
