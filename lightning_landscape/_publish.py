@@ -124,9 +124,9 @@ def describe_settings(values: Mapping[str, Any], record_dir: Path | None) -> dic
 
 
 def _surface_title(surface: SurfaceRecord) -> str:
-    from lightning_landscape.plots import _title
+    from lightning_landscape._plots_base import record_title
 
-    return _title(surface.meta, "loss surface")
+    return record_title(surface.meta, "loss surface")
 
 
 def _reliability_text(record: ReliabilityRecord) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_landscape._cli_common import format_table
 from lightning_landscape.solutions import SolutionComparison, default_shared_dir, load_solutions
 
 __all__ = [
@@ -115,8 +116,6 @@ def report_shared(
 ) -> SolutionComparison | None:
     """For two runs compared as solutions (or ``explicit``, their folder): draw the figures beside ``out``
     and print the table. Nothing for other runs; a ValueError for a folder that holds no comparison."""
-    from lightning_landscape.cli import format_table
-
     folder = find_shared(runs[0], runs[1], explicit) if len(runs) == 2 else None
     if folder is None:
         return None
