@@ -239,10 +239,11 @@ def test_corrupt_and_foreign_records_are_a_message_in_every_command(tmp_path, ca
     assert not Path(out).exists()
 
 
-def test_console_script_entry_point_exits_2_without_traceback(tmp_path):
+@pytest.mark.parametrize("module", ["lightning_landscape.cli", "lightning_landscape"])
+def test_console_script_entry_point_exits_2_without_traceback(tmp_path, module):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "lightning_landscape.cli", "summary", str(tmp_path / "nope")],
+        [sys.executable, "-m", module, "summary", str(tmp_path / "nope")],
         capture_output=True,
         text=True,
         env=env,

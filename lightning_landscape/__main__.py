@@ -1,0 +1,7 @@
+"""``python -m lightning_landscape``: the same command line as ``lightning-landscape``."""
+
+import sys
+
+from lightning_landscape.cli import main
+
+sys.exit(main())
