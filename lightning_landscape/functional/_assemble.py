@@ -13,7 +13,6 @@ import numpy as np
 from torch import Tensor, nn
 
 from lightning_landscape.functional._common import probe_size, resolve_params
-from lightning_landscape.functional._common import work_dtype as _work_dtype  # noqa: F401 (re-exported)
 from lightning_landscape.functional.bn import BufferPlan, check_bn
 from lightning_landscape.functional.engine import Engine, Evaluation, Progress, evaluate_points
 from lightning_landscape.functional.noise import probe_noise_of
@@ -72,6 +71,47 @@ def _evaluate_shared(
     used = local[0] if local else Evaluation(np.zeros((0, n_batches)), None, "loop")
     metrics = table[:, n_batches:] if metric_fn is not None else None
     return Evaluation(table[:, :n_batches], metrics, used.engine, used.note)
+
+
+def _evaluate_record(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    params: Sequence[Tensor],
+    directions: Sequence[Direction],
+    coefficients: np.ndarray,
+    shape: tuple[int, ...],
+    *,
+    shard: PointShard | None,
+    engine: Engine,
+    chunk_size: int | None,
+    bn: str,
+    plan: BufferPlan | None,
+    metric_fn: LossFn | None,
+    metric_name: str | None,
+    origin: Sequence[Tensor] | None = None,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """:func:`_evaluate_shared` on ``coefficients``, then :func:`_finish` shaped like ``shape``.
+
+    The one path from a table of points to a record's losses, per-batch losses, metrics and meta.
+    """
+    ev = _evaluate_shared(
+        model,
+        loss_fn,
+        batches,
+        params,
+        directions,
+        coefficients,
+        shard,
+        engine=engine,
+        chunk_size=chunk_size,
+        origin=origin,
+        buffers=plan,
+        metric_fn=metric_fn,
+        progress=progress,
+    )
+    return _finish(ev, batches, shape, bn, plan, _metric_name(metric_fn, metric_name))
 
 
 def _metric_name(metric_fn: LossFn | None, metric_name: str | None) -> str | None:
