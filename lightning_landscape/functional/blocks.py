@@ -30,10 +30,9 @@ from lightning_landscape.functional._common import (
 from lightning_landscape.functional.estimators import (
     check_lanczos_args,
     hutchinson_samples,
-    lanczos,
     summarize_samples,
 )
-from lightning_landscape.functional.operators import hessian_operator
+from lightning_landscape.functional.operators import hessian_operator, operator_lanczos
 from lightning_landscape.functional.params import LossFn
 
 __all__ = ["BlockCurvature", "block_curvature", "parameter_blocks"]
@@ -206,16 +205,7 @@ def block_curvature(
         with hessian_operator(model, loss_fn, batches, chosen, reuse_graph) as op:
             for name in names:
                 block = op.block([position[i] for i in groups[name]])
-                eig = lanczos(
-                    block.matvec,
-                    block.numel,
-                    max_iter=max_iter,
-                    tol=tol,
-                    seed=seed,
-                    dtype=block.dtype,
-                    device=block.device,
-                    max_basis=max_basis,
-                )
+                eig = operator_lanczos(block, max_iter, tol, seed, max_basis=max_basis)
                 values = hutchinson_samples(
                     block.matvec, block.numel, samples, seed, block.dtype, block.device
                 )
