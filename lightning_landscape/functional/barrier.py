@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.functional._assemble import _evaluate_shared, _finish, _metric_name, _resolve_params
+from lightning_landscape.functional._assemble import PointEvaluator, _finish, _metric_name, _resolve_params
 from lightning_landscape.functional._common import norm64, work_dtype
 from lightning_landscape.functional.bn import BNMode, BufferPlan, aligned_buffers, check_bn, landscape_buffers
 from lightning_landscape.functional.engine import Engine, Evaluation
@@ -101,21 +101,7 @@ def barrier(
         direction = [t.detach().to(p.device, work_dtype(p)) - o for t, p, o in zip(w2, params, origin)]
     zero = [[torch.zeros_like(d) for d in direction]]
 
-    def run(origin_: Sequence[Tensor], dirs: list, table: np.ndarray, plan: BufferPlan | None) -> Evaluation:
-        return _evaluate_shared(
-            model,
-            loss_fn,
-            batches,
-            params,
-            dirs,
-            table,
-            shard,
-            engine=engine,
-            chunk_size=chunk_size,
-            origin=origin_,
-            buffers=plan,
-            metric_fn=metric_fn,
-        )
+    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn)
 
     # Interior points.
     inner = alphas[1:-1, None]
@@ -127,7 +113,7 @@ def barrier(
     else:
         plan = BufferPlan.recompute(model) if bn == "recompute" else None
         table = inner
-    middle = run(origin, [direction], table, plan)
+    middle = points.evaluate([direction], table, origin, plan)
     passes = len(inner) * (plan.passes_per_batch if plan is not None else 0)
 
     # Endpoints: exactly w1 and w2, with their own statistics when given.
@@ -139,7 +125,7 @@ def barrier(
             end_table = np.zeros((1, 2))
         else:
             end_plan, end_table = plan if bn == "recompute" else None, np.zeros((1, 1))
-        ends.append(run(w, zero, end_table, end_plan))
+        ends.append(points.evaluate(zero, end_table, w, end_plan))
         passes += end_plan.passes_per_batch if end_plan is not None else 0
     endpoints = "own statistics" if own is not None else {"keep": "current statistics"}.get(bn, "recomputed")
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.functional._assemble import _evaluate_record, _resolve_params
+from lightning_landscape.functional._assemble import PointEvaluator, _resolve_params
 from lightning_landscape.functional._common import work_dtype
 from lightning_landscape.functional.bn import BNMode, BufferPlan, aligned_buffers, check_bn, landscape_buffers
 from lightning_landscape.functional.engine import Engine
@@ -230,22 +230,10 @@ def shared_plane_surface(
         table = np.concatenate([coords, barycentric_buffer_coefficients(plane.points, coords)], axis=1)
     elif bn == "recompute":
         plan = BufferPlan.recompute(model)
-    losses, per_batch, metrics, meta = _evaluate_record(
-        model,
-        loss_fn,
-        batches,
-        params,
-        list(plane.directions),
-        table,
-        (len(coords),),
-        shard=shard,
-        engine=engine,
-        chunk_size=chunk_size,
-        bn=bn,
-        plan=plan,
-        metric_fn=metric_fn,
-        metric_name=metric_name,
-        origin=plane.origin,
+    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn)
+    directions = list(plane.directions)
+    losses, per_batch, metrics, meta = points.record(
+        directions, table, (len(coords),), bn, plan, metric_name, plane.origin
     )
     n = resolution * resolution
     meta.update(

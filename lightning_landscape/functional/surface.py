@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_landscape import _validation as check
-from lightning_landscape.functional._assemble import _evaluate_record, _plan, _resolve_params
+from lightning_landscape.functional._assemble import PointEvaluator, _plan, _resolve_params
 from lightning_landscape.functional._common import norm64, probe_size, work_dtype
 from lightning_landscape.functional.bn import (
     BNMode,
@@ -197,23 +197,10 @@ def loss_surface(
     ys_arr = np.asarray(ys, dtype=np.float64) if ys is not None else odd_grid(span, resolution)
     gx, gy = np.meshgrid(xs_arr, ys_arr)
     coefficients = np.stack([gx.ravel(), gy.ravel()], axis=1)
-    losses, per_batch, metrics, meta = _evaluate_record(
-        model,
-        loss_fn,
-        batches,
-        params,
-        directions,
-        coefficients,
-        (len(ys_arr), len(xs_arr)),
-        shard=shard,
-        engine=engine,
-        chunk_size=chunk_size,
-        bn=bn,
-        plan=plan,
-        metric_fn=metric_fn,
-        metric_name=metric_name,
-        origin=origin,
-        progress=progress,
+    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn, progress)
+    shape = (len(ys_arr), len(xs_arr))
+    losses, per_batch, metrics, meta = points.record(
+        directions, coefficients, shape, bn, plan, metric_name, origin
     )
     return SurfaceRecord(
         xs=xs_arr, ys=ys_arr, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics
@@ -257,23 +244,10 @@ def loss_line(
     _check_origin(origin, params)
     plan = _plan(model, bn)
     alphas_arr = np.asarray(alphas, dtype=np.float64) if alphas is not None else odd_grid(span, resolution)
-    losses, per_batch, metrics, meta = _evaluate_record(
-        model,
-        loss_fn,
-        batches,
-        params,
-        [direction],
-        alphas_arr[:, None],
-        (len(alphas_arr),),
-        shard=shard,
-        engine=engine,
-        chunk_size=chunk_size,
-        bn=bn,
-        plan=plan,
-        metric_fn=metric_fn,
-        metric_name=metric_name,
-        origin=origin,
-        progress=progress,
+    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn, progress)
+    shape = (len(alphas_arr),)
+    losses, per_batch, metrics, meta = points.record(
+        [direction], alphas_arr[:, None], shape, bn, plan, metric_name, origin
     )
     return LineRecord(alphas=alphas_arr, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)
 
@@ -350,22 +324,9 @@ def interpolation_line(
     coefficients = (alphas - 1.0)[:, None]
     if bn == "interpolate":
         coefficients = np.concatenate([coefficients, np.clip(alphas, 0.0, 1.0)[:, None] - 1.0], axis=1)
-    losses, per_batch, metrics, meta = _evaluate_record(
-        model,
-        loss_fn,
-        batches,
-        params,
-        [direction],
-        coefficients,
-        (len(alphas),),
-        shard=shard,
-        engine=engine,
-        chunk_size=chunk_size,
-        bn=bn,
-        plan=plan,
-        metric_fn=metric_fn,
-        metric_name=metric_name,
-        progress=progress,
+    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn, progress)
+    losses, per_batch, metrics, meta = points.record(
+        [direction], coefficients, (len(alphas),), bn, plan, metric_name
     )
     meta["distance"] = norm64(direction)
     return LineRecord(alphas=alphas, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)
