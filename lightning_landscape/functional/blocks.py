@@ -154,9 +154,8 @@ def block_curvature(
     """``lambda_max`` and the trace of the Hessian restricted to each block of parameters.
 
     Args:
-        model: the model; observed in eval mode and restored exactly.
-        loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
-        batches: probe batches on the model's device; the loss is their mean.
+        model, loss_fn, batches: as in :func:`hessian_eigenvalues` (the model observed in eval mode and
+            restored exactly; the loss the mean over the probe batches).
         blocks: ``None`` (top-level child modules), module names, or a mapping block name -> parameter
             names (see :func:`parameter_blocks`).
         max_iter, tol, max_basis: Lanczos options for each block's ``lambda_max`` (as in
