@@ -25,49 +25,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run(models: list[str], resolution: int, reps: int, batches: int, batch_size: int) -> list[list]:
-    import torch
-    from common import MODELS, ce_loss, interleaved, median_ratio, probe
-
-    from lightning_landscape.functional import (
-        filter_normalized_directions,
-        landscape_parameters,
-        loss_surface,
-    )
+    from common import SurfaceCase, interleaved, median_ratio
 
     rows = []
     for name in models:
-        torch.manual_seed(0)
-        model = MODELS[name]()
-        data = probe(name, batches, batch_size)
-        params = [p for _, p in landscape_parameters(model)]
-        dirs = filter_normalized_directions(params, seed=0)
-        points = resolution * resolution
-
-        @torch.no_grad()
-        def floor(model=model, data=data, points=points) -> None:
-            model.eval()
-            values = [ce_loss(model, b) for _ in range(points) for b in data]
-            torch.stack(values).cpu()
-
-        def surface(engine: str, model=model, data=data, dirs=dirs):
-            return lambda: loss_surface(model, ce_loss, data, dirs, resolution=resolution, engine=engine)
-
+        case = SurfaceCase.make(name, resolution, batches, batch_size)
         t0 = time.perf_counter()
-        compiled = surface("compile")().losses
+        compiled = case.surface("compile")().losses
         first = time.perf_counter() - t0
-        times = interleaved({"floor": floor, "loop": surface("loop"), "compile": surface("compile")}, reps)
-        loop = surface("loop")().losses
+        fns = {"floor": case.floor, "loop": case.surface("loop"), "compile": case.surface("compile")}
+        times = interleaved(fns, reps)
+        loop = case.surface("loop")().losses
         steady = min(times["compile"])
         compile_s = first - steady
-        saved_pp = (min(times["loop"]) - steady) / points  # against the engine it replaces
+        saved_pp = (min(times["loop"]) - steady) / case.points  # against the engine it replaces
         break_even = f"{compile_s / saved_pp:.0f}" if saved_pp > 0 else "never"
         rows.append(
             [
-                name,
-                sum(p.numel() for p in params),
-                f"{points} x {batches}x{batch_size}",
-                min(times["floor"]),
-                median_ratio(times["loop"], times["floor"]),
+                *case.row(times),
                 median_ratio(times["compile"], times["floor"]),
                 compile_s,
                 break_even,

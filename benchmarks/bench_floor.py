@@ -19,43 +19,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import MODELS, ce_loss, interleaved, machine, median_ratio, probe, table
-
-from lightning_landscape.functional import filter_normalized_directions, landscape_parameters, loss_surface
+from common import MODELS, SurfaceCase, interleaved, machine, median_ratio, table
 
 
 def run(resolution: int = 11, reps: int = 5, batches: int = 4, batch_size: int = 64) -> list[list]:
     rows = []
-    for name, make in MODELS.items():
-        torch.manual_seed(0)
-        model = make()
-        data = probe(name, batches, batch_size)
-        params = [p for _, p in landscape_parameters(model)]
-        dirs = filter_normalized_directions(params, seed=0)
-        points = resolution * resolution
-
-        @torch.no_grad()
-        def floor(model=model, data=data, points=points) -> None:
-            model.eval()
-            values = [ce_loss(model, b) for _ in range(points) for b in data]
-            torch.stack(values).cpu()
-
-        def surface(engine: str, model=model, data=data, dirs=dirs):
-            return lambda: loss_surface(model, ce_loss, data, dirs, resolution=resolution, engine=engine)
-
-        times = interleaved({"floor": floor, "loop": surface("loop"), "vmap": surface("vmap")}, reps)
-        loop_ = loss_surface(model, ce_loss, data, dirs, resolution=resolution, engine="loop").losses
-        vmap_ = loss_surface(model, ce_loss, data, dirs, resolution=resolution, engine="vmap").losses
+    for name in MODELS:
+        case = SurfaceCase.make(name, resolution, batches, batch_size)
+        fns = {"floor": case.floor, "loop": case.surface("loop"), "vmap": case.surface("vmap")}
+        times = interleaved(fns, reps)
+        loop_, vmap_ = case.surface("loop")().losses, case.surface("vmap")().losses
         rows.append(
-            [
-                name,
-                sum(p.numel() for p in params),
-                f"{points} x {batches}x{batch_size}",
-                min(times["floor"]),
-                median_ratio(times["loop"], times["floor"]),
-                median_ratio(times["vmap"], times["floor"]),
-                f"{abs(loop_ - vmap_).max():.1e}",
-            ]
+            [*case.row(times), median_ratio(times["vmap"], times["floor"]), f"{abs(loop_ - vmap_).max():.1e}"]
         )
     return rows
 

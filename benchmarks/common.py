@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: small models, probe data, interleaved timing, machine description."""
+"""Shared pieces of the benchmarks: small models, probe data, surface cases against the eager floor,
+interleaved timing, machine description."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -68,6 +70,63 @@ def probe(kind: str, batches: int = 4, batch_size: int = 64, seed: int = 0) -> l
 
 
 MODELS: dict[str, Callable[[], nn.Module]] = {"mlp": mlp, "cnn": cnn, "transformer": TinyTransformer}
+
+
+@dataclass
+class SurfaceCase:
+    """One benchmark model (seeded) with its probe batches and filter-normalized plane, for surface timings.
+
+    :meth:`floor` is what any landscape must spend: ``ce_loss`` on every probe batch at every grid
+    point, eager, under ``no_grad``, in eval mode, with nothing else; :meth:`surface` is the landscape.
+    """
+
+    name: str
+    resolution: int
+    batches: int
+    batch_size: int
+    model: nn.Module
+    data: list[tuple[torch.Tensor, ...]]
+    params: list[torch.Tensor]
+    dirs: Any
+
+    @classmethod
+    def make(cls, name: str, resolution: int, batches: int = 4, batch_size: int = 64) -> SurfaceCase:
+        from lightning_landscape.functional import filter_normalized_directions, landscape_parameters
+
+        torch.manual_seed(0)
+        model = MODELS[name]()
+        data = probe(name, batches, batch_size)
+        params = [p for _, p in landscape_parameters(model)]
+        dirs = filter_normalized_directions(params, seed=0)
+        return cls(name, resolution, batches, batch_size, model, data, params, dirs)
+
+    @property
+    def points(self) -> int:
+        return self.resolution * self.resolution
+
+    @torch.no_grad()
+    def floor(self) -> None:
+        self.model.eval()
+        values = [ce_loss(self.model, b) for _ in range(self.points) for b in self.data]
+        torch.stack(values).cpu()
+
+    def surface(self, engine: str) -> Callable[[], Any]:
+        """``loss_surface`` of this case with ``engine``, as a function of nothing (to time)."""
+        from lightning_landscape.functional import loss_surface
+
+        return lambda: loss_surface(
+            self.model, ce_loss, self.data, self.dirs, resolution=self.resolution, engine=engine
+        )
+
+    def row(self, times: dict[str, list[float]]) -> list[Any]:
+        """The first columns of a floor table: model, parameters, points x probe, floor s, loop/floor."""
+        return [
+            self.name,
+            sum(p.numel() for p in self.params),
+            f"{self.points} x {self.batches}x{self.batch_size}",
+            min(times["floor"]),
+            median_ratio(times["loop"], times["floor"]),
+        ]
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -> dict[str, list[float]]:

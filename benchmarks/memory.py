@@ -28,11 +28,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-CHILD = r"""
-import json, sys, torch
+# What both child scripts start with: the configuration, and reading and resetting the memory figures.
+PRELUDE = r"""
+import json, sys
 from pathlib import Path
-from lightning_landscape.recorder import TrajectoryRecorder
-from lightning_landscape.functional import flatten, trajectory_pca
 
 cfg = json.loads(sys.argv[1])
 
@@ -48,6 +47,14 @@ def reset_peak():
         return True
     except OSError:
         return False
+"""
+
+CHILD = (
+    PRELUDE
+    + r"""
+import torch
+from lightning_landscape.recorder import TrajectoryRecorder
+from lightning_landscape.functional import flatten, trajectory_pca
 
 torch.manual_seed(0)
 n = cfg["params"]
@@ -75,27 +82,15 @@ out.update(stride=rec.stride, nbytes=rec.nbytes, exact=exact, P=sum(p.numel() fo
 out["components"] = pca.components.numel() * pca.components.element_size()
 print(json.dumps(out))
 """
+)
 
 
-LANCZOS_CHILD = r"""
-import importlib.util, json, subprocess, sys, tempfile, torch
-from pathlib import Path
+LANCZOS_CHILD = (
+    PRELUDE
+    + r"""
+import importlib.util, subprocess, tempfile, torch
 from torch import nn
-cfg = json.loads(sys.argv[1])
 torch.set_num_threads(1)
-
-def status(key):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-def reset_peak():
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 if cfg["code"] == "old":
     src = subprocess.run(["git", "show", cfg["commit"] + ":lightning_landscape/functional/curvature.py"],
@@ -128,6 +123,7 @@ peak = status("VmHWM") - base
 print(json.dumps({"P": P, "peak": peak, "exact": exact, "iterations": res.iterations,
                   "lambda_max": res.lambda_max, "lambda_min": res.lambda_min}))
 """
+)
 
 
 def lanczos_table(args: argparse.Namespace) -> None:

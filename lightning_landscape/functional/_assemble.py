@@ -7,13 +7,13 @@ and :mod:`~lightning_landscape.functional.barrier` (private: the public function
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from torch import Tensor, nn
 
 from lightning_landscape.functional._common import probe_size, resolve_params
-from lightning_landscape.functional._common import work_dtype as _work_dtype  # noqa: F401 (re-exported)
 from lightning_landscape.functional.bn import BufferPlan, check_bn
 from lightning_landscape.functional.engine import Engine, Evaluation, Progress, evaluate_points
 from lightning_landscape.functional.noise import probe_noise_of
@@ -26,52 +26,75 @@ def _resolve_params(model: nn.Module, params: Sequence[Tensor] | None) -> list[T
     return resolve_params(model, params, require_grad=False)
 
 
-def _evaluate_shared(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
-    params: Sequence[Tensor],
-    directions: Sequence[Direction],
-    coefficients: np.ndarray,
-    shard: PointShard | None,
-    engine: Engine = "auto",
-    chunk_size: int | None = None,
-    *,
-    origin: Sequence[Tensor] | None = None,
-    buffers: BufferPlan | None = None,
-    metric_fn: LossFn | None = None,
-    progress: Progress | None = None,
-) -> Evaluation:
-    """:func:`evaluate_points` on this process's rows of ``coefficients``, gathered from all processes.
+@dataclass
+class PointEvaluator:
+    """What every point of one landscape shares: the model, loss, probe batches, parameters and options.
 
-    Per-batch losses and metrics are gathered with the means, so every process holds the whole record.
+    :meth:`evaluate` runs :func:`evaluate_points` on this process's rows of a coefficient table and
+    gathers the rows of all processes; :meth:`record` shapes the result into a record's parts.
     """
-    local: list[Evaluation] = []
-    n_batches = len(batches)
-    width = n_batches * (2 if metric_fn is not None else 1)
 
-    def evaluate(rows: np.ndarray) -> np.ndarray:
-        ev = evaluate_points(
-            model,
-            loss_fn,
-            batches,
-            params,
-            directions,
-            rows,
-            engine=engine,
-            chunk_size=chunk_size,
-            origin=origin,
-            buffers=buffers,
-            metric_fn=metric_fn,
-            progress=progress,
-        )
-        local.append(ev)
-        return ev.losses if ev.metrics is None else np.concatenate([ev.losses, ev.metrics], axis=1)
+    model: nn.Module
+    loss_fn: LossFn
+    batches: Sequence[Any]
+    params: Sequence[Tensor]
+    shard: PointShard | None = None
+    engine: Engine = "auto"
+    chunk_size: int | None = None
+    metric_fn: LossFn | None = None
+    progress: Progress | None = None
 
-    table = evaluate_sharded(evaluate, coefficients, shard, columns=width)
-    used = local[0] if local else Evaluation(np.zeros((0, n_batches)), None, "loop")
-    metrics = table[:, n_batches:] if metric_fn is not None else None
-    return Evaluation(table[:, :n_batches], metrics, used.engine, used.note)
+    def evaluate(
+        self,
+        directions: Sequence[Direction],
+        coefficients: np.ndarray,
+        origin: Sequence[Tensor] | None = None,
+        buffers: BufferPlan | None = None,
+    ) -> Evaluation:
+        """Per-batch losses (and metrics) at every row of ``coefficients``, gathered from all processes.
+
+        Per-batch losses and metrics are gathered with the means, so every process holds the whole record.
+        """
+        local: list[Evaluation] = []
+        n_batches = len(self.batches)
+        width = n_batches * (2 if self.metric_fn is not None else 1)
+
+        def evaluate(rows: np.ndarray) -> np.ndarray:
+            ev = evaluate_points(
+                self.model,
+                self.loss_fn,
+                self.batches,
+                self.params,
+                directions,
+                rows,
+                engine=self.engine,
+                chunk_size=self.chunk_size,
+                origin=origin,
+                buffers=buffers,
+                metric_fn=self.metric_fn,
+                progress=self.progress,
+            )
+            local.append(ev)
+            return ev.losses if ev.metrics is None else np.concatenate([ev.losses, ev.metrics], axis=1)
+
+        table = evaluate_sharded(evaluate, coefficients, self.shard, columns=width)
+        used = local[0] if local else Evaluation(np.zeros((0, n_batches)), None, "loop")
+        metrics = table[:, n_batches:] if self.metric_fn is not None else None
+        return Evaluation(table[:, :n_batches], metrics, used.engine, used.note)
+
+    def record(
+        self,
+        directions: Sequence[Direction],
+        coefficients: np.ndarray,
+        shape: tuple[int, ...],
+        bn: str,
+        plan: BufferPlan | None,
+        metric_name: str | None,
+        origin: Sequence[Tensor] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
+        """:meth:`evaluate` with the buffers of ``plan``, then :func:`_finish` shaped like ``shape``."""
+        ev = self.evaluate(directions, coefficients, origin, plan)
+        return _finish(ev, self.batches, shape, bn, plan, _metric_name(self.metric_fn, metric_name))
 
 
 def _metric_name(metric_fn: LossFn | None, metric_name: str | None) -> str | None:

@@ -24,6 +24,7 @@ __all__ = [
     "check_int",
     "check_positive",
     "nonfinite_warning",
+    "norm64",
     "probe_meta",
     "probe_size",
     "rademacher",
@@ -106,6 +107,19 @@ def work_dtype(t: Tensor | torch.dtype) -> torch.dtype:
     """float64 for float64 tensors, float32 for everything else (bf16/fp16 included)."""
     dtype = t if isinstance(t, torch.dtype) else t.dtype
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def norm64(tensors: Sequence[Tensor]) -> float:
+    """The Euclidean norm of a list of tensors taken as one vector, accumulated in float64.
+
+    Example::
+
+        >>> norm64([torch.tensor([3.0]), torch.tensor([[4.0]])])
+        5.0
+    """
+    return float(
+        torch.sqrt(sum(((t.double() ** 2).sum() for t in tensors), torch.zeros((), dtype=torch.float64)))
+    )
 
 
 # --------------------------------------------------------------------------------------- probes

@@ -18,19 +18,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.functional._assemble import _evaluate_shared, _finish, _metric_name, _resolve_params
+from lightning_landscape.functional._assemble import PointEvaluator, _finish, _metric_name, _resolve_params
+from lightning_landscape.functional._common import norm64, work_dtype
 from lightning_landscape.functional.bn import BNMode, BufferPlan, aligned_buffers, check_bn, landscape_buffers
 from lightning_landscape.functional.engine import Engine, Evaluation
-from lightning_landscape.functional.noise import probe_noise_of
 from lightning_landscape.functional.params import LossFn
 from lightning_landscape.functional.sharding import PointShard
 from lightning_landscape.records import LineRecord
 
 __all__ = ["barrier"]
-
-
-def _work(p: Tensor) -> torch.dtype:
-    return torch.float64 if p.dtype == torch.float64 else torch.float32
 
 
 def barrier(
@@ -101,25 +97,11 @@ def barrier(
 
     alphas = np.linspace(0.0, 1.0, resolution)
     with torch.no_grad():
-        origin = [t.detach().to(p.device, _work(p)) for t, p in zip(w1, params)]
-        direction = [t.detach().to(p.device, _work(p)) - o for t, p, o in zip(w2, params, origin)]
+        origin = [t.detach().to(p.device, work_dtype(p)) for t, p in zip(w1, params)]
+        direction = [t.detach().to(p.device, work_dtype(p)) - o for t, p, o in zip(w2, params, origin)]
     zero = [[torch.zeros_like(d) for d in direction]]
 
-    def run(origin_: Sequence[Tensor], dirs: list, table: np.ndarray, plan: BufferPlan | None) -> Evaluation:
-        return _evaluate_shared(
-            model,
-            loss_fn,
-            batches,
-            params,
-            dirs,
-            table,
-            shard,
-            engine=engine,
-            chunk_size=chunk_size,
-            origin=origin_,
-            buffers=plan,
-            metric_fn=metric_fn,
-        )
+    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn)
 
     # Interior points.
     inner = alphas[1:-1, None]
@@ -131,7 +113,7 @@ def barrier(
     else:
         plan = BufferPlan.recompute(model) if bn == "recompute" else None
         table = inner
-    middle = run(origin, [direction], table, plan)
+    middle = points.evaluate([direction], table, origin, plan)
     passes = len(inner) * (plan.passes_per_batch if plan is not None else 0)
 
     # Endpoints: exactly w1 and w2, with their own statistics when given.
@@ -143,7 +125,7 @@ def barrier(
             end_table = np.zeros((1, 2))
         else:
             end_plan, end_table = plan if bn == "recompute" else None, np.zeros((1, 1))
-        ends.append(run(w, zero, end_table, end_plan))
+        ends.append(points.evaluate(zero, end_table, w, end_plan))
         passes += end_plan.passes_per_batch if end_plan is not None else 0
     endpoints = "own statistics" if own is not None else {"keep": "current statistics"}.get(bn, "recomputed")
 
@@ -166,11 +148,7 @@ def barrier(
         barrier_alpha=float(alphas[k]),
         endpoint_losses=[float(losses[0]), float(losses[-1])],
         endpoints=endpoints,
-        distance=float(
-            torch.sqrt(
-                sum(((d.double() ** 2).sum() for d in direction), torch.zeros((), dtype=torch.float64))
-            ).item()
-        ),
+        distance=norm64(direction),
     )
     if bn == "recompute":
         meta["bn_layers"] = len(BufferPlan.recompute(model).norms)
@@ -178,6 +156,4 @@ def barrier(
         m_rise = metrics - ((1 - alphas) * metrics[0] + alphas * metrics[-1])
         meta["metric_above_chord"] = float(np.nanmax(m_rise))
         meta["metric_below_chord"] = float(np.nanmax(-m_rise))
-    noise = probe_noise_of(per_batch, losses)
-    meta["probe_stderr_median"], meta["probe_noise"] = noise.median_stderr, noise.relative
     return LineRecord(alphas=alphas, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)

@@ -30,10 +30,9 @@ from lightning_landscape.functional._common import (
 from lightning_landscape.functional.estimators import (
     check_lanczos_args,
     hutchinson_samples,
-    lanczos,
     summarize_samples,
 )
-from lightning_landscape.functional.operators import hessian_operator
+from lightning_landscape.functional.operators import hessian_operator, operator_lanczos
 from lightning_landscape.functional.params import LossFn
 
 __all__ = ["BlockCurvature", "block_curvature", "parameter_blocks"]
@@ -155,9 +154,8 @@ def block_curvature(
     """``lambda_max`` and the trace of the Hessian restricted to each block of parameters.
 
     Args:
-        model: the model; observed in eval mode and restored exactly.
-        loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
-        batches: probe batches on the model's device; the loss is their mean.
+        model, loss_fn, batches: as in :func:`hessian_eigenvalues` (the model observed in eval mode and
+            restored exactly; the loss the mean over the probe batches).
         blocks: ``None`` (top-level child modules), module names, or a mapping block name -> parameter
             names (see :func:`parameter_blocks`).
         max_iter, tol, max_basis: Lanczos options for each block's ``lambda_max`` (as in
@@ -206,16 +204,7 @@ def block_curvature(
         with hessian_operator(model, loss_fn, batches, chosen, reuse_graph) as op:
             for name in names:
                 block = op.block([position[i] for i in groups[name]])
-                eig = lanczos(
-                    block.matvec,
-                    block.numel,
-                    max_iter=max_iter,
-                    tol=tol,
-                    seed=seed,
-                    dtype=block.dtype,
-                    device=block.device,
-                    max_basis=max_basis,
-                )
+                eig = operator_lanczos(block, max_iter, tol, seed, max_basis=max_basis)
                 values = hutchinson_samples(
                     block.matvec, block.numel, samples, seed, block.dtype, block.device
                 )

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.functional.bn import BufferPlan, recompute_session
-from lightning_landscape.functional.engine import Engine, checked_scalar, move_to_point
+from lightning_landscape.functional.bn import BufferPlan
+from lightning_landscape.functional.engine import Engine, checked_scalar, walk_points
 from lightning_landscape.functional.params import LossFn, WeightPerturbation
 
 __all__ = ["CompileFallbackWarning", "compile_settings", "compiled_loss", "evaluate_compiled"]
@@ -183,25 +183,16 @@ def _compiled_points(
 ) -> Tensor:
     """The loop engine's point order and weight moves, one compiled call per point.
 
-    The weights are moved exactly as in ``engine._evaluate_points_loop`` (row buffer, foreach kernels,
-    restored by ``move``); recomputed BatchNorm statistics come from an eager pass with ``loss_fn`` (its
-    Python-side running average does not compile as one graph), the evaluation from the compiled one.
+    The weights are moved exactly as in the loop engine, by ``engine.walk_points`` (row buffer, foreach
+    kernels, restored by ``move``); recomputed BatchNorm statistics come from an eager pass with
+    ``loss_fn`` (its Python-side running average does not compile as one graph), the evaluation from
+    the compiled one.
     """
     losses: list[Tensor] = []
     metrics: list[Tensor] = []
-    params, dirs = move.params, move.directions
-    norms = buffers.norms if buffers is not None and buffers.mode == "recompute" else []
-    with move, torch.no_grad(), recompute_session(norms):
-        saved = move._saved
-        assert saved is not None
-        anchor = list(saved if origin is None else origin)
-        base = anchor if len(dirs) == 1 else [t.clone() for t in anchor]
-        previous: list[float] | None = [] if len(dirs) == 1 else None
-        n_dirs = len(dirs)
+    with walk_points(model, loss_fn, batches, move, origin, buffers) as move_to:
         for full in coefficients.tolist():
-            previous = move_to_point(
-                full, n_dirs, params, base, anchor, dirs, previous, buffers, norms, model, loss_fn, batches
-            )
+            move_to(full)
             point_losses, point_metrics = compiled(loss_fn, metric_fn, model, batches)
             losses.append(point_losses)
             if point_metrics is not None:

@@ -39,10 +39,9 @@ from lightning_landscape.functional.estimators import (
     Which,
     check_lanczos_args,
     hutchinson_samples,
-    lanczos,
     summarize_samples,
 )
-from lightning_landscape.functional.operators import hessian_operator
+from lightning_landscape.functional.operators import hessian_operator, operator_lanczos
 from lightning_landscape.functional.params import Direction, LossFn, unflatten
 from lightning_landscape.functional.sharding import PointShard, evaluate_sharded
 
@@ -198,16 +197,13 @@ def hessian_eigenvalues(
     start = time.perf_counter()
     try:
         with hessian_operator(model, loss_fn, batches, params, reuse_graph) as op:
-            res = lanczos(
-                op.matvec,
-                op.numel,
+            res = operator_lanczos(
+                op,
+                max_iter,
+                tol,
+                seed,
                 k=k,
                 which=which,
-                max_iter=max_iter,
-                tol=tol,
-                seed=seed,
-                dtype=op.dtype,
-                device=op.device,
                 return_vectors=return_eigenvectors,
                 max_basis=max_basis,
             )

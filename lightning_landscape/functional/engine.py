@@ -11,8 +11,9 @@ loop (weights moved in place, one forward pass per point and batch) and the batc
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -243,23 +244,13 @@ def _evaluate_points_loop(
     """
     losses: list[Tensor] = []
     metrics: list[Tensor] = []
-    params, dirs = move.params, move.directions
-    norms = buffers.norms if buffers is not None and buffers.mode == "recompute" else []
-    with move, torch.no_grad(), recompute_session(norms):
-        saved = move._saved
-        assert saved is not None
-        anchor = saved if origin is None else origin
-        base = anchor if len(dirs) == 1 else [t.clone() for t in anchor]
-        previous: list[float] | None = [] if len(dirs) == 1 else None
-        n_dirs = len(dirs)
-        n_points = len(coefficients)
-        every = max(1, n_points // 50)  # progress about 50 times per evaluation
+    n_points = len(coefficients)
+    every = max(1, n_points // 50)  # progress about 50 times per evaluation
+    with walk_points(model, loss_fn, batches, move, origin, buffers) as move_to:
         for index, full in enumerate(coefficients.tolist()):
             if progress is not None and index and index % every == 0:
                 progress(index, n_points)
-            previous = move_to_point(
-                full, n_dirs, params, base, anchor, dirs, previous, buffers, norms, model, loss_fn, batches
-            )
+            move_to(full)
             losses.extend(checked_scalar(loss_fn(model, batch)) for batch in batches)
             if metric_fn is not None:
                 metrics.extend(checked_scalar(metric_fn(model, batch), "metric_fn") for batch in batches)
@@ -270,40 +261,50 @@ def _evaluate_points_loop(
     return torch.cat([stacked.double(), torch.stack(metrics).double().view(n, len(batches))], dim=1)
 
 
-def move_to_point(
-    full: list[float],
-    n_dirs: int,
-    params: list[Tensor],
-    base: list[Tensor],
-    anchor: list[Tensor],
-    dirs: Sequence[list[Tensor]],
-    previous: list[float] | None,
-    buffers: BufferPlan | None,
-    norms: Any,
+@contextlib.contextmanager
+def walk_points(
     model: nn.Module,
     loss_fn: LossFn,
     batches: Sequence[Any],
-) -> list[float]:
-    """Put the model at one point of the loop engines (eager and compiled); return the row key.
+    move: WeightPerturbation,
+    origin: Sequence[Tensor] | None,
+    buffers: BufferPlan | None,
+) -> Iterator[Callable[[list[float]], None]]:
+    """The loop engines' walk over points (eager and compiled): ``move_to(row)`` puts the model at one.
 
-    Points come row by row, so ``anchor + sum_{k>=1} c_k d_k`` is rebuilt into ``base`` only when the row
-    changes, and each point is ``copy(base) + c_0 d_0``; interpolated buffers follow the point's trailing
-    coefficients, and with BatchNorm statistics to recompute, one statistics pass runs over the batches.
+    Inside the block the weights are saved by ``move`` (and restored after), gradients are off, and
+    BatchNorm statistics to recompute have their session open. Points come row by row, so
+    ``origin + sum_{k>=1} c_k d_k`` is rebuilt into a row buffer only when the row changes, and each
+    point is ``copy(buffer) + c_0 d_0``; interpolated buffers follow the row's trailing coefficients, and
+    with statistics to recompute, one statistics pass runs over the batches at every point.
     """
-    first, rest = full[0], full[1:n_dirs]
-    if rest != previous:
-        torch._foreach_copy_(base, anchor)
-        for c, d in zip(rest, dirs[1:]):
-            if c != 0.0:
-                torch._foreach_add_(base, d, alpha=c)
-        previous = rest
-    torch._foreach_copy_(params, base)
-    if first != 0.0:
-        torch._foreach_add_(params, dirs[0], alpha=first)
-    if buffers is not None and buffers.mode == "interpolate":
-        buffers.set_buffers(full[n_dirs:])
-    if norms:
-        with statistics_pass(norms):
-            for batch in batches:
-                loss_fn(model, batch)
-    return previous
+    params, dirs = move.params, move.directions
+    norms = buffers.norms if buffers is not None and buffers.mode == "recompute" else []
+    with move, torch.no_grad(), recompute_session(norms):
+        saved = move._saved
+        assert saved is not None
+        anchor = list(saved if origin is None else origin)
+        n_dirs = len(dirs)
+        base = anchor if n_dirs == 1 else [t.clone() for t in anchor]
+        previous: list[float] | None = [] if n_dirs == 1 else None
+
+        def move_to(full: list[float]) -> None:
+            nonlocal previous
+            first, rest = full[0], full[1:n_dirs]
+            if rest != previous:
+                torch._foreach_copy_(base, anchor)
+                for c, d in zip(rest, dirs[1:]):
+                    if c != 0.0:
+                        torch._foreach_add_(base, d, alpha=c)
+                previous = rest
+            torch._foreach_copy_(params, base)
+            if first != 0.0:
+                torch._foreach_add_(params, dirs[0], alpha=first)
+            if buffers is not None and buffers.mode == "interpolate":
+                buffers.set_buffers(full[n_dirs:])
+            if norms:
+                with statistics_pass(norms):
+                    for batch in batches:
+                        loss_fn(model, batch)
+
+        yield move_to

@@ -31,6 +31,7 @@ from lightning_landscape.functional._common import (
     second_order,
     work_dtype,
 )
+from lightning_landscape.functional.estimators import LanczosResult, Which, lanczos
 from lightning_landscape.functional.params import Direction, LossFn, observation, unflatten
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "SecondOrderError",
     "hessian_operator",
     "hessian_vector_product",
+    "operator_lanczos",
 ]
 
 
@@ -333,6 +335,44 @@ class ScaledOperator:
 
     def matvec(self, vector: Tensor) -> Tensor:
         return self.operator.matvec(vector * self.diagonal).mul_(self.diagonal)
+
+
+def operator_lanczos(
+    operator: LinearOperator,
+    max_iter: int,
+    tol: float,
+    seed: int,
+    *,
+    k: int = 1,
+    which: Which = "largest",
+    return_vectors: bool = False,
+    max_basis: int | None = None,
+) -> LanczosResult:
+    """:func:`~lightning_landscape.functional.estimators.lanczos` on ``operator``'s ``matvec``, in its
+    dimension, dtype and device (the other options as there).
+
+    Example::
+
+        >>> class Diagonal:
+        ...     numel, dtype, device = 3, torch.float64, torch.device("cpu")
+        ...     def matvec(self, v):
+        ...         return torch.tensor([1.0, 5.0, 2.0], dtype=torch.float64) * v
+        >>> operator_lanczos(Diagonal(), max_iter=10, tol=1e-10, seed=0).values.round(8).tolist()
+        [5.0]
+    """
+    return lanczos(
+        operator.matvec,
+        operator.numel,
+        k=k,
+        which=which,
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        dtype=operator.dtype,
+        device=operator.device,
+        return_vectors=return_vectors,
+        max_basis=max_basis,
+    )
 
 
 @contextlib.contextmanager

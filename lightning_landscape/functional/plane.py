@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.functional._assemble import _evaluate_shared, _finish, _metric_name, _resolve_params
+from lightning_landscape.functional._assemble import PointEvaluator, _resolve_params
+from lightning_landscape.functional._common import work_dtype
 from lightning_landscape.functional.bn import BNMode, BufferPlan, aligned_buffers, check_bn, landscape_buffers
 from lightning_landscape.functional.engine import Engine
 from lightning_landscape.functional.noise import probe_noise_of
@@ -119,7 +120,7 @@ def plane_through(w0: Sequence[Tensor], w1: Sequence[Tensor], w2: Sequence[Tenso
         if b2 <= 1e-6 * max(a, _dot(v, v) ** 0.5):  # float32 rounding is ~1e-7
             raise ValueError("`w0`, `w1`, `w2` are (nearly) collinear: they do not span a plane")
         e2 = [t / b2 for t in r]
-        work = [torch.float64 if t.dtype == torch.float64 else torch.float32 for t in w0]
+        work = [work_dtype(t) for t in w0]
         directions = (
             [e.to(dt) for e, dt in zip(e1, work)],
             [e.to(dt) for e, dt in zip(e2, work)],
@@ -229,22 +230,11 @@ def shared_plane_surface(
         table = np.concatenate([coords, barycentric_buffer_coefficients(plane.points, coords)], axis=1)
     elif bn == "recompute":
         plan = BufferPlan.recompute(model)
-    ev = _evaluate_shared(
-        model,
-        loss_fn,
-        batches,
-        params,
-        list(plane.directions),
-        table,
-        shard,
-        engine=engine,
-        chunk_size=chunk_size,
-        origin=plane.origin,
-        buffers=plan,
-        metric_fn=metric_fn,
+    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn)
+    directions = list(plane.directions)
+    losses, per_batch, metrics, meta = points.record(
+        directions, table, (len(coords),), bn, plan, metric_name, plane.origin
     )
-    metric_label = _metric_name(metric_fn, metric_name)
-    losses, per_batch, metrics, meta = _finish(ev, batches, (len(coords),), bn, plan, metric_label)
     n = resolution * resolution
     meta.update(
         directions="shared_plane",

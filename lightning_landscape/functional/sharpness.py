@@ -29,6 +29,7 @@ from lightning_landscape.functional._common import (
     check_batches,
     check_int,
     check_positive,
+    norm64,
     probe_meta,
     resolve_params,
     scalar_loss,
@@ -128,12 +129,6 @@ def loss_gradient(
     return total / n, [g / n for g in grad]
 
 
-def _norm(tensors: Sequence[Tensor]) -> float:
-    return float(
-        torch.sqrt(sum(((t.double() ** 2).sum() for t in tensors), torch.zeros((), dtype=torch.float64)))
-    )
-
-
 def sam_sharpness(
     model: nn.Module,
     loss_fn: LossFn,
@@ -165,7 +160,7 @@ def sam_sharpness(
     meta = {"rho": float(rho), "adaptive": bool(adaptive), **probe_meta(batches)}
     start = time.perf_counter()
     loss, grad = loss_gradient(model, loss_fn, batches, params)
-    grad_norm = _norm(grad)
+    grad_norm = norm64(grad)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         warnings.warn(
             f"sam_sharpness: the loss at w is {loss} and the gradient norm {grad_norm}; the result is NaN",
@@ -175,7 +170,7 @@ def sam_sharpness(
         return SamSharpness(math.nan, math.nan, loss, math.nan, grad_norm, meta=meta)
     with torch.no_grad():
         scaled = [g * p.detach().abs() for g, p in zip(grad, params)] if adaptive else grad
-        scaled_norm = _norm(scaled)
+        scaled_norm = norm64(scaled)
         weights = [p.detach().abs() for p in params] if adaptive else [None] * len(params)
         e = [(s * w if w is not None else s) * (rho / (scaled_norm + _EPS)) for s, w in zip(scaled, weights)]
     losses = _evaluate_points(model, loss_fn, batches, params, [e], np.array([[0.0], [1.0]]))

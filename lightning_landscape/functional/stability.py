@@ -40,9 +40,10 @@ from lightning_landscape.functional._common import (
     nonfinite_warning,
     probe_meta,
     resolve_params,
+    work_dtype,
 )
-from lightning_landscape.functional.estimators import check_lanczos_args, lanczos
-from lightning_landscape.functional.operators import ScaledOperator, hessian_operator
+from lightning_landscape.functional.estimators import check_lanczos_args
+from lightning_landscape.functional.operators import ScaledOperator, hessian_operator, operator_lanczos
 from lightning_landscape.functional.params import LossFn
 
 __all__ = [
@@ -203,7 +204,7 @@ def adam_preconditioner(optimizer: Any, params: Sequence[Tensor]) -> list[Tensor
             float(group["eps"]),
         )
         v_hat = state[key].detach().double() / (1 - beta2**step)
-        out.append((v_hat.sqrt() + eps).to(torch.float64 if p.dtype == torch.float64 else torch.float32))
+        out.append((v_hat.sqrt() + eps).to(work_dtype(p)))
     return out
 
 
@@ -288,16 +289,7 @@ def edge_of_stability_ratio(
     try:
         with hessian_operator(model, loss_fn, batches, params, reuse_graph) as op:
             operator = op if diagonal is None else ScaledOperator(op, diagonal.rsqrt())
-            res = lanczos(
-                operator.matvec,
-                operator.numel,
-                max_iter=max_iter,
-                tol=tol,
-                seed=seed,
-                dtype=operator.dtype,
-                device=operator.device,
-                max_basis=max_basis,
-            )
+            res = operator_lanczos(operator, max_iter, tol, seed, max_basis=max_basis)
             loss = op.loss
     except NonFiniteError as err:
         nonfinite_warning("edge_of_stability_ratio", err)

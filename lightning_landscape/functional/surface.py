@@ -20,15 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_landscape import _validation as check
-from lightning_landscape.functional._assemble import (
-    _evaluate_shared,
-    _finish,
-    _metric_name,
-    _plan,
-    _resolve_params,
-    _work_dtype,
-    probe_size,
-)
+from lightning_landscape.functional._assemble import PointEvaluator, _plan, _resolve_params
+from lightning_landscape.functional._common import norm64, probe_size, work_dtype
 from lightning_landscape.functional.bn import (
     BNMode,
     BufferPlan,
@@ -204,23 +197,11 @@ def loss_surface(
     ys_arr = np.asarray(ys, dtype=np.float64) if ys is not None else odd_grid(span, resolution)
     gx, gy = np.meshgrid(xs_arr, ys_arr)
     coefficients = np.stack([gx.ravel(), gy.ravel()], axis=1)
-    ev = _evaluate_shared(
-        model,
-        loss_fn,
-        batches,
-        params,
-        directions,
-        coefficients,
-        shard,
-        engine=engine,
-        chunk_size=chunk_size,
-        origin=origin,
-        buffers=plan,
-        metric_fn=metric_fn,
-        progress=progress,
+    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn, progress)
+    shape = (len(ys_arr), len(xs_arr))
+    losses, per_batch, metrics, meta = points.record(
+        directions, coefficients, shape, bn, plan, metric_name, origin
     )
-    name = _metric_name(metric_fn, metric_name)
-    losses, per_batch, metrics, meta = _finish(ev, batches, (len(ys_arr), len(xs_arr)), bn, plan, name)
     return SurfaceRecord(
         xs=xs_arr, ys=ys_arr, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics
     )
@@ -263,23 +244,11 @@ def loss_line(
     _check_origin(origin, params)
     plan = _plan(model, bn)
     alphas_arr = np.asarray(alphas, dtype=np.float64) if alphas is not None else odd_grid(span, resolution)
-    ev = _evaluate_shared(
-        model,
-        loss_fn,
-        batches,
-        params,
-        [direction],
-        alphas_arr[:, None],
-        shard,
-        engine=engine,
-        chunk_size=chunk_size,
-        origin=origin,
-        buffers=plan,
-        metric_fn=metric_fn,
-        progress=progress,
+    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn, progress)
+    shape = (len(alphas_arr),)
+    losses, per_batch, metrics, meta = points.record(
+        [direction], alphas_arr[:, None], shape, bn, plan, metric_name, origin
     )
-    name = _metric_name(metric_fn, metric_name)
-    losses, per_batch, metrics, meta = _finish(ev, batches, (len(alphas_arr),), bn, plan, name)
     return LineRecord(alphas=alphas_arr, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)
 
 
@@ -346,7 +315,7 @@ def interpolation_line(
     alphas = np.linspace(lo, hi, resolution)
     with torch.no_grad():
         direction = [
-            p.detach().to(_work_dtype(p)) - s.to(device=p.device, dtype=_work_dtype(p))
+            p.detach().to(work_dtype(p)) - s.to(device=p.device, dtype=work_dtype(p))
             for p, s in zip(params, start)
         ]
     # start + alpha (w - start) = w + (alpha - 1) (w - start): evaluate around the current weights.
@@ -355,25 +324,9 @@ def interpolation_line(
     coefficients = (alphas - 1.0)[:, None]
     if bn == "interpolate":
         coefficients = np.concatenate([coefficients, np.clip(alphas, 0.0, 1.0)[:, None] - 1.0], axis=1)
-    ev = _evaluate_shared(
-        model,
-        loss_fn,
-        batches,
-        params,
-        [direction],
-        coefficients,
-        shard,
-        engine=engine,
-        chunk_size=chunk_size,
-        buffers=plan,
-        metric_fn=metric_fn,
-        progress=progress,
+    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn, progress)
+    losses, per_batch, metrics, meta = points.record(
+        [direction], coefficients, (len(alphas),), bn, plan, metric_name
     )
-    name = _metric_name(metric_fn, metric_name)
-    losses, per_batch, metrics, meta = _finish(ev, batches, (len(alphas),), bn, plan, name)
-    meta["distance"] = float(
-        torch.sqrt(
-            sum(((d.double() ** 2).sum() for d in direction), torch.zeros((), dtype=torch.float64))
-        ).item()
-    )
+    meta["distance"] = norm64(direction)
     return LineRecord(alphas=alphas, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)
