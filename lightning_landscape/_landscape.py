@@ -1,9 +1,9 @@
-"""What one landscape is: its plane (trajectory PCA, random or Hessian directions), surface and lines.
+"""What one landscape is: its plane (:mod:`._plane`), surface, lines, metrics and reliability indicators.
 
-:class:`LandscapeBuilder` turns a :class:`~lightning_landscape._schedule.Plan` into records by calling
-the functional core. It remembers the latest periodic landscape so that the final one, computed at the
-same weights, reuses what would come out the same (the surface, the interpolation line, metrics with
-the same options) instead of computing it twice.
+:class:`LandscapeBuilder` turns an :class:`Observation` (the callback's trainer, module, plan, probe set
+and snapshots) into records by calling the functional core. It remembers the latest periodic landscape
+so that the final one, computed at the same weights, reuses what would come out the same (the surface,
+the interpolation line, metrics with the same options) instead of computing it twice.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lightning_landscape._indicators import Indicators
+from lightning_landscape._plane import Plane, PlaneSteps
 from lightning_landscape._probe import ProbeSet
 from lightning_landscape._progress import LandscapeProgress
 from lightning_landscape._publish import Warnings, record_name
@@ -24,43 +24,14 @@ from lightning_landscape._reliability_step import ReliabilitySteps, _copy
 from lightning_landscape._schedule import Plan
 from lightning_landscape.distributed import agree, point_shard
 from lightning_landscape.functional.bn import BNMode, landscape_buffers
-from lightning_landscape.functional.curvature import hessian_directions
-from lightning_landscape.functional.directions import filter_normalized_directions
-from lightning_landscape.functional.params import Direction, LossFn, flatten, unflatten
+from lightning_landscape.functional.params import Direction, LossFn, unflatten
 from lightning_landscape.functional.sharding import PointShard
 from lightning_landscape.functional.surface import Engine, interpolation_line, loss_line, loss_surface
-from lightning_landscape.functional.trajectory import TrajectoryPCA, trajectory_pca
 from lightning_landscape.metrics import compute_metrics
 from lightning_landscape.recorder import TrajectoryRecorder
 from lightning_landscape.records import LineRecord, MetricsRecord, SurfaceRecord
 
-__all__ = ["LandscapeBuilder", "Plane", "fingerprint"]
-
-
-@dataclass
-class Plane:
-    """Two directions, the path projected on them (or None), the grid's span and what to record.
-
-    ``pca``: the trajectory PCA the plane came from; ``unit``: the axes' unit for the reliability's
-    distance scan (1 for filter-normalized directions, the weights' norm for unit-vector directions).
-    """
-
-    directions: tuple[Direction, Direction]
-    path: np.ndarray | None
-    span: float | tuple[float, float]
-    meta: dict[str, Any] = field(default_factory=dict)
-    pca: TrajectoryPCA | None = None
-    unit: float = 1.0
-
-
-def _norm(params: Sequence[Tensor]) -> float:
-    """The weights' Euclidean norm: the unit of the distance scan along unit-vector directions (a
-    filter-normalized direction has about this norm, so both planes scan the same distances)."""
-    with torch.no_grad():
-        total = torch.zeros((), dtype=torch.float64)
-        for p in params:
-            total = total + p.detach().double().square().sum().cpu()
-        return float(torch.sqrt(total)) or 1.0
+__all__ = ["LandscapeBuilder", "Observation", "fingerprint"]
 
 
 def fingerprint(model: nn.Module, params: Sequence[Tensor]) -> Tensor:
@@ -70,6 +41,33 @@ def fingerprint(model: nn.Module, params: Sequence[Tensor]) -> Tensor:
         tensors = [t.detach() for t in (*params, *model.buffers())]
         parts = [torch.stack([t.double().sum(), t.double().square().sum()]) for t in tensors]
         return torch.cat(parts).cpu() if parts else torch.zeros(0, dtype=torch.float64)
+
+
+@dataclass
+class Observation:
+    """What the callback hands over for one landscape: where (trainer, module, its parameters), what
+    (the plan), with which data (the probe set), the snapshots, and the records' common metadata."""
+
+    trainer: Any
+    module: nn.Module
+    params: Sequence[Tensor]
+    plan: Plan
+    probe: ProbeSet
+    recorder: TrajectoryRecorder
+    common: Mapping[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.common["global_step"])
+
+    def inputs(self) -> tuple[list[Any], LossFn]:
+        """The probe batches (a collective: every rank calls it) and the loss in the precision context."""
+        batches = self.probe.batches(self.trainer, self.module)
+        return batches, self.probe.loss_fn(self.module, self.trainer.precision_plugin.forward_context)
+
+    def shard(self) -> PointShard | None:
+        """This rank's share of the evaluation points (``None`` in a single process)."""
+        return point_shard(self.trainer, self.params[0].device)
 
 
 @dataclass
@@ -97,7 +95,7 @@ class _Drawn:
     trace: float | None = None
 
 
-class LandscapeBuilder(ReliabilitySteps):
+class LandscapeBuilder(PlaneSteps, ReliabilitySteps):
     """Builds the plane and evaluates the surface and lines of one landscape (see the callback's options).
 
     ``part`` names what is being computed, for the failure message.
@@ -144,62 +142,6 @@ class LandscapeBuilder(ReliabilitySteps):
         self._drawn = None
         self.start_buffers = None
 
-    # ------------------------------------------------------------------ the plane
-
-    def plane(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        batches: list[Any],
-        params: Sequence[Tensor],
-        recorder: TrajectoryRecorder,
-        plan: Plan,
-    ) -> Plane:
-        """The plane to draw: PCA of the trajectory (once two snapshots exist), Hessian or random."""
-        span = self.span
-        if self.directions == "hessian":  # eigenvectors of lambda_max and lambda_min (Boettcher & Wheeler)
-            (d1, d2), eig = hessian_directions(
-                model,
-                loss_fn,
-                batches,
-                max_iter=plan.hessian_iterations,
-                tol=1e-4,
-                seed=self.seed,
-                params=params,
-            )
-            meta = {
-                "directions": "hessian",
-                "seed": self.seed,
-                "lambda_max": eig.lambda_max,
-                "lambda_min": eig.lambda_min,
-                "residuals": eig.residuals.tolist(),
-                "lanczos_iterations": eig.iterations,
-            }
-            return Plane((d1, d2), None, span if span is not None else 1.0, meta, unit=_norm(params))
-        if self.directions == "pca" and len(recorder) >= 2:
-            centre = flatten(params, dtype=self.work_dtype, device="cpu")
-            pca = trajectory_pca(
-                recorder.stacked(), centre, centred=self.pca_centred, release=recorder.release
-            )
-            del centre
-            d1, d2 = (unflatten(c, params, dtype=self.work_dtype) for c in pca.components)
-            path = np.vstack([pca.coords.numpy(), np.zeros((1, 2))])  # the path ends at the centre
-            if span is None:
-                extent = float(np.abs(path).max())
-                span = extent * (1.0 + self.margin) if extent > 0 else 1.0
-            meta = {
-                "directions": "pca",
-                "explained_variance": pca.explained_variance_ratio.tolist(),
-                "pca_convention": pca.convention,
-                "snapshots": len(recorder),
-                "snapshot_steps": list(recorder.steps),
-            }
-            return Plane((d1, d2), path, span, meta, pca=pca, unit=_norm(params))
-        d1, d2 = filter_normalized_directions(params, count=2, seed=self.seed, include_1d=self.include_1d)
-        d1, d2 = ([t.to(self.work_dtype) for t in d] for d in (d1, d2))
-        meta = {"directions": "random", "seed": self.seed, "include_1d": self.include_1d}
-        return Plane((d1, d2), None, span if span is not None else 1.0, meta)
-
     # ------------------------------------------------------------------ surface and lines
 
     def _reusable(self, step: int, mark: Tensor) -> _Latest | None:
@@ -215,27 +157,18 @@ class LandscapeBuilder(ReliabilitySteps):
         latest = self._reusable(step, mark)
         return latest if agree(trainer, latest is not None) else None
 
-    def compute(
-        self,
-        trainer: Any,
-        module: nn.Module,
-        params: Sequence[Tensor],
-        plan: Plan,
-        probe: ProbeSet,
-        recorder: TrajectoryRecorder,
-        common: Mapping[str, Any],
-    ) -> list[SurfaceRecord | LineRecord]:
-        """One landscape under ``trainer``: probe batches, plane, surface and lines; on every rank.
+    def compute(self, job: Observation) -> list[SurfaceRecord | LineRecord]:
+        """One landscape under ``job.trainer``: probe batches, plane, surface and lines; on every rank.
 
         Each collective (the probe broadcast, the agreement, one all-gather per surface or line) is reached
         by all ranks in the same order, and a failure on one rank is turned into the same exception on
         every rank *after* a collective.
         """
+        trainer, module, params, plan, recorder = job.trainer, job.module, job.params, job.plan, job.recorder
         self.part = "the probe batches"
-        batches = probe.batches(trainer, module)  # a collective: every rank calls it
-        loss_fn = probe.loss_fn(module, trainer.precision_plugin.forward_context)
+        batches, loss_fn = job.inputs()
         plane, start, error = None, None, None
-        with probe.observing(module):
+        with job.probe.observing(module):
             try:
                 self.part = "the plane"
                 plane = self.plane(module, loss_fn, batches, params, recorder, plan)
@@ -246,12 +179,12 @@ class LandscapeBuilder(ReliabilitySteps):
             if not agree(trainer, error is None):
                 raise error if error is not None else RuntimeError("the plane failed on another rank")
             assert plane is not None
-            shard = point_shard(trainer, params[0].device)
+            shard = job.shard()
             mark = fingerprint(module, params)
-            step = int(common["global_step"])
+            step = job.step
             earlier = self._earlier(trainer, plan.stage, step, mark)
             common = {
-                **common,
+                **job.common,
                 "precision": str(trainer.precision),
                 "snapshot_dtype": str(recorder.dtype).removeprefix("torch."),
                 "world_size": trainer.world_size,
@@ -279,28 +212,18 @@ class LandscapeBuilder(ReliabilitySteps):
             )
         return records
 
-    def metrics_record(
-        self,
-        trainer: Any,
-        module: nn.Module,
-        params: Sequence[Tensor],
-        plan: Plan,
-        probe: ProbeSet,
-        recorder: TrajectoryRecorder,
-        common: Mapping[str, Any],
-    ) -> list[MetricsRecord]:
-        """The plan's metrics under ``trainer`` as a record (none if every one failed, or none asked).
+    def metrics_record(self, job: Observation) -> list[MetricsRecord]:
+        """The plan's metrics under ``job.trainer`` as a record (none if every one failed, or none asked).
 
         Every rank runs the same spec, so the collectives of the shared metrics match.
         """
-        if not plan.metrics:
+        if not job.plan.metrics:
             return []
         self.part = "the probe batches"
-        batches = probe.batches(trainer, module)
-        loss_fn = probe.loss_fn(module, trainer.precision_plugin.forward_context)
-        shard = point_shard(trainer, params[0].device)
-        step, stage = int(common["global_step"]), plan.stage
-        with probe.observing(module):
+        batches, loss_fn = job.inputs()
+        trainer, module, params, plan = job.trainer, job.module, job.params, job.plan
+        step, stage, shard = job.step, plan.stage, job.shard()
+        with job.probe.observing(module):
             mark = fingerprint(module, params)
             earlier = self._earlier(trainer, stage, step, mark)
             optimizer = trainer.optimizers[0] if getattr(trainer, "optimizers", None) else None  # for "eos"
@@ -319,7 +242,7 @@ class LandscapeBuilder(ReliabilitySteps):
         if not scalars:
             return []  # every metric failed: the warnings above say why
         name = record_name(stage, "metrics", step)
-        record = MetricsRecord.from_dict(scalars, {**common, "name": name, **meta})
+        record = MetricsRecord.from_dict(scalars, {**job.common, "name": name, **meta})
         if errors:
             record.meta["errors"] = errors
         return [record]
@@ -359,13 +282,9 @@ class LandscapeBuilder(ReliabilitySteps):
         surface_metric = metric if stage == "final" else None
         metric_name = self.metric_name if surface_metric else None
         old_surface = earlier.surface if earlier is not None and earlier.plane_key == key else None
-        same_grid = old_surface is not None and old_surface.losses.shape[0] == plan.resolution
-        if (
-            old_surface is not None
-            and same_grid
-            and (surface_metric is None or old_surface.metrics is not None)
-        ):
-            surface = _copy(old_surface)  # same plane, same grid
+        same = old_surface is not None and old_surface.losses.shape[0] == plan.resolution  # and same grid
+        if old_surface is not None and same and (surface_metric is None or old_surface.metrics is not None):
+            surface = _copy(old_surface)
             surface.path = plane.path
         else:
             surface = loss_surface(
@@ -451,14 +370,6 @@ class LandscapeBuilder(ReliabilitySteps):
                 return user(model, batch)
 
         return metric
-
-    def plane_key_of(self, plane: Plane, plan: Plan) -> tuple[Any, ...]:
-        kind = plane.meta.get("directions")
-        if kind == "hessian":
-            return ("hessian", plan.hessian_iterations)
-        if kind == "pca":
-            return ("pca", tuple(plane.meta.get("snapshot_steps", ())), self.span, self.margin)
-        return ("random", self.span)
 
     # ------------------------------------------------------------------ metrics
 

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning_landscape._render import FigureRenderer
 from lightning_landscape.records import (
@@ -24,7 +24,14 @@ from lightning_landscape.records import (
     save_record,
     tag_prefix,
 )
+from lightning_landscape.run_weights import save_run_weights
 from lightning_landscape.sinks import SinkSet, build_sinks
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+    from lightning_landscape.recorder import TrajectoryRecorder
 
 __all__ = ["Publisher", "Warnings", "describe_settings", "record_name", "warn_at_user_code"]
 
@@ -286,6 +293,28 @@ class Publisher:
             self._figure(f"{prefix}stability", step, metric_plots.stability_figure, history)
         if any(metric_plots.has_blocks(s) for _, _, s in new):
             self._figure(f"{prefix}blocks", step, metric_plots.blocks_figure, history)
+
+    def save_weights(
+        self,
+        model: nn.Module,
+        recorder: TrajectoryRecorder,
+        initial_buffers: Mapping[str, Tensor] | None,
+        names: Sequence[str],
+        dtype: torch.dtype | None,
+        max_bytes: int | None,
+        meta: Mapping[str, Any],
+    ) -> Path:
+        """The run's weights, BatchNorm statistics and snapshots under ``<record dir>/weights``
+        (:func:`~lightning_landscape.save_run_weights`; rank zero, the caller guards it)."""
+        if len(recorder) == 0:
+            raise ValueError("no snapshot of the initial weights was taken")
+        if initial_buffers is None:  # resumed from a checkpoint without them: unknown, not invented
+            raise ValueError("the checkpoint this run resumed from holds no initial BatchNorm statistics")
+        return save_run_weights(
+            self.record_dir / "weights", model, recorder.snapshots[0], initial_buffers=initial_buffers,
+            trajectory=recorder.stacked(), steps=recorder.steps, names=names, dtype=dtype,
+            max_bytes=max_bytes, meta={**meta, "snapshot_dtype": str(recorder.dtype).removeprefix("torch.")},
+        )  # fmt: skip
 
     def drain(self) -> None:
         """Wait for the figures still being drawn and send them (end of fit, on an exception)."""

@@ -8,22 +8,14 @@ one's when it reused that surface and the checks are the same.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from torch import Tensor, nn
-
-from lightning_landscape._probe import ProbeSet
 from lightning_landscape._publish import record_name
-from lightning_landscape._schedule import Plan
-from lightning_landscape.distributed import point_shard
 from lightning_landscape.functional.params import LossFn
-from lightning_landscape.functional.sharding import PointShard
-from lightning_landscape.recorder import TrajectoryRecorder
 from lightning_landscape.records import LineRecord, ReliabilityRecord, SurfaceRecord
 
 if TYPE_CHECKING:
-    from lightning_landscape._landscape import _Drawn
+    from lightning_landscape._landscape import Observation, _Drawn
 
 __all__ = ["ReliabilitySteps"]
 
@@ -37,38 +29,25 @@ def _copy(record: SurfaceRecord | LineRecord | ReliabilityRecord) -> Any:
 class ReliabilitySteps:
     """The reliability indicators of the builder's latest surface (a part of ``LandscapeBuilder``)."""
 
-    def reliability_record(
-        self: Any,
-        trainer: Any,
-        module: nn.Module,
-        params: Sequence[Tensor],
-        plan: Plan,
-        probe: ProbeSet,
-        recorder: TrajectoryRecorder,
-        common: Mapping[str, Any],
-    ) -> list[ReliabilityRecord | LineRecord]:
+    def reliability_record(self: Any, job: Observation) -> list[ReliabilityRecord | LineRecord]:
         """The reliability indicators of the surface :meth:`compute` just drew (after the metrics, so
         that a final ``trace`` feeds the ``trace / P`` cross-check): the record and the distance lines.
 
         Evaluated with the current BatchNorm statistics (``bn="keep"``) whatever ``bn`` is.
         """
-        step, stage, drawn = int(common["global_step"]), plan.stage, self._drawn
+        step, stage, plan, drawn = job.step, job.plan.stage, job.plan, self._drawn
         if not plan.reliability or drawn is None or (drawn.step, drawn.stage) != (step, stage):
             return []  # off, or the surface failed
         self._drawn = None
         self.part = "the reliability indicators"
-        batches = probe.batches(trainer, module)
-        loss_fn = probe.loss_fn(module, trainer.precision_plugin.forward_context)
-        shard = point_shard(trainer, params[0].device)
+        batches, loss_fn = job.inputs()
         settings = self.indicators.settings_for(stage, plan.metrics)
         latest = self._latest if stage == "final" and "reused_from" in drawn.surface.meta else None
         old = latest.reliability if latest is not None and latest.step == step else None
         if old is not None and old[0] == settings:  # the same surface, the same checks: reuse them
             record, lines = _copy(old[1][0]), [_copy(r) for r in old[1][1:]]
         else:
-            record, lines = self._indicate(
-                module, params, plan, probe, recorder, drawn, batches, loss_fn, shard
-            )
+            record, lines = self._indicate(job, drawn, batches, loss_fn)
         if stage == "periodic" and self._latest is not None and self._latest.step == step:
             self._latest.reliability = (settings, [record, *lines])
         keep = ("stage", "epoch", "global_step", "callback_name", "precision", "world_size", "directions")
@@ -83,23 +62,14 @@ class ReliabilitySteps:
         return [record, *lines]
 
     def _indicate(
-        self: Any,
-        module: nn.Module,
-        params: Sequence[Tensor],
-        plan: Plan,
-        probe: ProbeSet,
-        recorder: TrajectoryRecorder,
-        drawn: _Drawn,
-        batches: list[Any],
-        loss_fn: LossFn,
-        shard: PointShard | None,
+        self: Any, job: Observation, drawn: _Drawn, batches: list[Any], loss_fn: LossFn
     ) -> tuple[ReliabilityRecord, list[LineRecord]]:
-        plane = drawn.plane
-        with probe.observing(module):
+        plane, plan, shard = drawn.plane, job.plan, job.shard()
+        with job.probe.observing(job.module):
             return self.indicators.compute(
-                module, loss_fn, batches, params, plane.directions, drawn.surface, stage=plan.stage,
+                job.module, loss_fn, batches, job.params, plane.directions, drawn.surface, stage=plan.stage,
                 metrics=plan.metrics, pca=plane.pca,
-                snapshots=recorder.stacked() if plane.pca is not None else None,
+                snapshots=job.recorder.stacked() if plane.pca is not None else None,
                 steps=plane.meta.get("snapshot_steps", []), step=drawn.step, seed=self.seed,
                 include_1d=self.include_1d, unit=plane.unit, trace=drawn.trace, shard=shard,
                 engine=self.engine,
