@@ -3,7 +3,7 @@
 The runs must have been trained with ``LossLandscapeCallback(save_weights=True)`` (their weights are
 under ``<log_dir>/landscape/weights/``) and, for the shared plane, from the same seed. Writes the
 records ``shared_plane``, ``barrier`` and ``barrier_naive`` and their figures into
-``<common parent>/shared_<A>_vs_<B>/`` and prints the numbers; ``lightning-landscape compare RUN_A
+``<common parent>/shared_<A>_vs_<B>[_<tail>]/`` and prints the numbers; ``lightning-landscape compare RUN_A
 RUN_B`` then shows them beside the per-run comparison.
 
     python examples/compare_solutions.py lightning_logs/sgd/seed0 lightning_logs/sam/seed0

@@ -25,9 +25,10 @@ SCALAR_GROUPS: dict[str, tuple[str, ...]] = {
 DIAGNOSTIC_SUFFIXES: tuple[str, ...] = (
     "_residual", "_stderr", "lanczos_iterations", "surface_max", "grad_norm",
 )  # fmt: skip
-# Families too many to draw one panel each in ``compare`` (one scalar per block and quantity): tabulated,
-# and drawn by the callback as one heatmap (``lightning_landscape.metric_plots.blocks_figure``).
-TABLE_ONLY_PREFIXES: tuple[str, ...] = ("blocks/",)
+# Families too many to draw one panel each in ``compare``: tabulated. Per-block curvature (one scalar per
+# block and quantity) is drawn by the callback as one heatmap (``metric_plots.blocks_figure``); the
+# reliability indicators (some thirty) qualify each run's own figures, whose titles flag failed checks.
+TABLE_ONLY_PREFIXES: tuple[str, ...] = ("blocks/", "reliability/")
 
 
 def is_diagnostic(key: str) -> bool:
@@ -38,6 +39,8 @@ def is_diagnostic(key: str) -> bool:
         >>> is_diagnostic("hessian/lambda_max_residual"), is_diagnostic("hessian/lambda_max")
         (True, False)
         >>> is_diagnostic("blocks/net.0/lambda_max")  # per block: a table, not a panel each
+        True
+        >>> is_diagnostic("reliability/path/on_plane_share")  # qualifies a figure: tabulated
         True
     """
     return key.endswith(DIAGNOSTIC_SUFFIXES) or key.startswith(TABLE_ONLY_PREFIXES)

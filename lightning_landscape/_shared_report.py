@@ -1,10 +1,10 @@
 """The shared-solutions part of ``lightning-landscape compare`` (no torch: records only).
 
 When two runs were compared as solutions (:func:`lightning_landscape.compare_solutions` wrote
-``shared_plane``, ``barrier`` and ``barrier_naive`` into ``<common parent>/shared_<A>_vs_<B>/``, or a
-folder given with ``--shared``), ``compare`` draws the shared plane and the barrier beside its own
-figure (``<out stem>_shared_plane.<ext>``, ``<out stem>_barrier.<ext>``) and tabulates
-:meth:`SolutionComparison.summary`.
+``shared_plane``, ``barrier`` and ``barrier_naive`` into
+``<common parent>/shared_<A>_vs_<B>[_<tail>]/``, or a folder given with ``--shared``), ``compare``
+draws the shared plane and the barrier beside its own figure (``<out stem>_shared_plane.<ext>``,
+``<out stem>_barrier.<ext>``) and tabulates :meth:`SolutionComparison.summary`.
 """
 
 from __future__ import annotations

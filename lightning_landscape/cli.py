@@ -194,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shared",
         metavar="DIR",
-        help="the two runs' compared solutions (compare_solutions' folder; default: shared_<A>_vs_<B>/ "
-        "beside the runs, when it exists): draws the shared plane and the barrier, tabulates them",
+        help="the two runs' compared solutions (compare_solutions' folder; default: "
+        "shared_<A>_vs_<B>[_<tail>]/ beside the runs, when it exists): draws the shared plane and the "
+        "barrier, tabulates them",
     )
     p.set_defaults(func=cmd_compare)
 

@@ -127,11 +127,18 @@ def run_labels(run_a: RunLike, run_b: RunLike) -> tuple[str, str]:
     A label stored in the weights' meta (``meta["label"]``) wins; runs in one log directory (two named
     callbacks) are told apart by the callback's folder name.
     """
+    return _labels_and_tail(run_a, run_b)[0]
+
+
+def _labels_and_tail(run_a: RunLike, run_b: RunLike) -> tuple[tuple[str, str], list[str]]:
+    """:func:`run_labels` and the trailing folders both runs share (``["version_0"]`` above)."""
     folders = [_folder(r) for r in (run_a, run_b)]
     logs = [_log_dir(f) for f in folders]
     common = Path(os.path.commonpath([str(p) for p in logs]))
     parts = [list(log.relative_to(common).parts) for log in logs]
+    tail: list[str] = []
     while all(len(p) > 1 for p in parts) and parts[0][-1] == parts[1][-1]:  # sgd/version_0, sam/version_0
+        tail.insert(0, parts[0][-1])
         parts = [p[:-1] for p in parts]
     labels = []
     for run, folder, log, rel in zip((run_a, run_b), folders, logs, parts):
@@ -144,21 +151,24 @@ def run_labels(run_a: RunLike, run_b: RunLike) -> tuple[str, str]:
         labels.append(str(label) or log.name)
     if labels[0] == labels[1]:
         labels = [f"{labels[0]} (A)", f"{labels[1]} (B)"]
-    return labels[0], labels[1]
+    return (labels[0], labels[1]), tail
 
 
 def default_shared_dir(run_a: RunLike, run_b: RunLike) -> Path:
-    """Where :func:`compare_solutions` writes by default: ``<common parent>/shared_<A>_vs_<B>/``.
+    """Where :func:`compare_solutions` writes by default: ``<common parent>/shared_<A>_vs_<B>[_<tail>]/``.
 
-    ``<common parent>`` is the deepest folder holding both runs' log directories and ``<A>``, ``<B>``
-    their :func:`run_labels` with every character other than letters, digits, ``.``, ``_``, ``-``
-    replaced by ``-``: ``logs/sgd/version_0`` and ``logs/sam/version_0`` give ``logs/shared_sgd_vs_sam/``,
-    ``logs/sgd/version_0`` and ``logs/sgd/version_1`` give ``logs/sgd/shared_version_0_vs_version_1/``.
+    ``<common parent>`` is the deepest folder holding both runs' log directories, ``<A>``, ``<B>`` their
+    :func:`run_labels` and ``<tail>`` the trailing folders they share (so that pairs of seeds or
+    versions do not overwrite each other), with every character other than letters, digits, ``.``,
+    ``_``, ``-`` replaced by ``-``: ``logs/sgd/seed0`` and ``logs/sam/seed0`` give
+    ``logs/shared_sgd_vs_sam_seed0/``, ``logs/sgd/version_0`` and ``logs/sgd/version_1`` give
+    ``logs/sgd/shared_version_0_vs_version_1/``.
     """
     logs = [_log_dir(_folder(r)) for r in (run_a, run_b)]
     common = Path(os.path.commonpath([str(p) for p in logs]))
-    a, b = (re.sub(r"[^A-Za-z0-9._-]", "-", label) for label in run_labels(run_a, run_b))
-    return common / f"shared_{a}_vs_{b}"
+    labels, tail = _labels_and_tail(run_a, run_b)
+    a, b, end = (re.sub(r"[^A-Za-z0-9._-]", "-", name) for name in (*labels, "-".join(tail)))
+    return common / (f"shared_{a}_vs_{b}" + (f"_{end}" if end else ""))
 
 
 def _load(run: RunLike, model: nn.Module, which: str) -> RunWeights:

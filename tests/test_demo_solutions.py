@@ -43,7 +43,7 @@ def test_compare_solutions_script_prints_the_summary(tmp_path, capsys):
     summary = script.main([*argv, "--barrier-resolution", "3", "--num-batches", "1"])
     out = capsys.readouterr().out
     assert "A = sgd, B = sam" in out and "barrier" in out
-    folder = tmp_path / "shared_sgd_vs_sam"
+    folder = tmp_path / "shared_sgd_vs_sam_seed0"  # one folder per pair of seeds
     assert (folder / "shared_plane.png").exists() and (folder / "barrier.png").exists()
     assert load_solutions(folder).summary() == pytest.approx(summary, nan_ok=True)
     # The barrier's endpoints are the runs' own models (own BatchNorm statistics) on the probe batch.

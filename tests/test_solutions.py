@@ -112,7 +112,7 @@ def test_shared_plane_and_barrier_end_to_end(runs):
     assert np.abs(line.losses - naive.losses).max() > 1e-4
 
     # Written beside the runs, read back unchanged.
-    assert result.directory == logs / "shared_sgd_vs_sam"
+    assert result.directory == logs / "shared_sgd_vs_sam_version_0"
     assert result.directory == default_shared_dir(logs / "sgd" / "version_0", logs / "sam" / "version_0")
     loaded = {r.meta["name"]: r for r in load_records(result.directory)}
     assert sorted(loaded) == ["barrier", "barrier_naive", "shared_plane"]
@@ -181,3 +181,20 @@ def test_reading_shared_records_does_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pairs_of_seeds_or_versions_get_folders_of_their_own(tmp_path):
+    # Before, sgd/seed0 vs sam/seed0 and sgd/seed1 vs sam/seed1 both wrote shared_sgd_vs_sam/: the
+    # second pair overwrote the first and `compare` then reported the wrong pair's barrier.
+    model = torch.nn.Linear(2, 1)
+    init = [p.detach().clone() for p in model.parameters()]
+    runs = ["sgd/seed0", "sam/seed0", "sgd/seed1", "sam/seed1", "sgd/version_0", "sgd/version_1"]
+    for run in runs:
+        save_run_weights(tmp_path / run / "landscape" / "weights", model, init)
+    folders = [default_shared_dir(tmp_path / a, tmp_path / b) for a, b in zip(runs[::2], runs[1::2])]
+    assert folders == [
+        tmp_path / "shared_sgd_vs_sam_seed0",
+        tmp_path / "shared_sgd_vs_sam_seed1",
+        tmp_path / "sgd" / "shared_version_0_vs_version_1",
+    ]
+    assert run_labels(tmp_path / "sgd/seed1", tmp_path / "sam/seed1") == ("sgd", "sam")
