@@ -8,15 +8,23 @@ enough for the first and the final landscape, which are always computed, to fit 
 with surfaces off (snapshots only).
 
     python benchmarks/bench_callback.py [--epochs 12] [--reps 3] [--configs defaults,snapshots]
-    python benchmarks/bench_callback.py --epochs 700 --reps 1 --configs defaults   # the long run
+    python benchmarks/bench_callback.py --epochs 1100 --side-by-side   # the long run, about 10 minutes
+
+A long run is measured ``--side-by-side``: "without callback" and "defaults (max_overhead=0.1)" at
+once, each in its own process pinned to its own CPU, so that both see the same load on the machine
+(run one after the other, a 10-minute pair is at the mercy of whatever else starts meanwhile).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -86,6 +94,33 @@ def run(epochs: int = 12, reps: int = 3, configs: dict = CONFIGS) -> tuple[list[
     return rows, times
 
 
+def side_by_side(epochs: int, names: list[str], threads: int) -> list[list]:
+    """Each configuration in its own process on its own CPU, all started together."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < len(names):
+        raise SystemExit(f"--side-by-side needs {len(names)} CPUs, this process may use {len(cpus)}")
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, __file__, "--epochs", str(epochs), "--only", name, "--cpu", str(cpu),
+             "--threads", str(threads)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for name, cpu in zip(names, cpus)
+    }  # fmt: skip
+    out = {name: json.loads(proc.communicate()[0].strip().splitlines()[-1]) for name, proc in procs.items()}
+    base = out["without callback"]["seconds"]
+    return [
+        [
+            name,
+            r["seconds"],
+            "" if name == "without callback" else f"{r['seconds'] / base:.3f}",
+            "" if r["counted"] is None else f"{r['counted']:.3f}",
+        ]
+        for name, r in out.items()
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,6 +131,9 @@ def main() -> None:
     parser.add_argument(
         "--configs", default="", help="comma-separated words picking configurations (default: all)"
     )
+    parser.add_argument("--side-by-side", action="store_true", help="without vs defaults, one CPU each")
+    parser.add_argument("--only", help=argparse.SUPPRESS)  # a child of --side-by-side: one configuration
+    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     words = [w for w in args.configs.split(",") if w]
     configs = {
@@ -106,9 +144,25 @@ def main() -> None:
     import logging
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    if args.only is not None:
+        os.sched_setaffinity(0, {args.cpu})
+        t0 = time.perf_counter()
+        fit(args.epochs, CONFIGS[args.only], tempfile.mkdtemp(prefix="ll-bench-"), args.only)
+        seconds = time.perf_counter() - t0
+        print(json.dumps({"seconds": seconds, "counted": COUNTED.get(args.only)}))
+        return
+    headers = ["configuration", "fit s (median)", "ratio to without", "counted work / training"]
+    if args.side_by_side:
+        print(
+            f"## (c) callback overhead side by side, DigitsCNN on digits, {args.epochs} epochs  [{machine()}]"
+        )
+        rows = side_by_side(args.epochs, ["without callback", "defaults (max_overhead=0.1)"], args.threads)
+        print(table(rows, ["configuration", "fit s", *headers[2:]]))
+        print(f"after: [{machine()}]")
+        return
     print(f"## (c) callback overhead, DigitsCNN on digits, {args.epochs} epochs  [{machine()}]")
     rows, _ = run(args.epochs, args.reps, configs)
-    print(table(rows, ["configuration", "fit s (median)", "ratio to without", "counted work / training"]))
+    print(table(rows, headers))
     print("targets: defaults <= 1.10 on a long run, snapshots only <= 1.02")
 
 
