@@ -21,13 +21,17 @@ demo: $(STAMP)  ## SGD vs SAM on digits, landscapes to lightning_logs/
 study: $(STAMP)  ## ViT on digits, AdamW vs SAM, weight-decay sweep, 3 seeds: figures + REPORT.md in lightning_logs/vit/
 	$(PY) examples/vit_adamw_vs_sam.py $(ARGS)
 
+# Two pytest workers (pytest-xdist), one file per worker at a time so that module-scoped fixtures (the DDP
+# runs, the study) run once; one intra-op thread each. ARGS="-n 0" runs the suite in one process.
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
+
 test: $(STAMP)  ## lint + type check + the whole suite, slow multi-process tests included
 	$(VENV)/bin/ruff check lightning_landscape tests examples benchmarks scripts
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-fast: $(STAMP)  ## the suite without the slow multi-process tests
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 lint: $(STAMP)  ## ruff + mypy (files and settings: [tool.mypy] in pyproject.toml)
 	$(VENV)/bin/ruff check lightning_landscape tests examples benchmarks scripts

@@ -134,6 +134,10 @@ def test_supported_strategies_pass():
 # --------------------------------------------------------------------------- 2 processes on the CPU
 
 
+def _reports(out: Path) -> dict[int, dict]:
+    return {int(p.stem[4:]): json.loads(p.read_text()) for p in out.glob("rank*.json")}
+
+
 def _run(out: Path, strategy: str, *extra: str) -> dict[int, dict]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
@@ -141,9 +145,9 @@ def _run(out: Path, strategy: str, *extra: str) -> dict[int, dict]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=480,
     )
-    ranks = {int(p.stem[4:]): json.loads(p.read_text()) for p in out.glob("rank*.json")}
+    ranks = _reports(out)
     # Known, not ours: torch's spawned workers leave through os._exit, so Lightning's atexit
     # destroy_process_group never runs and a gloo thread is occasionally torn down while joinable
     # ("terminate called without an active exception", SIGABRT) after the fit has fully finished.
@@ -160,16 +164,32 @@ def _expected_calls(world: int, rank: int) -> int:
     return 2 * sum(len(shard_rows(n, rank, world)) for n in points)  # 2 probe batches per point
 
 
+# One process for the single-process references, two for DDP: each runs its scenarios one fit after the
+# other (see ddp_run.py), as starting a process (importing Lightning) costs more than these fits.
+REFERENCES = ("plain", "reliability", "metrics")
+
+
+def _scenarios(out: Path, strategy: str, names: tuple[str, ...]) -> dict[str, dict[int, dict]]:
+    _run(out, strategy, "--scenarios", ",".join(names))
+    return {name: _reports(out / name) for name in names}
+
+
 @pytest.fixture(scope="module")
-def single_run(tmp_path_factory):
+def single_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("single")
-    return out, _run(out, "single")
+    return out, _scenarios(out, "single", REFERENCES)
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    return out, _scenarios(out, "ddp", (*REFERENCES, "fail"))
 
 
 @pytest.mark.slow
-def test_ddp_equals_one_process_with_half_the_work_per_rank(tmp_path, single_run):
-    single_dir, single = single_run
-    ranks = _run(tmp_path, "ddp")
+def test_ddp_equals_one_process_with_half_the_work_per_rank(single_runs, ddp_runs):
+    single_dir, single = single_runs[0] / "plain", single_runs[1]["plain"]
+    ddp_dir, ranks = ddp_runs[0] / "plain", ddp_runs[1]["plain"]
     assert sorted(ranks) == [0, 1]
     assert single[0]["calls"] == _expected_calls(1, 0) == 238
     assert [ranks[r]["calls"] for r in (0, 1)] == [_expected_calls(2, 0), _expected_calls(2, 1)] == [126, 112]
@@ -181,7 +201,7 @@ def test_ddp_equals_one_process_with_half_the_work_per_rank(tmp_path, single_run
     assert ranks[0]["has_sinks"] and not ranks[1]["has_sinks"]
     assert ranks[0]["records"] == ranks[1]["records"] == 8
 
-    ours, theirs = load_records(tmp_path), load_records(single_dir)
+    ours, theirs = load_records(ddp_dir), load_records(single_dir)
     assert [r.meta["name"] for r in ours] == [r.meta["name"] for r in theirs] and len(ours) == 8
     for a, b in zip(ours, theirs):
         assert a.meta["world_size"] == 2 and b.meta["world_size"] == 1
@@ -190,11 +210,11 @@ def test_ddp_equals_one_process_with_half_the_work_per_rank(tmp_path, single_run
 
 
 @pytest.mark.slow
-def test_ddp_reliability_equals_one_process(tmp_path):
+def test_ddp_reliability_equals_one_process(single_runs, ddp_runs):
     # The indicators' lines are shared out among the ranks like the grid; the records match one process.
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    one = _run(single, "single", "--reliability")
-    ranks = _run(ddp, "ddp", "--reliability")
+    single, one = single_runs[0] / "reliability", single_runs[1]["reliability"]
+    ddp, ranks = ddp_runs[0] / "reliability", ddp_runs[1]["reliability"]
+    assert sorted(ranks) == [0, 1]
     assert max(ranks[r]["calls"] for r in (0, 1)) < 0.75 * one[0]["calls"]  # shared out (path checks: not)
     ours, theirs = load_records(ddp), load_records(single)
     assert [r.meta["name"] for r in ours] == [r.meta["name"] for r in theirs]
@@ -207,11 +227,12 @@ def test_ddp_reliability_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_shares_the_sampled_metrics_and_equals_one_process(tmp_path):
-    single = _run(tmp_path / "single", "single", "--metrics")
-    ranks = _run(tmp_path / "ddp", "ddp", "--metrics")
-    (ours,) = [r for r in load_records(tmp_path / "ddp") if r.kind == "metrics"]
-    (theirs,) = [r for r in load_records(tmp_path / "single") if r.kind == "metrics"]
+def test_ddp_shares_the_sampled_metrics_and_equals_one_process(single_runs, ddp_runs):
+    single_dir, single = single_runs[0] / "metrics", single_runs[1]["metrics"]
+    ddp_dir, ranks = ddp_runs[0] / "metrics", ddp_runs[1]["metrics"]
+    assert sorted(ranks) == [0, 1]
+    (ours,) = [r for r in load_records(ddp_dir) if r.kind == "metrics"]
+    (theirs,) = [r for r in load_records(single_dir) if r.kind == "metrics"]
     assert list(ours.names) == list(theirs.names) and "hessian/trace" in list(ours.names)
     np.testing.assert_allclose(ours.values, theirs.values, rtol=1e-4, atol=1e-7)
     # Trace probes and average-sharpness samples are shared out like grid points: each rank does
@@ -224,7 +245,7 @@ def test_ddp_shares_the_sampled_metrics_and_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_spawn_writes_the_records_once_with_rank_zero_probe_batches(tmp_path, single_run):
+def test_ddp_spawn_writes_the_records_once_with_rank_zero_probe_batches(tmp_path):
     ranks = _run(tmp_path, "ddp_spawn", "--probe", "train")
     assert sorted(ranks) == [0, 1] and all(r["global_step"] == 16 for r in ranks.values())
     assert [ranks[r]["calls"] for r in (0, 1)] == [126, 112]
@@ -241,9 +262,9 @@ def test_ddp_spawn_writes_the_records_once_with_rank_zero_probe_batches(tmp_path
 
 
 @pytest.mark.slow
-def test_ddp_failure_on_one_rank_skips_the_landscape_on_all_and_training_finishes(tmp_path):
-    ranks = _run(tmp_path, "ddp", "--fail-rank", "1")
+def test_ddp_failure_on_one_rank_skips_the_landscape_on_all_and_training_finishes(ddp_runs):
+    out, ranks = ddp_runs[0] / "fail", ddp_runs[1]["fail"]
     assert sorted(ranks) == [0, 1]
     assert all(r["global_step"] == 16 and r["records"] == 0 and r["written"] == [] for r in ranks.values())
     assert ranks[0]["calls"] > 0 and ranks[1]["calls"] > 0
-    assert not (tmp_path / "landscape").exists() or not list((tmp_path / "landscape").glob("*.npz"))
+    assert not (out / "landscape").exists() or not list((out / "landscape").glob("*.npz"))

@@ -80,14 +80,15 @@ def test_long_enough_run_computes_everything_within_the_budget(trainer_kwargs):
 
 def test_the_final_landscape_keeps_the_largest_grid_that_fits(trainer_kwargs):
     cb2 = LossLandscapeCallback(
-        every_n_epochs=None, resolution=3, final_resolution=31, line_resolution=5, num_batches=1,
+        every_n_epochs=None, resolution=3, final_resolution=13, line_resolution=5, num_batches=1,
         metrics=None, final_metrics=None, budget_final=True,
     )  # fmt: skip
-    with pytest.warns(RuntimeWarning, match="reduced to 29 x 29"):
-        # 3,200 batches allow 960 forwards: 31^2 + 3 * 5 = 976 does not fit, 29^2 + 15 = 856 does.
-        _fit(trainer_kwargs, cb2, batches_per_epoch=3200, epochs=1)
+    with pytest.warns(RuntimeWarning, match="reduced to 9 x 9"):
+        # 500 batches allow 150 forwards; the reliability indicators take 40: neither 13^2 + 3 * 5 + 40 = 224
+        # nor 11^2 + 15 + 40 = 176 fits, 9^2 + 15 + 40 = 136 does.
+        _fit(trainer_kwargs, cb2, batches_per_epoch=500, epochs=1)
     (final,) = _surfaces(cb2, "final")
-    assert final.losses.shape == (29, 29)
+    assert final.losses.shape == (9, 9)
 
 
 def test_budget_decisions_are_deterministic(trainer_kwargs, tmp_path):

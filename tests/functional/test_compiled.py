@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers.engine_cases import probe_case
 from torch import nn
 from torch._dynamo.testing import CompileCounter
 from torch._dynamo.utils import counters
@@ -16,9 +17,7 @@ from torch.nn import functional as F
 
 from lightning_landscape.functional import (
     buffer_snapshot,
-    filter_normalized_directions,
     interpolation_line,
-    landscape_parameters,
     loss_line,
     loss_surface,
 )
@@ -41,18 +40,6 @@ def _fresh_loss():
     return loss
 
 
-class TinyTransformer(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(20, 8)
-        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.2, batch_first=True)
-        self.enc = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.head(self.enc(self.emb(x)).mean(1))
-
-
 class BranchOnData(nn.Module):
     """Python control flow on a tensor's value in forward: a graph break, so not one graph."""
 
@@ -67,33 +54,7 @@ class BranchOnData(nn.Module):
 
 def _case(kind: str, last: int = 8):
     """Model (in train mode, with non-trivial BN statistics), 3 probe batches (last of size ``last``)."""
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(1)
-    sizes = [8, 8, last]
-    if kind == "mlp":
-        model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, 3))
-        xs = [torch.randn(n, 6, generator=g) for n in sizes]
-    elif kind == "cnn":
-        model = nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1),
-            nn.BatchNorm2d(4),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(4 * 3 * 3, 3),
-        )
-        model(torch.randn(16, 1, 6, 6, generator=g))  # non-trivial running statistics
-        xs = [torch.randn(n, 1, 6, 6, generator=g) for n in sizes]
-    elif kind == "transformer":
-        model = TinyTransformer()
-        xs = [torch.randint(0, 20, (n, 5), generator=g) for n in sizes]
-    else:
-        model = BranchOnData()
-        xs = [torch.randn(n, 6, generator=g) for n in sizes]
-    model.train()  # every engine observes in eval mode whatever mode it is given
-    batches = [(x, torch.randint(0, 3, (len(x),), generator=g)) for x in xs]
-    params = [p for _, p in landscape_parameters(model)]
-    return model, batches, params, filter_normalized_directions(params, seed=0)
+    return probe_case(BranchOnData if kind == "branch" else kind, sizes=(8, 8, last))
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers.engine_cases import probe_case
 from torch import nn
 from torch.nn import functional as F
 
@@ -24,18 +25,6 @@ def _ce(model, batch):
     return F.cross_entropy(model(batch[0]), batch[1])
 
 
-class TinyTransformer(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(20, 16)
-        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.2, batch_first=True)
-        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.head = nn.Linear(16, 3)
-
-    def forward(self, x):
-        return self.head(self.enc(self.emb(x)).mean(1))
-
-
 class ItemInForward(nn.Module):
     """Calls ``.item()`` in forward: cannot be vmapped."""
 
@@ -49,33 +38,7 @@ class ItemInForward(nn.Module):
 
 
 def _case(kind: str):
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(1)
-    if kind == "mlp":
-        model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, 3))
-        xs = [torch.randn(8, 6, generator=g) for _ in range(3)]
-    elif kind == "cnn":
-        model = nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1),
-            nn.BatchNorm2d(4),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(4 * 3 * 3, 3),
-        )
-        model.train()
-        model(torch.randn(16, 1, 6, 6, generator=g))  # non-trivial running statistics
-        xs = [torch.randn(8, 1, 6, 6, generator=g) for _ in range(3)]
-    elif kind == "transformer":
-        model = TinyTransformer()
-        xs = [torch.randint(0, 20, (8, 5), generator=g) for _ in range(3)]
-    else:
-        model = ItemInForward()
-        xs = [torch.randn(8, 6, generator=g) for _ in range(3)]
-    model.train()  # the engine must observe in eval mode whatever the mode it is given
-    batches = [(x, torch.randint(0, 3, (8,), generator=g)) for x in xs]
-    params = [p for _, p in landscape_parameters(model)]
-    return model, batches, params, filter_normalized_directions(params, seed=0)
+    return probe_case(ItemInForward if kind == "item" else kind)
 
 
 def _state(model):

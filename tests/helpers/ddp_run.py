@@ -1,11 +1,18 @@
-"""One small training run with LossLandscapeCallback, for the DDP tests (run as a script, not collected).
+"""Small training runs with LossLandscapeCallback, for the DDP tests (run as a script, not collected).
 
     python tests/helpers/ddp_run.py OUT_DIR STRATEGY [--probe user|train] [--fail-rank N] [--metrics]
+    python tests/helpers/ddp_run.py OUT_DIR STRATEGY --scenarios plain,reliability,metrics,fail
 
 STRATEGY is ``single`` (one process, batch 8) or a Lightning strategy on 2 CPU processes (batch 4 per
 rank, so each optimizer step sees the same 8 samples as the single run). Each rank writes
 ``OUT_DIR/rank{r}.json``: its loss_fn call count, a digest of its probe batches, what it wrote and
 logged, and its final step. Records go to ``OUT_DIR/landscape/`` (rank zero only).
+
+With ``--scenarios`` the same processes run one fit per scenario, one after the other (a second fit in a
+DDP script reuses the launched processes and the process group), each in ``OUT_DIR/<scenario>/`` with
+its own call count: ``plain`` (the options above), ``reliability`` (as ``--reliability``), ``metrics``
+(as ``--metrics``) and ``fail`` (as ``--fail-rank 1``; put it last). The processes start once: most of a
+run's time is importing Lightning, in every process.
 """
 
 from __future__ import annotations
@@ -73,20 +80,19 @@ class Report(pl.Callback):
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out")
-    parser.add_argument("strategy")
-    parser.add_argument("--probe", default="user", choices=["user", "train"])
-    parser.add_argument("--fail-rank", type=int, default=-1)
-    parser.add_argument("--metrics", action="store_true", help="final trace + average sharpness (sharded)")
-    parser.add_argument("--reliability", action="store_true", help="the reliability indicators (sharded)")
-    args = parser.parse_args()
-    os.environ["LL_FAIL_RANK"] = str(args.fail_rank)
-    warnings.filterwarnings("ignore")
-    out = Path(args.out)
+SCENARIOS = {
+    "plain": {},
+    "reliability": {"reliability": True},
+    "metrics": {"metrics": True},
+    "fail": {"fail_rank": 1},
+}
+
+
+def fit(out: Path, strategy: str, probe: str, fail_rank: int, metrics: bool, reliability: bool) -> None:
+    CALLS["n"] = 0
+    os.environ["LL_FAIL_RANK"] = str(fail_rank)
     out.mkdir(parents=True, exist_ok=True)
-    single = args.strategy == "single"
+    single = strategy == "single"
     pl.seed_everything(0)
     model = ShardedNet(norm="none", dropout=0.0)
     cb = LossLandscapeCallback(
@@ -99,15 +105,15 @@ def main() -> None:
         snapshot_every_n_steps=2,
         log_figures=False,
         metrics=None,
-        final_metrics={"trace": {"samples": 8}, "average": {"samples": 8}} if args.metrics else None,
-        probe_dataloader=loader(16, 8, seed=5) if args.probe == "user" else None,
-        reliability=args.reliability,
+        final_metrics={"trace": {"samples": 8}, "average": {"samples": 8}} if metrics else None,
+        probe_dataloader=loader(16, 8, seed=5) if probe == "user" else None,
+        reliability=reliability,
     )
     trainer = pl.Trainer(
         default_root_dir=str(out),
         accelerator="cpu",
         devices=1 if single else 2,
-        strategy="auto" if single else args.strategy,
+        strategy="auto" if single else strategy,
         max_epochs=2,
         logger=False,
         enable_progress_bar=False,
@@ -117,6 +123,31 @@ def main() -> None:
         callbacks=[cb, Report(out)],
     )
     trainer.fit(model)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("strategy")
+    parser.add_argument("--probe", default="user", choices=["user", "train"])
+    parser.add_argument("--fail-rank", type=int, default=-1)
+    parser.add_argument("--metrics", action="store_true", help="final trace + average sharpness (sharded)")
+    parser.add_argument("--reliability", action="store_true", help="the reliability indicators (sharded)")
+    parser.add_argument("--scenarios", help=f"comma-separated, each in OUT/<name>/: {', '.join(SCENARIOS)}")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    out = Path(args.out)
+    options = {
+        "probe": args.probe,
+        "fail_rank": args.fail_rank,
+        "metrics": args.metrics,
+        "reliability": args.reliability,
+    }
+    if not args.scenarios:
+        fit(out, args.strategy, **options)
+        return
+    for name in args.scenarios.split(","):
+        fit(out / name, args.strategy, **{**options, **SCENARIOS[name]})
 
 
 if __name__ == "__main__":
