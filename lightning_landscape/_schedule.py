@@ -233,14 +233,8 @@ class LandscapeSchedule:
     def plan(self, stage: Stage, world_size: int, probe_batches: int) -> Plan | None:
         """The landscape to compute now (``None``: skip it). Override to decide differently."""
         final = stage == "final"
-        resolution = self.final_resolution if final else self.resolution
-        metrics = self.final_metrics if final else self.metrics
         reliable = self.reliability is not None
-        full = self._costed(
-            Plan(stage, resolution, self.line_resolution, dict(metrics), reliability=reliable),
-            world_size,
-            probe_batches,
-        )
+        full = self._costed(self._configured(stage), world_size, probe_batches)
         free = self.budget_final is False if final else self.periodic == 0
         if free or self.fits(full.cost + (0.0 if final else self.final_reserve(world_size, probe_batches))):
             return full
@@ -267,9 +261,16 @@ class LandscapeSchedule:
         ``budget_final=True`` (the final landscape then takes what the budget has left)."""
         if not self.final or self.budget_final:
             return 0.0
-        plan = Plan("final", self.final_resolution, self.line_resolution, dict(self.final_metrics),
-                    reliability=self.reliability is not None)  # fmt: skip
-        return self.cost(plan, world_size, probe_batches)
+        return self.cost(self._configured("final"), world_size, probe_batches)
+
+    def _configured(self, stage: Stage) -> Plan:
+        """The landscape of ``stage`` at its configured size (not yet costed)."""
+        final = stage == "final"
+        resolution = self.final_resolution if final else self.resolution
+        metrics = self.final_metrics if final else self.metrics
+        return Plan(
+            stage, resolution, self.line_resolution, dict(metrics), reliability=self.reliability is not None
+        )
 
     def explain(self, plan: Plan | None, stage: Stage) -> str | None:
         """What the user should know about a decision of :meth:`plan` (None: computed as configured)."""
