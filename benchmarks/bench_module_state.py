@@ -19,7 +19,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from lightning_landscape._module_state import ModuleStateGuard
+from lightning_landscape.callback.module_state import ModuleStateGuard
 
 
 def deep_mlp(blocks: int) -> nn.Module:

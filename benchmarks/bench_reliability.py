@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import MODELS, ce_loss, interleaved, machine, median_ratio, probe, table
 
+from lightning_landscape.callback.metrics import DEFAULT_METRICS, estimated_cost, resolve_metrics
 from lightning_landscape.functional import (
     flatten,
     interpolation_line,
@@ -34,8 +35,7 @@ from lightning_landscape.functional import (
     trajectory_pca,
     unflatten,
 )
-from lightning_landscape.functional.path_checks import random_walk_baseline
-from lightning_landscape.metrics import DEFAULT_METRICS, estimated_cost, resolve_metrics
+from lightning_landscape.functional.trust.path import random_walk_baseline
 
 
 class Counting:

@@ -38,9 +38,9 @@ from common import machine, table  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from sgd_vs_sam import DigitsCNN, digits_loaders  # noqa: E402
 
-from lightning_landscape._render import FigureRenderer  # noqa: E402
-from lightning_landscape.plots import contour_figure, line_figure, surface3d_figure  # noqa: E402
-from lightning_landscape.records import LineRecord, SurfaceRecord  # noqa: E402
+from lightning_landscape.plots.landscape import contour_figure, line_figure, surface3d_figure  # noqa: E402
+from lightning_landscape.plots.render import FigureRenderer  # noqa: E402
+from lightning_landscape.records.record import LineRecord, SurfaceRecord  # noqa: E402
 from lightning_landscape.sinks import SinkSet, TensorBoardSink  # noqa: E402
 
 

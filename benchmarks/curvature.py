@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_landscape.callback.metrics import _FINAL_OPTIONS, _PERIODIC_OPTIONS
 from lightning_landscape.functional import (
     average_sharpness,
     evaluate_loss,
@@ -36,7 +37,6 @@ from lightning_landscape.functional import (
     loss_surface,
     sam_sharpness,
 )
-from lightning_landscape.metrics import _FINAL_OPTIONS, _PERIODIC_OPTIONS
 
 TARGET = 1e-3
 

@@ -53,7 +53,7 @@ CHILD = (
     PRELUDE
     + r"""
 import torch
-from lightning_landscape.recorder import TrajectoryRecorder
+from lightning_landscape.callback.recorder import TrajectoryRecorder
 from lightning_landscape.functional import flatten, trajectory_pca
 
 torch.manual_seed(0)

@@ -26,7 +26,7 @@ from sgd_vs_sam import DigitsCNN, digits_loaders
 
 from lightning_landscape import compare_solutions
 from lightning_landscape.plots import figure_to_png
-from lightning_landscape.solution_plots import barrier_figure, shared_plane_figure
+from lightning_landscape.plots.solutions import barrier_figure, shared_plane_figure
 from lightning_landscape.solutions import SolutionComparison
 
 

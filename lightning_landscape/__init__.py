@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from lightning_landscape.records import (
+from lightning_landscape.records.record import (
     LineRecord,
     MetricsRecord,
     RecordError,
@@ -22,20 +22,20 @@ from lightning_landscape.records import (
 )
 
 if TYPE_CHECKING:
-    from lightning_landscape.callback import LossLandscapeCallback
+    from lightning_landscape.callback.callback import LossLandscapeCallback
     from lightning_landscape.optim import SAM
-    from lightning_landscape.run_weights import RunWeights, load_run_weights, save_run_weights
-    from lightning_landscape.solutions import compare_solutions
+    from lightning_landscape.solutions.compare import compare_solutions
+    from lightning_landscape.solutions.weights import RunWeights, load_run_weights, save_run_weights
 
-__version__ = "0.1.0"
+from lightning_landscape._version import __version__
 
 _LAZY = {
-    "LossLandscapeCallback": "lightning_landscape.callback",
+    "LossLandscapeCallback": "lightning_landscape.callback.callback",
     "SAM": "lightning_landscape.optim",
-    "RunWeights": "lightning_landscape.run_weights",
-    "load_run_weights": "lightning_landscape.run_weights",
-    "save_run_weights": "lightning_landscape.run_weights",
-    "compare_solutions": "lightning_landscape.solutions",
+    "RunWeights": "lightning_landscape.solutions.weights",
+    "load_run_weights": "lightning_landscape.solutions.weights",
+    "save_run_weights": "lightning_landscape.solutions.weights",
+    "compare_solutions": "lightning_landscape.solutions.compare",
 }
 
 __all__ = [

@@ -2,6 +2,6 @@
 
 import sys
 
-from lightning_landscape.cli import main
+from lightning_landscape.cli.main import main
 
 sys.exit(main())

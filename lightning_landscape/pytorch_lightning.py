@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytorch_lightning as _pl
 
-from lightning_landscape.callback import LossLandscapeCallback as _LossLandscapeCallback
+from lightning_landscape.callback.callback import LossLandscapeCallback as _LossLandscapeCallback
 
 __all__ = ["LossLandscapeCallback"]
 

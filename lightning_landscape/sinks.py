@@ -37,9 +37,9 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from lightning_landscape._render import RenderedFigure
-from lightning_landscape.plots import figure_to_png, figure_to_rgb
-from lightning_landscape.records import SCALAR_GROUPS, SurfaceRecord
+from lightning_landscape.plots.landscape import figure_to_png, figure_to_rgb
+from lightning_landscape.plots.render import RenderedFigure
+from lightning_landscape.records.record import SCALAR_GROUPS, SurfaceRecord
 
 __all__ = [
     "CSVSink",
@@ -148,7 +148,7 @@ class FileSink:
         self._write(tag, figure_to_png(fig), step)
 
     def image(self, tag: str, rendered: RenderedFigure, step: int) -> None:
-        """A figure already rendered (by :class:`~lightning_landscape._render.FigureRenderer`)."""
+        """A figure already rendered (by :class:`~lightning_landscape.plots.render.FigureRenderer`)."""
         assert rendered.png is not None
         self._write(tag, rendered.png, step)
 

@@ -16,9 +16,9 @@ import pytest
 from matplotlib.colors import BoundaryNorm
 
 from lightning_landscape import LineRecord, SurfaceRecord, load_records
-from lightning_landscape.cli import Run, format_table, main, record_scalars, run_series
-from lightning_landscape.plots import comparison_figure, shared_levels
-from lightning_landscape.records import MetricsRecord, save_record
+from lightning_landscape.cli.main import Run, format_table, main, record_scalars, run_series
+from lightning_landscape.plots.landscape import comparison_figure, shared_levels
+from lightning_landscape.records.record import MetricsRecord, save_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -239,7 +239,7 @@ def test_corrupt_and_foreign_records_are_a_message_in_every_command(tmp_path, ca
     assert not Path(out).exists()
 
 
-@pytest.mark.parametrize("module", ["lightning_landscape.cli", "lightning_landscape"])
+@pytest.mark.parametrize("module", ["lightning_landscape.cli.main", "lightning_landscape"])
 def test_console_script_entry_point_exits_2_without_traceback(tmp_path, module):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
@@ -304,7 +304,7 @@ def test_format_table_aligns_columns():
 
 
 def test_metrics_records_feed_the_table_and_panels():
-    from lightning_landscape.records import MetricsRecord
+    from lightning_landscape.records.record import MetricsRecord
 
     rec = MetricsRecord.from_dict(
         {"hessian/lambda_max": 4.5, "hessian/lambda_max_residual": 1e-4, "sharpness/sam": float("nan")},
@@ -312,7 +312,7 @@ def test_metrics_records_feed_the_table_and_panels():
     )
     # Non-finite values are left out; everything else is a figure of the run.
     assert record_scalars(rec) == {"hessian/lambda_max": 4.5, "hessian/lambda_max_residual": 1e-4}
-    from lightning_landscape.records import is_diagnostic
+    from lightning_landscape.records.record import is_diagnostic
 
     assert is_diagnostic("hessian/lambda_max_residual") and not is_diagnostic("hessian/lambda_max")
 
@@ -320,7 +320,7 @@ def test_metrics_records_feed_the_table_and_panels():
 def test_reading_records_does_not_import_torch_or_lightning():
     # The command starts in under a second: the callback and SAM load on first use.
     code = (
-        "import sys, lightning_landscape as ll, lightning_landscape.cli; "
+        "import sys, lightning_landscape as ll, lightning_landscape.cli.main; "
         "assert 'torch' not in sys.modules and 'lightning' not in sys.modules, sorted(sys.modules); "
         "assert ll.LossLandscapeCallback.__name__ == 'LossLandscapeCallback' and 'torch' in sys.modules"
     )
@@ -380,7 +380,7 @@ def test_compare_groups_means_stds_and_welch_intervals_by_hand(tmp_path, capsys)
     xa, xb = np.array([1.0, 2, 4]), np.array([10.0, 10.5, 13])
     va, vb = xa.var(ddof=1) / 3, xb.var(ddof=1) / 3
     df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
-    from lightning_landscape.stats import t_quantile
+    from lightning_landscape.records.stats import t_quantile
 
     half = t_quantile(0.975, df) * math.sqrt(va + vb)
     diff = xb.mean() - xa.mean()
@@ -411,7 +411,7 @@ def test_compare_groups_refuses_mixed_protocols_in_one_line(tmp_path, capsys):
 def test_group_comparison_figure_draws_bands_and_shares_levels():
     from matplotlib.collections import PolyCollection
 
-    from lightning_landscape.plots import BandPanel, group_comparison_figure
+    from lightning_landscape.plots.landscape import BandPanel, group_comparison_figure
 
     xs = np.linspace(-1, 1, 5)
     low, high = (
@@ -551,7 +551,7 @@ def test_every_misuse_is_one_line_and_exit_2(misuse_dirs, capsys, argv, message)
 
 def test_an_unexpected_failure_is_one_line_too(tmp_path, capsys, monkeypatch):
     a, b = make_run(tmp_path / "a", 1.0), make_run(tmp_path / "b", 2.0)
-    import lightning_landscape.plots as plots
+    import lightning_landscape.plots.landscape as plots
 
     monkeypatch.setattr(plots, "comparison_figure", lambda *a, **k: 1 / 0)
     rc, _, err = run_main(capsys, "compare", str(a), str(b), "--out", str(tmp_path / "c.png"))
@@ -577,7 +577,7 @@ def test_summary_names_failed_metrics(tmp_path, capsys):
 
 def _add_reliability(root: Path, share: float) -> None:
     from lightning_landscape.functional import reliability_summary
-    from lightning_landscape.functional.path_checks import PathPlaneFit
+    from lightning_landscape.functional.trust.path import PathPlaneFit
 
     for stage, step in (("periodic", 4), ("periodic", 8), ("final", 8)):
         fit = PathPlaneFit(share, np.array([0.0, 1.0]), np.array([2.0, 1.0]), "offsets")

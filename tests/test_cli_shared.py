@@ -10,10 +10,10 @@ import torch
 from test_cli import make_run, run_main
 from torch import nn
 
-from lightning_landscape.records import SCALAR_GROUPS, LineRecord
-from lightning_landscape.run_weights import save_run_weights
-from lightning_landscape.runs import load_run
-from lightning_landscape.solutions import compare_solutions
+from lightning_landscape.records.record import SCALAR_GROUPS, LineRecord
+from lightning_landscape.records.runs import load_run
+from lightning_landscape.solutions.compare import compare_solutions
+from lightning_landscape.solutions.weights import save_run_weights
 
 
 def _loss(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

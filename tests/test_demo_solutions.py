@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lightning_landscape.functional import buffer_snapshot
-from lightning_landscape.run_weights import save_run_weights
-from lightning_landscape.solutions import load_solutions
+from lightning_landscape.solutions.compare import load_solutions
+from lightning_landscape.solutions.weights import save_run_weights
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "compare_solutions.py"
 

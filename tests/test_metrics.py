@@ -6,9 +6,9 @@ import pytest
 import torch
 from helpers.exact_hessian import ce, make_batches, mlp
 
-from lightning_landscape._schedule import estimated_cost
+from lightning_landscape.callback.metrics import compute_metrics, resolve_metrics
+from lightning_landscape.callback.schedule import estimated_cost
 from lightning_landscape.functional import block_curvature, edge_of_stability_ratio
-from lightning_landscape.metrics import compute_metrics, resolve_metrics
 
 
 def test_blocks_metric_options_are_validated_and_seeded():

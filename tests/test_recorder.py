@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lightning_landscape.recorder import TrajectoryRecorder
+from lightning_landscape.callback.recorder import TrajectoryRecorder
 
 
 def _run(recorder: TrajectoryRecorder, events: int) -> None:

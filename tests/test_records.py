@@ -12,14 +12,14 @@ from lightning_landscape import (
     load_record,
     load_records,
 )
-from lightning_landscape.plots import (
+from lightning_landscape.plots.landscape import (
     contour_figure,
     contour_levels,
     figure_to_png,
     line_figure,
     surface3d_figure,
 )
-from lightning_landscape.records import save_record
+from lightning_landscape.records.record import save_record
 
 
 def _surface(step=3):

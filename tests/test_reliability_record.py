@@ -8,10 +8,10 @@ from matplotlib.colors import BoundaryNorm
 from matplotlib.pyplot import get_cmap
 
 from lightning_landscape.functional import ReliabilityThresholds, reliability_summary
-from lightning_landscape.functional.path_checks import PathLossCheck, PathPlaneFit, RandomWalkVerdict
-from lightning_landscape.functional.sensitivity import DistanceProfile
-from lightning_landscape.plots import contour_levels, distance_figure, path_contour_figure
-from lightning_landscape.records import ReliabilityRecord, SurfaceRecord, load_record, save_record
+from lightning_landscape.functional.trust.path import PathLossCheck, PathPlaneFit, RandomWalkVerdict
+from lightning_landscape.functional.trust.sensitivity import DistanceProfile
+from lightning_landscape.plots.landscape import contour_levels, distance_figure, path_contour_figure
+from lightning_landscape.records.record import ReliabilityRecord, SurfaceRecord, load_record, save_record
 
 
 def _pieces(share: float = 0.95, structured: bool = True, worst: float = 0.05):

@@ -8,9 +8,9 @@ import pytest
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
-from lightning_landscape._render import FigureRenderer, RenderedFigure, render_figure
-from lightning_landscape.plots import contour_figure, figure_to_png, figure_to_rgb, line_figure
-from lightning_landscape.records import LineRecord, SurfaceRecord
+from lightning_landscape.plots.landscape import contour_figure, figure_to_png, figure_to_rgb, line_figure
+from lightning_landscape.plots.render import FigureRenderer, RenderedFigure, render_figure
+from lightning_landscape.records.record import LineRecord, SurfaceRecord
 from lightning_landscape.sinks import FileSink, SinkSet, TensorBoardSink
 
 

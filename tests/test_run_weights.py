@@ -9,8 +9,8 @@ from helpers.bn_models import bn_batches, bn_cnn, train_steps, weights
 from torch import nn
 
 from lightning_landscape.functional import buffer_snapshot, flatten
-from lightning_landscape.records import LineRecord, load_records, save_record
-from lightning_landscape.run_weights import (
+from lightning_landscape.records.record import LineRecord, load_records, save_record
+from lightning_landscape.solutions.weights import (
     MANIFEST,
     find_run_weights,
     load_run_weights,

@@ -11,10 +11,10 @@ from helpers.bn_models import accuracy, bn_batches, bn_cnn, ce, naive_point, tra
 
 from lightning_landscape import compare_solutions
 from lightning_landscape.functional import buffer_snapshot, flatten
-from lightning_landscape.records import load_records
-from lightning_landscape.run_weights import load_run_weights, save_run_weights
-from lightning_landscape.solution_plots import barrier_figure, shared_plane_figure
-from lightning_landscape.solutions import default_shared_dir, load_solutions, run_labels
+from lightning_landscape.plots.solutions import barrier_figure, shared_plane_figure
+from lightning_landscape.records.record import load_records
+from lightning_landscape.solutions.compare import default_shared_dir, load_solutions, run_labels
+from lightning_landscape.solutions.weights import load_run_weights, save_run_weights
 
 
 def _run(model, batches, log_dir, order, lr, steps=3):
@@ -176,8 +176,8 @@ def test_bad_input_and_labels(runs, tmp_path):
 def test_reading_shared_records_does_not_import_torch():
     # `lightning-landscape compare` draws these records: it must start without torch.
     code = (
-        "import sys, lightning_landscape.solutions, lightning_landscape.run_weights, "
-        "lightning_landscape.solution_plots; "
+        "import sys, lightning_landscape.solutions.compare, lightning_landscape.solutions.weights, "
+        "lightning_landscape.plots.solutions; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

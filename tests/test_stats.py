@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lightning_landscape.stats import betainc, mean_std, t_cdf, t_quantile, welch_interval
+from lightning_landscape.records.stats import betainc, mean_std, t_cdf, t_quantile, welch_interval
 
 # Quantiles of Student's t as printed in tables (e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2).
 TABLE = [

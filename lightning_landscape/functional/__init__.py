@@ -5,32 +5,49 @@ batches already on the model's device, and returns a typed record or tensors. Us
 notebook or script; :class:`lightning_landscape.LossLandscapeCallback` calls the same functions.
 """
 
-from lightning_landscape.functional._common import probe_size
-from lightning_landscape.functional.barrier import barrier
-from lightning_landscape.functional.blocks import BlockCurvature, block_curvature, parameter_blocks
-from lightning_landscape.functional.bn import BN_MODES, buffer_snapshot, landscape_buffers
-from lightning_landscape.functional.compiled import CompileFallbackWarning, compile_settings
-from lightning_landscape.functional.curvature import (
+from lightning_landscape.functional.curvature.blocks import BlockCurvature, block_curvature, parameter_blocks
+from lightning_landscape.functional.curvature.estimators import (
+    HutchinsonResult,
+    LanczosResult,
+    hutchinson,
+    lanczos,
+)
+from lightning_landscape.functional.curvature.hessian import (
     HessianEigenvalues,
     HessianTrace,
     hessian_directions,
     hessian_eigenvalues,
     hessian_trace,
 )
-from lightning_landscape.functional.directions import (
-    filter_normalize,
-    filter_normalized_directions,
-    random_direction,
-)
-from lightning_landscape.functional.estimators import HutchinsonResult, LanczosResult, hutchinson, lanczos
-from lightning_landscape.functional.noise import ProbeNoise, probe_noise
-from lightning_landscape.functional.operators import (
+from lightning_landscape.functional.curvature.operators import (
     HessianOperator,
     ScaledOperator,
     hessian_operator,
     hessian_vector_product,
 )
-from lightning_landscape.functional.params import (
+from lightning_landscape.functional.curvature.sharpness import (
+    AverageSharpness,
+    SamSharpness,
+    average_sharpness,
+    loss_gradient,
+    sam_sharpness,
+)
+from lightning_landscape.functional.curvature.stability import (
+    EdgeOfStability,
+    StabilityThreshold,
+    adam_preconditioner,
+    edge_of_stability_ratio,
+    stability_threshold,
+)
+from lightning_landscape.functional.landscape.bn import BN_MODES, buffer_snapshot, landscape_buffers
+from lightning_landscape.functional.landscape.directions import (
+    filter_normalize,
+    filter_normalized_directions,
+    random_direction,
+)
+from lightning_landscape.functional.landscape.engine import CompileFallbackWarning, compile_settings
+from lightning_landscape.functional.landscape.noise import ProbeNoise, probe_noise
+from lightning_landscape.functional.landscape.params import (
     Direction,
     LossFn,
     WeightPerturbation,
@@ -40,7 +57,19 @@ from lightning_landscape.functional.params import (
     preserved_random_state,
     unflatten,
 )
-from lightning_landscape.functional.path_checks import (
+from lightning_landscape.functional.landscape.sharding import PointShard, evaluate_sharded, shard_rows
+from lightning_landscape.functional.landscape.surface import (
+    evaluate_loss,
+    interpolation_line,
+    loss_line,
+    loss_surface,
+    odd_grid,
+)
+from lightning_landscape.functional.landscape.trajectory import TrajectoryPCA, trajectory_pca
+from lightning_landscape.functional.objective import probe_size
+from lightning_landscape.functional.solutions.barrier import barrier
+from lightning_landscape.functional.solutions.plane import Plane, plane_through, shared_plane_surface
+from lightning_landscape.functional.trust.path import (
     PathLossCheck,
     PathPlaneFit,
     RandomWalkBaseline,
@@ -51,15 +80,14 @@ from lightning_landscape.functional.path_checks import (
     random_walk_verdict,
     snapshot_losses,
 )
-from lightning_landscape.functional.plane import Plane, plane_through, shared_plane_surface
-from lightning_landscape.functional.reliability import (
+from lightning_landscape.functional.trust.reliability import (
     ReliabilitySettings,
     ReliabilityThresholds,
     landscape_reliability,
     reliability_cost,
     reliability_summary,
 )
-from lightning_landscape.functional.sensitivity import (
+from lightning_landscape.functional.trust.sensitivity import (
     DirectionSensitivity,
     DistanceProfile,
     RandomDirectionCurvature,
@@ -67,29 +95,6 @@ from lightning_landscape.functional.sensitivity import (
     distance_profile,
     random_direction_curvature,
 )
-from lightning_landscape.functional.sharding import PointShard, evaluate_sharded, shard_rows
-from lightning_landscape.functional.sharpness import (
-    AverageSharpness,
-    SamSharpness,
-    average_sharpness,
-    loss_gradient,
-    sam_sharpness,
-)
-from lightning_landscape.functional.stability import (
-    EdgeOfStability,
-    StabilityThreshold,
-    adam_preconditioner,
-    edge_of_stability_ratio,
-    stability_threshold,
-)
-from lightning_landscape.functional.surface import (
-    evaluate_loss,
-    interpolation_line,
-    loss_line,
-    loss_surface,
-    odd_grid,
-)
-from lightning_landscape.functional.trajectory import TrajectoryPCA, trajectory_pca
 
 __all__ = [
     "BN_MODES",

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from lightning_landscape import _validation as check
-from lightning_landscape._silence import silenced_logging
+from lightning_landscape.functional import checks as check
+from lightning_landscape.optim.silence import silenced_logging
 
 __all__ = ["SAM"]
 

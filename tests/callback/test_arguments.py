@@ -13,7 +13,7 @@ import torch
 from helpers.models import TinyNet, loader
 
 from lightning_landscape import LossLandscapeCallback
-from lightning_landscape._validation import grid_fits_memory
+from lightning_landscape.functional.checks import grid_fits_memory
 
 BAD_METRIC_SPECS = [
     "sam", 5, [3], {"bogus": None}, {"sam": 3}, {"sam": {"bogus": 1}},

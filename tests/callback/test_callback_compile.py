@@ -11,7 +11,7 @@ from helpers.models import TinyNet, ce_loss, loader
 from torch._dynamo.testing import CompileCounter
 
 from lightning_landscape import LossLandscapeCallback
-from lightning_landscape.functional.compiled import CompileFallbackWarning, compile_settings
+from lightning_landscape.functional.landscape.engine import CompileFallbackWarning, compile_settings
 
 SMALL = {"resolution": 3, "final_resolution": 5, "line_resolution": 5, "num_batches": 2, "log_figures": False}
 

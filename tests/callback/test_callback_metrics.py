@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.func import functional_call
 
 from lightning_landscape import LossLandscapeCallback, MetricsRecord, load_records
-from lightning_landscape import metrics as metrics_module
+from lightning_landscape.callback import metrics as metrics_module
 from lightning_landscape.functional import sam_sharpness
 
 SMALL = {"resolution": 3, "final_resolution": 5, "line_resolution": 5, "num_batches": 2, "log_figures": False}
@@ -186,7 +186,7 @@ def test_bad_metric_arguments(kwargs, name):
 
 
 def test_metrics_record_round_trip(tmp_path):
-    from lightning_landscape.records import load_record, save_record
+    from lightning_landscape.records.record import load_record, save_record
 
     rec = MetricsRecord.from_dict({"hessian/lambda_max": 2.5, "sharpness/sam": math.nan}, {"global_step": 3})
     path = save_record(rec, tmp_path, "m")

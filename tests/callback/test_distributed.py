@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from lightning_landscape import LossLandscapeCallback, load_records
-from lightning_landscape.distributed import check_strategy
+from lightning_landscape.callback.distributed import check_strategy
 from lightning_landscape.functional import PointShard, evaluate_sharded, shard_rows
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,8 @@ import pytest
 from helpers.models import TinyNet, ce_loss, loader
 from matplotlib.figure import Figure
 
-from lightning_landscape import LossLandscapeCallback, MetricsRecord, metric_plots
+from lightning_landscape import LossLandscapeCallback, MetricsRecord
+from lightning_landscape.plots import metrics as metric_plots
 
 SMALL = {"resolution": 3, "final_resolution": 3, "line_resolution": 3, "num_batches": 2}
 METRICS = {"eos": {"max_iter": 8}, "blocks": {"max_iter": 6, "samples": 2, "blocks": ["net.0", "net.4"]}}
@@ -103,7 +104,7 @@ def test_block_matrix_and_series_from_a_history():
 
 
 def test_compare_tabulates_block_scalars_and_draws_the_ratio():
-    from lightning_landscape.records import is_diagnostic
+    from lightning_landscape.records.record import is_diagnostic
 
     assert is_diagnostic("blocks/net.0/lambda_max") and is_diagnostic("blocks/net.4/trace")
     assert not is_diagnostic("eos/ratio") and not is_diagnostic("hessian/lambda_max")

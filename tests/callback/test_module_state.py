@@ -26,7 +26,11 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_landscape import LossLandscapeCallback
-from lightning_landscape._module_state import ModuleStateGuard, ModuleStateKeeper, UnrestorableStateError
+from lightning_landscape.callback.module_state import (
+    ModuleStateGuard,
+    ModuleStateKeeper,
+    UnrestorableStateError,
+)
 
 SMALL = {"resolution": 3, "final_resolution": 5, "line_resolution": 5, "num_batches": 2, "log_figures": False}
 
@@ -189,8 +193,8 @@ def test_watch_stops_after_the_first_call() -> None:
 
 def test_watch_is_sticky_through_fallbacks_and_metrics() -> None:
     """A caller that swallows errors (the engine's vmap -> loop fallback, compute_metrics) cannot go on."""
-    from lightning_landscape.functional.params import landscape_parameters
-    from lightning_landscape.metrics import compute_metrics, resolve_metrics
+    from lightning_landscape.callback.metrics import compute_metrics, resolve_metrics
+    from lightning_landscape.functional.landscape.params import landscape_parameters
 
     m = Sideways()
     calls = []

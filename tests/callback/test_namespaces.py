@@ -24,7 +24,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 import lightning_landscape
 from lightning_landscape import load_records
-from lightning_landscape.distributed import check_strategy
+from lightning_landscape.callback.distributed import check_strategy
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"resolution": 3, "final_resolution": 5, "line_resolution": 5, "num_batches": 2, "log_figures": False}

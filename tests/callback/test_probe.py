@@ -13,7 +13,7 @@ import torch
 from helpers.models import TinyNet, ce_loss, loader
 from torch import nn
 
-from lightning_landscape._probe import ProbeSet, training_step_loss
+from lightning_landscape.callback.probe import ProbeSet, training_step_loss
 
 
 def same_batches(a: list[Any], b: list[Any]) -> bool:

@@ -6,7 +6,8 @@ import lightning.pytorch as pl
 import pytest
 from helpers.models import TinyNet, ce_loss, loader
 
-from lightning_landscape import LossLandscapeCallback, _progress
+from lightning_landscape import LossLandscapeCallback
+from lightning_landscape.callback import progress as _progress
 
 QUIET = {"resolution": 3, "final_resolution": 5, "line_resolution": 3, "num_batches": 1, "log_figures": False}
 QUIET.update(metrics=(), final_metrics=(), loss_fn=ce_loss, max_overhead=None, every_n_epochs=None)

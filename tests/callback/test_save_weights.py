@@ -12,7 +12,7 @@ import torch
 from helpers.models import TinyNet, ce_loss, loader
 
 from lightning_landscape import LossLandscapeCallback
-from lightning_landscape.run_weights import load_run_weights
+from lightning_landscape.solutions.weights import load_run_weights
 
 QUIET = {"resolution": 3, "final_resolution": 3, "line_resolution": 3, "num_batches": 1, "log_figures": False}
 QUIET.update(metrics=(), final_metrics=(), loss_fn=ce_loss, snapshot_every_n_steps=2, max_overhead=None)

@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_landscape import LossLandscapeCallback, SurfaceRecord, load_records
+from lightning_landscape.callback.recorder import TrajectoryRecorder
 from lightning_landscape.functional import flatten, landscape_parameters, trajectory_pca
-from lightning_landscape.recorder import TrajectoryRecorder
 
 QUIET = {
     "resolution": 3,

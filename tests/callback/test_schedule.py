@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_landscape._schedule import LandscapeSchedule, Plan, estimated_cost
+from lightning_landscape.callback.schedule import LandscapeSchedule, Plan, estimated_cost
 
 NO_METRICS = {"metrics": {}, "final_metrics": {}}
 

@@ -16,9 +16,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_landscape import LineRecord, LossLandscapeCallback, SurfaceRecord, load_records
-from lightning_landscape._schedule import LandscapeSchedule
+from lightning_landscape.callback.schedule import LandscapeSchedule
 from lightning_landscape.functional import ReliabilitySettings, reliability_cost
-from lightning_landscape.records import ReliabilityRecord
+from lightning_landscape.records.record import ReliabilityRecord
 
 SMALL = {"resolution": 3, "final_resolution": 5, "line_resolution": 5, "num_batches": 2, "log_figures": False}
 LIGHT = {"metrics": (), "final_metrics": ()}  # no curvature: these tests are about the lines and checks

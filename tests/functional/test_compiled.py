@@ -21,9 +21,9 @@ from lightning_landscape.functional import (
     loss_line,
     loss_surface,
 )
-from lightning_landscape.functional import compiled as compiled_module
-from lightning_landscape.functional.compiled import CompileFallbackWarning, compile_settings
-from lightning_landscape.functional.surface import check_engine
+from lightning_landscape.functional.landscape import engine as compiled_module
+from lightning_landscape.functional.landscape.engine import CompileFallbackWarning, compile_settings
+from lightning_landscape.functional.landscape.surface import check_engine
 
 
 def _ce(model, batch):

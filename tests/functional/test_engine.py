@@ -8,7 +8,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from lightning_landscape import LossLandscapeCallback
-from lightning_landscape.functional import engine as engine_module
 from lightning_landscape.functional import (
     filter_normalized_directions,
     interpolation_line,
@@ -16,9 +15,10 @@ from lightning_landscape.functional import (
     loss_line,
     loss_surface,
 )
-from lightning_landscape.functional import surface as surface_module
-from lightning_landscape.functional.batched import auto_chunk_size
-from lightning_landscape.functional.surface import _evaluate_points
+from lightning_landscape.functional.landscape import engine as engine_module
+from lightning_landscape.functional.landscape import surface as surface_module
+from lightning_landscape.functional.landscape.batched import auto_chunk_size
+from lightning_landscape.functional.landscape.surface import _evaluate_points
 
 
 def _ce(model, batch):

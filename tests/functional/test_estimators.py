@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_landscape.functional import ScaledOperator, estimators, hutchinson, lanczos
-from lightning_landscape.functional._common import NonFiniteError
-from lightning_landscape.functional.estimators import default_max_basis, hutchinson_samples
+from lightning_landscape.functional import ScaledOperator, hutchinson, lanczos
+from lightning_landscape.functional.curvature import estimators
+from lightning_landscape.functional.curvature.estimators import default_max_basis, hutchinson_samples
+from lightning_landscape.functional.objective import NonFiniteError
 
 
 def spd_like(n: int, seed: int = 0, spectrum: torch.Tensor | None = None) -> torch.Tensor:

@@ -18,7 +18,7 @@ from lightning_landscape.functional import (
     loss_surface,
     probe_noise,
 )
-from lightning_landscape.records import LineRecord, SurfaceRecord, load_record, save_record
+from lightning_landscape.records.record import LineRecord, SurfaceRecord, load_record, save_record
 
 
 def _mlp():

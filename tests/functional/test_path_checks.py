@@ -18,8 +18,8 @@ from lightning_landscape.functional import (
     snapshot_losses,
     trajectory_pca,
 )
-from lightning_landscape.functional.path_checks import bilinear, subsample
-from lightning_landscape.records import SurfaceRecord
+from lightning_landscape.functional.trust.path import bilinear, subsample
+from lightning_landscape.records.record import SurfaceRecord
 from tests.helpers.exact_hessian import Reference, ce, cnn, make_batches
 
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_landscape._progress import LandscapeProgress
+from lightning_landscape.callback.progress import LandscapeProgress
 from lightning_landscape.functional import interpolation_line, loss_line, loss_surface
-from lightning_landscape.functional.engine import evaluate_points
+from lightning_landscape.functional.landscape.engine import evaluate_points
 
 
 def _setup():

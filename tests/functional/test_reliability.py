@@ -24,7 +24,7 @@ from lightning_landscape.functional import (
     reliability_cost,
     trajectory_pca,
 )
-from lightning_landscape.functional.sensitivity import basin_threshold, crossing_distance
+from lightning_landscape.functional.trust.sensitivity import basin_threshold, crossing_distance
 from tests.helpers.exact_hessian import Reference, ce, make_batches, mlp
 
 ROWS, COLS = 4, 5

@@ -18,7 +18,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_landscape.functional import hessian_eigenvalues, hessian_trace, hessian_vector_product
-from lightning_landscape.functional.operators import SecondOrderError
+from lightning_landscape.functional.curvature.operators import SecondOrderError
 
 SEQ, DIM, CLASSES = 5, 6, 3
 

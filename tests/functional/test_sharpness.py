@@ -10,7 +10,7 @@ import torch
 from helpers.exact_hessian import Reference, ce, cnn, make_batches, mlp
 from torch import nn
 
-import lightning_landscape.functional.sharpness as sharpness_module
+import lightning_landscape.functional.curvature.sharpness as sharpness_module
 from lightning_landscape.functional import average_sharpness, loss_gradient, sam_sharpness
 
 

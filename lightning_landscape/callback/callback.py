@@ -1,0 +1,388 @@
+"""LossLandscapeCallback: the Lightning shell around the functional core.
+
+Hooks -> schedule (:mod:`._schedule`) -> probe (:mod:`._probe`) -> landscape (:mod:`._landscape`, which
+calls the core) -> publisher (:mod:`._publish`). No math and no logger code live here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_landscape.callback.distributed import check_strategy
+from lightning_landscape.callback.landscape import LandscapeBuilder, Observation
+from lightning_landscape.callback.metrics import DEFAULT_FINAL_METRICS, DEFAULT_METRICS
+from lightning_landscape.callback.module_state import ModuleStateKeeper
+from lightning_landscape.callback.options import CallbackOptions, MetricSpec
+from lightning_landscape.callback.probe import ProbeSet
+from lightning_landscape.callback.publish import Publisher, Warnings, describe_settings
+from lightning_landscape.callback.recorder import TrajectoryRecorder, recorder_for
+from lightning_landscape.callback.schedule import LandscapeSchedule
+from lightning_landscape.functional.landscape.bn import buffer_snapshot
+from lightning_landscape.functional.landscape.params import LossFn, landscape_parameters
+from lightning_landscape.records.record import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
+from lightning_landscape.solutions.weights import DEFAULT_MAX_BYTES
+
+__all__ = ["LossLandscapeCallback"]
+
+
+class LossLandscapeCallback(CallbackOptions, Callback):
+    r"""Watch the geometry of the loss while training: trajectory PCA, loss surfaces and 1-D lines.
+
+    During training the callback snapshots the trainable weights into a bounded CPU buffer. Every
+    ``every_n_epochs`` epochs it evaluates a low-resolution loss surface around the current weights on
+    the trajectory-PCA plane (seeded filter-normalized random directions until two snapshots exist) with
+    the optimizer's projected path, plus the interpolation line from the initial weights. At the end of
+    training it computes a higher-resolution surface and 1-D lines. Results go to the trainer's loggers
+    (figures, ``landscape/`` scalars) and to ``<log_dir>/landscape/`` as ``.npz`` + ``.json`` records
+    (:func:`lightning_landscape.load_records`); ``records`` holds those of the latest ``fit``.
+
+    Evaluation runs on the trainer's device, in its precision context, on the first ``num_batches``
+    training batches (moved to the device once), in eval mode. Weights, buffers, train/eval flags and
+    random state are restored afterwards: training is bit-identical with and without the callback. A
+    callback reused for another ``fit`` starts fresh unless that ``fit`` resumes from a checkpoint.
+
+    Each option in one line below; docs/configuration.md ("Every option") explains each in full.
+
+    Args:
+        every_n_epochs: period of the low-resolution surface; ``None`` for the final one only.
+        resolution: points per axis of periodic surfaces (odd).
+        final_resolution: points per axis of the final surface (odd).
+        line_resolution: points of each 1-D line (odd).
+        directions: ``"pca"`` (trajectory PCA), ``"random"`` (filter-normalized Gaussian) or ``"hessian"``
+            (unit eigenvectors of ``lambda_max`` and ``lambda_min``; a span ``s`` is a distance ``s``).
+        span: half-width of the grid, or a ``(low, high)`` pair, in units of the directions; by default
+            the PCA grid covers the path plus ``margin``, other directions use 1.0.
+        margin: extra room around the path as a fraction of its extent.
+        num_batches: number of training batches in the probe set.
+        probe_dataloader: batches to use instead of the training loader's first ``num_batches``.
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``; by default the module's ``training_step``
+            with ``self.log`` silenced. Required under manual optimization.
+        snapshot_every_n_steps: snapshot cadence in optimizer steps (default 10; not with the next).
+        snapshot_every_n_epochs: snapshot cadence in epochs (instead of steps).
+        max_snapshots: snapshot buffer size; when full, every other snapshot is dropped, the cadence halves.
+        seed: seed of the random directions and of the metrics' random probes.
+        include_1d: give random directions non-zero 1-D parts (biases, norm weights).
+        interpolation_range: alpha range of the line from the initial (0) to the current (1) weights.
+        final: compute the final surface, lines and metrics when training ends.
+        save_records: write ``.npz`` + ``.json`` records under ``<log_dir>/landscape/``.
+        log_figures: send figures to the loggers (scalars are always sent).
+        name: records under ``landscape/NAME/``, tags ``landscape/NAME/...``; required (distinct) with
+            several of these callbacks in one trainer; part of ``state_key``.
+        snapshot_dtype: storage dtype of the snapshots (default float32; float64 under ``64-true``).
+        snapshot_budget_bytes: most bytes of snapshots kept in memory.
+        snapshot_storage: ``"memory"``, ``"memmap"`` (a file beside the records) or ``"auto"``.
+        metrics: curvature and sharpness scalars with every periodic surface: names from ``"eigenvalues"``,
+            ``"trace"``, ``"sam"``, ``"average"``, or a mapping name -> options (``{"sam": {"rho": 0.1}}``);
+            ``None`` for none (see :mod:`lightning_landscape.callback.metrics`).
+        final_metrics: the same, computed at the end of training.
+        engine: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"compile"`` (needs ``loss_fn=``); see
+            :func:`lightning_landscape.functional.loss_surface`.
+        max_overhead: most work the periodic landscapes after the first may add, as a fraction of the
+            training work so far (counted, not timed), with the final landscape's work set aside; the
+            first periodic and the final landscape are always computed. ``None``: everything.
+        budget_final: hold the final landscape to ``max_overhead`` too (coarser, or skipped).
+        save_weights: write the initial and final weights, BatchNorm statistics and snapshots for
+            :func:`~lightning_landscape.compare_solutions` (``<log_dir>/landscape/[NAME/]weights/``).
+        save_weights_dtype: storage dtype of the saved weights (``torch.bfloat16`` halves the size).
+        save_weights_max_bytes: refuse (with a warning) to write more than this; ``None``: no limit.
+        bn: BatchNorm statistics at each point: ``"interpolate"``, ``"keep"`` or ``"recompute"``.
+        metric_fn: ``metric_fn(model, batch) -> scalar tensor`` (accuracy, say) evaluated beside the loss.
+        metric_name: the metric's name in records and figures.
+        reliability: the reliability indicators with every landscape (docs/reliability.md): ``True``,
+            ``False`` or a mapping of ``ReliabilitySettings`` and ``ReliabilityThresholds`` fields.
+        pca_centred: mean-centre the snapshots in the trajectory PCA (Li et al.'s convention).
+
+    Under DDP every rank evaluates its share of the points, the values are gathered; the probe batches
+    are rank zero's; only rank zero writes and logs. Sharded strategies are refused at fit start.
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning.pytorch.demos.boring_classes import BoringModel
+        >>> import tempfile
+        >>> cb = LossLandscapeCallback(resolution=5, final_resolution=7, num_batches=2)
+        >>> trainer = Trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=0, callbacks=[cb],
+        ...                   logger=False, default_root_dir=tempfile.mkdtemp(), enable_progress_bar=False,
+        ...                   enable_model_summary=False, enable_checkpointing=False)
+        >>> trainer.fit(BoringModel())
+        >>> sorted({r.meta["stage"] for r in cb.records})  # a short run: the first and the final one
+        ['final', 'periodic']
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int | None = 1,
+        resolution: int = 11,
+        final_resolution: int = 31,
+        line_resolution: int = 41,
+        directions: Literal["pca", "random", "hessian"] = "pca",
+        span: float | tuple[float, float] | None = None,
+        margin: float = 0.25,
+        num_batches: int = 4,
+        probe_dataloader: Iterable[Any] | None = None,
+        loss_fn: LossFn | None = None,
+        snapshot_every_n_steps: int | None = None,
+        snapshot_every_n_epochs: int | None = None,
+        max_snapshots: int = 64,
+        seed: int = 0,
+        include_1d: bool = False,
+        interpolation_range: tuple[float, float] = (-0.5, 1.5),
+        final: bool = True,
+        save_records: bool = True,
+        log_figures: bool = True,
+        name: str | None = None,
+        snapshot_dtype: torch.dtype | Literal["float32", "float64", "bfloat16", "float16"] | None = None,
+        snapshot_budget_bytes: int | None = None,
+        snapshot_storage: Literal["auto", "memory", "memmap"] = "auto",
+        metrics: MetricSpec = DEFAULT_METRICS,
+        final_metrics: MetricSpec = DEFAULT_FINAL_METRICS,
+        engine: Literal["auto", "loop", "vmap", "compile"] = "auto",
+        max_overhead: float | None = 0.1,
+        budget_final: bool = False,
+        save_weights: bool = False,
+        save_weights_dtype: torch.dtype | Literal["float32", "float64", "bfloat16", "float16"] | None = None,
+        save_weights_max_bytes: int | None = DEFAULT_MAX_BYTES,
+        bn: Literal["interpolate", "keep", "recompute"] = "interpolate",
+        metric_fn: LossFn | None = None,
+        metric_name: str = "metric",
+        reliability: bool | Mapping[str, Any] = True,
+        pca_centred: bool = False,
+    ) -> None:
+        indicators = self._set_options(locals())  # every argument, checked (see CallbackOptions)
+        self.schedule = LandscapeSchedule(
+            self.every_n_epochs, self.snapshot_every_n_steps, self.snapshot_every_n_epochs, self.resolution,
+            self.final_resolution, self.line_resolution, self.metrics, self.final_metrics, self.max_overhead,
+            self.budget_final, hessian_plane=self.directions == "hessian", bn=self.bn,
+            metric=self.metric_fn is not None, final=self.final,
+            reliability=(
+                (lambda plan: indicators.evaluations(plan.stage, plan.metrics, self.max_snapshots))
+                if indicators.enabled else None
+            ),
+        )  # fmt: skip
+        self.probe = ProbeSet(self.num_batches, self.probe_dataloader, self.loss_fn)
+        self.warnings = Warnings()
+        self.builder = LandscapeBuilder(
+            self.directions, self.span, self.margin, self.seed, self.include_1d, self.engine,
+            self.interpolation_range, self.warnings, self.bn, self.metric_fn, self.metric_name, indicators,
+            self.pca_centred,
+        )  # fmt: skip
+        self.publisher = Publisher(self.name, self.save_records, self.log_figures, self.warnings)
+        self.recorder = TrajectoryRecorder(self.max_snapshots)
+        self.records: list[SurfaceRecord | LineRecord | MetricsRecord | ReliabilityRecord] = []
+        self._module_state = ModuleStateKeeper()  # restores the module's Python state around each computation
+        self._param_names: list[str] = []
+        self._state_key: str | None = None
+
+    # ------------------------------------------------------------------ Lightning plumbing
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # Lightning reads this on every hook call (profiler names): build it once.
+        if self._state_key is None:
+            self._state_key = self._generate_state_key(**self._setting_values(keyed=True))
+        return self._state_key
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        check_strategy(trainer.strategy)
+        mine = [c for c in trainer.callbacks if isinstance(c, LossLandscapeCallback)]  # type: ignore[attr-defined]
+        if len({c.name for c in mine}) < len(mine):
+            raise MisconfigurationException(
+                "This Trainer has several LossLandscapeCallbacks without distinct names: their records and "
+                "logged figures would overwrite each other. Give each one its own `name=` "
+                "(for example `LossLandscapeCallback(name='pca')`, `LossLandscapeCallback(name='random')`)."
+            )
+        if not pl_module.automatic_optimization and self.loss_fn is None:
+            raise MisconfigurationException(
+                "LossLandscapeCallback: this module uses manual optimization, so its training_step steps "
+                "the optimizer and cannot be used to evaluate the loss. Pass "
+                "`LossLandscapeCallback(loss_fn=lambda model, batch: ...)` returning a scalar loss."
+            )
+        # A new fit starts fresh; resuming from a checkpoint restores the state after this (load_state_dict).
+        self.schedule.reset()
+        self.probe.reset()
+        self.builder.reset()
+        self.warnings.reset(enabled=trainer.is_global_zero)
+        self._module_state.reset()
+        self.records = []
+        self._param_names = [n for n, _ in landscape_parameters(pl_module)]
+        log_dir = trainer.log_dir or trainer.default_root_dir  # called on every rank: it broadcasts
+        shown = describe_settings(
+            self._setting_values(), self.publisher.record_dir if self.publisher.log_dir else None
+        )
+        self.publisher.setup(log_dir, trainer.loggers, shown, rank=trainer.global_rank)
+        params = self._params(pl_module)
+        wide = str(trainer.precision).startswith("64") or any(p.dtype == torch.float64 for p in params)
+        self.builder.work_dtype = torch.float64 if wide else torch.float32
+        dtype, rank = self.snapshot_dtype or self.builder.work_dtype, trainer.global_rank
+        self.recorder, note = recorder_for(
+            sum(p.numel() for p in params), self.max_snapshots, dtype, self.snapshot_budget_bytes,
+            self.snapshot_storage, self.publisher.record_dir, rank,
+        )  # fmt: skip
+        if note:  # a budget too small for two snapshots in memory: they go to a file
+            self.warnings.warn("snapshot storage", f"LossLandscapeCallback: {note}")
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if len(self.recorder) == 0:
+            self._snapshot(0, trainer, pl_module)
+            # the initial floating-point buffers (BatchNorm statistics): the interpolation line's alpha = 0
+            # and the saved weights' initial model (small, on the CPU)
+            buffers = self._guarded(0, buffer_snapshot, pl_module, "cpu")
+            self.builder.start_buffers = None if buffers is False else buffers
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.schedule.start_epoch(trainer.current_epoch)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # Events count optimizer steps: a snapshot when global_step // n first reaches a new value. Under
+        # gradient accumulation the step stands still between optimizer steps (no duplicate); with
+        # several optimizers it may jump past a multiple of n (the next step is taken instead).
+        step = trainer.global_step
+        self.schedule.count_batch(step)
+        event = self.schedule.snapshot_event(step=step)
+        if event is not None and self.recorder.wants(event):
+            self._snapshot(event, trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        event = self.schedule.snapshot_event(epoch_end=trainer.current_epoch)
+        if event is not None:
+            self._snapshot(event, trainer, pl_module)
+        if self.schedule.landscape_due(trainer.current_epoch, trainer.global_step):
+            self._observe("periodic", trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.final:
+            self._observe("final", trainer, pl_module)
+        if self.save_weights and trainer.is_global_zero:
+            self.builder.part = "saving the weights"
+            meta = {"global_step": trainer.global_step, "epoch": trainer.current_epoch, "seed": self.seed,
+                    "name": self.name}  # fmt: skip
+            self._guarded(
+                trainer.global_step, self.publisher.save_weights, pl_module, self.recorder,
+                self.builder.start_buffers, self._param_names, self.save_weights_dtype,
+                self.save_weights_max_bytes, meta,
+            )  # fmt: skip
+        self.publisher.begin()  # the settings text, even when every landscape was skipped
+        self.publisher.drain()  # the figures still drawn in the background, in order
+        self.warnings.summary()
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.publisher.drain()  # what was drawn so far still reaches the loggers
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.publisher.close()  # stop the figure worker thread
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and primitives only (checkpoints load with ``weights_only=True``)."""
+        return {
+            "recorder": self.recorder.state_dict(),  # snapshot buffer, stride, steps, events
+            "schedule": self.schedule.state_dict(),  # cadence position and the budget's accounts
+            "seed": self.seed,
+            "name": self.name or "",
+            "initial_buffers": dict(self.builder.start_buffers or {}),  # the initial float buffers
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.recorder.load_state_dict(state_dict["recorder"])
+        self.schedule.load_state_dict(state_dict.get("schedule", state_dict))  # 0.1: its keys at the top
+        buffers = state_dict.get("initial_buffers", state_dict.get("start_buffers"))  # absent before 0.2
+        self.builder.start_buffers = dict(buffers) if buffers is not None else None
+
+    # ------------------------------------------------------------------ one landscape
+
+    def _observe(
+        self, stage: Literal["periodic", "final"], trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> None:
+        """Plan, compute and publish one landscape and its metrics; nothing raises out of here."""
+        step = trainer.global_step
+        self.builder.part = "the overhead budget"
+        plan = self._guarded(step, self.schedule.plan, stage, trainer.world_size, self.probe.size)
+        if plan is False:
+            return
+        note = self.schedule.explain(plan, stage)
+        if note:  # a landscape skipped or reduced for the budget
+            self.warnings.warn(f"{stage} budget", f"LossLandscapeCallback: {note}")
+        if plan is None:
+            if stage == "periodic":
+                self.schedule.skip()
+            self.publisher.begin()  # the settings text shows even when no landscape does
+            return
+        self.schedule.charge(plan)
+        # The epoch that just ended, 0-based, as in Lightning's progress bar (at the end of training
+        # `current_epoch` has moved past the last epoch run; the schedule remembers it).
+        epoch = self.schedule.epoch if self.schedule.epoch >= 0 else max(trainer.current_epoch - 1, 0)
+        common: dict[str, Any] = {"stage": stage, "epoch": epoch, "global_step": step}
+        common.update({"callback_name": self.name} if self.name else {})
+        job = Observation(
+            trainer, pl_module, self._params(pl_module), plan, self.probe, self.recorder, common
+        )
+        kept: list[Any] = []
+        # each guarded on its own; the reliability after the metrics (a final trace feeds its check)
+        for compute in (self.builder.compute, self.builder.metrics_record, self.builder.reliability_record):
+            records = self._guarded(step, self._compute, compute, job)
+            kept.extend(records or [])
+        if kept:  # published together: the surface's figure shows the reliability's flags
+            self._guarded(step, self._keep, kept, trainer, stage)
+
+    def _compute(self, compute: Callable[[Observation], list[Any]], job: Observation) -> list[Any]:
+        """``compute(job)`` with the module's Python state (lists, counters, torchmetrics states that
+        ``training_step`` touches) restored afterwards."""
+        out: list[Any] = []
+        uses_step = self.loss_fn is None
+        self._module_state.run(job.trainer, job.module, uses_step, lambda: out.extend(compute(job)))
+        return out
+
+    def _keep(self, records: list[Any], trainer: pl.Trainer, stage: str) -> None:
+        self.records.extend(records)
+        if records and trainer.is_global_zero:
+            self.builder.part = "logging the results"
+            self.publisher.publish(records, trainer.global_step, stage)
+
+    def _snapshot(self, event: int, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.global_step
+        self.builder.part = "a snapshot of the weights"
+        self._guarded(step, lambda: self.recorder.offer(event, self._params(pl_module), step=step))
+
+    def _guarded(self, step: int, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``; on failure warn, naming what failed, and let training go on (returns False)."""
+        try:
+            return fn(*args)
+        except Exception as err:
+            part = self.builder.part
+            self.builder.part = "the landscape"
+            self.warnings.warn(
+                f"{part} failed",
+                f"LossLandscapeCallback: {part} at step {step} failed and was skipped "
+                f"({type(err).__name__}: {err}). Training continues.",
+            )
+            return False
+
+    # ------------------------------------------------------------------ helpers
+
+    def _params(self, pl_module: nn.Module) -> list[Tensor]:
+        named = dict(pl_module.named_parameters())
+        return [named[n] for n in self._param_names if n in named]  # a missing one: caught downstream

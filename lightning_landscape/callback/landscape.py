@@ -1,0 +1,476 @@
+"""What one landscape is: its plane (:mod:`._plane`), surface, lines, metrics and reliability indicators.
+
+:class:`LandscapeBuilder` turns an :class:`Observation` (the callback's trainer, module, plan, probe set
+and snapshots) into records by calling the functional core. It remembers the latest periodic landscape
+so that the final one, computed at the same weights, reuses what would come out the same (the surface,
+the interpolation line, metrics with the same options) instead of computing it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_landscape.callback.distributed import agree, point_shard
+from lightning_landscape.callback.indicators import Indicators
+from lightning_landscape.callback.metrics import compute_metrics
+from lightning_landscape.callback.plane import Plane, PlaneSteps
+from lightning_landscape.callback.probe import ProbeSet
+from lightning_landscape.callback.progress import LandscapeProgress
+from lightning_landscape.callback.publish import Warnings, record_name
+from lightning_landscape.callback.recorder import TrajectoryRecorder
+from lightning_landscape.callback.schedule import Plan
+from lightning_landscape.functional.landscape.bn import BNMode, landscape_buffers
+from lightning_landscape.functional.landscape.params import Direction, LossFn, unflatten
+from lightning_landscape.functional.landscape.sharding import PointShard
+from lightning_landscape.functional.landscape.surface import (
+    Engine,
+    interpolation_line,
+    loss_line,
+    loss_surface,
+)
+from lightning_landscape.records.record import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
+
+__all__ = ["LandscapeBuilder", "Observation", "fingerprint"]
+
+
+def fingerprint(model: nn.Module, params: Sequence[Tensor]) -> Tensor:
+    """Sums and sums of squares (float64) of the parameters and buffers: equal before and after means
+    the loss is the same function (a cheap check, one pass, one transfer)."""
+    with torch.no_grad():
+        tensors = [t.detach() for t in (*params, *model.buffers())]
+        parts = [torch.stack([t.double().sum(), t.double().square().sum()]) for t in tensors]
+        return torch.cat(parts).cpu() if parts else torch.zeros(0, dtype=torch.float64)
+
+
+@dataclass
+class Observation:
+    """What the callback hands over for one landscape: where (trainer, module, its parameters), what
+    (the plan), with which data (the probe set), the snapshots, and the records' common metadata."""
+
+    trainer: Any
+    module: nn.Module
+    params: Sequence[Tensor]
+    plan: Plan
+    probe: ProbeSet
+    recorder: TrajectoryRecorder
+    common: Mapping[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.common["global_step"])
+
+    def inputs(self) -> tuple[list[Any], LossFn]:
+        """The probe batches (a collective: every rank calls it) and the loss in the precision context."""
+        batches = self.probe.batches(self.trainer, self.module)
+        return batches, self.probe.loss_fn(self.module, self.trainer.precision_plugin.forward_context)
+
+    def shard(self) -> PointShard | None:
+        """This rank's share of the evaluation points (``None`` in a single process)."""
+        return point_shard(self.trainer, self.params[0].device)
+
+
+@dataclass
+class _Latest:
+    """The latest periodic landscape: where it was computed and what came out."""
+
+    step: int
+    mark: Tensor
+    plane_key: tuple[Any, ...]
+    surface: SurfaceRecord | None = None
+    interpolation: LineRecord | None = None
+    metrics: dict[str, tuple[dict[str, Any], dict[str, float], Any]] = field(default_factory=dict)
+    reliability: tuple[Any, list[Any]] | None = None  # (settings, [record, distance lines])
+
+
+@dataclass
+class _Drawn:
+    """The surface just drawn, for the reliability indicators computed after the metrics."""
+
+    step: int
+    stage: str
+    plane: Plane
+    surface: SurfaceRecord
+    common: dict[str, Any]
+    trace: float | None = None
+
+
+def _copy(record: SurfaceRecord | LineRecord | ReliabilityRecord) -> Any:
+    """A copy of a record computed at the same weights, to reuse (its arrays copied, its name noted)."""
+    arrays = {k: v.copy() for k, v in record.arrays().items()}
+    return type(record)(**arrays, meta={**record.meta, "reused_from": record.meta["name"]})
+
+
+class LandscapeBuilder(PlaneSteps):
+    """Builds the plane and evaluates the surface and lines of one landscape (see the callback's options).
+
+    ``part`` names what is being computed, for the failure message.
+    """
+
+    def __init__(
+        self,
+        directions: str = "pca",
+        span: float | tuple[float, float] | None = None,
+        margin: float = 0.25,
+        seed: int = 0,
+        include_1d: bool = False,
+        engine: Engine = "auto",
+        interpolation_range: tuple[float, float] = (-0.5, 1.5),
+        warn: Warnings | None = None,
+        bn: str = "interpolate",
+        metric_fn: LossFn | None = None,
+        metric_name: str = "metric",
+        indicators: Indicators | None = None,
+        pca_centred: bool = False,
+    ) -> None:
+        self.directions = directions
+        self.span = span
+        self.margin = margin
+        self.seed = seed
+        self.include_1d = include_1d
+        self.engine = engine
+        self.interpolation_range = interpolation_range
+        self.work_dtype = torch.float32
+        self.part = "the landscape"
+        self.warnings = warn if warn is not None else Warnings()
+        self.bn = bn
+        self.metric_fn = metric_fn
+        self.metric_name = metric_name
+        self.indicators = indicators if indicators is not None else Indicators(False)
+        self.pca_centred = pca_centred
+        self.start_buffers: dict[str, Tensor] | None = None  # the initial model's floating-point buffers
+        self._latest: _Latest | None = None
+        self.progress: LandscapeProgress | None = None  # of the landscape being evaluated (compute)
+        self._drawn: _Drawn | None = None
+
+    def reset(self) -> None:
+        self._latest = None
+        self._drawn = None
+        self.start_buffers = None
+
+    # ------------------------------------------------------------------ surface and lines
+
+    def _reusable(self, step: int, mark: Tensor) -> _Latest | None:
+        """The latest periodic landscape if it was computed at these weights (same step, same tensors)."""
+        latest = self._latest
+        same = latest is not None and latest.step == step and torch.equal(latest.mark, mark)
+        return latest if same else None
+
+    def _earlier(self, trainer: Any, stage: str, step: int, mark: Tensor) -> _Latest | None:
+        """For the final landscape: the latest periodic one if every rank can reuse it (a collective)."""
+        if stage != "final":
+            return None
+        latest = self._reusable(step, mark)
+        return latest if agree(trainer, latest is not None) else None
+
+    def compute(self, job: Observation) -> list[SurfaceRecord | LineRecord]:
+        """One landscape under ``job.trainer``: probe batches, plane, surface and lines; on every rank.
+
+        Each collective (the probe broadcast, the agreement, one all-gather per surface or line) is reached
+        by all ranks in the same order, and a failure on one rank is turned into the same exception on
+        every rank *after* a collective.
+        """
+        trainer, module, params, plan, recorder = job.trainer, job.module, job.params, job.plan, job.recorder
+        self.part = "the probe batches"
+        batches, loss_fn = job.inputs()
+        plane, start, error = None, None, None
+        with job.probe.observing(module):
+            try:
+                self.part = "the plane"
+                plane = self.plane(module, loss_fn, batches, params, recorder, plan)
+                if len(recorder) >= 1:
+                    start = unflatten(recorder.snapshots[0], params, dtype=self.work_dtype)
+            except Exception as err:
+                error = err
+            if not agree(trainer, error is None):
+                raise error if error is not None else RuntimeError("the plane failed on another rank")
+            assert plane is not None
+            shard = job.shard()
+            mark = fingerprint(module, params)
+            step = job.step
+            earlier = self._earlier(trainer, plan.stage, step, mark)
+            common = {
+                **job.common,
+                "precision": str(trainer.precision),
+                "snapshot_dtype": str(recorder.dtype).removeprefix("torch."),
+                "world_size": trainer.world_size,
+            }
+            lines = (start is not None) + 2 * (plan.stage == "final")
+            total = plan.resolution**2 + lines * plan.line_resolution
+            self.progress = LandscapeProgress.for_trainer(
+                trainer, total, f"{plan.stage} landscape at step {step}"
+            )
+            metric = self._metric(trainer.precision_plugin.forward_context)
+            try:
+                records = self.evaluate(
+                    module, loss_fn, batches, params, plane, start, plan, common, shard, mark, earlier, metric
+                )
+            finally:
+                seconds, self.progress = self.progress.close(), None
+            for record in records:  # how long the surface and lines took (the plane not included)
+                record.meta["seconds"] = round(seconds, 3)
+        bad = sum(r.meta.get("nonfinite", 0) for r in records)
+        if bad:
+            self.warnings.warn(
+                "non-finite points",
+                f"LossLandscapeCallback: {bad} evaluation point(s) at step {step} gave a non-finite loss; "
+                "they are stored as NaN/inf and drawn as gaps.",
+            )
+        return records
+
+    def metrics_record(self, job: Observation) -> list[MetricsRecord]:
+        """The plan's metrics under ``job.trainer`` as a record (none if every one failed, or none asked).
+
+        Every rank runs the same spec, so the collectives of the shared metrics match.
+        """
+        if not job.plan.metrics:
+            return []
+        self.part = "the probe batches"
+        batches, loss_fn = job.inputs()
+        trainer, module, params, plan = job.trainer, job.module, job.params, job.plan
+        step, stage, shard = job.step, plan.stage, job.shard()
+        with job.probe.observing(module):
+            mark = fingerprint(module, params)
+            earlier = self._earlier(trainer, stage, step, mark)
+            optimizer = trainer.optimizers[0] if getattr(trainer, "optimizers", None) else None  # for "eos"
+            scalars, meta, errors = self.metrics(
+                module, loss_fn, batches, params, plan.metrics, stage, step, shard, mark, earlier, optimizer
+            )
+        for metric, message in errors.items():
+            self.warnings.warn(
+                f"metric {metric!r} failed",
+                f"LossLandscapeCallback: metric {metric!r} at step {step} failed or is not finite "
+                f"({message}). Training continues.",
+            )
+        drawn = self._drawn
+        if drawn is not None and (drawn.step, drawn.stage) == (step, stage):
+            drawn.trace = scalars.get("hessian/trace")  # for the reliability's trace / P cross-check
+        if not scalars:
+            return []  # every metric failed: the warnings above say why
+        name = record_name(stage, "metrics", step)
+        record = MetricsRecord.from_dict(scalars, {**job.common, "name": name, **meta})
+        if errors:
+            record.meta["errors"] = errors
+        return [record]
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: list[Any],
+        params: Sequence[Tensor],
+        plane: Plane,
+        start: Direction | None,
+        plan: Plan,
+        common: Mapping[str, Any],
+        shard: PointShard | None = None,
+        mark: Tensor | None = None,
+        earlier: _Latest | None = None,
+        metric: LossFn | None = None,
+    ) -> list[SurfaceRecord | LineRecord]:
+        """The surface, the interpolation line (with a start) and, at the end, the two axis lines.
+
+        ``earlier``: the latest periodic landscape, computed at these weights (``mark``), to reuse from.
+        ``metric``: evaluated beside the loss on the interpolation line and the final surface.
+        BatchNorm statistics (``self.bn``): ``"interpolate"`` on the interpolation line (from the initial
+        model's, ``start_buffers``) and the current ones on the plane; ``"keep"`` the current ones
+        everywhere; ``"recompute"`` re-estimated at every point.
+        """
+        (d1, d2), stage, step = plane.directions, plan.stage, int(common["global_step"])
+        key = self.plane_key_of(plane, plan)
+        mark = fingerprint(model, params) if mark is None else mark
+        common = {**common, **plane.meta, "direction_dtype": str(d1[0].dtype).removeprefix("torch.")}
+        if plan.reduced:
+            common["reduced_by_max_overhead"] = True
+
+        self.part = "the surface"
+        plane_bn: BNMode = "recompute" if self.bn == "recompute" else "keep"
+        surface_metric = metric if stage == "final" else None
+        metric_name = self.metric_name if surface_metric else None
+        old_surface = earlier.surface if earlier is not None and earlier.plane_key == key else None
+        same = old_surface is not None and old_surface.losses.shape[0] == plan.resolution  # and same grid
+        if old_surface is not None and same and (surface_metric is None or old_surface.metrics is not None):
+            surface = _copy(old_surface)
+            surface.path = plane.path
+        else:
+            surface = loss_surface(
+                model, loss_fn, batches, (d1, d2), resolution=plan.resolution, span=plane.span,
+                params=params, shard=shard, engine=self.engine, bn=plane_bn, metric_fn=surface_metric,
+                metric_name=metric_name,
+                progress=self._part(plan.resolution**2),
+            )  # fmt: skip
+            surface.path = plane.path
+        surface.meta.update(
+            common, span=plane.span, resolution=plan.resolution, name=record_name(stage, "surface", step)
+        )
+        records: list[SurfaceRecord | LineRecord] = [surface]
+
+        interp = None
+        if start is not None:
+            self.part = "the interpolation line"
+            old = earlier.interpolation if earlier is not None else None
+            if old is not None and len(old.alphas) == plan.line_resolution:
+                interp = _copy(old)
+            else:
+                line_bn, buffers = self._line_bn(model)
+                interp = interpolation_line(
+                    model, loss_fn, batches, start, resolution=plan.line_resolution,
+                    alpha_range=self.interpolation_range, params=params, shard=shard,
+                    engine=self.engine, bn=line_bn, start_buffers=buffers, metric_fn=metric,
+                    metric_name=self.metric_name if metric is not None else None,
+                    progress=self._part(plan.line_resolution),
+                )  # fmt: skip
+            interp.meta.update(
+                common,
+                directions="interpolation",
+                label="initial → current (alpha)",
+                name=record_name(stage, "interpolation", step),
+            )
+            records.append(interp)
+        if stage == "final":
+            for axis, d in enumerate((d1, d2)):
+                self.part = f"line {axis + 1}"
+                line = loss_line(
+                    model, loss_fn, batches, d, resolution=plan.line_resolution, span=plane.span,
+                    params=params, shard=shard, engine=self.engine, bn=plane_bn,
+                    progress=self._part(plan.line_resolution),
+                )  # fmt: skip
+                label = f"{plane.meta['directions']} direction {axis + 1}"
+                line.meta.update(
+                    common, label=label, axis=axis, name=record_name(stage, f"line{axis + 1}", step)
+                )
+                records.append(line)
+        else:
+            self._latest = _Latest(step, mark, key, surface, interp)
+        self._drawn = _Drawn(step, stage, plane, surface, dict(common))
+        self.part = "the landscape"
+        return records
+
+    def _part(self, points: int) -> Any:
+        """The progress hook of one evaluation of ``points`` points (None outside :meth:`compute`)."""
+        return self.progress.part(points) if self.progress is not None else None
+
+    def _line_bn(self, model: nn.Module) -> tuple[BNMode, dict[str, Tensor] | None]:
+        """The interpolation line's BatchNorm mode and the initial buffers it needs."""
+        if self.bn == "keep" or self.bn == "recompute":
+            return ("keep" if self.bn == "keep" else "recompute"), None
+        if not landscape_buffers(model):
+            return "keep", None  # nothing to interpolate
+        if self.start_buffers is None:  # a checkpoint of an older version: no initial statistics
+            self.warnings.warn(
+                "no initial buffers",
+                "LossLandscapeCallback: the initial model's BatchNorm statistics are not known (a checkpoint "
+                "written before they were kept); the interpolation line uses the current ones (bn='keep').",
+            )
+            return "keep", None
+        return "interpolate", self.start_buffers
+
+    def _metric(self, forward_context: Any) -> LossFn | None:
+        """``metric_fn`` run inside the trainer's precision context, as the loss is."""
+        user = self.metric_fn
+        if user is None:
+            return None
+
+        def metric(model: nn.Module, batch: Any) -> Tensor:
+            with forward_context():
+                return user(model, batch)
+
+        return metric
+
+    # ------------------------------------------------------------------ metrics
+
+    def metrics(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: list[Any],
+        params: Sequence[Tensor],
+        spec: Mapping[str, dict[str, Any]],
+        stage: str,
+        step: int,
+        shard: PointShard | None = None,
+        mark: Tensor | None = None,
+        earlier: _Latest | None = None,
+        optimizer: Any = None,
+    ) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:
+        """:func:`~lightning_landscape.callback.metrics.compute_metrics`; the final ones reuse the metrics of
+        ``earlier`` (the latest periodic landscape, at these weights) computed with the same options."""
+        mark = fingerprint(model, params) if mark is None else mark
+        latest = earlier
+        if stage == "periodic":
+            latest = self._reusable(step, mark)  # this step's landscape, if it succeeded
+            if latest is None:
+                latest = self._latest = _Latest(step, mark, ("metrics only",))
+            latest.metrics = {}
+        scalars: dict[str, float] = {}
+        meta: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        for name, options in spec.items():  # one at a time (as compute_metrics does): each one's scalars
+            self.part = f"metric {name!r}"
+            cached = latest.metrics.get(name) if latest is not None and stage == "final" else None
+            problems: dict[str, str] = {}
+            if cached is not None and cached[0] == options:
+                values, info = dict(cached[1]), {name: {**cached[2], "reused": True}}
+            else:
+                values, info, problems = compute_metrics(
+                    model, loss_fn, batches, params, {name: options}, shard=shard, optimizer=optimizer
+                )
+            scalars.update(values)
+            meta.update(info)
+            errors.update(problems)
+            if stage == "periodic" and latest is not None and not problems and name in info:
+                latest.metrics[name] = (dict(options), dict(values), info[name])
+        self.part = "the landscape"
+        return scalars, meta, errors
+
+    # ------------------------------------------------------------------ the reliability indicators
+
+    def reliability_record(self, job: Observation) -> list[ReliabilityRecord | LineRecord]:
+        """The reliability indicators of the surface :meth:`compute` just drew (after the metrics, so
+        that a final ``trace`` feeds the ``trace / P`` cross-check): the record and the distance lines.
+
+        Evaluated with the current BatchNorm statistics (``bn="keep"``) whatever ``bn`` is.
+        """
+        step, stage, plan, drawn = job.step, job.plan.stage, job.plan, self._drawn
+        if not plan.reliability or drawn is None or (drawn.step, drawn.stage) != (step, stage):
+            return []  # off, or the surface failed
+        self._drawn = None
+        self.part = "the reliability indicators"
+        batches, loss_fn = job.inputs()
+        settings = self.indicators.settings_for(stage, plan.metrics)
+        latest = self._latest if stage == "final" and "reused_from" in drawn.surface.meta else None
+        old = latest.reliability if latest is not None and latest.step == step else None
+        if old is not None and old[0] == settings:  # the same surface, the same checks: reuse them
+            record, lines = _copy(old[1][0]), [_copy(r) for r in old[1][1:]]
+        else:
+            record, lines = self._indicate(job, drawn, batches, loss_fn)
+        if stage == "periodic" and self._latest is not None and self._latest.step == step:
+            self._latest.reliability = (settings, [record, *lines])
+        keep = ("stage", "epoch", "global_step", "callback_name", "precision", "world_size", "directions")
+        base = {k: drawn.common[k] for k in keep if k in drawn.common}
+        record.meta.update(
+            base, name=record_name(stage, "reliability", step), surface=drawn.surface.meta["name"]
+        )
+        record.meta["bn"] = "keep"
+        for i, line in enumerate(lines):
+            line.meta.update(base, directions="distance", name=record_name(stage, f"distance{i + 1}", step))
+        self.part = "the landscape"
+        return [record, *lines]
+
+    def _indicate(
+        self, job: Observation, drawn: _Drawn, batches: list[Any], loss_fn: LossFn
+    ) -> tuple[ReliabilityRecord, list[LineRecord]]:
+        plane, plan, shard = drawn.plane, job.plan, job.shard()
+        with job.probe.observing(job.module):
+            return self.indicators.compute(
+                job.module, loss_fn, batches, job.params, plane.directions, drawn.surface, stage=plan.stage,
+                metrics=plan.metrics, pca=plane.pca,
+                snapshots=job.recorder.stacked() if plane.pca is not None else None,
+                steps=plane.meta.get("snapshot_steps", []), step=drawn.step, seed=self.seed,
+                include_1d=self.include_1d, unit=plane.unit, trace=drawn.trace, shard=shard,
+                engine=self.engine,
+            )  # fmt: skip

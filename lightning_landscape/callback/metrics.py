@@ -1,0 +1,197 @@
+"""Which curvature and sharpness scalars the callback computes, with which options (no Lightning here).
+
+A *metrics spec* maps a metric name to the keyword options of its function in
+:mod:`lightning_landscape.functional`:
+
+- ``eigenvalues``: :func:`hessian_eigenvalues` with ``which="both"``; ``hessian/lambda_max``,
+  ``hessian/lambda_min``, ``hessian/lambda_max_residual``, ``hessian/lambda_min_residual``,
+  ``hessian/lanczos_iterations``.
+- ``trace``: :func:`hessian_trace`; ``hessian/trace``, ``hessian/trace_stderr``.
+- ``sam``: :func:`sam_sharpness`; ``sharpness/sam``, ``sharpness/sam_first_order``,
+  ``sharpness/sam_curvature``, ``sharpness/grad_norm``.
+- ``average``: :func:`average_sharpness`; ``sharpness/average``, ``sharpness/average_stderr``.
+- ``blocks``: :func:`block_curvature`; ``blocks/<block>/lambda_max``, ``blocks/<block>/trace``,
+  ``blocks/<block>/trace_stderr`` for each block (top-level child modules unless ``blocks`` is given).
+  Not a default: it costs ``max_iter + samples`` restricted products per block.
+- ``eos``: :func:`edge_of_stability_ratio` against the training optimizer (passed to
+  :func:`compute_metrics` as ``optimizer``); ``eos/ratio``, ``eos/sharpness``, ``eos/threshold``.
+
+Defaults keep the periodic cost modest (see the README's benchmark): every period a 10-step Lanczos
+(``tol=1e-3``) and SAM sharpness; at the end of training also the trace (64 probes) and average
+sharpness (32 samples), with a 50-step Lanczos. Random probes are seeded with the callback's ``seed``
+unless a metric's options give their own, so two runs use the same protocol.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from lightning_landscape.callback.module_state import UnrestorableStateError
+from lightning_landscape.functional import checks as check
+from lightning_landscape.functional.curvature.blocks import block_curvature
+from lightning_landscape.functional.curvature.hessian import hessian_eigenvalues, hessian_trace
+from lightning_landscape.functional.curvature.sharpness import average_sharpness, sam_sharpness
+from lightning_landscape.functional.curvature.stability import edge_of_stability_ratio
+from lightning_landscape.functional.landscape.params import LossFn
+from lightning_landscape.functional.landscape.sharding import PointShard
+
+__all__ = [
+    "DEFAULT_FINAL_METRICS",
+    "DEFAULT_METRICS",
+    "METRICS",
+    "compute_metrics",
+    "resolve_metrics",
+]
+
+METRICS: dict[str, Any] = {  # name -> function(model, loss_fn, batches, params=..., **options)
+    "eigenvalues": hessian_eigenvalues,
+    "trace": hessian_trace,
+    "sam": sam_sharpness,
+    "average": average_sharpness,
+    "blocks": block_curvature,
+    "eos": edge_of_stability_ratio,
+}
+DEFAULT_METRICS = ("eigenvalues", "sam")
+DEFAULT_FINAL_METRICS = ("eigenvalues", "trace", "sam", "average")
+
+_PERIODIC_OPTIONS: dict[str, dict[str, Any]] = {
+    "eigenvalues": {"which": "both", "max_iter": 10, "tol": 1e-3},
+    "trace": {"samples": 16},
+    "sam": {"rho": 0.05},
+    "average": {"sigma": 0.01, "samples": 16},
+    "blocks": {"max_iter": 10, "tol": 1e-3, "samples": 8},
+    "eos": {"max_iter": 20, "tol": 1e-3},
+}
+_FINAL_OPTIONS: dict[str, dict[str, Any]] = {
+    "eigenvalues": {"which": "both", "max_iter": 50, "tol": 1e-4},
+    "trace": {"samples": 64},
+    "sam": {"rho": 0.05},
+    "average": {"sigma": 0.01, "samples": 32},
+    "blocks": {"max_iter": 20, "tol": 1e-4, "samples": 16},
+    "eos": {"max_iter": 50, "tol": 1e-4},
+}
+_SEEDED = ("eigenvalues", "trace", "average", "blocks", "eos")
+_SHARDED = ("trace", "average")  # independent samples: shared out among data-parallel processes
+_RESERVED = {"model", "loss_fn", "batches", "params", "return_eigenvectors", "shard", "optimizer"}
+
+# How each option is checked at construction, so a bad value is refused there and not deep inside `fit`.
+_OPTION_CHECKS: dict[str, Any] = {
+    "k": lambda n, v: check.positive_int(n, v),
+    "which": lambda n, v: check.choice(n, v, ("largest", "smallest", "both")),
+    "max_iter": lambda n, v: check.positive_int(n, v),
+    "tol": lambda n, v: check.positive_number(n, v),
+    "seed": lambda n, v: check.integer(n, v),
+    "reuse_graph": lambda n, v: check.boolean(n, v),
+    "samples": lambda n, v: check.positive_int(n, v, minimum=2),
+    "rho": lambda n, v: check.positive_number(n, v),
+    "sigma": lambda n, v: check.positive_number(n, v),
+    "adaptive": lambda n, v: check.boolean(n, v),
+}
+
+
+def resolve_metrics(
+    spec: Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None,
+    final: bool,
+    seed: int,
+    argument: str = "metrics",
+) -> dict[str, dict[str, Any]]:
+    """Validate a spec (names, or names -> options) and fill in the default options and the seed.
+
+    Raises ``ValueError`` naming ``argument`` for an unknown metric or option.
+
+    Example::
+
+        >>> resolve_metrics(("sam",), final=False, seed=3)
+        {'sam': {'rho': 0.05}}
+        >>> resolve_metrics({"trace": {"samples": 8}}, final=True, seed=3)
+        {'trace': {'samples': 8, 'seed': 3}}
+    """
+    if spec is None:
+        return {}
+    if isinstance(spec, str) or not isinstance(spec, (Sequence, Mapping)):
+        raise ValueError(
+            f"`{argument}` must be a sequence of metric names or a mapping name -> options, got {spec!r}"
+        )
+    items = spec.items() if isinstance(spec, Mapping) else ((name, None) for name in spec)
+    defaults = _FINAL_OPTIONS if final else _PERIODIC_OPTIONS
+    out: dict[str, dict[str, Any]] = {}
+    for name, options in items:
+        if not isinstance(name, str) or name not in METRICS:
+            raise ValueError(f"`{argument}`: unknown metric {name!r}; choose from {sorted(METRICS)}")
+        if options is not None and not isinstance(options, Mapping):
+            raise ValueError(f"`{argument}`[{name!r}] must be a mapping of options, got {options!r}")
+        accepted = set(inspect.signature(METRICS[name]).parameters) - _RESERVED
+        unknown = sorted(set(options or {}) - accepted)
+        if unknown:
+            raise ValueError(
+                f"`{argument}`[{name!r}]: unknown option(s) {unknown}; {name} accepts {sorted(accepted)}"
+            )
+        merged = {**defaults[name], **(options or {})}
+        for option, value in merged.items():
+            checker = _OPTION_CHECKS.get(option)
+            if checker is None:  # a new option of the function, not yet known here: let it check
+                continue
+            try:
+                checker(option, value)
+            except ValueError as err:
+                raise ValueError(f"`{argument}`[{name!r}]: {err}") from None
+        if name in _SEEDED:
+            merged.setdefault("seed", seed)
+        out[name] = merged
+    return out
+
+
+def compute_metrics(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    params: Sequence[Tensor],
+    spec: Mapping[str, Mapping[str, Any]],
+    shard: PointShard | None = None,
+    optimizer: Any = None,
+) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:
+    """Run each metric of ``spec``; return ``(scalars, meta, errors)``.
+
+    With ``shard``, the metrics made of independent samples (``trace``'s probes, ``average``'s
+    perturbations) are shared out among the processes; every process gets the same result. The
+    others (Lanczos, SAM) are computed whole on each process. Every process must call this with the
+    same ``spec``: the shared metrics use collectives.
+
+    ``scalars`` maps names such as ``hessian/lambda_max`` to floats; ``meta[name]`` holds each
+    metric's options and result metadata (seeds, iterations, probe size, seconds). A metric that
+    raises is left out of ``scalars`` and reported in ``errors`` (name -> message); the others still run.
+    ``optimizer`` (the training optimizer) is what ``eos`` reads its learning rate and momentum from.
+    """
+    scalars: dict[str, float] = {}
+    meta: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name, options in spec.items():
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                extra: dict[str, Any] = {"shard": shard} if name in _SHARDED and shard is not None else {}
+                if name == "eos":
+                    if optimizer is None:
+                        raise ValueError("the edge-of-stability ratio needs the training optimizer")
+                    extra["optimizer"] = optimizer
+                result = METRICS[name](model, loss_fn, batches, params=params, **options, **extra)
+        except UnrestorableStateError:
+            raise  # not this metric's failure: the module cannot be observed any more (the caller says why)
+        except Exception as err:
+            errors[name] = f"{type(err).__name__}: {err}"
+            continue
+        values = result.scalars()
+        scalars.update(values)
+        meta[name] = {**options, **result.meta}
+        notes = [str(w.message) for w in caught]
+        if notes:
+            meta[name]["warnings"] = notes
+        if any(not math.isfinite(v) for v in values.values()):
+            errors[name] = "; ".join(notes) or "a non-finite value"
+    return scalars, meta, errors

@@ -1,0 +1,171 @@
+"""The callback's options: each constructor argument checked and normalised, and the one list of settings.
+
+:class:`CallbackOptions` is a base of :class:`~lightning_landscape.LossLandscapeCallback`: it declares
+the options as typed attributes and checks them in one place (a ``ValueError`` naming the argument, see
+:mod:`._validation`). :data:`SETTINGS` says which options make the ``state_key``; the loggers' settings
+text shows them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
+
+import torch
+
+from lightning_landscape.callback.indicators import Indicators
+from lightning_landscape.callback.metrics import resolve_metrics
+from lightning_landscape.functional import checks as check
+from lightning_landscape.functional.landscape.params import LossFn
+from lightning_landscape.functional.landscape.surface import Engine
+
+__all__ = ["SETTINGS", "CallbackOptions", "MetricSpec"]
+
+_SNAPSHOT_DTYPES = (None, torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_DTYPE_NAMES = {str(d).removeprefix("torch."): d for d in _SNAPSHOT_DTYPES if d is not None}  # from YAML
+MetricSpec = Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None
+
+# The one list of settings: (attribute, part of state_key). The state_key takes those that shape the
+# checkpointed state or the records (not the output switches); the loggers' settings text shows them all.
+SETTINGS = (
+    *[(n, True) for n in ("name", "every_n_epochs", "directions", "seed", "include_1d", "resolution")],
+    *[(n, True) for n in ("final_resolution", "line_resolution", "span", "margin", "num_batches")],
+    *[(n, True) for n in ("interpolation_range", "snapshot_every_n_steps", "snapshot_every_n_epochs")],
+    *[(n, True) for n in ("max_snapshots", "snapshot_dtype", "snapshot_budget_bytes", "snapshot_storage")],
+    ("max_overhead", True), ("budget_final", False), ("final", False), ("probe_dataloader", False),
+    ("loss_fn", False), ("metrics", False), ("final_metrics", False), ("engine", False),
+    ("save_weights", False),
+    ("bn", False), ("metric_name", False), ("reliability", False), ("pca_centred", False),
+)  # fmt: skip
+
+
+def _dtype(name: str, value: Any) -> torch.dtype | None:
+    """A storage dtype: a ``torch.dtype`` or its name, as a config file gives it (``"bfloat16"``)."""
+    if isinstance(value, str):
+        value = _DTYPE_NAMES.get(value.removeprefix("torch."), value)
+    return check.choice(name, value, _SNAPSHOT_DTYPES)
+
+
+class CallbackOptions:
+    """The options of :class:`~lightning_landscape.LossLandscapeCallback`, checked (see its docstring).
+
+    Example::
+
+        >>> from lightning_landscape import LossLandscapeCallback
+        >>> cb = LossLandscapeCallback(snapshot_dtype="bfloat16", resolution=5)
+        >>> cb.snapshot_dtype, cb.resolution, cb.snapshot_every_n_steps
+        (torch.bfloat16, 5, 10)
+        >>> LossLandscapeCallback(resolution=4)
+        Traceback (most recent call last):
+        ...
+        ValueError: `resolution` must be an odd integer >= 3 (so the grid contains its centre), got 4
+    """
+
+    every_n_epochs: int | None
+    resolution: int
+    final_resolution: int
+    line_resolution: int
+    directions: str
+    span: float | tuple[float, float] | None
+    margin: float
+    num_batches: int
+    probe_dataloader: Iterable[Any] | None
+    loss_fn: LossFn | None
+    snapshot_every_n_steps: int | None
+    snapshot_every_n_epochs: int | None
+    max_snapshots: int
+    seed: int
+    include_1d: bool
+    interpolation_range: tuple[float, float]
+    final: bool
+    save_records: bool
+    log_figures: bool
+    name: str | None
+    snapshot_dtype: torch.dtype | None
+    snapshot_budget_bytes: int | None
+    snapshot_storage: str
+    metrics: dict[str, dict[str, Any]]
+    final_metrics: dict[str, dict[str, Any]]
+    engine: Engine
+    max_overhead: float | None
+    budget_final: bool
+    save_weights: bool
+    save_weights_dtype: torch.dtype | None
+    save_weights_max_bytes: int | None
+    bn: str
+    metric_fn: LossFn | None
+    metric_name: str
+    reliability: bool | Mapping[str, Any]
+    pca_centred: bool
+
+    def _set_options(self, arguments: Mapping[str, Any]) -> Indicators:
+        """Check the constructor's ``arguments`` (every one, by name) in the order of the signature and
+        keep them as attributes; returns the reliability indicators."""
+        a = arguments
+        self.every_n_epochs = check.positive_int("every_n_epochs", a["every_n_epochs"], allow_none=True)
+        self.num_batches = check.positive_int("num_batches", a["num_batches"])
+        self.resolution = check.odd_int("resolution", a["resolution"])
+        self.final_resolution = check.odd_int("final_resolution", a["final_resolution"])
+        self.line_resolution = check.odd_int("line_resolution", a["line_resolution"])
+        for arg in ("resolution", "final_resolution"):
+            check.grid_fits_memory(arg, getattr(self, arg), a["num_batches"])
+        self.directions = check.choice("directions", a["directions"], ("pca", "random", "hessian"))
+        check.span_pair("span", a["span"])
+        self.span = a["span"]
+        self.margin = check.number("margin", a["margin"], 0, 10)
+        self.probe_dataloader = check.iterable_arg("probe_dataloader", a["probe_dataloader"])
+        self.loss_fn = check.callable_arg("loss_fn", a["loss_fn"], "loss_fn(model, batch)")
+        self._set_cadence(a["snapshot_every_n_steps"], a["snapshot_every_n_epochs"], a["max_snapshots"])
+        self.seed = check.integer("seed", a["seed"])
+        self.interpolation_range = check.value_range("interpolation_range", a["interpolation_range"])
+        for arg in ("include_1d", "final", "save_records", "log_figures"):
+            setattr(self, arg, check.boolean(arg, a[arg]))
+        self.name = check.name_arg("name", a["name"])
+        self.snapshot_dtype = _dtype("snapshot_dtype", a["snapshot_dtype"])
+        budget = a["snapshot_budget_bytes"]
+        self.snapshot_budget_bytes = check.positive_int("snapshot_budget_bytes", budget, allow_none=True)
+        storage = a["snapshot_storage"]
+        self.snapshot_storage = check.choice("snapshot_storage", storage, ("auto", "memory", "memmap"))
+        seed = a["seed"]
+        self.metrics = resolve_metrics(a["metrics"], final=False, seed=seed, argument="metrics")
+        self.final_metrics = resolve_metrics(
+            a["final_metrics"], final=True, seed=seed, argument="final_metrics"
+        )
+        self.engine = cast(Engine, check.choice("engine", a["engine"], ("auto", "loop", "vmap", "compile")))
+        self.max_overhead = check.positive_number("max_overhead", a["max_overhead"], allow_none=True)
+        self.budget_final = check.boolean("budget_final", a["budget_final"])
+        self.save_weights = check.boolean("save_weights", a["save_weights"])
+        self.save_weights_dtype = _dtype("save_weights_dtype", a["save_weights_dtype"])
+        limit = a["save_weights_max_bytes"]
+        self.save_weights_max_bytes = check.positive_int("save_weights_max_bytes", limit, allow_none=True)
+        self.bn = check.choice("bn", a["bn"], ("interpolate", "keep", "recompute"))
+        self.metric_fn = check.callable_arg("metric_fn", a["metric_fn"], "metric_fn(model, batch)")
+        if not isinstance(a["metric_name"], str) or not a["metric_name"]:
+            raise ValueError(f"`metric_name` must be a non-empty string, got {a['metric_name']!r}")
+        self.metric_name = a["metric_name"]
+        self.reliability = a["reliability"]
+        indicators = Indicators(a["reliability"])
+        self.pca_centred = check.boolean("pca_centred", a["pca_centred"])
+        return indicators
+
+    def _set_cadence(self, every_n_steps: Any, every_n_epochs: Any, max_snapshots: Any) -> None:
+        """The snapshot cadence: in steps (10 by default) or in epochs, not both."""
+        check.positive_int("snapshot_every_n_steps", every_n_steps, allow_none=True)
+        check.positive_int("snapshot_every_n_epochs", every_n_epochs, allow_none=True)
+        if every_n_steps is not None and every_n_epochs is not None:
+            raise ValueError(
+                "`snapshot_every_n_steps` and `snapshot_every_n_epochs` are both set "
+                f"({every_n_steps} and {every_n_epochs}); choose one cadence"
+            )
+        self.snapshot_every_n_steps = (
+            10 if every_n_steps is None and every_n_epochs is None else every_n_steps
+        )
+        self.snapshot_every_n_epochs = every_n_epochs
+        self.max_snapshots = check.positive_int("max_snapshots", max_snapshots, minimum=2)
+
+    def _setting_values(self, keyed: bool = False) -> dict[str, Any]:
+        """The settings from the one list: all of them, or those in ``state_key`` (``keyed``)."""
+        if keyed:
+            raw = {n: getattr(self, n) for n, in_key in SETTINGS if in_key}
+            return {**raw, "snapshot_dtype": str(self.snapshot_dtype)}
+        return {n: getattr(self, n) for n, _ in SETTINGS}

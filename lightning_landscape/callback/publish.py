@@ -1,0 +1,327 @@
+"""Where results go: records on disk first, then scalars, figures and meshes through the sinks; warnings.
+
+:class:`Publisher` owns the record directory and the sinks (rank zero only). Scalars are those each
+record declares (``record.scalars()``) under ``records.tag_prefix``. :class:`Warnings` shows each kind
+of warning once, pointing at the user's code, and counts the repeats.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from lightning_landscape.plots.render import FigureRenderer
+from lightning_landscape.records.record import (
+    LineRecord,
+    Record,
+    ReliabilityRecord,
+    SurfaceRecord,
+    save_record,
+    tag_prefix,
+)
+from lightning_landscape.sinks import SinkSet, build_sinks
+from lightning_landscape.solutions.weights import save_run_weights
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+    from lightning_landscape.callback.recorder import TrajectoryRecorder
+
+__all__ = ["Publisher", "Warnings", "describe_settings", "record_name", "warn_at_user_code"]
+
+
+def _package_dirs() -> tuple[str, ...]:
+    dirs = [str(Path(__file__).resolve().parent)]
+    for name in ("lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities", "torch"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        for location in (spec.submodule_search_locations or []) if spec is not None else []:
+            dirs.append(str(Path(location).resolve()))
+    return tuple(d.rstrip("/\\") + ("/" if "/" in d else "\\") for d in dirs)
+
+
+_INTERNAL: tuple[str, ...] | None = None
+
+
+def warn_at_user_code(message: str, category: type[Warning] = RuntimeWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside this package, Lightning and torch (the
+    user's ``trainer.fit(...)`` line), or to no file at all when there is none."""
+    global _INTERNAL
+    if _INTERNAL is None:
+        _INTERNAL = _package_dirs()
+    frame: FrameType | None = sys._getframe(0)
+    level = 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+class Warnings:
+    """Each kind of warning once per ``fit``; repeats are counted and summed up by :meth:`summary`.
+
+    Example::
+
+        >>> w = Warnings()
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     for step in (1, 2, 3):
+        ...         w.warn("metric 'trace'", f"metric 'trace' at step {step} failed")
+        >>> len(caught), w.counts
+        (1, {"metric 'trace'": 3})
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled  # False on ranks other than zero
+        self.counts: dict[str, int] = {}
+
+    def reset(self, enabled: bool = True) -> None:
+        self.enabled, self.counts = enabled, {}
+
+    def warn(self, key: str, message: str, category: type[Warning] = RuntimeWarning) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if self.enabled and self.counts[key] == 1:
+            warn_at_user_code(message, category)
+
+    def summary(self) -> None:
+        """One warning listing what repeated (say at the end of ``fit``), then start counting again."""
+        repeated = {k: n for k, n in self.counts.items() if n > 1}
+        self.counts = {}
+        if repeated and self.enabled:
+            listed = "; ".join(f"{k}: {n} times" for k, n in repeated.items())
+            warn_at_user_code(
+                f"LossLandscapeCallback: warnings shown once but repeated during this fit: {listed}."
+            )
+
+
+def record_name(stage: str, what: str, step: int) -> str:
+    """A record's file name (without suffix): ``STAGE_WHAT_stepNNNNNNNN``, sorted by step within a stage.
+
+    Example::
+
+        >>> record_name("final", "line1", 12)
+        'final_line1_step00000012'
+    """
+    return f"{stage}_{what}_step{step:08d}"
+
+
+def describe_settings(values: Mapping[str, Any], record_dir: Path | None) -> dict[str, Any]:
+    """The callback's settings as the loggers' text summary shows them (readable, one per row)."""
+    from lightning_landscape._version import __version__
+
+    shown: dict[str, Any] = {}
+    for n, value in values.items():
+        if n == "span" and value is None:
+            value = "path + margin" if values.get("directions") == "pca" else 1.0
+        elif n in ("metrics", "final_metrics"):
+            value = ", ".join(value) or "none"
+        elif n == "probe_dataloader":
+            n, value = "probe", "probe_dataloader" if value is not None else "training loader"
+        elif n == "loss_fn":
+            n, value = "loss", "loss_fn" if value is not None else "training_step"
+        shown[n] = (value or "") if n == "name" else "none" if value is None else value
+    return {**shown, "records": str(record_dir or ""), "lightning_landscape": __version__}
+
+
+def _surface_title(surface: SurfaceRecord) -> str:
+    from lightning_landscape.plots.base import record_title
+
+    return record_title(surface.meta, "loss surface")
+
+
+def _reliability_text(record: ReliabilityRecord) -> str:
+    """The text panel's entry: the verdict line and the checks' table."""
+    flags = record.flags
+    head = f"**{len(flags)} check(s) failed**: {'; '.join(flags)}" if flags else "**all checks passed**"
+    walk = record.meta.get("random_walk")
+    return "\n\n".join(p for p in (head, f"trajectory PCA: {walk}" if walk else "", record.markdown()) if p)
+
+
+class Publisher:
+    """Writes records to ``<log_dir>/landscape[/NAME]/`` and logs their scalars and figures (rank zero).
+
+    Example::
+
+        >>> import tempfile, numpy as np
+        >>> pub = Publisher(log_figures=False)
+        >>> pub.setup(tempfile.mkdtemp(), loggers=[], settings={})
+        >>> line = LineRecord(np.linspace(0, 1, 3), np.ones(3), {"name": "periodic_line_step00000004"})
+        >>> [p.name for p in pub.publish([line], step=4, stage="periodic")]
+        ['periodic_line_step00000004.json']
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        save_records: bool = True,
+        log_figures: bool = True,
+        warn: Warnings | None = None,
+    ) -> None:
+        self.name = name
+        self.save_records = save_records
+        self.log_figures = log_figures
+        self.warnings = warn if warn is not None else Warnings()
+        self.log_dir: Path | None = None
+        self.sinks: SinkSet | None = None
+        self.written: list[str] = []  # names of the records written since setup
+        self.renderer: FigureRenderer | None = None  # made in setup(): a thread does not cross processes
+        self.metric_history: list[tuple[int, str, dict[str, float]]] = []  # metrics of this fit, in order
+
+    def setup(
+        self, log_dir: str | Path, loggers: Sequence[Any], settings: Mapping[str, Any], rank: int = 0
+    ) -> None:
+        """Point at a run's log directory; rank zero gets the sinks of ``loggers``, other ranks none."""
+        self.log_dir = Path(log_dir)
+        self.written, self.metric_history = [], []
+        if self.renderer is not None:
+            self.renderer.close()
+        self.renderer = FigureRenderer(warn=self._figure_warning)
+        self.sinks = build_sinks(loggers, self.log_dir, settings=settings, rank=rank) if rank == 0 else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # ddp_spawn pickles the trainer's callbacks before setup(): leave the renderer's thread behind.
+        return {**self.__dict__, "renderer": None}
+
+    def _figure_warning(self, message: str) -> None:
+        self.warnings.warn("figures", message)
+
+    @property
+    def record_dir(self) -> Path:
+        if self.log_dir is None:
+            raise RuntimeError("Publisher.setup() has not been called")
+        return self.log_dir / "landscape" / self.name if self.name else self.log_dir / "landscape"
+
+    def begin(self) -> None:
+        """Write the settings to the loggers now if nothing has been written yet (a skipped landscape)."""
+        if self.sinks is not None:
+            self.sinks.begin()
+
+    def publish(self, records: Sequence[Record], step: int, stage: str) -> list[Path]:
+        """Write ``records`` first (nothing saved is lost if a logger fails), then log their scalars and
+        figures. Returns the JSON paths written."""
+        if self.renderer is not None:
+            self.renderer.deliver_ready()  # the figures of earlier landscapes, drawn in the background
+        written: list[Path] = []
+        if self.save_records:
+            for record in records:
+                name = record.meta["name"]
+                try:
+                    written.append(save_record(record, self.record_dir, name))
+                    self.written.append(name)
+                except OSError as err:
+                    self.warnings.warn(
+                        "record", f"LossLandscapeCallback: could not write record {name} ({err})"
+                    )
+        if self.sinks is None:
+            return written
+        prefix = tag_prefix(self.name, stage)
+        scalars = {f"{prefix}{k}": v for r in records for k, v in r.scalars().items()}
+        if scalars:
+            self.sinks.scalars(scalars, step)
+        for record in records:  # the checks as a table in the text panel (loggers that have one)
+            if isinstance(record, ReliabilityRecord):
+                self.sinks.text(f"{prefix}reliability", _reliability_text(record), step)
+        if self.log_figures:
+            self.render(records, prefix, step, stage)
+        return written
+
+    def render(self, records: Sequence[Record], prefix: str, step: int, stage: str) -> None:
+        """Draw the figures of a landscape's records and send them (and, at the end, the mesh).
+
+        With a reliability record: the surface with the path's true losses as coloured markers and the
+        failed checks in its title, and the loss against log distance (``{prefix}distance``).
+        """
+        from lightning_landscape.plots.landscape import (
+            contour_figure,
+            distance_figure,
+            line_figure,
+            path_contour_figure,
+        )
+
+        assert self.sinks is not None
+        surfaces = [r for r in records if isinstance(r, SurfaceRecord)]
+        lines = [r for r in records if isinstance(r, LineRecord)]
+        interp = [ln for ln in lines if ln.meta.get("directions") == "interpolation"]
+        distance = [ln for ln in lines if ln.meta.get("directions") == "distance"]
+        axes = [ln for ln in lines if ln.meta.get("directions") not in ("interpolation", "distance")]
+        trust = next((r for r in records if isinstance(r, ReliabilityRecord)), None)
+        flags = trust.flags if trust is not None else []
+        for surface in surfaces:
+            if trust is not None and trust.path_points is not None and trust.path_losses is not None:
+                self._figure(
+                    f"{prefix}surface", step, path_contour_figure, surface, trust.path_points,
+                    trust.path_losses, flags=flags,
+                )  # fmt: skip
+            else:
+                title = trust.title(_surface_title(surface)) if trust is not None else None
+                self._figure(f"{prefix}surface", step, contour_figure, surface, title=title)
+        if interp:
+            self._figure(f"{prefix}interpolation", step, line_figure, interp, xlabel="alpha")
+        if axes:
+            self._figure(f"{prefix}lines", step, line_figure, axes, xlabel="distance along direction")
+        if distance:
+            self._figure(f"{prefix}distance", step, distance_figure, distance, flags=flags)
+        self._metric_figures(records, prefix, step, stage)
+        if stage == "final":
+            for surface in surfaces:
+                self.sinks.mesh(f"{prefix}surface_mesh", surface, step)
+
+    def _figure(self, tag: str, step: int, build: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """``build(*args, **kwargs)`` drawn by the background renderer and sent to the sinks under ``tag``."""
+        assert self.sinks is not None and self.renderer is not None  # both made in setup()
+        self.renderer.submit(self.sinks, tag, step, build, *args, **kwargs)
+
+    def _metric_figures(self, records: Sequence[Record], prefix: str, step: int, stage: str) -> None:
+        """The metrics over this fit so far: ``{prefix}stability`` (edge-of-stability ratio) and
+        ``{prefix}blocks`` (curvature per block), when the records hold those metrics."""
+        from lightning_landscape.plots import metrics as metric_plots
+        from lightning_landscape.records.record import MetricsRecord
+
+        new = [(step, stage, r.scalars()) for r in records if isinstance(r, MetricsRecord)]
+        if not new:
+            return
+        self.metric_history.extend(new)
+        history = tuple(self.metric_history)  # a copy: the worker draws it later
+        if any(metric_plots.has_stability(s) for _, _, s in new):
+            self._figure(f"{prefix}stability", step, metric_plots.stability_figure, history)
+        if any(metric_plots.has_blocks(s) for _, _, s in new):
+            self._figure(f"{prefix}blocks", step, metric_plots.blocks_figure, history)
+
+    def save_weights(
+        self,
+        model: nn.Module,
+        recorder: TrajectoryRecorder,
+        initial_buffers: Mapping[str, Tensor] | None,
+        names: Sequence[str],
+        dtype: torch.dtype | None,
+        max_bytes: int | None,
+        meta: Mapping[str, Any],
+    ) -> Path:
+        """The run's weights, BatchNorm statistics and snapshots under ``<record dir>/weights``
+        (:func:`~lightning_landscape.save_run_weights`; rank zero, the caller guards it)."""
+        if len(recorder) == 0:
+            raise ValueError("no snapshot of the initial weights was taken")
+        if initial_buffers is None:  # resumed from a checkpoint without them: unknown, not invented
+            raise ValueError("the checkpoint this run resumed from holds no initial BatchNorm statistics")
+        return save_run_weights(
+            self.record_dir / "weights", model, recorder.snapshots[0], initial_buffers=initial_buffers,
+            trajectory=recorder.stacked(), steps=recorder.steps, names=names, dtype=dtype,
+            max_bytes=max_bytes, meta={**meta, "snapshot_dtype": str(recorder.dtype).removeprefix("torch.")},
+        )  # fmt: skip
+
+    def drain(self) -> None:
+        """Wait for the figures still being drawn and send them (end of fit, on an exception)."""
+        if self.renderer is not None:
+            self.renderer.drain()
+
+    def close(self) -> None:
+        """:meth:`drain`, then stop the renderer's worker thread (teardown)."""
+        if self.renderer is not None:
+            self.renderer.close()

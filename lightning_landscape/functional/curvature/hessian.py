@@ -1,0 +1,342 @@
+"""Curvature of the loss at the current weights: the model-level functions.
+
+Everything here is about the Hessian ``H`` of the *mean* loss over the probe batches,
+``L(w) = (1/B) sum_b loss_fn(model, batch_b)``, with respect to the chosen parameters (trainable
+floating-point ones by default), with the model observed in eval mode (BatchNorm uses its running
+statistics, dropout is off) and everything restored afterwards. Averaging, not summing, keeps every
+number independent of how the same data is split into batches. Each function builds the
+:class:`~lightning_landscape.functional.curvature.operators.HessianOperator` and hands it to an estimator of
+:mod:`lightning_landscape.functional.curvature.estimators`:
+
+- :func:`hessian_eigenvalues`: extreme eigenvalues by Lanczos, with the Ritz residual of every pair.
+- :func:`hessian_trace`: Hutchinson's estimator with seeded Rademacher probes and its standard error.
+- :func:`hessian_directions`: the unit eigenvectors of ``lambda_max`` and ``lambda_min``, ready to be
+  used as the two axes of :func:`loss_surface` (Boettcher & Wheeler, 2024).
+
+A loss that is NaN or infinite at ``w`` gives NaN results and a ``RuntimeWarning``, never a crash.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import Tensor, nn
+
+from lightning_landscape.functional.curvature.estimators import (
+    Which,
+    check_lanczos_args,
+    hutchinson_samples,
+    summarize_samples,
+)
+from lightning_landscape.functional.curvature.operators import hessian_operator, operator_lanczos
+from lightning_landscape.functional.landscape.params import Direction, LossFn, unflatten
+from lightning_landscape.functional.landscape.sharding import PointShard, evaluate_sharded
+from lightning_landscape.functional.objective import (
+    NonFiniteError,
+    check_batches,
+    check_int,
+    nonfinite_warning,
+    probe_meta,
+    resolve_params,
+)
+
+__all__ = [
+    "HessianEigenvalues",
+    "HessianTrace",
+    "hessian_directions",
+    "hessian_eigenvalues",
+    "hessian_trace",
+]
+
+
+# --------------------------------------------------------------------------------------- public results
+
+
+@dataclass
+class HessianEigenvalues:
+    """Result of :func:`hessian_eigenvalues`.
+
+    Attributes:
+        eigenvalues: Ritz values in float64: the ``k`` largest (descending) for ``which="largest"``,
+            the ``k`` smallest (ascending) for ``"smallest"``, both (largest first) for ``"both"``.
+        residuals: ``|H y - theta y|`` of each Ritz pair (Lanczos' estimate, exact up to rounding).
+        eigenvectors: unit eigenvectors as directions aligned with the parameters, if asked for.
+        iterations: Lanczos steps = Hessian-vector products spent.
+        converged: every reported residual is within ``tol`` times the largest Ritz value.
+        loss: the mean probe loss at ``w``.
+        meta: options and probe size, for records.
+    """
+
+    eigenvalues: np.ndarray
+    residuals: np.ndarray
+    eigenvectors: list[Direction] | None
+    iterations: int
+    converged: bool
+    loss: float
+    history: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lambda_max(self) -> float:
+        """The largest eigenvalue found (NaN if only the smallest were asked for)."""
+        if self.meta.get("which") == "smallest" or not len(self.eigenvalues):
+            return math.nan
+        return float(np.max(self.eigenvalues))
+
+    @property
+    def lambda_min(self) -> float:
+        """The smallest eigenvalue found (NaN if only the largest were asked for); ``< 0`` flags a saddle."""
+        if self.meta.get("which") == "largest" or not len(self.eigenvalues):
+            return math.nan
+        return float(np.min(self.eigenvalues))
+
+    def scalars(self) -> dict[str, float]:
+        """Named scalars for logging: ``hessian/lambda_max``, ``hessian/lambda_max_residual``, ..."""
+        out: dict[str, float] = {}
+        which = self.meta.get("which")
+        finite = bool(np.isfinite(self.eigenvalues).all())
+        if which != "smallest":
+            out["hessian/lambda_max"] = self.lambda_max
+            i = int(np.argmax(self.eigenvalues)) if finite else 0
+            out["hessian/lambda_max_residual"] = float(self.residuals[i])
+        if which != "largest":
+            out["hessian/lambda_min"] = self.lambda_min
+            i = int(np.argmin(self.eigenvalues)) if finite else 0
+            out["hessian/lambda_min_residual"] = float(self.residuals[i])
+        out["hessian/lanczos_iterations"] = float(self.iterations)
+        return out
+
+
+@dataclass
+class HessianTrace:
+    """Result of :func:`hessian_trace`: Hutchinson's estimate with its standard error.
+
+    Attributes:
+        trace: mean of ``z^T H z`` over the Rademacher probes ``z``.
+        stderr: standard error of that mean (sample standard deviation / sqrt(samples)).
+        samples: each probe's ``z^T H z`` (float64).
+        loss: the mean probe loss at ``w``.
+    """
+
+    trace: float
+    stderr: float
+    samples: np.ndarray
+    loss: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def scalars(self) -> dict[str, float]:
+        """``hessian/trace`` and ``hessian/trace_stderr``."""
+        return {"hessian/trace": self.trace, "hessian/trace_stderr": self.stderr}
+
+
+def hessian_eigenvalues(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    k: int = 1,
+    which: Which = "largest",
+    max_iter: int = 100,
+    tol: float = 1e-5,
+    seed: int = 0,
+    params: Sequence[Tensor] | None = None,
+    return_eigenvectors: bool = False,
+    reuse_graph: bool = True,
+    max_basis: int | None = None,
+) -> HessianEigenvalues:
+    """Extreme eigenvalues of the Hessian of the mean probe loss, by Lanczos.
+
+    Args:
+        model: the model; observed in eval mode and restored exactly.
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
+        batches: probe batches on the model's device; the loss is their mean.
+        k: how many eigenvalues at each requested end of the spectrum.
+        which: ``"largest"`` (``lambda_max`` first), ``"smallest"`` (``lambda_min`` first) or ``"both"``
+            (from the same Krylov space: the ``k`` largest, then the ``k`` smallest).
+        max_iter: most Lanczos steps (Hessian-vector products).
+        tol: stop when every wanted residual ``|H y - theta y|`` is within ``tol * |lambda|_max``.
+        seed: seed of the Rademacher start vector (drawn on the CPU: the same on every device).
+        params: the parameters (default: trainable floating-point ones); each must require grad.
+        return_eigenvectors: also return unit eigenvectors as directions.
+        reuse_graph: keep each batch's gradient graph across products (faster; more memory).
+        max_basis: most Lanczos vectors held at once: memory is about ``max_basis + 3``
+            parameter-sized vectors however large ``max_iter`` is, by thick restarts once the basis is
+            full. Default: as many as fit in 64 MiB, at least 6 (so small models never restart).
+            ``max_basis >= max_iter`` is plain Lanczos.
+
+    Returns:
+        A :class:`HessianEigenvalues`; NaN values and a ``RuntimeWarning`` if the loss at ``w`` is not finite.
+
+    Example::
+
+        >>> import torch
+        >>> model = nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.zeros(2, 1))
+        >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()   # H = x^T x / 1 = I
+        >>> res = hessian_eigenvalues(model, mse, [batch], which="both")
+        >>> round(res.lambda_max, 6), round(res.lambda_min, 6)
+        (1.0, 1.0)
+    """
+    check_lanczos_args(k, which, max_iter, tol)
+    params = resolve_params(model, params)
+    batches = check_batches(batches)
+    meta = {
+        "which": which,
+        "k": k,
+        "max_iter": max_iter,
+        "tol": tol,
+        "seed": seed,
+        "max_basis": max_basis,
+        **probe_meta(batches),
+        "parameters": sum(p.numel() for p in params),
+    }
+    start = time.perf_counter()
+    try:
+        with hessian_operator(model, loss_fn, batches, params, reuse_graph) as op:
+            res = operator_lanczos(
+                op,
+                max_iter,
+                tol,
+                seed,
+                k=k,
+                which=which,
+                return_vectors=return_eigenvectors,
+                max_basis=max_basis,
+            )
+            loss = op.loss
+    except NonFiniteError as err:
+        nonfinite_warning("hessian_eigenvalues", err)
+        n = min(k, max_iter) * (2 if which == "both" else 1)
+        nan = np.full(n, math.nan)
+        return HessianEigenvalues(nan, nan.copy(), None, 0, False, math.nan, meta=meta)
+    vectors = None
+    if res.vectors is not None:
+        vectors = [[t.clone() for t in unflatten(_fix_sign(v), params)] for v in res.vectors]
+    meta.update(max_basis=res.max_basis, restarts=res.restarts, seconds=time.perf_counter() - start)
+    return HessianEigenvalues(
+        eigenvalues=res.values,
+        residuals=res.residuals,
+        eigenvectors=vectors,
+        iterations=res.iterations,
+        converged=res.converged,
+        loss=loss,
+        history=res.history,
+        meta=meta,
+    )
+
+
+def _fix_sign(v: Tensor) -> Tensor:
+    """Eigenvectors are defined up to sign: make the entry of largest magnitude positive."""
+    return v if v[int(v.abs().argmax())] >= 0 else -v
+
+
+def hessian_directions(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
+    params: Sequence[Tensor] | None = None,
+) -> tuple[tuple[Direction, Direction], HessianEigenvalues]:
+    """The unit eigenvectors of ``lambda_max`` and ``lambda_min``: the axes of a Hessian-direction surface.
+
+    Random directions mostly show the trace of the Hessian (Boettcher & Wheeler, 2024); these show its
+    extremes, so a saddle (``lambda_min < 0``) is visible as one. The two vectors are orthogonal and of
+    unit norm (signs fixed: the entry of largest magnitude is positive), so a span of ``s`` moves the
+    weights by ``s`` in Euclidean distance.
+
+    Returns:
+        ``((d_max, d_min), eigen)`` with ``eigen`` the :class:`HessianEigenvalues` they come from.
+
+    Example::
+
+        >>> import torch
+        >>> model = nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.zeros(2, 1))
+        >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()   # H = diag(4, 1)
+        >>> (d_max, d_min), eig = hessian_directions(model, mse, [batch])
+        >>> d_max[0].abs().round(decimals=4), d_min[0].abs().round(decimals=4)
+        (tensor([[1., 0.]]), tensor([[0., 1.]]))
+    """
+    eig = hessian_eigenvalues(
+        model,
+        loss_fn,
+        batches,
+        k=1,
+        which="both",
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        params=params,
+        return_eigenvectors=True,
+    )
+    if eig.eigenvectors is None or len(eig.eigenvectors) < 2:
+        raise ValueError(
+            "could not compute two Hessian directions (the loss is not finite at w, or the model has "
+            "a single parameter)"
+        )
+    return (eig.eigenvectors[0], eig.eigenvectors[1]), eig
+
+
+# --------------------------------------------------------------------------------------- trace
+
+
+def hessian_trace(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    samples: int = 64,
+    seed: int = 0,
+    params: Sequence[Tensor] | None = None,
+    reuse_graph: bool = True,
+    *,
+    shard: PointShard | None = None,
+) -> HessianTrace:
+    """Hutchinson's estimate of ``tr(H)`` with Rademacher probes, and its standard error.
+
+    Exactly ``samples`` probes are used (no early stop on a relative-change criterion, which biases
+    the estimate low); report ``trace ± 2 stderr``. The probes come from a CPU generator seeded with
+    ``seed``, so two runs with the same seed use the same probes. With ``shard`` (data-parallel
+    processes holding the same weights), process ``r`` of ``W`` evaluates probes ``r, r + W, ...``
+    and all processes get every probe's value: the same result with 1/W of the products each.
+
+    Example::
+
+        >>> import torch
+        >>> model = nn.Linear(3, 1, bias=False)
+        >>> batch = (torch.eye(3), torch.zeros(3, 1))
+        >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()   # H = 2/3 I: tr = 2, exactly per probe
+        >>> res = hessian_trace(model, mse, [batch], samples=8)
+        >>> round(res.trace, 6), round(res.stderr, 6)
+        (2.0, 0.0)
+    """
+    check_int("samples", samples, 2)
+    params = resolve_params(model, params)
+    batches = check_batches(batches)
+    meta = {"samples": samples, "seed": seed, "probes": "rademacher", **probe_meta(batches)}
+    start = time.perf_counter()
+    losses: list[float] = []
+
+    def probe_values(rows: np.ndarray) -> np.ndarray:
+        """``z_i^T H z_i`` for the probe indices in ``rows``; the generator still draws every probe."""
+        with hessian_operator(model, loss_fn, batches, params, reuse_graph) as op:
+            values = hutchinson_samples(
+                op.matvec, op.numel, samples, seed, op.dtype, op.device, indices=rows[:, 0].astype(int)
+            )
+            losses.append(op.loss)
+        return values
+
+    try:
+        values = evaluate_sharded(probe_values, np.arange(samples, dtype=np.float64)[:, None], shard)
+        loss = losses[0] if losses else math.nan
+    except NonFiniteError as err:
+        nonfinite_warning("hessian_trace", err)
+        return HessianTrace(math.nan, math.nan, np.full(samples, math.nan), math.nan, meta=meta)
+    meta["seconds"] = time.perf_counter() - start
+    summary = summarize_samples(values)
+    return HessianTrace(summary.trace, summary.stderr, summary.samples, loss=loss, meta=meta)

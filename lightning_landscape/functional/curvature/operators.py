@@ -1,0 +1,432 @@
+"""Curvature as linear operators on flat vectors: ``v -> H v`` and the operators built from it.
+
+Every operator here has ``numel`` (the dimension), ``dtype`` and ``device`` of the vectors it takes, and
+``matvec(v)``; the estimators in :mod:`lightning_landscape.functional.curvature.estimators` take nothing else.
+
+- :class:`HessianOperator`: the Hessian of the *mean* probe loss ``L(w) = (1/B) sum_b loss_fn(model, b)``
+  (averaged over batches, never summed, so a number does not depend on how the data is split), by
+  double backward. Made by :func:`hessian_operator`, which observes the model (eval mode, everything
+  restored after) with kernels that can be differentiated twice.
+- :meth:`HessianOperator.block`: the Hessian restricted to a block of parameters, ``H_BB``
+  (a product with a vector that is zero outside the block, read on the block).
+- :class:`ScaledOperator`: ``D A D`` for a positive diagonal ``D``; with ``D = P^(-1/2)`` it has the
+  eigenvalues of the preconditioned ``P^-1 H`` while staying symmetric (for Lanczos).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from lightning_landscape.functional.curvature.estimators import LanczosResult, Which, lanczos
+from lightning_landscape.functional.landscape.params import Direction, LossFn, observation, unflatten
+from lightning_landscape.functional.objective import (
+    NonFiniteError,
+    check_batches,
+    resolve_params,
+    scalar_loss,
+    second_order,
+    work_dtype,
+)
+
+__all__ = [
+    "HessianBlock",
+    "HessianOperator",
+    "LinearOperator",
+    "ScaledOperator",
+    "SecondOrderError",
+    "hessian_operator",
+    "hessian_vector_product",
+    "operator_lanczos",
+]
+
+
+class SecondOrderError(RuntimeError):
+    """Part of the model cannot be differentiated twice, so its Hessian-vector products do not exist."""
+
+
+def _tensors(obj: Any) -> list[Tensor]:
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [t for item in obj for t in _tensors(item)]
+    return []
+
+
+# Autograd nodes that end a second backward pass: ``NotImplemented`` raises when reached (an op without a
+# double-backward formula, such as a fused attention kernel), ``Error`` (from ``@once_differentiable``) is
+# never reached because nothing leads past it, so the second derivative silently misses a term.
+_DEAD_ENDS = ("NotImplemented", "Error", "DelayedError")
+_SECOND_ORDER_MESSAGES = ("derivative for", "differentiate twice", "double backward", "not implemented")
+
+
+def _graph(roots: Sequence[Any], stop: set[Any] | None = None) -> set[Any]:
+    """The autograd nodes reachable from ``roots`` (tensors or nodes), not entering ``stop``."""
+    stop = stop or set()
+    seen: set[Any] = set()
+    todo = [r.grad_fn if isinstance(r, Tensor) else r for r in roots]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen or node in stop:
+            continue
+        seen.add(node)
+        todo.extend(nxt for nxt, _ in node.next_functions)
+    return seen
+
+
+def _dead_end(outputs: Sequence[Tensor], grads: Sequence[Tensor]) -> bool:
+    """Whether the graph of ``grads`` (first derivatives of ``outputs``) has a node a second pass cannot
+    cross; the forward graph of ``outputs`` is not walked again."""
+    forward = _graph(outputs)
+    return any(type(n).__name__ in _DEAD_ENDS for n in _graph([g for g in grads if g is not None], forward))
+
+
+def _twice_differentiable(inputs: list[Tensor], outputs: list[Tensor]) -> bool:
+    """Whether ``outputs`` can be differentiated twice with respect to ``inputs``."""
+    try:
+        # Grad outputs that require grad, as in a real second pass (where they depend on the weights).
+        ones = [torch.ones_like(o, requires_grad=True) for o in outputs]
+        grads = torch.autograd.grad(outputs, inputs, ones, create_graph=True, allow_unused=True)
+    except RuntimeError:
+        return False
+    return not _dead_end(outputs, grads)
+
+
+def _modules_without_double_backward(model: nn.Module, loss_fn: LossFn, batch: Any) -> list[str]:
+    """The innermost modules whose forward pass cannot be differentiated twice (``type (name)``).
+
+    Run only after a Hessian-vector product failed: one forward pass records every module's inputs and
+    outputs, then each module is tried on its own, and the failing ones with no failing submodule are
+    named (a failure in a parent's own code, such as a functional attention call, names the parent).
+    """
+    calls: list[tuple[str, nn.Module, list[Tensor], list[Tensor]]] = []
+
+    def record(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            inputs = [t for t in _tensors((args, kwargs)) if t.requires_grad and t.is_floating_point()]
+            inputs += [p for p in module.parameters() if p.requires_grad]
+            outputs = [t for t in _tensors(output) if t.requires_grad and t.is_floating_point()]
+            if inputs and outputs:
+                calls.append((name, module, inputs, outputs))
+
+        return hook
+
+    handles = [m.register_forward_hook(record(n), with_kwargs=True) for n, m in model.named_modules()]
+    try:
+        loss_fn(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    failing = {name: module for name, module, i, o in calls if not _twice_differentiable(i, o)}
+
+    def inside(child: str, parent: str) -> bool:
+        return child != parent and (parent == "" or child.startswith(parent + "."))
+
+    innermost = [n for n in failing if not any(inside(other, n) for other in failing)]
+    return [f"{type(failing[n]).__name__} ({'the model' if n == '' else repr(n)})" for n in innermost]
+
+
+def _release(grads: Sequence[Tensor | None], saved: set[int]) -> None:
+    """Give back the memory of gradients kept only for their graph.
+
+    A Hessian-vector product differentiates ``g . v`` through the graph that made ``g``; the values of
+    ``g`` are never read, unless a node of that graph saved them (then they are kept). Storage resized
+    to zero, as FSDP does with its unsharded parameters; the tensors keep their shape for autograd.
+    """
+    if -1 in saved:
+        return
+    for g in grads:
+        if g is None or g.layout != torch.strided or type(g) is not Tensor:
+            continue
+        if g.untyped_storage().data_ptr() not in saved:
+            g.untyped_storage().resize_(0)
+
+
+class LinearOperator(Protocol):
+    """What an estimator needs: the dimension, dtype and device of its vectors, and ``v -> A v``."""
+
+    numel: int
+    dtype: torch.dtype
+    device: torch.device
+
+    def matvec(self, vector: Tensor) -> Tensor: ...
+
+
+class HessianOperator:
+    """``v -> H v`` for the Hessian of the mean probe loss, on flat vectors; also holds ``L(w)``.
+
+    Made by :func:`hessian_operator`, valid only inside its ``with`` block. With ``reuse_graph`` the
+    first-order gradient graph of every probe batch is built once and kept, so each product costs one
+    extra backward pass per batch; without it each product rebuilds the graph (less memory, about
+    twice the time).
+
+    Attributes:
+        loss: ``L(w)``, the mean loss over the batches (a Python float).
+        numel, dtype, device: the flat vectors' length, dtype (float64 for float64 parameters, else
+            float32) and device.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: Sequence[Any],
+        params: Sequence[Tensor],
+        reuse_graph: bool = True,
+    ) -> None:
+        self.model, self.loss_fn, self.batches, self.params = model, loss_fn, list(batches), list(params)
+        self.reuse_graph = reuse_graph
+        self.numel = sum(p.numel() for p in self.params)
+        self.dtype = work_dtype(self.params[0])
+        self.device = self.params[0].device
+        # Each batch's gradient graph (create_graph) is kept for the products when ``reuse_graph``; the
+        # gradients' own values are not needed for that (only their graph), so their memory is given back
+        # (see ``_release``): what stays is the graph, about the size of a forward pass's activations.
+        self._graphs: list[tuple[Tensor | None, ...]] = []
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for b, batch in enumerate(self.batches):
+            loss, grads, saved = self._gradient(batch)
+            if b == 0 and _dead_end([loss], [g for g in grads if g is not None]):
+                self._explain(RuntimeError("a node without a double backward"), batch, certain=True)
+            if reuse_graph:
+                _release(grads, saved)
+                self._graphs.append(grads)
+            total = total + loss.detach().double()
+        self.loss = float(total) / len(self.batches)  # the one host sync of the set-up
+        if not math.isfinite(self.loss):
+            raise NonFiniteError(f"the loss at w is {self.loss}")
+
+    def _gradient(self, batch: Any) -> tuple[Tensor, tuple[Tensor | None, ...], set[int]]:
+        """The batch's loss, its gradient with the gradient's graph, and the storages the graphs saved."""
+        saved: set[int] = set()
+
+        def pack(t: Tensor) -> Tensor:
+            try:
+                saved.add(t.untyped_storage().data_ptr())
+            except (RuntimeError, NotImplementedError):  # no plain storage (sparse, some subclasses)
+                saved.add(-1)  # unknown: keep every gradient (see _release)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = scalar_loss(self.loss_fn, self.model, batch)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        # A parameter the loss does not use (None), or whose gradient does not depend on the weights, has
+        # zero Hessian rows.
+        return loss, tuple(g if g is not None and g.requires_grad else None for g in grads), saved
+
+    def _product(self, index: Sequence[int], vector: Tensor) -> Tensor:
+        """``(H v)`` on the parameters ``index`` for ``v`` zero outside them (``vector`` holds their part)."""
+        chosen = [self.params[i] for i in index]
+        sizes, shapes = [p.numel() for p in chosen], [p.shape for p in chosen]
+        pieces = [c.view(sh).to(p.dtype) for c, sh, p in zip(vector.split(sizes), shapes, chosen)]
+        out = torch.zeros(vector.numel(), dtype=self.dtype, device=self.device)
+        views = [c.view(sh) for c, sh in zip(out.split(sizes), shapes)]  # views of `out`: no copy
+        for b, batch in enumerate(self.batches):
+            # Without reuse_graph, the batch's graph is rebuilt here and freed after its product.
+            grads = self._graphs[b] if self.reuse_graph else self._gradient(batch)[1]
+            self._accumulate(grads, index, pieces, chosen, views, batch)
+        return out.div_(len(self.batches))
+
+    def _accumulate(
+        self,
+        grads: Sequence[Tensor | None],
+        index: Sequence[int],
+        pieces: Sequence[Tensor],
+        chosen: list[Tensor],
+        views: Sequence[Tensor],
+        batch: Any,
+    ) -> None:
+        """Add ``d/dw_B (g_B . v_B)`` to ``views`` (one backward pass through the gradient graph)."""
+        pairs = [(g, v) for g, v in ((grads[i], v) for i, v in zip(index, pieces)) if g is not None]
+        if not pairs:
+            return  # the gradient does not depend on w here: zero Hessian
+        try:
+            hv = torch.autograd.grad(
+                [g for g, _ in pairs],
+                chosen,
+                grad_outputs=[v for _, v in pairs],
+                retain_graph=self.reuse_graph,
+                allow_unused=True,
+            )
+        except RuntimeError as err:
+            self._explain(err, batch)
+            raise
+        used = [(o, h) for o, h in zip(views, hv) if h is not None]
+        if used:
+            torch._foreach_add_([o for o, _ in used], [h for _, h in used])
+
+    def _explain(self, err: RuntimeError, batch: Any, certain: bool = False) -> None:
+        """Raise a :class:`SecondOrderError` naming the modules that have no double backward, when that
+        is what ``err`` is about (``certain``: a dead end was found in the graph)."""
+        culprits = _modules_without_double_backward(self.model, self.loss_fn, batch)
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if not (culprits or certain or any(m in message for m in _SECOND_ORDER_MESSAGES)):
+            return  # some other failure (out of memory, a shape error): let it through unchanged
+        where = ", ".join(culprits) or "code outside any module (in `loss_fn` or a module's own forward)"
+        raise SecondOrderError(
+            "Hessian-vector products need second derivatives, and this cannot be differentiated twice: "
+            f"{where} ({message}). Leave its parameters out with `params=`, or give it a twice-"
+            "differentiable implementation."
+        ) from err
+
+    def matvec(self, vector: Tensor) -> Tensor:
+        """``H v`` for a flat vector ``v`` (length :attr:`numel`); the result is flat, in :attr:`dtype`."""
+        return self._product(range(len(self.params)), vector)
+
+    def block(self, index: Sequence[int]) -> HessianBlock:
+        """The Hessian restricted to the parameters ``self.params[i]`` for ``i`` in ``index``."""
+        return HessianBlock(self, index)
+
+
+class HessianBlock:
+    """``H_BB``: the rows and columns of the Hessian that belong to a block of parameters.
+
+    ``matvec(v_B)`` is ``(H [v_B; 0])_B``, computed by differentiating only with respect to the block
+    (autograd skips what the block does not need). Made by :meth:`HessianOperator.block`.
+    """
+
+    def __init__(self, hessian: HessianOperator, index: Sequence[int]) -> None:
+        self.index = list(index)
+        if not self.index:
+            raise ValueError("a Hessian block needs at least one parameter")
+        self.hessian = hessian
+        self.numel = sum(hessian.params[i].numel() for i in self.index)
+        self.dtype, self.device = hessian.dtype, hessian.device
+
+    def matvec(self, vector: Tensor) -> Tensor:
+        return self.hessian._product(self.index, vector)
+
+
+class ScaledOperator:
+    """``D A D`` for the symmetric operator ``A`` and a positive diagonal ``D`` (a flat vector).
+
+    With ``D = P^(-1/2)`` its eigenvalues are those of ``P^-1 A`` (a similarity transform), and it is
+    symmetric, so Lanczos applies.
+
+    Example::
+
+        >>> class Diagonal:
+        ...     numel, dtype, device = 2, torch.float64, torch.device("cpu")
+        ...     def matvec(self, v):
+        ...         return torch.tensor([4.0, 9.0], dtype=torch.float64) * v
+        >>> ScaledOperator(Diagonal(), torch.tensor([0.5, 1 / 3], dtype=torch.float64)).matvec(
+        ...     torch.ones(2, dtype=torch.float64))
+        tensor([1., 1.], dtype=torch.float64)
+    """
+
+    def __init__(self, operator: LinearOperator, diagonal: Tensor) -> None:
+        if diagonal.shape != (operator.numel,):
+            raise ValueError(
+                f"`diagonal` must be a flat vector of length {operator.numel}, "
+                f"got shape {tuple(diagonal.shape)}"
+            )
+        if not bool(torch.isfinite(diagonal).all()) or bool((diagonal <= 0).any()):
+            raise ValueError("`diagonal` must hold positive finite values")
+        self.operator = operator
+        self.numel, self.dtype, self.device = operator.numel, operator.dtype, operator.device
+        self.diagonal = diagonal.to(device=self.device, dtype=self.dtype)
+
+    def matvec(self, vector: Tensor) -> Tensor:
+        return self.operator.matvec(vector * self.diagonal).mul_(self.diagonal)
+
+
+def operator_lanczos(
+    operator: LinearOperator,
+    max_iter: int,
+    tol: float,
+    seed: int,
+    *,
+    k: int = 1,
+    which: Which = "largest",
+    return_vectors: bool = False,
+    max_basis: int | None = None,
+) -> LanczosResult:
+    """:func:`~lightning_landscape.functional.curvature.estimators.lanczos` on ``operator``'s ``matvec``, in
+    its
+    dimension, dtype and device (the other options as there).
+
+    Example::
+
+        >>> class Diagonal:
+        ...     numel, dtype, device = 3, torch.float64, torch.device("cpu")
+        ...     def matvec(self, v):
+        ...         return torch.tensor([1.0, 5.0, 2.0], dtype=torch.float64) * v
+        >>> operator_lanczos(Diagonal(), max_iter=10, tol=1e-10, seed=0).values.round(8).tolist()
+        [5.0]
+    """
+    return lanczos(
+        operator.matvec,
+        operator.numel,
+        k=k,
+        which=which,
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        dtype=operator.dtype,
+        device=operator.device,
+        return_vectors=return_vectors,
+        max_basis=max_basis,
+    )
+
+
+@contextlib.contextmanager
+def hessian_operator(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    params: Sequence[Tensor] | None = None,
+    reuse_graph: bool = True,
+) -> Iterator[HessianOperator]:
+    """Observe ``model`` (eval mode, state restored after) and yield its :class:`HessianOperator`.
+
+    Inside the block, kernels without a double backward are avoided (see ``second_order`` in
+    ``_common``): math attention, cuDNN off, no fused transformer fast path.
+
+    Example::
+
+        >>> model = nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0]]))
+        >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()
+        >>> with hessian_operator(model, mse, [batch]) as H:  # H = 2 x x^T
+        ...     H.matvec(torch.tensor([1.0, 0.0]))
+        tensor([2., 4.])
+    """
+    params = resolve_params(model, params)
+    batches = check_batches(batches)
+    with observation(model), torch.enable_grad(), second_order():
+        yield HessianOperator(model, loss_fn, batches, params, reuse_graph=reuse_graph)
+
+
+def hessian_vector_product(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    vector: Sequence[Tensor],
+    params: Sequence[Tensor] | None = None,
+) -> Direction:
+    """``H v``: the Hessian of the mean probe loss times ``vector`` (a list aligned with ``params``).
+
+    Example::
+
+        >>> model = nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0]]))
+        >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()
+        >>> hessian_vector_product(model, mse, [batch], [torch.tensor([[0.0, 1.0]])])
+        [tensor([[4., 8.]])]
+    """
+    params = resolve_params(model, params)
+    if len(vector) != len(params) or any(v.shape != p.shape for v, p in zip(vector, params)):
+        raise ValueError("`vector` must hold one tensor per parameter, shaped like it")
+    with hessian_operator(model, loss_fn, batches, params) as op:
+        flat = torch.cat([v.detach().reshape(-1).to(device=op.device, dtype=op.dtype) for v in vector])
+        out = op.matvec(flat)
+        if not bool(torch.isfinite(out).all()):
+            raise NonFiniteError("a Hessian-vector product is not finite")
+        return [t.clone() for t in unflatten(out, params)]

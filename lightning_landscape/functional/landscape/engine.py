@@ -1,0 +1,473 @@
+"""The evaluation engine shared by surfaces, lines, barriers and sharpness samples.
+
+``evaluate_points`` gives, for each row ``c`` of a coefficient table, the loss at
+``origin + sum_k c_k d_k`` on every probe batch (not only their mean: the spread over batches is the
+probe noise), optionally a metric beside it, with the buffers set by a :class:`BufferPlan`. The model
+is observed in eval mode under ``no_grad`` and restored exactly (see :func:`observation`); the
+origin defaults to the current weights. Two paths give the same values within float rounding: the
+loop (weights moved in place, one forward pass per point and batch) and the batched path
+(:mod:`lightning_landscape.functional.landscape.batched`, many points per vmapped forward pass).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+import warnings
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lightning_landscape.functional import checks as check
+from lightning_landscape.functional.landscape.batched import evaluate_points_batched
+from lightning_landscape.functional.landscape.bn import BufferPlan, recompute_session, statistics_pass
+from lightning_landscape.functional.landscape.params import Direction, LossFn, WeightPerturbation, observation
+
+__all__ = ["Engine", "Evaluation", "Progress", "check_engine", "evaluate_points"]
+
+#: ``progress(done, total)``: called from Python as points are dispatched (no host sync), monotone,
+#: ending with ``done == total``.
+Progress = Callable[[int, int], None]
+
+Engine = Literal["auto", "loop", "vmap", "compile"]
+_ENGINES = ("auto", "loop", "vmap", "compile")
+
+# Models "auto" found it cannot vmap (weakly held: forgotten with the model). Only which path runs is
+# remembered, never values, so the engine stays a pure function of its inputs. Plain loss evaluations
+# and evaluations with buffers or a metric are remembered apart (one may batch where the other cannot).
+_CANNOT_VMAP: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+_CANNOT_VMAP_EXTRA: weakref.WeakKeyDictionary[nn.Module, set[tuple[str, bool]]] = weakref.WeakKeyDictionary()
+
+
+def check_engine(engine: Any, name: str = "engine") -> None:
+    """Raise a ValueError naming ``name`` unless ``engine`` is one of ``_ENGINES``."""
+    check.choice(name, engine, _ENGINES)
+
+
+@dataclass
+class Evaluation:
+    """Per-batch values at each point: ``losses[n, b]`` (and ``metrics[n, b]``) for point ``n``, batch ``b``.
+
+    ``engine`` is the path that ran (``"loop"`` or ``"vmap"``), ``note`` says why "auto" fell back.
+    """
+
+    losses: np.ndarray
+    metrics: np.ndarray | None
+    engine: str
+    note: str | None = None
+
+
+def _auto_engine(model: nn.Module, params: Sequence[Tensor]) -> Engine:
+    """The "auto" rule, deterministic so that identical runs give identical records.
+
+    Batched where it pays, on accelerators: one vmapped forward pass over a chunk of points replaces
+    many small kernel launches. On the CPU, the loop: measured there, batching won only for models of
+    a few thousand parameters and lost up to 2.3x on larger ones (benchmarks/bench_floor.py).
+    Never "compile": compiling costs tens of seconds per model and pays back only after about a
+    thousand points on a CNN, never on some models (benchmarks/bench_compile.py).
+    """
+    if model in _CANNOT_VMAP or all(p.device.type == "cpu" for p in params):
+        return "loop"
+    return "vmap"
+
+
+def checked_scalar(value: Any, what: str = "loss_fn") -> Tensor:
+    """``value`` as a 0-d float32/float64 tensor; a ValueError naming ``what`` unless a scalar tensor."""
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        raise ValueError(
+            f"`{what}` must return a scalar tensor, got {type(value).__name__}"
+            + (f" of shape {tuple(value.shape)}" if isinstance(value, Tensor) else "")
+        )
+    value = value.detach()
+    value = value if value.dim() == 0 else value.reshape(())
+    return value if value.dtype in (torch.float32, torch.float64) else value.float()
+
+
+def evaluate_points(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    params: Sequence[Tensor],
+    directions: Sequence[Direction],
+    coefficients: np.ndarray,
+    *,
+    engine: Engine = "auto",
+    chunk_size: int | None = None,
+    origin: Sequence[Tensor] | None = None,
+    buffers: BufferPlan | None = None,
+    metric_fn: LossFn | None = None,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Per-batch losses (and metrics) at ``origin + coefficients[n] @ directions``; one host sync at the end.
+
+    With an interpolating :class:`BufferPlan`, each row carries the buffer coefficients after the weight
+    coefficients: the buffers at row ``n`` are ``base + coefficients[n, k:] @ buffers.directions``
+    (``k = len(directions)``), so the caller chooses how statistics follow the weights (held at the
+    ends of a line, say).
+
+    ``engine="loop"`` moves the weights in place from a saved copy for each point (foreach kernels,
+    no model copies, no host sync per point); ``"vmap"`` evaluates chunks of ``chunk_size`` points
+    (default: from a memory budget) in one vmapped forward pass and raises if the model cannot be
+    vmapped. ``"auto"`` is batched on accelerators and the loop on the CPU (see :func:`_auto_engine`);
+    a model that cannot be vmapped goes to the loop (``Evaluation.note`` says so). ``"compile"``: the
+    loop's points through a ``torch.compile``-d evaluation
+    (:mod:`~lightning_landscape.functional.landscape.engine`).
+
+    ``progress(done, total)`` is called every few points (after each chunk when batched) and at the end,
+    from Python, without a host synchronisation: on an accelerator ``done`` counts points dispatched.
+    """
+    check_engine(engine)
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"`chunk_size` must be a positive integer or None, got {chunk_size!r}")
+    if len(batches) == 0:
+        raise ValueError("`batches` is empty: at least one probe batch is needed")
+    coefficients = np.asarray(coefficients, dtype=np.float64).reshape(len(coefficients), -1)
+    move = WeightPerturbation(params, directions)  # validates shapes, casts directions once
+    if buffers is not None and buffers.mode == "keep":
+        buffers = None
+    n_buffer = len(buffers.directions) if buffers is not None and buffers.mode == "interpolate" else 0
+    if coefficients.shape[1] != len(move.directions) + n_buffer:
+        raise ValueError(
+            f"{coefficients.shape[1]} coefficients per point for {len(move.directions)} directions"
+            + (f" and {n_buffer} buffer directions" if n_buffer else "")
+        )
+    if origin is not None:
+        if len(origin) != len(move.params):
+            raise ValueError(
+                f"`origin` has {len(origin)} tensors, expected one per parameter ({len(params)})"
+            )
+        for o, p in zip(origin, move.params):
+            if o.shape != p.shape:
+                raise ValueError(f"`origin`: a tensor of shape {tuple(o.shape)} for {tuple(p.shape)}")
+        origin = [o.detach().to(device=p.device, dtype=p.dtype) for o, p in zip(origin, move.params)]
+    width = len(batches) * (2 if metric_fn is not None else 1)
+    progress = _monotone(progress, len(coefficients))
+    if len(coefficients) == 0:
+        empty = np.zeros((0, len(batches)))
+        return Evaluation(empty, empty.copy() if metric_fn is not None else None, "loop")
+
+    def batched(coef: np.ndarray) -> Tensor:
+        return evaluate_points_batched(
+            model,
+            loss_fn,
+            batches,
+            move.params,
+            move.directions,
+            coef,
+            chunk_size=chunk_size,
+            origin=origin,
+            buffers=buffers,
+            metric_fn=metric_fn,
+            progress=progress,
+        )
+
+    def loop(coef: np.ndarray) -> Tensor:
+        return _evaluate_points_loop(
+            model, loss_fn, batches, move, coef, origin, buffers, metric_fn, progress
+        )
+
+    extra = (buffers.mode if buffers is not None else "keep", metric_fn is not None)
+    plain = extra == ("keep", False)
+    may_fall_back = engine == "auto"
+    note: str | None = None
+    if engine == "auto":
+        engine = _auto_engine(model, move.params)
+        if engine == "vmap" and not plain and extra in _CANNOT_VMAP_EXTRA.get(model, set()):
+            engine = "loop"
+            note = "vmap failed earlier on this model; evaluated with the loop"
+    with observation(model):
+        if engine == "loop":
+            values = loop(coefficients)
+        elif engine == "compile":
+            values, engine, note = evaluate_compiled(
+                model, loss_fn, batches, move, coefficients, origin, buffers, metric_fn, loop
+            )
+        else:
+            try:
+                values = batched(coefficients)
+            except Exception as err:
+                if not may_fall_back:
+                    raise
+                values = loop(coefficients)  # cannot be vmapped (.item(), data-dependent control flow, ...)
+                # Remembered after the loop worked: a failing loss_fn is not the model's fault.
+                if plain:
+                    _CANNOT_VMAP.add(model)
+                else:
+                    _CANNOT_VMAP_EXTRA.setdefault(model, set()).add(extra)
+                engine = "loop"
+                note = f"vmap failed ({type(err).__name__}); evaluated with the loop"
+    out = values.double().cpu().numpy().reshape(len(coefficients), width)
+    if progress is not None:
+        progress(len(coefficients), len(coefficients))
+    losses = out[:, : len(batches)]
+    metrics = out[:, len(batches) :] if metric_fn is not None else None
+    return Evaluation(losses, metrics, str(engine), note)
+
+
+def _monotone(progress: Progress | None, total: int) -> Progress | None:
+    """``progress`` over ``total`` points, told only of advances (a vmap that fell back to the loop
+    starts again from zero; the caller is not told twice)."""
+    if progress is None:
+        return None
+    best = [-1]
+
+    def report(done: int, _total: int) -> None:
+        if done > best[0]:
+            best[0] = done
+            progress(done, total)
+
+    return report
+
+
+def _evaluate_points_loop(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    move: WeightPerturbation,
+    coefficients: np.ndarray,
+    origin: list[Tensor] | None,
+    buffers: BufferPlan | None,
+    metric_fn: LossFn | None,
+    progress: Progress | None = None,
+) -> Tensor:
+    """One forward pass per point and batch; per point, two foreach kernels and no host sync.
+
+    Points come row by row (a surface's ``y`` is constant along a row), so ``w0 + sum_{k>=1} c_k d_k``
+    is built once per row into a buffer, and each point is ``copy(buffer) + c_0 d_0``. Losses stay on
+    the device, unreduced, until one stack at the end: ``(n, B)`` losses, then ``(n, B)`` metrics.
+    """
+    losses: list[Tensor] = []
+    metrics: list[Tensor] = []
+    n_points = len(coefficients)
+    every = max(1, n_points // 50)  # progress about 50 times per evaluation
+    with walk_points(model, loss_fn, batches, move, origin, buffers) as move_to:
+        for index, full in enumerate(coefficients.tolist()):
+            if progress is not None and index and index % every == 0:
+                progress(index, n_points)
+            move_to(full)
+            losses.extend(checked_scalar(loss_fn(model, batch)) for batch in batches)
+            if metric_fn is not None:
+                metrics.extend(checked_scalar(metric_fn(model, batch), "metric_fn") for batch in batches)
+    n = len(coefficients)
+    stacked = torch.stack(losses).view(n, len(batches))
+    if metric_fn is None:
+        return stacked
+    return torch.cat([stacked.double(), torch.stack(metrics).double().view(n, len(batches))], dim=1)
+
+
+@contextlib.contextmanager
+def walk_points(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    move: WeightPerturbation,
+    origin: Sequence[Tensor] | None,
+    buffers: BufferPlan | None,
+) -> Iterator[Callable[[list[float]], None]]:
+    """The loop engines' walk over points (eager and compiled): ``move_to(row)`` puts the model at one.
+
+    Inside the block the weights are saved by ``move`` (and restored after), gradients are off, and
+    BatchNorm statistics to recompute have their session open. Points come row by row, so
+    ``origin + sum_{k>=1} c_k d_k`` is rebuilt into a row buffer only when the row changes, and each
+    point is ``copy(buffer) + c_0 d_0``; interpolated buffers follow the row's trailing coefficients, and
+    with statistics to recompute, one statistics pass runs over the batches at every point.
+    """
+    params, dirs = move.params, move.directions
+    norms = buffers.norms if buffers is not None and buffers.mode == "recompute" else []
+    with move, torch.no_grad(), recompute_session(norms):
+        saved = move._saved
+        assert saved is not None
+        anchor = list(saved if origin is None else origin)
+        n_dirs = len(dirs)
+        base = anchor if n_dirs == 1 else [t.clone() for t in anchor]
+        previous: list[float] | None = [] if n_dirs == 1 else None
+
+        def move_to(full: list[float]) -> None:
+            nonlocal previous
+            first, rest = full[0], full[1:n_dirs]
+            if rest != previous:
+                torch._foreach_copy_(base, anchor)
+                for c, d in zip(rest, dirs[1:]):
+                    if c != 0.0:
+                        torch._foreach_add_(base, d, alpha=c)
+                previous = rest
+            torch._foreach_copy_(params, base)
+            if first != 0.0:
+                torch._foreach_add_(params, dirs[0], alpha=first)
+            if buffers is not None and buffers.mode == "interpolate":
+                buffers.set_buffers(full[n_dirs:])
+            if norms:
+                with statistics_pass(norms):
+                    for batch in batches:
+                        loss_fn(model, batch)
+
+        yield move_to
+
+
+_SETTINGS: dict[str, Any] = {"backend": "inductor", "mode": None, "options": None}
+
+# One compiled function per model (weakly held: forgotten with the model). The compiled function does
+# not hold the model: the model and ``loss_fn`` are arguments, and dynamo's guards keep only ids.
+_COMPILED: weakref.WeakKeyDictionary[
+    nn.Module, tuple[tuple[Any, ...], Callable[..., tuple[Tensor, Tensor | None]]]
+] = weakref.WeakKeyDictionary()
+# Models that fell back to the loop (warned about once; later calls go straight to the loop).
+_CANNOT_COMPILE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+class CompileFallbackWarning(UserWarning):
+    """``engine="compile"`` could not compile a model's loss and evaluated it with the loop engine."""
+
+
+def compile_settings(
+    backend: str | Callable[..., Any] = "inductor",
+    mode: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> None:
+    """Set the ``torch.compile`` backend, mode and options of ``engine="compile"`` (process-wide).
+
+    The default is inductor with its default mode. Models compiled with other settings are compiled
+    again on their next landscape; models that fell back to the loop are given another chance.
+    ``mode="reduce-overhead"`` (CUDA graphs) suits small models on a GPU. ``options`` must not turn on
+    ``freezing``: frozen weights would ignore the moves to the grid points.
+
+    Example::
+
+        >>> compile_settings(backend="eager")  # dynamo only: checks that a model compiles, no speed-up
+        >>> compile_settings()  # back to inductor
+    """
+    if not (isinstance(backend, str) or callable(backend)):
+        raise ValueError(f"`backend` must be a backend name or a callable, got {type(backend).__name__}")
+    if options is not None and (not isinstance(options, dict) or options.get("freezing")):
+        raise ValueError(f"`options` must be a dict without freezing=True, got {options!r}")
+    _SETTINGS.update(backend=backend, mode=mode, options=options)
+    _CANNOT_COMPILE.clear()
+
+
+def _point_values(
+    loss_fn: LossFn, metric_fn: LossFn | None, model: nn.Module, batches: Sequence[Any]
+) -> tuple[Tensor, Tensor | None]:
+    """Per-batch losses ``(B,)`` (and metrics) at the current weights: what one grid point needs."""
+    losses = torch.stack([checked_scalar(loss_fn(model, batch)) for batch in batches])
+    if metric_fn is None:
+        return losses, None
+    return losses, torch.stack([checked_scalar(metric_fn(model, batch), "metric_fn") for batch in batches])
+
+
+def compiled_loss(model: nn.Module) -> Callable[..., tuple[Tensor, Tensor | None]]:
+    """The compiled ``(loss_fn, metric_fn, model, batches) -> (losses, metrics)`` of ``model``, made once.
+
+    ``losses[b]`` is ``loss_fn(model, batches[b])`` (``metrics`` likewise, or None without
+    ``metric_fn``), all probe batches in one graph.
+
+    Compilation itself happens at the first call (and again for each new guard combination, see the
+    module docstring); it raises there if the loss is not one graph or the compiler fails.
+
+    Example::
+
+        >>> net = nn.Linear(3, 1)
+        >>> compiled_loss(net) is compiled_loss(net)
+        True
+    """
+    key = (_SETTINGS["backend"], _SETTINGS["mode"], repr(_SETTINGS["options"]))
+    cached = _COMPILED.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    # A fresh code object: dynamo keeps its cache (and counts recompilations) per code object.
+    code = _point_values.__code__.replace()
+    function = types.FunctionType(code, _point_values.__globals__, "_landscape_loss")
+    compiled = torch.compile(
+        function,
+        fullgraph=True,
+        dynamic=False,
+        backend=_SETTINGS["backend"],
+        mode=_SETTINGS["mode"],
+        options=_SETTINGS["options"],
+    )
+    _COMPILED[model] = (key, compiled)
+    return compiled
+
+
+def evaluate_compiled(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    move: WeightPerturbation,
+    coefficients: np.ndarray,
+    origin: Sequence[Tensor] | None,
+    buffers: BufferPlan | None,
+    metric_fn: LossFn | None,
+    loop: Callable[[np.ndarray], Tensor],
+) -> tuple[Tensor, Engine, str | None]:
+    """The loop engine's points through the compiled evaluation of ``model``; ``loop`` if that fails.
+
+    Same arguments and result layout as the loop engine of
+    :func:`~lightning_landscape.functional.landscape.engine.evaluate_points` (``(n, B)`` losses, then ``(n,
+    B)``
+    metrics in float64 with ``metric_fn``), called inside its observation. Returns the values, the
+    engine that ran (``"compile"`` or ``"loop"``) and a note when it fell back. If the compiled run
+    raises, ``loop(coefficients)`` runs: when it works, the model is remembered as one that cannot be
+    compiled and a :class:`CompileFallbackWarning` says why, once; when it raises too, its error
+    propagates (the fault is ``loss_fn``'s, not the compiler's).
+    """
+    if model in _CANNOT_COMPILE:
+        return loop(coefficients), "loop", "compile failed earlier on this model; evaluated with the loop"
+    compiled = compiled_loss(model)
+    try:
+        values = _compiled_points(
+            compiled, model, loss_fn, batches, move, coefficients, origin, buffers, metric_fn
+        )
+        return values, "compile", None
+    except Exception as error:  # any failure of the compiled path falls back
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        reason = f"{type(error).__name__}: {first_line}"[:300]
+    values = loop(coefficients)  # raises if the loss itself is broken: not the compiler's fault
+    _CANNOT_COMPILE.add(model)
+    _COMPILED.pop(model, None)
+    warnings.warn(
+        f'engine="compile": the loss of {type(model).__name__} could not be compiled as one graph '
+        f"({reason}); it is evaluated with the loop engine (same values, eager speed).",
+        CompileFallbackWarning,
+        stacklevel=3,
+    )
+    return values, "loop", f"compile failed ({reason.split(':')[0]}); evaluated with the loop"
+
+
+def _compiled_points(
+    compiled: Callable[..., tuple[Tensor, Tensor | None]],
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    move: WeightPerturbation,
+    coefficients: np.ndarray,
+    origin: Sequence[Tensor] | None,
+    buffers: BufferPlan | None,
+    metric_fn: LossFn | None,
+) -> Tensor:
+    """The loop engine's point order and weight moves, one compiled call per point.
+
+    The weights are moved exactly as in the loop engine, by ``engine.walk_points`` (row buffer, foreach
+    kernels, restored by ``move``); recomputed BatchNorm statistics come from an eager pass with
+    ``loss_fn`` (its Python-side running average does not compile as one graph), the evaluation from
+    the compiled one.
+    """
+    losses: list[Tensor] = []
+    metrics: list[Tensor] = []
+    with walk_points(model, loss_fn, batches, move, origin, buffers) as move_to:
+        for full in coefficients.tolist():
+            move_to(full)
+            point_losses, point_metrics = compiled(loss_fn, metric_fn, model, batches)
+            losses.append(point_losses)
+            if point_metrics is not None:
+                metrics.append(point_metrics)
+    stacked = torch.stack(losses)
+    if metric_fn is None:
+        return stacked
+    return torch.cat([stacked.double(), torch.stack(metrics).double()], dim=1)

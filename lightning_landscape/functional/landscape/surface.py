@@ -1,0 +1,333 @@
+"""Loss on a grid or a line around the current weights.
+
+All evaluations share one engine (:mod:`lightning_landscape.functional.landscape.engine`): the model observed
+in eval mode under ``no_grad`` (state restored after, see :func:`observation`), the weights moved in
+place from a saved copy for each point (or batched with ``vmap``), the loss on each of the same fixed
+probe batches kept (the record's ``batch_losses``; their mean is ``losses``, their spread the probe
+noise), results kept on the device until the end. Options shared by every function here: ``bn=``
+(which BatchNorm statistics each point uses, see :mod:`lightning_landscape.functional.landscape.bn`) and
+``metric_fn=`` (a second quantity, accuracy say, at every point beside the loss).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lightning_landscape.functional import checks as check
+from lightning_landscape.functional.landscape.assemble import PointEvaluator, _plan, _resolve_params
+from lightning_landscape.functional.landscape.bn import (
+    BNMode,
+    BufferPlan,
+    aligned_buffers,
+    check_bn,
+    landscape_buffers,
+)
+from lightning_landscape.functional.landscape.engine import (  # noqa: F401  (_CANNOT_VMAP, check_engine: re-exported)
+    _CANNOT_VMAP,
+    Engine,
+    Evaluation,
+    Progress,
+    _auto_engine,
+    check_engine,
+    evaluate_points,
+)
+from lightning_landscape.functional.landscape.params import (
+    Direction,
+    LossFn,
+    observation,
+)
+from lightning_landscape.functional.landscape.sharding import PointShard
+from lightning_landscape.functional.objective import norm64, probe_size, work_dtype
+from lightning_landscape.records.record import LineRecord, SurfaceRecord
+
+__all__ = [
+    "evaluate_loss",
+    "interpolation_line",
+    "loss_line",
+    "loss_surface",
+    "odd_grid",
+    "probe_size",
+]
+
+
+def odd_grid(span: float | tuple[float, float], resolution: int, name: str = "resolution") -> np.ndarray:
+    """``resolution`` evenly spaced points over ``span``; odd, so a symmetric span contains 0 exactly."""
+    check.odd_int(name, resolution)
+    lo, hi = (-float(span), float(span)) if isinstance(span, (int, float)) else map(float, span)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(
+            f"`span` must be a positive number or a (low, high) pair with low < high, got {span!r}"
+        )
+    grid = np.linspace(lo, hi, resolution)
+    if lo == -hi:
+        grid[resolution // 2] = 0.0  # exactly, not 1e-17
+    return grid
+
+
+def _mean_loss(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> Tensor:
+    """Mean over batches of ``loss_fn(model, batch)``, as a float32 (or float64) 0-d tensor."""
+    total: Tensor | None = None
+    for batch in batches:
+        loss = loss_fn(model, batch)
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError(
+                f"`loss_fn` must return a scalar tensor, got {type(loss).__name__}"
+                + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
+            )
+        loss = loss.detach().reshape(())
+        if loss.dtype not in (torch.float32, torch.float64):
+            loss = loss.float()
+        total = loss if total is None else total + loss
+    if total is None:
+        raise ValueError("`batches` is empty: at least one probe batch is needed")
+    return total / len(batches)
+
+
+def evaluate_loss(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> float:
+    """The loss at the current weights, averaged over ``batches``, observed in eval mode."""
+    with observation(model):
+        return float(_mean_loss(model, loss_fn, batches))
+
+
+def _evaluate_points(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    params: Sequence[Tensor],
+    directions: Sequence[Direction],
+    coefficients: np.ndarray,
+    *,
+    engine: Engine = "auto",
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """Mean loss over ``batches`` at ``w0 + coefficients[n] @ directions`` for each row ``n``.
+
+    The current buffers at every point; see
+    :func:`lightning_landscape.functional.landscape.engine.evaluate_points`.
+    """
+    ev = evaluate_points(
+        model, loss_fn, batches, params, directions, coefficients, engine=engine, chunk_size=chunk_size
+    )
+    return ev.losses.mean(axis=1)
+
+
+def _check_origin(origin: Sequence[Tensor] | None, params: Sequence[Tensor]) -> None:
+    if origin is not None and len(origin) != len(params):
+        raise ValueError(f"`origin` has {len(origin)} tensors, expected one per parameter ({len(params)})")
+
+
+def loss_surface(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    directions: Sequence[Direction],
+    resolution: int = 11,
+    span: float | tuple[float, float] = 1.0,
+    xs: Sequence[float] | None = None,
+    ys: Sequence[float] | None = None,
+    params: Sequence[Tensor] | None = None,
+    *,
+    shard: PointShard | None = None,
+    engine: Engine = "auto",
+    chunk_size: int | None = None,
+    bn: BNMode = "keep",
+    metric_fn: LossFn | None = None,
+    metric_name: str | None = None,
+    origin: Sequence[Tensor] | None = None,
+    progress: Progress | None = None,
+) -> SurfaceRecord:
+    """Loss on the plane ``w + x * d1 + y * d2`` around the current weights ``w`` (or ``origin``).
+
+    Args:
+        model: the model; its weights are moved in place and restored exactly.
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
+        batches: probe batches, already on the model's device; the loss is their mean.
+        directions: ``(d1, d2)``, each a list of tensors aligned with ``params``.
+        resolution: points per axis when ``xs``/``ys`` are not given (odd, so the centre is on the grid).
+        span: ``s`` for ``[-s, s]`` or a ``(low, high)`` pair, used when ``xs``/``ys`` are not given.
+        xs, ys: explicit coefficients along ``d1`` and ``d2``.
+        params: the parameters the directions belong to (default: :func:`landscape_parameters`).
+        shard: share the grid points out among processes (see :class:`PointShard`); every process
+            must call with the same arguments and gets the whole surface. Default: one process.
+        engine: ``"auto"`` (default: batched with ``vmap`` where the model allows it, else the loop),
+            ``"loop"`` (one forward pass per point, weights moved in place) or ``"vmap"`` (batched; raises
+            if the model cannot be vmapped). All give the same values within float rounding.
+        chunk_size: grid points per batched forward pass (default: from a memory budget).
+        bn: ``"keep"`` the current BatchNorm statistics at every point (Li et al.'s convention) or
+            ``"recompute"`` them at every point from the probe batches (one more forward pass per point
+            and batch; see :mod:`lightning_landscape.functional.landscape.bn`).
+        metric_fn: ``metric_fn(model, batch) -> scalar tensor`` (accuracy, say), averaged over the probe
+            batches at every point like the loss (one more forward pass per point and batch).
+        metric_name: the metric's name in the record (default: the function's ``__name__``).
+        origin: the plane's centre, a list of tensors aligned with ``params`` (default: the current
+            weights, which are restored afterwards either way).
+        progress: ``progress(done, total)``, called every few points (this process's points under a
+            ``shard``) and at the end; from Python, without a host synchronisation.
+
+    Returns:
+        A :class:`SurfaceRecord` with ``losses[i, j]`` at ``(xs[j], ys[i])``, ``batch_losses[i, j, b]`` on
+        probe batch ``b``, ``metrics`` with ``metric_fn``; its meta says ``bn``, ``engine``,
+        ``forward_passes`` and the probe noise (see :func:`probe_noise`).
+
+    Example::
+
+        >>> model = nn.Linear(1, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.fill_(0.0)
+        >>> batch = (torch.tensor([[1.0]]), torch.tensor([[0.0]]))
+        >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()
+        >>> d = [torch.ones(1, 1)]
+        >>> rec = loss_surface(model, mse, [batch], (d, d), resolution=3)
+        >>> rec.losses  # (x + y)^2 on {-1, 0, 1}^2
+        array([[4., 1., 0.],
+               [1., 0., 1.],
+               [0., 1., 4.]])
+    """
+    if len(directions) != 2:
+        raise ValueError(f"`directions` must hold two directions, got {len(directions)}")
+    params = _resolve_params(model, params)
+    _check_origin(origin, params)
+    plan = _plan(model, bn)
+    xs_arr = np.asarray(xs, dtype=np.float64) if xs is not None else odd_grid(span, resolution)
+    ys_arr = np.asarray(ys, dtype=np.float64) if ys is not None else odd_grid(span, resolution)
+    gx, gy = np.meshgrid(xs_arr, ys_arr)
+    coefficients = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn, progress)
+    shape = (len(ys_arr), len(xs_arr))
+    losses, per_batch, metrics, meta = points.record(
+        directions, coefficients, shape, bn, plan, metric_name, origin
+    )
+    return SurfaceRecord(
+        xs=xs_arr, ys=ys_arr, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics
+    )
+
+
+def loss_line(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    direction: Direction,
+    resolution: int = 41,
+    span: float | tuple[float, float] = 1.0,
+    alphas: Sequence[float] | np.ndarray | None = None,
+    params: Sequence[Tensor] | None = None,
+    *,
+    shard: PointShard | None = None,
+    engine: Engine = "auto",
+    chunk_size: int | None = None,
+    bn: BNMode = "keep",
+    metric_fn: LossFn | None = None,
+    metric_name: str | None = None,
+    origin: Sequence[Tensor] | None = None,
+    progress: Progress | None = None,
+) -> LineRecord:
+    """Loss along ``w + alpha * d`` around the current weights ``w`` (or ``origin``).
+
+    Options as in :func:`loss_surface`.
+
+    Example::
+
+        >>> model = nn.Linear(1, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.fill_(0.0)
+        >>> batch = (torch.tensor([[1.0]]), torch.tensor([[0.0]]))
+        >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()
+        >>> loss_line(model, mse, [batch], [torch.ones(1, 1)], resolution=5, span=2.0).losses
+        array([4., 1., 0., 1., 4.])
+    """
+    params = _resolve_params(model, params)
+    _check_origin(origin, params)
+    plan = _plan(model, bn)
+    alphas_arr = np.asarray(alphas, dtype=np.float64) if alphas is not None else odd_grid(span, resolution)
+    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn, progress)
+    shape = (len(alphas_arr),)
+    losses, per_batch, metrics, meta = points.record(
+        [direction], alphas_arr[:, None], shape, bn, plan, metric_name, origin
+    )
+    return LineRecord(alphas=alphas_arr, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)
+
+
+def interpolation_line(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    start: Sequence[Tensor],
+    resolution: int = 41,
+    alpha_range: tuple[float, float] = (-0.5, 1.5),
+    params: Sequence[Tensor] | None = None,
+    *,
+    start_buffers: Mapping[str, Tensor] | None = None,
+    bn: BNMode | None = None,
+    shard: PointShard | None = None,
+    engine: Engine = "auto",
+    chunk_size: int | None = None,
+    metric_fn: LossFn | None = None,
+    metric_name: str | None = None,
+    progress: Progress | None = None,
+) -> LineRecord:
+    """The Goodfellow et al. (2015) line from weights ``start`` (alpha=0) to the current ones (alpha=1).
+
+    The loss at ``start + alpha * (w - start)`` for ``alpha`` in ``alpha_range``; the default extends
+    half the distance beyond both ends.
+
+    BatchNorm: with ``start_buffers`` (the start model's :func:`buffer_snapshot`), the floating-point
+    buffers are interpolated with the weights by default (``bn="interpolate"``), so alpha = 0 is the
+    start model and alpha = 1 the current one, statistics included; beyond the ends the statistics
+    stay at the nearest end's (extrapolated running variances can turn negative). Without them the default is
+    ``"keep"`` (the current statistics everywhere: alpha = 0 is then *not* the start model of a
+    BatchNorm network). ``bn="recompute"`` re-estimates the statistics at every point.
+    Other options as in :func:`loss_surface`.
+
+    Example::
+
+        >>> model = nn.Linear(1, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.fill_(1.0)
+        >>> batch = (torch.tensor([[1.0]]), torch.tensor([[0.0]]))
+        >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()
+        >>> line = interpolation_line(model, mse, [batch], [torch.full((1, 1), 3.0)], resolution=5)
+        >>> line.alphas, line.losses  # w(alpha) = 3 - 2 alpha
+        (array([-0.5,  0. ,  0.5,  1. ,  1.5]), array([16.,  9.,  4.,  1.,  0.]))
+    """
+    params = _resolve_params(model, params)
+    if len(start) != len(params):
+        raise ValueError(f"`start` has {len(start)} tensors, expected one per parameter ({len(params)})")
+    check.positive_int("resolution", resolution, minimum=2)
+    lo, hi = check.value_range("alpha_range", alpha_range)
+    if bn is None:
+        bn = "interpolate" if start_buffers is not None else "keep"
+    check_bn(bn)
+    plan: BufferPlan | None
+    if bn == "interpolate":
+        if start_buffers is None and landscape_buffers(model):
+            raise ValueError("`bn`='interpolate' needs `start_buffers` (the start model's buffer_snapshot)")
+        first = aligned_buffers(model, start_buffers or {}, "start_buffers")
+        current = [b for _, b in landscape_buffers(model)]
+        with torch.no_grad():
+            plan = BufferPlan.interpolate(model, None, [[c - s for c, s in zip(current, first)]])
+    else:
+        plan = _plan(model, bn)
+    alphas = np.linspace(lo, hi, resolution)
+    with torch.no_grad():
+        direction = [
+            p.detach().to(work_dtype(p)) - s.to(device=p.device, dtype=work_dtype(p))
+            for p, s in zip(params, start)
+        ]
+    # start + alpha (w - start) = w + (alpha - 1) (w - start): evaluate around the current weights.
+    # Interpolated statistics stay at the nearest end beyond [0, 1] (an extrapolated running variance
+    # can turn negative).
+    coefficients = (alphas - 1.0)[:, None]
+    if bn == "interpolate":
+        coefficients = np.concatenate([coefficients, np.clip(alphas, 0.0, 1.0)[:, None] - 1.0], axis=1)
+    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn, progress)
+    losses, per_batch, metrics, meta = points.record(
+        [direction], coefficients, (len(alphas),), bn, plan, metric_name
+    )
+    meta["distance"] = norm64(direction)
+    return LineRecord(alphas=alphas, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)

@@ -1,0 +1,248 @@
+"""Figures off the training thread: built and rendered by one background worker, delivered in order.
+
+Drawing a landscape figure costs 0.1-0.15 s of matplotlib (building the artists, laying them out,
+rasterising with Agg, encoding PNG), four figures per landscape. :class:`FigureRenderer` moves all of
+that to a single worker thread. The training thread only queues a job (a builder and its arguments,
+say ``contour_figure, surface``) and, at its next hook, hands the finished images to the sink.
+
+Why the logger call stays on the training thread: the worker touches nothing but its own
+``Figure`` objects (matplotlib's object API with the Agg canvas, no pyplot and its global figure
+manager; matplotlib caches fonts per thread), so no logger has to be thread-safe. TensorBoard's
+``SummaryWriter`` is, but Lightning creates it lazily, the W&B and MLflow clients make no such
+promise, and :class:`~lightning_landscape.sinks.SinkSet` drops a failing sink from a plain list.
+The worker therefore returns a :class:`RenderedFigure` (PNG bytes and/or RGB pixels, whatever the
+sink says it needs in ``figure_formats``) and the sink's ``image(tag, rendered, step)`` writes it from
+the caller's thread, in submission order, in :meth:`FigureRenderer.deliver_ready` (non-blocking: the
+jobs finished so far) or :meth:`FigureRenderer.drain` (waits for all; call it at the end of fit, on an
+exception and at teardown). The output is what each sink's synchronous ``figure(tag, fig, step)``
+makes of a freshly built figure (the same :func:`~lightning_landscape.plots.landscape.figure_to_png` /
+:func:`~lightning_landscape.plots.landscape.figure_to_rgb` calls, see :func:`render_figure`), on another
+thread.
+
+An exception in a builder, in rendering or in delivery is never raised into training: it is collected,
+the job is skipped, and :meth:`FigureRenderer.drain` reports all of them as one warning.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from lightning_landscape.plots.landscape import figure_to_png, figure_to_rgb
+
+__all__ = ["FigureRenderer", "ImageSink", "RenderedFigure", "render_figure"]
+
+FORMATS = ("png", "rgb")
+
+
+@dataclass(frozen=True)
+class RenderedFigure:
+    """A figure rendered once, in the formats the sinks take: PNG bytes, ``(H, W, 3)`` uint8 pixels."""
+
+    png: bytes | None = None
+    rgb: np.ndarray | None = None
+
+
+def render_figure(build: Callable[[], Figure], formats: Iterable[str]) -> RenderedFigure:
+    """Render the figure ``build()`` makes in ``formats`` ("png", "rgb"), each from a freshly built figure.
+
+    A fresh figure per format because drawing is not idempotent: constrained layout settles during a
+    figure's first draw, so a second draw of the same figure (a colour bar's spacing) can differ by a
+    few pixels. Each format is therefore exactly what :func:`figure_to_png` / :func:`figure_to_rgb`
+    (``add_figure`` in TensorBoard) make of a new figure, whichever sinks are present.
+
+    Example::
+
+        >>> out = render_figure(lambda: Figure(figsize=(2, 1)), {"png", "rgb"})
+        >>> out.png[:4], out.rgb.shape
+        (b'\\x89PNG', (100, 200, 3))
+    """
+    formats = _checked_formats(formats)
+    png = figure_to_png(build()) if "png" in formats else None
+    rgb = figure_to_rgb(build()) if "rgb" in formats else None
+    return RenderedFigure(png=png, rgb=rgb)
+
+
+def _checked_formats(formats: Iterable[str]) -> set[str]:
+    formats = set(formats)
+    unknown = formats - set(FORMATS)
+    if unknown:
+        raise ValueError(f"figure formats must be drawn from {FORMATS}, got {sorted(unknown)}")
+    return formats
+
+
+class ImageSink(Protocol):
+    """Where rendered figures go: :class:`~lightning_landscape.sinks.SinkSet` is one."""
+
+    @property
+    def figure_formats(self) -> set[str]: ...
+
+    def image(self, tag: str, rendered: RenderedFigure, step: int) -> None: ...
+
+
+class _Job:
+    __slots__ = ("args", "build", "done", "error", "formats", "kwargs", "rendered", "sink", "step", "tag")
+
+    def __init__(
+        self,
+        sink: ImageSink,
+        tag: str,
+        step: int,
+        build: Callable[..., Figure],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.sink, self.tag, self.step = sink, tag, step
+        self.build: Callable[..., Figure] | None = build
+        self.args, self.kwargs = args, kwargs
+        self.formats = _checked_formats(sink.figure_formats)  # read on the caller's thread
+        self.rendered: RenderedFigure | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            build, args, kwargs = self.build, self.args, self.kwargs
+            assert build is not None  # run() runs once, before the references are dropped
+            self.rendered = render_figure(lambda: build(*args, **kwargs), self.formats)
+        except Exception as err:  # reported at drain, never raised into training
+            self.error = err
+        finally:
+            self.build, self.args, self.kwargs = None, (), {}  # free the records as soon as possible
+            self.done.set()
+
+
+class FigureRenderer:
+    """Build and render figures on one background thread; deliver them on the caller's thread, in order.
+
+    Args:
+        synchronous: build, render and deliver inside :meth:`submit`, on the caller's thread (tests,
+            debugging); errors are still collected and reported by :meth:`drain`.
+        max_pending: at most this many submitted jobs wait for delivery; :meth:`submit` waits for the
+            oldest beyond that (bounds the memory held by rendered images).
+        warn: how :meth:`drain` reports failures (one message); default ``warnings.warn`` with a
+            ``RuntimeWarning``.
+
+    Example::
+
+        >>> from lightning_landscape.sinks import FileSink, SinkSet
+        >>> import tempfile
+        >>> sinks = SinkSet([FileSink(tempfile.mkdtemp())])
+        >>> renderer = FigureRenderer()
+        >>> renderer.submit(sinks, "landscape/empty", 3, Figure, figsize=(2, 2))
+        >>> renderer.drain()  # at the end of fit: wait, deliver in order, warn once about failures
+        >>> [p.name for p in sinks.sinks[0].directory.iterdir()]
+        ['landscape_empty_step00000003.png']
+        >>> renderer.close()
+    """
+
+    def __init__(
+        self, synchronous: bool = False, max_pending: int = 16, warn: Callable[[str], None] | None = None
+    ) -> None:
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise ValueError(f"`max_pending` must be a positive integer, got {max_pending!r}")
+        self.synchronous = synchronous
+        self.max_pending = max_pending
+        self._warn = warn
+        self.errors: list[tuple[str, int, BaseException]] = []  # (tag, step, error) not yet reported
+        self._pending: collections.deque[_Job] = collections.deque()  # submission order
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(
+        self, sink: ImageSink, tag: str, step: int, build: Callable[..., Figure], *args: Any, **kwargs: Any
+    ) -> None:
+        """Queue ``build(*args, **kwargs)`` to be rendered and written to ``sink`` under ``tag`` at ``step``.
+
+        Returns at once (after delivering the jobs already finished). ``args`` are used by the worker
+        later: pass records that are not modified afterwards.
+        """
+        job = _Job(sink, tag, step, build, args, kwargs)
+        if self.synchronous:
+            job.run()
+            self._deliver(job)
+            return
+        self.deliver_ready()
+        while len(self._pending) >= self.max_pending:
+            self._pending[0].done.wait()
+            self.deliver_ready()
+        self._pending.append(job)
+        self._ensure_worker()
+        self._queue.put(job)
+
+    def deliver_ready(self) -> int:
+        """Deliver the jobs finished so far, in submission order (up to the first unfinished); how many."""
+        count = 0
+        while self._pending and self._pending[0].done.is_set():
+            self._deliver(self._pending.popleft())
+            count += 1
+        return count
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait for every submitted job, deliver them in order, and warn once about any that failed.
+
+        With ``timeout`` (seconds per job), jobs still unfinished are left for a later call.
+        """
+        while self._pending:
+            if not self._pending[0].done.wait(timeout):
+                break
+            self.deliver_ready()
+        if self.errors:
+            errors, self.errors = self.errors, []
+            tag, step, first = errors[0]
+            message = (
+                f"lightning-landscape: {len(errors)} figure(s) could not be drawn or written; the first, "
+                f"{tag!r} at step {step}: {type(first).__name__}: {first}. "
+                "Records and scalars are unaffected."
+            )
+            if self._warn is not None:
+                self._warn(message)
+            else:
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+    def close(self) -> None:
+        """:meth:`drain`, then stop the worker thread (a later :meth:`submit` starts a new one)."""
+        self.drain()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+
+    @property
+    def pending(self) -> int:
+        """Jobs submitted and not yet delivered."""
+        return len(self._pending)
+
+    def _deliver(self, job: _Job) -> None:
+        if job.error is None:
+            try:
+                assert job.rendered is not None
+                job.sink.image(job.tag, job.rendered, job.step)
+            except Exception as err:
+                job.error = err
+        if job.error is not None:
+            self.errors.append((job.tag, job.step, job.error))
+        job.rendered = None
+
+    def _ensure_worker(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._work, args=(self._queue,), name="lightning-landscape-figures", daemon=True
+            )
+            self._thread.start()
+
+    @staticmethod
+    def _work(jobs: queue.SimpleQueue[_Job | None]) -> None:
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            job.run()
