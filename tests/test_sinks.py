@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import struct
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -205,23 +204,21 @@ def test_wandb_offline_gets_images_and_scalars(trainer_kwargs, tmp_path, monkeyp
         warnings.simplefilter("always")
         trainer, _, cb = fit(trainer_kwargs, logger, max_epochs=1)
     logger.experiment.finish()
+    # teardown() shuts wandb's service process down and waits for it to exit (Process.join): after it, the
+    # offline transaction log is complete on disk, so one read is enough (no polling, no clock).
+    import wandb
+
+    wandb.teardown()
     failures = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert not failures, failures
     step = trainer.global_step
 
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    # wandb's service process may still be flushing the offline file after finish(): read it again for a
-    # few seconds until the run's last row is there (seen empty once on a loaded machine).
-    for _ in range(50):
-        history = []
-        for record in read_wandb_offline_run(run_file):
-            if record.WhichOneof("record_type") == "history":
-                history.append(
-                    {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
-                )
-        if any("landscape/final/loss/centre" in h for h in history):
-            break
-        time.sleep(0.2)
+    history = [
+        {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
+        for record in read_wandb_offline_run(run_file)
+        if record.WhichOneof("record_type") == "history"
+    ]
     scalars = [h for h in history if "landscape/final/loss/centre" in h]
     assert len(scalars) == 1, [sorted(h) for h in history] and scalars[0]["trainer/global_step"] == step
     assert scalars[0]["landscape/final/loss/centre"] == pytest.approx(final_surface(cb).centre_loss, rel=1e-6)
