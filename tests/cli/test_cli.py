@@ -20,7 +20,7 @@ from lightning_landscape.cli.main import Run, format_table, main, record_scalars
 from lightning_landscape.plots.landscape import comparison_figure, shared_levels
 from lightning_landscape.records.record import MetricsRecord, save_record
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_run(
