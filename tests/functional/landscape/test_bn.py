@@ -178,7 +178,7 @@ class _ItemBN(nn.Module):
 def test_auto_falls_back_to_the_loop_with_a_note(monkeypatch):
     from lightning_landscape.functional.landscape import engine as engine_module
 
-    monkeypatch.setattr(engine_module, "_auto_engine", lambda m, p: "vmap")  # as on an accelerator
+    monkeypatch.setattr(engine_module, "auto_engine", lambda m, p: "vmap")  # as on an accelerator
     torch.manual_seed(0)
     model = _ItemBN()
     g = torch.Generator().manual_seed(0)
