@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.bn_models import accuracy, bn_batches, bn_cnn, ce, naive_point, train_steps, weights
+from helpers.bn_models import state_copy as _state
 from torch import nn
 
 from lightning_landscape.functional import (
@@ -28,10 +29,6 @@ def trained():
     initial = copy.deepcopy(model)
     train_steps(model, batches, epochs=3)
     return initial, model, w_init, b_init, batches[:3]
-
-
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def _assert_restored(model, before, flags, momenta, rng):

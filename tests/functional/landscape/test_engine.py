@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from helpers.bn_models import state_copy as _state
 from helpers.engine_cases import probe_case
+from helpers.exact_hessian import ce as _ce
 from torch import nn
-from torch.nn import functional as F
 
 from lightning_landscape import LossLandscapeCallback
 from lightning_landscape.functional import (
@@ -17,10 +18,6 @@ from lightning_landscape.functional import (
 )
 from lightning_landscape.functional.landscape import engine as engine_module
 from lightning_landscape.functional.landscape.batched import auto_chunk_size
-
-
-def _ce(model, batch):
-    return F.cross_entropy(model(batch[0]), batch[1])
 
 
 class ItemInForward(nn.Module):
@@ -37,10 +34,6 @@ class ItemInForward(nn.Module):
 
 def _case(kind: str):
     return probe_case(ItemInForward if kind == "item" else kind)
-
-
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "transformer"])
