@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.models import TinyNet, ce_loss, loader
+from helpers.models import first_batches as first
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -33,10 +34,6 @@ def fit(kwargs: dict[str, Any], model, train_loader, callbacks, **over):
     trainer = pl.Trainer(**{**kwargs, **over}, callbacks=callbacks)
     trainer.fit(model, train_loader, ckpt_path=ckpt_path)
     return trainer
-
-
-def first(dl, n):
-    return [b for _, b in zip(range(n), dl)]
 
 
 # --------------------------------------------------------------------------- precision

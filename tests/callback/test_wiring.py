@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.models import TinyNet, loader
+from helpers.models import first_batches as first
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -50,10 +51,6 @@ def images(n: int = 32, batch_size: int = 8) -> DataLoader:
     x = torch.randn(n, 1, 8, 8, generator=g) * 2 + 1  # off-centre inputs: the BN statistics move
     y = (x.mean(dim=(1, 2, 3)) > 1).long() + (x[:, 0, 0, 0] > 1).long()
     return DataLoader(TensorDataset(x, y), batch_size=batch_size)
-
-
-def first(dl: DataLoader, n: int) -> list[Any]:
-    return [b for _, b in zip(range(n), dl)]
 
 
 @torch.no_grad()

@@ -61,6 +61,11 @@ def train_steps(model: nn.Module, batches: Sequence[Any], epochs: int = 3, lr: f
     return model
 
 
+def state_copy(model: nn.Module) -> dict[str, Tensor]:
+    """A copy of ``model.state_dict()``, to compare against after observing."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
 def weights(model: nn.Module) -> list[Tensor]:
     return [p.detach().clone() for _, p in landscape_parameters(model)]
 

@@ -83,6 +83,11 @@ def ce_loss(model: nn.Module, batch: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
+def first_batches(dl: DataLoader, n: int) -> list[Any]:
+    """The first ``n`` batches ``dl`` yields."""
+    return [b for _, b in zip(range(n), dl)]
+
+
 def naive_mean_loss(model: nn.Module, batches: list[Any]) -> float:
     """Reference: mean loss over ``batches`` with the model in eval mode (mode restored after)."""
     was_training = model.training

@@ -28,7 +28,7 @@ from lightning_landscape.functional.landscape.batched import evaluate_points_bat
 from lightning_landscape.functional.landscape.bn import BufferPlan, recompute_session, statistics_pass
 from lightning_landscape.functional.landscape.params import Direction, LossFn, WeightPerturbation, observation
 
-__all__ = ["Engine", "Evaluation", "Progress", "check_engine", "evaluate_points"]
+__all__ = ["Engine", "Evaluation", "Progress", "auto_engine", "check_engine", "evaluate_points"]
 
 #: ``progress(done, total)``: called from Python as points are dispatched (no host sync), monotone,
 #: ending with ``done == total``.
@@ -62,7 +62,7 @@ class Evaluation:
     note: str | None = None
 
 
-def _auto_engine(model: nn.Module, params: Sequence[Tensor]) -> Engine:
+def auto_engine(model: nn.Module, params: Sequence[Tensor]) -> Engine:
     """The "auto" rule, deterministic so that identical runs give identical records.
 
     Batched where it pays, on accelerators: one vmapped forward pass over a chunk of points replaces
@@ -113,7 +113,7 @@ def evaluate_points(
     ``engine="loop"`` moves the weights in place from a saved copy for each point (foreach kernels,
     no model copies, no host sync per point); ``"vmap"`` evaluates chunks of ``chunk_size`` points
     (default: from a memory budget) in one vmapped forward pass and raises if the model cannot be
-    vmapped. ``"auto"`` is batched on accelerators and the loop on the CPU (see :func:`_auto_engine`);
+    vmapped. ``"auto"`` is batched on accelerators and the loop on the CPU (see :func:`auto_engine`);
     a model that cannot be vmapped goes to the loop (``Evaluation.note`` says so). ``"compile"``: the
     loop's points through a ``torch.compile``-d evaluation
     (:mod:`~lightning_landscape.functional.landscape.engine`).
@@ -178,7 +178,7 @@ def evaluate_points(
     may_fall_back = engine == "auto"
     note: str | None = None
     if engine == "auto":
-        engine = _auto_engine(model, move.params)
+        engine = auto_engine(model, move.params)
         if engine == "vmap" and not plain and extra in _CANNOT_VMAP_EXTRA.get(model, set()):
             engine = "loop"
             note = "vmap failed earlier on this model; evaluated with the loop"

@@ -28,12 +28,10 @@ from lightning_landscape.functional.landscape.bn import (
     check_bn,
     landscape_buffers,
 )
-from lightning_landscape.functional.landscape.engine import (  # noqa: F401  (_CANNOT_VMAP, check_engine: re-exported)
-    _CANNOT_VMAP,
+from lightning_landscape.functional.landscape.engine import (  # noqa: F401  (check_engine: re-exported)
     Engine,
     Evaluation,
     Progress,
-    _auto_engine,
     check_engine,
     evaluate_points,
 )

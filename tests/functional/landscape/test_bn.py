@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.bn_models import accuracy, bn_batches, bn_cnn, ce, naive_point, train_steps, weights
+from helpers.bn_models import state_copy as _state
 from torch import nn
 
 from lightning_landscape.functional import (
@@ -28,10 +29,6 @@ def trained():
     initial = copy.deepcopy(model)
     train_steps(model, batches, epochs=3)
     return initial, model, w_init, b_init, batches[:3]
-
-
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def _assert_restored(model, before, flags, momenta, rng):
@@ -178,7 +175,7 @@ class _ItemBN(nn.Module):
 def test_auto_falls_back_to_the_loop_with_a_note(monkeypatch):
     from lightning_landscape.functional.landscape import engine as engine_module
 
-    monkeypatch.setattr(engine_module, "_auto_engine", lambda m, p: "vmap")  # as on an accelerator
+    monkeypatch.setattr(engine_module, "auto_engine", lambda m, p: "vmap")  # as on an accelerator
     torch.manual_seed(0)
     model = _ItemBN()
     g = torch.Generator().manual_seed(0)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_cli import make_run, run_main
+from helpers.cli_runs import make_run, run_main
 from torch import nn
 
 from lightning_landscape.records.record import SCALAR_GROUPS, LineRecord

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers.exact_hessian import Reference, ce, make_batches, mlp
 from torch import nn
 
 from lightning_landscape.functional import (
@@ -25,7 +26,6 @@ from lightning_landscape.functional import (
     trajectory_pca,
 )
 from lightning_landscape.functional.trust.sensitivity import basin_threshold, crossing_distance
-from tests.helpers.exact_hessian import Reference, ce, make_batches, mlp
 
 ROWS, COLS = 4, 5
 P = ROWS * COLS
@@ -288,7 +288,7 @@ def test_settings_and_thresholds_reject_bad_values():
 
 
 def test_the_model_is_left_as_it_was_with_batchnorm_and_dropout():
-    from tests.helpers.exact_hessian import cnn
+    from helpers.exact_hessian import cnn
 
     model, batches = cnn(0), make_batches("cnn")
     state = copy.deepcopy(model.state_dict())

@@ -8,6 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from helpers.exact_hessian import Reference, ce, cnn, make_batches
 
 from lightning_landscape.functional import (
     loss_surface,
@@ -20,7 +21,6 @@ from lightning_landscape.functional import (
 )
 from lightning_landscape.functional.trust.path import bilinear, subsample
 from lightning_landscape.records.record import SurfaceRecord
-from tests.helpers.exact_hessian import Reference, ce, cnn, make_batches
 
 
 def _walk(n: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.engine_cases import probe_case
+from helpers.exact_hessian import ce as _ce
 from torch import nn
 from torch._dynamo.testing import CompileCounter
 from torch._dynamo.utils import counters
@@ -24,10 +25,6 @@ from lightning_landscape.functional import (
 from lightning_landscape.functional.landscape import engine as compiled_module
 from lightning_landscape.functional.landscape.engine import CompileFallbackWarning, compile_settings
 from lightning_landscape.functional.landscape.surface import check_engine
-
-
-def _ce(model, batch):
-    return F.cross_entropy(model(batch[0]), batch[1])
 
 
 def _fresh_loss():

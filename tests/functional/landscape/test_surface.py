@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers.exact_hessian import ce as _ce
 from torch import nn
 
 from lightning_landscape.functional import (
@@ -32,11 +33,6 @@ def _model() -> nn.Module:
 def _batches(n: int = 3):
     g = torch.Generator().manual_seed(1)
     return [(torch.randn(5, 1, 6, 6, generator=g), torch.randint(0, 3, (5,), generator=g)) for _ in range(n)]
-
-
-def _ce(model, batch):
-    x, y = batch
-    return nn.functional.cross_entropy(model(x), y)
 
 
 def _naive_surface(model, batches, d1, d2, xs, ys):

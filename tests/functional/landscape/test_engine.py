@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from helpers.bn_models import state_copy as _state
 from helpers.engine_cases import probe_case
+from helpers.exact_hessian import ce as _ce
 from torch import nn
-from torch.nn import functional as F
 
 from lightning_landscape import LossLandscapeCallback
 from lightning_landscape.functional import (
@@ -16,13 +17,7 @@ from lightning_landscape.functional import (
     loss_surface,
 )
 from lightning_landscape.functional.landscape import engine as engine_module
-from lightning_landscape.functional.landscape import surface as surface_module
 from lightning_landscape.functional.landscape.batched import auto_chunk_size
-from lightning_landscape.functional.landscape.surface import _evaluate_points
-
-
-def _ce(model, batch):
-    return F.cross_entropy(model(batch[0]), batch[1])
 
 
 class ItemInForward(nn.Module):
@@ -39,10 +34,6 @@ class ItemInForward(nn.Module):
 
 def _case(kind: str):
     return probe_case(ItemInForward if kind == "item" else kind)
-
-
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "transformer"])
@@ -71,20 +62,20 @@ def test_auto_is_the_loop_on_the_cpu_bit_for_bit(kind):
     loop = loss_surface(model, _ce, batches, dirs, resolution=5, engine="loop").losses
     auto = loss_surface(model, _ce, batches, dirs, resolution=5, engine="auto", chunk_size=4).losses
     np.testing.assert_array_equal(auto, loop)  # deterministic: identical runs give identical records
-    assert surface_module._auto_engine(model, _params) == "loop"
+    assert engine_module.auto_engine(model, _params) == "loop"
 
 
 def test_unbatchable_module_falls_back_to_the_loop_quietly(recwarn, monkeypatch):
     # "auto" batches on accelerators; pretend to be on one so that the fallback path runs here.
     monkeypatch.setattr(
-        engine_module, "_auto_engine", lambda m, p: "loop" if m in surface_module._CANNOT_VMAP else "vmap"
+        engine_module, "auto_engine", lambda m, p: "loop" if m in engine_module._CANNOT_VMAP else "vmap"
     )
     model, batches, _params, dirs = _case("item")
     before = _state(model)
     loop = loss_surface(model, _ce, batches, dirs, resolution=3, engine="loop").losses
     auto = loss_surface(model, _ce, batches, dirs, resolution=3).losses
     np.testing.assert_array_equal(auto, loop)
-    assert model in surface_module._CANNOT_VMAP
+    assert model in engine_module._CANNOT_VMAP
     assert not [w for w in recwarn if "vmap" in str(w.message) or "batch" in str(w.message)]
     with pytest.raises(RuntimeError):
         loss_surface(model, _ce, batches, dirs, resolution=3, engine="vmap")
@@ -136,7 +127,8 @@ def test_loop_path_has_no_host_sync_per_point(monkeypatch):
 
         monkeypatch.setattr(torch.Tensor, name, spy)
     coefficients = np.stack(np.meshgrid(np.linspace(-1, 1, 5), np.linspace(-1, 1, 5)), -1).reshape(-1, 2)
-    out = _evaluate_points(model, _ce, batches, params, dirs, coefficients, engine="loop")
+    out = engine_module.evaluate_points(model, _ce, batches, params, dirs, coefficients, engine="loop")
+    out = out.losses.mean(axis=1)  # the mean over batches, on the host: after the transfer
     monkeypatch.undo()
     assert out.shape == (25,)
     assert syncs == ["cpu", "numpy"]  # the single transfer of all 25 values at the end

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers.exact_hessian import ce as _ce
 from torch import nn
 
 from lightning_landscape.functional import PointShard, average_sharpness, hessian_trace
@@ -14,10 +15,6 @@ def _case():
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(8, 5, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(2)]
     return model, batches
-
-
-def _ce(model, batch):
-    return nn.functional.cross_entropy(model(batch[0]), batch[1])
 
 
 def _two_ranks(run):
