@@ -45,60 +45,58 @@ class LossLandscapeCallback(CallbackOptions, Callback):
     (:func:`lightning_landscape.load_records`); ``records`` holds those of the latest ``fit``.
 
     Evaluation runs on the trainer's device, in its precision context, on the first ``num_batches``
-    training batches (moved to the device once), in eval mode. Weights, buffers, train/eval flags and
-    random state are restored afterwards: training is bit-identical with and without the callback. A
-    callback reused for another ``fit`` starts fresh unless that ``fit`` resumes from a checkpoint.
+    training batches (moved to the device once), in eval mode, through the module's ``training_step``
+    (``self.log`` silenced) unless ``loss_fn`` is given. Weights, buffers, train/eval flags and random
+    state are restored afterwards: training is bit-identical with and without the callback. A callback
+    reused for another ``fit`` starts fresh unless that ``fit`` resumes from a checkpoint.
 
-    Each option in one line below; docs/configuration.md ("Every option") explains each in full.
+    Every option is a keyword, in seven groups; each has one line below with its default, and
+    docs/configuration.md ("Every option") explains each in full, with one example per group.
 
     Args:
-        every_n_epochs: period of the low-resolution surface; ``None`` for the final one only.
-        resolution: points per axis of periodic surfaces (odd).
-        final_resolution: points per axis of the final surface (odd).
-        line_resolution: points of each 1-D line (odd).
-        directions: ``"pca"`` (trajectory PCA), ``"random"`` (filter-normalized Gaussian) or ``"hessian"``
-            (unit eigenvectors of ``lambda_max`` and ``lambda_min``; a span ``s`` is a distance ``s``).
-        span: half-width of the grid, or a ``(low, high)`` pair, in units of the directions; by default
-            the PCA grid covers the path plus ``margin``, other directions use 1.0.
-        margin: extra room around the path as a fraction of its extent.
-        num_batches: number of training batches in the probe set.
-        probe_dataloader: batches to use instead of the training loader's first ``num_batches``.
-        loss_fn: ``loss_fn(model, batch) -> scalar tensor``; by default the module's ``training_step``
-            with ``self.log`` silenced. Required under manual optimization.
-        snapshot_every_n_steps: snapshot cadence in optimizer steps (default 10; not with the next).
-        snapshot_every_n_epochs: snapshot cadence in epochs (instead of steps).
-        max_snapshots: snapshot buffer size; when full, every other snapshot is dropped, the cadence halves.
-        seed: seed of the random directions and of the metrics' random probes.
-        include_1d: give random directions non-zero 1-D parts (biases, norm weights).
-        interpolation_range: alpha range of the line from the initial (0) to the current (1) weights.
-        final: compute the final surface, lines and metrics when training ends.
-        save_records: write ``.npz`` + ``.json`` records under ``<log_dir>/landscape/``.
-        log_figures: send figures to the loggers (scalars are always sent).
-        name: records under ``landscape/NAME/``, tags ``landscape/NAME/...``; required (distinct) with
-            several of these callbacks in one trainer; part of ``state_key``.
-        snapshot_dtype: storage dtype of the snapshots (default float32; float64 under ``64-true``).
-        snapshot_budget_bytes: most bytes of snapshots kept in memory.
-        snapshot_storage: ``"memory"``, ``"memmap"`` (a file beside the records) or ``"auto"``.
-        metrics: curvature and sharpness scalars with every periodic surface: names from ``"eigenvalues"``,
-            ``"trace"``, ``"sam"``, ``"average"``, or a mapping name -> options (``{"sam": {"rho": 0.1}}``);
-            ``None`` for none (see :mod:`lightning_landscape.callback.metrics`).
-        final_metrics: the same, computed at the end of training.
-        engine: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"compile"`` (needs ``loss_fn=``); see
-            :func:`lightning_landscape.functional.loss_surface`.
-        max_overhead: most work the periodic landscapes after the first may add, as a fraction of the
-            training work so far (counted, not timed), with the final landscape's work set aside; the
-            first periodic and the final landscape are always computed. ``None``: everything.
-        budget_final: hold the final landscape to ``max_overhead`` too (coarser, or skipped).
-        save_weights: write the initial and final weights, BatchNorm statistics and snapshots for
-            :func:`~lightning_landscape.compare_solutions` (``<log_dir>/landscape/[NAME/]weights/``).
-        save_weights_dtype: storage dtype of the saved weights (``torch.bfloat16`` halves the size).
-        save_weights_max_bytes: refuse (with a warning) to write more than this; ``None``: no limit.
-        bn: BatchNorm statistics at each point: ``"interpolate"``, ``"keep"`` or ``"recompute"``.
-        metric_fn: ``metric_fn(model, batch) -> scalar tensor`` (accuracy, say) evaluated beside the loss.
-        metric_name: the metric's name in records and figures.
-        reliability: the reliability indicators with every landscape (docs/reliability.md): ``True``,
-            ``False`` or a mapping of ``ReliabilitySettings`` and ``ReliabilityThresholds`` fields.
-        pca_centred: mean-centre the snapshots in the trajectory PCA (Li et al.'s convention).
+        **What to draw** (the plane, the grid, the lines):
+        directions (default ``"pca"``): trajectory ``"pca"``, ``"random"`` or ``"hessian"`` eigenvectors.
+        span (default ``None``): half-width of the grid or a ``(low, high)`` pair; ``None``: the path, or 1.0.
+        margin (default ``0.25``): room around the path, as a fraction of its extent.
+        resolution (default ``11``): points per axis of the periodic surfaces (odd).
+        final_resolution (default ``31``): points per axis of the final surface (odd).
+        line_resolution (default ``41``): points of each 1-D line (odd).
+        interpolation_range (default ``(-0.5, 1.5)``): alphas of the line initial (0) -> current (1) weights.
+        include_1d (default ``False``): give random directions non-zero 1-D parts (biases, norm weights).
+        pca_centred (default ``False``): mean-centre the snapshots in the trajectory PCA (Li et al.).
+        bn (default ``"interpolate"``): BatchNorm statistics at each point; or ``"keep"``, ``"recompute"``.
+        seed (default ``0``): seed of the random directions and of the metrics' random probes.
+        **When** (the periodic and the final landscape):
+        every_n_epochs (default ``1``): period of the low-resolution surface; ``None``: the final one only.
+        final (default ``True``): a high-resolution surface, lines and metrics when training ends.
+        **On what data** (the probe batches, and what is evaluated on them):
+        num_batches (default ``4``): how many of the first training batches make the probe set.
+        probe_dataloader (default ``None``): batches to use instead of the training loader's.
+        loss_fn (default ``None``): ``loss_fn(model, batch) -> scalar``; required under manual optimization.
+        metric_fn (default ``None``): ``metric_fn(model, batch) -> scalar`` (accuracy, say) beside the loss.
+        metric_name (default ``"metric"``): the metric's name in records and figures.
+        engine (default ``"auto"``): ``"auto"``, ``"loop"``, ``"vmap"`` or ``"compile"`` (needs ``loss_fn``).
+        **Which metrics** (curvature, sharpness and reliability scalars):
+        metrics (default ``("eigenvalues", "sam")``): with every periodic surface; names, or name -> options.
+        final_metrics (default ``("eigenvalues", "trace", "sam", "average")``): the same, at the end.
+        reliability (default ``True``): the reliability indicators with every landscape; or their settings.
+        **The budget** (how much the landscapes may add to training):
+        max_overhead (default ``0.1``): most work the periodic landscapes add, a fraction of training's.
+        budget_final (default ``False``): hold the final landscape to ``max_overhead`` too (coarser, or none).
+        **Snapshots and storage** (the trajectory buffer, and where results go):
+        snapshot_every_n_steps (default ``None``): snapshot every n optimizer steps (10 unless by epochs).
+        snapshot_every_n_epochs (default ``None``): snapshot every n epochs instead.
+        max_snapshots (default ``64``): buffer size; when full, every other snapshot is dropped.
+        snapshot_dtype (default ``None``): storage dtype of the snapshots, or its name; ``None``: float32.
+        snapshot_budget_bytes (default ``None``): most bytes of snapshots kept in memory.
+        snapshot_storage (default ``"auto"``): ``"memory"``, ``"memmap"`` (a file beside the records).
+        name (default ``None``): records in ``landscape/NAME/``; distinct names for several callbacks.
+        save_records (default ``True``): write ``.npz`` + ``.json`` records under ``<log_dir>/landscape/``.
+        log_figures (default ``True``): send figures to the loggers (scalars are always sent).
+        **Saving weights** (for :func:`~lightning_landscape.compare_solutions`):
+        save_weights (default ``False``): write the initial and final weights and the snapshots at the end.
+        save_weights_dtype (default ``None``): their storage dtype (``torch.bfloat16`` halves the size).
+        save_weights_max_bytes (default 2 GiB): refuse (with a warning) to write more; ``None``: no limit.
 
     Under DDP every rank evaluates its share of the points, the values are gathered; the probe batches
     are rank zero's; only rank zero writes and logs. Sharded strategies are refused at fit start.
@@ -119,42 +117,50 @@ class LossLandscapeCallback(CallbackOptions, Callback):
 
     def __init__(
         self,
-        every_n_epochs: int | None = 1,
-        resolution: int = 11,
-        final_resolution: int = 31,
-        line_resolution: int = 41,
+        *,
+        # what to draw
         directions: Literal["pca", "random", "hessian"] = "pca",
         span: float | tuple[float, float] | None = None,
         margin: float = 0.25,
+        resolution: int = 11,
+        final_resolution: int = 31,
+        line_resolution: int = 41,
+        interpolation_range: tuple[float, float] = (-0.5, 1.5),
+        include_1d: bool = False,
+        pca_centred: bool = False,
+        bn: Literal["interpolate", "keep", "recompute"] = "interpolate",
+        seed: int = 0,
+        # when
+        every_n_epochs: int | None = 1,
+        final: bool = True,
+        # on what data
         num_batches: int = 4,
         probe_dataloader: Iterable[Any] | None = None,
         loss_fn: LossFn | None = None,
+        metric_fn: LossFn | None = None,
+        metric_name: str = "metric",
+        engine: Literal["auto", "loop", "vmap", "compile"] = "auto",
+        # which metrics
+        metrics: MetricSpec = DEFAULT_METRICS,
+        final_metrics: MetricSpec = DEFAULT_FINAL_METRICS,
+        reliability: bool | Mapping[str, Any] = True,
+        # the budget
+        max_overhead: float | None = 0.1,
+        budget_final: bool = False,
+        # snapshots and storage
         snapshot_every_n_steps: int | None = None,
         snapshot_every_n_epochs: int | None = None,
         max_snapshots: int = 64,
-        seed: int = 0,
-        include_1d: bool = False,
-        interpolation_range: tuple[float, float] = (-0.5, 1.5),
-        final: bool = True,
-        save_records: bool = True,
-        log_figures: bool = True,
-        name: str | None = None,
         snapshot_dtype: torch.dtype | Literal["float32", "float64", "bfloat16", "float16"] | None = None,
         snapshot_budget_bytes: int | None = None,
         snapshot_storage: Literal["auto", "memory", "memmap"] = "auto",
-        metrics: MetricSpec = DEFAULT_METRICS,
-        final_metrics: MetricSpec = DEFAULT_FINAL_METRICS,
-        engine: Literal["auto", "loop", "vmap", "compile"] = "auto",
-        max_overhead: float | None = 0.1,
-        budget_final: bool = False,
+        name: str | None = None,
+        save_records: bool = True,
+        log_figures: bool = True,
+        # saving weights
         save_weights: bool = False,
         save_weights_dtype: torch.dtype | Literal["float32", "float64", "bfloat16", "float16"] | None = None,
         save_weights_max_bytes: int | None = DEFAULT_MAX_BYTES,
-        bn: Literal["interpolate", "keep", "recompute"] = "interpolate",
-        metric_fn: LossFn | None = None,
-        metric_name: str = "metric",
-        reliability: bool | Mapping[str, Any] = True,
-        pca_centred: bool = False,
     ) -> None:
         indicators = self._set_options(locals())  # every argument, checked (see CallbackOptions)
         self.schedule = LandscapeSchedule(

@@ -27,6 +27,7 @@ MetricSpec = Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None
 
 # The one list of settings: (attribute, part of state_key). The state_key takes those that shape the
 # checkpointed state or the records (not the output switches); the loggers' settings text shows them all.
+# Its order is not the constructor's groups: the state_key is built in this order, and checkpoints carry it.
 SETTINGS = (
     *[(n, True) for n in ("name", "every_n_epochs", "directions", "seed", "include_1d", "resolution")],
     *[(n, True) for n in ("final_resolution", "line_resolution", "span", "margin", "num_batches")],
@@ -61,91 +62,106 @@ class CallbackOptions:
         ValueError: `resolution` must be an odd integer >= 3 (so the grid contains its centre), got 4
     """
 
-    every_n_epochs: int | None
-    resolution: int
-    final_resolution: int
-    line_resolution: int
+    # what to draw
     directions: str
     span: float | tuple[float, float] | None
     margin: float
+    resolution: int
+    final_resolution: int
+    line_resolution: int
+    interpolation_range: tuple[float, float]
+    include_1d: bool
+    pca_centred: bool
+    bn: str
+    seed: int
+    # when
+    every_n_epochs: int | None
+    final: bool
+    # on what data
     num_batches: int
     probe_dataloader: Iterable[Any] | None
     loss_fn: LossFn | None
+    metric_fn: LossFn | None
+    metric_name: str
+    engine: Engine
+    # which metrics
+    metrics: dict[str, dict[str, Any]]
+    final_metrics: dict[str, dict[str, Any]]
+    reliability: bool | Mapping[str, Any]
+    # the budget
+    max_overhead: float | None
+    budget_final: bool
+    # snapshots and storage
     snapshot_every_n_steps: int | None
     snapshot_every_n_epochs: int | None
     max_snapshots: int
-    seed: int
-    include_1d: bool
-    interpolation_range: tuple[float, float]
-    final: bool
-    save_records: bool
-    log_figures: bool
-    name: str | None
     snapshot_dtype: torch.dtype | None
     snapshot_budget_bytes: int | None
     snapshot_storage: str
-    metrics: dict[str, dict[str, Any]]
-    final_metrics: dict[str, dict[str, Any]]
-    engine: Engine
-    max_overhead: float | None
-    budget_final: bool
+    name: str | None
+    save_records: bool
+    log_figures: bool
+    # saving weights
     save_weights: bool
     save_weights_dtype: torch.dtype | None
     save_weights_max_bytes: int | None
-    bn: str
-    metric_fn: LossFn | None
-    metric_name: str
-    reliability: bool | Mapping[str, Any]
-    pca_centred: bool
 
     def _set_options(self, arguments: Mapping[str, Any]) -> Indicators:
-        """Check the constructor's ``arguments`` (every one, by name) in the order of the signature and
-        keep them as attributes; returns the reliability indicators."""
+        """Check the constructor's ``arguments`` (every one, by name) group by group, in the order of the
+        signature, and keep them as attributes; returns the reliability indicators."""
         a = arguments
-        self.every_n_epochs = check.positive_int("every_n_epochs", a["every_n_epochs"], allow_none=True)
-        self.num_batches = check.positive_int("num_batches", a["num_batches"])
-        self.resolution = check.odd_int("resolution", a["resolution"])
-        self.final_resolution = check.odd_int("final_resolution", a["final_resolution"])
-        self.line_resolution = check.odd_int("line_resolution", a["line_resolution"])
-        for arg in ("resolution", "final_resolution"):
-            check.grid_fits_memory(arg, getattr(self, arg), a["num_batches"])
+        # what to draw
         self.directions = check.choice("directions", a["directions"], ("pca", "random", "hessian"))
         check.span_pair("span", a["span"])
         self.span = a["span"]
         self.margin = check.number("margin", a["margin"], 0, 10)
+        self.resolution = check.odd_int("resolution", a["resolution"])
+        self.final_resolution = check.odd_int("final_resolution", a["final_resolution"])
+        self.line_resolution = check.odd_int("line_resolution", a["line_resolution"])
+        self.interpolation_range = check.value_range("interpolation_range", a["interpolation_range"])
+        self.include_1d = check.boolean("include_1d", a["include_1d"])
+        self.pca_centred = check.boolean("pca_centred", a["pca_centred"])
+        self.bn = check.choice("bn", a["bn"], ("interpolate", "keep", "recompute"))
+        self.seed = check.integer("seed", a["seed"])
+        # when
+        self.every_n_epochs = check.positive_int("every_n_epochs", a["every_n_epochs"], allow_none=True)
+        self.final = check.boolean("final", a["final"])
+        # on what data
+        self.num_batches = check.positive_int("num_batches", a["num_batches"])
+        for arg in ("resolution", "final_resolution"):
+            check.grid_fits_memory(arg, getattr(self, arg), self.num_batches)
         self.probe_dataloader = check.iterable_arg("probe_dataloader", a["probe_dataloader"])
         self.loss_fn = check.callable_arg("loss_fn", a["loss_fn"], "loss_fn(model, batch)")
+        self.metric_fn = check.callable_arg("metric_fn", a["metric_fn"], "metric_fn(model, batch)")
+        if not isinstance(a["metric_name"], str) or not a["metric_name"]:
+            raise ValueError(f"`metric_name` must be a non-empty string, got {a['metric_name']!r}")
+        self.metric_name = a["metric_name"]
+        self.engine = cast(Engine, check.choice("engine", a["engine"], ("auto", "loop", "vmap", "compile")))
+        # which metrics
+        self.metrics = resolve_metrics(a["metrics"], final=False, seed=self.seed, argument="metrics")
+        self.final_metrics = resolve_metrics(
+            a["final_metrics"], final=True, seed=self.seed, argument="final_metrics"
+        )
+        self.reliability = a["reliability"]
+        indicators = Indicators(a["reliability"])
+        # the budget
+        self.max_overhead = check.positive_number("max_overhead", a["max_overhead"], allow_none=True)
+        self.budget_final = check.boolean("budget_final", a["budget_final"])
+        # snapshots and storage
         self._set_cadence(a["snapshot_every_n_steps"], a["snapshot_every_n_epochs"], a["max_snapshots"])
-        self.seed = check.integer("seed", a["seed"])
-        self.interpolation_range = check.value_range("interpolation_range", a["interpolation_range"])
-        for arg in ("include_1d", "final", "save_records", "log_figures"):
-            setattr(self, arg, check.boolean(arg, a[arg]))
-        self.name = check.name_arg("name", a["name"])
         self.snapshot_dtype = _dtype("snapshot_dtype", a["snapshot_dtype"])
         budget = a["snapshot_budget_bytes"]
         self.snapshot_budget_bytes = check.positive_int("snapshot_budget_bytes", budget, allow_none=True)
         storage = a["snapshot_storage"]
         self.snapshot_storage = check.choice("snapshot_storage", storage, ("auto", "memory", "memmap"))
-        seed = a["seed"]
-        self.metrics = resolve_metrics(a["metrics"], final=False, seed=seed, argument="metrics")
-        self.final_metrics = resolve_metrics(
-            a["final_metrics"], final=True, seed=seed, argument="final_metrics"
-        )
-        self.engine = cast(Engine, check.choice("engine", a["engine"], ("auto", "loop", "vmap", "compile")))
-        self.max_overhead = check.positive_number("max_overhead", a["max_overhead"], allow_none=True)
-        self.budget_final = check.boolean("budget_final", a["budget_final"])
+        self.name = check.name_arg("name", a["name"])
+        self.save_records = check.boolean("save_records", a["save_records"])
+        self.log_figures = check.boolean("log_figures", a["log_figures"])
+        # saving weights
         self.save_weights = check.boolean("save_weights", a["save_weights"])
         self.save_weights_dtype = _dtype("save_weights_dtype", a["save_weights_dtype"])
         limit = a["save_weights_max_bytes"]
         self.save_weights_max_bytes = check.positive_int("save_weights_max_bytes", limit, allow_none=True)
-        self.bn = check.choice("bn", a["bn"], ("interpolate", "keep", "recompute"))
-        self.metric_fn = check.callable_arg("metric_fn", a["metric_fn"], "metric_fn(model, batch)")
-        if not isinstance(a["metric_name"], str) or not a["metric_name"]:
-            raise ValueError(f"`metric_name` must be a non-empty string, got {a['metric_name']!r}")
-        self.metric_name = a["metric_name"]
-        self.reliability = a["reliability"]
-        indicators = Indicators(a["reliability"])
-        self.pca_centred = check.boolean("pca_centred", a["pca_centred"])
         return indicators
 
     def _set_cadence(self, every_n_steps: Any, every_n_epochs: Any, max_snapshots: Any) -> None:

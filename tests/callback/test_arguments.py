@@ -1,10 +1,15 @@
-"""Every constructor argument, wrong: a ValueError at construction naming it, or a fit that completes."""
+"""Every constructor argument, wrong: a ValueError at construction naming it, or a fit that completes;
+and every argument documented in exactly one group, with its default (issue 20.5)."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 import math
+import re
 import warnings
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -112,3 +117,118 @@ def test_odd_but_valid_values_never_stop_training(trainer_kwargs, case):
         warnings.simplefilter("ignore")
         trainer.fit(TinyNet(), loader(32, 8))
     assert trainer.global_step == 8 and trainer.state.finished
+
+
+# ---------------------------------------------------------------- the options, documented in groups (20.5)
+
+CONFIGURATION_MD = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+PARAMETERS = inspect.signature(LossLandscapeCallback).parameters
+# Defaults the documentation states in words rather than as a Python literal.
+IN_WORDS = {"2 GiB": 2 * 1024**3}
+
+Groups = list[tuple[str, list[tuple[str, str]]]]  # [(title, [(option, its documented default)])]
+
+
+def docstring_groups(doc: str) -> Groups:
+    """The groups of the docstring's ``Args:`` section: ``**Title** (...):`` lines, then one line per option,
+    ``name (default VALUE): what it does`` (deeper-indented continuation lines are allowed)."""
+    lines = inspect.cleandoc(doc).split("\nArgs:\n", 1)[1].splitlines()
+    groups: Groups = []
+    for line in lines:
+        if not line.strip():
+            break  # the section ends at its first blank line
+        if line.startswith("     "):
+            continue  # a continuation line
+        if title := re.fullmatch(r"    \*\*(.+?)\*\* \(.+\):", line):
+            groups.append((title.group(1), []))
+        elif option := re.match(r"    (\w+) \(default (.+?)\): \S", line):
+            assert groups, f"an option before the first group: {line!r}"
+            groups[-1][1].append((option.group(1), option.group(2).strip("`")))
+        else:
+            raise AssertionError(f"neither a group nor an option: {line!r}")
+    return groups
+
+
+def markdown_groups(text: str) -> Groups:
+    """The groups of docs/configuration.md's "Every option": ``### Title``, then one bullet per option,
+    ``- **`name`** (default `VALUE`): ...``."""
+    section = text.split("\n## Every option\n", 1)[1].split("\n## ", 1)[0]
+    groups: Groups = []
+    for line in section.splitlines():
+        if line.startswith("### "):
+            groups.append((line[4:].strip(), []))
+        elif line.startswith("- **`"):
+            option = re.match(r"- \*\*`(\w+)`\*\* \(default (.+?)\): \S", line)
+            assert option and groups, f"an option without its default or before the first group: {line!r}"
+            groups[-1][1].append((option.group(1), option.group(2).strip("`")))
+    return groups
+
+
+def check_groups(groups: Groups, where: str) -> None:
+    """Seven groups; every option of the signature in exactly one, in the signature's order; no other."""
+    assert len(groups) == 7 and all(options for _, options in groups), f"{where}: {[t for t, _ in groups]}"
+    names = [name for _, options in groups for name, _ in options]
+    counts = Counter(names)
+    assert {n for n in PARAMETERS if counts[n] != 1} == set(), f"{where}: not in exactly one group"
+    assert set(names) == set(PARAMETERS), f"{where}: documents options that do not exist"
+    assert names == list(PARAMETERS), f"{where}: not in the order of the signature"
+
+
+def check_defaults(groups: Groups, where: str) -> None:
+    for _, options in groups:
+        for name, text in options:
+            value = IN_WORDS[text] if text in IN_WORDS else ast.literal_eval(text)
+            assert value == PARAMETERS[name].default, f"{where}: `{name}` documented as {text}"
+
+
+def test_every_option_is_a_keyword():
+    assert {p.kind for p in PARAMETERS.values()} == {inspect.Parameter.KEYWORD_ONLY}
+    with pytest.raises(TypeError):
+        LossLandscapeCallback(2)  # type: ignore[misc]
+
+
+def test_every_option_is_in_exactly_one_group_of_the_docstring_and_of_the_docs():
+    in_docstring = docstring_groups(LossLandscapeCallback.__doc__ or "")
+    in_docs = markdown_groups(CONFIGURATION_MD.read_text())
+    check_groups(in_docstring, "the docstring")
+    check_groups(in_docs, "docs/configuration.md")
+    assert [t for t, _ in in_docstring] == [t for t, _ in in_docs]
+    assert [[n for n, _ in o] for _, o in in_docstring] == [[n for n, _ in o] for _, o in in_docs]
+
+
+def test_the_documented_defaults_are_the_signatures():
+    check_defaults(docstring_groups(LossLandscapeCallback.__doc__ or ""), "the docstring")
+    check_defaults(markdown_groups(CONFIGURATION_MD.read_text()), "docs/configuration.md")
+
+
+def test_the_group_checks_catch_a_missing_a_doubled_and_a_stale_option():
+    doc = LossLandscapeCallback.__doc__ or ""
+    line = next(ln for ln in doc.splitlines() if ln.strip().startswith("margin (default"))
+    for broken in (
+        doc.replace(line + "\n", ""),  # missing
+        doc.replace(line, line + "\n" + line),  # in two places
+        doc.replace(line, line.replace("margin", "margins")),  # an option that does not exist
+    ):
+        with pytest.raises(AssertionError):
+            check_groups(docstring_groups(broken), "a broken docstring")
+    with pytest.raises(AssertionError):
+        check_defaults(docstring_groups(doc.replace("``0.25``", "``0.5``")), "a wrong default")
+
+
+def test_each_group_of_the_docs_has_one_example_of_its_options_that_constructs_the_callback():
+    text = CONFIGURATION_MD.read_text()
+    groups = text.split("\n## Every option\n", 1)[1].split("\n## ", 1)[0].split("\n### ")[1:]
+    options = dict(markdown_groups(text))
+    assert len(groups) == 7
+    for group in groups:
+        title = group.splitlines()[0]
+        examples = re.findall(r"```python\n(.*?)```", group, flags=re.S)
+        assert len(examples) == 1, title
+        calls = [n for n in ast.walk(ast.parse(examples[0])) if isinstance(n, ast.Call)]
+        used = {
+            k.arg for c in calls if getattr(c.func, "id", "") == "LossLandscapeCallback" for k in c.keywords
+        }
+        assert used and used <= {name for name, _ in options[title]}, f"{title}: {used}"
+        namespace: dict[str, Any] = {"torch": torch, "LossLandscapeCallback": LossLandscapeCallback}
+        exec(examples[0], namespace)  # a wrong value raises ValueError here
+        assert isinstance(namespace["cb"], LossLandscapeCallback), title

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ CALLBACK_ARGS: dict[str, Any] = {
     "max_overhead": None,
     "loss_fn": "helpers.models.ce_loss",
     "log_figures": False,
+    "save_weights_dtype": "float16",
 }
 
 
@@ -72,7 +75,7 @@ def _check_options(cb: LossLandscapeCallback) -> None:
     assert tuple(cb.span) == (-0.5, 1.0) and cb.interpolation_range == (-0.25, 1.25)
     assert cb.snapshot_dtype is torch.bfloat16 and cb.max_overhead is None
     assert cb.metrics["eigenvalues"]["max_iter"] == 4 and cb.metrics["sam"] == {"rho": 0.05}
-    assert list(cb.final_metrics) == ["eigenvalues"]
+    assert list(cb.final_metrics) == ["eigenvalues"] and cb.save_weights_dtype is torch.float16
     from helpers.models import ce_loss
 
     assert cb.loss_fn is ce_loss
@@ -136,3 +139,18 @@ def test_snapshot_dtype_by_name(given: Any, expected: torch.dtype) -> None:
 def test_snapshot_dtype_refuses_other_names(bad: Any) -> None:
     with pytest.raises(ValueError, match=r"`snapshot_dtype`.*bfloat16"):
         LossLandscapeCallback(snapshot_dtype=bad)
+
+
+def test_the_grouped_docstring_still_gives_every_option_its_help() -> None:
+    """LightningCLI's help reads the docstring (jsonargparse, docstring-parser): each option keeps its line,
+    and the group titles between them are no options."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(LossLandscapeCallback, "cb")
+    helps = {
+        a.dest[3:]: a.help for a in parser._actions if a.dest.startswith("cb.") and a.dest.count(".") == 1
+    }
+    lines = re.findall(r"^ {8}(\w+) \(default .+?\): (.+)$", LossLandscapeCallback.__doc__ or "", flags=re.M)
+    assert len(lines) == len(helps) == len(inspect.signature(LossLandscapeCallback).parameters)
+    assert helps == dict(lines)
