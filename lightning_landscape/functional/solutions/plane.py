@@ -214,9 +214,9 @@ def shared_plane_surface(
         margin: the box is widened by this fraction of its size on every side.
         buffers: ``(B0, B1, B2)``, each model's :func:`buffer_snapshot`.
         bn: ``"interpolate"`` the statistics over the triangle of the three models (the default when
-            ``buffers`` are given: each vertex is then the real model; outside the triangle, the
-            nearest point's), ``"keep"`` the model's current ones (the default without ``buffers``)
-            or ``"recompute"`` them at every point.
+            ``buffers`` are given: each vertex is then the real model; outside the triangle, those of
+            its Euclidean nearest point, :func:`nearest_point_of_triangle`), ``"keep"`` the model's
+            current ones (the default without ``buffers``) or ``"recompute"`` them at every point.
         metric_fn, metric_name, params, shard, engine, chunk_size: as in :func:`loss_surface`.
 
     Returns:
