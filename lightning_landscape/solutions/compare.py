@@ -211,7 +211,9 @@ def _frozen_values(
     if run.final_frozen is not None:
         return run.initial_frozen, run.final_frozen
     names = set(run.names)
-    own = {n: p.detach() for n, p in model.named_parameters() if n not in names and p.is_floating_point()}
+    own = {
+        n: p.detach().clone() for n, p in model.named_parameters() if n not in names and p.is_floating_point()
+    }
     if own:
         warnings.warn(
             f"`{which}`: {run.directory} was written before frozen parameters were saved: the model's own "
