@@ -355,6 +355,20 @@ def test_weights_written_before_frozen_parameters_were_saved(frozen_runs, tmp_pa
         )
     own = [_loss_of(states[k], batches) for k in ("a", "b")]
     np.testing.assert_allclose(result.barrier.losses[[0, -1]], own, rtol=1e-5)
+    # An old folder beside a new one with another backbone: the line interpolates the model's and its.
+    with pytest.warns(UserWarning, match="before frozen parameters were saved"):
+        result = compare_solutions(
+            model,
+            ce,
+            batches,
+            tmp_path / "a",
+            logs / "c",
+            shared_plane=False,
+            barrier_resolution=3,
+            save=False,
+        )
+    own = [_loss_of(states[k], batches) for k in ("a", "c")]
+    np.testing.assert_allclose(result.barrier.losses[[0, -1]], own, rtol=1e-5)
     manifest = json.loads((tmp_path / "a" / "landscape" / "weights" / MANIFEST).read_text())
     (tmp_path / "a" / "landscape" / "weights" / MANIFEST).write_text(
         json.dumps({**manifest, "format_version": 3})
