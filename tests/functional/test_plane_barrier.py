@@ -150,14 +150,19 @@ def test_shared_plane_surface(three_runs, engine):
         assert rec.losses[i, j] == pytest.approx(naive_point(init, point, batches, buf), rel=1e-5)
 
 
-def _brute_nearest(points, p, n=1500):
-    """The nearest of a dense barycentric sampling of the triangle to ``p``, and its ``(s, t)``."""
+def _triangle_samples(points, n=1500):
+    """A dense barycentric sampling of the triangle: the points and their ``(s, t)``."""
     s, t = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n))
     keep = s + t <= 1
-    s, t = s[keep], t[keep]
-    samples = points[0] + s[:, None] * (points[1] - points[0]) + t[:, None] * (points[2] - points[0])
-    k = int(np.argmin(np.linalg.norm(samples - p, axis=1)))
-    return samples[k], np.array([s[k], t[k]])
+    st = np.stack([s[keep], t[keep]], axis=1)
+    return points[0] + st @ (points[1:] - points[0]), st
+
+
+def _brute_nearest(samples, p):
+    """The nearest of the samples to ``p``, and its ``(s, t)``."""
+    points, st = samples
+    k = int(np.argmin(((points - p) ** 2).sum(axis=1)))
+    return points[k], st[k]
 
 
 def test_statistics_outside_the_triangle_are_the_nearest_points():
@@ -172,8 +177,9 @@ def test_statistics_outside_the_triangle_are_the_nearest_points():
         coords = np.concatenate([rng.uniform(-2.5, 4.0, size=(40, 2)), weights_ @ points])
         nearest = nearest_point_of_triangle(points, coords)
         st = barycentric_buffer_coefficients(points, coords)
+        samples = _triangle_samples(points, n=600)
         for p, q, c in zip(coords, nearest, st):
-            ref, _ = _brute_nearest(points, p, n=600)
+            ref, _ = _brute_nearest(samples, p)
             # Not farther than the best sample, and within the sampling's spacing of it.
             assert np.linalg.norm(p - q) <= np.linalg.norm(p - ref) + 1e-12
             assert np.linalg.norm(q - ref) < 0.02
@@ -203,9 +209,10 @@ def test_shared_plane_outside_the_triangle_uses_the_nearest_points_statistics(th
         (i, j) for i in range(7) for j in range(7) if not _inside(points, np.array([rec.xs[j], rec.ys[i]]))
     ]
     checked = 0
+    samples = _triangle_samples(points)
     for i, j in outside[::4]:
         x, y = rec.xs[j], rec.ys[i]
-        _, (s, t) = _brute_nearest(points, np.array([x, y]))
+        _, (s, t) = _brute_nearest(samples, np.array([x, y]))
         point = [o + x * a + y * b for o, a, b in zip(plane.origin, *plane.directions)]
         buf = {n: bufs[0][n] + s * (bufs[1][n] - bufs[0][n]) + t * (bufs[2][n] - bufs[0][n]) for n in bufs[0]}
         assert rec.losses[i, j] == pytest.approx(naive_point(init, point, batches, buf), rel=2e-4)
