@@ -17,9 +17,11 @@ directory still holds one run's records).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,6 +182,74 @@ def _load(run: RunLike, model: nn.Module, which: str) -> RunWeights:
     return load_run_weights(run, model)
 
 
+def _same_run(a: RunWeights, b: RunWeights) -> str | None:
+    """Why ``a`` and ``b`` are one run given twice (one folder, or copies of one write), else ``None``."""
+    import torch
+
+    if a.directory.resolve() == b.directory.resolve():
+        return f"both are {a.directory}"
+    frozen = a.final_frozen or {}, b.final_frozen or {}
+    if (
+        torch.equal(a.final, b.final)
+        and a.final_buffers.keys() == b.final_buffers.keys()
+        and all(torch.equal(t, b.final_buffers[k]) for k, t in a.final_buffers.items())
+        and frozen[0].keys() == frozen[1].keys()
+        and all(torch.equal(t, frozen[1][k]) for k, t in frozen[0].items())
+    ):
+        return f"{a.directory} and {b.directory} hold identical final weights (copies of one run?)"
+    return None
+
+
+def _frozen_values(
+    run: RunWeights, model: nn.Module, which: str
+) -> tuple[dict[str, Tensor] | None, dict[str, Tensor]]:
+    """The run's (initial, final) parameters outside the landscape (frozen ones); initial ``None``: unknown.
+
+    A folder written before they were saved (0.1) does not know them: the model's own values are used,
+    with a warning naming them.
+    """
+    if run.final_frozen is not None:
+        return run.initial_frozen, run.final_frozen
+    names = set(run.names)
+    own = {
+        n: p.detach().clone() for n, p in model.named_parameters() if n not in names and p.is_floating_point()
+    }
+    if own:
+        warnings.warn(
+            f"`{which}`: {run.directory} was written before frozen parameters were saved: the model's own "
+            f"values of {sorted(own)} are used for this run (save the run again to evaluate its own)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return own, own
+
+
+def _differing(x: Mapping[str, Tensor], y: Mapping[str, Tensor]) -> list[str]:
+    """The names whose tensors differ (bit for bit) between ``x`` and ``y`` (same keys)."""
+    import torch
+
+    return [n for n, t in x.items() if not torch.equal(t, y[n].to(t.device, t.dtype))]
+
+
+@contextlib.contextmanager
+def _loaded(model: nn.Module, values: Mapping[str, Tensor]) -> Iterator[None]:
+    """``values`` copied into the model's parameters of those names for the block; the model's own after."""
+    import torch
+
+    named = dict(model.named_parameters())
+    targets = [named[n] for n in values]
+    saved = [t.detach().clone() for t in targets]
+    try:
+        with torch.no_grad():
+            for t, v in zip(targets, values.values()):
+                t.copy_(v)
+        yield
+    finally:
+        with torch.no_grad():
+            for t, v in zip(targets, saved):
+                t.copy_(v)
+
+
 def compare_solutions(
     model: nn.Module,
     loss_fn: LossFn,
@@ -205,7 +275,9 @@ def compare_solutions(
     """The shared plane of two runs and the barrier between them; written as records, returned.
 
     Args:
-        model: the architecture both runs trained (its weights, buffers and modes are restored).
+        model: the architecture both runs trained, with any weights: each run's own are loaded, the
+            parameters outside the landscape (frozen ones) included, and the model's own are restored
+            afterwards (weights, buffers, modes).
         loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
         batches: probe batches on the model's device (the same for every point and both runs).
         run_a, run_b: each a run's log directory (holding one ``weights/`` folder), a weights folder, or
@@ -229,7 +301,9 @@ def compare_solutions(
 
     Raises:
         ValueError: a run without saved weights, weights that do not match ``model`` (naming the
-            difference), or runs that do not start from the same initialization.
+            difference), the same run given twice, or, for the shared plane, runs that do not start
+            from the same initialization (frozen parameters included) or whose frozen parameters
+            changed during training (naming them).
 
     Example::
 
@@ -258,6 +332,7 @@ def compare_solutions(
     import torch
 
     from lightning_landscape.functional.landscape.bn import check_bn, landscape_buffers
+    from lightning_landscape.functional.objective import work_dtype
     from lightning_landscape.functional.solutions.barrier import barrier
     from lightning_landscape.functional.solutions.plane import shared_plane_surface
 
@@ -271,6 +346,13 @@ def compare_solutions(
             f"`run_a` and `run_b` saved different parameters ({len(a.names)} and {len(b.names)} tensors): "
             "compare runs of one architecture"
         )
+    same = _same_run(a, b)
+    if same is not None:
+        raise ValueError(f"`run_a` and `run_b` are the same run ({same}): give two different runs")
+    (init_a, frozen_a), (init_b, frozen_b) = (
+        _frozen_values(a, model, "run_a"),
+        _frozen_values(b, model, "run_b"),
+    )
     with torch.no_grad():
         w0a, w0b = a.initial.double(), b.initial.double()
         scale = float(w0a.norm()) or 1.0
@@ -283,6 +365,24 @@ def compare_solutions(
             "`shared_plane=False` for the barrier alone"
         )
     la, lb = labels if labels is not None else run_labels(a, b)
+    if shared_plane:  # the plane holds the trainable parameters; the frozen ones must be one set
+        for label, initial, final in ((la, init_a, frozen_a), (lb, init_b, frozen_b)):
+            changed = sorted(final) if initial is None else _differing(initial, final)
+            if changed:
+                raise ValueError(
+                    f"the parameters outside the landscape {changed} changed during run {label!r} (or "
+                    "their initial values were not saved): the shared plane cannot hold that run's initial "
+                    "and final models; pass `shared_plane=False` for the barrier alone (it interpolates "
+                    "them), or `initial_frozen=` to `save_run_weights`"
+                )
+        assert init_a is not None and init_b is not None
+        differ = _differing(init_a, init_b)
+        if differ:
+            raise ValueError(
+                f"runs do not start from the same initialization: their frozen parameters {differ} differ; "
+                "the shared plane goes through one common initial model, so pass `shared_plane=False` for "
+                "the barrier alone"
+            )
     params = a.parameters_of(model)
 
     def place(flat: Tensor) -> list[Tensor]:
@@ -301,24 +401,25 @@ def compare_solutions(
     )
     surface: SurfaceRecord | None = None
     if shared_plane:
-        surface = shared_plane_surface(
-            model,
-            loss_fn,
-            batches,
-            w0,
-            w1,
-            w2,
-            trajectories=paths,
-            resolution=resolution,
-            margin=margin,
-            buffers=(a.initial_buffers, a.final_buffers, b.final_buffers) if has_buffers else None,
-            bn=surface_bn if has_buffers else None,
-            metric_fn=metric_fn,
-            metric_name=metric_name,
-            params=params,
-            engine=engine,
-            chunk_size=chunk_size,
-        )
+        with _loaded(model, frozen_a):
+            surface = shared_plane_surface(
+                model,
+                loss_fn,
+                batches,
+                w0,
+                w1,
+                w2,
+                trajectories=paths,
+                resolution=resolution,
+                margin=margin,
+                buffers=(a.initial_buffers, a.final_buffers, b.final_buffers) if has_buffers else None,
+                bn=surface_bn if has_buffers else None,
+                metric_fn=metric_fn,
+                metric_name=metric_name,
+                params=params,
+                engine=engine,
+                chunk_size=chunk_size,
+            )
         surface.meta.update(
             shared,
             name=SHARED_PLANE,
@@ -327,24 +428,35 @@ def compare_solutions(
             final_steps=[r.meta.get("global_step") for r in (a, b)],
         )
 
+    # The line between the two final models: frozen parameters equal in both are loaded, those that
+    # differ (two backbones, say) are interpolated with the trainable ones, so both ends are the runs'
+    # own models and every point between is the interpolation of the two full models.
+    moving = _differing(frozen_a, frozen_b)
+    named = dict(model.named_parameters())
+    line_params = params + [named[n] for n in moving]
+    v1 = w1 + [frozen_a[n].to(named[n].device, work_dtype(named[n])) for n in moving]
+    v2 = w2 + [frozen_b[n].to(named[n].device, work_dtype(named[n])) for n in moving]
+    fixed = {n: t for n, t in frozen_a.items() if n not in set(moving)}
+
     def line(mode: BNMode, name: str) -> LineRecord:
-        rec = barrier(
-            model,
-            loss_fn,
-            batches,
-            w1,
-            w2,
-            a.final_buffers if has_buffers else None,
-            b.final_buffers if has_buffers else None,
-            resolution=barrier_resolution,
-            bn=mode,
-            metric_fn=metric_fn,
-            metric_name=metric_name,
-            params=params,
-            engine=engine,
-            chunk_size=chunk_size,
-        )
-        rec.meta.update(shared, name=name, label=f"{la} → {lb} (alpha)")
+        with _loaded(model, fixed):
+            rec = barrier(
+                model,
+                loss_fn,
+                batches,
+                v1,
+                v2,
+                a.final_buffers if has_buffers else None,
+                b.final_buffers if has_buffers else None,
+                resolution=barrier_resolution,
+                bn=mode,
+                metric_fn=metric_fn,
+                metric_name=metric_name,
+                params=line_params,
+                engine=engine,
+                chunk_size=chunk_size,
+            )
+        rec.meta.update(shared, name=name, label=f"{la} → {lb} (alpha)", frozen_interpolated=moving)
         return rec
 
     line_b = line(bn, BARRIER)

@@ -5,25 +5,37 @@ run's
 initial and final weights, BatchNorm statistics and trajectory. :func:`save_run_weights` writes them;
 :func:`load_run_weights` reads them back as a :class:`RunWeights`, checked against the model.
 
-Format, version 1 (``WEIGHTS_FORMAT_VERSION``), two files in one folder:
+Format, version 1 or 2 (``WEIGHTS_FORMAT_VERSION``), two files in one folder:
 
 - ``weights.npz`` (:func:`numpy.savez`, uncompressed, read with ``allow_pickle=False``):
   ``initial`` and ``final`` (P,), the parameters concatenated in ``names`` order; optionally
   ``trajectory`` (n, P) and ``steps`` (n,) int64, the snapshot buffer and each snapshot's global step;
   ``initial_buffers`` and ``final_buffers`` (Q,), the floating-point buffers (BatchNorm running
   statistics) concatenated in ``buffer_names`` order, stored as float32 (float64 if any is float64):
-  exact for every float buffer; ``write_id``, a token that ties the arrays to their manifest.
-  bfloat16 has no numpy type: bfloat16 arrays are stored as their uint16 bit patterns.
+  exact for every float buffer; ``final_frozen`` (F,), the floating-point parameters outside ``names``
+  (frozen ones, ``requires_grad=False``) as the model holds them, stored like the buffers (exact,
+  whatever ``dtype``), and ``initial_frozen`` (F,) only when their initial values were given and differ
+  (frozen parameters do not train: stored once); ``write_id``, a token that ties the arrays to their
+  manifest. bfloat16 has no numpy type: bfloat16 arrays are stored as their uint16 bit patterns.
 - ``manifest.json``: ``format_version``, ``kind: "weights"``, ``write_id``, ``names``, ``shapes``,
-  ``dtypes`` (the parameters'), ``buffer_names``, ``buffer_shapes``, ``buffer_dtypes``, ``dtype`` (of
-  ``initial``/``final``), ``trajectory_dtype``, ``num_params``, ``num_snapshots``, ``nbytes``, ``meta``.
+  ``dtypes`` (the parameters'), ``buffer_names``, ``buffer_shapes``, ``buffer_dtypes``, ``frozen_names``,
+  ``frozen_shapes``, ``frozen_dtypes``, ``frozen_storage_dtype``, ``initial_frozen`` (``"stored"``,
+  ``"same as final"`` or ``"unknown"``: parameters outside ``names`` that were trainable when written,
+  whose initial values were not given), ``dtype`` (of ``initial``/``final``), ``trajectory_dtype``,
+  ``num_params``, ``num_snapshots``, ``nbytes``, ``meta``.
 
-Size: ``(2 + n) * P`` values of the storage dtype plus ``2 * Q`` buffer values; ``n`` is bounded by the
-snapshot buffer (``max_snapshots``, ``snapshot_budget_bytes``). Writing refuses (ValueError) above
-``max_bytes`` (2 GiB by default) and says what to change. Both files are written under temporary names
-and renamed, the manifest last, and a reader checks that their ``write_id`` agree: a folder is read
-whole or not at all. The manifest is not named like the arrays, so :func:`load_records` never mistakes
-the folder for records. Nothing here uses pickle.
+Versions: a folder whose model has parameters outside ``names`` is written as version 2, so that a
+reader of version 1 (0.1), which would evaluate the runs with its caller's frozen weights, refuses it;
+any other folder is written as version 1, readable by every version. Both are read here; a folder
+written before the frozen parameters were saved (no ``frozen_names``) reads with
+``RunWeights.final_frozen = None``: unknown.
+
+Size: ``(2 + n) * P`` values of the storage dtype plus ``2 * Q`` buffer values and ``F`` (``2 * F``)
+frozen values; ``n`` is bounded by the snapshot buffer (``max_snapshots``, ``snapshot_budget_bytes``).
+Writing refuses (ValueError) above ``max_bytes`` (2 GiB by default) and says what to change. Both files
+are written under temporary names and renamed, the manifest last, and a reader checks that their
+``write_id`` agree: a folder is read whole or not at all. The manifest is not named like the arrays, so
+:func:`load_records` never mistakes the folder for records. Nothing here uses pickle.
 """
 
 from __future__ import annotations
@@ -54,7 +66,8 @@ __all__ = [
     "save_run_weights",
 ]
 
-WEIGHTS_FORMAT_VERSION = 1
+WEIGHTS_FORMAT_VERSION = 2
+READ_FORMAT_VERSIONS = (1, 2)
 DEFAULT_MAX_BYTES = 2 * 1024**3
 ARRAYS, MANIFEST = "weights.npz", "manifest.json"
 _DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16")
@@ -130,6 +143,7 @@ def save_run_weights(
     initial_buffers: Mapping[str, Tensor] | None = None,
     final: Tensor | Sequence[Tensor] | None = None,
     final_buffers: Mapping[str, Tensor] | None = None,
+    initial_frozen: Mapping[str, Tensor] | None = None,
     trajectory: Tensor | None = None,
     steps: Sequence[int] | None = None,
     names: Sequence[str] | None = None,
@@ -147,6 +161,12 @@ def save_run_weights(
         initial_buffers: the initial :func:`buffer_snapshot`; required when the model has floating-point
             buffers (a plane through the initialization uses them).
         final, final_buffers: the final weights and buffers; the model's current ones by default.
+        initial_frozen: ``{name: tensor}``, the initial values of the floating-point parameters outside
+            ``names`` (frozen ones), when they may have changed during training. By default they are
+            taken to be their final values (the model's current ones) if they are all frozen
+            (``requires_grad=False``) now, and recorded as unknown otherwise (a plane through the
+            initialization then refuses this run). Their final values, the model's, are always stored
+            in full and exactly, so that a comparison evaluates this run's own model.
         trajectory, steps: the snapshot buffer ``(n, P)`` (``recorder.stacked()``) and its global steps.
         names: parameter names, in the order of the flat vectors; ``landscape_parameters(model)`` by default.
         dtype: storage dtype of all weights (``torch.bfloat16`` halves the size); by default float32
@@ -215,6 +235,46 @@ def save_run_weights(
             "or raise `max_bytes` (None for no limit)"
         )
 
+    frozen = [(n, p) for n, p in model.named_parameters() if n not in set(names) and p.is_floating_point()]
+    frozen_dtype = torch.float64 if any(p.dtype == torch.float64 for _, p in frozen) else torch.float32
+    frozen_final = torch.cat(
+        [p.detach().reshape(-1).to("cpu", frozen_dtype) for _, p in frozen] or [torch.empty(0)]
+    )
+    frozen_initial: Tensor | None = None
+    initial_state = "same as final"
+    if initial_frozen is not None:
+        if not isinstance(initial_frozen, Mapping):
+            raise ValueError(
+                f"`initial_frozen` must be a {{name: tensor}} mapping, got {type(initial_frozen).__name__}"
+            )
+        expected = [n for n, _ in frozen]
+        wrong = sorted(set(initial_frozen) ^ set(expected)) + [
+            n for n, p in frozen if n in initial_frozen and tuple(initial_frozen[n].shape) != tuple(p.shape)
+        ]
+        if wrong:
+            raise ValueError(
+                f"`initial_frozen` must hold the parameters outside `names` ({expected}) with their shapes; "
+                f"these do not match: {wrong}"
+            )
+        frozen_initial = torch.cat(
+            [initial_frozen[n].detach().reshape(-1).to("cpu", frozen_dtype) for n in expected]
+            or [torch.empty(0)]
+        )
+        initial_state = "stored"
+        if torch.equal(frozen_initial, frozen_final):
+            frozen_initial, initial_state = None, "same as final"
+    elif any(p.requires_grad for _, p in frozen):
+        initial_state = "unknown"
+    frozen_bytes = frozen_final.numel() * frozen_dtype.itemsize * (1 if frozen_initial is None else 2)
+    nbytes += frozen_bytes
+    if max_bytes is not None and nbytes > max_bytes:
+        raise ValueError(
+            f"the run's weights would take {_gb(nbytes)} (of which {_gb(frozen_bytes)} for the frozen "
+            f"parameters outside the landscape, stored exactly), above `max_bytes`={_gb(max_bytes)}: "
+            "store the weights at a lower precision (`dtype=torch.bfloat16`), leave out the trajectory, "
+            "or raise `max_bytes` (None for no limit)"
+        )
+
     buffers = landscape_buffers(model)
     buffer_dtype = torch.float64 if any(b.dtype == torch.float64 for _, b in buffers) else torch.float32
     if initial_buffers is None and buffers:
@@ -242,10 +302,15 @@ def save_run_weights(
             torch.cat([snap[k].detach().reshape(-1).to("cpu", buffer_dtype) for k in current])
         )
 
+    if frozen:
+        arrays["final_frozen"] = _to_numpy(frozen_final)
+        if frozen_initial is not None:
+            arrays["initial_frozen"] = _to_numpy(frozen_initial)
+
     write_id = uuid.uuid4().hex
     arrays["write_id"] = np.array(write_id)
     manifest = {
-        "format_version": WEIGHTS_FORMAT_VERSION,
+        "format_version": WEIGHTS_FORMAT_VERSION if frozen else 1,
         "kind": "weights",
         "write_id": write_id,
         "names": list(names),
@@ -255,6 +320,11 @@ def save_run_weights(
         "buffer_shapes": [list(b.shape) for b in current.values()],
         "buffer_dtypes": [_name(b.dtype) for b in current.values()],
         "buffer_storage_dtype": _name(buffer_dtype),
+        "frozen_names": [n for n, _ in frozen],
+        "frozen_shapes": [list(p.shape) for _, p in frozen],
+        "frozen_dtypes": [_name(p.dtype) for _, p in frozen],
+        "frozen_storage_dtype": _name(frozen_dtype),
+        "initial_frozen": initial_state,
         "dtype": _name(work),
         "trajectory_dtype": _name(traj_dtype) if traj_dtype is not None else None,
         "num_params": num_params,
@@ -282,6 +352,11 @@ class RunWeights:
         initial_buffers, final_buffers: ``{name: tensor}`` floating-point buffers, in the model's dtypes.
         trajectory: ``(n, P)`` snapshots, or ``None``; ``steps``: their global steps ``(n,)``.
         meta: what the writer stored (global step, label, ...).
+        final_frozen: ``{name: tensor}`` the floating-point parameters outside ``names`` (frozen ones) as
+            the trained model held them, in the model's dtypes; ``None`` for a folder written before they
+            were saved (0.1): unknown.
+        initial_frozen: their initial values (the same tensors as ``final_frozen`` when they did not
+            change); ``None`` when unknown.
     """
 
     directory: Path
@@ -295,6 +370,8 @@ class RunWeights:
     trajectory: Tensor | None = None
     steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     meta: dict[str, Any] = field(default_factory=dict)
+    final_frozen: dict[str, Tensor] | None = None
+    initial_frozen: dict[str, Tensor] | None = None
 
     @property
     def num_params(self) -> int:
@@ -320,7 +397,9 @@ class RunWeights:
         """Raise a ValueError naming every difference between these weights and ``model``'s.
 
         Parameters: each saved name must exist with the saved shape, and the model must have no other
-        trainable floating-point parameter. Buffers: the same floating-point buffers, with the same shapes.
+        trainable floating-point parameter. Frozen parameters (when the folder records them): the
+        model's floating-point parameters outside ``names`` are exactly the saved ones, with their
+        shapes. Buffers: the same floating-point buffers, with the same shapes.
         """
         from lightning_landscape.functional.landscape.bn import landscape_buffers
 
@@ -328,7 +407,8 @@ class RunWeights:
         trainable = [n for n, p in named.items() if p.is_floating_point() and p.requires_grad]
         problems = []
         absent = [n for n in self.names if n not in named]
-        unsaved = [n for n in trainable if n not in set(self.names)]
+        frozen = self.final_frozen
+        unsaved = [n for n in trainable if n not in set(self.names) and (frozen is None or n not in frozen)]
         if absent:
             problems.append(f"parameters not in the model: {absent}")
         if unsaved:
@@ -338,6 +418,20 @@ class RunWeights:
                 problems.append(
                     f"{n!r} has shape {tuple(shape)} in the file, {tuple(named[n].shape)} in the model"
                 )
+        if frozen is not None:
+            outside = {n: p for n, p in named.items() if n not in set(self.names) and p.is_floating_point()}
+            gone = [n for n in frozen if n not in outside]
+            if gone:
+                problems.append(f"frozen parameters not in the model: {gone}")
+            extra = [n for n in outside if n not in frozen and n not in set(unsaved)]
+            if extra:
+                problems.append(f"frozen parameters of the model not in the file: {extra}")
+            for n, t in frozen.items():
+                if n in outside and t.shape != outside[n].shape:
+                    problems.append(
+                        f"frozen {n!r} has shape {tuple(t.shape)} in the file, "
+                        f"{tuple(outside[n].shape)} in the model"
+                    )
         buffers = dict(landscape_buffers(model))
         saved = self.final_buffers
         gone, unsaved_buffers = [b for b in saved if b not in buffers], [b for b in buffers if b not in saved]
@@ -396,10 +490,10 @@ def load_run_weights(path: str | os.PathLike, model: nn.Module | None = None) ->
         raise ValueError(f"{folder / MANIFEST}: not a readable weights manifest ({err})") from err
     if not isinstance(manifest, dict) or manifest.get("kind") != "weights":
         raise ValueError(f"{folder / MANIFEST}: not a lightning-landscape weights manifest")
-    if manifest.get("format_version") != WEIGHTS_FORMAT_VERSION:
+    if manifest.get("format_version") not in READ_FORMAT_VERSIONS:
         raise ValueError(
             f"{folder / MANIFEST}: format_version {manifest.get('format_version')!r} is not supported "
-            f"(this version reads {WEIGHTS_FORMAT_VERSION})"
+            f"(this version reads {' and '.join(map(str, READ_FORMAT_VERSIONS))})"
         )
     try:
         with np.load(folder / ARRAYS, allow_pickle=False) as data:
@@ -413,18 +507,28 @@ def load_run_weights(path: str | os.PathLike, model: nn.Module | None = None) ->
 
     import torch
 
-    def buffers(key: str) -> dict[str, Tensor]:
+    def buffers(key: str, prefix: str = "buffer") -> dict[str, Tensor]:
         if key not in arrays:
             return {}
         flat = torch.from_numpy(arrays[key])
         out, offset = {}, 0
         for n, shape, dt in zip(
-            manifest["buffer_names"], manifest["buffer_shapes"], manifest["buffer_dtypes"]
+            manifest[f"{prefix}_names"], manifest[f"{prefix}_shapes"], manifest[f"{prefix}_dtypes"]
         ):
             size = int(np.prod(shape))
             out[n] = flat[offset : offset + size].reshape(shape).to(_dtype(dt))
             offset += size
         return out
+
+    final_frozen: dict[str, Tensor] | None = None
+    initial_frozen: dict[str, Tensor] | None = None
+    if "frozen_names" in manifest:  # absent in folders written by 0.1: unknown
+        final_frozen = buffers("final_frozen", "frozen")
+        state = manifest.get("initial_frozen", "same as final")
+        if state == "stored":
+            initial_frozen = buffers("initial_frozen", "frozen")
+        elif state == "same as final":
+            initial_frozen = final_frozen
 
     traj = arrays.get("trajectory")
     weights = RunWeights(
@@ -439,6 +543,8 @@ def load_run_weights(path: str | os.PathLike, model: nn.Module | None = None) ->
         trajectory=None if traj is None else _from_numpy(traj, manifest["trajectory_dtype"]),
         steps=arrays.get("steps", np.zeros(0, dtype=np.int64)),
         meta=dict(manifest.get("meta") or {}),
+        final_frozen=final_frozen,
+        initial_frozen=initial_frozen,
     )
     if model is not None:
         weights.check_model(model)

@@ -96,3 +96,37 @@ def test_initial_buffers_survive_a_checkpoint(tmp_path):
     fresh.load_state_dict(loaded)
     assert fresh.builder.start_buffers is not None
     assert torch.equal(fresh.builder.start_buffers["net.1.running_var"], before.net[1].running_var)
+
+
+def test_frozen_layers_through_the_callback_compare_as_each_runs_own(tmp_path):
+    # Issue 21, item 6 as a user meets it: two fits from one initialization with different frozen
+    # first layers (two backbones), compared through a fresh model holding a third.
+    from helpers.models import naive_mean_loss
+
+    from lightning_landscape import compare_solutions
+
+    torch.manual_seed(0)
+    init = TinyNet()
+    states = {}
+    for run, seed in (("a", 1), ("b", 2)):
+        model = copy.deepcopy(init)
+        torch.manual_seed(seed)
+        model.net[0].load_state_dict(torch.nn.Linear(*model.net[0].weight.shape[::-1]).state_dict())
+        model.net[0].requires_grad_(False)
+        _fit(tmp_path / run, model, LossLandscapeCallback(**QUIET, save_weights=True))
+        states[run] = copy.deepcopy(model.state_dict())
+    probe = [next(iter(loader(32)))]
+    fresh = TinyNet()
+    fresh.net[0].requires_grad_(False)
+    result = compare_solutions(
+        fresh, ce_loss, probe, tmp_path / "a", tmp_path / "b", shared_plane=False, save=False
+    )
+    own = []
+    for run in ("a", "b"):  # reference: each run's full state loaded into another fresh model
+        reference = TinyNet()
+        reference.load_state_dict(states[run])
+        own.append(naive_mean_loss(reference, probe))
+    assert result.barrier.losses[[0, -1]] == pytest.approx(own, rel=1e-5)
+    assert result.barrier.meta["frozen_interpolated"] == ["net.0.weight", "net.0.bias"]
+    with pytest.raises(ValueError, match=r"frozen parameters \['net.0.weight', 'net.0.bias'\] differ"):
+        compare_solutions(fresh, ce_loss, probe, tmp_path / "a", tmp_path / "b", save=False)

@@ -127,3 +127,29 @@ def test_records_readers_skip_the_weights_folder(trained, tmp_path):
     assert sorted(p.name for p in (tmp_path / "landscape" / "weights").iterdir()) == [MANIFEST, "weights.npz"]
     with np.load(tmp_path / "landscape" / "weights" / "weights.npz", allow_pickle=False) as data:
         assert sorted(data.files) == ["final", "final_buffers", "initial", "initial_buffers", "write_id"]
+
+
+def test_frozen_parameters_are_stored_exactly_and_checked(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    net[0].requires_grad_(False)
+    w0 = [p.detach().clone() for p in net[2].parameters()]
+    save_run_weights(tmp_path, net, w0, dtype=torch.bfloat16)  # bfloat16 for the landscape only
+    run = load_run_weights(tmp_path, net)
+    assert run.names == ["2.weight", "2.bias"] and list(run.final_frozen) == ["0.weight", "0.bias"]
+    assert all(torch.equal(run.final_frozen[n], p) for n, p in net[0].named_parameters(prefix="0"))
+    assert run.final_frozen["0.weight"].dtype == torch.float32 and run.initial_frozen is run.final_frozen
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["nbytes"] == run_weights_nbytes(10, 0, 2) + 16 * 4  # the frozen 16 values, float32
+    assert manifest["format_version"] == 2 and manifest["initial_frozen"] == "same as final"
+    other = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(4, 2))
+    other[0].requires_grad_(False)
+    with pytest.raises(ValueError, match=r"frozen '0.weight' has shape \(4, 3\) in the file, \(5, 3\)"):
+        load_run_weights(tmp_path, other)
+    with pytest.raises(ValueError, match=r"frozen parameters not in the model: \['0.weight', '0.bias'\]"):
+        load_run_weights(tmp_path, nn.Sequential(nn.Identity(), nn.Tanh(), net[2]))
+    extra = nn.Sequential(*net, nn.Linear(2, 2).requires_grad_(False))
+    with pytest.raises(ValueError, match=r"frozen parameters of the model not in the file: \['3.weight'"):
+        load_run_weights(tmp_path, extra)
+    trainable = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))  # requires_grad as it likes
+    assert load_run_weights(tmp_path, trainable).names == ["2.weight", "2.bias"]

@@ -1,6 +1,8 @@
 """compare_solutions end to end: two runs written through run_weights, one plane, the barrier, the figures."""
 
 import copy
+import json
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +16,7 @@ from lightning_landscape.functional import buffer_snapshot, flatten
 from lightning_landscape.plots.solutions import barrier_figure, shared_plane_figure
 from lightning_landscape.records.record import load_records
 from lightning_landscape.solutions.compare import default_shared_dir, load_solutions, run_labels
-from lightning_landscape.solutions.weights import load_run_weights, save_run_weights
+from lightning_landscape.solutions.weights import MANIFEST, load_run_weights, save_run_weights
 
 
 def _run(model, batches, log_dir, order, lr, steps=3):
@@ -198,3 +200,191 @@ def test_pairs_of_seeds_or_versions_get_folders_of_their_own(tmp_path):
         tmp_path / "sgd" / "shared_version_0_vs_version_1",
     ]
     assert run_labels(tmp_path / "sgd/seed1", tmp_path / "sam/seed1") == ("sgd", "sam")
+
+
+# Frozen parameters (issue 21, item 6): each run's own model, whatever the passed model holds.
+
+
+def _frozen_net(seed, backbone=None):
+    """Linear (frozen) -> BatchNorm1d -> Tanh -> Linear; ``backbone``: the frozen layer's weights (a seed)."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+    )
+    if backbone is not None:
+        torch.manual_seed(backbone)
+        net[0].load_state_dict(torch.nn.Linear(4, 8).state_dict())
+    net[0].requires_grad_(False)
+    return net
+
+
+def _frozen_batches():
+    g = torch.Generator().manual_seed(3)
+    return [
+        (2 * torch.randn(16, 4, generator=g) + 1, torch.randint(0, 3, (16,), generator=g)) for _ in range(3)
+    ]
+
+
+def _train_frozen(model, batches, folder, lr, **save):
+    """Train the trainable layers (the frozen one stays), save the run; return its full state dict."""
+    w0, b0 = weights(model), buffer_snapshot(model)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(10):
+        for batch in batches:
+            opt.zero_grad()
+            ce(model, batch).backward()
+            opt.step()
+    model.eval()
+    save_run_weights(folder / "landscape" / "weights", model, w0, initial_buffers=b0, **save)
+    return copy.deepcopy(model.state_dict())
+
+
+def _loss_of(state, batches):
+    """Independent reference: the full state loaded into a fresh model, evaluated with ``ce``."""
+    fresh = _frozen_net(99)
+    fresh.load_state_dict(state)
+    return _own(fresh, batches)
+
+
+@pytest.fixture(scope="module")
+def frozen_runs(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("frozen")
+    batches = _frozen_batches()
+    init = _frozen_net(0, backbone=10)  # one initialization with a loaded backbone
+    states = {"init": copy.deepcopy(init.state_dict())}
+    states["a"] = _train_frozen(copy.deepcopy(init), batches, logs / "a", 0.5)
+    states["b"] = _train_frozen(copy.deepcopy(init), batches[::-1], logs / "b", 0.2)
+    other = copy.deepcopy(init)  # the same trainable start, another backbone
+    other[0].load_state_dict(_frozen_net(0, backbone=11)[0].state_dict())
+    states["c"] = _train_frozen(other, batches, logs / "c", 0.5)
+    return logs, states, batches
+
+
+def test_each_runs_frozen_parameters_are_used(frozen_runs):
+    logs, states, batches = frozen_runs
+    model = _frozen_net(5)  # a fresh instance: another backbone than the runs'
+    before = copy.deepcopy(model.state_dict())
+    result = compare_solutions(model, ce, batches, logs / "a", logs / "b", resolution=3, barrier_resolution=5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    own = [_loss_of(states[k], batches) for k in ("init", "a", "b")]
+    assert own[1] != pytest.approx(
+        _loss_of({**states["a"], "0.weight": before["0.weight"]}, batches), rel=1e-3
+    )
+    np.testing.assert_allclose(result.surface.meta["point_losses"], own, rtol=1e-5)
+    for rec in (result.barrier, result.naive_barrier):
+        np.testing.assert_allclose(rec.losses[[0, -1]], own[1:], rtol=1e-5)
+        assert rec.meta["frozen_interpolated"] == []
+    run = load_run_weights(logs / "a", model)
+    assert run.final_frozen is run.initial_frozen
+    assert torch.equal(run.final_frozen["0.weight"], states["a"]["0.weight"])
+
+
+def test_runs_with_different_frozen_parameters(frozen_runs):
+    logs, states, batches = frozen_runs
+    with pytest.raises(ValueError, match=r"frozen parameters \['0.weight', '0.bias'\] differ"):
+        compare_solutions(_frozen_net(5), ce, batches, logs / "a", logs / "c", resolution=3)
+    result = compare_solutions(
+        _frozen_net(5),
+        ce,
+        batches,
+        logs / "a",
+        logs / "c",
+        shared_plane=False,
+        barrier_resolution=3,
+        save=False,
+    )
+    own = [_loss_of(states[k], batches) for k in ("a", "c")]
+    for rec in (result.barrier, result.naive_barrier):
+        np.testing.assert_allclose(rec.losses[[0, -1]], own, rtol=1e-5)
+        assert rec.meta["frozen_interpolated"] == ["0.weight", "0.bias"]
+    # The naive curve's midpoint: the average of the two full state dicts (frozen layer included).
+    mid = {k: (v + states["c"][k]) / 2 if v.is_floating_point() else v for k, v in states["a"].items()}
+    assert result.naive_barrier.losses[1] == pytest.approx(_loss_of(mid, batches), rel=1e-5)
+    full = [torch.cat([s[k].reshape(-1) for k in s if "running" not in k and "num_batches" not in k]) for s in
+            (states["a"], states["c"])]  # fmt: skip
+    assert result.barrier.meta["distance"] == pytest.approx(float((full[0] - full[1]).norm()), rel=1e-5)
+
+
+def test_frozen_parameters_changed_during_a_run(tmp_path):
+    batches = _frozen_batches()
+    init = _frozen_net(0, backbone=10)
+    start = {n: p.detach().clone() for n, p in init.named_parameters() if not p.requires_grad}
+    _train_frozen(copy.deepcopy(init), batches, tmp_path / "a", 0.5)
+    moved = copy.deepcopy(init)
+    with torch.no_grad():
+        moved[0].bias.add_(1.0)  # the frozen layer changed during the run (given: stored)
+    _train_frozen(moved, batches, tmp_path / "b", 0.5, initial_frozen=start)
+    run = load_run_weights(tmp_path / "b")
+    assert torch.equal(run.initial_frozen["0.bias"], start["0.bias"])
+    assert torch.equal(run.final_frozen["0.bias"], start["0.bias"] + 1.0)
+    with pytest.raises(ValueError, match=r"outside the landscape \['0.bias'\] changed during run 'b'"):
+        compare_solutions(_frozen_net(5), ce, batches, tmp_path / "a", tmp_path / "b", resolution=3)
+    # A parameter outside `names` that trains, with no initial values given: unknown, refused the same way.
+    net = _frozen_net(0)
+    net[0].requires_grad_(True)
+    names = ["3.weight", "3.bias"]
+    w0 = [p.detach().clone() for n, p in net.named_parameters() if n in names]
+    save_run_weights(tmp_path / "c", net, w0, initial_buffers=buffer_snapshot(net), names=names)
+    assert json.loads((tmp_path / "c" / MANIFEST).read_text())["initial_frozen"] == "unknown"
+    assert load_run_weights(tmp_path / "c").initial_frozen is None
+    with pytest.raises(ValueError, match=r"`initial_frozen` must hold the parameters outside `names`"):
+        save_run_weights(tmp_path / "d", net, w0, initial_buffers=buffer_snapshot(net), names=names,
+                         initial_frozen={"0.weight": net[0].weight})  # fmt: skip
+
+
+def test_weights_written_before_frozen_parameters_were_saved(frozen_runs, tmp_path):
+    logs, states, batches = frozen_runs
+    # A folder as 0.1 wrote it: version 1, no frozen parameters.
+    for run in ("a", "b"):
+        src, dst = logs / run / "landscape" / "weights", tmp_path / run / "landscape" / "weights"
+        dst.mkdir(parents=True)
+        manifest = json.loads((src / MANIFEST).read_text())
+        assert manifest["format_version"] == 2 and manifest["frozen_names"] == ["0.weight", "0.bias"]
+        manifest = {k: v for k, v in manifest.items() if not k.startswith(("frozen_", "initial_frozen"))}
+        (dst / MANIFEST).write_text(json.dumps({**manifest, "format_version": 1}))
+        with np.load(src / "weights.npz", allow_pickle=False) as data:
+            np.savez(dst / "weights.npz", **{k: data[k] for k in data.files if "frozen" not in k})
+    assert load_run_weights(tmp_path / "a").final_frozen is None
+    model = _frozen_net(0, backbone=10)  # the runs' own backbone: the 0.1 behaviour is then right
+    with pytest.warns(
+        UserWarning, match=r"before frozen parameters were saved: the model's own values of \["
+    ):
+        result = compare_solutions(
+            model, ce, batches, tmp_path / "a", tmp_path / "b", resolution=3, save=False
+        )
+    own = [_loss_of(states[k], batches) for k in ("a", "b")]
+    np.testing.assert_allclose(result.barrier.losses[[0, -1]], own, rtol=1e-5)
+    # An old folder beside a new one with another backbone: the line interpolates the model's and its.
+    with pytest.warns(UserWarning, match="before frozen parameters were saved"):
+        result = compare_solutions(
+            model,
+            ce,
+            batches,
+            tmp_path / "a",
+            logs / "c",
+            shared_plane=False,
+            barrier_resolution=3,
+            save=False,
+        )
+    own = [_loss_of(states[k], batches) for k in ("a", "c")]
+    np.testing.assert_allclose(result.barrier.losses[[0, -1]], own, rtol=1e-5)
+    manifest = json.loads((tmp_path / "a" / "landscape" / "weights" / MANIFEST).read_text())
+    (tmp_path / "a" / "landscape" / "weights" / MANIFEST).write_text(
+        json.dumps({**manifest, "format_version": 3})
+    )
+    with pytest.raises(ValueError, match="format_version 3 is not supported"):
+        load_run_weights(tmp_path / "a")
+    # A model without frozen parameters is written as version 1, which 0.1 reads.
+    net = torch.nn.Linear(2, 1)
+    save_run_weights(tmp_path / "v1", net, [p.detach().clone() for p in net.parameters()])
+    assert json.loads((tmp_path / "v1" / MANIFEST).read_text())["format_version"] == 1
+
+
+def test_the_same_run_given_twice(frozen_runs, tmp_path):
+    logs, _, batches = frozen_runs
+    with pytest.raises(ValueError, match=r"`run_a` and `run_b` are the same run \(both are"):
+        compare_solutions(_frozen_net(5), ce, batches, logs / "a", logs / "a" / "landscape" / "weights")
+    shutil.copytree(logs / "a", tmp_path / "copy")
+    with pytest.raises(ValueError, match=r"are the same run \(.* hold identical final weights"):
+        compare_solutions(_frozen_net(5), ce, batches, logs / "a", tmp_path / "copy", shared_plane=False)

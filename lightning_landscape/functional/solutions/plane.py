@@ -117,6 +117,8 @@ def plane_through(w0: Sequence[Tensor], w1: Sequence[Tensor], w2: Sequence[Tenso
         a = _dot(u, u) ** 0.5
         if a == 0.0:
             raise ValueError("`w1` equals `w0`: no plane through them")
+        if all(torch.equal(x, y) for x, y in zip(u, v)):
+            raise ValueError("`w2` equals `w1`: the two solutions are one point (the same run given twice?)")
         e1 = [t / a for t in u]
         r, b1 = v, 0.0
         for _ in range(2):
@@ -135,28 +137,49 @@ def plane_through(w0: Sequence[Tensor], w1: Sequence[Tensor], w2: Sequence[Tenso
     return Plane(origin=[t.detach() for t in w0], directions=directions, points=points)
 
 
-def _simplex(v: np.ndarray) -> np.ndarray:
-    """Euclidean projection of each row of ``v`` onto the probability simplex."""
-    u = -np.sort(-v, axis=1)
-    css = np.cumsum(u, axis=1) - 1.0
-    idx = np.arange(1, v.shape[1] + 1)
-    rho = (u - css / idx > 0).sum(axis=1)
-    theta = css[np.arange(len(v)), rho - 1] / rho
-    return np.maximum(v - theta[:, None], 0.0)
+def nearest_point_of_triangle(points: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """The Euclidean nearest point of the triangle ``points`` (3, 2) to each row of ``coords`` (n, 2).
+
+    A point inside (or on) the triangle is its own nearest point; one outside is nearest to a point of
+    one of the three edges: the closest of its projections onto the edges, each clamped to its segment.
+    On the plane of :func:`plane_through` (an orthonormal basis) this is the nearest point in weight
+    space too.
+
+    Example::
+
+        >>> tri = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+        >>> nearest_point_of_triangle(tri, np.array([[3.0, 3.0], [-1.0, 1.0], [0.5, 0.5]]))
+        array([[1. , 1. ],
+               [0. , 1. ],
+               [0.5, 0.5]])
+    """
+    coords = np.asarray(coords, dtype=np.float64)
+    best = coords.copy()
+    gap = np.full(len(coords), np.inf)
+    for i, j in ((0, 1), (1, 2), (2, 0)):
+        start, edge = points[i], points[j] - points[i]
+        t = np.clip((coords - start) @ edge / max(float(edge @ edge), 1e-300), 0.0, 1.0)
+        foot = start + t[:, None] * edge
+        dist = np.linalg.norm(coords - foot, axis=1)
+        closer = dist < gap
+        best[closer], gap[closer] = foot[closer], dist[closer]
+    basis = np.stack([points[1] - points[0], points[2] - points[0]], axis=1)  # 2 x 2
+    st = np.linalg.solve(basis, (coords - points[0]).T).T
+    inside = (st >= 0).all(axis=1) & (st.sum(axis=1) <= 1.0)
+    return np.where(inside[:, None], coords, best)
 
 
 def barycentric_buffer_coefficients(points: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """``(s, t)`` per point such that buffers ``B0 + s (B1 - B0) + t (B2 - B0)`` follow the plane.
 
     Inside the triangle of the three points, the barycentric coordinates (exact at the vertices);
-    outside, those of the nearest point of the triangle (extrapolated running variances can turn
-    negative).
+    outside, those of the Euclidean nearest point of the triangle (:func:`nearest_point_of_triangle`;
+    extrapolated running variances can turn negative).
     """
     basis = np.stack([points[1] - points[0], points[2] - points[0]], axis=1)  # 2 x 2
-    st = np.linalg.solve(basis, (coords - points[0]).T).T
-    bary = _simplex(np.column_stack([1.0 - st.sum(axis=1), st]))
-    inside = (st >= 0).all(axis=1) & (st.sum(axis=1) <= 1.0)
-    return np.where(inside[:, None], st, bary[:, 1:])
+    nearest = nearest_point_of_triangle(points, coords)
+    st = np.linalg.solve(basis, (nearest - points[0]).T).T
+    return np.clip(st, 0.0, 1.0)  # on the triangle already: only rounding is clipped
 
 
 def shared_plane_surface(
@@ -191,9 +214,9 @@ def shared_plane_surface(
         margin: the box is widened by this fraction of its size on every side.
         buffers: ``(B0, B1, B2)``, each model's :func:`buffer_snapshot`.
         bn: ``"interpolate"`` the statistics over the triangle of the three models (the default when
-            ``buffers`` are given: each vertex is then the real model; outside the triangle, the
-            nearest point's), ``"keep"`` the model's current ones (the default without ``buffers``)
-            or ``"recompute"`` them at every point.
+            ``buffers`` are given: each vertex is then the real model; outside the triangle, those of
+            its Euclidean nearest point, :func:`nearest_point_of_triangle`), ``"keep"`` the model's
+            current ones (the default without ``buffers``) or ``"recompute"`` them at every point.
         metric_fn, metric_name, params, shard, engine, chunk_size: as in :func:`loss_surface`.
 
     Returns:

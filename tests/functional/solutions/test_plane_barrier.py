@@ -17,6 +17,10 @@ from lightning_landscape.functional import (
     plane_through,
     shared_plane_surface,
 )
+from lightning_landscape.functional.solutions.plane import (
+    barycentric_buffer_coefficients,
+    nearest_point_of_triangle,
+)
 
 
 def _random_weights(seed, dtype=torch.float32):
@@ -62,6 +66,8 @@ def test_projection_of_snapshots_and_collinear_points():
         plane_through(w0, w1, [a + 2 * (b - a) for a, b in zip(w0, w1)])
     with pytest.raises(ValueError, match="`w1` equals `w0`"):
         plane_through(w0, w0, w2)
+    with pytest.raises(ValueError, match="`w2` equals `w1`: the two solutions are one point"):
+        plane_through(w0, w1, [t.clone() for t in w1])
 
 
 def test_loss_surface_at_the_three_points_is_each_models_loss():
@@ -142,6 +148,76 @@ def test_shared_plane_surface(three_runs, engine):
         point = [o + x * a + y * b for o, a, b in zip(plane.origin, *plane.directions)]
         buf = {n: bufs[0][n] + s * (bufs[1][n] - bufs[0][n]) + t * (bufs[2][n] - bufs[0][n]) for n in bufs[0]}
         assert rec.losses[i, j] == pytest.approx(naive_point(init, point, batches, buf), rel=1e-5)
+
+
+def _triangle_samples(points, n=1500):
+    """A dense barycentric sampling of the triangle: the points and their ``(s, t)``."""
+    s, t = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n))
+    keep = s + t <= 1
+    st = np.stack([s[keep], t[keep]], axis=1)
+    return points[0] + st @ (points[1:] - points[0]), st
+
+
+def _brute_nearest(samples, p):
+    """The nearest of the samples to ``p``, and its ``(s, t)``."""
+    points, st = samples
+    k = int(np.argmin(((points - p) ** 2).sum(axis=1)))
+    return points[k], st[k]
+
+
+def test_statistics_outside_the_triangle_are_the_nearest_points():
+    # Against a dense sampling of the triangle: an obtuse, a thin and a right triangle, points all round.
+    rng = np.random.default_rng(0)
+    for points in (
+        np.array([[0.0, 0.0], [3.0, 0.0], [2.6, 0.4]]),
+        np.array([[0.0, 0.0], [1.0, 0.0], [-2.0, 0.3]]),
+        np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 1.0]]),
+    ):
+        weights_ = rng.dirichlet(np.ones(3), size=5)  # and a few inside
+        coords = np.concatenate([rng.uniform(-2.5, 4.0, size=(40, 2)), weights_ @ points])
+        nearest = nearest_point_of_triangle(points, coords)
+        st = barycentric_buffer_coefficients(points, coords)
+        samples = _triangle_samples(points, n=600)
+        for p, q, c in zip(coords, nearest, st):
+            ref, _ = _brute_nearest(samples, p)
+            # Not farther than the best sample, and within the sampling's spacing of it.
+            assert np.linalg.norm(p - q) <= np.linalg.norm(p - ref) + 1e-12
+            assert np.linalg.norm(q - ref) < 0.02
+            np.testing.assert_allclose(points[0] + c @ (points[1:] - points[0]), q, atol=1e-9)
+            assert c.min() >= 0 and c.sum() <= 1 + 1e-12
+        inside = [_inside(points, p) for p in coords]
+        assert any(inside) and not all(inside)
+        np.testing.assert_array_equal(nearest[inside], coords[inside])  # inside: the point itself
+
+
+def test_shared_plane_outside_the_triangle_uses_the_nearest_points_statistics(three_runs):
+    init, (run1, run2), _, batches = three_runs
+    models = (init, run1, run2)
+    rec = shared_plane_surface(
+        copy.deepcopy(run1),
+        ce,
+        batches,
+        *(weights(m) for m in models),
+        resolution=7,
+        margin=0.6,
+        buffers=[buffer_snapshot(m) for m in models],
+    )
+    points = np.asarray(rec.meta["points"])
+    plane = plane_through(*(weights(m) for m in models))
+    bufs = [buffer_snapshot(m) for m in models]
+    outside = [
+        (i, j) for i in range(7) for j in range(7) if not _inside(points, np.array([rec.xs[j], rec.ys[i]]))
+    ]
+    checked = 0
+    samples = _triangle_samples(points)
+    for i, j in outside[::4]:
+        x, y = rec.xs[j], rec.ys[i]
+        _, (s, t) = _brute_nearest(samples, np.array([x, y]))
+        point = [o + x * a + y * b for o, a, b in zip(plane.origin, *plane.directions)]
+        buf = {n: bufs[0][n] + s * (bufs[1][n] - bufs[0][n]) + t * (bufs[2][n] - bufs[0][n]) for n in bufs[0]}
+        assert rec.losses[i, j] == pytest.approx(naive_point(init, point, batches, buf), rel=2e-4)
+        checked += 1
+    assert checked >= 6
 
 
 def _inside(points, p):
