@@ -43,7 +43,9 @@ def evaluate_shared(
     width = n_batches * (2 if with_metric else 1)
 
     def evaluate(rows: np.ndarray) -> np.ndarray:
-        ev = evaluate_points_of(objective, directions, rows, origin=origin, buffers=buffers, progress=progress)
+        ev = evaluate_points_of(
+            objective, directions, rows, origin=origin, buffers=buffers, progress=progress
+        )
         local.append(ev)
         return ev.losses if ev.metrics is None else np.concatenate([ev.losses, ev.metrics], axis=1)
 

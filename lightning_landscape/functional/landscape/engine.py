@@ -137,7 +137,12 @@ def evaluate_points_of(
     ``progress(done, total)`` is called every few points (after each chunk when batched) and at the end,
     from Python, without a host synchronisation: on an accelerator ``done`` counts points dispatched.
     """
-    model, batches, metric_fn, engine = objective.model, objective.batches, objective.metric_fn, objective.engine
+    model, batches, metric_fn, engine = (
+        objective.model,
+        objective.batches,
+        objective.metric_fn,
+        objective.engine,
+    )
     coefficients = np.asarray(coefficients, dtype=np.float64).reshape(len(coefficients), -1)
     move = WeightPerturbation(objective.params, directions)  # validates shapes, casts directions once
     if buffers is not None and buffers.mode == "keep":
@@ -246,7 +251,12 @@ def _evaluate_points_loop(
     is built once per row into a buffer, and each point is ``copy(buffer) + c_0 d_0``. Losses stay on
     the device, unreduced, until one stack at the end: ``(n, B)`` losses, then ``(n, B)`` metrics.
     """
-    model, loss_fn, batches, metric_fn = objective.model, objective.loss_fn, objective.batches, objective.metric_fn
+    model, loss_fn, batches, metric_fn = (
+        objective.model,
+        objective.loss_fn,
+        objective.batches,
+        objective.metric_fn,
+    )
     losses: list[Tensor] = []
     metrics: list[Tensor] = []
     n_points = len(coefficients)
@@ -454,7 +464,12 @@ def _compiled_points(
     ``loss_fn`` (its Python-side running average does not compile as one graph), the evaluation from
     the compiled one.
     """
-    model, loss_fn, batches, metric_fn = objective.model, objective.loss_fn, objective.batches, objective.metric_fn
+    model, loss_fn, batches, metric_fn = (
+        objective.model,
+        objective.loss_fn,
+        objective.batches,
+        objective.metric_fn,
+    )
     losses: list[Tensor] = []
     metrics: list[Tensor] = []
     with walk_points(objective, move, origin, buffers) as move_to:
