@@ -170,17 +170,7 @@ def evaluate_points_of(
 
     def batched(coef: np.ndarray) -> Tensor:
         return evaluate_points_batched(
-            model,
-            objective.loss_fn,
-            batches,
-            move.params,
-            move.directions,
-            coef,
-            chunk_size=objective.chunk_size,
-            origin=origin,
-            buffers=buffers,
-            metric_fn=metric_fn,
-            progress=progress,
+            objective, move.directions, coef, origin=origin, buffers=buffers, progress=progress
         )
 
     def loop(coef: np.ndarray) -> Tensor:
