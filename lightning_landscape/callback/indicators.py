@@ -16,16 +16,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from torch import Tensor, nn
+from torch import Tensor
 
-from lightning_landscape.functional.landscape.params import Direction, LossFn
-from lightning_landscape.functional.landscape.sharding import PointShard
-from lightning_landscape.functional.landscape.surface import Engine
+from lightning_landscape.functional.landscape.params import Direction
 from lightning_landscape.functional.landscape.trajectory import TrajectoryPCA
+from lightning_landscape.functional.objective import Objective
 from lightning_landscape.functional.trust.reliability import (
     ReliabilitySettings,
     ReliabilityThresholds,
-    landscape_reliability,
+    landscape_reliability_of,
     reliability_cost,
 )
 from lightning_landscape.records.record import LineRecord, ReliabilityRecord, SurfaceRecord
@@ -103,10 +102,7 @@ class Indicators:
 
     def compute(
         self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        batches: list[Any],
-        params: Sequence[Tensor],
+        objective: Objective,
         plane: Sequence[Direction],
         surface: SurfaceRecord,
         *,
@@ -120,10 +116,9 @@ class Indicators:
         include_1d: bool,
         unit: float,
         trace: float | None,
-        shard: PointShard | None,
-        engine: Engine,
     ) -> tuple[ReliabilityRecord, list[LineRecord]]:
-        """:func:`landscape_reliability` of ``surface`` with what the landscape knows."""
+        """:func:`landscape_reliability` of ``surface`` with what the landscape knows (its ``objective``:
+        probe batches, loss, parameters, engine and sharding)."""
         noise = surface.meta.get("probe_noise")
         noise = float(noise) if isinstance(noise, (int, float)) and math.isfinite(noise) else None
         given = [float(s) for s in (*steps, step)]
@@ -132,10 +127,9 @@ class Indicators:
         ordered = fits and not np.any(np.diff(given) < 0) and given[-1] > given[0]
         times: list[float] | None = given if ordered else None
         settings = self.settings_for(stage, metrics)
-        return landscape_reliability(
-            model, loss_fn, batches, plane, surface, params=params, pca=pca,
-            snapshots=snapshots if pca is not None else None, times=times, seed=seed,
-            include_1d=include_1d, unit=unit, noise=noise, contour_spacing=contour_spacing(surface),
-            trace=trace if settings.trace_directions else None, settings=settings,
-            thresholds=self.thresholds, shard=shard, engine=engine,
+        return landscape_reliability_of(
+            objective, plane, surface, pca=pca, snapshots=snapshots if pca is not None else None,
+            times=times, seed=seed, include_1d=include_1d, unit=unit, noise=noise,
+            contour_spacing=contour_spacing(surface), trace=trace if settings.trace_directions else None,
+            settings=settings, thresholds=self.thresholds,
         )  # fmt: skip

@@ -12,27 +12,31 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lightning_landscape.callback.distributed import agree, point_shard
 from lightning_landscape.callback.indicators import Indicators
-from lightning_landscape.callback.metrics import compute_metrics
+from lightning_landscape.callback.metrics import compute_metrics_of
 from lightning_landscape.callback.plane import Plane, PlaneSteps
 from lightning_landscape.callback.probe import ProbeSet
 from lightning_landscape.callback.progress import LandscapeProgress
 from lightning_landscape.callback.publish import Warnings, record_name
 from lightning_landscape.callback.recorder import TrajectoryRecorder
 from lightning_landscape.callback.schedule import Plan
+from lightning_landscape.functional import checks as check
 from lightning_landscape.functional.landscape.bn import BNMode, landscape_buffers
 from lightning_landscape.functional.landscape.params import Direction, LossFn, unflatten
 from lightning_landscape.functional.landscape.sharding import PointShard
 from lightning_landscape.functional.landscape.surface import (
     Engine,
-    interpolation_line,
-    loss_line,
-    loss_surface,
+    interpolation_line_of,
+    loss_line_of,
+    loss_surface_of,
+    odd_grid,
 )
+from lightning_landscape.functional.objective import Objective
 from lightning_landscape.records.record import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
 
 __all__ = ["LandscapeBuilder", "Observation", "fingerprint"]
@@ -59,6 +63,7 @@ class Observation:
     probe: ProbeSet
     recorder: TrajectoryRecorder
     common: Mapping[str, Any]
+    _objective: Objective | None = field(default=None, init=False, repr=False)
 
     @property
     def step(self) -> int:
@@ -72,6 +77,17 @@ class Observation:
     def shard(self) -> PointShard | None:
         """This rank's share of the evaluation points (``None`` in a single process)."""
         return point_shard(self.trainer, self.params[0].device)
+
+    def objective(self, engine: Engine) -> Objective:
+        """The landscape's objective, built once for its surface, lines, metrics and indicators: the probe
+        batches and the loss (:meth:`inputs`, a collective the first time), the parameters, the sharding
+        and ``engine``; the current BatchNorm statistics and no metric (each part derives what it needs)."""
+        if self._objective is None:
+            batches, loss_fn = self.inputs()
+            self._objective = Objective(
+                self.module, loss_fn, batches, self.params, engine=engine, shard=self.shard()
+            )
+        return self._objective
 
 
 @dataclass
@@ -176,12 +192,12 @@ class LandscapeBuilder(PlaneSteps):
         """
         trainer, module, params, plan, recorder = job.trainer, job.module, job.params, job.plan, job.recorder
         self.part = "the probe batches"
-        batches, loss_fn = job.inputs()
+        objective = job.objective(self.engine)
         plane, start, error = None, None, None
         with job.probe.observing(module):
             try:
                 self.part = "the plane"
-                plane = self.plane(module, loss_fn, batches, params, recorder, plan)
+                plane = self.plane(module, objective.loss_fn, list(objective.batches), params, recorder, plan)
                 if len(recorder) >= 1:
                     start = unflatten(recorder.snapshots[0], params, dtype=self.work_dtype)
             except Exception as err:
@@ -189,7 +205,6 @@ class LandscapeBuilder(PlaneSteps):
             if not agree(trainer, error is None):
                 raise error if error is not None else RuntimeError("the plane failed on another rank")
             assert plane is not None
-            shard = job.shard()
             mark = fingerprint(module, params)
             step = job.step
             earlier = self._earlier(trainer, plan.stage, step, mark)
@@ -206,9 +221,7 @@ class LandscapeBuilder(PlaneSteps):
             )
             metric = self._metric(trainer.precision_plugin.forward_context)
             try:
-                records = self.evaluate(
-                    module, loss_fn, batches, params, plane, start, plan, common, shard, mark, earlier, metric
-                )
+                records = self.evaluate(objective, plane, start, plan, common, mark, earlier, metric)
             finally:
                 seconds, self.progress = self.progress.close(), None
             for record in records:  # how long the surface and lines took (the plane not included)
@@ -230,15 +243,15 @@ class LandscapeBuilder(PlaneSteps):
         if not job.plan.metrics:
             return []
         self.part = "the probe batches"
-        batches, loss_fn = job.inputs()
+        objective = job.objective(self.engine)
         trainer, module, params, plan = job.trainer, job.module, job.params, job.plan
-        step, stage, shard = job.step, plan.stage, job.shard()
+        step, stage = job.step, plan.stage
         with job.probe.observing(module):
             mark = fingerprint(module, params)
             earlier = self._earlier(trainer, stage, step, mark)
             optimizer = trainer.optimizers[0] if getattr(trainer, "optimizers", None) else None  # for "eos"
             scalars, meta, errors = self.metrics(
-                module, loss_fn, batches, params, plan.metrics, stage, step, shard, mark, earlier, optimizer
+                objective, plan.metrics, stage, step, mark, earlier, optimizer
             )
         for metric, message in errors.items():
             self.warnings.warn(
@@ -259,15 +272,11 @@ class LandscapeBuilder(PlaneSteps):
 
     def evaluate(
         self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        batches: list[Any],
-        params: Sequence[Tensor],
+        objective: Objective,
         plane: Plane,
         start: Direction | None,
         plan: Plan,
         common: Mapping[str, Any],
-        shard: PointShard | None = None,
         mark: Tensor | None = None,
         earlier: _Latest | None = None,
         metric: LossFn | None = None,
@@ -282,7 +291,8 @@ class LandscapeBuilder(PlaneSteps):
         """
         (d1, d2), stage, step = plane.directions, plan.stage, int(common["global_step"])
         key = self.plane_key_of(plane, plan)
-        mark = fingerprint(model, params) if mark is None else mark
+        model = objective.model
+        mark = fingerprint(model, objective.params) if mark is None else mark
         common = {**common, **plane.meta, "direction_dtype": str(d1[0].dtype).removeprefix("torch.")}
         if plan.reduced:
             common["reduced_by_max_overhead"] = True
@@ -297,11 +307,10 @@ class LandscapeBuilder(PlaneSteps):
             surface = _copy(old_surface)
             surface.path = plane.path
         else:
-            surface = loss_surface(
-                model, loss_fn, batches, (d1, d2), resolution=plan.resolution, span=plane.span,
-                params=params, shard=shard, engine=self.engine, bn=plane_bn, metric_fn=surface_metric,
-                metric_name=metric_name,
-                progress=self._part(plan.resolution**2),
+            grid = odd_grid(plane.span, plan.resolution)
+            surface = loss_surface_of(
+                objective.replace(bn=plane_bn, metric_fn=surface_metric, metric_name=metric_name),
+                (d1, d2), grid, grid.copy(), progress=self._part(plan.resolution**2),
             )  # fmt: skip
             surface.path = plane.path
         surface.meta.update(
@@ -317,11 +326,11 @@ class LandscapeBuilder(PlaneSteps):
                 interp = _copy(old)
             else:
                 line_bn, buffers = self._line_bn(model)
-                interp = interpolation_line(
-                    model, loss_fn, batches, start, resolution=plan.line_resolution,
-                    alpha_range=self.interpolation_range, params=params, shard=shard,
-                    engine=self.engine, bn=line_bn, start_buffers=buffers, metric_fn=metric,
-                    metric_name=self.metric_name if metric is not None else None,
+                lo, hi = check.value_range("interpolation_range", self.interpolation_range)
+                line_metric = self.metric_name if metric is not None else None
+                interp = interpolation_line_of(
+                    objective.replace(bn=line_bn, metric_fn=metric, metric_name=line_metric),
+                    start, np.linspace(lo, hi, plan.line_resolution), start_buffers=buffers,
                     progress=self._part(plan.line_resolution),
                 )  # fmt: skip
             interp.meta.update(
@@ -334,9 +343,8 @@ class LandscapeBuilder(PlaneSteps):
         if stage == "final":
             for axis, d in enumerate((d1, d2)):
                 self.part = f"line {axis + 1}"
-                line = loss_line(
-                    model, loss_fn, batches, d, resolution=plan.line_resolution, span=plane.span,
-                    params=params, shard=shard, engine=self.engine, bn=plane_bn,
+                line = loss_line_of(
+                    objective.replace(bn=plane_bn), d, odd_grid(plane.span, plan.line_resolution),
                     progress=self._part(plan.line_resolution),
                 )  # fmt: skip
                 label = f"{plane.meta['directions']} direction {axis + 1}"
@@ -385,21 +393,17 @@ class LandscapeBuilder(PlaneSteps):
 
     def metrics(
         self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        batches: list[Any],
-        params: Sequence[Tensor],
+        objective: Objective,
         spec: Mapping[str, dict[str, Any]],
         stage: str,
         step: int,
-        shard: PointShard | None = None,
         mark: Tensor | None = None,
         earlier: _Latest | None = None,
         optimizer: Any = None,
     ) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:
-        """:func:`~lightning_landscape.callback.metrics.compute_metrics`; the final ones reuse the metrics of
-        ``earlier`` (the latest periodic landscape, at these weights) computed with the same options."""
-        mark = fingerprint(model, params) if mark is None else mark
+        """:func:`~lightning_landscape.callback.metrics.compute_metrics_of`; the final ones reuse the metrics
+        of ``earlier`` (the latest periodic landscape, at these weights) computed with the same options."""
+        mark = fingerprint(objective.model, objective.params) if mark is None else mark
         latest = earlier
         if stage == "periodic":
             latest = self._reusable(step, mark)  # this step's landscape, if it succeeded
@@ -416,9 +420,7 @@ class LandscapeBuilder(PlaneSteps):
             if cached is not None and cached[0] == options:
                 values, info = dict(cached[1]), {name: {**cached[2], "reused": True}}
             else:
-                values, info, problems = compute_metrics(
-                    model, loss_fn, batches, params, {name: options}, shard=shard, optimizer=optimizer
-                )
+                values, info, problems = compute_metrics_of(objective, {name: options}, optimizer=optimizer)
             scalars.update(values)
             meta.update(info)
             errors.update(problems)
@@ -440,14 +442,14 @@ class LandscapeBuilder(PlaneSteps):
             return []  # off, or the surface failed
         self._drawn = None
         self.part = "the reliability indicators"
-        batches, loss_fn = job.inputs()
+        objective = job.objective(self.engine)
         settings = self.indicators.settings_for(stage, plan.metrics)
         latest = self._latest if stage == "final" and "reused_from" in drawn.surface.meta else None
         old = latest.reliability if latest is not None and latest.step == step else None
         if old is not None and old[0] == settings:  # the same surface, the same checks: reuse them
             record, lines = _copy(old[1][0]), [_copy(r) for r in old[1][1:]]
         else:
-            record, lines = self._indicate(job, drawn, batches, loss_fn)
+            record, lines = self._indicate(job, drawn, objective)
         if stage == "periodic" and self._latest is not None and self._latest.step == step:
             self._latest.reliability = (settings, [record, *lines])
         keep = ("stage", "epoch", "global_step", "callback_name", "precision", "world_size", "directions")
@@ -462,15 +464,13 @@ class LandscapeBuilder(PlaneSteps):
         return [record, *lines]
 
     def _indicate(
-        self, job: Observation, drawn: _Drawn, batches: list[Any], loss_fn: LossFn
+        self, job: Observation, drawn: _Drawn, objective: Objective
     ) -> tuple[ReliabilityRecord, list[LineRecord]]:
-        plane, plan, shard = drawn.plane, job.plan, job.shard()
+        plane, plan = drawn.plane, job.plan
         with job.probe.observing(job.module):
             return self.indicators.compute(
-                job.module, loss_fn, batches, job.params, plane.directions, drawn.surface, stage=plan.stage,
-                metrics=plan.metrics, pca=plane.pca,
-                snapshots=job.recorder.stacked() if plane.pca is not None else None,
+                objective, plane.directions, drawn.surface, stage=plan.stage, metrics=plan.metrics,
+                pca=plane.pca, snapshots=job.recorder.stacked() if plane.pca is not None else None,
                 steps=plane.meta.get("snapshot_steps", []), step=drawn.step, seed=self.seed,
-                include_1d=self.include_1d, unit=plane.unit, trace=drawn.trace, shard=shard,
-                engine=self.engine,
+                include_1d=self.include_1d, unit=plane.unit, trace=drawn.trace,
             )  # fmt: skip

@@ -34,18 +34,34 @@ from torch import Tensor, nn
 
 from lightning_landscape.callback.module_state import UnrestorableStateError
 from lightning_landscape.functional import checks as check
-from lightning_landscape.functional.curvature.blocks import block_curvature
-from lightning_landscape.functional.curvature.hessian import hessian_eigenvalues, hessian_trace
-from lightning_landscape.functional.curvature.sharpness import average_sharpness, sam_sharpness
-from lightning_landscape.functional.curvature.stability import edge_of_stability_ratio
+from lightning_landscape.functional.curvature.blocks import block_curvature, block_curvature_of
+from lightning_landscape.functional.curvature.hessian import (
+    hessian_eigenvalues,
+    hessian_eigenvalues_of,
+    hessian_trace,
+    hessian_trace_of,
+)
+from lightning_landscape.functional.curvature.sharpness import (
+    average_sharpness,
+    average_sharpness_of,
+    sam_sharpness,
+    sam_sharpness_of,
+)
+from lightning_landscape.functional.curvature.stability import (
+    edge_of_stability_ratio,
+    edge_of_stability_ratio_of,
+)
 from lightning_landscape.functional.landscape.params import LossFn
 from lightning_landscape.functional.landscape.sharding import PointShard
+from lightning_landscape.functional.objective import Objective
 
 __all__ = [
     "DEFAULT_FINAL_METRICS",
     "DEFAULT_METRICS",
     "METRICS",
+    "METRIC_CORES",
     "compute_metrics",
+    "compute_metrics_of",
     "resolve_metrics",
 ]
 
@@ -56,6 +72,15 @@ METRICS: dict[str, Any] = {  # name -> function(model, loss_fn, batches, params=
     "average": average_sharpness,
     "blocks": block_curvature,
     "eos": edge_of_stability_ratio,
+}
+# The same functions' cores, which take an Objective (the options are the same).
+METRIC_CORES: dict[str, Any] = {
+    "eigenvalues": hessian_eigenvalues_of,
+    "trace": hessian_trace_of,
+    "sam": sam_sharpness_of,
+    "average": average_sharpness_of,
+    "blocks": block_curvature_of,
+    "eos": edge_of_stability_ratio_of,
 }
 DEFAULT_METRICS = ("eigenvalues", "sam")
 DEFAULT_FINAL_METRICS = ("eigenvalues", "trace", "sam", "average")
@@ -168,6 +193,16 @@ def compute_metrics(
     raises is left out of ``scalars`` and reported in ``errors`` (name -> message); the others still run.
     ``optimizer`` (the training optimizer) is what ``eos`` reads its learning rate and momentum from.
     """
+    return compute_metrics_of(Objective(model, loss_fn, batches, params, shard=shard), spec, optimizer)
+
+
+def compute_metrics_of(
+    objective: Objective, spec: Mapping[str, Mapping[str, Any]], optimizer: Any = None
+) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:
+    """:func:`compute_metrics` of a landscape's ``objective``: every metric with its probe batches and
+    parameters, the default engine and the current BatchNorm statistics; its ``shard`` only for the
+    metrics made of independent samples."""
+    plain = objective.replace(bn="keep", engine="auto", chunk_size=None, shard=None, metric_fn=None)
     scalars: dict[str, float] = {}
     meta: dict[str, Any] = {}
     errors: dict[str, str] = {}
@@ -175,12 +210,14 @@ def compute_metrics(
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                extra: dict[str, Any] = {"shard": shard} if name in _SHARDED and shard is not None else {}
+                sharded = name in _SHARDED and objective.shard is not None
+                extra: dict[str, Any] = {}
                 if name == "eos":
                     if optimizer is None:
                         raise ValueError("the edge-of-stability ratio needs the training optimizer")
                     extra["optimizer"] = optimizer
-                result = METRICS[name](model, loss_fn, batches, params=params, **options, **extra)
+                target = plain.replace(shard=objective.shard) if sharded else plain
+                result = METRIC_CORES[name](target, **options, **extra)
         except UnrestorableStateError:
             raise  # not this metric's failure: the module cannot be observed any more (the caller says why)
         except Exception as err:

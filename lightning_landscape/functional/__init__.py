@@ -3,6 +3,8 @@
 Each function takes a model, a ``loss_fn(model, batch) -> scalar tensor`` and a list of probe
 batches already on the model's device, and returns a typed record or tensors. Use them from a
 notebook or script; :class:`lightning_landscape.LossLandscapeCallback` calls the same functions.
+Each one builds an :class:`Objective` (model, loss, probe batches, parameters and evaluation options,
+resolved once) and hands it to its core; the callback builds one per landscape and calls the cores.
 """
 
 from lightning_landscape.functional.curvature.blocks import BlockCurvature, block_curvature, parameter_blocks
@@ -66,7 +68,7 @@ from lightning_landscape.functional.landscape.surface import (
     odd_grid,
 )
 from lightning_landscape.functional.landscape.trajectory import TrajectoryPCA, trajectory_pca
-from lightning_landscape.functional.objective import probe_size
+from lightning_landscape.functional.objective import Objective, probe_size
 from lightning_landscape.functional.solutions.barrier import barrier
 from lightning_landscape.functional.solutions.plane import Plane, plane_through, shared_plane_surface
 from lightning_landscape.functional.trust.path import (
@@ -111,6 +113,7 @@ __all__ = [
     "HutchinsonResult",
     "LanczosResult",
     "LossFn",
+    "Objective",
     "PathLossCheck",
     "PathPlaneFit",
     "Plane",

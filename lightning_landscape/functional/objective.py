@@ -1,28 +1,41 @@
-"""Helpers shared by the functional modules (internal): argument checks, the parameter resolver, the loss
-check, the work dtype, probe metadata, and the context every second derivative runs in.
+"""The objective every computation is about, built once: the loss of a model on fixed probe batches, as a
+function of chosen parameters, with the options that say how each point is evaluated.
 
-Each decision lives here once; the public modules import these names (none of them is private to
-another module).
+:class:`Objective` holds the model, ``loss_fn``, the probe batches, the parameters (resolved once), how
+BatchNorm statistics follow a point (``bn``), the evaluation engine and its chunk size, the sharding of
+points among processes and an optional metric. Surfaces, lines, Hessian products, sharpness, barriers
+and the reliability indicators take it (their core functions, named ``..._of``); the public functions
+(:func:`~lightning_landscape.functional.loss_surface` and the rest) keep their
+``(model, loss_fn, batches, ...)`` signatures and only build one. Beside it, what every computation
+shares: the loss check, the work dtype, probe metadata, the context every second derivative runs in.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from lightning_landscape.functional import checks as check
-from lightning_landscape.functional.landscape.params import LossFn, landscape_parameters
+from lightning_landscape.functional.landscape.bn import BNMode, BufferPlan, check_bn
+from lightning_landscape.functional.landscape.params import LossFn, landscape_parameters, observation
+from lightning_landscape.functional.landscape.sharding import PointShard
 
 __all__ = [
+    "Engine",
     "NonFiniteError",
+    "Objective",
     "check_batches",
+    "check_engine",
     "check_int",
     "check_positive",
+    "mean_loss",
     "nonfinite_warning",
     "norm64",
     "probe_meta",
@@ -33,6 +46,14 @@ __all__ = [
     "second_order",
     "work_dtype",
 ]
+
+Engine = Literal["auto", "loop", "vmap", "compile"]
+_ENGINES = ("auto", "loop", "vmap", "compile")
+
+
+def check_engine(engine: Any, name: str = "engine") -> None:
+    """Raise a ValueError naming ``name`` unless ``engine`` is one of ``_ENGINES``."""
+    check.choice(name, engine, _ENGINES)
 
 
 class NonFiniteError(ArithmeticError):
@@ -202,3 +223,155 @@ def second_order() -> Iterator[None]:
             torch.backends.cudnn.enabled = cudnn
             if mha is not None:
                 mha.set_fastpath_enabled(fastpath)
+
+
+# --------------------------------------------------------------------------------------- the objective
+
+
+def mean_loss(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> Tensor:
+    """Mean over batches of ``loss_fn(model, batch)``, as a float32 (or float64) 0-d tensor (no grad)."""
+    total: Tensor | None = None
+    for batch in batches:
+        loss = loss_fn(model, batch)
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError(
+                f"`loss_fn` must return a scalar tensor, got {type(loss).__name__}"
+                + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
+            )
+        loss = loss.detach().reshape(())
+        if loss.dtype not in (torch.float32, torch.float64):
+            loss = loss.float()
+        total = loss if total is None else total + loss
+    if total is None:
+        raise ValueError("`batches` is empty: at least one probe batch is needed")
+    return total / len(batches)
+
+
+@dataclass(frozen=True, eq=False)
+class Objective:
+    """The mean probe loss of a model as a function of chosen parameters, and how to evaluate it.
+
+    Built once per landscape (as curvlinops builds its operators once from model, loss, parameters and
+    data); every computation then takes it and only what is its own (directions, coefficients, seeds).
+    :meth:`build` resolves the parameters once; :meth:`replace` derives an objective with other options
+    (another ``bn``, no metric) without resolving anything again.
+
+    Attributes:
+        model: the model; its weights are moved in place and restored exactly by every computation.
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
+        batches: the probe batches, already on the model's device; the objective is their mean loss.
+        params: the parameters directions are aligned with (:func:`landscape_parameters` by default).
+        bn: which BatchNorm statistics each evaluated point uses (``"keep"``, ``"recompute"``, or
+            ``"interpolate"`` where a computation is given the other models' buffers); see
+            :mod:`lightning_landscape.functional.landscape.bn`.
+        engine: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"compile"`` (see :func:`loss_surface`).
+        chunk_size: points per batched forward pass (default: from a memory budget).
+        shard: share evaluation points out among processes (see :class:`PointShard`).
+        metric_fn, metric_name: a second quantity evaluated beside the loss at every point, and its
+            name in records (default: the function's ``__name__``).
+
+    Example::
+
+        >>> from lightning_landscape.functional import Objective, loss_surface
+        >>> model = nn.Linear(1, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.fill_(0.0)
+        >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()
+        >>> objective = Objective.build(model, mse, [(torch.tensor([[1.0]]), torch.tensor([[2.0]]))])
+        >>> objective.loss(), objective.numel, objective.probe_meta()
+        (4.0, 1, {'probe_batches': 1, 'probe_samples': 1})
+        >>> objective.replace(bn="recompute").bn, objective.replace(bn="recompute").params is objective.params
+        ('recompute', True)
+    """
+
+    model: nn.Module
+    loss_fn: LossFn
+    batches: Sequence[Any]
+    params: Sequence[Tensor]
+    bn: BNMode = "keep"
+    engine: Engine = "auto"
+    chunk_size: int | None = None
+    shard: PointShard | None = None
+    metric_fn: LossFn | None = None
+    metric_name: str | None = None
+
+    def __post_init__(self) -> None:
+        check_engine(self.engine)
+        chunk = self.chunk_size
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise ValueError(f"`chunk_size` must be a positive integer or None, got {chunk!r}")
+        if len(self.batches) == 0:
+            raise ValueError("`batches` is empty: at least one probe batch is needed")
+        check_bn(self.bn)
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: Sequence[Any],
+        params: Sequence[Tensor] | None = None,
+        *,
+        require_grad: bool = False,
+        bn: BNMode = "keep",
+        engine: Engine = "auto",
+        chunk_size: int | None = None,
+        shard: PointShard | None = None,
+        metric_fn: LossFn | None = None,
+        metric_name: str | None = None,
+    ) -> Objective:
+        """The objective of ``model`` on ``batches``; ``params`` resolved once (see :func:`resolve_params`:
+        ``require_grad`` for computations that differentiate)."""
+        resolved = resolve_params(model, params, require_grad=require_grad)
+        return cls(
+            model, loss_fn, list(batches), resolved, bn=bn, engine=engine, chunk_size=chunk_size,
+            shard=shard, metric_fn=metric_fn, metric_name=metric_name,
+        )  # fmt: skip
+
+    def replace(self, **changes: Any) -> Objective:
+        """This objective with some options changed (the parameters are not resolved again)."""
+        return dataclasses.replace(self, **changes)
+
+    def differentiable(self) -> Objective:
+        """This objective, after checking that every parameter requires grad (a ValueError otherwise)."""
+        resolve_params(self.model, self.params, require_grad=True)
+        return self
+
+    @property
+    def numel(self) -> int:
+        """The number of parameter elements, ``P``."""
+        return sum(p.numel() for p in self.params)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The work dtype of flat vectors over the parameters (see :func:`work_dtype`)."""
+        return work_dtype(self.params[0])
+
+    @property
+    def metric_label(self) -> str | None:
+        """The metric's name in records (None without a metric)."""
+        if self.metric_fn is None:
+            return None
+        if self.metric_name is not None:
+            return str(self.metric_name)
+        name = getattr(self.metric_fn, "__name__", "metric")
+        return "metric" if name == "<lambda>" else name
+
+    def probe_meta(self) -> dict[str, int]:
+        """What every result says about its probe set (see :func:`probe_meta`)."""
+        return probe_meta(self.batches)
+
+    def buffer_plan(self) -> BufferPlan | None:
+        """The buffers of a computation that has no other models: ``"recompute"``'s plan, or None for
+        ``"keep"``; a ValueError for ``"interpolate"`` (it needs the buffers of the models at the ends)."""
+        if self.bn == "interpolate":
+            raise ValueError(
+                f"`bn`={self.bn!r} needs the buffers of the models at the other ends (interpolation_line's "
+                "`start_buffers`, barrier or shared_plane_surface); use 'keep' or 'recompute' here"
+            )
+        return BufferPlan.recompute(self.model) if self.bn == "recompute" else None
+
+    def loss(self) -> float:
+        """The mean probe loss at the current weights, observed in eval mode (state restored after)."""
+        with observation(self.model):
+            return float(mean_loss(self.model, self.loss_fn, self.batches))

@@ -332,9 +332,9 @@ def compare_solutions(
     import torch
 
     from lightning_landscape.functional.landscape.bn import check_bn, landscape_buffers
-    from lightning_landscape.functional.objective import work_dtype
-    from lightning_landscape.functional.solutions.barrier import barrier
-    from lightning_landscape.functional.solutions.plane import shared_plane_surface
+    from lightning_landscape.functional.objective import Objective, work_dtype
+    from lightning_landscape.functional.solutions.barrier import barrier_of
+    from lightning_landscape.functional.solutions.plane import shared_plane_surface_of
 
     check_bn(bn)
     check_bn(surface_bn, "surface_bn")
@@ -399,27 +399,18 @@ def compare_solutions(
         runs=[str(a.directory), str(b.directory)],
         init_difference=init_difference,
     )
+    objective = Objective.build(
+        model, loss_fn, batches, params, engine=engine, chunk_size=chunk_size, metric_fn=metric_fn,
+        metric_name=metric_name,
+    )  # fmt: skip
     surface: SurfaceRecord | None = None
     if shared_plane:
         with _loaded(model, frozen_a):
-            surface = shared_plane_surface(
-                model,
-                loss_fn,
-                batches,
-                w0,
-                w1,
-                w2,
-                trajectories=paths,
-                resolution=resolution,
-                margin=margin,
+            surface = shared_plane_surface_of(
+                objective.replace(bn=surface_bn if has_buffers else "keep"), w0, w1, w2, trajectories=paths,
+                resolution=resolution, margin=margin,
                 buffers=(a.initial_buffers, a.final_buffers, b.final_buffers) if has_buffers else None,
-                bn=surface_bn if has_buffers else None,
-                metric_fn=metric_fn,
-                metric_name=metric_name,
-                params=params,
-                engine=engine,
-                chunk_size=chunk_size,
-            )
+            )  # fmt: skip
         surface.meta.update(
             shared,
             name=SHARED_PLANE,
@@ -437,25 +428,15 @@ def compare_solutions(
     v1 = w1 + [frozen_a[n].to(named[n].device, work_dtype(named[n])) for n in moving]
     v2 = w2 + [frozen_b[n].to(named[n].device, work_dtype(named[n])) for n in moving]
     fixed = {n: t for n, t in frozen_a.items() if n not in set(moving)}
+    # The frozen parameters that differ between the runs join the line's parameters (resolved once more).
+    line_objective = objective if not moving else objective.replace(params=line_params)
 
     def line(mode: BNMode, name: str) -> LineRecord:
         with _loaded(model, fixed):
-            rec = barrier(
-                model,
-                loss_fn,
-                batches,
-                v1,
-                v2,
-                a.final_buffers if has_buffers else None,
-                b.final_buffers if has_buffers else None,
-                resolution=barrier_resolution,
-                bn=mode,
-                metric_fn=metric_fn,
-                metric_name=metric_name,
-                params=line_params,
-                engine=engine,
-                chunk_size=chunk_size,
-            )
+            rec = barrier_of(
+                line_objective.replace(bn=mode), v1, v2, a.final_buffers if has_buffers else None,
+                b.final_buffers if has_buffers else None, resolution=barrier_resolution,
+            )  # fmt: skip
         rec.meta.update(shared, name=name, label=f"{la} → {lb} (alpha)", frozen_interpolated=moving)
         return rec
 

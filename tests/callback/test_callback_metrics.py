@@ -131,10 +131,10 @@ def test_failing_and_nan_metrics_warn_and_the_rest_are_kept(trainer_kwargs, monk
     with pytest.raises(ValueError, match=r"`metrics`.*'sam'.*`rho`"):  # a bad option: refused up front
         LossLandscapeCallback(metrics={"sam": {"rho": -1.0}})
 
-    def broken_sam(model, loss_fn, batches, rho=0.05, adaptive=False, params=None):
+    def broken_sam(objective, rho=0.05, adaptive=False):
         raise RuntimeError(f"`rho`={rho} exploded")
 
-    monkeypatch.setitem(metrics_module.METRICS, "sam", broken_sam)
+    monkeypatch.setitem(metrics_module.METRIC_CORES, "sam", broken_sam)
     pl.seed_everything(0)
     cb = LossLandscapeCallback(
         max_overhead=None, metrics={"sam": {"rho": 0.5}, "eigenvalues": None}, final_metrics=None, **SMALL

@@ -24,18 +24,11 @@ from lightning_landscape.functional.curvature.estimators import (
     hutchinson_samples,
     summarize_samples,
 )
-from lightning_landscape.functional.curvature.operators import hessian_operator, operator_lanczos
+from lightning_landscape.functional.curvature.operators import hessian_operator_of, operator_lanczos
 from lightning_landscape.functional.landscape.params import LossFn
-from lightning_landscape.functional.objective import (
-    NonFiniteError,
-    check_batches,
-    check_int,
-    nonfinite_warning,
-    probe_meta,
-    resolve_params,
-)
+from lightning_landscape.functional.objective import NonFiniteError, Objective, check_int, nonfinite_warning
 
-__all__ = ["BlockCurvature", "block_curvature", "parameter_blocks"]
+__all__ = ["BlockCurvature", "block_curvature", "block_curvature_of", "parameter_blocks"]
 
 Blocks = Mapping[str, Sequence[str]] | Sequence[str]
 
@@ -181,9 +174,25 @@ def block_curvature(
     """
     check_lanczos_args(1, "largest", max_iter, tol)
     check_int("samples", samples, 2)
-    params = resolve_params(model, params)
-    batches = check_batches(batches)
-    groups = parameter_blocks(model, params, blocks)
+    objective = Objective.build(model, loss_fn, batches, params, require_grad=True)
+    return block_curvature_of(objective, blocks, max_iter, tol, samples, seed, reuse_graph, max_basis)
+
+
+def block_curvature_of(
+    objective: Objective,
+    blocks: Blocks | None = None,
+    max_iter: int = 20,
+    tol: float = 1e-3,
+    samples: int = 16,
+    seed: int = 0,
+    reuse_graph: bool = True,
+    max_basis: int | None = None,
+) -> BlockCurvature:
+    """:func:`block_curvature` of ``objective`` (the core)."""
+    check_lanczos_args(1, "largest", max_iter, tol)
+    check_int("samples", samples, 2)
+    params = objective.params
+    groups = parameter_blocks(objective.model, params, blocks)
     used = sorted(i for members in groups.values() for i in members)
     chosen = [params[i] for i in used]
     position = {i: k for k, i in enumerate(used)}  # index into `params` -> index into `chosen`
@@ -195,13 +204,13 @@ def block_curvature(
         "tol": tol,
         "samples": samples,
         "seed": seed,
-        **probe_meta(batches),
+        **objective.probe_meta(),
     }
     start = time.perf_counter()
     nan = np.full(len(names), math.nan)
     rows: list[tuple[float, float, float, float, int]] = []
     try:
-        with hessian_operator(model, loss_fn, batches, chosen, reuse_graph) as op:
+        with hessian_operator_of(objective.replace(params=chosen), reuse_graph) as op:
             for name in names:
                 block = op.block([position[i] for i in groups[name]])
                 eig = operator_lanczos(block, max_iter, tol, seed, max_basis=max_basis)

@@ -33,24 +33,20 @@ from lightning_landscape.functional.curvature.estimators import (
     hutchinson_samples,
     summarize_samples,
 )
-from lightning_landscape.functional.curvature.operators import hessian_operator, operator_lanczos
+from lightning_landscape.functional.curvature.operators import hessian_operator_of, operator_lanczos
 from lightning_landscape.functional.landscape.params import Direction, LossFn, unflatten
 from lightning_landscape.functional.landscape.sharding import PointShard, evaluate_sharded
-from lightning_landscape.functional.objective import (
-    NonFiniteError,
-    check_batches,
-    check_int,
-    nonfinite_warning,
-    probe_meta,
-    resolve_params,
-)
+from lightning_landscape.functional.objective import NonFiniteError, Objective, check_int, nonfinite_warning
 
 __all__ = [
     "HessianEigenvalues",
     "HessianTrace",
     "hessian_directions",
+    "hessian_directions_of",
     "hessian_eigenvalues",
+    "hessian_eigenvalues_of",
     "hessian_trace",
+    "hessian_trace_of",
 ]
 
 
@@ -182,8 +178,28 @@ def hessian_eigenvalues(
         (1.0, 1.0)
     """
     check_lanczos_args(k, which, max_iter, tol)
-    params = resolve_params(model, params)
-    batches = check_batches(batches)
+    objective = Objective.build(model, loss_fn, batches, params, require_grad=True)
+    return hessian_eigenvalues_of(
+        objective, k, which, max_iter, tol, seed, return_eigenvectors=return_eigenvectors,
+        reuse_graph=reuse_graph, max_basis=max_basis,
+    )  # fmt: skip
+
+
+def hessian_eigenvalues_of(
+    objective: Objective,
+    k: int = 1,
+    which: Which = "largest",
+    max_iter: int = 100,
+    tol: float = 1e-5,
+    seed: int = 0,
+    *,
+    return_eigenvectors: bool = False,
+    reuse_graph: bool = True,
+    max_basis: int | None = None,
+) -> HessianEigenvalues:
+    """:func:`hessian_eigenvalues` of ``objective`` (the core)."""
+    check_lanczos_args(k, which, max_iter, tol)
+    params = objective.params
     meta = {
         "which": which,
         "k": k,
@@ -191,12 +207,12 @@ def hessian_eigenvalues(
         "tol": tol,
         "seed": seed,
         "max_basis": max_basis,
-        **probe_meta(batches),
-        "parameters": sum(p.numel() for p in params),
+        **objective.probe_meta(),
+        "parameters": objective.numel,
     }
     start = time.perf_counter()
     try:
-        with hessian_operator(model, loss_fn, batches, params, reuse_graph) as op:
+        with hessian_operator_of(objective, reuse_graph) as op:
             res = operator_lanczos(
                 op,
                 max_iter,
@@ -263,17 +279,17 @@ def hessian_directions(
         >>> d_max[0].abs().round(decimals=4), d_min[0].abs().round(decimals=4)
         (tensor([[1., 0.]]), tensor([[0., 1.]]))
     """
-    eig = hessian_eigenvalues(
-        model,
-        loss_fn,
-        batches,
-        k=1,
-        which="both",
-        max_iter=max_iter,
-        tol=tol,
-        seed=seed,
-        params=params,
-        return_eigenvectors=True,
+    check_lanczos_args(1, "both", max_iter, tol)
+    objective = Objective.build(model, loss_fn, batches, params, require_grad=True)
+    return hessian_directions_of(objective, max_iter, tol, seed)
+
+
+def hessian_directions_of(
+    objective: Objective, max_iter: int = 100, tol: float = 1e-4, seed: int = 0
+) -> tuple[tuple[Direction, Direction], HessianEigenvalues]:
+    """:func:`hessian_directions` of ``objective`` (the core)."""
+    eig = hessian_eigenvalues_of(
+        objective, k=1, which="both", max_iter=max_iter, tol=tol, seed=seed, return_eigenvectors=True
     )
     if eig.eigenvectors is None or len(eig.eigenvectors) < 2:
         raise ValueError(
@@ -316,15 +332,22 @@ def hessian_trace(
         (2.0, 0.0)
     """
     check_int("samples", samples, 2)
-    params = resolve_params(model, params)
-    batches = check_batches(batches)
-    meta = {"samples": samples, "seed": seed, "probes": "rademacher", **probe_meta(batches)}
+    objective = Objective.build(model, loss_fn, batches, params, require_grad=True, shard=shard)
+    return hessian_trace_of(objective, samples, seed, reuse_graph)
+
+
+def hessian_trace_of(
+    objective: Objective, samples: int = 64, seed: int = 0, reuse_graph: bool = True
+) -> HessianTrace:
+    """:func:`hessian_trace` of ``objective`` (the core; the probes shared out by its ``shard``)."""
+    check_int("samples", samples, 2)
+    meta = {"samples": samples, "seed": seed, "probes": "rademacher", **objective.probe_meta()}
     start = time.perf_counter()
     losses: list[float] = []
 
     def probe_values(rows: np.ndarray) -> np.ndarray:
         """``z_i^T H z_i`` for the probe indices in ``rows``; the generator still draws every probe."""
-        with hessian_operator(model, loss_fn, batches, params, reuse_graph) as op:
+        with hessian_operator_of(objective, reuse_graph) as op:
             values = hutchinson_samples(
                 op.matvec, op.numel, samples, seed, op.dtype, op.device, indices=rows[:, 0].astype(int)
             )
@@ -332,7 +355,8 @@ def hessian_trace(
         return values
 
     try:
-        values = evaluate_sharded(probe_values, np.arange(samples, dtype=np.float64)[:, None], shard)
+        rows = np.arange(samples, dtype=np.float64)[:, None]
+        values = evaluate_sharded(probe_values, rows, objective.shard)
         loss = losses[0] if losses else math.nan
     except NonFiniteError as err:
         nonfinite_warning("hessian_trace", err)

@@ -27,11 +27,9 @@ from lightning_landscape.functional.curvature.estimators import LanczosResult, W
 from lightning_landscape.functional.landscape.params import Direction, LossFn, observation, unflatten
 from lightning_landscape.functional.objective import (
     NonFiniteError,
-    check_batches,
-    resolve_params,
+    Objective,
     scalar_loss,
     second_order,
-    work_dtype,
 )
 
 __all__ = [
@@ -41,7 +39,9 @@ __all__ = [
     "ScaledOperator",
     "SecondOrderError",
     "hessian_operator",
+    "hessian_operator_of",
     "hessian_vector_product",
+    "hessian_vector_product_of",
     "operator_lanczos",
 ]
 
@@ -162,7 +162,8 @@ class LinearOperator(Protocol):
 class HessianOperator:
     """``v -> H v`` for the Hessian of the mean probe loss, on flat vectors; also holds ``L(w)``.
 
-    Made by :func:`hessian_operator`, valid only inside its ``with`` block. With ``reuse_graph`` the
+    Made from an :class:`~lightning_landscape.functional.objective.Objective` by :func:`hessian_operator_of`
+    (or :func:`hessian_operator`), valid only inside its ``with`` block. With ``reuse_graph`` the
     first-order gradient graph of every probe batch is built once and kept, so each product costs one
     extra backward pass per batch; without it each product rebuilds the graph (less memory, about
     twice the time).
@@ -173,18 +174,13 @@ class HessianOperator:
             float32) and device.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        batches: Sequence[Any],
-        params: Sequence[Tensor],
-        reuse_graph: bool = True,
-    ) -> None:
-        self.model, self.loss_fn, self.batches, self.params = model, loss_fn, list(batches), list(params)
+    def __init__(self, objective: Objective, reuse_graph: bool = True) -> None:
+        self.objective = objective
+        self.model, self.loss_fn = objective.model, objective.loss_fn
+        self.batches, self.params = list(objective.batches), list(objective.params)
         self.reuse_graph = reuse_graph
-        self.numel = sum(p.numel() for p in self.params)
-        self.dtype = work_dtype(self.params[0])
+        self.numel = objective.numel
+        self.dtype = objective.dtype
         self.device = self.params[0].device
         # Each batch's gradient graph (create_graph) is kept for the products when ``reuse_graph``; the
         # gradients' own values are not needed for that (only their graph), so their memory is given back
@@ -398,10 +394,18 @@ def hessian_operator(
         ...     H.matvec(torch.tensor([1.0, 0.0]))
         tensor([2., 4.])
     """
-    params = resolve_params(model, params)
-    batches = check_batches(batches)
-    with observation(model), torch.enable_grad(), second_order():
-        yield HessianOperator(model, loss_fn, batches, params, reuse_graph=reuse_graph)
+    with hessian_operator_of(
+        Objective.build(model, loss_fn, batches, params, require_grad=True), reuse_graph
+    ) as op:
+        yield op
+
+
+@contextlib.contextmanager
+def hessian_operator_of(objective: Objective, reuse_graph: bool = True) -> Iterator[HessianOperator]:
+    """:func:`hessian_operator` of ``objective`` (the core; each parameter must require grad)."""
+    objective.differentiable()
+    with observation(objective.model), torch.enable_grad(), second_order():
+        yield HessianOperator(objective, reuse_graph=reuse_graph)
 
 
 def hessian_vector_product(
@@ -421,10 +425,16 @@ def hessian_vector_product(
         >>> hessian_vector_product(model, mse, [batch], [torch.tensor([[0.0, 1.0]])])
         [tensor([[4., 8.]])]
     """
-    params = resolve_params(model, params)
+    objective = Objective.build(model, loss_fn, batches, params, require_grad=True)
+    return hessian_vector_product_of(objective, vector)
+
+
+def hessian_vector_product_of(objective: Objective, vector: Sequence[Tensor]) -> Direction:
+    """:func:`hessian_vector_product` of ``objective`` (the core)."""
+    params = objective.params
     if len(vector) != len(params) or any(v.shape != p.shape for v, p in zip(vector, params)):
         raise ValueError("`vector` must hold one tensor per parameter, shaped like it")
-    with hessian_operator(model, loss_fn, batches, params) as op:
+    with hessian_operator_of(objective) as op:
         flat = torch.cat([v.detach().reshape(-1).to(device=op.device, dtype=op.dtype) for v in vector])
         out = op.matvec(flat)
         if not bool(torch.isfinite(out).all()):

@@ -28,18 +28,19 @@ from torch import Tensor, nn
 from lightning_landscape.functional.landscape.directions import random_direction
 from lightning_landscape.functional.landscape.params import Direction, LossFn, observation
 from lightning_landscape.functional.landscape.sharding import PointShard, evaluate_sharded
-from lightning_landscape.functional.landscape.surface import _evaluate_points
-from lightning_landscape.functional.objective import (
-    check_batches,
-    check_int,
-    check_positive,
-    norm64,
-    probe_meta,
-    resolve_params,
-    scalar_loss,
-)
+from lightning_landscape.functional.landscape.surface import point_losses_of
+from lightning_landscape.functional.objective import Objective, check_int, check_positive, norm64, scalar_loss
 
-__all__ = ["AverageSharpness", "SamSharpness", "average_sharpness", "loss_gradient", "sam_sharpness"]
+__all__ = [
+    "AverageSharpness",
+    "SamSharpness",
+    "average_sharpness",
+    "average_sharpness_of",
+    "loss_gradient",
+    "loss_gradient_of",
+    "sam_sharpness",
+    "sam_sharpness_of",
+]
 
 _EPS = 1e-12
 _CHUNK_ELEMENTS = 1 << 25  # parameter elements held by one chunk of average-sharpness directions
@@ -113,8 +114,13 @@ def loss_gradient(
         >>> loss_gradient(model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), [batch])
         (4.0, [tensor([[8.]])])
     """
-    params = resolve_params(model, params)
-    batches = check_batches(batches)
+    return loss_gradient_of(Objective.build(model, loss_fn, batches, params, require_grad=True))
+
+
+def loss_gradient_of(objective: Objective) -> tuple[float, Direction]:
+    """:func:`loss_gradient` of ``objective`` (the core; each parameter must require grad)."""
+    model, loss_fn, batches, params = objective.model, objective.loss_fn, objective.batches, objective.params
+    objective.differentiable()
     total = 0.0
     grad = [torch.zeros_like(p) for p in params]
     with observation(model), torch.enable_grad():
@@ -155,11 +161,17 @@ def sam_sharpness(
         (1.25, 1.0, 0.25)
     """
     check_positive("rho", rho)
-    params = resolve_params(model, params)
-    batches = check_batches(batches)
-    meta = {"rho": float(rho), "adaptive": bool(adaptive), **probe_meta(batches)}
+    objective = Objective.build(model, loss_fn, batches, params, require_grad=True)
+    return sam_sharpness_of(objective, rho, adaptive)
+
+
+def sam_sharpness_of(objective: Objective, rho: float = 0.05, adaptive: bool = False) -> SamSharpness:
+    """:func:`sam_sharpness` of ``objective`` (the core; the perturbed point evaluated with its engine)."""
+    check_positive("rho", rho)
+    params = objective.params
+    meta = {"rho": float(rho), "adaptive": bool(adaptive), **objective.probe_meta()}
     start = time.perf_counter()
-    loss, grad = loss_gradient(model, loss_fn, batches, params)
+    loss, grad = loss_gradient_of(objective)
     grad_norm = norm64(grad)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         warnings.warn(
@@ -173,7 +185,7 @@ def sam_sharpness(
         scaled_norm = norm64(scaled)
         weights = [p.detach().abs() for p in params] if adaptive else [None] * len(params)
         e = [(s * w if w is not None else s) * (rho / (scaled_norm + _EPS)) for s, w in zip(scaled, weights)]
-    losses = _evaluate_points(model, loss_fn, batches, params, [e], np.array([[0.0], [1.0]]))
+    losses = point_losses_of(objective, [e], np.array([[0.0], [1.0]]))
     centre, perturbed = float(losses[0]), float(losses[1])
     meta["seconds"] = time.perf_counter() - start
     return SamSharpness(
@@ -217,15 +229,25 @@ def average_sharpness(
     """
     check_positive("sigma", sigma)
     check_int("samples", samples, 2)
-    params = resolve_params(model, params)
-    batches = check_batches(batches)
+    objective = Objective.build(model, loss_fn, batches, params, require_grad=True, shard=shard)
+    return average_sharpness_of(objective, sigma, samples, adaptive, seed)
+
+
+def average_sharpness_of(
+    objective: Objective, sigma: float = 0.01, samples: int = 16, adaptive: bool = False, seed: int = 0
+) -> AverageSharpness:
+    """:func:`average_sharpness` of ``objective`` (the core; its samples shared out by the objective's
+    ``shard``, each evaluated with its engine)."""
+    check_positive("sigma", sigma)
+    check_int("samples", samples, 2)
+    params = objective.params
     meta = {
         "sigma": float(sigma),
         "samples": samples,
         "adaptive": bool(adaptive),
         "seed": seed,
         "distribution": "gaussian",
-        **probe_meta(batches),
+        **objective.probe_meta(),
     }
     start = time.perf_counter()
     numel = sum(p.numel() for p in params)
@@ -235,7 +257,7 @@ def average_sharpness(
     # L(w) through the same engine as the samples (a zero step along one direction), so that
     # sharpness = mean(L(w + d)) - L(w) subtracts like from like.
     zero = [[torch.zeros_like(p) for p in params]]
-    centre = float(_evaluate_points(model, loss_fn, batches, params, zero, np.zeros((1, 1)))[0])
+    centre = float(point_losses_of(objective, zero, np.zeros((1, 1)))[0])
 
     def sample_losses(rows: np.ndarray) -> np.ndarray:
         """``L(w + d_i)`` for the sample indices in ``rows``; the generator still draws every sample."""
@@ -252,11 +274,12 @@ def average_sharpness(
                     [zi.to(p.dtype) * (s if s is not None else sigma) for zi, p, s in zip(z, params, scale)]
                 )
             if len(pending) == chunk or i == wanted[-1]:
-                out.append(_evaluate_points(model, loss_fn, batches, params, pending, np.eye(len(pending))))
+                out.append(point_losses_of(objective, pending, np.eye(len(pending))))
                 pending = []
         return np.concatenate(out) if out else np.zeros(0)
 
-    losses = [evaluate_sharded(sample_losses, np.arange(samples, dtype=np.float64)[:, None], shard)]
+    rows = np.arange(samples, dtype=np.float64)[:, None]
+    losses = [evaluate_sharded(sample_losses, rows, objective.shard)]
     all_losses = np.concatenate(losses)
     meta["seconds"] = time.perf_counter() - start
     if not math.isfinite(centre):

@@ -37,24 +37,18 @@ from torch import Tensor, nn
 from lightning_landscape.functional.curvature.estimators import check_lanczos_args
 from lightning_landscape.functional.curvature.operators import (
     ScaledOperator,
-    hessian_operator,
+    hessian_operator_of,
     operator_lanczos,
 )
 from lightning_landscape.functional.landscape.params import LossFn
-from lightning_landscape.functional.objective import (
-    NonFiniteError,
-    check_batches,
-    nonfinite_warning,
-    probe_meta,
-    resolve_params,
-    work_dtype,
-)
+from lightning_landscape.functional.objective import NonFiniteError, Objective, nonfinite_warning, work_dtype
 
 __all__ = [
     "EdgeOfStability",
     "StabilityThreshold",
     "adam_preconditioner",
     "edge_of_stability_ratio",
+    "edge_of_stability_ratio_of",
     "stability_threshold",
 ]
 
@@ -273,8 +267,28 @@ def edge_of_stability_ratio(
     threshold = stability_threshold(optimizer)
     if not threshold.available:
         raise ValueError(f"`optimizer`: no edge-of-stability ratio: {threshold.reason}")
-    params = resolve_params(model, params)
-    batches = check_batches(batches)
+    objective = Objective.build(model, loss_fn, batches, params, require_grad=True)
+    return edge_of_stability_ratio_of(
+        objective, optimizer, max_iter, tol, seed, reuse_graph=reuse_graph, max_basis=max_basis
+    )
+
+
+def edge_of_stability_ratio_of(
+    objective: Objective,
+    optimizer: Any,
+    max_iter: int = 20,
+    tol: float = 1e-3,
+    seed: int = 0,
+    *,
+    reuse_graph: bool = True,
+    max_basis: int | None = None,
+) -> EdgeOfStability:
+    """:func:`edge_of_stability_ratio` of ``objective`` (the core)."""
+    check_lanczos_args(1, "largest", max_iter, tol)
+    threshold = stability_threshold(optimizer)
+    if not threshold.available:
+        raise ValueError(f"`optimizer`: no edge-of-stability ratio: {threshold.reason}")
+    params = objective.params
     diagonal = None
     if threshold.sharpness == "preconditioned":
         diagonal = torch.cat([d.reshape(-1) for d in adam_preconditioner(optimizer, params)])
@@ -287,11 +301,11 @@ def edge_of_stability_ratio(
         "max_iter": max_iter,
         "tol": tol,
         "seed": seed,
-        **probe_meta(batches),
+        **objective.probe_meta(),
     }
     start = time.perf_counter()
     try:
-        with hessian_operator(model, loss_fn, batches, params, reuse_graph) as op:
+        with hessian_operator_of(objective, reuse_graph) as op:
             operator = op if diagonal is None else ScaledOperator(op, diagonal.rsqrt())
             res = operator_lanczos(operator, max_iter, tol, seed, max_basis=max_basis)
             loss = op.loss

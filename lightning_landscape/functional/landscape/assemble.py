@@ -8,118 +8,76 @@ and :mod:`~lightning_landscape.functional.solutions.barrier` (private: the publi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from torch import Tensor, nn
+from torch import Tensor
 
-from lightning_landscape.functional.landscape.bn import BufferPlan, check_bn
-from lightning_landscape.functional.landscape.engine import Engine, Evaluation, Progress, evaluate_points
+from lightning_landscape.functional.landscape.bn import BufferPlan
+from lightning_landscape.functional.landscape.engine import Evaluation, Progress, evaluate_points_of
 from lightning_landscape.functional.landscape.noise import probe_noise_of
-from lightning_landscape.functional.landscape.params import Direction, LossFn
-from lightning_landscape.functional.landscape.sharding import PointShard, evaluate_sharded
-from lightning_landscape.functional.objective import probe_size, resolve_params
+from lightning_landscape.functional.landscape.params import Direction
+from lightning_landscape.functional.landscape.sharding import evaluate_sharded
+from lightning_landscape.functional.objective import Objective, probe_size
+
+__all__ = ["evaluate_shared", "finish", "record_parts"]
 
 
-def _resolve_params(model: nn.Module, params: Sequence[Tensor] | None) -> list[Tensor]:
-    """The landscape's parameters (the one resolver, without the requires-grad check)."""
-    return resolve_params(model, params, require_grad=False)
+def evaluate_shared(
+    objective: Objective,
+    directions: Sequence[Direction],
+    coefficients: np.ndarray,
+    origin: Sequence[Tensor] | None = None,
+    buffers: BufferPlan | None = None,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Per-batch losses (and metrics) at every row of ``coefficients``, gathered from all processes.
 
-
-@dataclass
-class PointEvaluator:
-    """What every point of one landscape shares: the model, loss, probe batches, parameters and options.
-
-    :meth:`evaluate` runs :func:`evaluate_points` on this process's rows of a coefficient table and
-    gathers the rows of all processes; :meth:`record` shapes the result into a record's parts.
+    Each process evaluates its rows of the table (the objective's ``shard``) with
+    :func:`evaluate_points_of`; per-batch losses and metrics are gathered with the means, so every
+    process holds the whole record.
     """
+    local: list[Evaluation] = []
+    n_batches = len(objective.batches)
+    with_metric = objective.metric_fn is not None
+    width = n_batches * (2 if with_metric else 1)
 
-    model: nn.Module
-    loss_fn: LossFn
-    batches: Sequence[Any]
-    params: Sequence[Tensor]
-    shard: PointShard | None = None
-    engine: Engine = "auto"
-    chunk_size: int | None = None
-    metric_fn: LossFn | None = None
-    progress: Progress | None = None
+    def evaluate(rows: np.ndarray) -> np.ndarray:
+        ev = evaluate_points_of(
+            objective, directions, rows, origin=origin, buffers=buffers, progress=progress
+        )
+        local.append(ev)
+        return ev.losses if ev.metrics is None else np.concatenate([ev.losses, ev.metrics], axis=1)
 
-    def evaluate(
-        self,
-        directions: Sequence[Direction],
-        coefficients: np.ndarray,
-        origin: Sequence[Tensor] | None = None,
-        buffers: BufferPlan | None = None,
-    ) -> Evaluation:
-        """Per-batch losses (and metrics) at every row of ``coefficients``, gathered from all processes.
-
-        Per-batch losses and metrics are gathered with the means, so every process holds the whole record.
-        """
-        local: list[Evaluation] = []
-        n_batches = len(self.batches)
-        width = n_batches * (2 if self.metric_fn is not None else 1)
-
-        def evaluate(rows: np.ndarray) -> np.ndarray:
-            ev = evaluate_points(
-                self.model,
-                self.loss_fn,
-                self.batches,
-                self.params,
-                directions,
-                rows,
-                engine=self.engine,
-                chunk_size=self.chunk_size,
-                origin=origin,
-                buffers=buffers,
-                metric_fn=self.metric_fn,
-                progress=self.progress,
-            )
-            local.append(ev)
-            return ev.losses if ev.metrics is None else np.concatenate([ev.losses, ev.metrics], axis=1)
-
-        table = evaluate_sharded(evaluate, coefficients, self.shard, columns=width)
-        used = local[0] if local else Evaluation(np.zeros((0, n_batches)), None, "loop")
-        metrics = table[:, n_batches:] if self.metric_fn is not None else None
-        return Evaluation(table[:, :n_batches], metrics, used.engine, used.note)
-
-    def record(
-        self,
-        directions: Sequence[Direction],
-        coefficients: np.ndarray,
-        shape: tuple[int, ...],
-        bn: str,
-        plan: BufferPlan | None,
-        metric_name: str | None,
-        origin: Sequence[Tensor] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
-        """:meth:`evaluate` with the buffers of ``plan``, then :func:`_finish` shaped like ``shape``."""
-        ev = self.evaluate(directions, coefficients, origin, plan)
-        return _finish(ev, self.batches, shape, bn, plan, _metric_name(self.metric_fn, metric_name))
+    table = evaluate_sharded(evaluate, coefficients, objective.shard, columns=width)
+    used = local[0] if local else Evaluation(np.zeros((0, n_batches)), None, "loop")
+    metrics = table[:, n_batches:] if with_metric else None
+    return Evaluation(table[:, :n_batches], metrics, used.engine, used.note)
 
 
-def _metric_name(metric_fn: LossFn | None, metric_name: str | None) -> str | None:
-    if metric_fn is None:
-        return None
-    if metric_name is not None:
-        return str(metric_name)
-    name = getattr(metric_fn, "__name__", "metric")
-    return "metric" if name == "<lambda>" else name
-
-
-def _finish(
-    ev: Evaluation,
-    batches: Sequence[Any],
+def record_parts(
+    objective: Objective,
+    directions: Sequence[Direction],
+    coefficients: np.ndarray,
     shape: tuple[int, ...],
-    bn: str,
     plan: BufferPlan | None,
-    metric_name: str | None,
+    origin: Sequence[Tensor] | None = None,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """:func:`evaluate_shared` with the buffers of ``plan``, then :func:`finish` shaped like ``shape``."""
+    ev = evaluate_shared(objective, directions, coefficients, origin, plan, progress)
+    return finish(ev, objective, shape, plan)
+
+
+def finish(
+    ev: Evaluation, objective: Objective, shape: tuple[int, ...], plan: BufferPlan | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Means, per-batch losses and metrics shaped like the grid, and the meta every record carries.
 
     ``forward_passes`` counts forward passes of the model over one probe batch, all processes together:
     one per point and batch, one more with a metric, one more to recompute the BatchNorm statistics.
     """
+    batches, bn, metric_name = objective.batches, objective.bn, objective.metric_label
     n_points, n_batches = ev.losses.shape
     batch_losses = ev.losses.reshape(*shape, n_batches)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -141,16 +99,6 @@ def _finish(
     noise = probe_noise_of(batch_losses, losses)
     meta["probe_stderr_median"], meta["probe_noise"] = noise.median_stderr, noise.relative
     return losses, batch_losses, metrics, meta
-
-
-def _plan(model: nn.Module, bn: str, allowed: tuple[str, ...] = ("keep", "recompute")) -> BufferPlan | None:
-    check_bn(bn)
-    if bn not in allowed:
-        raise ValueError(
-            f"`bn`={bn!r} needs the buffers of the models at the other ends (interpolation_line's "
-            "`start_buffers`, barrier or shared_plane_surface); use 'keep' or 'recompute' here"
-        )
-    return BufferPlan.recompute(model) if bn == "recompute" else None
 
 
 def _evaluation_meta(batches: Sequence[Any], losses: np.ndarray) -> dict[str, int]:

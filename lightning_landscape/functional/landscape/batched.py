@@ -36,6 +36,7 @@ from torch.func import vmap
 
 from lightning_landscape.functional.landscape.bn import BufferPlan, recompute_session, statistics_pass
 from lightning_landscape.functional.landscape.params import LossFn
+from lightning_landscape.functional.objective import Objective
 
 __all__ = ["auto_chunk_size", "evaluate_points_batched"]
 
@@ -172,21 +173,17 @@ def auto_chunk_size(
 
 
 def evaluate_points_batched(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
-    params: Sequence[Tensor],
+    objective: Objective,
     directions: Sequence[Sequence[Tensor]],
     coefficients: np.ndarray,
-    chunk_size: int | None = None,
-    memory_budget: int | None = None,
     *,
+    memory_budget: int | None = None,
     origin: Sequence[Tensor] | None = None,
     buffers: BufferPlan | None = None,
-    metric_fn: LossFn | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Tensor:
-    """Per-batch losses at ``origin + coefficients[n] @ directions`` for each row ``n``, vmapped.
+    """Per-batch losses of ``objective`` at ``origin + coefficients[n] @ directions`` for each row ``n``,
+    vmapped (``objective.chunk_size`` points at a time; default: from ``memory_budget``).
 
     Returns an ``(n, B)`` tensor on the device (no host synchronisation), or ``(n, 2B)`` float64 with
     ``metric_fn`` (losses, then metrics). ``origin`` defaults to the current weights. With a
@@ -197,6 +194,8 @@ def evaluate_points_batched(
     :func:`observation`) and has cast ``directions`` to the parameters' dtypes and devices; raises
     whatever ``vmap`` raises for a module it cannot batch.
     """
+    model, loss_fn, batches, params = objective.model, objective.loss_fn, objective.batches, objective.params
+    chunk_size, metric_fn = objective.chunk_size, objective.metric_fn
     owners = _slots(model, params, "parameters")
     anchors = list(params) if origin is None else list(origin)
     n_points, n_dirs = coefficients.shape[0], len(directions)

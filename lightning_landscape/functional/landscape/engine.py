@@ -17,36 +17,36 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.functional import checks as check
 from lightning_landscape.functional.landscape.batched import evaluate_points_batched
 from lightning_landscape.functional.landscape.bn import BufferPlan, recompute_session, statistics_pass
 from lightning_landscape.functional.landscape.params import Direction, LossFn, WeightPerturbation, observation
+from lightning_landscape.functional.objective import Engine, Objective, check_engine
 
-__all__ = ["Engine", "Evaluation", "Progress", "auto_engine", "check_engine", "evaluate_points"]
+__all__ = [
+    "Engine",
+    "Evaluation",
+    "Progress",
+    "auto_engine",
+    "check_engine",
+    "evaluate_points",
+    "evaluate_points_of",
+]
 
 #: ``progress(done, total)``: called from Python as points are dispatched (no host sync), monotone,
 #: ending with ``done == total``.
 Progress = Callable[[int, int], None]
-
-Engine = Literal["auto", "loop", "vmap", "compile"]
-_ENGINES = ("auto", "loop", "vmap", "compile")
 
 # Models "auto" found it cannot vmap (weakly held: forgotten with the model). Only which path runs is
 # remembered, never values, so the engine stays a pure function of its inputs. Plain loss evaluations
 # and evaluations with buffers or a metric are remembered apart (one may batch where the other cannot).
 _CANNOT_VMAP: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _CANNOT_VMAP_EXTRA: weakref.WeakKeyDictionary[nn.Module, set[tuple[str, bool]]] = weakref.WeakKeyDictionary()
-
-
-def check_engine(engine: Any, name: str = "engine") -> None:
-    """Raise a ValueError naming ``name`` unless ``engine`` is one of ``_ENGINES``."""
-    check.choice(name, engine, _ENGINES)
 
 
 @dataclass
@@ -105,6 +105,30 @@ def evaluate_points(
 ) -> Evaluation:
     """Per-batch losses (and metrics) at ``origin + coefficients[n] @ directions``; one host sync at the end.
 
+    The thin entry of :func:`evaluate_points_of` (``params`` taken as given; see there).
+    """
+    objective = Objective(
+        model, loss_fn, batches, params, engine=engine, chunk_size=chunk_size, metric_fn=metric_fn
+    )
+    return evaluate_points_of(
+        objective, directions, coefficients, origin=origin, buffers=buffers, progress=progress
+    )
+
+
+def evaluate_points_of(
+    objective: Objective,
+    directions: Sequence[Direction],
+    coefficients: np.ndarray,
+    *,
+    origin: Sequence[Tensor] | None = None,
+    buffers: BufferPlan | None = None,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Per-batch losses (and metrics) of ``objective`` at ``origin + coefficients[n] @ directions``.
+
+    The engine, chunk size and metric are the objective's; its ``bn`` is not read here: ``buffers``
+    says how the statistics follow each point.
+
     With an interpolating :class:`BufferPlan`, each row carries the buffer coefficients after the weight
     coefficients: the buffers at row ``n`` are ``base + coefficients[n, k:] @ buffers.directions``
     (``k = len(directions)``), so the caller chooses how statistics follow the weights (held at the
@@ -121,15 +145,14 @@ def evaluate_points(
     ``progress(done, total)`` is called every few points (after each chunk when batched) and at the end,
     from Python, without a host synchronisation: on an accelerator ``done`` counts points dispatched.
     """
-    check_engine(engine)
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(f"`chunk_size` must be a positive integer or None, got {chunk_size!r}")
-    if len(batches) == 0:
-        raise ValueError("`batches` is empty: at least one probe batch is needed")
+    model, batches, metric_fn, engine = (
+        objective.model,
+        objective.batches,
+        objective.metric_fn,
+        objective.engine,
+    )
     coefficients = np.asarray(coefficients, dtype=np.float64).reshape(len(coefficients), -1)
-    move = WeightPerturbation(params, directions)  # validates shapes, casts directions once
+    move = WeightPerturbation(objective.params, directions)  # validates shapes, casts directions once
     if buffers is not None and buffers.mode == "keep":
         buffers = None
     n_buffer = len(buffers.directions) if buffers is not None and buffers.mode == "interpolate" else 0
@@ -141,7 +164,7 @@ def evaluate_points(
     if origin is not None:
         if len(origin) != len(move.params):
             raise ValueError(
-                f"`origin` has {len(origin)} tensors, expected one per parameter ({len(params)})"
+                f"`origin` has {len(origin)} tensors, expected one per parameter ({len(move.params)})"
             )
         for o, p in zip(origin, move.params):
             if o.shape != p.shape:
@@ -155,23 +178,11 @@ def evaluate_points(
 
     def batched(coef: np.ndarray) -> Tensor:
         return evaluate_points_batched(
-            model,
-            loss_fn,
-            batches,
-            move.params,
-            move.directions,
-            coef,
-            chunk_size=chunk_size,
-            origin=origin,
-            buffers=buffers,
-            metric_fn=metric_fn,
-            progress=progress,
+            objective, move.directions, coef, origin=origin, buffers=buffers, progress=progress
         )
 
     def loop(coef: np.ndarray) -> Tensor:
-        return _evaluate_points_loop(
-            model, loss_fn, batches, move, coef, origin, buffers, metric_fn, progress
-        )
+        return _evaluate_points_loop(objective, move, coef, origin, buffers, progress)
 
     extra = (buffers.mode if buffers is not None else "keep", metric_fn is not None)
     plain = extra == ("keep", False)
@@ -186,9 +197,7 @@ def evaluate_points(
         if engine == "loop":
             values = loop(coefficients)
         elif engine == "compile":
-            values, engine, note = evaluate_compiled(
-                model, loss_fn, batches, move, coefficients, origin, buffers, metric_fn, loop
-            )
+            values, engine, note = evaluate_compiled(objective, move, coefficients, origin, buffers, loop)
         else:
             try:
                 values = batched(coefficients)
@@ -227,14 +236,11 @@ def _monotone(progress: Progress | None, total: int) -> Progress | None:
 
 
 def _evaluate_points_loop(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
+    objective: Objective,
     move: WeightPerturbation,
     coefficients: np.ndarray,
     origin: list[Tensor] | None,
     buffers: BufferPlan | None,
-    metric_fn: LossFn | None,
     progress: Progress | None = None,
 ) -> Tensor:
     """One forward pass per point and batch; per point, two foreach kernels and no host sync.
@@ -243,11 +249,17 @@ def _evaluate_points_loop(
     is built once per row into a buffer, and each point is ``copy(buffer) + c_0 d_0``. Losses stay on
     the device, unreduced, until one stack at the end: ``(n, B)`` losses, then ``(n, B)`` metrics.
     """
+    model, loss_fn, batches, metric_fn = (
+        objective.model,
+        objective.loss_fn,
+        objective.batches,
+        objective.metric_fn,
+    )
     losses: list[Tensor] = []
     metrics: list[Tensor] = []
     n_points = len(coefficients)
     every = max(1, n_points // 50)  # progress about 50 times per evaluation
-    with walk_points(model, loss_fn, batches, move, origin, buffers) as move_to:
+    with walk_points(objective, move, origin, buffers) as move_to:
         for index, full in enumerate(coefficients.tolist()):
             if progress is not None and index and index % every == 0:
                 progress(index, n_points)
@@ -264,9 +276,7 @@ def _evaluate_points_loop(
 
 @contextlib.contextmanager
 def walk_points(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
+    objective: Objective,
     move: WeightPerturbation,
     origin: Sequence[Tensor] | None,
     buffers: BufferPlan | None,
@@ -279,6 +289,7 @@ def walk_points(
     point is ``copy(buffer) + c_0 d_0``; interpolated buffers follow the row's trailing coefficients, and
     with statistics to recompute, one statistics pass runs over the batches at every point.
     """
+    model, loss_fn, batches = objective.model, objective.loss_fn, objective.batches
     params, dirs = move.params, move.directions
     norms = buffers.norms if buffers is not None and buffers.mode == "recompute" else []
     with move, torch.no_grad(), recompute_session(norms):
@@ -396,14 +407,11 @@ def compiled_loss(model: nn.Module) -> Callable[..., tuple[Tensor, Tensor | None
 
 
 def evaluate_compiled(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
+    objective: Objective,
     move: WeightPerturbation,
     coefficients: np.ndarray,
     origin: Sequence[Tensor] | None,
     buffers: BufferPlan | None,
-    metric_fn: LossFn | None,
     loop: Callable[[np.ndarray], Tensor],
 ) -> tuple[Tensor, Engine, str | None]:
     """The loop engine's points through the compiled evaluation of ``model``; ``loop`` if that fails.
@@ -417,13 +425,12 @@ def evaluate_compiled(
     compiled and a :class:`CompileFallbackWarning` says why, once; when it raises too, its error
     propagates (the fault is ``loss_fn``'s, not the compiler's).
     """
+    model = objective.model
     if model in _CANNOT_COMPILE:
         return loop(coefficients), "loop", "compile failed earlier on this model; evaluated with the loop"
     compiled = compiled_loss(model)
     try:
-        values = _compiled_points(
-            compiled, model, loss_fn, batches, move, coefficients, origin, buffers, metric_fn
-        )
+        values = _compiled_points(compiled, objective, move, coefficients, origin, buffers)
         return values, "compile", None
     except Exception as error:  # any failure of the compiled path falls back
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -442,14 +449,11 @@ def evaluate_compiled(
 
 def _compiled_points(
     compiled: Callable[..., tuple[Tensor, Tensor | None]],
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
+    objective: Objective,
     move: WeightPerturbation,
     coefficients: np.ndarray,
     origin: Sequence[Tensor] | None,
     buffers: BufferPlan | None,
-    metric_fn: LossFn | None,
 ) -> Tensor:
     """The loop engine's point order and weight moves, one compiled call per point.
 
@@ -458,9 +462,15 @@ def _compiled_points(
     ``loss_fn`` (its Python-side running average does not compile as one graph), the evaluation from
     the compiled one.
     """
+    model, loss_fn, batches, metric_fn = (
+        objective.model,
+        objective.loss_fn,
+        objective.batches,
+        objective.metric_fn,
+    )
     losses: list[Tensor] = []
     metrics: list[Tensor] = []
-    with walk_points(model, loss_fn, batches, move, origin, buffers) as move_to:
+    with walk_points(objective, move, origin, buffers) as move_to:
         for full in coefficients.tolist():
             move_to(full)
             point_losses, point_metrics = compiled(loss_fn, metric_fn, model, batches)

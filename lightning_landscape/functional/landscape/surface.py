@@ -20,12 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from lightning_landscape.functional import checks as check
-from lightning_landscape.functional.landscape.assemble import PointEvaluator, _plan, _resolve_params
+from lightning_landscape.functional.landscape.assemble import record_parts
 from lightning_landscape.functional.landscape.bn import (
     BNMode,
     BufferPlan,
     aligned_buffers,
-    check_bn,
     landscape_buffers,
 )
 from lightning_landscape.functional.landscape.engine import (  # noqa: F401  (check_engine: re-exported)
@@ -33,7 +32,7 @@ from lightning_landscape.functional.landscape.engine import (  # noqa: F401  (ch
     Evaluation,
     Progress,
     check_engine,
-    evaluate_points,
+    evaluate_points_of,
 )
 from lightning_landscape.functional.landscape.params import (
     Direction,
@@ -41,15 +40,19 @@ from lightning_landscape.functional.landscape.params import (
     observation,
 )
 from lightning_landscape.functional.landscape.sharding import PointShard
-from lightning_landscape.functional.objective import norm64, probe_size, work_dtype
+from lightning_landscape.functional.objective import Objective, mean_loss, norm64, probe_size, work_dtype
 from lightning_landscape.records.record import LineRecord, SurfaceRecord
 
 __all__ = [
     "evaluate_loss",
     "interpolation_line",
+    "interpolation_line_of",
     "loss_line",
+    "loss_line_of",
     "loss_surface",
+    "loss_surface_of",
     "odd_grid",
+    "point_losses_of",
     "probe_size",
 ]
 
@@ -68,29 +71,21 @@ def odd_grid(span: float | tuple[float, float], resolution: int, name: str = "re
     return grid
 
 
-def _mean_loss(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> Tensor:
-    """Mean over batches of ``loss_fn(model, batch)``, as a float32 (or float64) 0-d tensor."""
-    total: Tensor | None = None
-    for batch in batches:
-        loss = loss_fn(model, batch)
-        if not isinstance(loss, Tensor) or loss.numel() != 1:
-            raise ValueError(
-                f"`loss_fn` must return a scalar tensor, got {type(loss).__name__}"
-                + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
-            )
-        loss = loss.detach().reshape(())
-        if loss.dtype not in (torch.float32, torch.float64):
-            loss = loss.float()
-        total = loss if total is None else total + loss
-    if total is None:
-        raise ValueError("`batches` is empty: at least one probe batch is needed")
-    return total / len(batches)
-
-
 def evaluate_loss(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> float:
     """The loss at the current weights, averaged over ``batches``, observed in eval mode."""
     with observation(model):
-        return float(_mean_loss(model, loss_fn, batches))
+        return float(mean_loss(model, loss_fn, batches))
+
+
+def point_losses_of(
+    objective: Objective, directions: Sequence[Direction], coefficients: np.ndarray
+) -> np.ndarray:
+    """Mean loss of ``objective`` at ``w0 + coefficients[n] @ directions`` for each row ``n``.
+
+    The current buffers at every point, this process's rows only; see
+    :func:`lightning_landscape.functional.landscape.engine.evaluate_points_of`.
+    """
+    return evaluate_points_of(objective, directions, coefficients).losses.mean(axis=1)
 
 
 def _evaluate_points(
@@ -104,15 +99,9 @@ def _evaluate_points(
     engine: Engine = "auto",
     chunk_size: int | None = None,
 ) -> np.ndarray:
-    """Mean loss over ``batches`` at ``w0 + coefficients[n] @ directions`` for each row ``n``.
-
-    The current buffers at every point; see
-    :func:`lightning_landscape.functional.landscape.engine.evaluate_points`.
-    """
-    ev = evaluate_points(
-        model, loss_fn, batches, params, directions, coefficients, engine=engine, chunk_size=chunk_size
-    )
-    return ev.losses.mean(axis=1)
+    """:func:`point_losses_of` of the objective of ``model`` on ``batches`` (``params`` as given)."""
+    objective = Objective(model, loss_fn, batches, params, engine=engine, chunk_size=chunk_size)
+    return point_losses_of(objective, directions, coefficients)
 
 
 def _check_origin(origin: Sequence[Tensor] | None, params: Sequence[Tensor]) -> None:
@@ -189,21 +178,36 @@ def loss_surface(
     """
     if len(directions) != 2:
         raise ValueError(f"`directions` must hold two directions, got {len(directions)}")
-    params = _resolve_params(model, params)
-    _check_origin(origin, params)
-    plan = _plan(model, bn)
+    objective = Objective.build(
+        model, loss_fn, batches, params, bn=bn, engine=engine, chunk_size=chunk_size, shard=shard,
+        metric_fn=metric_fn, metric_name=metric_name,
+    )  # fmt: skip
     xs_arr = np.asarray(xs, dtype=np.float64) if xs is not None else odd_grid(span, resolution)
     ys_arr = np.asarray(ys, dtype=np.float64) if ys is not None else odd_grid(span, resolution)
-    gx, gy = np.meshgrid(xs_arr, ys_arr)
+    return loss_surface_of(objective, directions, xs_arr, ys_arr, origin=origin, progress=progress)
+
+
+def loss_surface_of(
+    objective: Objective,
+    directions: Sequence[Direction],
+    xs: np.ndarray,
+    ys: np.ndarray,
+    *,
+    origin: Sequence[Tensor] | None = None,
+    progress: Progress | None = None,
+) -> SurfaceRecord:
+    """:func:`loss_surface` of ``objective`` at the coefficients ``xs`` and ``ys`` (the core)."""
+    if len(directions) != 2:
+        raise ValueError(f"`directions` must hold two directions, got {len(directions)}")
+    _check_origin(origin, objective.params)
+    plan = objective.buffer_plan()
+    gx, gy = np.meshgrid(xs, ys)
     coefficients = np.stack([gx.ravel(), gy.ravel()], axis=1)
-    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn, progress)
-    shape = (len(ys_arr), len(xs_arr))
-    losses, per_batch, metrics, meta = points.record(
-        directions, coefficients, shape, bn, plan, metric_name, origin
+    shape = (len(ys), len(xs))
+    losses, per_batch, metrics, meta = record_parts(
+        objective, directions, coefficients, shape, plan, origin, progress
     )
-    return SurfaceRecord(
-        xs=xs_arr, ys=ys_arr, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics
-    )
+    return SurfaceRecord(xs=xs, ys=ys, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)
 
 
 def loss_line(
@@ -239,16 +243,30 @@ def loss_line(
         >>> loss_line(model, mse, [batch], [torch.ones(1, 1)], resolution=5, span=2.0).losses
         array([4., 1., 0., 1., 4.])
     """
-    params = _resolve_params(model, params)
-    _check_origin(origin, params)
-    plan = _plan(model, bn)
+    objective = Objective.build(
+        model, loss_fn, batches, params, bn=bn, engine=engine, chunk_size=chunk_size, shard=shard,
+        metric_fn=metric_fn, metric_name=metric_name,
+    )  # fmt: skip
     alphas_arr = np.asarray(alphas, dtype=np.float64) if alphas is not None else odd_grid(span, resolution)
-    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn, progress)
-    shape = (len(alphas_arr),)
-    losses, per_batch, metrics, meta = points.record(
-        [direction], alphas_arr[:, None], shape, bn, plan, metric_name, origin
+    return loss_line_of(objective, direction, alphas_arr, origin=origin, progress=progress)
+
+
+def loss_line_of(
+    objective: Objective,
+    direction: Direction,
+    alphas: np.ndarray,
+    *,
+    origin: Sequence[Tensor] | None = None,
+    progress: Progress | None = None,
+) -> LineRecord:
+    """:func:`loss_line` of ``objective`` at the coefficients ``alphas`` (the core)."""
+    alphas = np.asarray(alphas, dtype=np.float64)
+    _check_origin(origin, objective.params)
+    plan = objective.buffer_plan()
+    losses, per_batch, metrics, meta = record_parts(
+        objective, [direction], alphas[:, None], (len(alphas),), plan, origin, progress
     )
-    return LineRecord(alphas=alphas_arr, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)
+    return LineRecord(alphas=alphas, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)
 
 
 def interpolation_line(
@@ -293,14 +311,35 @@ def interpolation_line(
         >>> line.alphas, line.losses  # w(alpha) = 3 - 2 alpha
         (array([-0.5,  0. ,  0.5,  1. ,  1.5]), array([16.,  9.,  4.,  1.,  0.]))
     """
-    params = _resolve_params(model, params)
-    if len(start) != len(params):
-        raise ValueError(f"`start` has {len(start)} tensors, expected one per parameter ({len(params)})")
-    check.positive_int("resolution", resolution, minimum=2)
-    lo, hi = check.value_range("alpha_range", alpha_range)
     if bn is None:
         bn = "interpolate" if start_buffers is not None else "keep"
-    check_bn(bn)
+    objective = Objective.build(
+        model, loss_fn, batches, params, bn=bn, engine=engine, chunk_size=chunk_size, shard=shard,
+        metric_fn=metric_fn, metric_name=metric_name,
+    )  # fmt: skip
+    if len(start) != len(objective.params):
+        raise ValueError(
+            f"`start` has {len(start)} tensors, expected one per parameter ({len(objective.params)})"
+        )
+    check.positive_int("resolution", resolution, minimum=2)
+    lo, hi = check.value_range("alpha_range", alpha_range)
+    alphas = np.linspace(lo, hi, resolution)
+    return interpolation_line_of(objective, start, alphas, start_buffers=start_buffers, progress=progress)
+
+
+def interpolation_line_of(
+    objective: Objective,
+    start: Sequence[Tensor],
+    alphas: np.ndarray,
+    *,
+    start_buffers: Mapping[str, Tensor] | None = None,
+    progress: Progress | None = None,
+) -> LineRecord:
+    """:func:`interpolation_line` of ``objective`` at ``alphas`` (the core); the statistics as the
+    objective's ``bn`` says (``"interpolate"`` from ``start_buffers``)."""
+    model, params, bn = objective.model, objective.params, objective.bn
+    if len(start) != len(params):
+        raise ValueError(f"`start` has {len(start)} tensors, expected one per parameter ({len(params)})")
     plan: BufferPlan | None
     if bn == "interpolate":
         if start_buffers is None and landscape_buffers(model):
@@ -310,8 +349,7 @@ def interpolation_line(
         with torch.no_grad():
             plan = BufferPlan.interpolate(model, None, [[c - s for c, s in zip(current, first)]])
     else:
-        plan = _plan(model, bn)
-    alphas = np.linspace(lo, hi, resolution)
+        plan = objective.buffer_plan()
     with torch.no_grad():
         direction = [
             p.detach().to(work_dtype(p)) - s.to(device=p.device, dtype=work_dtype(p))
@@ -323,9 +361,8 @@ def interpolation_line(
     coefficients = (alphas - 1.0)[:, None]
     if bn == "interpolate":
         coefficients = np.concatenate([coefficients, np.clip(alphas, 0.0, 1.0)[:, None] - 1.0], axis=1)
-    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn, progress)
-    losses, per_batch, metrics, meta = points.record(
-        [direction], coefficients, (len(alphas),), bn, plan, metric_name
+    losses, per_batch, metrics, meta = record_parts(
+        objective, [direction], coefficients, (len(alphas),), plan, None, progress
     )
     meta["distance"] = norm64(direction)
     return LineRecord(alphas=alphas, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)

@@ -18,26 +18,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.functional.landscape.assemble import (
-    PointEvaluator,
-    _finish,
-    _metric_name,
-    _resolve_params,
-)
+from lightning_landscape.functional.landscape.assemble import evaluate_shared, finish
 from lightning_landscape.functional.landscape.bn import (
     BNMode,
     BufferPlan,
     aligned_buffers,
-    check_bn,
     landscape_buffers,
 )
 from lightning_landscape.functional.landscape.engine import Engine, Evaluation
 from lightning_landscape.functional.landscape.params import LossFn
 from lightning_landscape.functional.landscape.sharding import PointShard
-from lightning_landscape.functional.objective import norm64, work_dtype
+from lightning_landscape.functional.objective import Objective, norm64, work_dtype
 from lightning_landscape.records.record import LineRecord
 
-__all__ = ["barrier"]
+__all__ = ["barrier", "barrier_of"]
 
 
 def barrier(
@@ -87,7 +81,23 @@ def barrier(
         >>> rec.losses, rec.meta["barrier"]
         (array([0.    , 0.5625, 1.    , 0.5625, 0.    ]), 1.0)
     """
-    params = _resolve_params(model, params)
+    objective = Objective.build(
+        model, loss_fn, batches, params, bn=bn, engine=engine, chunk_size=chunk_size, shard=shard,
+        metric_fn=metric_fn, metric_name=metric_name,
+    )  # fmt: skip
+    return barrier_of(objective, w1, w2, buffers1, buffers2, resolution)
+
+
+def barrier_of(
+    objective: Objective,
+    w1: Sequence[Tensor],
+    w2: Sequence[Tensor],
+    buffers1: Mapping[str, Tensor] | None = None,
+    buffers2: Mapping[str, Tensor] | None = None,
+    resolution: int = 11,
+) -> LineRecord:
+    """:func:`barrier` of ``objective`` (the core); the statistics as the objective's ``bn`` says."""
+    model, params, bn = objective.model, objective.params, objective.bn
     for name, w in (("w1", w1), ("w2", w2)):
         if len(w) != len(params):
             raise ValueError(f"`{name}` has {len(w)} tensors, expected one per parameter ({len(params)})")
@@ -96,7 +106,6 @@ def barrier(
                 raise ValueError(f"`{name}`: a tensor of shape {tuple(t.shape)} for {tuple(p.shape)}")
     if not (isinstance(resolution, int) and resolution >= 3):
         raise ValueError(f"`resolution` must be an integer >= 3, got {resolution!r}")
-    check_bn(bn)
     has_buffers = bool(landscape_buffers(model))
     if (buffers1 is None) != (buffers2 is None):
         raise ValueError("give both `buffers1` and `buffers2`, or neither")
@@ -112,8 +121,6 @@ def barrier(
         direction = [t.detach().to(p.device, work_dtype(p)) - o for t, p, o in zip(w2, params, origin)]
     zero = [[torch.zeros_like(d) for d in direction]]
 
-    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn)
-
     # Interior points.
     inner = alphas[1:-1, None]
     if bn == "interpolate" and own is not None:
@@ -124,7 +131,7 @@ def barrier(
     else:
         plan = BufferPlan.recompute(model) if bn == "recompute" else None
         table = inner
-    middle = points.evaluate([direction], table, origin, plan)
+    middle = evaluate_shared(objective, [direction], table, origin, plan)
     passes = len(inner) * (plan.passes_per_batch if plan is not None else 0)
 
     # Endpoints: exactly w1 and w2, with their own statistics when given.
@@ -136,7 +143,7 @@ def barrier(
             end_table = np.zeros((1, 2))
         else:
             end_plan, end_table = plan if bn == "recompute" else None, np.zeros((1, 1))
-        ends.append(points.evaluate(zero, end_table, w, end_plan))
+        ends.append(evaluate_shared(objective, zero, end_table, w, end_plan))
         passes += end_plan.passes_per_batch if end_plan is not None else 0
     endpoints = "own statistics" if own is not None else {"keep": "current statistics"}.get(bn, "recomputed")
 
@@ -145,9 +152,8 @@ def barrier(
         return None if parts[0] is None else np.concatenate(parts)
 
     ev = Evaluation(stack("losses"), stack("metrics"), middle.engine, middle.note)  # type: ignore[arg-type]
-    metric_label = _metric_name(metric_fn, metric_name)
-    losses, per_batch, metrics, meta = _finish(ev, batches, (resolution,), bn, None, metric_label)
-    meta["forward_passes"] += passes * len(batches)
+    losses, per_batch, metrics, meta = finish(ev, objective, (resolution,), None)
+    meta["forward_passes"] += passes * len(objective.batches)
     chord = (1 - alphas) * losses[0] + alphas * losses[-1]
     with np.errstate(invalid="ignore"):
         rise = losses - chord

@@ -18,22 +18,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.functional.landscape.assemble import PointEvaluator, _resolve_params
+from lightning_landscape.functional.landscape.assemble import record_parts
 from lightning_landscape.functional.landscape.bn import (
     BNMode,
     BufferPlan,
     aligned_buffers,
-    check_bn,
     landscape_buffers,
 )
 from lightning_landscape.functional.landscape.engine import Engine
 from lightning_landscape.functional.landscape.noise import probe_noise_of
 from lightning_landscape.functional.landscape.params import Direction, LossFn
 from lightning_landscape.functional.landscape.sharding import PointShard
-from lightning_landscape.functional.objective import work_dtype
+from lightning_landscape.functional.objective import Objective, work_dtype
 from lightning_landscape.records.record import SurfaceRecord
 
-__all__ = ["Plane", "plane_through", "shared_plane_surface"]
+__all__ = ["Plane", "plane_through", "shared_plane_surface", "shared_plane_surface_of"]
 
 Snapshots = Tensor | Sequence[Tensor] | Sequence[Sequence[Tensor]]
 
@@ -223,7 +222,27 @@ def shared_plane_surface(
         A :class:`SurfaceRecord` on the plane; meta ``points`` (the three coordinates), ``point_losses``
         (and ``point_metrics``), ``path_distances`` (each snapshot's distance from the plane), ``bn``.
     """
-    params = _resolve_params(model, params)
+    bn = ("interpolate" if buffers is not None else "keep") if bn is None else bn
+    objective = Objective.build(
+        model, loss_fn, batches, params, bn=bn, engine=engine, chunk_size=chunk_size, shard=shard,
+        metric_fn=metric_fn, metric_name=metric_name,
+    )  # fmt: skip
+    return shared_plane_surface_of(objective, w0, w1, w2, trajectories, resolution, margin, buffers=buffers)
+
+
+def shared_plane_surface_of(
+    objective: Objective,
+    w0: Sequence[Tensor],
+    w1: Sequence[Tensor],
+    w2: Sequence[Tensor],
+    trajectories: Sequence[Snapshots] = (),
+    resolution: int = 11,
+    margin: float = 0.25,
+    *,
+    buffers: Sequence[Mapping[str, Tensor]] | None = None,
+) -> SurfaceRecord:
+    """:func:`shared_plane_surface` of ``objective`` (the core); the statistics as its ``bn`` says."""
+    model, params, bn = objective.model, objective.params, objective.bn
     for name, w in (("w0", w0), ("w1", w1), ("w2", w2)):
         if len(w) != len(params):
             raise ValueError(f"`{name}` has {len(w)} tensors, expected one per parameter ({len(params)})")
@@ -235,8 +254,6 @@ def shared_plane_surface(
         raise ValueError(f"`margin` must be a number >= 0, got {margin!r}")
     if buffers is not None and len(buffers) != 3:
         raise ValueError(f"`buffers` must hold three buffer snapshots (B0, B1, B2), got {len(buffers)}")
-    bn = ("interpolate" if buffers is not None else "keep") if bn is None else bn
-    check_bn(bn)
     plane = plane_through(w0, w1, w2)
     projected = [plane.project(t) for t in trajectories]
     every = np.concatenate([plane.points, *[c for c, _ in projected]])
@@ -259,10 +276,9 @@ def shared_plane_surface(
         table = np.concatenate([coords, barycentric_buffer_coefficients(plane.points, coords)], axis=1)
     elif bn == "recompute":
         plan = BufferPlan.recompute(model)
-    points = PointEvaluator(model, loss_fn, batches, params, shard, engine, chunk_size, metric_fn)
     directions = list(plane.directions)
-    losses, per_batch, metrics, meta = points.record(
-        directions, table, (len(coords),), bn, plan, metric_name, plane.origin
+    losses, per_batch, metrics, meta = record_parts(
+        objective, directions, table, (len(coords),), plan, plane.origin
     )
     n = resolution * resolution
     meta.update(

@@ -22,13 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_landscape.functional.landscape.engine import checked_scalar
-from lightning_landscape.functional.landscape.params import (
-    LossFn,
-    WeightPerturbation,
-    landscape_parameters,
-    observation,
-)
+from lightning_landscape.functional.landscape.params import LossFn, WeightPerturbation, observation
 from lightning_landscape.functional.landscape.trajectory import TrajectoryPCA
+from lightning_landscape.functional.objective import Objective
 from lightning_landscape.records.record import SurfaceRecord
 
 __all__ = [
@@ -42,6 +38,7 @@ __all__ = [
     "random_walk_baseline",
     "random_walk_verdict",
     "snapshot_losses",
+    "snapshot_losses_of",
     "subsample",
 ]
 
@@ -132,11 +129,18 @@ def snapshot_losses(
         >>> snapshot_losses(model, mse, [batch], torch.tensor([[1.0], [2.0], [3.0]]))
         array([1., 4., 9.])
     """
-    params = [p for _, p in landscape_parameters(model)] if params is None else list(params)
+    return snapshot_losses_of(Objective.build(model, loss_fn, batches, params), snapshots, indices)
+
+
+def snapshot_losses_of(
+    objective: Objective,
+    snapshots: Tensor | Sequence[Tensor],
+    indices: Sequence[int] | np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`snapshot_losses` of ``objective`` (the core)."""
+    model, loss_fn, batches, params = objective.model, objective.loss_fn, objective.batches, objective.params
     rows = list(snapshots.unbind(0)) if isinstance(snapshots, Tensor) else list(snapshots)
     picked = range(len(rows)) if indices is None else [int(i) for i in indices]
-    if len(batches) == 0:
-        raise ValueError("`batches` is empty: at least one probe batch is needed")
     num_params = sum(p.numel() for p in params)
     for i in picked:
         if not 0 <= i < len(rows):

@@ -34,10 +34,11 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from lightning_landscape.functional.landscape.params import Direction, LossFn, landscape_parameters
+from lightning_landscape.functional.landscape.params import Direction, LossFn
 from lightning_landscape.functional.landscape.sharding import PointShard
-from lightning_landscape.functional.landscape.surface import Engine, evaluate_loss
+from lightning_landscape.functional.landscape.surface import Engine
 from lightning_landscape.functional.landscape.trajectory import TrajectoryPCA
+from lightning_landscape.functional.objective import Objective
 from lightning_landscape.functional.trust.path import (
     PathLossCheck,
     PathPlaneFit,
@@ -45,17 +46,18 @@ from lightning_landscape.functional.trust.path import (
     path_loss_check,
     path_plane_fit,
     random_walk_verdict,
-    snapshot_losses,
+    snapshot_losses_of,
     subsample,
 )
 from lightning_landscape.functional.trust.sensitivity import (
     DEFAULT_DISTANCES,
+    Basin,
     DirectionSensitivity,
     DistanceProfile,
     RandomDirectionCurvature,
-    direction_sensitivity,
-    distance_profile,
-    random_direction_curvature,
+    direction_sensitivity_of,
+    distance_profile_of,
+    random_direction_curvature_of,
 )
 from lightning_landscape.records.record import LineRecord, ReliabilityRecord, SurfaceRecord
 
@@ -63,6 +65,7 @@ __all__ = [
     "ReliabilitySettings",
     "ReliabilityThresholds",
     "landscape_reliability",
+    "landscape_reliability_of",
     "reliability_cost",
     "reliability_summary",
 ]
@@ -378,35 +381,61 @@ def landscape_reliability(
         >>> sorted(k for k in record.scalars() if "basin_radius" in k)
         ['reliability/distance/basin_radius_axis1', 'reliability/distance/basin_radius_axis2']
     """
+    objective = Objective.build(model, loss_fn, batches, params, shard=shard, engine=engine)
+    return landscape_reliability_of(
+        objective, plane, surface, pca=pca, snapshots=snapshots, times=times, seed=seed,
+        include_1d=include_1d, unit=unit, noise=noise, contour_spacing=contour_spacing, trace=trace,
+        settings=settings, thresholds=thresholds,
+    )  # fmt: skip
+
+
+def landscape_reliability_of(
+    objective: Objective,
+    plane: Sequence[Direction],
+    surface: SurfaceRecord,
+    *,
+    pca: TrajectoryPCA | None = None,
+    snapshots: Tensor | Sequence[Tensor] | None = None,
+    times: Sequence[float] | None = None,
+    seed: int = 0,
+    include_1d: bool = False,
+    unit: float = 1.0,
+    noise: float | None = None,
+    contour_spacing: float | None = None,
+    trace: float | None = None,
+    settings: ReliabilitySettings | None = None,
+    thresholds: ReliabilityThresholds | None = None,
+) -> tuple[ReliabilityRecord, list[LineRecord]]:
+    """:func:`landscape_reliability` of ``objective`` (the core): every evaluation with its batches,
+    parameters, engine, sharding and BatchNorm statistics."""
     st = settings or ReliabilitySettings()
-    params = [p for _, p in landscape_parameters(model)] if params is None else list(params)
     on_grid = 0.0 in set(np.asarray(surface.xs).tolist()) and 0.0 in set(np.asarray(surface.ys).tolist())
-    centre = surface.centre_loss if on_grid else evaluate_loss(model, loss_fn, batches)
-    common: dict[str, Any]
-    common = {"delta": st.delta, "relative": st.relative, "min_delta": st.min_delta, "centre_loss": centre}
-    common.update(params=params, shard=shard, engine=engine)
+    centre = surface.centre_loss if on_grid else objective.loss()
+    basin = Basin(st.delta, st.relative, st.min_delta)
     sens = None
     if st.directions:
-        sens = direction_sensitivity(
-            model, loss_fn, batches, st.directions, st.direction_points, st.direction_span, seed,
-            include_1d=include_1d, **common,
+        sens = direction_sensitivity_of(
+            objective, st.directions, st.direction_points, st.direction_span, seed, include_1d=include_1d,
+            basin=basin, centre_loss=centre,
         )  # fmt: skip
     profiles = (
-        [distance_profile(model, loss_fn, batches, d, st.distances, unit=unit, **common) for d in plane]
+        [
+            distance_profile_of(objective, d, st.distances, unit=unit, basin=basin, centre_loss=centre)
+            for d in plane
+        ]
         if st.distances
         else []
     )
     curvature = None
     if st.trace_directions:
-        curvature = random_direction_curvature(
-            model, loss_fn, batches, st.trace_directions, st.trace_step, seed, centre_loss=centre,
-            params=params, shard=shard, engine=engine,
-        )  # fmt: skip
+        curvature = random_direction_curvature_of(
+            objective, st.trace_directions, st.trace_step, seed, centre_loss=centre
+        )
     fit = check = walk = None
     if pca is not None:
         fit = path_plane_fit(pca)
         count = pca.coords.shape[0]
-        num_params = sum(p.numel() for p in params)
+        num_params = objective.numel
         walk = random_walk_verdict(
             pca.explained_variance_ratio[:2].tolist(), count, num_params, pca.convention,
             (thresholds or ReliabilityThresholds()).alpha, st.walk_samples, times=times,
@@ -416,7 +445,7 @@ def landscape_reliability(
             if rows != count:
                 raise ValueError(f"`snapshots` has {rows} rows but `pca` was computed from {count}")
             idx = subsample(count, st.path_points)
-            losses = snapshot_losses(model, loss_fn, batches, snapshots, idx, params)
+            losses = snapshot_losses_of(objective, snapshots, idx)
             check = path_loss_check(surface, pca.coords[idx, :2].numpy(), losses)
     steps = [float(np.min(np.diff(np.asarray(a, float)))) for a in (surface.xs, surface.ys) if len(a) > 1]
     meta = {
@@ -424,7 +453,7 @@ def landscape_reliability(
         "unit": float(unit),
         "seed": int(seed),
         "convention": pca.convention if pca is not None else None,
-        "probe_batches": len(batches),
+        "probe_batches": len(objective.batches),
     }
     record = reliability_summary(
         noise=noise, contour_spacing=contour_spacing, directions=sens, curvature=curvature, trace=trace,

@@ -24,21 +24,26 @@ import torch
 from torch import Tensor, nn
 
 from lightning_landscape.functional.landscape.directions import filter_normalized_directions, random_direction
-from lightning_landscape.functional.landscape.params import Direction, LossFn, landscape_parameters
+from lightning_landscape.functional.landscape.params import Direction, LossFn
 from lightning_landscape.functional.landscape.sharding import PointShard
-from lightning_landscape.functional.landscape.surface import Engine, evaluate_loss, loss_line, odd_grid
+from lightning_landscape.functional.landscape.surface import Engine, loss_line_of, odd_grid
+from lightning_landscape.functional.objective import Objective
 from lightning_landscape.records.record import LineRecord
 
 __all__ = [
     "DEFAULT_DISTANCES",
+    "Basin",
     "DirectionSensitivity",
     "DistanceProfile",
     "RandomDirectionCurvature",
     "basin_threshold",
     "crossing_distance",
     "direction_sensitivity",
+    "direction_sensitivity_of",
     "distance_profile",
+    "distance_profile_of",
     "random_direction_curvature",
+    "random_direction_curvature_of",
 ]
 
 DEFAULT_DISTANCES: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -62,6 +67,25 @@ def basin_threshold(
     if not relative:
         return float(delta)
     return max(float(delta) * abs(float(centre_loss)), float(min_delta))
+
+
+@dataclass(frozen=True)
+class Basin:
+    """When the loss has left the basin around the centre: see :func:`basin_threshold`.
+
+    Example::
+
+        >>> Basin(delta=0.5, relative=False).threshold(2.0)
+        0.5
+    """
+
+    delta: float = 0.1
+    relative: bool = True
+    min_delta: float = 1e-3
+
+    def threshold(self, centre_loss: float) -> float:
+        """The rise above ``centre_loss`` that leaves the basin."""
+        return basin_threshold(centre_loss, self.delta, self.relative, self.min_delta)
 
 
 def crossing_distance(
@@ -147,12 +171,8 @@ class DistanceProfile:
         return LineRecord(alphas=alphas, losses=losses, meta={**info, **(meta or {})})
 
 
-def _params(model: nn.Module, params: Sequence[Tensor] | None) -> list[Tensor]:
-    return [p for _, p in landscape_parameters(model)] if params is None else list(params)
-
-
-def _centre(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any], centre_loss: float | None) -> float:
-    return float(centre_loss) if centre_loss is not None else evaluate_loss(model, loss_fn, batches)
+def _centre(objective: Objective, centre_loss: float | None) -> float:
+    return float(centre_loss) if centre_loss is not None else objective.loss()
 
 
 def distance_profile(
@@ -189,26 +209,33 @@ def distance_profile(
         >>> round(prof.radius, 6)  # sqrt(2 * 0.01 / 2)
         0.1
     """
+    objective = Objective.build(model, loss_fn, batches, params, shard=shard, engine=engine)
+    return distance_profile_of(
+        objective, direction, distances, unit=unit, basin=Basin(delta, relative, min_delta),
+        centre_loss=centre_loss,
+    )  # fmt: skip
+
+
+def distance_profile_of(
+    objective: Objective,
+    direction: Direction,
+    distances: Sequence[float] = DEFAULT_DISTANCES,
+    *,
+    unit: float = 1.0,
+    basin: Basin = Basin(),
+    centre_loss: float | None = None,
+) -> DistanceProfile:
+    """:func:`distance_profile` of ``objective`` (the core)."""
     t = np.asarray(distances, dtype=np.float64)
     if t.ndim != 1 or t.size == 0 or np.any(~np.isfinite(t)) or np.any(t <= 0) or np.any(np.diff(t) <= 0):
         raise ValueError(f"`distances` must be positive, finite and increasing, got {distances!r}")
     if not (isinstance(unit, (int, float)) and math.isfinite(unit) and unit > 0):
         raise ValueError(f"`unit` must be a positive number, got {unit!r}")
     t = t * float(unit)
-    params = _params(model, params)
-    centre = _centre(model, loss_fn, batches, centre_loss)
-    line = loss_line(
-        model,
-        loss_fn,
-        batches,
-        direction,
-        alphas=np.concatenate([t, -t]),
-        params=params,
-        shard=shard,
-        engine=engine,
-    )
+    centre = _centre(objective, centre_loss)
+    line = loss_line_of(objective, direction, np.concatenate([t, -t]))
     pos, neg = line.losses[: t.size], line.losses[t.size :]
-    threshold = basin_threshold(centre, delta, relative, min_delta)
+    threshold = basin.threshold(centre)
     return DistanceProfile(
         distances=t,
         losses_pos=pos,
@@ -301,13 +328,33 @@ def direction_sensitivity(
         >>> sens.losses.shape, bool(np.all(sens.curvatures > 0))
         ((3, 5), True)
     """
+    objective = Objective.build(model, loss_fn, batches, params, shard=shard, engine=engine)
+    return direction_sensitivity_of(
+        objective, count, points, span, seed, skip=skip, include_1d=include_1d,
+        basin=Basin(delta, relative, min_delta), centre_loss=centre_loss,
+    )  # fmt: skip
+
+
+def direction_sensitivity_of(
+    objective: Objective,
+    count: int = 3,
+    points: int = 5,
+    span: float = 1.0,
+    seed: int = 0,
+    *,
+    skip: int = 2,
+    include_1d: bool = False,
+    basin: Basin = Basin(),
+    centre_loss: float | None = None,
+) -> DirectionSensitivity:
+    """:func:`direction_sensitivity` of ``objective`` (the core)."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"`count` must be a positive integer, got {count!r}")
     if isinstance(span, bool) or not isinstance(span, (int, float)) or not (math.isfinite(span) and span > 0):
         raise ValueError(f"`span` must be a positive number (the lines cover [-span, span]), got {span!r}")
     alphas = odd_grid(span, points, name="points")
-    params = _params(model, params)
-    centre = _centre(model, loss_fn, batches, centre_loss)
+    params = objective.params
+    centre = _centre(objective, centre_loss)
     mid = points // 2
     others = np.delete(alphas, mid)
     if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
@@ -315,12 +362,12 @@ def direction_sensitivity(
     drawn = filter_normalized_directions(params, count=count + skip, seed=seed, include_1d=include_1d)
     directions = drawn[skip:]
     del drawn
-    threshold = basin_threshold(centre, delta, relative, min_delta)
+    threshold = basin.threshold(centre)
     losses = np.empty((count, points))
     curv, fit, widths = np.empty(count), np.empty(count), np.empty(count)
     h = alphas[mid + 1]
     for i, d in enumerate(directions):
-        line = loss_line(model, loss_fn, batches, d, alphas=others, params=params, shard=shard, engine=engine)
+        line = loss_line_of(objective, d, others)
         losses[i] = np.insert(line.losses, mid, centre)
         curv[i] = (losses[i, mid + 1] + losses[i, mid - 1] - 2.0 * centre) / h**2
         finite = np.isfinite(losses[i])
@@ -396,24 +443,35 @@ def random_direction_curvature(
         >>> round(est.mean, 3), round(est.agreement(trace=4.0)["ratio"], 3)
         (1.0, 1.0)
     """
+    objective = Objective.build(model, loss_fn, batches, params, shard=shard, engine=engine)
+    return random_direction_curvature_of(objective, count, step, seed, centre_loss=centre_loss)
+
+
+def random_direction_curvature_of(
+    objective: Objective,
+    count: int = 8,
+    step: float | None = None,
+    seed: int = 0,
+    *,
+    centre_loss: float | None = None,
+) -> RandomDirectionCurvature:
+    """:func:`random_direction_curvature` of ``objective`` (the core)."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"`count` must be a positive integer, got {count!r}")
-    params = _params(model, params)
+    params = objective.params
     num_params = sum(p.numel() for p in params)
     if step is None:
         norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in params))
         step = 0.01 * norm if norm > 0 else 1e-2
     if not (isinstance(step, (int, float)) and math.isfinite(step) and step > 0):
         raise ValueError(f"`step` must be a positive number, got {step!r}")
-    centre = _centre(model, loss_fn, batches, centre_loss)
+    centre = _centre(objective, centre_loss)
     generator = torch.Generator().manual_seed(int(seed))
     curv = np.empty(count)
     for i in range(count):
         d = random_direction(params, generator)
         norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in d))
         d = [t / norm for t in d]
-        line = loss_line(
-            model, loss_fn, batches, d, alphas=[-step, step], params=params, shard=shard, engine=engine
-        )
+        line = loss_line_of(objective, d, np.array([-step, step]))
         curv[i] = (line.losses[0] + line.losses[1] - 2.0 * centre) / step**2
     return RandomDirectionCurvature(curvatures=curv, step=float(step), num_params=num_params)
