@@ -198,3 +198,13 @@ def test_pairs_of_seeds_or_versions_get_folders_of_their_own(tmp_path):
         tmp_path / "sgd" / "shared_version_0_vs_version_1",
     ]
     assert run_labels(tmp_path / "sgd/seed1", tmp_path / "sam/seed1") == ("sgd", "sam")
+
+
+def test_a_second_run_folder_gets_the_log_directory_label(tmp_path):
+    # A second run into one log directory writes to landscape-2/ (issue 21): still the log directory's run.
+    model = torch.nn.Linear(2, 1)
+    init = [p.detach().clone() for p in model.parameters()]
+    save_run_weights(tmp_path / "sgd" / "landscape-2" / "weights", model, init)
+    save_run_weights(tmp_path / "sam" / "landscape" / "weights", model, init)
+    assert run_labels(tmp_path / "sgd", tmp_path / "sam") == ("sgd", "sam")
+    assert default_shared_dir(tmp_path / "sgd", tmp_path / "sam") == tmp_path / "shared_sgd_vs_sam"

@@ -182,6 +182,8 @@ class Publisher:
         self.run_id = ""
         self.write = True  # False under fast_dev_run: no records, figures or weights on disk
         self.sinks: SinkSet | None = None
+        self._loggers: list[Any] = []
+        self._settings: dict[str, Any] = {}
         self.written: list[str] = []  # names of the records written since setup
         self.renderer: FigureRenderer | None = None  # made in setup(): a thread does not cross processes
         self.metric_history: list[tuple[int, str, dict[str, float]]] = []  # metrics of this fit, in order
@@ -204,9 +206,10 @@ class Publisher:
         if self.renderer is not None:
             self.renderer.close()
         self.renderer = FigureRenderer(warn=self._figure_warning)
-        wanted = rank == 0 and write
-        self.sinks = build_sinks(loggers, self.log_dir, settings=settings, rank=rank) if wanted else None
-        self._show_folder()
+        self._loggers, self._settings = list(loggers), dict(settings)
+        self.sinks = None
+        if rank == 0 and write:
+            self._build_sinks()
 
     def resume(self, run_id: str) -> None:
         """The run ``run_id`` goes on (a checkpoint restored it): its records go back to its own folder."""
@@ -214,7 +217,16 @@ class Publisher:
         if self.log_dir is not None and self.write:
             own = own_record_folder(self.log_dir, self.name, run_id)
             self.directory = own or record_folder(self.log_dir, self.name, run_id)
-            self._show_folder()
+            if self.sinks is not None:  # nothing written to them yet: figures go beside the run's records
+                self._build_sinks()
+
+    def _build_sinks(self) -> None:
+        """The sinks of this run's loggers, PNG figures in its record folder's ``figures/``, and the folder
+        and run id in the settings text (written with the first result)."""
+        assert self.log_dir is not None
+        folder = self.record_dir.relative_to(self.log_dir).parts[0]  # landscape, landscape-2, ...
+        settings = {**self._settings, "records": str(self.record_dir), "run_id": self.run_id}
+        self.sinks = build_sinks(self._loggers, self.log_dir, settings=settings, folder=folder)
 
     def announce(self, has_logger: bool) -> None:
         """Say once where the records go: a warning when the usual folder held another run's records, a note
@@ -238,10 +250,6 @@ class Publisher:
             )
         elif not has_logger:
             rank_zero_info(f"LossLandscapeCallback: no logger; records go to {self.record_dir.resolve()}")
-
-    def _show_folder(self) -> None:
-        if self.sinks is not None:  # the settings text, written with the first result
-            self.sinks.settings.update(records=str(self.record_dir), run_id=self.run_id)
 
     def __getstate__(self) -> dict[str, Any]:
         # ddp_spawn pickles the trainer's callbacks before setup(): leave the renderer's thread behind.

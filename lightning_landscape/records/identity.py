@@ -28,6 +28,7 @@ __all__ = [
     "check_one_run",
     "describe_runs",
     "folder_run_ids",
+    "is_landscape_folder",
     "new_run_id",
     "own_record_folder",
     "record_folder",
@@ -50,6 +51,17 @@ def new_run_id() -> str:
         True
     """
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def is_landscape_folder(name: str) -> bool:
+    """Whether a folder named ``name`` is a log directory's record folder: ``landscape`` or ``landscape-N``.
+
+    Example::
+
+        >>> [is_landscape_folder(n) for n in ("landscape", "landscape-2", "landscapes", "figures")]
+        [True, True, False, False]
+    """
+    return name == "landscape" or _NUMBERED.fullmatch(name) is not None
 
 
 def _folder(log_dir: Path, name: str | None, number: int) -> Path:

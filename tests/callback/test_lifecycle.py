@@ -209,14 +209,17 @@ def test_two_fits_without_logger_in_one_working_directory(trainer_kwargs, tmp_pa
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
     kwargs = {k: v for k, v in trainer_kwargs.items() if k != "default_root_dir"}  # records go to ./landscape
+    figures = {**CHEAP, "log_figures": True}  # PNG files beside the records, without a logger
     with caplog.at_level(logging.INFO):
-        run(kwargs, LossLandscapeCallback(**CHEAP))
+        run(kwargs, LossLandscapeCallback(**figures))
     said = [r.getMessage() for r in caplog.records if "records go to" in r.getMessage()]
     assert said == [f"LossLandscapeCallback: no logger; records go to {tmp_path.resolve() / 'landscape'}"]
     before = _files(tmp_path / "landscape")
+    assert any(p.parts[0] == "figures" for p in before)
     with pytest.warns(UserWarning, match=r"writes its records to \S*landscape-2"):
-        run(kwargs, LossLandscapeCallback(**CHEAP), 1)
-    assert _files(tmp_path / "landscape") == before
+        run(kwargs, LossLandscapeCallback(**figures), 1)
+    assert _files(tmp_path / "landscape") == before  # records and figures of run 1 as they were
+    assert {p.parts[0] for p in _files(tmp_path / "landscape-2") if len(p.parts) > 1} == {"figures"}
     assert len(_run_ids(tmp_path / "landscape")) == len(_run_ids(tmp_path / "landscape-2")) == 1
     assert _run_ids(tmp_path / "landscape") != _run_ids(tmp_path / "landscape-2")
 
