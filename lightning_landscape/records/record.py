@@ -311,18 +311,19 @@ def save_record(record: Record, directory: str | os.PathLike, name: str) -> Path
 _MISSING: Any = object()
 _WHOLE = "a whole number >= 0"
 _TEXT = "a string"
-#: The meta keys readers rely on, with the JSON type each must have when present (null is refused).
+#: The meta keys readers rely on, with the JSON type each must have when present; null is refused for
+#: the first six (what a record is: its step, stage, name, run) and read as "unknown" for the others.
 META_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "global_step": ((int,), _WHOLE),
     "epoch": ((int,), _WHOLE),
     "stage": ((str,), _TEXT),
     "name": ((str,), _TEXT),
     RUN_ID_KEY: ((str,), "a non-empty string"),
-    "callback_name": ((str,), _TEXT),
-    "directions": ((str,), _TEXT),
-    "axis": ((int,), _WHOLE),
     "errors": ((dict,), "a JSON object"),
-    "explained_variance": ((list,), "a list of numbers"),
+    "callback_name": ((str, type(None)), _TEXT),
+    "directions": ((str, type(None)), _TEXT),
+    "axis": ((int, type(None)), _WHOLE),
+    "explained_variance": ((list, type(None)), "a list of numbers"),
 }
 
 
@@ -341,7 +342,7 @@ def meta_problem(meta: dict[str, Any]) -> str | None:
             continue
         value = meta[key]
         ok = isinstance(value, types) and not isinstance(value, bool)
-        if ok and expected == _WHOLE:
+        if ok and expected == _WHOLE and value is not None:
             ok = value >= 0
         elif ok and key == RUN_ID_KEY:
             ok = bool(value)
