@@ -116,6 +116,9 @@ def train(optimizer: str, epochs: int, log_dir: Path, seed: int, landscape: dict
     ).hexdigest()
     train_loader, val_loader = digits_loaders(seed=seed)
     callback = LossLandscapeCallback(**landscape)
+    # Running the demo again replaces this run (into the same folder, the callback would keep both runs
+    # apart, the new one in landscape-2/, and the printed commands would then refuse the mixed folder).
+    shutil.rmtree(log_dir / optimizer / f"seed{seed}", ignore_errors=True)
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="auto",
