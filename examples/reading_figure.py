@@ -11,6 +11,7 @@ distance), and prints the final reliability table and scalars that the page quot
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ def main() -> None:
         metric_name="accuracy",
         log_figures=False,
     )
+    shutil.rmtree(args.root, ignore_errors=True)  # a re-run replaces the last (else: landscape-2/)
     trainer = pl.Trainer(
         max_epochs=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=args.root, accelerator="cpu", callbacks=[cb],

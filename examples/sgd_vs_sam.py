@@ -2,7 +2,8 @@
 
 Trains the same small CNN from the same seed twice, once with SGD and once with SAM, each with a
 ``LossLandscapeCallback``. Both runs log to ``lightning_logs/`` (``sgd/seed0`` and ``sam/seed0``);
-open them side by side with ``tensorboard --logdir lightning_logs``. With ``--seeds N`` each
+open them side by side with ``tensorboard --logdir lightning_logs`` (``make tensorboard``, or
+``.venv/bin/tensorboard`` when the virtual environment is not activated). With ``--seeds N`` each
 optimizer runs for seeds ``seed, seed + 1, ..., seed + N - 1`` (``sgd/seed<k>``, ``sam/seed<k>``),
 the same initialization and batch order for both optimizers at a seed, on one fixed data split.
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -113,6 +116,9 @@ def train(optimizer: str, epochs: int, log_dir: Path, seed: int, landscape: dict
     ).hexdigest()
     train_loader, val_loader = digits_loaders(seed=seed)
     callback = LossLandscapeCallback(**landscape)
+    # Running the demo again replaces this run (into the same folder, the callback would keep both runs
+    # apart, the new one in landscape-2/, and the printed commands would then refuse the mixed folder).
+    shutil.rmtree(log_dir / optimizer / f"seed{seed}", ignore_errors=True)
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="auto",
@@ -194,18 +200,35 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     if {"sgd", "sam"} <= set(runs):
         _compare_solutions(runs, resolution=min(21, args.final_resolution))
     print(f"\nLoss landscapes, paths and metrics are in {args.log_dir}/ (records under */landscape/).")
-    print(f"Open them side by side with:\n\n    tensorboard --logdir {args.log_dir}\n")
+    print(f"Open them side by side with:\n\n    {command('tensorboard')} --logdir {args.log_dir}\n")
     if {"sgd", "sam"} <= set(runs):
         sgd, sam = runs["sgd"][0]["log_dir"], runs["sam"][0]["log_dir"]
+        cli = command("lightning-landscape")
         print("Compare them on one colour scale:\n")
-        print(f"    lightning-landscape compare {sgd} {sam} --out compare.png")
+        print(f"    {cli} compare {sgd} {sam} --out compare.png")
         if len(seeds) > 1:
             print(
-                f"    lightning-landscape compare --group sgd {args.log_dir}/sgd/seed* "
+                f"    {cli} compare --group sgd {args.log_dir}/sgd/seed* "
                 f"--group sam {args.log_dir}/sam/seed* --out groups.png"
             )
         print()
     return results
+
+
+def command(name: str) -> str:
+    """How to run the console script ``name`` installed beside this Python from a fresh shell: the bare name
+    when the shell's PATH finds that very script, else its path (``.venv/bin/tensorboard`` after
+    ``make demo``: the virtual environment is not activated there)."""
+    here = Path(sys.executable).parent / name
+    if not here.is_file():
+        return name  # installed elsewhere: the shell's PATH is the best guess
+    found = shutil.which(name)
+    if found is not None and Path(found).resolve() == here.resolve():
+        return name
+    try:
+        return os.path.relpath(here)
+    except ValueError:  # another drive (Windows)
+        return str(here)
 
 
 def _compare_solutions(runs: dict[str, list[dict[str, Any]]], resolution: int = 21) -> None:

@@ -168,12 +168,14 @@ class MetricsSink:
 
     "Beside the run" is ``<logger.log_dir>/landscape/figures`` when the logger has a ``log_dir``,
     else ``<fallback_dir>/landscape/figures``; it is looked up at the first figure, not before.
+    ``folder`` replaces ``landscape`` (``landscape-2`` for a second run into the same log directory).
     """
 
-    def __init__(self, logger: Any, fallback_dir: str | Path) -> None:
+    def __init__(self, logger: Any, fallback_dir: str | Path, folder: str = "landscape") -> None:
         self.logger = logger
         self.name = type(logger).__name__
         self._fallback = Path(fallback_dir)
+        self._folder = folder
         self._files: FileSink | None = None
 
     def _file_sink(self) -> FileSink:
@@ -183,7 +185,7 @@ class MetricsSink:
             except Exception:
                 own = None
             base = Path(own) if isinstance(own, (str, Path)) and str(own) else self._fallback
-            self._files = FileSink(base / "landscape" / "figures")
+            self._files = FileSink(base / self._folder / "figures")
         return self._files
 
     figure_format = "png"
@@ -273,13 +275,14 @@ _SINKS_BY_CLASS: tuple[tuple[str, type[MetricsSink]], ...] = (
 )
 
 
-def sink_for(logger: Any, fallback_dir: str | Path) -> MetricsSink:
-    """The sink for one logger, chosen by the class names in its MRO (any Lightning package)."""
+def sink_for(logger: Any, fallback_dir: str | Path, folder: str = "landscape") -> MetricsSink:
+    """The sink for one logger, chosen by the class names in its MRO (any Lightning package); PNG figures
+    go to ``<log_dir>/<folder>/figures``."""
     names = {cls.__name__ for cls in type(logger).__mro__}
     for class_name, sink_cls in _SINKS_BY_CLASS:
         if class_name in names:
-            return sink_cls(logger, fallback_dir)
-    return MetricsSink(logger, fallback_dir)
+            return sink_cls(logger, fallback_dir, folder)
+    return MetricsSink(logger, fallback_dir, folder)
 
 
 class SinkSet:
@@ -375,14 +378,16 @@ def build_sinks(
     log_dir: str | Path,
     settings: Mapping[str, Any] | None = None,
     rank: int = 0,
+    folder: str = "landscape",
 ) -> SinkSet:
-    """Sinks for a trainer's loggers; with no logger, figures go to ``log_dir/landscape/figures``.
+    """Sinks for a trainer's loggers; with no logger, figures go to ``log_dir/landscape/figures``
+    (``folder`` instead of ``landscape``: the run's own record folder, ``landscape-2`` say).
 
     Only rank zero writes: any other ``rank`` gets an empty set.
     """
     if rank != 0:
         return SinkSet([], settings)
-    sinks: list[Any] = [sink_for(logger, log_dir) for logger in loggers]
+    sinks: list[Any] = [sink_for(logger, log_dir, folder) for logger in loggers]
     if not sinks:
-        sinks.append(FileSink(Path(log_dir) / "landscape" / "figures"))
+        sinks.append(FileSink(Path(log_dir) / folder / "figures"))
     return SinkSet(sinks, settings)

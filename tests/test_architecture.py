@@ -192,6 +192,7 @@ WHOLE_PACKAGE_TESTS = {
     "test_architecture",
     "test_demo",
     "test_demo_solutions",
+    "test_packaging",
     "test_study",
     "test_tensorboard_browser",
 }

@@ -85,3 +85,37 @@ def test_demo_seeds_share_the_initialization_per_seed(tmp_path, capsys, monkeypa
     # The same initial weights for both optimizers at a seed; another seed, other weights.
     assert digests["sgd", 0] == digests["sam", 0] and digests["sgd", 1] == digests["sam", 1]
     assert digests["sgd", 0] != digests["sgd", 1]
+
+
+def test_the_commands_the_demo_prints_run_from_a_fresh_shell(monkeypatch):
+    # Issue 21: after `make demo`, `tensorboard ...` was "command not found" (it lives in .venv/bin).
+    import os
+    import shutil
+    import sys
+
+    pytest.importorskip("sklearn")
+    demo = _demo_module()
+    for name in ("tensorboard", "lightning-landscape"):
+        script = Path(sys.executable).parent / name
+        if not script.is_file():
+            continue  # not installed beside this Python: nothing to check
+        monkeypatch.setenv("PATH", os.defpath)  # a fresh shell: the virtual environment is not activated
+        found = shutil.which(demo.command(name))
+        assert found is not None and Path(found).resolve() == script.resolve(), name
+        monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.defpath}")  # activated: the bare name
+        assert demo.command(name) == name
+
+
+def test_running_the_demo_again_replaces_its_run(tmp_path, monkeypatch):
+    # A run never overwrites another run's records (issue 21): the demo, run twice into one folder, starts
+    # its run afresh rather than leaving two runs (landscape/ and landscape-2/) that its commands refuse.
+    pytest.importorskip("sklearn")
+    demo = _demo_module()
+    cheap = {"resolution": 3, "final_resolution": 3, "line_resolution": 3, "num_batches": 1, "metrics": None,
+             "final_metrics": None, "log_figures": False, "reliability": False}  # fmt: skip
+    monkeypatch.setattr(demo, "LossLandscapeCallback", lambda **kw: LossLandscapeCallback(**{**kw, **cheap}))
+    for _ in range(2):
+        result = demo.train("sgd", 1, tmp_path, 0, {"max_overhead": None, "save_weights": True})
+    run_dir = Path(result["log_dir"])
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith("landscape")) == ["landscape"]
+    assert len({r.meta["run_id"] for r in load_records(run_dir)}) == 1

@@ -27,6 +27,7 @@ from lightning_landscape.callback.recorder import TrajectoryRecorder, recorder_f
 from lightning_landscape.callback.schedule import LandscapeSchedule
 from lightning_landscape.functional.landscape.bn import buffer_snapshot
 from lightning_landscape.functional.landscape.params import LossFn, landscape_parameters
+from lightning_landscape.records.identity import new_run_id
 from lightning_landscape.records.record import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
 from lightning_landscape.solutions.weights import DEFAULT_MAX_BYTES
 
@@ -42,7 +43,9 @@ class LossLandscapeCallback(CallbackOptions, Callback):
     the optimizer's projected path, plus the interpolation line from the initial weights. At the end of
     training it computes a higher-resolution surface and 1-D lines. Results go to the trainer's loggers
     (figures, ``landscape/`` scalars) and to ``<log_dir>/landscape/`` as ``.npz`` + ``.json`` records
-    (:func:`lightning_landscape.load_records`); ``records`` holds those of the latest ``fit``.
+    (:func:`lightning_landscape.load_records`); ``records`` holds those of the latest ``fit``. Each run
+    has its own folder: where an earlier run's records are, a new run writes to ``landscape-2/`` (then
+    ``-3``, ...) and says so once; a resumed fit keeps its run id and folder; ``fast_dev_run`` writes none.
 
     Evaluation runs on the trainer's device, in its precision context, on the first ``num_batches``
     training batches (moved to the device once), in eval mode, through the module's ``training_step``
@@ -227,7 +230,11 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         shown = describe_settings(
             self._setting_values(), self.publisher.record_dir if self.publisher.log_dir else None
         )
-        self.publisher.setup(log_dir, trainer.loggers, shown, rank=trainer.global_rank)
+        # One run id for this fit's callbacks (the first makes it, rank zero's for every rank); a resumed
+        # fit gets its run's id back in load_state_dict().
+        run_id = trainer.strategy.broadcast(new_run_id()) if mine[0] is self else mine[0].publisher.run_id
+        write = not getattr(trainer, "fast_dev_run", False)  # Lightning suppresses logging there: so do we
+        self.publisher.setup(log_dir, trainer.loggers, shown, trainer.global_rank, run_id, write)
         params = self._params(pl_module)
         wide = str(trainer.precision).startswith("64") or any(p.dtype == torch.float64 for p in params)
         self.builder.work_dtype = torch.float64 if wide else torch.float32
@@ -241,6 +248,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.publisher.announce(has_logger=bool(trainer.loggers))  # where the records go, once
         if len(self.recorder) == 0:
             self._snapshot(0, trainer, pl_module)
             # the initial floating-point buffers (BatchNorm statistics): the interpolation line's alpha = 0
@@ -309,10 +317,15 @@ class LossLandscapeCallback(CallbackOptions, Callback):
             "seed": self.seed,
             "name": self.name or "",
             "initial_buffers": dict(self.builder.start_buffers or {}),  # the initial float buffers
+            "run_id": self.publisher.run_id,  # a resumed fit is the same run: its records stay together
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("run_id"):  # absent before 0.2: the fit keeps its new run id and folder
+            self.publisher.resume(str(state_dict["run_id"]))
+            if self.recorder.path is not None:  # a memory-mapped snapshot buffer lives beside the records
+                self.recorder.path = self.publisher.record_dir / self.recorder.path.name
         self.recorder.load_state_dict(state_dict["recorder"])
         self.schedule.load_state_dict(state_dict.get("schedule", state_dict))  # 0.1: its keys at the top
         buffers = state_dict.get("initial_buffers", state_dict.get("start_buffers"))  # absent before 0.2

@@ -3,6 +3,11 @@
 :class:`Publisher` owns the record directory and the sinks (rank zero only). Scalars are those each
 record declares (``record.scalars()``) under ``records.tag_prefix``. :class:`Warnings` shows each kind
 of warning once, pointing at the user's code, and counts the repeats.
+
+The record directory is the run's own: ``<log_dir>/landscape[/NAME]/``, or ``landscape-2``, ``landscape-3``,
+... when an earlier run's records are there (:func:`~lightning_landscape.records.identity.record_folder`);
+a run resumed from a checkpoint keeps its run id and goes back to its folder (:meth:`Publisher.resume`).
+Under ``fast_dev_run`` nothing is written (Lightning suppresses logging there too).
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from lightning.pytorch.utilities import rank_zero_info
+
 from lightning_landscape.plots.render import FigureRenderer
+from lightning_landscape.records.identity import RUN_ID_KEY, new_run_id, own_record_folder, record_folder
 from lightning_landscape.records.record import (
     LineRecord,
     Record,
@@ -145,7 +153,8 @@ def _reliability_text(record: ReliabilityRecord) -> str:
 
 
 class Publisher:
-    """Writes records to ``<log_dir>/landscape[/NAME]/`` and logs their scalars and figures (rank zero).
+    """Writes records to ``<log_dir>/landscape[/NAME]/`` (``landscape-N`` when an earlier run's records are
+    there) and logs their scalars and figures (rank zero). Every record written carries ``meta["run_id"]``.
 
     Example::
 
@@ -169,21 +178,78 @@ class Publisher:
         self.log_figures = log_figures
         self.warnings = warn if warn is not None else Warnings()
         self.log_dir: Path | None = None
+        self.directory: Path | None = None  # the run's record folder, chosen in setup()
+        self.run_id = ""
+        self.write = True  # False under fast_dev_run: no records, figures or weights on disk
         self.sinks: SinkSet | None = None
+        self._loggers: list[Any] = []
+        self._settings: dict[str, Any] = {}
         self.written: list[str] = []  # names of the records written since setup
         self.renderer: FigureRenderer | None = None  # made in setup(): a thread does not cross processes
         self.metric_history: list[tuple[int, str, dict[str, float]]] = []  # metrics of this fit, in order
 
     def setup(
-        self, log_dir: str | Path, loggers: Sequence[Any], settings: Mapping[str, Any], rank: int = 0
+        self,
+        log_dir: str | Path,
+        loggers: Sequence[Any],
+        settings: Mapping[str, Any],
+        rank: int = 0,
+        run_id: str | None = None,
+        write: bool = True,
     ) -> None:
-        """Point at a run's log directory; rank zero gets the sinks of ``loggers``, other ranks none."""
-        self.log_dir = Path(log_dir)
+        """Point at a run's log directory and choose the run's record folder (one that holds no other run's
+        records); rank zero gets the sinks of ``loggers``, other ranks none. ``write=False``
+        (``fast_dev_run``): nothing goes to disk or to the loggers."""
+        self.log_dir, self.run_id, self.write = Path(log_dir), run_id or new_run_id(), write
+        self.directory = record_folder(self.log_dir, self.name, self.run_id) if write else self._default_dir
         self.written, self.metric_history = [], []
         if self.renderer is not None:
             self.renderer.close()
         self.renderer = FigureRenderer(warn=self._figure_warning)
-        self.sinks = build_sinks(loggers, self.log_dir, settings=settings, rank=rank) if rank == 0 else None
+        self._loggers, self._settings = list(loggers), dict(settings)
+        self.sinks = None
+        if rank == 0 and write:
+            self._build_sinks()
+
+    def resume(self, run_id: str) -> None:
+        """The run ``run_id`` goes on (a checkpoint restored it): its records go back to its own folder."""
+        self.run_id = run_id
+        if self.log_dir is not None and self.write:
+            own = own_record_folder(self.log_dir, self.name, run_id)
+            self.directory = own or record_folder(self.log_dir, self.name, run_id)
+            if self.sinks is not None:  # nothing written to them yet: figures go beside the run's records
+                self._build_sinks()
+
+    def _build_sinks(self) -> None:
+        """The sinks of this run's loggers, PNG figures in its record folder's ``figures/``, and the folder
+        and run id in the settings text (written with the first result)."""
+        assert self.log_dir is not None
+        folder = self.record_dir.relative_to(self.log_dir).parts[0]  # landscape, landscape-2, ...
+        settings = {**self._settings, "records": str(self.record_dir), "run_id": self.run_id}
+        self.sinks = build_sinks(self._loggers, self.log_dir, settings=settings, folder=folder)
+
+    def announce(self, has_logger: bool) -> None:
+        """Say once where the records go: a warning when the usual folder held another run's records, a note
+        when there is no logger to find them by, a warning under ``fast_dev_run`` that none are written."""
+        if not self.warnings.enabled or not self.save_records:
+            return
+        if not self.write:
+            self.warnings.warn(
+                "fast_dev_run",
+                "LossLandscapeCallback: `fast_dev_run` is on, so no records, figures or weights are written "
+                "(Lightning suppresses logging there too); the landscapes are computed and kept in "
+                "`callback.records`.",
+                UserWarning,
+            )
+        elif self.record_dir != self._default_dir:
+            self.warnings.warn(
+                "record folder",
+                f"LossLandscapeCallback: {self._default_dir} holds the records of another run, so this run "
+                f"(run id {self.run_id}) writes its records to {self.record_dir}.",
+                UserWarning,
+            )
+        elif not has_logger:
+            rank_zero_info(f"LossLandscapeCallback: no logger; records go to {self.record_dir.resolve()}")
 
     def __getstate__(self) -> dict[str, Any]:
         # ddp_spawn pickles the trainer's callbacks before setup(): leave the renderer's thread behind.
@@ -193,10 +259,15 @@ class Publisher:
         self.warnings.warn("figures", message)
 
     @property
-    def record_dir(self) -> Path:
+    def _default_dir(self) -> Path:
         if self.log_dir is None:
             raise RuntimeError("Publisher.setup() has not been called")
         return self.log_dir / "landscape" / self.name if self.name else self.log_dir / "landscape"
+
+    @property
+    def record_dir(self) -> Path:
+        """This run's record folder (see :meth:`setup`)."""
+        return self.directory if self.directory is not None else self._default_dir
 
     def begin(self) -> None:
         """Write the settings to the loggers now if nothing has been written yet (a skipped landscape)."""
@@ -209,7 +280,9 @@ class Publisher:
         if self.renderer is not None:
             self.renderer.deliver_ready()  # the figures of earlier landscapes, drawn in the background
         written: list[Path] = []
-        if self.save_records:
+        for record in records:
+            record.meta[RUN_ID_KEY] = self.run_id
+        if self.save_records and self.write:
             for record in records:
                 name = record.meta["name"]
                 try:
@@ -303,9 +376,12 @@ class Publisher:
         dtype: torch.dtype | None,
         max_bytes: int | None,
         meta: Mapping[str, Any],
-    ) -> Path:
+    ) -> Path | None:
         """The run's weights, BatchNorm statistics and snapshots under ``<record dir>/weights``
-        (:func:`~lightning_landscape.save_run_weights`; rank zero, the caller guards it)."""
+        (:func:`~lightning_landscape.save_run_weights`; rank zero, the caller guards it); nothing under
+        ``fast_dev_run``."""
+        if not self.write:
+            return None
         if len(recorder) == 0:
             raise ValueError("no snapshot of the initial weights was taken")
         if initial_buffers is None:  # resumed from a checkpoint without them: unknown, not invented
@@ -313,7 +389,8 @@ class Publisher:
         return save_run_weights(
             self.record_dir / "weights", model, recorder.snapshots[0], initial_buffers=initial_buffers,
             trajectory=recorder.stacked(), steps=recorder.steps, names=names, dtype=dtype,
-            max_bytes=max_bytes, meta={**meta, "snapshot_dtype": str(recorder.dtype).removeprefix("torch.")},
+            max_bytes=max_bytes, meta={**meta, "snapshot_dtype": str(recorder.dtype).removeprefix("torch."),
+                                       RUN_ID_KEY: self.run_id},
         )  # fmt: skip
 
     def drain(self) -> None:

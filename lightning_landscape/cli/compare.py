@@ -281,10 +281,17 @@ def draw_shared(
 
 
 def summary_rows(comparison: SolutionComparison) -> list[list[Any]]:
-    """The table of :meth:`SolutionComparison.summary`, with which run is A and which is B."""
+    """The table of :meth:`SolutionComparison.summary`, with which run is A and which is B, and on which probe
+    set its losses were measured (compare_solutions' batches, not the runs' landscape probe set)."""
     meta = comparison.barrier.meta
     labels = meta.get("run_labels") or ["A", "B"]
     rows: list[list[Any]] = [["shared solutions", f"A = {labels[0]}, B = {labels[1]}"]]
+    # These losses come from compare_solutions' batches, the table above from each run's landscape probe
+    # set: the same weights give other numbers (loss_A beside loss/centre), so say which is which.
+    size = f"{_fmt(meta.get('probe_batches'))} batch(es), {_fmt(meta.get('probe_samples'))} samples"
+    rows.append(
+        ["probe set", f"compare_solutions' batches ({size}), not the runs' landscape probe set above"]
+    )
     rows.append(["statistics of the barrier", str(meta.get("bn", "-"))])
     rows += [[key, value] for key, value in comparison.summary().items()]
     return rows

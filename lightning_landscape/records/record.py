@@ -15,7 +15,8 @@ Format, version 1 (``FORMAT_VERSION``):
   :mod:`lightning_landscape.records.reliability`.
 - ``NAME.json``: ``{"format_version": 1, "kind": "surface" | "line" | "metrics", "meta": {...}}``;
   ``meta`` holds what the record is about (epoch, global_step, directions, seed, probe size,
-  explained variance, ...; for metrics, each metric's options and probe seeds under its name).
+  explained variance, ...; for metrics, each metric's options and probe seeds under its name) and,
+  for records the callback writes, ``run_id``: the run that wrote it (see :mod:`.identity`).
 
 Both files are written to a temporary name and renamed, the JSON last, so a record whose JSON exists
 is complete. Nothing here uses pickle.
@@ -31,7 +32,8 @@ Reading: :func:`load_record` / :func:`load_records` (or by hand: ``json.load`` t
 ``format_version``, ``numpy.load(..., allow_pickle=False)`` the arrays). A file that cannot be read
 raises :class:`RecordError` naming it: JSON that does not parse, JSON without ``format_version``
 (a foreign file), a ``format_version`` other than 1 (written by another version), an unknown
-``kind``, arrays that are missing, truncated, not an ``.npz`` or hold pickled objects, or arrays
+``kind``, a ``meta`` that is not an object or whose known keys have the wrong type
+(:data:`META_TYPES`), arrays that are missing, truncated, not an ``.npz`` or hold pickled objects, or arrays
 inconsistent with their kind. A later format version will get a new number; version 1 files stay
 readable.
 
@@ -52,6 +54,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from lightning_landscape.records.identity import RUN_ID_KEY, check_one_run
 from lightning_landscape.records.reliability import ReliabilityRecord
 from lightning_landscape.records.scalars import (
     DIAGNOSTIC_SUFFIXES,
@@ -65,6 +68,7 @@ from lightning_landscape.records.schema import ArraySpec, check_arrays
 __all__ = [
     "DIAGNOSTIC_SUFFIXES",
     "FORMAT_VERSION",
+    "META_TYPES",
     "SCALAR_GROUPS",
     "ArraySpec",
     "LineRecord",
@@ -78,6 +82,7 @@ __all__ = [
     "is_diagnostic",
     "load_record",
     "load_records",
+    "meta_problem",
     "save_record",
     "tag_prefix",
 ]
@@ -278,7 +283,8 @@ def _atomic_write(path: Path, write: Any) -> None:
 def save_record(record: Record, directory: str | os.PathLike, name: str) -> Path:
     """Write ``record`` as ``directory/name.npz`` + ``directory/name.json``; return the JSON path.
 
-    Raises ``ValueError`` (naming the record) for arrays inconsistent with the record's kind.
+    Raises ``ValueError`` (naming the record) for arrays inconsistent with the record's kind, and for a
+    ``meta`` that :func:`load_record` would refuse (see :data:`META_TYPES`).
     """
     directory = Path(directory)
     arrays = {k: np.asarray(v) for k, v in record.arrays().items() if v is not None}
@@ -289,20 +295,69 @@ def save_record(record: Record, directory: str | os.PathLike, name: str) -> Path
         check_arrays(type(record), arrays)
     except ValueError as err:
         raise ValueError(f"record {name!r}: inconsistent {record.kind} arrays: {err}") from err
+    meta = _jsonable(dict(record.meta))
+    problem = meta_problem(meta)
+    if problem is not None:
+        raise ValueError(f"record {name!r}: {problem}")
     directory.mkdir(parents=True, exist_ok=True)
     _atomic_write(directory / f"{name}.npz", lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]
-    sidecar = {"format_version": FORMAT_VERSION, "kind": record.kind, "meta": _jsonable(record.meta)}
+    sidecar = {"format_version": FORMAT_VERSION, "kind": record.kind, "meta": meta}
     text = json.dumps(sidecar, indent=1, sort_keys=True).encode()
     json_path = directory / f"{name}.json"
     _atomic_write(json_path, lambda fh: fh.write(text))
     return json_path
 
 
+_MISSING: Any = object()
+_WHOLE = "a whole number >= 0"
+_TEXT = "a string"
+#: The meta keys readers rely on, with the JSON type each must have when present; null is refused for
+#: the first six (what a record is: its step, stage, name, run) and read as "unknown" for the others.
+META_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "global_step": ((int,), _WHOLE),
+    "epoch": ((int,), _WHOLE),
+    "stage": ((str,), _TEXT),
+    "name": ((str,), _TEXT),
+    RUN_ID_KEY: ((str,), "a non-empty string"),
+    "errors": ((dict,), "a JSON object"),
+    "callback_name": ((str, type(None)), _TEXT),
+    "directions": ((str, type(None)), _TEXT),
+    "axis": ((int, type(None)), _WHOLE),
+    "explained_variance": ((list, type(None)), "a list of numbers"),
+}
+
+
+def meta_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with a record's ``meta`` (its known keys of the wrong type), or None.
+
+    Example::
+
+        >>> meta_problem({"global_step": "twelve"})
+        "meta `global_step` must be a whole number >= 0, got 'twelve'"
+        >>> meta_problem({"global_step": 12, "stage": "final"}) is None
+        True
+    """
+    for key, (types, expected) in META_TYPES.items():
+        if key not in meta:
+            continue
+        value = meta[key]
+        ok = isinstance(value, types) and not isinstance(value, bool)
+        if ok and expected == _WHOLE and value is not None:
+            ok = value >= 0
+        elif ok and key == RUN_ID_KEY:
+            ok = bool(value)
+        if not ok:
+            return f"meta `{key}` must be {expected}, got {value!r}"
+    return None
+
+
 def load_record(path: str | os.PathLike) -> Record:
     """Read one record from its ``.json`` (or ``.npz``) path.
 
     Raises :class:`RecordError` naming the file and what is wrong: unreadable or foreign JSON, another
-    format version, an unknown kind, missing or corrupt arrays, arrays inconsistent with the kind.
+    format version, an unknown kind, a ``meta`` that is not an object or whose known keys have the wrong
+    type (:data:`META_TYPES`: ``global_step`` a whole number, ``stage`` a string, ...), missing or corrupt
+    arrays, arrays inconsistent with the kind.
     """
     path = Path(path)
     json_path, npz_path = path.with_suffix(".json"), path.with_suffix(".npz")
@@ -321,9 +376,13 @@ def load_record(path: str | os.PathLike) -> Record:
     cls: Any = _KINDS.get(str(sidecar.get("kind")))
     if cls is None:
         raise RecordError(f"{json_path}: unknown record kind {sidecar.get('kind')!r}")
-    meta = sidecar.get("meta") or {}
+    meta = sidecar.get("meta", _MISSING)
     if not isinstance(meta, dict):
-        raise RecordError(f"{json_path}: `meta` must be a JSON object, got {type(meta).__name__}")
+        got = "nothing" if meta is _MISSING else "null" if meta is None else type(meta).__name__
+        raise RecordError(f"{json_path}: `meta` must be a JSON object, got {got}")
+    problem = meta_problem(meta)
+    if problem is not None:
+        raise RecordError(f"{json_path}: {problem}")
     if not npz_path.is_file():
         raise RecordError(f"{json_path}: its arrays {npz_path.name} are missing (copied without them?)")
     try:
@@ -376,7 +435,9 @@ def load_records(directory: str | os.PathLike, errors: Literal["raise", "warn"] 
     ``directory`` may be a run's log directory or its ``landscape/`` folder. A record that cannot be
     read (see :func:`load_record`) raises :class:`RecordError` naming it; record sidecars whose
     ``.npz`` is missing are listed together in one error. With ``errors="warn"`` such records are
-    skipped instead, with one ``RuntimeWarning`` naming them.
+    skipped instead, with one ``RuntimeWarning`` naming them. Records of more than one run (their
+    ``meta["run_id"]`` differ, see :mod:`.identity`; records without one count as one legacy run) raise
+    :class:`RecordError` naming each run and its folders, with either value of ``errors``.
 
     Example::
 
@@ -399,16 +460,19 @@ def load_records(directory: str | os.PathLike, errors: Literal["raise", "warn"] 
             f"{len(missing)} record(s) have no .npz arrays beside their .json: {shown} (copied without them?)"
         )
     records: list[Record] = []
+    read: list[Path] = []
     problems = [f"{p.name} (no .npz)" for p in missing]
     for p in paths:
         if p in missing:
             continue
         try:
             records.append(load_record(p))
+            read.append(p)
         except RecordError as err:
             if errors == "raise":
                 raise
             problems.append(str(err))
+    check_one_run(directory, zip(read, (r.meta for r in records)), RecordError)
     if problems:
         warnings.warn(
             f"load_records: skipped {len(problems)} unreadable record(s) under {directory}: "
@@ -421,7 +485,7 @@ def load_records(directory: str | os.PathLike, errors: Literal["raise", "warn"] 
     return sorted(
         records,
         key=lambda r: (
-            _finite(r.meta.get("global_step")) or 0.0,  # a hand-edited step (text, null) sorts first
+            _finite(r.meta.get("global_step")) or 0.0,  # records made by hand may have no step
             stage_order.get(str(r.meta.get("stage", "")), 0),
             str(r.meta.get("name", "")),
         ),

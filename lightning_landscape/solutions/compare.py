@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lightning_landscape.records.identity import is_landscape_folder
 from lightning_landscape.records.record import LineRecord, SurfaceRecord, load_records, save_record
 from lightning_landscape.solutions.weights import RunWeights, find_run_weights, load_run_weights
 
@@ -111,9 +112,10 @@ def load_solutions(directory: str | os.PathLike) -> SolutionComparison:
 
 
 def _log_dir(folder: Path) -> Path:
-    """The run's log directory: the parent of the ``landscape`` folder above ``folder`` (else its parent)."""
+    """The run's log directory: the parent of the ``landscape`` (or ``landscape-N``) folder above ``folder``
+    (else its parent)."""
     for parent in folder.resolve().parents:
-        if parent.name == "landscape":
+        if is_landscape_folder(parent.name):
             return parent.parent
     return folder.resolve().parent
 
@@ -148,7 +150,7 @@ def _labels_and_tail(run_a: RunLike, run_b: RunLike) -> tuple[tuple[str, str], l
         if not label:
             label = "/".join(rel)
             callback = folder.resolve().parent.name
-            if callback != "landscape" and (not label or logs[0] == logs[1]):
+            if not is_landscape_folder(callback) and (not label or logs[0] == logs[1]):
                 label = f"{label}/{callback}" if label else callback
         labels.append(str(label) or log.name)
     if labels[0] == labels[1]:

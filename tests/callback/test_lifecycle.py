@@ -12,7 +12,7 @@ import torch
 from helpers.models import TinyNet, ce_loss, loader
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_landscape import LossLandscapeCallback
+from lightning_landscape import LossLandscapeCallback, load_records
 
 QUIET = {"resolution": 3, "final_resolution": 5, "line_resolution": 5, "num_batches": 2, "log_figures": False}
 
@@ -33,9 +33,9 @@ def assert_same_records(a, b):
 
 
 def untimed(meta):
-    """Metadata without wall-clock times (the one thing two identical runs may differ in)."""
+    """Metadata without wall-clock times and run ids (what two identical runs differ in)."""
     if isinstance(meta, dict):
-        return {k: untimed(v) for k, v in meta.items() if k != "seconds"}
+        return {k: untimed(v) for k, v in meta.items() if k not in ("seconds", "run_id")}
     return meta
 
 
@@ -164,3 +164,100 @@ def test_a_01_checkpoint_state_loads(trainer_kwargs, tmp_path):
     other.load_state_dict(old)
     assert other.recorder.steps == cb.recorder.steps and other.schedule.spent == cb.schedule.spent
     assert other.schedule.periodic == 1 and other.schedule.last_landscape_step == 8
+
+
+# --------------------------------------------------------------------------- runs into one folder (issue 21)
+
+CHEAP = {**QUIET, "metrics": None, "final_metrics": None, "reliability": False, "max_overhead": None}
+
+
+def _files(folder):
+    """Every file under ``folder`` with its bytes (what a later run must leave alone)."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _run_ids(folder):
+    return {r.meta["run_id"] for r in load_records(folder)}
+
+
+def test_a_second_fit_into_one_logger_version_writes_beside_the_first(trainer_kwargs, tmp_path):
+    from lightning_landscape import RecordError
+    from lightning_landscape.cli import main
+
+    first = run(trainer_kwargs, LossLandscapeCallback(**CHEAP), logger=TensorBoardLogger(tmp_path, "x", "v0"))
+    log_dir = Path(first.log_dir)
+    before = _files(log_dir / "landscape")
+    assert before and len(_run_ids(log_dir / "landscape")) == 1
+    again = TensorBoardLogger(tmp_path, "x", "v0")
+    with pytest.warns(UserWarning, match=r"landscape holds the records of another run.*landscape-2") as seen:
+        run(trainer_kwargs, LossLandscapeCallback(**CHEAP), 1, logger=again)
+    assert len([w for w in seen if "records of another run" in str(w.message)]) == 1  # said once
+    assert _files(log_dir / "landscape") == before  # nothing of run 1 overwritten, nothing added
+    (one,), (two,) = _run_ids(log_dir / "landscape"), _run_ids(log_dir / "landscape-2")
+    assert one != two
+    assert len(load_records(log_dir / "landscape-2")) == len(load_records(log_dir / "landscape"))
+    # Read together, the two runs are refused, each named.
+    with pytest.raises(RecordError, match="mixes the records of 2 runs") as refused:
+        load_records(log_dir)
+    assert one in str(refused.value) and two in str(refused.value)
+    assert main(["summary", str(log_dir / "landscape-2")]) == 0
+
+
+def test_two_fits_without_logger_in_one_working_directory(trainer_kwargs, tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
+    kwargs = {k: v for k, v in trainer_kwargs.items() if k != "default_root_dir"}  # records go to ./landscape
+    figures = {**CHEAP, "log_figures": True}  # PNG files beside the records, without a logger
+    with caplog.at_level(logging.INFO):
+        run(kwargs, LossLandscapeCallback(**figures))
+    said = [r.getMessage() for r in caplog.records if "records go to" in r.getMessage()]
+    assert said == [f"LossLandscapeCallback: no logger; records go to {tmp_path.resolve() / 'landscape'}"]
+    before = _files(tmp_path / "landscape")
+    assert any(p.parts[0] == "figures" for p in before)
+    with pytest.warns(UserWarning, match=r"writes its records to \S*landscape-2"):
+        run(kwargs, LossLandscapeCallback(**figures), 1)
+    assert _files(tmp_path / "landscape") == before  # records and figures of run 1 as they were
+    assert {p.parts[0] for p in _files(tmp_path / "landscape-2") if len(p.parts) > 1} == {"figures"}
+    assert len(_run_ids(tmp_path / "landscape")) == len(_run_ids(tmp_path / "landscape-2")) == 1
+    assert _run_ids(tmp_path / "landscape") != _run_ids(tmp_path / "landscape-2")
+
+
+def test_a_resumed_fit_is_the_same_run_in_the_same_folder(trainer_kwargs, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(max_epochs, ckpt_path=None):
+        cb = LossLandscapeCallback(**CHEAP, snapshot_storage="memmap")  # its file lives beside the records
+        saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+        logger = TensorBoardLogger(tmp_path, "x", "v0")
+        kw = {"enable_checkpointing": True, "max_epochs": max_epochs, "logger": logger}
+        pl.seed_everything(0)
+        trainer = pl.Trainer(**{**trainer_kwargs, **kw}, callbacks=[cb, saver])
+        trainer.fit(TinyNet(), loader(32, 8), ckpt_path=ckpt_path)
+        return cb, Path(trainer.log_dir)
+
+    first, log_dir = fit(2)
+    ckpt = tmp_path / "ckpt" / "epoch=1-step=8.ckpt"
+    state = torch.load(ckpt, weights_only=True)["callbacks"][first.state_key]
+    assert state["run_id"] == first.publisher.run_id
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*records of another run")
+        resumed, _ = fit(3, ckpt)
+    assert resumed.publisher.run_id == first.publisher.run_id
+    assert sorted(p.name for p in log_dir.iterdir() if p.name.startswith("landscape")) == ["landscape"]
+    records = load_records(log_dir / "landscape")  # one run: both fits' records, together
+    assert {r.meta["run_id"] for r in records} == {first.publisher.run_id}
+    assert {r.meta["global_step"] for r in records if r.meta["stage"] == "periodic"} == {4, 8, 12}
+    assert (log_dir / "landscape" / "snapshots.bin").is_file()
+
+
+def test_fast_dev_run_writes_nothing(trainer_kwargs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    kwargs = {k: v for k, v in trainer_kwargs.items() if k not in ("default_root_dir", "logger")}
+    cb = LossLandscapeCallback(**{**CHEAP, "log_figures": True, "save_weights": True})
+    with pytest.warns(UserWarning, match="`fast_dev_run` is on, so no records") as caught:
+        run(kwargs, cb, fast_dev_run=True)
+    assert len([w for w in caught if "fast_dev_run" in str(w.message)]) == 1
+    assert cb.records and {r.meta["stage"] for r in cb.records} == {"periodic", "final"}  # still computed
+    assert list(tmp_path.rglob("*")) == []  # no records, figures, weights or logs in the working directory

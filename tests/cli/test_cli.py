@@ -201,6 +201,44 @@ def test_corrupt_and_foreign_records_are_a_message_in_every_command(tmp_path, ca
     assert not Path(out).exists()
 
 
+def _stamp(folder: Path, run_id: str, names: list[str] | None = None) -> None:
+    """Give records of ``folder`` (all, or ``names``) the run id ``run_id``, as the callback writes them."""
+    for path in sorted(folder.glob("*.json")):
+        if names is None or path.stem in names:
+            sidecar = json.loads(path.read_text())
+            sidecar["meta"]["run_id"] = run_id
+            path.write_text(json.dumps(sidecar))
+
+
+@pytest.mark.parametrize("mix", ["two runs", "a run and a legacy run"])
+def test_a_folder_that_mixes_runs_is_refused_by_every_command(tmp_path, capsys, mix):
+    # Issue 21 item 1: a second run's records among the first's read as one run (its stale final surface).
+    good, mixed = make_run(tmp_path / "good", 1.0), make_run(tmp_path / "mixed", 1.0)
+    if mix == "two runs":
+        _stamp(mixed / "landscape", "20260101-000000-aaaaaa")
+    _stamp(mixed / "landscape", "20260202-000000-bbbbbb", ["final_surface_8", "final_interp_8"])
+    for argv in (
+        ["summary", str(mixed)],
+        ["compare", str(good), str(mixed), "--out", str(tmp_path / "c.png")],
+    ):
+        rc, _, err = run_main(capsys, *argv)
+        assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert "mixes the records of 2 runs" in err and "run 20260202-000000-bbbbbb (2 record(s)" in err
+        first = "run 20260101-000000-aaaaaa (6 record(s)" if mix == "two runs" else "no run id"
+        assert first in err
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_summary_of_a_log_dir_with_two_runs_names_their_folders(tmp_path, capsys):
+    make_run(tmp_path, 1.0)
+    (tmp_path / "landscape").rename(tmp_path / "landscape-2")
+    make_run(tmp_path, 2.0)  # a second run into the same log directory writes to landscape-2/
+    rc, _, err = run_main(capsys, "summary", str(tmp_path))
+    assert rc == 2 and "holds the records of 2 runs" in err and "landscape-2" in err
+    rc, _, err = run_main(capsys, "summary", str(tmp_path / "landscape-2"))
+    assert rc == 0, err
+
+
 @pytest.mark.parametrize("module", ["lightning_landscape.cli.main", "lightning_landscape"])
 def test_console_script_entry_point_exits_2_without_traceback(tmp_path, module):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -56,6 +56,9 @@ def test_compare_draws_and_tabulates_the_shared_solutions(compared, capsys):
     for name in ("cmp.png", "cmp_shared_plane.png", "cmp_barrier.png"):
         assert (out.parent / name).stat().st_size > 1000, name
     assert "A = sgd, B = adam" in stdout
+    # loss_A is not loss/centre: another probe set, and the table says so (issue 21).
+    (probe,) = [ln for ln in stdout.splitlines() if ln.startswith("probe set")]
+    assert "compare_solutions' batches (1 batch(es), 16 samples)" in probe and "landscape probe set" in probe
     for key, value in result.summary().items():
         assert math.isclose(_row(stdout, key), value, rel_tol=1e-3, abs_tol=1e-6), key
     rc, _, err = run_main(

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -208,9 +209,102 @@ def test_missing_npz_is_reported_not_skipped(tmp_path):
         load_records(tmp_path, errors="ignore")  # type: ignore[arg-type]
 
 
-def test_odd_meta_values_do_not_break_ordering(tmp_path):
+def _write_meta(folder, name, meta):
+    """A good line record whose sidecar's ``meta`` is replaced by ``meta`` (as a hand edit would)."""
     a = np.linspace(-1, 1, 3)
-    save_record(LineRecord(a, a**2, {"global_step": "seven", "stage": None}), tmp_path, "a")
-    save_record(LineRecord(a, a**2, {"global_step": 3, "name": 5}), tmp_path, "b")
+    save_record(LineRecord(a, a**2, {"global_step": 1}), folder, name)
+    (folder / f"{name}.json").write_text(json.dumps({"format_version": 1, "kind": "line", "meta": meta}))
+
+
+@pytest.mark.parametrize(
+    "meta, field",
+    [
+        (None, "`meta` must be a JSON object, got null"),
+        ({"global_step": "twelve"}, "`global_step` must be a whole number >= 0, got 'twelve'"),
+        ({"global_step": 12.5}, "`global_step` must be a whole number"),
+        ({"global_step": -1}, "`global_step` must be a whole number"),
+        ({"global_step": True}, "`global_step` must be a whole number"),
+        ({"global_step": None}, "`global_step` must be a whole number"),
+        ({"epoch": "3"}, "`epoch` must be a whole number"),
+        ({"stage": 5}, "`stage` must be a string, got 5"),
+        ({"stage": None}, "`stage` must be a string, got None"),
+        ({"name": 5}, "`name` must be a string"),
+        ({"run_id": 7}, "`run_id` must be a non-empty string"),
+        ({"run_id": ""}, "`run_id` must be a non-empty string"),
+        ({"errors": ["trace"]}, "`errors` must be a JSON object"),
+        ({"axis": "x"}, "`axis` must be a whole number"),
+    ],
+)
+def test_corrupt_meta_is_refused_naming_file_and_field(tmp_path, meta, field):
+    # Issue 21 item 3: such records used to load (a final surface then silently demoted to "no final").
+    _write_meta(tmp_path, "bad", meta)
+    with pytest.raises(RecordError, match=rf"bad\.json: .*{re.escape(field)}"):
+        load_record(tmp_path / "bad.json")
+    with pytest.raises(RecordError, match=r"bad\.json"):
+        load_records(tmp_path)
+
+
+def test_meta_without_meta_key_is_refused(tmp_path):
+    _write_meta(tmp_path, "bad", None)
+    (tmp_path / "bad.json").write_text(json.dumps({"format_version": 1, "kind": "line"}))
+    with pytest.raises(RecordError, match=r"bad\.json: `meta` must be a JSON object, got nothing"):
+        load_record(tmp_path / "bad.json")
+
+
+def test_save_record_refuses_meta_that_load_would_refuse(tmp_path):
+    a = np.linspace(-1, 1, 3)
+    with pytest.raises(ValueError, match=r"record 'a': meta `stage` must be a string, got 5"):
+        save_record(LineRecord(a, a**2, {"global_step": 3, "stage": 5}), tmp_path, "a")
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_unknown_meta_keys_and_numpy_steps_pass(tmp_path):
+    a = np.linspace(-1, 1, 3)
+    save_record(LineRecord(a, a**2, {"global_step": np.int64(3), "mine": "x", "seed": None}), tmp_path, "b")
     save_record(LineRecord(a, a**2, {"global_step": 1}), tmp_path, "c")
-    assert [r.meta["global_step"] for r in load_records(tmp_path)] == ["seven", 1, 3]
+    save_record(LineRecord(a, a**2, {}), tmp_path, "d")  # made by hand: no step, sorts first
+    assert [r.meta.get("global_step") for r in load_records(tmp_path)] == [None, 1, 3]
+
+
+def _line(meta):
+    a = np.linspace(-1, 1, 3)
+    return LineRecord(a, a**2, {"global_step": 1, **meta})
+
+
+def test_load_records_refuses_a_folder_that_mixes_runs_naming_them(tmp_path):
+    # Issue 21 item 1: a second run's records in the first's folder were read as one run.
+    save_record(_line({"run_id": "20260101-000000-aaaaaa"}), tmp_path, "a")
+    save_record(_line({"run_id": "20260101-000000-aaaaaa"}), tmp_path / "sub", "b")
+    save_record(_line({"run_id": "20260202-000000-bbbbbb"}), tmp_path, "c")
+    for errors in ("raise", "warn"):
+        with pytest.raises(RecordError, match=r"mixes the records of 2 runs") as caught:
+            load_records(tmp_path, errors=errors)
+        text = str(caught.value)
+        assert "run 20260101-000000-aaaaaa (2 record(s) in " in text and str(tmp_path / "sub") in text
+        assert "run 20260202-000000-bbbbbb (1 record(s) in " in text
+
+
+def test_records_without_run_id_are_one_legacy_run(tmp_path):
+    save_record(_line({}), tmp_path, "a")  # written by 0.1: no run id
+    save_record(_line({"global_step": 2}), tmp_path, "b")
+    assert len(load_records(tmp_path)) == 2
+    save_record(_line({"run_id": "20260202-000000-bbbbbb"}), tmp_path, "c")
+    with pytest.raises(RecordError, match=r"2 runs: run \(no run id: written by lightning-landscape 0\.1\)"):
+        load_records(tmp_path)
+
+
+def test_record_folder_skips_folders_of_other_runs(tmp_path):
+    from lightning_landscape.records.identity import own_record_folder, record_folder
+
+    assert record_folder(tmp_path, None, "r1") == tmp_path / "landscape"  # nothing there yet
+    save_record(_line({"run_id": "r1"}), tmp_path / "landscape", "a")
+    assert record_folder(tmp_path, None, "r1") == tmp_path / "landscape"  # its own folder
+    assert record_folder(tmp_path, None, "r2") == tmp_path / "landscape-2"
+    save_record(_line({"run_id": "r2"}), tmp_path / "landscape-2", "a")
+    save_record(_line({}), tmp_path / "landscape-3", "a")  # a legacy run is another run too
+    assert record_folder(tmp_path, None, "r3") == tmp_path / "landscape-4"
+    assert record_folder(tmp_path, "pca", "r3") == tmp_path / "landscape" / "pca"  # per callback name
+    assert own_record_folder(tmp_path, None, "r2") == tmp_path / "landscape-2"
+    assert own_record_folder(tmp_path, None, "r9") is None
+    (tmp_path / "landscape-5" / "figures").mkdir(parents=True)  # figures and other files are not records
+    assert record_folder(tmp_path, None, "r3") == tmp_path / "landscape-4"
