@@ -162,10 +162,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
             self.final_resolution, self.line_resolution, self.metrics, self.final_metrics, self.max_overhead,
             self.budget_final, hessian_plane=self.directions == "hessian", bn=self.bn,
             metric=self.metric_fn is not None, final=self.final,
-            reliability=(
-                (lambda plan: indicators.evaluations(plan.stage, plan.metrics, self.max_snapshots))
-                if indicators.enabled else None
-            ),
+            reliability=indicators.plan_cost(self.max_snapshots) if indicators.enabled else None,
         )  # fmt: skip
         self.probe = ProbeSet(self.num_batches, self.probe_dataloader, self.loss_fn)
         self.warnings = Warnings()

@@ -181,9 +181,23 @@ class ProbeSet:
 
     @contextlib.contextmanager
     def observing(self, module: nn.Module) -> Iterator[None]:
-        """Wraps every landscape and metric computation on ``module``.
+        """Wraps every landscape and metric computation on ``module``: puts back, bit for bit, every
+        parameter and buffer of the module (and each parameter's ``requires_grad``) afterwards.
 
-        The one place to save and restore what evaluating the loss may change in the module beyond its
-        tensors (which the functional core restores itself): today nothing more.
+        The functional core restores what it moves (the landscape's parameters, the buffers of its
+        observation); a ``loss_fn`` or ``training_step`` may change others in place (frozen parameters,
+        a layer outside the landscape, ``weight.mul_(0.5)`` under ``no_grad``). One copy of every tensor
+        per computation, not per point.
         """
-        yield
+        with torch.no_grad():
+            tensors = [*module.parameters(), *module.buffers()]
+            saved = [t.detach().clone() for t in tensors]
+            flags = [(p, p.requires_grad) for p in module.parameters()]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for t, s in zip(tensors, saved):
+                    t.copy_(s)
+            for p, flag in flags:
+                p.requires_grad_(flag)

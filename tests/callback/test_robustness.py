@@ -1,0 +1,141 @@
+"""Nothing lost, nothing changed (issue 21): a failing metric, a loss that changes the module, a module
+with nothing to train, and settings the callback must say something about."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from helpers.models import TinyNet, ce_loss, loader
+from torch import nn
+
+from lightning_landscape import LineRecord, LossLandscapeCallback, SurfaceRecord
+
+QUIET = {"resolution": 3, "final_resolution": 5, "line_resolution": 5, "num_batches": 2, "log_figures": False}
+
+
+def fit(kwargs: dict[str, Any], model: pl.LightningModule, callbacks: list, **over: Any) -> pl.Trainer:
+    trainer = pl.Trainer(**{**kwargs, **over}, callbacks=callbacks)
+    trainer.fit(model, loader(32, 8, shuffle=True, noise=0.1))
+    return trainer
+
+
+def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs by {float((a[k].double() - b[k].double()).abs().max())}"
+
+
+# --------------------------------------------------------------------------- 21.4: a loss that changes the module
+
+
+class SideNet(TinyNet):
+    """BatchNorm, a frozen parameter and a buffer outside any landscape; ``training_step`` may halve the
+    first layer's weights in place (as a user's side effect would)."""
+
+    def __init__(self, mutate_in_step: bool = False) -> None:
+        super().__init__(norm="batch", dropout=0.0)
+        self.scale = nn.Parameter(torch.ones(3), requires_grad=False)  # frozen: outside the landscape
+        self.register_buffer("seen", torch.zeros(()))
+        self.mutate_in_step = mutate_in_step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.scale
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.mutate_in_step:
+            touch(self)
+        return super().training_step(batch, batch_idx)
+
+
+def touch(m: nn.Module) -> None:
+    with torch.no_grad():
+        m.net[0].weight.mul_(0.5)  # a landscape parameter
+        m.scale.add_(0.25)  # a frozen parameter
+        m.seen.add_(1)  # a buffer
+        m.net[1].running_mean.add_(1.0)  # BatchNorm statistics
+
+
+def mutating_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    touch(model)
+    return ce_loss(model, batch)
+
+
+def _run(trainer_kwargs: dict[str, Any], cb: LossLandscapeCallback | None, mutate_in_step: bool) -> Any:
+    pl.seed_everything(0)
+    model = SideNet(mutate_in_step)
+    fit(trainer_kwargs, model, [cb] if cb is not None else [])
+    return state_of(model)
+
+
+@pytest.mark.parametrize("where", ["loss_fn", "training_step"])
+def test_a_loss_that_changes_the_module_in_place_leaves_training_bit_identical(trainer_kwargs, where):
+    in_step = where == "training_step"
+    options = {"loss_fn": mutating_loss} if not in_step else {}
+    cb = LossLandscapeCallback(max_overhead=None, snapshot_every_n_steps=2, metrics=["sam"],
+                               final_metrics=["eigenvalues"], **options, **QUIET)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with_cb = _run(trainer_kwargs, cb, in_step)
+    without = _run(trainer_kwargs, None, in_step)
+    # every part ran: surfaces, lines, metrics and the reliability indicators
+    kinds = {r.kind for r in cb.records}
+    assert {"surface", "line", "metrics", "reliability"} <= kinds, kinds
+    assert_bit_identical(with_cb, without)
+
+
+# --------------------------------------------------------------------------- 21.2: a failing metric_fn
+
+
+def broken_metric(model: nn.Module, batch: Any) -> torch.Tensor:
+    raise KeyError("no labels in this batch")
+
+
+def test_a_failing_metric_fn_leaves_the_surface_and_lines_and_warns_once(trainer_kwargs):
+    cb = LossLandscapeCallback(max_overhead=None, snapshot_every_n_steps=2, metric_fn=broken_metric,
+                               metric_name="acc", metrics=None, final_metrics=None, **QUIET)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(trainer_kwargs, TinyNet(), [cb])
+    ours = [str(w.message) for w in caught if "LossLandscapeCallback" in str(w.message)]
+    about_metric = [m for m in ours if "metric_fn" in m]
+    assert len(about_metric) == 1 and "no labels in this batch" in about_metric[0], ours
+    assert not [m for m in ours if "failed and was skipped" in m], ours
+    stages = [r.meta["stage"] for r in cb.records if isinstance(r, SurfaceRecord)]
+    assert stages == ["periodic", "periodic", "final"]
+    names = {r.meta["name"].split("_step")[0] for r in cb.records}
+    assert {"final_surface", "final_line1", "final_line2", "final_interpolation"} <= names
+    for r in cb.records:
+        if isinstance(r, (SurfaceRecord, LineRecord)):
+            assert np.isfinite(r.losses).all()
+            assert r.metrics is None  # the metric is missing, and the record says why
+    interp = [r for r in cb.records if r.meta.get("directions") == "interpolation"]
+    final = next(r for r in cb.records if r.meta["name"].startswith("final_surface"))
+    for r in (*interp, final):
+        assert r.meta["metric_missing"].startswith("acc:") and "KeyError" in r.meta["metric_missing"]
+
+
+def test_a_metric_fn_failing_at_some_points_only_is_marked_missing(trainer_kwargs):
+    def far_fails(model: nn.Module, batch: Any) -> torch.Tensor:
+        loss = ce_loss(model, batch)
+        if loss > 1.25:  # away from the centre
+            raise ValueError("diverged")
+        return loss
+
+    cb = LossLandscapeCallback(max_overhead=None, metric_fn=far_fails, metrics=None, final_metrics=None,
+                               directions="random", span=3.0, reliability=False, **QUIET)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(trainer_kwargs, TinyNet(norm="none", dropout=0.0), [cb], max_epochs=1)
+    (final,) = [r for r in cb.records if isinstance(r, SurfaceRecord) and r.meta["stage"] == "final"]
+    assert final.metrics is None and "diverged" in final.meta["metric_missing"]
+    assert np.isfinite(final.losses).all()
+    assert sum("metric_fn" in str(w.message) for w in caught) == 1
