@@ -6,6 +6,7 @@ calls the core) -> publisher (:mod:`._publish`). No math and no logger code live
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -31,6 +32,17 @@ from lightning_landscape.records.record import LineRecord, MetricsRecord, Reliab
 from lightning_landscape.solutions.weights import DEFAULT_MAX_BYTES
 
 __all__ = ["LossLandscapeCallback"]
+
+
+def _check_distinct_names(callbacks: Iterable[Any]) -> None:
+    """Several LossLandscapeCallbacks in one trainer need distinct names."""
+    mine = [c for c in callbacks if isinstance(c, LossLandscapeCallback)]
+    if len({c.name for c in mine}) < len(mine):
+        raise MisconfigurationException(
+            "This Trainer has several LossLandscapeCallbacks without distinct names: their records and "
+            "logged figures would overwrite each other. Give each one its own `name=` "
+            "(for example `LossLandscapeCallback(name='pca')`, `LossLandscapeCallback(name='random')`)."
+        )
 
 
 class LossLandscapeCallback(CallbackOptions, Callback):
@@ -177,6 +189,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         self._module_state = ModuleStateKeeper()  # restores the module's Python state around each computation
         self._param_names: list[str] = []
         self._state_key: str | None = None
+        self._idle: str | None = None  # why this fit has nothing to observe (no trainable parameters)
 
     # ------------------------------------------------------------------ Lightning plumbing
 
@@ -186,6 +199,11 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         # Lightning reads this on every hook call (profiler names): build it once.
         if self._state_key is None:
             self._state_key = self._generate_state_key(**self._setting_values(keyed=True))
+        # Lightning refuses equal state keys in Trainer(...), before any hook, with a generic message;
+        # two unnamed callbacks have equal keys: when it is Lightning's check asking, say what to do first.
+        caller = sys._getframe(1)
+        if caller.f_code.co_name == "_validate_callbacks_list":
+            _check_distinct_names(caller.f_locals.get("callbacks") or ())
         return self._state_key
 
     @override
@@ -193,13 +211,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         if stage != "fit":
             return
         check_strategy(trainer.strategy)
-        mine = [c for c in trainer.callbacks if isinstance(c, LossLandscapeCallback)]  # type: ignore[attr-defined]
-        if len({c.name for c in mine}) < len(mine):
-            raise MisconfigurationException(
-                "This Trainer has several LossLandscapeCallbacks without distinct names: their records and "
-                "logged figures would overwrite each other. Give each one its own `name=` "
-                "(for example `LossLandscapeCallback(name='pca')`, `LossLandscapeCallback(name='random')`)."
-            )
+        _check_distinct_names(trainer.callbacks)  # type: ignore[attr-defined]
         if not pl_module.automatic_optimization and self.loss_fn is None:
             raise MisconfigurationException(
                 "LossLandscapeCallback: this module uses manual optimization, so its training_step steps "
@@ -213,7 +225,15 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         self.warnings.reset(enabled=trainer.is_global_zero)
         self._module_state.reset()
         self.records = []
-        self._param_names = [n for n, _ in landscape_parameters(pl_module)]
+        self._idle = None
+        try:
+            self._param_names = [n for n, _ in landscape_parameters(pl_module)]
+        except ValueError as err:  # nothing to draw a landscape of; Lightning still trains: stay idle
+            self._idle = str(err)
+            self.warnings.warn(
+                "idle", f"LossLandscapeCallback: {err}; the callback stays idle in this fit (training goes on)."
+            )
+            return
         log_dir = trainer.log_dir or trainer.default_root_dir  # called on every rank: it broadcasts
         shown = describe_settings(
             self._setting_values(), self.publisher.record_dir if self.publisher.log_dir else None
@@ -232,6 +252,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._idle:
+            return
         if len(self.recorder) == 0:
             self._snapshot(0, trainer, pl_module)
             # the initial floating-point buffers (BatchNorm statistics): the interpolation line's alpha = 0
@@ -241,12 +263,16 @@ class LossLandscapeCallback(CallbackOptions, Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._idle:
+            return
         self.schedule.start_epoch(trainer.current_epoch)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self._idle:
+            return
         # Events count optimizer steps: a snapshot when global_step // n first reaches a new value. Under
         # gradient accumulation the step stands still between optimizer steps (no duplicate); with
         # several optimizers it may jump past a multiple of n (the next step is taken instead).
@@ -258,6 +284,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._idle:
+            return
         event = self.schedule.snapshot_event(epoch_end=trainer.current_epoch)
         if event is not None:
             self._snapshot(event, trainer, pl_module)
@@ -266,6 +294,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._idle:
+            return
         if self.final:
             self._observe("final", trainer, pl_module)
         if self.save_weights and trainer.is_global_zero:

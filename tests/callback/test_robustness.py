@@ -4,6 +4,7 @@ with nothing to train, and settings the callback must say something about."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.models import TinyNet, ce_loss, loader
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lightning_landscape import LineRecord, LossLandscapeCallback, SurfaceRecord
@@ -139,3 +141,42 @@ def test_a_metric_fn_failing_at_some_points_only_is_marked_missing(trainer_kwarg
     assert final.metrics is None and "diverged" in final.meta["metric_missing"]
     assert np.isfinite(final.losses).all()
     assert sum("metric_fn" in str(w.message) for w in caught) == 1
+
+
+# --------------------------------------------------------------------------- 21.5: nothing to train
+
+
+class AllFrozen(TinyNet):
+    def __init__(self) -> None:
+        super().__init__(norm="none", dropout=0.0)
+        self.requires_grad_(False)
+        self.steps = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        self.steps += 1  # nothing to optimize: Lightning runs the steps all the same
+
+    def configure_optimizers(self) -> None:
+        return None
+
+
+def test_a_module_with_no_trainable_parameters_warns_once_and_training_completes(trainer_kwargs):
+    model = AllFrozen()
+    cb = LossLandscapeCallback(max_overhead=None, **QUIET)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = fit(trainer_kwargs, model, [cb])
+    assert model.steps == 8 and trainer.state.finished
+    ours = [str(w.message) for w in caught if "LossLandscapeCallback" in str(w.message)]
+    assert len(ours) == 1 and "no trainable floating-point parameters" in ours[0] and "idle" in ours[0]
+    assert cb.records == [] and len(cb.recorder) == 0
+    assert not list(Path(trainer_kwargs["default_root_dir"]).rglob("*.npz"))
+
+
+# --------------------------------------------------------------------------- smaller items
+
+
+def test_two_unnamed_callbacks_get_the_pass_name_message_at_trainer_construction(trainer_kwargs):
+    with pytest.raises(MisconfigurationException, match="name="):
+        pl.Trainer(**trainer_kwargs, callbacks=[LossLandscapeCallback(), LossLandscapeCallback()])
+    # named apart, they are accepted
+    pl.Trainer(**trainer_kwargs, callbacks=[LossLandscapeCallback(name="a"), LossLandscapeCallback(name="b")])
