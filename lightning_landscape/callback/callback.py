@@ -21,13 +21,13 @@ from lightning_landscape.callback.distributed import check_strategy
 from lightning_landscape.callback.landscape import LandscapeBuilder, Observation
 from lightning_landscape.callback.metrics import DEFAULT_FINAL_METRICS, DEFAULT_METRICS
 from lightning_landscape.callback.module_state import ModuleStateKeeper
-from lightning_landscape.callback.options import CallbackOptions, MetricSpec
+from lightning_landscape.callback.options import CallbackOptions, MetricSpec, UserFn
 from lightning_landscape.callback.probe import ProbeSet
 from lightning_landscape.callback.publish import Publisher, Warnings, describe_settings
 from lightning_landscape.callback.recorder import TrajectoryRecorder, recorder_for
 from lightning_landscape.callback.schedule import LandscapeSchedule
 from lightning_landscape.functional.landscape.bn import buffer_snapshot
-from lightning_landscape.functional.landscape.params import LossFn, landscape_parameters
+from lightning_landscape.functional.landscape.params import landscape_parameters
 from lightning_landscape.records.record import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
 from lightning_landscape.solutions.weights import DEFAULT_MAX_BYTES
 
@@ -140,7 +140,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         margin: float = 0.25,
         num_batches: int = 4,
         probe_dataloader: Iterable[Any] | None = None,
-        loss_fn: LossFn | None = None,
+        loss_fn: UserFn | None = None,
         snapshot_every_n_steps: int | None = None,
         snapshot_every_n_epochs: int | None = None,
         max_snapshots: int = 64,
@@ -163,7 +163,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         save_weights_dtype: torch.dtype | Literal["float32", "float64", "bfloat16", "float16"] | None = None,
         save_weights_max_bytes: int | None = DEFAULT_MAX_BYTES,
         bn: Literal["interpolate", "keep", "recompute"] = "interpolate",
-        metric_fn: LossFn | None = None,
+        metric_fn: UserFn | None = None,
         metric_name: str = "metric",
         reliability: bool | Mapping[str, Any] = True,
         pca_centred: bool = False,
@@ -231,7 +231,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         except ValueError as err:  # nothing to draw a landscape of; Lightning still trains: stay idle
             self._idle = str(err)
             self.warnings.warn(
-                "idle", f"LossLandscapeCallback: {err}; the callback stays idle in this fit (training goes on)."
+                "idle",
+                f"LossLandscapeCallback: {err}; the callback stays idle in this fit (training goes on).",
             )
             return
         log_dir = trainer.log_dir or trainer.default_root_dir  # called on every rank: it broadcasts

@@ -36,7 +36,7 @@ def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
         assert torch.equal(a[k], b[k]), f"{k} differs by {float((a[k].double() - b[k].double()).abs().max())}"
 
 
-# --------------------------------------------------------------------------- 21.4: a loss that changes the module
+# ---------------------------------------------------------------- 21.4: a loss that changes the module
 
 
 class SideNet(TinyNet):
