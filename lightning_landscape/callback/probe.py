@@ -147,6 +147,15 @@ class ProbeSet:
                             "no training dataloader to take probe batches from; pass `probe_dataloader=`"
                         )
                 fetched = self.fetch(loader, combine=self.probe_dataloader is None, devices=devices)
+                if len(fetched) < self.num_batches:  # once per fit: the batches are kept
+                    from lightning_utilities.core.rank_zero import rank_zero_warn
+
+                    which = "probe_dataloader" if self.probe_dataloader is not None else "training dataloader"
+                    rank_zero_warn(
+                        f"LossLandscapeCallback: `num_batches`={self.num_batches} but the {which} gives "
+                        f"{len(fetched)} batch(es); every landscape of this fit uses those {len(fetched)}.",
+                        category=RuntimeWarning,
+                    )
             except Exception as err:  # sent to the other ranks, raised everywhere below
                 error = f"{type(err).__name__}: {err}"
         fetched, error = broadcast_from_zero(trainer, (fetched, error))

@@ -180,3 +180,14 @@ def test_two_unnamed_callbacks_get_the_pass_name_message_at_trainer_construction
         pl.Trainer(**trainer_kwargs, callbacks=[LossLandscapeCallback(), LossLandscapeCallback()])
     # named apart, they are accepted
     pl.Trainer(**trainer_kwargs, callbacks=[LossLandscapeCallback(name="a"), LossLandscapeCallback(name="b")])
+
+
+def test_fewer_probe_batches_than_num_batches_warns_once(trainer_kwargs):
+    cb = LossLandscapeCallback(max_overhead=None, **{**QUIET, "num_batches": 8}, metrics=None,
+                               final_metrics=None, reliability=False)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(trainer_kwargs, TinyNet(), [cb])  # 32 samples in batches of 8: 4 batches
+    said = [str(w.message) for w in caught if "`num_batches`=8" in str(w.message)]
+    assert len(said) == 1 and "gives 4 batch(es)" in said[0], said
+    assert all(r.meta["probe_batches"] == 4 for r in cb.records if isinstance(r, SurfaceRecord))
