@@ -191,3 +191,19 @@ def test_fewer_probe_batches_than_num_batches_warns_once(trainer_kwargs):
     said = [str(w.message) for w in caught if "`num_batches`=8" in str(w.message)]
     assert len(said) == 1 and "gives 4 batch(es)" in said[0], said
     assert all(r.meta["probe_batches"] == 4 for r in cb.records if isinstance(r, SurfaceRecord))
+
+
+def linear_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    x, _ = batch
+    return model.net[0](x).sum()  # linear in every parameter it uses: the Hessian is zero
+
+
+def test_hessian_directions_on_a_zero_hessian_say_the_hessian_is_zero(trainer_kwargs):
+    cb = LossLandscapeCallback(directions="hessian", loss_fn=linear_loss, max_overhead=None, metrics=None,
+                               final_metrics=None, reliability=False, **QUIET)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(trainer_kwargs, TinyNet(norm="none", dropout=0.0), [cb], max_epochs=1)
+    said = [str(w.message) for w in caught if "Hessian directions" in str(w.message)]
+    assert said and "the Hessian is zero at w" in said[0], said
+    assert "not finite" not in said[0] and "single parameter" not in said[0]
