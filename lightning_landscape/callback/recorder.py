@@ -135,8 +135,12 @@ class TrajectoryRecorder:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if self._buffer is None and self.path is not None and self.capacity is not None:
-            with open(self.path, "r+b") as fh:
-                self._mmap = mmap.mmap(fh.fileno(), 0)
+            try:
+                with open(self.path, "r+b") as fh:
+                    self._mmap = mmap.mmap(fh.fileno(), 0)
+            except (OSError, ValueError):  # the file is gone (or empty): its snapshots with it
+                self.capacity, self.steps, self.events = None, [], []
+                return
             self._buffer = torch.frombuffer(self._mmap, dtype=self.dtype).view(self.capacity, -1)
 
     def release(self) -> None:
