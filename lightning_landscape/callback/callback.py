@@ -6,6 +6,7 @@ calls the core) -> publisher (:mod:`._publish`). No math and no logger code live
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -20,18 +21,29 @@ from lightning_landscape.callback.distributed import check_strategy
 from lightning_landscape.callback.landscape import LandscapeBuilder, Observation
 from lightning_landscape.callback.metrics import DEFAULT_FINAL_METRICS, DEFAULT_METRICS
 from lightning_landscape.callback.module_state import ModuleStateKeeper
-from lightning_landscape.callback.options import CallbackOptions, MetricSpec
+from lightning_landscape.callback.options import CallbackOptions, MetricSpec, UserFn
 from lightning_landscape.callback.probe import ProbeSet
 from lightning_landscape.callback.publish import Publisher, Warnings, describe_settings
 from lightning_landscape.callback.recorder import TrajectoryRecorder, recorder_for
 from lightning_landscape.callback.schedule import LandscapeSchedule
 from lightning_landscape.functional.landscape.bn import buffer_snapshot
-from lightning_landscape.functional.landscape.params import LossFn, landscape_parameters
+from lightning_landscape.functional.landscape.params import landscape_parameters
 from lightning_landscape.records.identity import new_run_id
 from lightning_landscape.records.record import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
 from lightning_landscape.solutions.weights import DEFAULT_MAX_BYTES
 
 __all__ = ["LossLandscapeCallback"]
+
+
+def _check_distinct_names(callbacks: Iterable[Any]) -> None:
+    """Several LossLandscapeCallbacks in one trainer need distinct names."""
+    mine = [c for c in callbacks if isinstance(c, LossLandscapeCallback)]
+    if len({c.name for c in mine}) < len(mine):
+        raise MisconfigurationException(
+            "This Trainer has several LossLandscapeCallbacks without distinct names: their records and "
+            "logged figures would overwrite each other. Give each one its own `name=` "
+            "(for example `LossLandscapeCallback(name='pca')`, `LossLandscapeCallback(name='random')`)."
+        )
 
 
 class LossLandscapeCallback(CallbackOptions, Callback):
@@ -139,8 +151,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         # on what data
         num_batches: int = 4,
         probe_dataloader: Iterable[Any] | None = None,
-        loss_fn: LossFn | None = None,
-        metric_fn: LossFn | None = None,
+        loss_fn: UserFn | None = None,
+        metric_fn: UserFn | None = None,
         metric_name: str = "metric",
         engine: Literal["auto", "loop", "vmap", "compile"] = "auto",
         # which metrics
@@ -171,10 +183,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
             self.final_resolution, self.line_resolution, self.metrics, self.final_metrics, self.max_overhead,
             self.budget_final, hessian_plane=self.directions == "hessian", bn=self.bn,
             metric=self.metric_fn is not None, final=self.final,
-            reliability=(
-                (lambda plan: indicators.evaluations(plan.stage, plan.metrics, self.max_snapshots))
-                if indicators.enabled else None
-            ),
+            reliability=indicators.plan_cost(self.max_snapshots) if indicators.enabled else None,
         )  # fmt: skip
         self.probe = ProbeSet(self.num_batches, self.probe_dataloader, self.loss_fn)
         self.warnings = Warnings()
@@ -189,6 +198,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         self._module_state = ModuleStateKeeper()  # restores the module's Python state around each computation
         self._param_names: list[str] = []
         self._state_key: str | None = None
+        self._idle: str | None = None  # why this fit has nothing to observe (no trainable parameters)
 
     # ------------------------------------------------------------------ Lightning plumbing
 
@@ -198,6 +208,11 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         # Lightning reads this on every hook call (profiler names): build it once.
         if self._state_key is None:
             self._state_key = self._generate_state_key(**self._setting_values(keyed=True))
+        # Lightning refuses equal state keys in Trainer(...), before any hook, with a generic message;
+        # two unnamed callbacks have equal keys: when it is Lightning's check asking, say what to do first.
+        caller = sys._getframe(1)
+        if caller.f_code.co_name == "_validate_callbacks_list":
+            _check_distinct_names(caller.f_locals.get("callbacks") or ())
         return self._state_key
 
     @override
@@ -205,13 +220,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         if stage != "fit":
             return
         check_strategy(trainer.strategy)
-        mine = [c for c in trainer.callbacks if isinstance(c, LossLandscapeCallback)]  # type: ignore[attr-defined]
-        if len({c.name for c in mine}) < len(mine):
-            raise MisconfigurationException(
-                "This Trainer has several LossLandscapeCallbacks without distinct names: their records and "
-                "logged figures would overwrite each other. Give each one its own `name=` "
-                "(for example `LossLandscapeCallback(name='pca')`, `LossLandscapeCallback(name='random')`)."
-            )
+        _check_distinct_names(trainer.callbacks)  # type: ignore[attr-defined]
         if not pl_module.automatic_optimization and self.loss_fn is None:
             raise MisconfigurationException(
                 "LossLandscapeCallback: this module uses manual optimization, so its training_step steps "
@@ -225,13 +234,23 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         self.warnings.reset(enabled=trainer.is_global_zero)
         self._module_state.reset()
         self.records = []
-        self._param_names = [n for n, _ in landscape_parameters(pl_module)]
+        self._idle = None
+        try:
+            self._param_names = [n for n, _ in landscape_parameters(pl_module)]
+        except ValueError as err:  # nothing to draw a landscape of; Lightning still trains: stay idle
+            self._idle = str(err)
+            self.warnings.warn(
+                "idle",
+                f"LossLandscapeCallback: {err}; the callback stays idle in this fit (training goes on).",
+            )
+            return
         log_dir = trainer.log_dir or trainer.default_root_dir  # called on every rank: it broadcasts
         shown = describe_settings(
             self._setting_values(), self.publisher.record_dir if self.publisher.log_dir else None
         )
         # One run id for this fit's callbacks (the first makes it, rank zero's for every rank); a resumed
         # fit gets its run's id back in load_state_dict().
+        mine = [c for c in trainer.callbacks if isinstance(c, LossLandscapeCallback)]  # type: ignore[attr-defined]
         run_id = trainer.strategy.broadcast(new_run_id()) if mine[0] is self else mine[0].publisher.run_id
         write = not getattr(trainer, "fast_dev_run", False)  # Lightning suppresses logging there: so do we
         self.publisher.setup(log_dir, trainer.loggers, shown, trainer.global_rank, run_id, write)
@@ -248,6 +267,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._idle:
+            return
         self.publisher.announce(has_logger=bool(trainer.loggers))  # where the records go, once
         if len(self.recorder) == 0:
             self._snapshot(0, trainer, pl_module)
@@ -258,12 +279,16 @@ class LossLandscapeCallback(CallbackOptions, Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._idle:
+            return
         self.schedule.start_epoch(trainer.current_epoch)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self._idle:
+            return
         # Events count optimizer steps: a snapshot when global_step // n first reaches a new value. Under
         # gradient accumulation the step stands still between optimizer steps (no duplicate); with
         # several optimizers it may jump past a multiple of n (the next step is taken instead).
@@ -275,6 +300,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._idle:
+            return
         event = self.schedule.snapshot_event(epoch_end=trainer.current_epoch)
         if event is not None:
             self._snapshot(event, trainer, pl_module)
@@ -283,6 +310,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._idle:
+            return
         if self.final:
             self._observe("final", trainer, pl_module)
         if self.save_weights and trainer.is_global_zero:

@@ -11,8 +11,9 @@ surface, the spacing of its contour levels, the trajectory PCA and its snapshots
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,10 @@ __all__ = ["FINAL_TRACE_DIRECTIONS", "Indicators", "contour_spacing"]
 FINAL_TRACE_DIRECTIONS = 8
 _SETTINGS = {f.name for f in dataclasses.fields(ReliabilitySettings)}
 _THRESHOLDS = {f.name for f in dataclasses.fields(ReliabilityThresholds)}
+
+
+def _plan_evaluations(indicators: Indicators, snapshots: int, plan: Any) -> float:
+    return indicators.evaluations(plan.stage, plan.metrics, snapshots)
 
 
 def contour_spacing(surface: SurfaceRecord, levels: int = 20, log: bool = True) -> float | None:
@@ -99,6 +104,11 @@ class Indicators:
     def evaluations(self, stage: str, metrics: Mapping[str, Any], snapshots: int) -> float:
         """Loss evaluations over the probe set the indicators of a landscape add (for the budget)."""
         return reliability_cost(self.settings_for(stage, metrics), snapshots=snapshots)
+
+    def plan_cost(self, snapshots: int) -> Callable[[Any], float]:
+        """``cost(plan)``: :meth:`evaluations` of a schedule's plan (its ``stage`` and ``metrics``), as a
+        picklable callable (``ddp_spawn`` pickles the callback that holds it)."""
+        return functools.partial(_plan_evaluations, self, snapshots)
 
     def compute(
         self,

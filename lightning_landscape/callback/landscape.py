@@ -8,9 +8,9 @@ the interpolation line, metrics with the same options) instead of computing it t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -40,6 +40,8 @@ from lightning_landscape.functional.objective import Objective
 from lightning_landscape.records.record import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
 
 __all__ = ["LandscapeBuilder", "Observation", "fingerprint"]
+
+_R = TypeVar("_R", SurfaceRecord, LineRecord)
 
 
 def fingerprint(model: nn.Module, params: Sequence[Tensor]) -> Tensor:
@@ -159,6 +161,7 @@ class LandscapeBuilder(PlaneSteps):
         self.indicators = indicators if indicators is not None else Indicators(False)
         self.pca_centred = pca_centred
         self.start_buffers: dict[str, Tensor] | None = None  # the initial model's floating-point buffers
+        self.metric_missing: str | None = None  # why metric_fn failed in this fit (then no longer called)
         self._latest: _Latest | None = None
         self.progress: LandscapeProgress | None = None  # of the landscape being evaluated (compute)
         self._drawn: _Drawn | None = None
@@ -167,6 +170,7 @@ class LandscapeBuilder(PlaneSteps):
         self._latest = None
         self._drawn = None
         self.start_buffers = None
+        self.metric_missing = None
 
     # ------------------------------------------------------------------ surface and lines
 
@@ -299,8 +303,9 @@ class LandscapeBuilder(PlaneSteps):
 
         self.part = "the surface"
         plane_bn: BNMode = "recompute" if self.bn == "recompute" else "keep"
+        wants_metric = metric is not None
+        metric = metric if self.metric_missing is None else None  # it failed earlier in this fit
         surface_metric = metric if stage == "final" else None
-        metric_name = self.metric_name if surface_metric else None
         old_surface = earlier.surface if earlier is not None and earlier.plane_key == key else None
         same = old_surface is not None and old_surface.losses.shape[0] == plan.resolution  # and same grid
         if old_surface is not None and same and (surface_metric is None or old_surface.metrics is not None):
@@ -308,11 +313,19 @@ class LandscapeBuilder(PlaneSteps):
             surface.path = plane.path
         else:
             grid = odd_grid(plane.span, plan.resolution)
-            surface = loss_surface_of(
-                objective.replace(bn=plane_bn, metric_fn=surface_metric, metric_name=metric_name),
-                (d1, d2), grid, grid.copy(), progress=self._part(plan.resolution**2),
+            progress = self._part(plan.resolution**2)
+            surface = self._measured(
+                lambda m: loss_surface_of(
+                    objective.replace(
+                        bn=plane_bn, metric_fn=m, metric_name=self.metric_name if m is not None else None
+                    ),
+                    (d1, d2), grid, grid.copy(), progress=progress,
+                ),
+                surface_metric, step,
             )  # fmt: skip
             surface.path = plane.path
+        if wants_metric and stage == "final" and surface.metrics is None:
+            surface.meta["metric_missing"] = self._missing()
         surface.meta.update(
             common, span=plane.span, resolution=plan.resolution, name=record_name(stage, "surface", step)
         )
@@ -327,12 +340,19 @@ class LandscapeBuilder(PlaneSteps):
             else:
                 line_bn, buffers = self._line_bn(model)
                 lo, hi = check.value_range("interpolation_range", self.interpolation_range)
-                line_metric = self.metric_name if metric is not None else None
-                interp = interpolation_line_of(
-                    objective.replace(bn=line_bn, metric_fn=metric, metric_name=line_metric),
-                    start, np.linspace(lo, hi, plan.line_resolution), start_buffers=buffers,
-                    progress=self._part(plan.line_resolution),
+                progress = self._part(plan.line_resolution)
+                interp = self._measured(
+                    lambda m: interpolation_line_of(
+                        objective.replace(
+                            bn=line_bn, metric_fn=m, metric_name=self.metric_name if m is not None else None
+                        ),
+                        start, np.linspace(lo, hi, plan.line_resolution), start_buffers=buffers,
+                        progress=progress,
+                    ),
+                    metric, step,
                 )  # fmt: skip
+            if wants_metric and interp.metrics is None:
+                interp.meta["metric_missing"] = self._missing()
             interp.meta.update(
                 common,
                 directions="interpolation",
@@ -376,6 +396,30 @@ class LandscapeBuilder(PlaneSteps):
             )
             return "keep", None
         return "interpolate", self.start_buffers
+
+    def _measured(self, evaluate: Callable[[LossFn | None], _R], metric: LossFn | None, step: int) -> _R:
+        """``evaluate(metric)``; if that fails and ``evaluate(None)`` works, ``metric_fn`` was the cause: the
+        loss values are kept, the metric is missing (one warning, and not called again in this fit).
+
+        Under DDP a failure on one rank raises on every rank (after the gather), so all ranks retry alike.
+        """
+        if metric is None:
+            return evaluate(None)
+        try:
+            return evaluate(metric)
+        except Exception as err:
+            record = evaluate(None)  # the loss's own failure raises here, as without a metric
+            self.metric_missing = f"{type(err).__name__}: {err}"
+            self.warnings.warn(
+                "metric_fn failed",
+                f"LossLandscapeCallback: metric_fn ({self.metric_name!r}) failed at step {step} "
+                f"({self.metric_missing}); the loss surface and lines are kept without it, and metric_fn is "
+                "not called again in this run (records say `metric_missing`). Training continues.",
+            )
+            return record
+
+    def _missing(self) -> str:
+        return f"{self.metric_name}: {self.metric_missing or 'not evaluated'}"
 
     def _metric(self, forward_context: Any) -> LossFn | None:
         """``metric_fn`` run inside the trainer's precision context, as the loss is."""

@@ -8,7 +8,7 @@ text shows them all.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import torch
@@ -19,11 +19,14 @@ from lightning_landscape.functional import checks as check
 from lightning_landscape.functional.landscape.params import LossFn
 from lightning_landscape.functional.landscape.surface import Engine
 
-__all__ = ["SETTINGS", "CallbackOptions", "MetricSpec"]
+__all__ = ["SETTINGS", "CallbackOptions", "MetricSpec", "UserFn"]
 
 _SNAPSHOT_DTYPES = (None, torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _DTYPE_NAMES = {str(d).removeprefix("torch."): d for d in _SNAPSHOT_DTYPES if d is not None}  # from YAML
 MetricSpec = Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None
+# ``loss_fn`` / ``metric_fn`` as the constructor types them: ``f(model, batch) -> scalar tensor``, typed as
+# any callable so that LightningCLI (jsonargparse) takes a function without annotations from a config file.
+UserFn = Callable[..., Any]
 
 # The one list of settings: (attribute, part of state_key). The state_key takes those that shape the
 # checkpointed state or the records (not the output switches); the loggers' settings text shows them all.

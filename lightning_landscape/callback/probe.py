@@ -147,6 +147,15 @@ class ProbeSet:
                             "no training dataloader to take probe batches from; pass `probe_dataloader=`"
                         )
                 fetched = self.fetch(loader, combine=self.probe_dataloader is None, devices=devices)
+                if len(fetched) < self.num_batches:  # once per fit: the batches are kept
+                    from lightning_utilities.core.rank_zero import rank_zero_warn
+
+                    which = "probe_dataloader" if self.probe_dataloader is not None else "training dataloader"
+                    rank_zero_warn(
+                        f"LossLandscapeCallback: `num_batches`={self.num_batches} but the {which} gives "
+                        f"{len(fetched)} batch(es); every landscape of this fit uses those {len(fetched)}.",
+                        category=RuntimeWarning,
+                    )
             except Exception as err:  # sent to the other ranks, raised everywhere below
                 error = f"{type(err).__name__}: {err}"
         fetched, error = broadcast_from_zero(trainer, (fetched, error))
@@ -181,9 +190,23 @@ class ProbeSet:
 
     @contextlib.contextmanager
     def observing(self, module: nn.Module) -> Iterator[None]:
-        """Wraps every landscape and metric computation on ``module``.
+        """Wraps every landscape and metric computation on ``module``: puts back, bit for bit, every
+        parameter and buffer of the module (and each parameter's ``requires_grad``) afterwards.
 
-        The one place to save and restore what evaluating the loss may change in the module beyond its
-        tensors (which the functional core restores itself): today nothing more.
+        The functional core restores what it moves (the landscape's parameters, the buffers of its
+        observation); a ``loss_fn`` or ``training_step`` may change others in place (frozen parameters,
+        a layer outside the landscape, ``weight.mul_(0.5)`` under ``no_grad``). One copy of every tensor
+        per computation, not per point.
         """
-        yield
+        with torch.no_grad():
+            tensors = [*module.parameters(), *module.buffers()]
+            saved = [t.detach().clone() for t in tensors]
+            flags = [(p, p.requires_grad) for p in module.parameters()]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for t, s in zip(tensors, saved):
+                    t.copy_(s)
+            for p, flag in flags:
+                p.requires_grad_(flag)

@@ -124,6 +124,25 @@ class TrajectoryRecorder:
         self.capacity = capacity
         return self._buffer
 
+    def __getstate__(self) -> dict[str, Any]:
+        # ddp_spawn pickles the callback: a mapped file does not pickle (its snapshots stay in the file,
+        # mapped again on the other side); an in-memory buffer goes as it is.
+        if self._mmap is None:
+            return dict(self.__dict__)
+        self._mmap.flush()
+        return {**self.__dict__, "_buffer": None, "_mmap": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._buffer is None and self.path is not None and self.capacity is not None:
+            try:
+                with open(self.path, "r+b") as fh:
+                    self._mmap = mmap.mmap(fh.fileno(), 0)
+            except (OSError, ValueError):  # the file is gone (or empty): its snapshots with it
+                self.capacity, self.steps, self.events = None, [], []
+                return
+            self._buffer = torch.frombuffer(self._mmap, dtype=self.dtype).view(self.capacity, -1)
+
     def release(self) -> None:
         """Hand a memory-mapped buffer's pages back to the page cache (their data stays in the file)."""
         if self._mmap is not None and hasattr(self._mmap, "madvise"):

@@ -88,6 +88,21 @@ def _find_lightning_module(obj: Any, depth: int = 0) -> nn.Module | None:
     return _find_lightning_module(obj.func, depth + 1)
 
 
+_ACCUMULATION_MSG = (
+    "SAM does not support `accumulate_grad_batches` > 1 (Trainer(accumulate_grad_batches={n})) with "
+    "automatic optimization: the second (perturbed) pass can only re-evaluate the last micro-batch. Use a "
+    "larger batch, `accumulate_grad_batches=1`, or manual optimization."
+)
+
+
+def _check_accumulation(lightning_module: Any) -> None:
+    """Refuse gradient accumulation under automatic optimization, once the module has a trainer."""
+    trainer = getattr(lightning_module, "_trainer", None)
+    n = getattr(trainer, "accumulate_grad_batches", 1) if trainer is not None else 1
+    if getattr(lightning_module, "automatic_optimization", False) and isinstance(n, int) and n > 1:
+        raise RuntimeError(_ACCUMULATION_MSG.format(n=n))
+
+
 def _is_do_nothing(fn: Any) -> bool:
     return getattr(fn, "__name__", None) == "do_nothing_closure" and "lightning" in getattr(
         fn, "__module__", ""
@@ -137,7 +152,8 @@ class SAM(Optimizer):
       guard them with :attr:`in_second_pass` (``self.optimizers().optimizer.in_second_pass``).
     * ``precision="16-mixed"`` (GradScaler) steps the optimizer without a closure, which raises a
       ``RuntimeError`` pointing to ``bf16-mixed`` or manual optimization. ``accumulate_grad_batches > 1``
-      with automatic optimization raises as well (the second pass cannot re-evaluate earlier micro-batches).
+      with automatic optimization raises as well (the second pass cannot re-evaluate earlier micro-batches):
+      when ``fit`` starts with ``SAM(self, ...)``, at the first step with ``SAM(self.parameters(), ...)``.
     * Manual two-pass use (e.g. manual optimization): backward at ``w``, :meth:`perturb`, zero_grad and
       backward at ``w + e``, then ``step()`` without closure restores ``w`` and applies the base optimizer.
 
@@ -177,6 +193,8 @@ class SAM(Optimizer):
         **base_kwargs: Any,
     ) -> None:
         check.positive_number("rho", rho, owner="SAM")
+        if not isinstance(adaptive, bool):  # "no" or 0 would read as a choice
+            raise ValueError(f"SAM: `adaptive` must be True or False, got {adaptive!r}")
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
             raise TypeError(
                 "SAM: `base_optimizer` must be a torch.optim.Optimizer subclass (the class, e.g. "
@@ -187,9 +205,17 @@ class SAM(Optimizer):
         self._module_ref: weakref.ReferenceType[nn.Module] | None = None
         if isinstance(params, nn.Module):
             self._module_ref = weakref.ref(params)
+            if _is_lightning_module(params):  # built in configure_optimizers: refuse when fit starts
+                _check_accumulation(params)
             params = [p for p in params.parameters() if p.requires_grad]
-        defaults = {"rho": float(rho), "adaptive": bool(adaptive)}
+        defaults = {"rho": float(rho), "adaptive": adaptive}
         super().__init__(params, defaults)
+        for i, group in enumerate(self.param_groups):  # a group may override rho and adaptive
+            check.positive_number(f"param_groups[{i}]['rho']", group["rho"], owner="SAM")
+            if not isinstance(group["adaptive"], bool):
+                raise ValueError(
+                    f"SAM: `param_groups[{i}]['adaptive']` must be True or False, got {group['adaptive']!r}"
+                )
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         # Share group dicts and state with the base optimizer (schedulers, state_dict, checkpointing).
         self.param_groups = self.base_optimizer.param_groups
@@ -302,12 +328,7 @@ class SAM(Optimizer):
         ddp_model = None
         trainer = getattr(lightning_module, "_trainer", None) if lightning_module is not None else None
         if trainer is not None:
-            if lightning_module.automatic_optimization and getattr(trainer, "accumulate_grad_batches", 1) > 1:  # type: ignore[union-attr]
-                raise RuntimeError(
-                    "SAM does not support `accumulate_grad_batches > 1` with automatic optimization: the "
-                    "second (perturbed) pass can only re-evaluate the last micro-batch. Use a larger batch "
-                    "or manual optimization."
-                )
+            _check_accumulation(lightning_module)  # SAM(self.parameters()) sees the trainer only here
             strategy_model = getattr(getattr(trainer, "strategy", None), "model", None)
             if isinstance(strategy_model, nn.parallel.DistributedDataParallel):
                 ddp_model = strategy_model

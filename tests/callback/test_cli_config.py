@@ -154,3 +154,35 @@ def test_the_grouped_docstring_still_gives_every_option_its_help() -> None:
     lines = re.findall(r"^ {8}(\w+) \(default .+?\): (.+)$", LossLandscapeCallback.__doc__ or "", flags=re.M)
     assert len(lines) == len(helps) == len(inspect.signature(LossLandscapeCallback).parameters)
     assert helps == dict(lines)
+DOCUMENTED_LOSS = '''
+import torch.nn.functional as F
+
+
+def cross_entropy(model, batch):  # no annotations, as a user writes it
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+'''
+
+
+def test_the_documented_yaml_with_an_unannotated_loss_fn(tmp_path, monkeypatch) -> None:
+    # docs/configuration.md's LightningCLI block, as it is written (issue 21.10)
+    import re
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", docs, re.S) if "my_project.losses" in b]
+    documented = yaml.safe_load(block)
+    package = tmp_path / "src" / "my_project"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "losses.py").write_text(DOCUMENTED_LOSS)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    config = yaml.safe_load(_config(tmp_path, "unused").read_text())
+    config["trainer"]["callbacks"] = documented["trainer"]["callbacks"]  # the documented callback, unchanged
+    path = tmp_path / "in" / "documented.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = LightningCLI(TinyNet, TinyData, run=False, args=["--config", str(path)])
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, LossLandscapeCallback)]
+    from my_project.losses import cross_entropy
+
+    assert cb.loss_fn is cross_entropy and cb.name == "hessian-plane" and cb.directions == "hessian"
+    assert cb.metrics["eigenvalues"]["max_iter"] == 20 and list(cb.final_metrics) == ["eigenvalues", "trace"]

@@ -195,6 +195,16 @@ def test_invalid_rho(rho: Any) -> None:
         SAM(_mlp(), torch.optim.SGD, rho=rho, lr=0.1)
 
 
+@pytest.mark.parametrize("adaptive", ["yes", "no", 1, 0, None])
+def test_invalid_adaptive(adaptive: Any) -> None:
+    with pytest.raises(ValueError, match="`adaptive` must be True or False"):
+        SAM(_mlp(), torch.optim.SGD, adaptive=adaptive, lr=0.1)
+    model = _mlp()
+    groups = [{"params": list(model.parameters()), "adaptive": adaptive}]
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['adaptive'\]"):
+        SAM(groups, torch.optim.SGD, lr=0.1)
+
+
 @pytest.mark.parametrize("base", [None, "SGD", 3, torch.nn.Linear, SAM])
 def test_invalid_base_optimizer(base: Any) -> None:
     with pytest.raises((TypeError, ValueError), match="base_optimizer"):
@@ -383,9 +393,14 @@ def test_lightning_16_mixed_grad_scaler_raises_clear_error() -> None:
     assert "manual optimization" in str(err.value)
 
 
-def test_lightning_accumulate_grad_batches_raises() -> None:
-    with pytest.raises(RuntimeError, match="accumulate_grad_batches"):
-        _trainer(1, accumulate_grad_batches=2).fit(_BNModule(), _loader())
+@pytest.mark.parametrize("mode", ["module", "parameters"])
+def test_lightning_accumulate_grad_batches_raises(mode: str) -> None:
+    module = _BNModule(mode=mode)
+    with pytest.raises(RuntimeError, match=r"accumulate_grad_batches.*accumulate_grad_batches=2"):
+        _trainer(1, accumulate_grad_batches=2).fit(module, _loader())
+    # SAM(self, ...) sees the trainer when it is built: refused when fit starts, before any training step;
+    # SAM(self.parameters(), ...) only at its first step
+    assert len(module.seen_weights) == (0 if mode == "module" else 1)
 
 
 # --------------------------------------------------------------------------- DDP (2 CPU processes)

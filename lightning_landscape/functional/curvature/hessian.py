@@ -292,11 +292,27 @@ def hessian_directions_of(
         objective, k=1, which="both", max_iter=max_iter, tol=tol, seed=seed, return_eigenvectors=True
     )
     if eig.eigenvectors is None or len(eig.eigenvectors) < 2:
-        raise ValueError(
-            "could not compute two Hessian directions (the loss is not finite at w, or the model has "
-            "a single parameter)"
-        )
+        raise ValueError(f"could not compute two Hessian directions: {_why_no_directions(eig)}")
     return (eig.eigenvectors[0], eig.eigenvectors[1]), eig
+
+
+def _why_no_directions(eig: HessianEigenvalues) -> str:
+    """Why Lanczos found fewer than two eigenvectors, from what it did find."""
+    if not math.isfinite(eig.loss):
+        return "the loss is not finite at w"
+    if eig.meta.get("parameters", 2) < 2:
+        return "the model has a single parameter"
+    values = np.asarray(eig.eigenvalues, dtype=np.float64)
+    if values.size and np.all(values == 0):
+        return (
+            "the Hessian is zero at w (H v = 0: the loss is linear in these parameters, or its curvature "
+            "vanishes here), so it has no directions of extreme curvature; use random or PCA directions"
+        )
+    return (
+        f"the Hessian is degenerate at w (it acts as {float(values[0]) if values.size else 0.0:.6g} times "
+        "the identity on every direction Lanczos reached: a single distinct eigenvalue); use random or PCA "
+        "directions"
+    )
 
 
 # --------------------------------------------------------------------------------------- trace
