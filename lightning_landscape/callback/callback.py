@@ -6,6 +6,7 @@ calls the core) -> publisher (:mod:`._publish`). No math and no logger code live
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -24,13 +26,15 @@ from lightning_landscape.callback.options import CallbackOptions, MetricSpec
 from lightning_landscape.callback.probe import ProbeSet
 from lightning_landscape.callback.publish import Publisher, Warnings, describe_settings
 from lightning_landscape.callback.recorder import TrajectoryRecorder, recorder_for
-from lightning_landscape.callback.schedule import LandscapeSchedule
+from lightning_landscape.callback.schedule import LandscapeSchedule, expected_batches
 from lightning_landscape.functional.landscape.bn import buffer_snapshot
 from lightning_landscape.functional.landscape.params import LossFn, landscape_parameters
 from lightning_landscape.records.record import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
 from lightning_landscape.solutions.weights import DEFAULT_MAX_BYTES
 
 __all__ = ["LossLandscapeCallback"]
+
+clock = time.perf_counter  # the time source of the budget's measurements (a test may replace it)
 
 
 class LossLandscapeCallback(CallbackOptions, Callback):
@@ -120,8 +124,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
     def __init__(
         self,
         every_n_epochs: int | None = 1,
-        resolution: int = 11,
-        final_resolution: int = 31,
+        resolution: int | None = None,
+        final_resolution: int | None = None,
         line_resolution: int = 41,
         directions: Literal["pca", "random", "hessian"] = "pca",
         span: float | tuple[float, float] | None = None,
@@ -146,7 +150,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         final_metrics: MetricSpec = DEFAULT_FINAL_METRICS,
         engine: Literal["auto", "loop", "vmap", "compile"] = "auto",
         max_overhead: float | None = 0.1,
-        budget_final: bool = False,
+        budget_final: bool | Literal["auto"] = "auto",
         save_weights: bool = False,
         save_weights_dtype: torch.dtype | Literal["float32", "float64", "bfloat16", "float16"] | None = None,
         save_weights_max_bytes: int | None = DEFAULT_MAX_BYTES,
@@ -161,7 +165,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
             self.every_n_epochs, self.snapshot_every_n_steps, self.snapshot_every_n_epochs, self.resolution,
             self.final_resolution, self.line_resolution, self.metrics, self.final_metrics, self.max_overhead,
             self.budget_final, hessian_plane=self.directions == "hessian", bn=self.bn,
-            metric=self.metric_fn is not None, final=self.final,
+            metric=self.metric_fn is not None, final=self.final, explicit=self._explicit_sizes,
             reliability=(
                 (lambda plan: indicators.evaluations(plan.stage, plan.metrics, self.max_snapshots))
                 if indicators.enabled else None
@@ -180,6 +184,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         self._module_state = ModuleStateKeeper()  # restores the module's Python state around each computation
         self._param_names: list[str] = []
         self._state_key: str | None = None
+        self._batch_start: float | None = None  # when the current training batch started (its timing)
 
     # ------------------------------------------------------------------ Lightning plumbing
 
@@ -242,9 +247,18 @@ class LossLandscapeCallback(CallbackOptions, Callback):
             buffers = self._guarded(0, buffer_snapshot, pl_module, "cpu")
             self.builder.start_buffers = None if buffers is False else buffers
 
+        limits = (trainer.max_epochs, trainer.max_steps, trainer.accumulate_grad_batches)
+        self.schedule.expect(expected_batches(float(trainer.num_training_batches), *limits))
+
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.schedule.start_epoch(trainer.current_epoch)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._batch_start = clock()  # the budget converts measured training time
 
     @override
     def on_train_batch_end(
@@ -254,7 +268,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         # gradient accumulation the step stands still between optimizer steps (no duplicate); with
         # several optimizers it may jump past a multiple of n (the next step is taken instead).
         step = trainer.global_step
-        self.schedule.count_batch(step)
+        start, self._batch_start = self._batch_start, None
+        self.schedule.count_batch(step, None if start is None else clock() - start)
         event = self.schedule.snapshot_event(step=step)
         if event is not None and self.recorder.wants(event):
             self._snapshot(event, trainer, pl_module)
@@ -320,12 +335,15 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         """Plan, compute and publish one landscape and its metrics; nothing raises out of here."""
         step = trainer.global_step
         self.builder.part = "the overhead budget"
-        plan = self._guarded(step, self.schedule.plan, stage, trainer.world_size, self.probe.size)
+        plan = self._guarded(step, self._plan, stage, trainer)
         if plan is False:
             return
         note = self.schedule.explain(plan, stage)
         if note:  # a landscape skipped or reduced for the budget
             self.warnings.warn(f"{stage} budget", f"LossLandscapeCallback: {note}")
+        cost = self.schedule.cost_note(plan, stage)
+        if cost:  # more than the budget, as the user asked: say once what it costs
+            rank_zero_info(f"LossLandscapeCallback: {cost}")
         if plan is None:
             if stage == "periodic":
                 self.schedule.skip()
@@ -337,16 +355,28 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         epoch = self.schedule.epoch if self.schedule.epoch >= 0 else max(trainer.current_epoch - 1, 0)
         common: dict[str, Any] = {"stage": stage, "epoch": epoch, "global_step": step}
         common.update({"callback_name": self.name} if self.name else {})
+        common.update({"budget": plan.budget} if plan.budget else {})  # what the budget left out
         job = Observation(
             trainer, pl_module, self._params(pl_module), plan, self.probe, self.recorder, common
         )
         kept: list[Any] = []
+        started = clock()
         # each guarded on its own; the reliability after the metrics (a final trace feeds its check)
         for compute in (self.builder.compute, self.builder.metrics_record, self.builder.reliability_record):
             records = self._guarded(step, self._compute, compute, job)
             kept.extend(records or [])
         if kept:  # published together: the surface's figure shows the reliability's flags
             self._guarded(step, self._keep, kept, trainer, stage)
+        points = next((r.meta.get("seconds") for r in kept if r.kind == "surface"), None)
+        self.schedule.observed(
+            plan, clock() - started, points, trainer.world_size, self.probe.size
+        )
+
+    def _plan(self, stage: Literal["periodic", "final"], trainer: pl.Trainer) -> Any:
+        """The schedule's plan, from rank zero's measured costs (the same on every rank)."""
+        self.schedule.figures(self.publisher.figure_seconds)
+        self.schedule.share(trainer.strategy.broadcast)
+        return self.schedule.plan(stage, trainer.world_size, self.probe.size)
 
     def _compute(self, compute: Callable[[Observation], list[Any]], job: Observation) -> list[Any]:
         """``compute(job)`` with the module's Python state (lists, counters, torchmetrics states that

@@ -9,12 +9,12 @@ text shows them all.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 
 from lightning_landscape.callback.indicators import Indicators
-from lightning_landscape.callback.metrics import resolve_metrics
+from lightning_landscape.callback.metrics import DEFAULT_FINAL_METRICS, DEFAULT_METRICS, resolve_metrics
 from lightning_landscape.functional import checks as check
 from lightning_landscape.functional.landscape.params import LossFn
 from lightning_landscape.functional.landscape.surface import Engine
@@ -88,7 +88,8 @@ class CallbackOptions:
     final_metrics: dict[str, dict[str, Any]]
     engine: Engine
     max_overhead: float | None
-    budget_final: bool
+    budget_final: bool | Literal["auto"]
+    _explicit_sizes: frozenset[str]  # the size options given (the budget keeps them as they are)
     save_weights: bool
     save_weights_dtype: torch.dtype | None
     save_weights_max_bytes: int | None
@@ -104,8 +105,17 @@ class CallbackOptions:
         a = arguments
         self.every_n_epochs = check.positive_int("every_n_epochs", a["every_n_epochs"], allow_none=True)
         self.num_batches = check.positive_int("num_batches", a["num_batches"])
-        self.resolution = check.odd_int("resolution", a["resolution"])
-        self.final_resolution = check.odd_int("final_resolution", a["final_resolution"])
+        # None: the default size, which the budget may reduce on a short run (a size given is kept)
+        self.resolution = check.odd_int("resolution", 11 if a["resolution"] is None else a["resolution"])
+        final_resolution = 31 if a["final_resolution"] is None else a["final_resolution"]
+        self.final_resolution = check.odd_int("final_resolution", final_resolution)
+        given = {
+            "resolution": a["resolution"] is not None,
+            "final_resolution": a["final_resolution"] is not None,
+        }
+        given["metrics"] = a["metrics"] is not DEFAULT_METRICS
+        given["final_metrics"] = a["final_metrics"] is not DEFAULT_FINAL_METRICS
+        self._explicit_sizes = frozenset(k for k, v in given.items() if v)
         self.line_resolution = check.odd_int("line_resolution", a["line_resolution"])
         for arg in ("resolution", "final_resolution"):
             check.grid_fits_memory(arg, getattr(self, arg), a["num_batches"])
@@ -133,7 +143,10 @@ class CallbackOptions:
         )
         self.engine = cast(Engine, check.choice("engine", a["engine"], ("auto", "loop", "vmap", "compile")))
         self.max_overhead = check.positive_number("max_overhead", a["max_overhead"], allow_none=True)
-        self.budget_final = check.boolean("budget_final", a["budget_final"])
+        budget_final = a["budget_final"]
+        if not isinstance(budget_final, bool):  # True, False or "auto" (not 1, not "yes")
+            budget_final = check.choice("budget_final", budget_final, ("auto",))
+        self.budget_final = budget_final
         self.save_weights = check.boolean("save_weights", a["save_weights"])
         self.save_weights_dtype = _dtype("save_weights_dtype", a["save_weights_dtype"])
         limit = a["save_weights_max_bytes"]

@@ -316,6 +316,11 @@ class Publisher:
             max_bytes=max_bytes, meta={**meta, "snapshot_dtype": str(recorder.dtype).removeprefix("torch.")},
         )  # fmt: skip
 
+    @property
+    def figure_seconds(self) -> float:
+        """Seconds spent building and rendering the figures delivered so far in this ``fit``."""
+        return self.renderer.seconds if self.renderer is not None else 0.0
+
     def drain(self) -> None:
         """Wait for the figures still being drawn and send them (end of fit, on an exception)."""
         if self.renderer is not None:

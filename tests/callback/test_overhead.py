@@ -1,5 +1,12 @@
 """The overhead budget: counted work, deterministic; later periodic landscapes skipped, the final one kept
-(or, with budget_final=True, coarsened)."""
+(or, with budget_final=True, coarsened).
+
+The callback's clock is frozen here, so that no measured time reaches the schedule and a training step
+counts as 3 forward passes (the counted model, the same on every run); tests/callback/test_schedule.py
+feeds the schedule measured times as numbers.
+"""
+
+import importlib
 
 import lightning.pytorch as pl
 import numpy as np
@@ -10,6 +17,13 @@ from lightning_landscape import LossLandscapeCallback
 
 SMALL = {"resolution": 5, "final_resolution": 9, "line_resolution": 7, "num_batches": 2, "log_figures": False}
 SMALL["reliability"] = False  # the costs below are the surfaces', lines' and metrics' (test_wiring: the rest)
+SMALL["budget_final"] = False  # the first and final landscapes at their configured size (not "auto")
+
+
+@pytest.fixture(autouse=True)
+def frozen_clock(monkeypatch):
+    """No measured time: the schedule counts work (deterministic decisions)."""
+    monkeypatch.setattr(importlib.import_module("lightning_landscape.callback.callback"), "clock", lambda: 0.0)
 
 
 def _fit(trainer_kwargs, cb, batches_per_epoch=4, epochs=2):
@@ -40,7 +54,7 @@ def test_short_run_shows_the_first_and_final_landscapes_and_skips_the_rest(train
 
 def test_budget_final_skips_a_final_landscape_that_does_not_fit(trainer_kwargs):
     with pytest.warns(RuntimeWarning) as warned:
-        cb = _fit(trainer_kwargs, LossLandscapeCallback(**SMALL, budget_final=True, every_n_epochs=None))
+        cb = _fit(trainer_kwargs, LossLandscapeCallback(**{**SMALL, "budget_final": True}, every_n_epochs=None))
     messages = " ".join(str(w.message) for w in warned)
     assert "final landscape was skipped" in messages and "budget_final=False" in messages
     assert cb.records == [] and cb.schedule.spent == 0
@@ -69,6 +83,7 @@ def test_long_enough_run_computes_everything_within_the_budget(trainer_kwargs):
         metrics=None,
         final_metrics=None,
         reliability=False,
+        budget_final=False,
     )
     cb = _fit(trainer_kwargs, cb, batches_per_epoch=200)
     assert len(_surfaces(cb, "periodic")) == 2 and cb.schedule.skipped == 0
@@ -99,7 +114,7 @@ def test_budget_decisions_are_deterministic(trainer_kwargs, tmp_path):
             # Allowance 45, 90, 135 after each epoch; a periodic landscape costs 2 * (25 + 7) = 64: the
             # first is always computed, the second skipped (128 > 90), the third fits (128 <= 135); the
             # final one is coarsened.
-            cb = LossLandscapeCallback(**SMALL, metrics=None, budget_final=True)
+            cb = LossLandscapeCallback(**{**SMALL, "budget_final": True}, metrics=None)
             runs.append(_fit(kwargs, cb, batches_per_epoch=150, epochs=3))
     a, b = runs
     assert len(_surfaces(a, "periodic")) == 2 and a.schedule.skipped == 1

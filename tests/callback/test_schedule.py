@@ -10,7 +10,9 @@ NO_METRICS = {"metrics": {}, "final_metrics": {}}
 
 
 def schedule(**kwargs) -> LandscapeSchedule:
-    base = {"resolution": 5, "final_resolution": 9, "line_resolution": 7, **NO_METRICS}
+    """The rules of ``budget_final=False`` (first periodic and final landscapes at their configured size,
+    the old default) unless a test says otherwise; ``budget_final="auto"`` has its own tests below."""
+    base = {"resolution": 5, "final_resolution": 9, "line_resolution": 7, "budget_final": False, **NO_METRICS}
     return LandscapeSchedule(**{**base, **kwargs})
 
 
