@@ -368,9 +368,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         if kept:  # published together: the surface's figure shows the reliability's flags
             self._guarded(step, self._keep, kept, trainer, stage)
         points = next((r.meta.get("seconds") for r in kept if r.kind == "surface"), None)
-        self.schedule.observed(
-            plan, clock() - started, points, trainer.world_size, self.probe.size
-        )
+        self.schedule.observed(plan, clock() - started, points, trainer.world_size, self.probe.size)
 
     def _plan(self, stage: Literal["periodic", "final"], trainer: pl.Trainer) -> Any:
         """The schedule's plan, from rank zero's measured costs (the same on every rank)."""

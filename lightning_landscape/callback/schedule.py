@@ -32,7 +32,7 @@ BudgetFinal = bool | Literal["auto"]
 HESSIAN_PLANE_ITERATIONS: dict[str, int] = {"periodic": 20, "final": 50}
 TRAIN_STEP_COST = 3.0  # a training step costs about 3 forward passes (forward + backward) of its batch
 SMALLEST_FINAL = 5  # the coarsest surface the budget may reduce to (5 x 5)
-SMALLEST_LANCZOS = 10  # Lanczos steps of lambda_max in the smallest landscape the budget keeps
+SMALLEST_LANCZOS = 5  # Lanczos steps of lambda_max in the smallest landscape (its residual is recorded)
 FIRST_SHARE = 1 / 3  # most of the run's budget the first periodic landscape takes (the final one the rest)
 FINAL_FIXED = 1.5  # a final landscape's fixed cost (figures, files) relative to a periodic one's
 
@@ -135,10 +135,10 @@ class LandscapeSchedule:
 
     - ``"auto"`` (the default): both are always computed, sized to the budget: the first takes at most
       a third of the whole run's budget (from ``expected_batches``), the final one what is left at the
-      end. What does not fit is reduced (first the reliability indicators and the expensive metrics at
-      a grid down to the periodic resolution, then Lanczos steps, then grid points) down to a 5 x 5
-      surface with 11-point lines and a 10-step ``lambda_max``, computed even when that exceeds the
-      budget: every run shows a landscape. Options in ``explicit`` (``"resolution"``,
+      end. What does not fit is reduced (see :meth:`_ladder`: the grid, the indicators and expensive
+      metrics, Lanczos steps, probe batches) down to a 5 x 5 surface with 11-point lines and a 5-step
+      ``lambda_max`` on one probe batch, computed even when that exceeds the budget: every run shows
+      a landscape. Options in ``explicit`` (``"resolution"``,
       ``"final_resolution"``, ``"metrics"``, ``"final_metrics"``) are never reduced.
     - ``False``: both at their configured size (told what they cost when that exceeds the budget).
     - ``True``: the first at its configured size, the final one must fit: coarser until it does
@@ -256,13 +256,14 @@ class LandscapeSchedule:
 
     def figures(self, seconds: float) -> None:
         """The figures' building and rendering time so far in this ``fit`` (measured by the renderer)."""
-        self.figure_seconds = max(float(seconds), 0.0)
+        self.figure_seconds = max(float(seconds), self.figure_seconds)  # the renderer's total of this fit
         self._update_fixed()
 
     def share(self, broadcast: Callable[[Any], Any]) -> None:
         """Take rank zero's measurements (``broadcast(obj)`` returns rank zero's ``obj``; a collective),
         so that every rank makes the same decisions."""
         keys = ("train_seconds", "timed_batches", "pass_seconds", "fixed_seconds", "expected")
+        keys += ("landscape_seconds", "landscapes", "figure_seconds")
         values = broadcast(tuple(getattr(self, k) for k in keys))
         for k, v in zip(keys, values):
             setattr(self, k, v)
@@ -371,6 +372,14 @@ class LandscapeSchedule:
 
     # ------------------------------------------------------------------ the budget
 
+    def used(self) -> float:
+        """The callback's work so far in forward passes: its measured time (landscapes and figures)
+        converted when timed, else the counted :attr:`spent`."""
+        per_pass = self.seconds_per_pass()
+        if per_pass is None or self.landscapes == 0:
+            return self.spent
+        return (self.landscape_seconds + self.figure_seconds) / per_pass
+
     def allowance(self) -> float:
         """The work the budget allows so far (infinite without ``max_overhead``)."""
         if self.max_overhead is None:
@@ -386,7 +395,7 @@ class LandscapeSchedule:
         return self.allowance() * max(self.expected / self.train_batches, 1.0)
 
     def fits(self, cost: float) -> bool:
-        return self.max_overhead is None or self.spent + cost <= self.allowance()
+        return self.max_overhead is None or self.used() + cost <= self.allowance()
 
     def plan(self, stage: Stage, world_size: int, probe_batches: int) -> Plan | None:
         """The landscape to compute now (``None``: skip it). Override to decide differently."""
@@ -398,9 +407,9 @@ class LandscapeSchedule:
             reserve = self.final_reserve(world_size, probe_batches)
             return full if self.fits(full.cost + reserve) else None
         if self.budget_final == "auto":
-            limit = self.allowance() - self.spent
+            limit = self.allowance() - self.used()
             if not final:  # the first: a share of the whole run's budget
-                limit = max(limit, FIRST_SHARE * self.run_allowance() - self.spent)
+                limit = max(limit, FIRST_SHARE * self.run_allowance() - self.used())
             return self._sized(stage, world_size, probe_batches, limit)
         if not final or self.budget_final is False or self.fits(full.cost):
             return full
@@ -425,7 +434,8 @@ class LandscapeSchedule:
         the expensive metrics (trace, average sharpness) on grids down to the periodic resolution, then
         ``lambda_max`` alone with fewer Lanczos steps, then fewer grid points down to 5 x 5, then fewer
         probe batches (half as many each time, down to one, on grids from the periodic resolution down
-        to 5 x 5 again). Options in ``explicit`` stay as given."""
+        to 5 x 5 again). Options in ``explicit`` stay as given (an explicit grid keeps its probe batches).
+        """
         final = stage == "final"
         top = self._configured(stage)
         grid_fixed = ("final_resolution" if final else "resolution") in self.explicit
@@ -440,7 +450,9 @@ class LandscapeSchedule:
             specs.append(({k: v for k, v in top.metrics.items() if k in ("eigenvalues", "sam")}, False))
             specs.append(({"eigenvalues": eig}, False))
             specs += [
-                ({"eigenvalues": {**eig, "max_iter": n}}, False) for n in (20, SMALLEST_LANCZOS) if steps > n
+                ({"eigenvalues": {**eig, "max_iter": n}}, False)
+                for n in (20, 10, SMALLEST_LANCZOS)
+                if steps > n
             ]
         else:
             specs.append(({}, False))
@@ -472,8 +484,8 @@ class LandscapeSchedule:
             for r in range(floor - 2, SMALLEST_FINAL - 1, -2):  # then grid points, down to 5 x 5
                 add(r, *specs[-1])
         batches = probe_batches // 2
-        while batches >= 1:  # then fewer probe batches
-            for r in range(floor, (floor if grid_fixed else SMALLEST_FINAL) - 1, -2):
+        while batches >= 1 and not grid_fixed:  # then fewer probe batches
+            for r in range(floor, SMALLEST_FINAL - 1, -2):
                 add(r, *specs[-1], batches=batches)
             batches //= 2
         return ladder
@@ -620,7 +632,7 @@ class LandscapeSchedule:
         if stage == "periodic" and self.periodic > 0:
             return None
         budget = self.max_overhead if self.max_overhead is not None else 0.1
-        if self.spent + plan.cost <= budget * self.training_work():
+        if self.used() + plan.cost <= budget * self.training_work():
             return None
         self.told.add(stage)
         why = (
@@ -656,6 +668,10 @@ class LandscapeSchedule:
             "timed_batches": self.timed_batches,
             "pass_seconds": self.pass_seconds,
             "fixed_seconds": self.fixed_seconds,
+            "landscape_seconds": self.landscape_seconds,
+            "landscape_work": self.landscape_work,
+            "landscapes": self.landscapes,
+            "figure_seconds": self.figure_seconds,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -671,3 +687,7 @@ class LandscapeSchedule:
         self.timed_batches = int(state.get("timed_batches", 0))
         self.pass_seconds = float(state.get("pass_seconds", 0.0))
         self.fixed_seconds = float(state.get("fixed_seconds", 0.0))
+        self.landscape_seconds = float(state.get("landscape_seconds", 0.0))
+        self.landscape_work = float(state.get("landscape_work", 0.0))
+        self.landscapes = int(state.get("landscapes", 0))
+        self.figure_seconds = float(state.get("figure_seconds", 0.0))
