@@ -20,19 +20,32 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["HESSIAN_PLANE_ITERATIONS", "LandscapeSchedule", "Plan", "estimated_cost", "expected_batches"]
+from lightning_landscape.callback.sizing import (
+    HESSIAN_PLANE_ITERATIONS,
+    SMALLEST_FINAL,
+    SMALLEST_LANCZOS,
+    Plan,
+    Stage,
+    ladder,
+    reduced_note,
+    reduction,
+)
 
-Stage = Literal["periodic", "final"]
+__all__ = [
+    "HESSIAN_PLANE_ITERATIONS",
+    "SMALLEST_FINAL",
+    "SMALLEST_LANCZOS",
+    "LandscapeSchedule",
+    "Plan",
+    "estimated_cost",
+    "expected_batches",
+]
+
 BudgetFinal = bool | Literal["auto"]
 
-# Lanczos steps of the plane of directions="hessian"
-HESSIAN_PLANE_ITERATIONS: dict[str, int] = {"periodic": 20, "final": 50}
 TRAIN_STEP_COST = 3.0  # a training step costs about 3 forward passes (forward + backward) of its batch
-SMALLEST_FINAL = 5  # the coarsest surface the budget may reduce to (5 x 5)
-SMALLEST_LANCZOS = 5  # Lanczos steps of lambda_max in the smallest landscape (its residual is recorded)
 FIRST_SHARE = 1 / 3  # most of the run's budget the first periodic landscape takes (the final one the rest)
 FINAL_FIXED = 1.5  # a final landscape's fixed cost (figures, files) relative to a periodic one's
 
@@ -88,40 +101,6 @@ def expected_batches(
     if max_steps is not None and max_steps >= 0:
         out = min(out, float(max_steps * max(accumulate, 1)))
     return float(out) if math.isfinite(out) else None
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What one landscape evaluates, and its cost in forward passes over one probe batch (per rank).
-
-    ``reduced``: made smaller than configured to stay within ``max_overhead``; ``budget`` then says what
-    was asked, what was left out and which option restores it (the records' meta ``budget``).
-    """
-
-    stage: Stage
-    resolution: int
-    line_resolution: int
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
-    cost: float = 0.0
-    reduced: bool = False
-    reliability: bool = False
-    budget: dict[str, Any] = field(default_factory=dict, compare=False)
-    probe_batches: int = 0  # evaluated on the first this many probe batches (0: all of them)
-
-    @property
-    def lines(self) -> int:
-        """1-D lines evaluated: the interpolation line, and at the end the two axes."""
-        return 3 if self.stage == "final" else 1
-
-    @property
-    def points(self) -> int:
-        """Grid and line points evaluated (each on every probe batch)."""
-        return self.resolution**2 + self.lines * self.line_resolution
-
-    @property
-    def hessian_iterations(self) -> int:
-        """Lanczos steps of the Hessian plane (``directions="hessian"``)."""
-        return HESSIAN_PLANE_ITERATIONS[self.stage]
 
 
 class LandscapeSchedule:
@@ -213,6 +192,7 @@ class LandscapeSchedule:
         self.landscape_work = 0.0  # their counted work (what landscape_seconds paid for)
         self.landscapes = 0  # landscapes timed
         self.figure_seconds = 0.0  # figures' building and rendering time so far (measured)
+        self.planned_seconds = 0.0  # what the cost model predicted the landscapes would take, when planned
         self.expected: float | None = None  # training batches this fit will run (None: not known)
         self.told: set[str] = set()  # the cost notes already given in this fit
 
@@ -262,7 +242,13 @@ class LandscapeSchedule:
     def share(self, broadcast: Callable[[Any], Any]) -> None:
         """Take rank zero's measurements (``broadcast(obj)`` returns rank zero's ``obj``; a collective),
         so that every rank makes the same decisions."""
-        keys = ("train_seconds", "timed_batches", "pass_seconds", "fixed_seconds", "expected")
+        keys: tuple[str, ...] = (
+            "train_seconds",
+            "timed_batches",
+            "pass_seconds",
+            "fixed_seconds",
+            "expected",
+        )
         keys += ("landscape_seconds", "landscapes", "figure_seconds")
         values = broadcast(tuple(getattr(self, k) for k in keys))
         for k, v in zip(keys, values):
@@ -277,6 +263,7 @@ class LandscapeSchedule:
         """Book the work of a landscape about to be computed."""
         if plan is not None:
             self.spent += plan.cost
+            self.planned_seconds += self.seconds(plan.cost) or 0.0
             if plan.stage == "periodic":
                 self.periodic += 1
 
@@ -357,6 +344,10 @@ class LandscapeSchedule:
         per_pass = self.seconds_per_pass()
         return None if per_pass is None else work * per_pass
 
+    def training_seconds(self) -> float:
+        """The measured wall time of the training batches so far (0 without measured times)."""
+        return self.train_seconds / self.timed_batches * self.train_batches if self.timed else 0.0
+
     def _fixed_work(self, stage: str) -> float:
         per_pass = self.seconds_per_pass()
         if per_pass is None or self.fixed_seconds <= 0:
@@ -417,7 +408,11 @@ class LandscapeSchedule:
 
     def _sized(self, stage: Stage, world_size: int, probe_batches: int, limit: float) -> Plan:
         """The largest landscape of ``stage`` whose work is within ``limit``, else the smallest kept."""
-        candidates = self._ladder(stage, probe_batches)
+        top = self._configured(stage)
+        final = stage == "final"
+        grid_fixed = ("final_resolution" if final else "resolution") in self.explicit
+        metrics_fixed = ("final_metrics" if final else "metrics") in self.explicit
+        candidates = ladder(top, self.resolution, probe_batches, grid_fixed, metrics_fixed)
         plan = None
         for candidate in candidates:
             plan = self._costed(candidate, world_size, probe_batches)
@@ -425,99 +420,8 @@ class LandscapeSchedule:
                 break
         assert plan is not None  # the ladder starts with the configured landscape
         if plan.reduced:
-            plan = dataclasses.replace(plan, budget=self._reduction(plan, probe_batches))
+            plan = dataclasses.replace(plan, budget=reduction(top, plan, probe_batches, self.max_overhead))
         return plan
-
-    def _ladder(self, stage: Stage, probe_batches: int = 1) -> list[Plan]:
-        """The configured landscape of ``stage``, then smaller ones in order of preference: a slightly
-        coarser grid (down to 2/3 of the points per axis), then without the reliability indicators and
-        the expensive metrics (trace, average sharpness) on grids down to the periodic resolution, then
-        ``lambda_max`` alone with fewer Lanczos steps, then fewer grid points down to 5 x 5, then fewer
-        probe batches (half as many each time, down to one, on grids from the periodic resolution down
-        to 5 x 5 again). Options in ``explicit`` stay as given (an explicit grid keeps its probe batches).
-        """
-        final = stage == "final"
-        top = self._configured(stage)
-        grid_fixed = ("final_resolution" if final else "resolution") in self.explicit
-        metrics_fixed = ("final_metrics" if final else "metrics") in self.explicit
-        floor = top.resolution if grid_fixed else min(self.resolution, top.resolution)
-        specs: list[tuple[dict[str, dict[str, Any]], bool]] = [(top.metrics, top.reliability)]
-        eig = top.metrics.get("eigenvalues")
-        if metrics_fixed:
-            specs.append((top.metrics, False))
-        elif eig is not None:  # lambda_max is always kept: with SAM, alone, then with fewer steps
-            steps = int(eig.get("max_iter", 20))
-            specs.append(({k: v for k, v in top.metrics.items() if k in ("eigenvalues", "sam")}, False))
-            specs.append(({"eigenvalues": eig}, False))
-            specs += [
-                ({"eigenvalues": {**eig, "max_iter": n}}, False)
-                for n in (20, 10, SMALLEST_LANCZOS)
-                if steps > n
-            ]
-        else:
-            specs.append(({}, False))
-        ladder: list[Plan] = []
-        seen: set[str] = set()
-
-        def add(r: int, spec: dict[str, dict[str, Any]], rel: bool, batches: int = 0) -> None:
-            line = (
-                self.line_resolution
-                if (grid_fixed or r == top.resolution)
-                else min(self.line_resolution, 2 * r + 1)
-            )
-            key = repr((r, line, spec, rel, batches))
-            if key not in seen:
-                seen.add(key)
-                reduced = bool(ladder)
-                ladder.append(
-                    Plan(stage, r, line, dict(spec), reduced=reduced, reliability=rel, probe_batches=batches)
-                )
-
-        coarser = max(floor, (2 * top.resolution // 3) | 1)  # a slightly coarser grid with everything,
-        for r in range(top.resolution, coarser - 1, -2):
-            add(r, *specs[0])
-        for r in range(top.resolution, floor - 1, -2):  # then without the expensive metrics, on grids
-            add(r, *specs[1])  # down to the periodic resolution,
-        for spec, rel in specs[2:]:  # then fewer metrics and Lanczos steps
-            add(floor, spec, rel)
-        if not grid_fixed:
-            for r in range(floor - 2, SMALLEST_FINAL - 1, -2):  # then grid points, down to 5 x 5
-                add(r, *specs[-1])
-        batches = probe_batches // 2
-        while batches >= 1 and not grid_fixed:  # then fewer probe batches
-            for r in range(floor, SMALLEST_FINAL - 1, -2):
-                add(r, *specs[-1], batches=batches)
-            batches //= 2
-        return ladder
-
-    def _reduction(self, plan: Plan, probe_batches: int) -> dict[str, Any]:
-        """What a reduced ``plan`` left out of the configured landscape, and how to get it back."""
-        top = self._configured(plan.stage)
-        final = plan.stage == "final"
-        left = sorted(set(top.metrics) - set(plan.metrics))
-        fewer = {
-            k: v["max_iter"]
-            for k, v in plan.metrics.items()
-            if k in top.metrics and v.get("max_iter") != top.metrics[k].get("max_iter")
-        }
-        restore = "budget_final=False" if final else "max_overhead=None"
-        asked = {
-            "resolution": top.resolution,
-            "line_resolution": top.line_resolution,
-            "metrics": sorted(top.metrics),
-            "reliability": top.reliability,
-        }
-        return {
-            "asked": asked,
-            "computed": {"resolution": plan.resolution, "line_resolution": plan.line_resolution},
-            "metrics_left_out": left,
-            "fewer_lanczos_steps": fewer,
-            "reliability_left_out": top.reliability and not plan.reliability,
-            "restore": restore,
-            "probe_batches": min(plan.probe_batches or probe_batches, probe_batches),
-            "probe_batches_asked": probe_batches,
-            "max_overhead": self.max_overhead,
-        }
 
     def _strict(self, world_size: int, probe_batches: int) -> Plan | None:
         """``budget_final=True``: coarser until the final landscape fits; None if not even 5 x 5 does.
@@ -575,7 +479,7 @@ class LandscapeSchedule:
                 "batches). Pass `budget_final=False` (or `max_overhead=None`) to compute it anyway."
             )
         if plan.reduced and plan.budget:
-            return self._reduced_note(plan)
+            return reduced_note(plan, self.max_overhead, self._cost_words(plan.cost))
         if plan.reduced:
             return (
                 f"the final landscape was reduced to {plan.resolution} x {plan.resolution} points (asked: "
@@ -585,41 +489,9 @@ class LandscapeSchedule:
             )
         return None
 
-    def _reduced_note(self, plan: Plan) -> str:
-        b = plan.budget
-        asked = b["asked"]
-        final = plan.stage == "final"
-        left = [
-            *b["metrics_left_out"],
-            *(["the reliability indicators"] if b["reliability_left_out"] else []),
-        ]
-        parts = [
-            f"{plan.resolution} x {plan.resolution} surface and {plan.line_resolution}-point lines "
-            f"(asked: {asked['resolution']} x {asked['resolution']}, {asked['line_resolution']})"
-        ]
-        if left:
-            parts.append(f"without {', '.join(left)}")
-        if b["fewer_lanczos_steps"]:
-            steps = ", ".join(f"{k} {v} Lanczos steps" for k, v in b["fewer_lanczos_steps"].items())
-            parts.append(f"with {steps}")
-        cost = self._cost_words(plan.cost)
-        which = "final landscape" if final else "first periodic landscape"
-        grid = "final_resolution" if final else "resolution"
-        restore = (
-            "Pass `budget_final=False` (or `max_overhead=None`) for the full final landscape, or set "
-            f"`{grid}=` / `final_metrics=` explicitly to keep them."
-            if final
-            else f"Pass `max_overhead=None` for the full one, or set `{grid}=` / `metrics=` explicitly."
-        )
-        return (
-            f"this run is short: the {which} was reduced to a {'; '.join(parts)}{cost} to stay near "
-            f"max_overhead={self.max_overhead} of the training time (records' meta 'budget' lists it). "
-            + restore
-        )
-
     def _cost_words(self, work: float) -> str:
         seconds = self.seconds(work)
-        train = self.train_seconds / self.timed_batches * self.train_batches if self.timed else 0.0
+        train = self.training_seconds()
         if seconds is None or train <= 0:
             return ""
         return f", about {seconds:.2g} s ({seconds / train:.2g}x the {train:.2g} s of training so far)"
