@@ -57,8 +57,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
 
     Args:
         every_n_epochs: period of the low-resolution surface; ``None`` for the final one only.
-        resolution: points per axis of periodic surfaces (odd).
-        final_resolution: points per axis of the final surface (odd).
+        resolution: points per axis of periodic surfaces (odd); ``None``: 11, sized by the budget.
+        final_resolution: points per axis of the final surface (odd); ``None``: 31, sized by the budget.
         line_resolution: points of each 1-D line (odd).
         directions: ``"pca"`` (trajectory PCA), ``"random"`` (filter-normalized Gaussian) or ``"hessian"``
             (unit eigenvectors of ``lambda_max`` and ``lambda_min``; a span ``s`` is a distance ``s``).
@@ -89,10 +89,11 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         final_metrics: the same, computed at the end of training.
         engine: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"compile"`` (needs ``loss_fn=``); see
             :func:`lightning_landscape.functional.loss_surface`.
-        max_overhead: most work the periodic landscapes after the first may add, as a fraction of the
-            training work so far (counted, not timed), with the final landscape's work set aside; the
-            first periodic and the final landscape are always computed. ``None``: everything.
-        budget_final: hold the final landscape to ``max_overhead`` too (coarser, or skipped).
+        max_overhead: most time the landscapes may add, as a fraction of the measured training time so
+            far (their work counted in forward passes at the measured cost of one); ``None``: everything.
+        budget_final: ``"auto"``: the first periodic and the final landscape always, sized to the budget
+            (down to 5 x 5 with lines and ``lambda_max``); ``False``: both at full size; ``True``: the
+            final one strictly within ``max_overhead`` (coarser, or skipped).
         save_weights: write the initial and final weights, BatchNorm statistics and snapshots for
             :func:`~lightning_landscape.compare_solutions` (``<log_dir>/landscape/[NAME/]weights/``).
         save_weights_dtype: storage dtype of the saved weights (``torch.bfloat16`` halves the size).

@@ -318,7 +318,7 @@ class Publisher:
 
     @property
     def figure_seconds(self) -> float:
-        """Seconds spent building and rendering the figures delivered so far in this ``fit``."""
+        """Seconds spent building and rendering the figures finished so far in this ``fit``."""
         return self.renderer.seconds if self.renderer is not None else 0.0
 
     def drain(self) -> None:

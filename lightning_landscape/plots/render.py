@@ -162,7 +162,7 @@ class FigureRenderer:
         self._pending: collections.deque[_Job] = collections.deque()  # submission order
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self.seconds = 0.0  # building and rendering time of the figures delivered so far
+        self._delivered_seconds = 0.0  # building and rendering time of the figures delivered so far
 
     def submit(
         self, sink: ImageSink, tag: str, step: int, build: Callable[..., Figure], *args: Any, **kwargs: Any
@@ -224,12 +224,18 @@ class FigureRenderer:
             thread.join()
 
     @property
+    def seconds(self) -> float:
+        """Seconds spent building and rendering the figures finished so far (delivered or not)."""
+        done = sum(job.seconds for job in list(self._pending) if job.done.is_set())
+        return self._delivered_seconds + done
+
+    @property
     def pending(self) -> int:
         """Jobs submitted and not yet delivered."""
         return len(self._pending)
 
     def _deliver(self, job: _Job) -> None:
-        self.seconds += job.seconds
+        self._delivered_seconds += job.seconds
         if job.error is None:
             try:
                 assert job.rendered is not None
