@@ -166,4 +166,4 @@ def test_explicit_sizes_are_kept_on_a_short_run(trainer_kwargs, monkeypatch):
     _fit(trainer_kwargs, cb)
     (final,) = _surfaces(cb, "final")
     assert final.losses.shape == (9, 9) and "budget" not in final.meta  # kept as asked: nothing reduced
-    assert [r for r in cb.records if r.kind == "metrics"][0].scalars().keys() >= {"sharpness/sam"}
+    assert next(r for r in cb.records if r.kind == "metrics").scalars().keys() >= {"sharpness/sam"}
