@@ -109,7 +109,7 @@ class _Job:
         self.formats = _checked_formats(sink.figure_formats)  # read on the caller's thread
         self.rendered: RenderedFigure | None = None
         self.error: BaseException | None = None
-        self.seconds = 0.0  # the worker's CPU seconds building and rendering it (the overhead budget counts it)
+        self.seconds = 0.0  # the worker's CPU seconds drawing it (the overhead budget counts them)
         self.done = threading.Event()
 
     def run(self) -> None:
