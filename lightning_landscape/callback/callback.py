@@ -247,9 +247,11 @@ class LossLandscapeCallback(CallbackOptions, Callback):
             # and the saved weights' initial model (small, on the CPU)
             buffers = self._guarded(0, buffer_snapshot, pl_module, "cpu")
             self.builder.start_buffers = None if buffers is False else buffers
-
-        limits = (trainer.max_epochs, trainer.max_steps, trainer.accumulate_grad_batches)
-        self.schedule.expect(expected_batches(float(trainer.num_training_batches), *limits))
+        self.builder.part = "the overhead budget"  # how long the run will be, for the budget
+        self._guarded(trainer.global_step, lambda: self.schedule.expect(expected_batches(
+            float(trainer.num_training_batches), trainer.max_epochs, trainer.max_steps,
+            trainer.accumulate_grad_batches,
+        )))  # fmt: skip
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
