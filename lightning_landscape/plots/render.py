@@ -109,11 +109,11 @@ class _Job:
         self.formats = _checked_formats(sink.figure_formats)  # read on the caller's thread
         self.rendered: RenderedFigure | None = None
         self.error: BaseException | None = None
-        self.seconds = 0.0  # the worker's CPU seconds drawing it (the overhead budget counts them)
+        self.seconds = 0.0  # how long drawing it took (wall time: the overhead budget counts it)
         self.done = threading.Event()
 
     def run(self) -> None:
-        start = time.thread_time()  # CPU time: what drawing costs, not the wait for a shared core
+        start = time.perf_counter()
         try:
             build, args, kwargs = self.build, self.args, self.kwargs
             assert build is not None  # run() runs once, before the references are dropped
@@ -122,7 +122,7 @@ class _Job:
             self.error = err
         finally:
             self.build, self.args, self.kwargs = None, (), {}  # free the records as soon as possible
-            self.seconds = time.thread_time() - start
+            self.seconds = time.perf_counter() - start
             self.done.set()
 
 
