@@ -342,8 +342,9 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         if plan is False:
             return
         note = self.schedule.explain(plan, stage)
-        if note:  # a landscape skipped or reduced for the budget
-            self.warnings.warn(f"{stage} budget", f"LossLandscapeCallback: {note}")
+        if note:  # a landscape skipped or reduced for the budget (each said once)
+            kind = f"{stage} budget" if plan is None else f"{stage} landscape reduced"
+            self.warnings.warn(kind, f"LossLandscapeCallback: {note}")
         cost = self.schedule.cost_note(plan, stage)
         if cost:  # more than the budget, as the user asked: say once what it costs
             rank_zero_info(f"LossLandscapeCallback: {cost}")

@@ -145,6 +145,7 @@ def test_a_short_run_at_the_defaults_shows_reduced_landscapes_and_says_so(traine
     assert len(reduced) == 2  # once for the first periodic landscape, once for the final one
     assert any("first periodic" in m and "max_overhead=None" in m for m in reduced)
     assert any("final landscape" in m and "budget_final=False" in m for m in reduced)
+    assert sum("skipping periodic landscapes" in m for m in messages) == 1  # said too, not swallowed
     (first,) = _surfaces(cb, "periodic")  # the later ones wait for the budget
     (final,) = _surfaces(cb, "final")
     for surface, restore in ((first, "max_overhead=None"), (final, "budget_final=False")):
