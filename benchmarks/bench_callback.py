@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -167,7 +168,7 @@ def main() -> None:
     lines.append(table(rows, header))
     lines.append(
         f"{args.reps} interleaved repetitions in alternating order after one warm-up pair (not counted); "
-        f"{args.threads} thread(s). after: [{machine()}]"
+        f"{args.threads} thread(s), CPU affinity {sorted(os.sched_getaffinity(0))}. after: [{machine()}]"
     )
     text = "\n".join(lines)
     print("\n".join(lines[1:]))
