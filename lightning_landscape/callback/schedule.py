@@ -114,10 +114,10 @@ class LandscapeSchedule:
 
     - ``"auto"`` (the default): both are always computed, sized to the budget: the first takes at most
       a third of the whole run's budget (from ``expected_batches``), the final one what is left at the
-      end. What does not fit is reduced (see :meth:`_ladder`: the grid, the indicators and expensive
-      metrics, Lanczos steps, probe batches) down to a 5 x 5 surface with 11-point lines and a 5-step
-      ``lambda_max`` on one probe batch, computed even when that exceeds the budget: every run shows
-      a landscape. Options in ``explicit`` (``"resolution"``,
+      end. What does not fit is reduced (:func:`~lightning_landscape.callback.sizing.ladder`: the grid,
+      the indicators and expensive metrics, Lanczos steps, probe batches) down to a 5 x 5 surface with
+      11-point lines and a 5-step ``lambda_max`` on one probe batch, computed even when that exceeds
+      the budget: every run shows a landscape. Options in ``explicit`` (``"resolution"``,
       ``"final_resolution"``, ``"metrics"``, ``"final_metrics"``) are never reduced.
     - ``False``: both at their configured size (told what they cost when that exceeds the budget).
     - ``True``: the first at its configured size, the final one must fit: coarser until it does
@@ -136,6 +136,13 @@ class LandscapeSchedule:
         >>> s.charge(s.plan("periodic", 1, 2))
         >>> s.plan("periodic", world_size=1, probe_batches=2) is None  # 2 * (25 + 7) > 0.1 * 3 * 8
         True
+        >>> auto = LandscapeSchedule(resolution=5, final_resolution=9, line_resolution=7, metrics={},
+        ...                          final_metrics={})  # budget_final="auto"
+        >>> for _ in range(8):
+        ...     auto.count_batch(seconds=0.003)  # measured: 3 ms a batch (a pass: 1 ms until timed)
+        >>> p = auto.plan("final", world_size=1, probe_batches=2)  # 0.1 * 24 ms allows 2.4 passes
+        >>> (p.resolution, p.line_resolution, p.probe_batches, p.reduced, p.budget["restore"])
+        (5, 7, 1, True, 'budget_final=False')
     """
 
     def __init__(
