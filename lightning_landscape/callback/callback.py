@@ -7,6 +7,7 @@ calls the core) -> publisher (:mod:`._publish`). No math and no logger code live
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -25,7 +27,7 @@ from lightning_landscape.callback.options import CallbackOptions, MetricSpec, Us
 from lightning_landscape.callback.probe import ProbeSet
 from lightning_landscape.callback.publish import Publisher, Warnings, describe_settings
 from lightning_landscape.callback.recorder import TrajectoryRecorder, recorder_for
-from lightning_landscape.callback.schedule import LandscapeSchedule
+from lightning_landscape.callback.schedule import LandscapeSchedule, expected_batches
 from lightning_landscape.functional.landscape.bn import buffer_snapshot
 from lightning_landscape.functional.landscape.params import landscape_parameters
 from lightning_landscape.records.identity import new_run_id
@@ -33,6 +35,8 @@ from lightning_landscape.records.record import LineRecord, MetricsRecord, Reliab
 from lightning_landscape.solutions.weights import DEFAULT_MAX_BYTES
 
 __all__ = ["LossLandscapeCallback"]
+
+clock = time.perf_counter  # the time source of the budget's measurements (a test may replace it)
 
 
 def _check_distinct_names(callbacks: Iterable[Any]) -> None:
@@ -73,8 +77,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         directions (default ``"pca"``): trajectory ``"pca"``, ``"random"`` or ``"hessian"`` eigenvectors.
         span (default ``None``): half-width of the grid or a ``(low, high)`` pair; ``None``: the path, or 1.0.
         margin (default ``0.25``): room around the path, as a fraction of its extent.
-        resolution (default ``11``): points per axis of the periodic surfaces (odd).
-        final_resolution (default ``31``): points per axis of the final surface (odd).
+        resolution (default ``None``): points per axis of periodic surfaces (odd); ``None``: 11, budget-sized.
+        final_resolution (default ``None``): points per axis of the final surface (odd); ``None``: 31, so too.
         line_resolution (default ``41``): points of each 1-D line (odd).
         interpolation_range (default ``(-0.5, 1.5)``): alphas of the line initial (0) -> current (1) weights.
         include_1d (default ``False``): give random directions non-zero 1-D parts (biases, norm weights).
@@ -96,8 +100,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         final_metrics (default ``("eigenvalues", "trace", "sam", "average")``): the same, at the end.
         reliability (default ``True``): the reliability indicators with every landscape; or their settings.
         **The budget** (how much the landscapes may add to training):
-        max_overhead (default ``0.1``): most work the periodic landscapes add, a fraction of training's.
-        budget_final (default ``False``): hold the final landscape to ``max_overhead`` too (coarser, or none).
+        max_overhead (default ``0.1``): most time the landscapes add, a fraction of the training time.
+        budget_final (default ``"auto"``): first and final landscape sized to the budget; ``False``: full.
         **Snapshots and storage** (the trajectory buffer, and where results go):
         snapshot_every_n_steps (default ``None``): snapshot every n optimizer steps (10 unless by epochs).
         snapshot_every_n_epochs (default ``None``): snapshot every n epochs instead.
@@ -137,8 +141,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         directions: Literal["pca", "random", "hessian"] = "pca",
         span: float | tuple[float, float] | None = None,
         margin: float = 0.25,
-        resolution: int = 11,
-        final_resolution: int = 31,
+        resolution: int | None = None,
+        final_resolution: int | None = None,
         line_resolution: int = 41,
         interpolation_range: tuple[float, float] = (-0.5, 1.5),
         include_1d: bool = False,
@@ -161,7 +165,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         reliability: bool | Mapping[str, Any] = True,
         # the budget
         max_overhead: float | None = 0.1,
-        budget_final: bool = False,
+        budget_final: bool | Literal["auto"] = "auto",
         # snapshots and storage
         snapshot_every_n_steps: int | None = None,
         snapshot_every_n_epochs: int | None = None,
@@ -182,7 +186,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
             self.every_n_epochs, self.snapshot_every_n_steps, self.snapshot_every_n_epochs, self.resolution,
             self.final_resolution, self.line_resolution, self.metrics, self.final_metrics, self.max_overhead,
             self.budget_final, hessian_plane=self.directions == "hessian", bn=self.bn,
-            metric=self.metric_fn is not None, final=self.final,
+            metric=self.metric_fn is not None, final=self.final, explicit=self._explicit_sizes,
             reliability=indicators.plan_cost(self.max_snapshots) if indicators.enabled else None,
         )  # fmt: skip
         self.probe = ProbeSet(self.num_batches, self.probe_dataloader, self.loss_fn)
@@ -199,6 +203,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         self._param_names: list[str] = []
         self._state_key: str | None = None
         self._idle: str | None = None  # why this fit has nothing to observe (no trainable parameters)
+        self._batch_start: float | None = None  # when the current training batch started (its timing)
 
     # ------------------------------------------------------------------ Lightning plumbing
 
@@ -276,12 +281,23 @@ class LossLandscapeCallback(CallbackOptions, Callback):
             # and the saved weights' initial model (small, on the CPU)
             buffers = self._guarded(0, buffer_snapshot, pl_module, "cpu")
             self.builder.start_buffers = None if buffers is False else buffers
+        self.builder.part = "the overhead budget"  # how long the run will be, for the budget
+        self._guarded(trainer.global_step, lambda: self.schedule.expect(expected_batches(
+            float(trainer.num_training_batches), trainer.max_epochs, trainer.max_steps,
+            trainer.accumulate_grad_batches,
+        )))  # fmt: skip
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._idle:
             return
         self.schedule.start_epoch(trainer.current_epoch)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._batch_start = clock()  # the budget converts measured training time
 
     @override
     def on_train_batch_end(
@@ -293,7 +309,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         # gradient accumulation the step stands still between optimizer steps (no duplicate); with
         # several optimizers it may jump past a multiple of n (the next step is taken instead).
         step = trainer.global_step
-        self.schedule.count_batch(step)
+        start, self._batch_start = self._batch_start, None
+        self.schedule.count_batch(step, None if start is None else clock() - start)
         event = self.schedule.snapshot_event(step=step)
         if event is not None and self.recorder.wants(event):
             self._snapshot(event, trainer, pl_module)
@@ -368,12 +385,16 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         """Plan, compute and publish one landscape and its metrics; nothing raises out of here."""
         step = trainer.global_step
         self.builder.part = "the overhead budget"
-        plan = self._guarded(step, self.schedule.plan, stage, trainer.world_size, self.probe.size)
+        plan = self._guarded(step, self._plan, stage, trainer)
         if plan is False:
             return
         note = self.schedule.explain(plan, stage)
-        if note:  # a landscape skipped or reduced for the budget
-            self.warnings.warn(f"{stage} budget", f"LossLandscapeCallback: {note}")
+        if note:  # a landscape skipped or reduced for the budget (each said once)
+            kind = f"{stage} budget" if plan is None else f"{stage} landscape reduced"
+            self.warnings.warn(kind, f"LossLandscapeCallback: {note}")
+        cost = self.schedule.cost_note(plan, stage)
+        if cost:  # more than the budget, as the user asked: say once what it costs
+            rank_zero_info(f"LossLandscapeCallback: {cost}")
         if plan is None:
             if stage == "periodic":
                 self.schedule.skip()
@@ -385,16 +406,26 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         epoch = self.schedule.epoch if self.schedule.epoch >= 0 else max(trainer.current_epoch - 1, 0)
         common: dict[str, Any] = {"stage": stage, "epoch": epoch, "global_step": step}
         common.update({"callback_name": self.name} if self.name else {})
+        common.update({"budget": plan.budget} if plan.budget else {})  # what the budget left out
         job = Observation(
             trainer, pl_module, self._params(pl_module), plan, self.probe, self.recorder, common
         )
         kept: list[Any] = []
+        started = clock()
         # each guarded on its own; the reliability after the metrics (a final trace feeds its check)
         for compute in (self.builder.compute, self.builder.metrics_record, self.builder.reliability_record):
             records = self._guarded(step, self._compute, compute, job)
             kept.extend(records or [])
         if kept:  # published together: the surface's figure shows the reliability's flags
             self._guarded(step, self._keep, kept, trainer, stage)
+        points = next((r.meta.get("seconds") for r in kept if r.kind == "surface"), None)
+        self.schedule.observed(plan, clock() - started, points, trainer.world_size, self.probe.size)
+
+    def _plan(self, stage: Literal["periodic", "final"], trainer: pl.Trainer) -> Any:
+        """The schedule's plan, from rank zero's measured costs (the same on every rank)."""
+        self.schedule.figures(self.publisher.figure_seconds)
+        self.schedule.share(trainer.strategy.broadcast)
+        return self.schedule.plan(stage, trainer.world_size, self.probe.size)
 
     def _compute(self, compute: Callable[[Observation], list[Any]], job: Observation) -> list[Any]:
         """``compute(job)`` with the module's Python state (lists, counters, torchmetrics states that

@@ -74,6 +74,8 @@ class Observation:
     def inputs(self) -> tuple[list[Any], LossFn]:
         """The probe batches (a collective: every rank calls it) and the loss in the precision context."""
         batches = self.probe.batches(self.trainer, self.module)
+        if self.plan.probe_batches:  # a landscape the budget reduced: the first few batches
+            batches = batches[: self.plan.probe_batches]
         return batches, self.probe.loss_fn(self.module, self.trainer.precision_plugin.forward_context)
 
     def shard(self) -> PointShard | None:
@@ -99,6 +101,7 @@ class _Latest:
     step: int
     mark: Tensor
     plane_key: tuple[Any, ...]
+    batches: int = 0  # probe batches it was evaluated on (reused only on as many)
     surface: SurfaceRecord | None = None
     interpolation: LineRecord | None = None
     metrics: dict[str, tuple[dict[str, Any], dict[str, float], Any]] = field(default_factory=dict)
@@ -174,17 +177,19 @@ class LandscapeBuilder(PlaneSteps):
 
     # ------------------------------------------------------------------ surface and lines
 
-    def _reusable(self, step: int, mark: Tensor) -> _Latest | None:
-        """The latest periodic landscape if it was computed at these weights (same step, same tensors)."""
+    def _reusable(self, step: int, mark: Tensor, batches: int = 0) -> _Latest | None:
+        """The latest periodic landscape if it was computed at these weights (same step, same tensors) on
+        as many probe batches (``batches``; 0: any)."""
         latest = self._latest
         same = latest is not None and latest.step == step and torch.equal(latest.mark, mark)
+        same = same and (batches == 0 or latest is None or latest.batches == batches)
         return latest if same else None
 
-    def _earlier(self, trainer: Any, stage: str, step: int, mark: Tensor) -> _Latest | None:
+    def _earlier(self, trainer: Any, stage: str, step: int, mark: Tensor, batches: int = 0) -> _Latest | None:
         """For the final landscape: the latest periodic one if every rank can reuse it (a collective)."""
         if stage != "final":
             return None
-        latest = self._reusable(step, mark)
+        latest = self._reusable(step, mark, batches)
         return latest if agree(trainer, latest is not None) else None
 
     def compute(self, job: Observation) -> list[SurfaceRecord | LineRecord]:
@@ -211,7 +216,7 @@ class LandscapeBuilder(PlaneSteps):
             assert plane is not None
             mark = fingerprint(module, params)
             step = job.step
-            earlier = self._earlier(trainer, plan.stage, step, mark)
+            earlier = self._earlier(trainer, plan.stage, step, mark, len(objective.batches))
             common = {
                 **job.common,
                 "precision": str(trainer.precision),
@@ -252,7 +257,7 @@ class LandscapeBuilder(PlaneSteps):
         step, stage = job.step, plan.stage
         with job.probe.observing(module):
             mark = fingerprint(module, params)
-            earlier = self._earlier(trainer, stage, step, mark)
+            earlier = self._earlier(trainer, stage, step, mark, len(objective.batches))
             optimizer = trainer.optimizers[0] if getattr(trainer, "optimizers", None) else None  # for "eos"
             scalars, meta, errors = self.metrics(
                 objective, plan.metrics, stage, step, mark, earlier, optimizer
@@ -373,7 +378,7 @@ class LandscapeBuilder(PlaneSteps):
                 )
                 records.append(line)
         else:
-            self._latest = _Latest(step, mark, key, surface, interp)
+            self._latest = _Latest(step, mark, key, len(objective.batches), surface, interp)
         self._drawn = _Drawn(step, stage, plane, surface, dict(common))
         self.part = "the landscape"
         return records
@@ -450,9 +455,10 @@ class LandscapeBuilder(PlaneSteps):
         mark = fingerprint(objective.model, objective.params) if mark is None else mark
         latest = earlier
         if stage == "periodic":
-            latest = self._reusable(step, mark)  # this step's landscape, if it succeeded
+            # this step's landscape, if it succeeded
+            latest = self._reusable(step, mark, len(objective.batches))
             if latest is None:
-                latest = self._latest = _Latest(step, mark, ("metrics only",))
+                latest = self._latest = _Latest(step, mark, ("metrics only",), batches=len(objective.batches))
             latest.metrics = {}
         scalars: dict[str, float] = {}
         meta: dict[str, Any] = {}

@@ -9,12 +9,12 @@ text shows them all.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 
 from lightning_landscape.callback.indicators import Indicators
-from lightning_landscape.callback.metrics import resolve_metrics
+from lightning_landscape.callback.metrics import DEFAULT_FINAL_METRICS, DEFAULT_METRICS, resolve_metrics
 from lightning_landscape.functional import checks as check
 from lightning_landscape.functional.landscape.params import LossFn
 from lightning_landscape.functional.landscape.surface import Engine
@@ -93,7 +93,8 @@ class CallbackOptions:
     reliability: bool | Mapping[str, Any]
     # the budget
     max_overhead: float | None
-    budget_final: bool
+    budget_final: bool | Literal["auto"]
+    _explicit_sizes: frozenset[str]  # the size options given (the budget keeps them as they are)
     # snapshots and storage
     snapshot_every_n_steps: int | None
     snapshot_every_n_epochs: int | None
@@ -118,8 +119,17 @@ class CallbackOptions:
         check.span_pair("span", a["span"])
         self.span = a["span"]
         self.margin = check.number("margin", a["margin"], 0, 10)
-        self.resolution = check.odd_int("resolution", a["resolution"])
-        self.final_resolution = check.odd_int("final_resolution", a["final_resolution"])
+        # None: the default size, which the budget may reduce on a short run (a size given is kept)
+        self.resolution = check.odd_int("resolution", 11 if a["resolution"] is None else a["resolution"])
+        final_resolution = 31 if a["final_resolution"] is None else a["final_resolution"]
+        self.final_resolution = check.odd_int("final_resolution", final_resolution)
+        given = {
+            "resolution": a["resolution"] is not None,
+            "final_resolution": a["final_resolution"] is not None,
+            "metrics": a["metrics"] is not DEFAULT_METRICS,
+            "final_metrics": a["final_metrics"] is not DEFAULT_FINAL_METRICS,
+        }
+        self._explicit_sizes = frozenset(k for k, v in given.items() if v)
         self.line_resolution = check.odd_int("line_resolution", a["line_resolution"])
         self.interpolation_range = check.value_range("interpolation_range", a["interpolation_range"])
         self.include_1d = check.boolean("include_1d", a["include_1d"])
@@ -149,7 +159,10 @@ class CallbackOptions:
         indicators = Indicators(a["reliability"])
         # the budget
         self.max_overhead = check.positive_number("max_overhead", a["max_overhead"], allow_none=True)
-        self.budget_final = check.boolean("budget_final", a["budget_final"])
+        budget_final = a["budget_final"]
+        if not isinstance(budget_final, bool):  # True, False or "auto" (not 1, not "yes")
+            budget_final = check.choice("budget_final", budget_final, ("auto",))
+        self.budget_final = budget_final
         # snapshots and storage
         self._set_cadence(a["snapshot_every_n_steps"], a["snapshot_every_n_epochs"], a["max_snapshots"])
         self.snapshot_dtype = _dtype("snapshot_dtype", a["snapshot_dtype"])

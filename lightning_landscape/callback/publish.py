@@ -393,6 +393,11 @@ class Publisher:
                                        RUN_ID_KEY: self.run_id},
         )  # fmt: skip
 
+    @property
+    def figure_seconds(self) -> float:
+        """Seconds spent building and rendering the figures finished so far in this ``fit``."""
+        return self.renderer.seconds if self.renderer is not None else 0.0
+
     def drain(self) -> None:
         """Wait for the figures still being drawn and send them (end of fit, on an exception)."""
         if self.renderer is not None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -89,7 +90,9 @@ class ImageSink(Protocol):
 
 
 class _Job:
-    __slots__ = ("args", "build", "done", "error", "formats", "kwargs", "rendered", "sink", "step", "tag")
+    __slots__ = (
+        "args", "build", "done", "error", "formats", "kwargs", "rendered", "seconds", "sink", "step", "tag"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -106,9 +109,11 @@ class _Job:
         self.formats = _checked_formats(sink.figure_formats)  # read on the caller's thread
         self.rendered: RenderedFigure | None = None
         self.error: BaseException | None = None
+        self.seconds = 0.0  # how long drawing it took (wall time: the overhead budget counts it)
         self.done = threading.Event()
 
     def run(self) -> None:
+        start = time.perf_counter()
         try:
             build, args, kwargs = self.build, self.args, self.kwargs
             assert build is not None  # run() runs once, before the references are dropped
@@ -117,6 +122,7 @@ class _Job:
             self.error = err
         finally:
             self.build, self.args, self.kwargs = None, (), {}  # free the records as soon as possible
+            self.seconds = time.perf_counter() - start
             self.done.set()
 
 
@@ -156,6 +162,7 @@ class FigureRenderer:
         self._pending: collections.deque[_Job] = collections.deque()  # submission order
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._delivered_seconds = 0.0  # building and rendering time of the figures delivered so far
 
     def submit(
         self, sink: ImageSink, tag: str, step: int, build: Callable[..., Figure], *args: Any, **kwargs: Any
@@ -217,11 +224,18 @@ class FigureRenderer:
             thread.join()
 
     @property
+    def seconds(self) -> float:
+        """Seconds spent building and rendering the figures finished so far (delivered or not)."""
+        done = sum(job.seconds for job in list(self._pending) if job.done.is_set())
+        return self._delivered_seconds + done
+
+    @property
     def pending(self) -> int:
         """Jobs submitted and not yet delivered."""
         return len(self._pending)
 
     def _deliver(self, job: _Job) -> None:
+        self._delivered_seconds += job.seconds
         if job.error is None:
             try:
                 assert job.rendered is not None

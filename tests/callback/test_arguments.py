@@ -30,8 +30,8 @@ BAD_METRIC_SPECS = [
 # argument -> wrong values refused at construction (the message must name the argument).
 REFUSED: dict[str, list[Any]] = {
     "every_n_epochs": [0, 1.5, "1", True],
-    "resolution": [4, 1, 5.0, "11", None, 10001],
-    "final_resolution": [8, None, 20001],
+    "resolution": [4, 1, 5.0, "11", 10001],  # None: the default size (the budget may reduce it)
+    "final_resolution": [8, 20001],
     "line_resolution": [2, 4, "41"],
     "directions": ["bogus", None, "PCA"],
     "span": [-1, (1, 0), "wide", (0, 1), math.nan, True, (-1, "a")],

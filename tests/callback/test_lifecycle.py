@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from pathlib import Path
 
@@ -39,7 +40,10 @@ def untimed(meta):
     return meta
 
 
-def test_a_reused_callback_starts_fresh(trainer_kwargs, tmp_path):
+def test_a_reused_callback_starts_fresh(trainer_kwargs, tmp_path, monkeypatch):
+    # no measured time (a frozen clock): the budget's decisions are counted, the same on both runs
+    module = importlib.import_module("lightning_landscape.callback.callback")
+    monkeypatch.setattr(module, "clock", lambda: 0.0)
     kwargs = {**QUIET, "max_overhead": 0.5, "snapshot_every_n_steps": 2, "metrics": ("sam",)}
     reused = LossLandscapeCallback(**kwargs)
     for seed in (0, 1):  # the natural SGD-vs-SAM loop, one callback object

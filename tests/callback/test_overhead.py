@@ -1,5 +1,12 @@
 """The overhead budget: counted work, deterministic; later periodic landscapes skipped, the final one kept
-(or, with budget_final=True, coarsened)."""
+(or, with budget_final=True, coarsened).
+
+The callback's clock is frozen here, so that no measured time reaches the schedule and a training step
+counts as 3 forward passes (the counted model, the same on every run); tests/callback/test_schedule.py
+feeds the schedule measured times as numbers.
+"""
+
+import importlib
 
 import lightning.pytorch as pl
 import numpy as np
@@ -10,6 +17,14 @@ from lightning_landscape import LossLandscapeCallback
 
 SMALL = {"resolution": 5, "final_resolution": 9, "line_resolution": 7, "num_batches": 2, "log_figures": False}
 SMALL["reliability"] = False  # the costs below are the surfaces', lines' and metrics' (test_wiring: the rest)
+SMALL["budget_final"] = False  # the first and final landscapes at their configured size (not "auto")
+
+
+@pytest.fixture(autouse=True)
+def frozen_clock(monkeypatch):
+    """No measured time: the schedule counts work (deterministic decisions)."""
+    module = importlib.import_module("lightning_landscape.callback.callback")
+    monkeypatch.setattr(module, "clock", lambda: 0.0)
 
 
 def _fit(trainer_kwargs, cb, batches_per_epoch=4, epochs=2):
@@ -40,7 +55,8 @@ def test_short_run_shows_the_first_and_final_landscapes_and_skips_the_rest(train
 
 def test_budget_final_skips_a_final_landscape_that_does_not_fit(trainer_kwargs):
     with pytest.warns(RuntimeWarning) as warned:
-        cb = _fit(trainer_kwargs, LossLandscapeCallback(**SMALL, budget_final=True, every_n_epochs=None))
+        strict = LossLandscapeCallback(**{**SMALL, "budget_final": True}, every_n_epochs=None)
+        cb = _fit(trainer_kwargs, strict)
     messages = " ".join(str(w.message) for w in warned)
     assert "final landscape was skipped" in messages and "budget_final=False" in messages
     assert cb.records == [] and cb.schedule.spent == 0
@@ -69,6 +85,7 @@ def test_long_enough_run_computes_everything_within_the_budget(trainer_kwargs):
         metrics=None,
         final_metrics=None,
         reliability=False,
+        budget_final=False,
     )
     cb = _fit(trainer_kwargs, cb, batches_per_epoch=200)
     assert len(_surfaces(cb, "periodic")) == 2 and cb.schedule.skipped == 0
@@ -99,7 +116,7 @@ def test_budget_decisions_are_deterministic(trainer_kwargs, tmp_path):
             # Allowance 45, 90, 135 after each epoch; a periodic landscape costs 2 * (25 + 7) = 64: the
             # first is always computed, the second skipped (128 > 90), the third fits (128 <= 135); the
             # final one is coarsened.
-            cb = LossLandscapeCallback(**SMALL, metrics=None, budget_final=True)
+            cb = LossLandscapeCallback(**{**SMALL, "budget_final": True}, metrics=None)
             runs.append(_fit(kwargs, cb, batches_per_epoch=150, epochs=3))
     a, b = runs
     assert len(_surfaces(a, "periodic")) == 2 and a.schedule.skipped == 1
@@ -113,3 +130,41 @@ def test_budget_decisions_are_deterministic(trainer_kwargs, tmp_path):
 def test_max_overhead_must_be_positive_or_none(bad):
     with pytest.raises(ValueError, match="`max_overhead`"):
         LossLandscapeCallback(max_overhead=bad)
+
+
+def test_a_short_run_at_the_defaults_shows_reduced_landscapes_and_says_so(trainer_kwargs, monkeypatch):
+    # A clock that advances a microsecond per reading: training looks nearly free, so the budget allows
+    # nothing and both landscapes are the smallest kept (deterministic whatever the machine's speed).
+    ticks = iter(range(10**9))
+    module = importlib.import_module("lightning_landscape.callback.callback")
+    monkeypatch.setattr(module, "clock", lambda: next(ticks) * 1e-6)
+    with pytest.warns(RuntimeWarning) as warned:
+        cb = _fit(trainer_kwargs, LossLandscapeCallback(num_batches=2, log_figures=False), epochs=3)
+    messages = [str(w.message) for w in warned]
+    reduced = [m for m in messages if "was reduced" in m]
+    assert len(reduced) == 2  # once for the first periodic landscape, once for the final one
+    assert any("first periodic" in m and "max_overhead=None" in m for m in reduced)
+    assert any("final landscape" in m and "budget_final=False" in m for m in reduced)
+    assert sum("skipping periodic landscapes" in m for m in messages) == 1  # said too, not swallowed
+    (first,) = _surfaces(cb, "periodic")  # the later ones wait for the budget
+    (final,) = _surfaces(cb, "final")
+    for surface, restore in ((first, "max_overhead=None"), (final, "budget_final=False")):
+        assert surface.losses.shape == (5, 5) and surface.meta["reduced_by_max_overhead"]
+        assert surface.meta["budget"]["restore"] == restore and surface.meta["budget"]["probe_batches"] == 1
+    lines = [r for r in cb.records if r.kind == "line" and r.meta["stage"] == "final"]
+    assert sorted(len(r.alphas) for r in lines) == [11, 11, 11]
+    (metrics,) = [r for r in cb.records if r.kind == "metrics" and r.meta["stage"] == "final"]
+    assert "hessian/lambda_max" in metrics.scalars() and "hessian/trace" not in metrics.scalars()
+    assert metrics.meta["budget"]["metrics_left_out"] == ["average", "sam", "trace"]
+
+
+def test_explicit_sizes_are_kept_on_a_short_run(trainer_kwargs, monkeypatch):
+    ticks = iter(range(10**9))
+    module = importlib.import_module("lightning_landscape.callback.callback")
+    monkeypatch.setattr(module, "clock", lambda: next(ticks) * 1e-6)
+    kwargs = {"num_batches": 2, "log_figures": False, "every_n_epochs": None, "reliability": False}
+    cb = LossLandscapeCallback(**kwargs, final_resolution=9, final_metrics=("sam",))
+    _fit(trainer_kwargs, cb)
+    (final,) = _surfaces(cb, "final")
+    assert final.losses.shape == (9, 9) and "budget" not in final.meta  # kept as asked: nothing reduced
+    assert next(r for r in cb.records if r.kind == "metrics").scalars().keys() >= {"sharpness/sam"}

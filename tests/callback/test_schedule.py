@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from lightning_landscape.callback.schedule import LandscapeSchedule, Plan, estimated_cost
+from lightning_landscape.callback.schedule import (
+    SMALLEST_LANCZOS,
+    LandscapeSchedule,
+    Plan,
+    estimated_cost,
+    expected_batches,
+)
 
 NO_METRICS = {"metrics": {}, "final_metrics": {}}
 
 
 def schedule(**kwargs) -> LandscapeSchedule:
-    base = {"resolution": 5, "final_resolution": 9, "line_resolution": 7, **NO_METRICS}
+    """The rules of ``budget_final=False`` (first periodic and final landscapes at their configured size,
+    the old default) unless a test says otherwise; ``budget_final="auto"`` has its own tests below."""
+    base = {"resolution": 5, "final_resolution": 9, "line_resolution": 7, "budget_final": False, **NO_METRICS}
     return LandscapeSchedule(**{**base, **kwargs})
 
 
@@ -165,3 +175,172 @@ def test_state_round_trip_reset_and_old_checkpoints():
     old = {"last_landscape_step": 8, "train_batches": 8, "spent": 64.0, "skipped": 1, "written": ["a"]}
     other.load_state_dict(old)
     assert (other.periodic, other.step, other.spent, other.skipped) == (1, 8, 64.0, 1)
+
+
+# ---------------------------------------------------------------------- budget_final="auto" (the default)
+# Measured costs are injected as numbers, as the callback feeds them: the demo CNN on digits (23 batches an
+# epoch) on a 2-core CPU took about 5 ms a training batch and 1.5 ms a forward pass of one probe batch.
+
+PER_EPOCH, BATCH_S, PASS_S, PROBE = 23, 0.005, 0.0015, 4
+RELIABILITY = 40.0  # the indicators' evaluations (reliability_cost with 64 snapshots)
+TARGETS = {5: 1.5, 20: 1.2, 60: 1.1, 240: 1.1}  # issue 22: total time with the callback / without
+
+
+def defaults(**kwargs) -> LandscapeSchedule:
+    """The callback's default schedule (default metrics, indicators on, budget_final="auto")."""
+    from lightning_landscape.callback.metrics import DEFAULT_FINAL_METRICS, DEFAULT_METRICS, resolve_metrics
+
+    base = {
+        "metrics": resolve_metrics(DEFAULT_METRICS, final=False, seed=0),
+        "final_metrics": resolve_metrics(DEFAULT_FINAL_METRICS, final=True, seed=0),
+        "reliability": lambda plan: RELIABILITY,
+    }
+    return LandscapeSchedule(**{**base, **kwargs})
+
+
+def true_seconds(plan: Plan, fixed: float) -> float:
+    """What a landscape takes in this simulated world: a pass per point, metric step and indicator
+    evaluation on each probe batch it uses, and a fixed cost (plane, files, figures)."""
+    batches = min(PROBE, plan.probe_batches or PROBE)
+    work = plan.points + estimated_cost(plan.metrics) + (RELIABILITY if plan.reliability else 0.0)
+    return PASS_S * batches * work + fixed * (1.5 if plan.stage == "final" else 1.0)
+
+
+def simulate(s: LandscapeSchedule, epochs: int, fixed: float = 0.02) -> tuple[list[Plan], float]:
+    """A run of ``epochs``, a periodic landscape asked for after each and the final one; returns the
+    landscapes computed and the ratio of the whole run's time with the callback to the time without."""
+    s.expect(PER_EPOCH * epochs)
+    plans, spent = [], 0.0
+
+    def run(plan: Plan) -> None:
+        nonlocal spent
+        s.charge(plan)
+        seconds = true_seconds(plan, fixed)
+        points = PASS_S * min(PROBE, plan.probe_batches or PROBE) * plan.points
+        s.observed(plan, seconds, points, world_size=1, probe_batches=PROBE)
+        plans.append(plan)
+        spent += seconds
+
+    for epoch in range(epochs):
+        s.start_epoch(epoch)
+        for _ in range(PER_EPOCH):
+            s.count_batch(seconds=BATCH_S)
+        if s.landscape_due(epoch, PER_EPOCH * (epoch + 1)):
+            plan = s.plan("periodic", 1, PROBE)
+            run(plan) if plan is not None else s.skip()
+    run(s.plan("final", 1, PROBE))
+    training = BATCH_S * PER_EPOCH * epochs
+    return plans, (training + spent) / training
+
+
+def shows_a_landscape(plan: Plan) -> bool:
+    """A surface, lines and lambda_max."""
+    return plan.resolution >= 5 and plan.line_resolution >= 11 and "eigenvalues" in plan.metrics
+
+
+@pytest.mark.parametrize("epochs", sorted(TARGETS))
+def test_auto_budget_keeps_every_run_length_within_its_target(epochs):
+    plans, ratio = simulate(defaults(), epochs)
+    assert ratio <= TARGETS[epochs]
+    first, final = plans[0], plans[-1]
+    assert (first.stage, final.stage, final.lines) == ("periodic", "final", 3)
+    assert shows_a_landscape(first) and shows_a_landscape(final)
+    # the old rule (first and final at full size) breaks the short runs' targets by far
+    _, old = simulate(defaults(budget_final=False), epochs)
+    if epochs <= 20:
+        assert old > 3 * TARGETS[epochs]
+
+
+def test_auto_budget_grows_the_final_landscape_with_the_run():
+    sizes = {e: simulate(defaults(), e)[0][-1] for e in (5, 60, 240, 2000)}
+    assert sizes[5].reduced and sizes[5].probe_batches == 1  # the smallest kept: 5 x 5 on one batch
+    assert (sizes[5].resolution, sizes[5].line_resolution, sizes[5].metrics["eigenvalues"]["max_iter"]) == (
+        5,
+        11,
+        SMALLEST_LANCZOS,
+    )
+    cost = [simulate(defaults(), e)[0][-1].cost for e in (5, 60, 240, 2000)]
+    assert cost == sorted(cost) and cost[0] < cost[-1]
+    assert (sizes[2000].resolution, sizes[2000].reduced, sizes[2000].reliability) == (31, False, True)
+
+
+def test_reductions_are_recorded_with_the_option_that_restores_them():
+    s = defaults()
+    plans, _ = simulate(s, 5)
+    final = plans[-1]
+    b = final.budget
+    assert b["asked"] == {
+        "resolution": 31,
+        "line_resolution": 41,
+        "metrics": ["average", "eigenvalues", "sam", "trace"],
+        "reliability": True,
+    }
+    assert b["computed"] == {"resolution": 5, "line_resolution": 11}
+    assert b["metrics_left_out"] == ["average", "sam", "trace"] and b["reliability_left_out"]
+    assert b["fewer_lanczos_steps"] == {"eigenvalues": SMALLEST_LANCZOS} and b["probe_batches"] == 1
+    assert b["restore"] == "budget_final=False"
+    note = s.explain(final, "final")
+    assert "budget_final=False" in note and "5 x 5" in note and "trace" in note and "x the" in note
+    assert plans[0].budget["restore"] == "max_overhead=None"
+    assert "max_overhead=None" in s.explain(plans[0], "periodic")
+    json.dumps(b)  # the records' meta: plain JSON
+
+
+def test_explicit_options_are_honoured_and_told_once_what_they_cost():
+    # an explicit final_resolution keeps its grid (the metrics, left at their defaults, may shrink)
+    plans, _ = simulate(defaults(final_resolution=31, explicit={"final_resolution"}), 5)
+    assert plans[-1].resolution == 31 and plans[-1].line_resolution == 41
+    assert "trace" not in plans[-1].metrics
+    both = defaults(final_resolution=21, explicit={"final_resolution", "final_metrics"})
+    plans, _ = simulate(both, 5)
+    assert (plans[-1].resolution, set(plans[-1].metrics), plans[-1].reduced) == (
+        21,
+        set(both.final_metrics),
+        True,
+    )
+    assert plans[-1].reliability is False  # not an explicit size: the indicators still go
+    # budget_final=False and max_overhead=None: everything at its configured size, one note on the cost
+    for kwargs in ({"budget_final": False}, {"max_overhead": None}):
+        s = defaults(**kwargs)
+        plans, ratio = simulate(s, 5)
+        assert (plans[-1].resolution, plans[-1].reduced, plans[-1].reliability) == (31, False, True)
+        assert ratio > 5
+        s2 = defaults(**kwargs)
+        batches(s2, 1)
+        s2.count_batch(seconds=BATCH_S)
+        final = s2.plan("final", 1, PROBE)
+        note = s2.cost_note(final, "final")
+        assert note is not None and "31 x 31" in note and next(iter(kwargs)) in note and " s (" in note
+        assert s2.cost_note(final, "final") is None  # once
+    # within the budget, nothing to tell
+    long = defaults(budget_final=False)
+    for _ in range(3000 * PER_EPOCH):
+        long.count_batch(seconds=BATCH_S)
+    assert long.cost_note(long.plan("final", 1, PROBE), "final") is None
+
+
+def test_measured_costs_are_shared_and_checkpointed():
+    s = defaults()
+    simulate(s, 5)
+    assert s.timed and s.pass_seconds == pytest.approx(PASS_S) and s.fixed_seconds > 0
+    other = defaults()
+    other.share(lambda values: values)  # a single process: its own
+    assert other.train_seconds == 0
+    sent = []
+    s.share(lambda values: sent.append(values) or values)  # rank zero sends its measurements ...
+    other.share(lambda values: sent[0])  # ... and another rank plans with them
+    assert other.used() == s.used() and other.seconds_per_pass() == s.seconds_per_pass()
+    assert (other.pass_seconds, other.train_seconds) == (s.pass_seconds, s.train_seconds)
+    state = s.state_dict()
+    assert all(isinstance(v, (int, float)) for v in state.values())
+    restored = defaults()
+    restored.load_state_dict(state)
+    assert (
+        restored.seconds_per_pass() == s.seconds_per_pass() and restored.training_work() == s.training_work()
+    )
+
+
+def test_expected_batches_from_the_trainer_limits():
+    assert expected_batches(23, 5) == 115
+    assert expected_batches(23, -1) is None and expected_batches(float("inf"), 5) is None
+    assert expected_batches(23, 5, max_steps=40, accumulate=2) == 80

@@ -142,13 +142,13 @@ def test_bn_keep_and_recompute_modes(trainer_kwargs):
 
 
 def test_budget_counts_recompute_metric_and_reliability():
-    plain = LandscapeSchedule(
-        resolution=5, final_resolution=7, line_resolution=9, metrics={}, final_metrics={}
+    plain = LandscapeSchedule(  # budget_final=False: the configured sizes, whatever the budget
+        resolution=5, final_resolution=7, line_resolution=9, metrics={}, final_metrics={}, budget_final=False
     )
     rel = ReliabilitySettings()
     heavy = LandscapeSchedule(
         resolution=5, final_resolution=7, line_resolution=9, metrics={}, final_metrics={}, bn="recompute",
-        metric=True, reliability=lambda plan: reliability_cost(rel, snapshots=64),
+        metric=True, reliability=lambda plan: reliability_cost(rel, snapshots=64), budget_final=False,
     )  # fmt: skip
     p0, p1 = plain.plan("periodic", 1, 2), heavy.plan("periodic", 1, 2)
     assert p0.cost == 2 * (25 + 9) and not p0.reliability
