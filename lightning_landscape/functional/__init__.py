@@ -6,6 +6,7 @@ notebook or script; :class:`lightning_landscape.LossLandscapeCallback` calls the
 """
 
 from lightning_landscape.functional.curvature.blocks import BlockCurvature, block_curvature, parameter_blocks
+from lightning_landscape.functional.curvature.critical import CriticalSharpness, critical_sharpness
 from lightning_landscape.functional.curvature.estimators import (
     HutchinsonResult,
     LanczosResult,
@@ -101,6 +102,7 @@ __all__ = [
     "AverageSharpness",
     "BlockCurvature",
     "CompileFallbackWarning",
+    "CriticalSharpness",
     "Direction",
     "DirectionSensitivity",
     "DistanceProfile",
@@ -132,6 +134,7 @@ __all__ = [
     "block_curvature",
     "buffer_snapshot",
     "compile_settings",
+    "critical_sharpness",
     "direction_sensitivity",
     "distance_profile",
     "edge_of_stability_ratio",
