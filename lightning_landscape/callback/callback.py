@@ -16,13 +16,14 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_landscape.callback.critical import CriticalSharpnessMonitor
 from lightning_landscape.callback.distributed import check_strategy
 from lightning_landscape.callback.landscape import LandscapeBuilder, Observation
 from lightning_landscape.callback.metrics import DEFAULT_FINAL_METRICS, DEFAULT_METRICS
 from lightning_landscape.callback.module_state import ModuleStateKeeper
 from lightning_landscape.callback.options import CallbackOptions, MetricSpec
 from lightning_landscape.callback.probe import ProbeSet
-from lightning_landscape.callback.publish import Publisher, Warnings, describe_settings
+from lightning_landscape.callback.publish import Publisher, Warnings, describe_settings, record_name
 from lightning_landscape.callback.recorder import TrajectoryRecorder, recorder_for
 from lightning_landscape.callback.schedule import LandscapeSchedule
 from lightning_landscape.functional.landscape.bn import buffer_snapshot
@@ -99,6 +100,10 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         reliability: the reliability indicators with every landscape (docs/reliability.md): ``True``,
             ``False`` or a mapping of ``ReliabilitySettings`` and ``ReliabilityThresholds`` fields.
         pca_centred: mean-centre the snapshots in the trajectory PCA (Li et al.'s convention).
+        critical_sharpness: measure the critical sharpness along the optimizer's update every this many
+            optimizer steps (``critical/`` scalars, docs/curvature.md); ``None``: never.
+        critical_probe: ``(dataloader, loss_fn)``: a second loss searched along the first loss's update
+            (relative critical sharpness, ``critical/relative_lambda_c``).
 
     Under DDP every rank evaluates its share of the points, the values are gathered; the probe batches
     are rank zero's; only rank zero writes and logs. Sharded strategies are refused at fit start.
@@ -155,6 +160,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         metric_name: str = "metric",
         reliability: bool | Mapping[str, Any] = True,
         pca_centred: bool = False,
+        critical_sharpness: int | None = None,
+        critical_probe: tuple[Iterable[Any], LossFn] | None = None,
     ) -> None:
         indicators = self._set_options(locals())  # every argument, checked (see CallbackOptions)
         self.schedule = LandscapeSchedule(
@@ -180,6 +187,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         self._module_state = ModuleStateKeeper()  # restores the module's Python state around each computation
         self._param_names: list[str] = []
         self._state_key: str | None = None
+        self.critical = CriticalSharpnessMonitor(critical_sharpness, critical_probe, self.num_batches)
 
     # ------------------------------------------------------------------ Lightning plumbing
 
@@ -215,6 +223,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         self.builder.reset()
         self.warnings.reset(enabled=trainer.is_global_zero)
         self._module_state.reset()
+        self.critical.reset()
         self.records = []
         self._param_names = [n for n, _ in landscape_parameters(pl_module)]
         log_dir = trainer.log_dir or trainer.default_root_dir  # called on every rank: it broadcasts
@@ -247,9 +256,20 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         self.schedule.start_epoch(trainer.current_epoch)
 
     @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.critical.wants(trainer.global_step):  # the weights before the step, for critical sharpness
+            self.builder.part = "critical sharpness"
+            self._guarded(trainer.global_step, self.critical.capture, trainer.global_step,
+                          self._params(pl_module), trainer.optimizers)  # fmt: skip
+
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self.critical.pending(trainer.global_step):
+            self._critical_sharpness(trainer, pl_module)
         # Events count optimizer steps: a snapshot when global_step // n first reaches a new value. Under
         # gradient accumulation the step stands still between optimizer steps (no duplicate); with
         # several optimizers it may jump past a multiple of n (the next step is taken instead).
@@ -266,9 +286,11 @@ class LossLandscapeCallback(CallbackOptions, Callback):
             self._snapshot(event, trainer, pl_module)
         if self.schedule.landscape_due(trainer.current_epoch, trainer.global_step):
             self._observe("periodic", trainer, pl_module)
+        self._publish_critical(trainer)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._publish_critical(trainer)
         if self.final:
             self._observe("final", trainer, pl_module)
         if self.save_weights and trainer.is_global_zero:
@@ -380,6 +402,42 @@ class LossLandscapeCallback(CallbackOptions, Callback):
                 f"({type(err).__name__}: {err}). Training continues.",
             )
             return False
+
+    # ------------------------------------------------------------------ critical sharpness
+
+    def _critical_sharpness(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Critical sharpness along the step just taken (``callback/critical.py``); nothing raises out."""
+        step = trainer.global_step
+
+        def measure() -> None:
+            context = trainer.precision_plugin.forward_context
+            batches = self.probe.batches(trainer, pl_module)
+            second = self.critical.second
+            relative = None if second is None else (
+                second.loss_fn(pl_module, context), second.batches(trainer, pl_module)
+            )  # fmt: skip
+            with self.probe.observing(pl_module):
+                scalars = self.critical.measure(
+                    pl_module, self._params(pl_module), self.probe.loss_fn(pl_module, context), batches,
+                    step, relative,
+                )  # fmt: skip
+            if trainer.is_global_zero:
+                self.publisher.critical_scalars(scalars, step)
+
+        self.builder.part = "critical sharpness"
+        self._guarded(step, self._module_state.run, trainer, pl_module, self.loss_fn is None, measure)
+        self.critical.drop()  # measured, failed or skipped: the next due step captures afresh
+
+    def _publish_critical(self, trainer: pl.Trainer) -> None:
+        """The loss along the last measured update and lambda_c so far (records, figures; rank zero)."""
+        step = trainer.global_step
+        common = {"stage": "periodic", "epoch": trainer.current_epoch, "global_step": step,
+                  "name": record_name("periodic", "critical_line", step)}  # fmt: skip
+        line = self.critical.line_record({**common, **({"callback_name": self.name} if self.name else {})})
+        if line is not None and trainer.is_global_zero:
+            self.records.append(line)
+            self.builder.part = "logging the critical sharpness"
+            self._guarded(step, self.publisher.critical_line, line, self.critical.history, step)
 
     # ------------------------------------------------------------------ helpers
 

@@ -180,7 +180,7 @@ def test_loss_that_keeps_going_down_is_not_bracketed() -> None:
     """Negative curvature along d: the loss goes down at every step; lambda_c = 0, bracketed False."""
     H, b, w = problem(13, indefinite=True)
     model = Quadratic(H, b, w)
-    vals, vecs = np.linalg.eigh(H)
+    _, vecs = np.linalg.eigh(H)
     d = vecs[:, 0] * -np.sign(vecs[:, 0] @ (H @ w - b))  # the negative eigenvector, downhill
     res = critical_sharpness(model, loss_fn, [None], as_direction(model, d), max_evaluations=20)
     assert not res.bracketed and res.lambda_c == 0.0 and res.eta_c == float("inf")

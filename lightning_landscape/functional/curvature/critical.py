@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from lightning_landscape.functional import checks as check
@@ -294,4 +293,3 @@ class _LineSearch:
                 replaced = "high"
             widths.append(b - a)
         return a, b, True
-
