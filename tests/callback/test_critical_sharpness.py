@@ -72,7 +72,7 @@ class WeightLog(Callback):
 
 
 def reference(model: LeastSquares, w: torch.Tensor, d: torch.Tensor, dataset: TensorDataset) -> float:
-    """``d^T H d / (-g.d)`` at ``w`` from autograd on the full-batch loss as a function of the flat weights."""
+    """``d^T H d / (-g.d)`` at ``w``, by autograd on the full-batch loss as a function of flat weights."""
     x, y = dataset.tensors
     shapes = [p.shape for p in model.parameters()]
 
