@@ -9,8 +9,9 @@ momentum, Adam, AdamW with its decay, SAM's base step at the perturbed gradient)
 optimizer state is read except the learning rate and the stability threshold
 (:func:`~lightning_landscape.functional.stability_threshold`) that ``critical/ratio`` divides by.
 
-A mini-batch step need not go down on the probe batches; when the probe loss goes up at every small step
-along it (``eta_c = 0``) the step is logged as ``critical/uphill`` 1.0 (else 0.0) without ``lambda_c``.
+A mini-batch step need not go down on the probe batches; when the probe loss goes up at every step tried
+along it down to ``lr / 1000`` (``lambda_c > 2000 / lr``, or an ascent direction) the step is logged as
+``critical/uphill`` 1.0 (else 0.0) without ``lambda_c``. Each search takes at most 20 loss evaluations.
 
 Scalars (under the callback's ``landscape/[NAME/]`` prefix): ``critical/uphill``, ``critical/lambda_c``,
 ``critical/eta_c``, ``critical/evaluations``, ``critical/ratio`` and ``critical/threshold`` (when the
@@ -144,10 +145,10 @@ class CriticalSharpnessMonitor:
             torch._foreach_copy_(params, before)  # the search starts from the weights before the step
             del before
             try:
-                result = self._search(model, params, loss_fn, batches, direction, self._eta or lr)
+                result = self._search(model, params, loss_fn, batches, direction, self._eta or lr, lr)
                 second = None
                 if relative is not None:
-                    second = self._search(model, params, relative[0], relative[1], direction, lr)
+                    second = self._search(model, params, relative[0], relative[1], direction, lr, lr)
             finally:
                 torch._foreach_copy_(params, after)
         scalars: dict[str, float] = {"critical/uphill": float(result is None)}
@@ -178,12 +179,14 @@ class CriticalSharpnessMonitor:
         batches: Sequence[Any],
         direction: list[Tensor],
         eta0: float,
+        lr: float,
     ) -> CriticalSharpness | None:
         """The search along ``direction``, or ``None`` if the loss goes up at every small step along it."""
         try:
             return critical_sharpness(
-                model, loss_fn, batches, direction, rtol=self.rtol, eta0=eta0, params=params
-            )
+                model, loss_fn, batches, direction, rtol=self.rtol, eta0=eta0, params=params,
+                max_evaluations=20, eta_min=lr * 1e-3,
+            )  # fmt: skip
         except ValueError as err:
             if "does not go down" not in str(err):
                 raise

@@ -126,6 +126,7 @@ def critical_sharpness(
     eta0: float | None = None,
     params: Sequence[Tensor] | None = None,
     max_evaluations: int = 40,
+    eta_min: float | None = None,
 ) -> CriticalSharpness:
     """The critical sharpness ``2 / eta_c`` of the mean probe loss along ``direction`` (forward passes only).
 
@@ -145,6 +146,8 @@ def critical_sharpness(
             (pass the learning rate, or the last ``eta_c``, when known: fewer evaluations).
         params: the parameters ``direction`` is aligned with (default: the trainable ones).
         max_evaluations: most loss evaluations (``converged`` is False if they run out).
+        eta_min: the smallest step tried before ``direction`` is refused (default ``eta0 * 1e-6``): a
+            refusal says ``lambda_c > 2 / eta_min`` or an ascent direction.
 
     Raises:
         ValueError: naming ``direction`` if the loss does not go down at any small step along it (an
@@ -152,6 +155,7 @@ def critical_sharpness(
 
     Example::
 
+        >>> import torch
         >>> model = nn.Linear(1, 1, bias=False)   # L(w) = (2 w)^2 / 2: H = 4
         >>> _ = model.weight.data.fill_(1.0)
         >>> batch = torch.tensor([[2.0]])
@@ -164,6 +168,7 @@ def critical_sharpness(
     check.number("rtol", rtol, 0.0, 1.0, low_open=True)
     check.positive_number("eta0", eta0, allow_none=True)
     check.positive_int("max_evaluations", max_evaluations, minimum=4)
+    check.positive_number("eta_min", eta_min, allow_none=True)
     params = resolve_params(model, params, require_grad=False)
     batches = check_batches(batches)
     direction = _check_direction(direction, params)
@@ -191,12 +196,13 @@ def critical_sharpness(
         if not math.isfinite(base):
             raise ValueError(f"the loss at the current weights is {base}: no critical sharpness")
         search = _LineSearch(lambda eta: loss_at(eta) - base, rtol, max_evaluations - 1)
-        low, high, converged = search.run(float(eta0))
+        low, high, converged = search.run(float(eta0), eta0 * _SHRINK if eta_min is None else eta_min)
     bracketed = math.isfinite(high)
     eta_c = 0.5 * (low + high) if bracketed else math.inf
     meta = {
         "rtol": rtol,
         "eta0": float(eta0),
+        "converged": converged,
         "direction_norm": norm64(direction),
         "seconds": time.perf_counter() - start,
         **probe_meta(batches),
@@ -231,7 +237,7 @@ class _LineSearch:
         value = self.f(eta)
         return value / eta if math.isfinite(value) else math.inf
 
-    def run(self, eta0: float) -> tuple[float, float, bool]:
+    def run(self, eta0: float, eta_min: float) -> tuple[float, float, bool]:
         """``(low, high, converged)``: ``h(low) < 0 <= h(high)``; ``high = inf`` if never bracketed."""
         rtol = self.rtol
         x, hx = eta0, self.h(eta0)
@@ -249,7 +255,7 @@ class _LineSearch:
             low, high = previous, (x, hx)
         else:  # shrink until it goes down
             while not hx < 0:
-                if x < eta0 * _SHRINK or self.used >= self.budget:
+                if x <= eta_min or self.used >= self.budget:
                     raise ValueError(
                         "`direction`: the loss does not go down along it at any step tried, from "
                         f"eta={eta0:.3g} down to eta={x:.3g}: not a descent direction (for SGD pass minus "
