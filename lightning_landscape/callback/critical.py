@@ -75,6 +75,11 @@ class CriticalSharpnessMonitor:
                 raise ValueError(f"`critical_probe` must be a pair (dataloader, loss_fn), got {probe!r}")
             check.iterable_arg("critical_probe", probe[0], allow_none=False)
             check.callable_arg("critical_probe", probe[1], "loss_fn(model, batch)", allow_none=False)
+            if every_n_steps is None:
+                raise ValueError(
+                    "`critical_probe` is searched along the updates that `critical_sharpness` measures: "
+                    "pass `critical_sharpness=N` (every N optimizer steps) too"
+                )
         self.second = ProbeSet(num_batches, probe[0], probe[1]) if probe is not None else None
         self.rtol = rtol
         self.reset()

@@ -60,6 +60,8 @@ REFUSED: dict[str, list[Any]] = {
     "metric_name": ["", 3, None],
     "reliability": ["yes", 3, None, {"bogus": 1}, {"directions": -1}, {"min_on_plane_share": 2.0}],
     "pca_centred": ["yes", None, 1],
+    "critical_sharpness": [0, -1, 1.5, "10", True],
+    "critical_probe": ["loader", (3, lambda m, b: b), ([1], "ce"), ([1],), ([1], print, 3)],
 }
 CASES = [(arg, value) for arg, values in REFUSED.items() for value in values]
 
