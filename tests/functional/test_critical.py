@@ -211,3 +211,34 @@ def test_nonquadratic_loss_matches_a_dense_grid() -> None:
             p.copy_(s)
     first_up = grid[int(np.argmax(ups))]
     assert first_up == pytest.approx(res.eta_c, abs=2 * (grid[1] - grid[0]))
+
+
+def test_fsdp2_sharded_parameters_two_processes() -> None:
+    """FSDP2 (DTensor shards, gloo, 2 processes): the same lambda_c as the unsharded model, on every
+    rank, weights bit for bit as before. Forward passes only: no double backward through FSDP."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 needs torch >= 2.6")
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    script = Path(__file__).resolve().parents[1] / "helpers" / "fsdp_critical.py"
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, str(script), port], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in rows) == [0, 1]
+    for r in rows:
+        assert r["kinds"] == ["DTensor"] and r["same"]
+        assert r["sharded"] == pytest.approx(r["whole"], rel=1e-6)
+    assert rows[0]["sharded"] == rows[1]["sharded"]

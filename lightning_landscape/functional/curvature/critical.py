@@ -40,11 +40,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from lightning_landscape.functional import checks as check
 from lightning_landscape.functional.landscape.params import LossFn, WeightPerturbation, observation
-from lightning_landscape.functional.objective import check_batches, norm64, probe_meta, resolve_params
+from lightning_landscape.functional.objective import check_batches, probe_meta, resolve_params
+
+try:  # torch >= 2.6
+    from torch.distributed.fsdp import FSDPModule as _FSDPModule
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # pragma: no cover
+    _DTensor = _FSDPModule = None  # type: ignore[assignment, misc]
 
 __all__ = ["CriticalSharpness", "critical_sharpness"]
 
@@ -96,6 +103,32 @@ class CriticalSharpness:
         return out
 
 
+def _sharded(t: Tensor) -> bool:
+    return _DTensor is not None and isinstance(t, _DTensor)
+
+
+def _reshard(model: nn.Module) -> None:
+    """Put FSDP2's parameters back in their sharded form, so the next forward gathers the moved shards."""
+    if _FSDPModule is not None:
+        for module in model.modules():
+            if isinstance(module, _FSDPModule):
+                module.reshard()
+
+
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's local shard (a view: moving it moves the parameter), else the tensor itself."""
+    return t.to_local() if _sharded(t) else t  # type: ignore[attr-defined]
+
+
+def _norm(tensors: Sequence[Tensor]) -> float:
+    """The Euclidean norm of tensors taken as one vector, in float64; DTensors over all their shards."""
+    total = 0.0
+    for t in tensors:
+        square = (t.detach().double() ** 2).sum()
+        total += float(square.full_tensor() if _sharded(square) else square)  # type: ignore[attr-defined]
+    return math.sqrt(total)
+
+
 def _check_direction(direction: Sequence[Tensor], params: Sequence[Tensor]) -> list[Tensor]:
     if isinstance(direction, Tensor) or not isinstance(direction, Sequence):
         raise ValueError(
@@ -110,7 +143,7 @@ def _check_direction(direction: Sequence[Tensor], params: Sequence[Tensor]) -> l
         if not isinstance(d, Tensor) or d.shape != p.shape:
             shape = tuple(d.shape) if isinstance(d, Tensor) else type(d).__name__
             raise ValueError(f"`direction`[{i}] is {shape}, expected a tensor of shape {tuple(p.shape)}")
-    norm = norm64(direction)
+    norm = _norm(direction)
     if not math.isfinite(norm) or norm == 0.0:
         raise ValueError(f"`direction` must be finite and non-zero, its norm is {norm}")
     return direction
@@ -169,27 +202,38 @@ def critical_sharpness(
     check.positive_number("eta0", eta0, allow_none=True)
     check.positive_int("max_evaluations", max_evaluations, minimum=4)
     check.positive_number("eta_min", eta_min, allow_none=True)
+    _reshard(model)  # FSDP2: the sharded parameters (DTensors) are the ones to move
     params = resolve_params(model, params, require_grad=False)
     batches = check_batches(batches)
     direction = _check_direction(direction, params)
     if eta0 is None:
-        w_norm, d_norm = norm64([p.detach() for p in params]), norm64(direction)
+        w_norm, d_norm = _norm(params), _norm(direction)
         eta0 = 0.01 * w_norm / d_norm if w_norm > 0 else 0.01 / d_norm
+    # Sharded parameters (DTensors, as FSDP2 makes them) are moved through their local shards, and the
+    # loss is averaged over the processes, so that every process takes the same decisions.
+    sharded = any(_sharded(p) for p in params) and torch.distributed.is_initialized()
     start = time.perf_counter()
     etas: list[float] = []
     losses: list[float] = []
-    with observation(model), WeightPerturbation(params, [direction]) as move:
+    local = [_local(p) for p in params]
+    with observation(model), WeightPerturbation(local, [[_local(d) for d in direction]]) as move:
 
         def loss_at(eta: float) -> float:
             move.move_to(eta)
-            total = 0.0
+            total: Tensor | None = None
             for batch in batches:
                 value = loss_fn(model, batch)
                 if not isinstance(value, Tensor) or value.numel() != 1:
                     raise ValueError(f"`loss_fn` must return a scalar tensor, got {type(value).__name__}")
-                total += float(value.detach().double())
+                value = value.detach().double().reshape(())
+                total = value if total is None else total + value
+            assert total is not None
+            _reshard(model)
+            if sharded:
+                torch.distributed.all_reduce(total)
+                total = total / torch.distributed.get_world_size()
             etas.append(eta)
-            losses.append(total / len(batches))
+            losses.append(float(total) / len(batches))
             return losses[-1]
 
         base = loss_at(0.0)
@@ -203,7 +247,7 @@ def critical_sharpness(
         "rtol": rtol,
         "eta0": float(eta0),
         "converged": converged,
-        "direction_norm": norm64(direction),
+        "direction_norm": _norm(direction),
         "seconds": time.perf_counter() - start,
         **probe_meta(batches),
     }
