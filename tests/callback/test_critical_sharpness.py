@@ -36,15 +36,16 @@ def mse(model: nn.Module, batch: Any) -> torch.Tensor:
 
 
 class LeastSquares(pl.LightningModule):
-    def __init__(self, optimizer: str) -> None:
+    def __init__(self, optimizer: str, dropout: float = 0.0) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.lin = nn.Linear(5, 2).double()
+        self.drop = nn.Dropout(dropout)  # draws random numbers in training only
         self.optimizer = optimizer
         self.calls = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin(x)
+        return self.lin(self.drop(x))
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         self.calls += 1  # Python state the callback's evaluations must leave as it was
@@ -87,13 +88,16 @@ def reference(model: LeastSquares, w: torch.Tensor, d: torch.Tensor, dataset: Te
     return float(d @ H @ d) / slope if slope > 0 else float("nan")
 
 
-def fit(trainer_kwargs: dict[str, Any], optimizer: str, **options: Any) -> tuple[Any, Any, Any]:
+def fit(
+    trainer_kwargs: dict[str, Any], optimizer: str, dropout: float = 0.0, batch_size: int = 64, **options: Any
+) -> tuple[Any, Any, Any]:
     log = WeightLog()
     cb = LossLandscapeCallback(every_n_epochs=None, final=False, metrics=None, final_metrics=None,
                                reliability=False, num_batches=1, **options)  # fmt: skip
-    model = LeastSquares(optimizer)
-    loader = DataLoader(data(0), batch_size=64)
-    kwargs = {**trainer_kwargs, "max_epochs": 8, "limit_train_batches": 1}
+    model = LeastSquares(optimizer, dropout)
+    shuffle = torch.Generator().manual_seed(3)
+    loader = DataLoader(data(0), batch_size=batch_size, shuffle=batch_size < 64, generator=shuffle)
+    kwargs = {**trainer_kwargs, "max_epochs": 8, "limit_train_batches": 64 // batch_size}
     pl.Trainer(callbacks=[log, cb], **kwargs).fit(model, loader)
     return cb, log, model
 
@@ -128,12 +132,14 @@ def test_lambda_c_along_the_actual_update_matches_the_quadratic(
 
 
 def test_training_is_unchanged_by_measuring(trainer_kwargs: dict[str, Any]) -> None:
-    """Bit for bit, with the loss from training_step (the module's Python state restored too)."""
-    _, _, measured = fit(trainer_kwargs, "adam", critical_sharpness=1)
-    _, _, plain = fit(trainer_kwargs, "adam", critical_sharpness=None)
+    """Bit for bit, with the loss from training_step (the module's Python state restored too), dropout
+    and a shuffled loader (random state given back), mini-batches (some steps uphill on the probe)."""
+    cb, _, measured = fit(trainer_kwargs, "adam", dropout=0.2, batch_size=16, critical_sharpness=1)
+    _, _, plain = fit(trainer_kwargs, "adam", dropout=0.2, batch_size=16, critical_sharpness=None)
+    assert len(cb.critical.history) == 32
     for a, b in zip(measured.parameters(), plain.parameters()):
         assert torch.equal(a, b)
-    assert measured.calls == plain.calls == 8
+    assert measured.calls == plain.calls == 32
 
 
 def test_relative_critical_sharpness_of_a_second_loss(trainer_kwargs: dict[str, Any]) -> None:
@@ -165,3 +171,42 @@ def test_options_are_checked_at_construction() -> None:
         LossLandscapeCallback(critical_sharpness=5, critical_probe="loader")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`critical_probe`"):
         LossLandscapeCallback(critical_sharpness=5, critical_probe=([1], "not callable"))  # type: ignore[arg-type]
+
+
+def test_scalars_figures_and_records_reach_the_loggers(trainer_kwargs: dict[str, Any], tmp_path: Any) -> None:
+    import csv
+    from pathlib import Path
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_landscape import load_records
+    from lightning_landscape.records.record import LineRecord
+
+    logger = CSVLogger(tmp_path, name="csv")
+    cb = LossLandscapeCallback(every_n_epochs=None, final=False, reliability=False, num_batches=1,
+                               critical_sharpness=3)  # fmt: skip
+    kwargs = {**trainer_kwargs, "max_epochs": 2, "limit_train_batches": 4, "logger": logger}
+    pl.Trainer(callbacks=[cb], **kwargs).fit(LeastSquares("sgd"), DataLoader(data(0), batch_size=16))
+    with open(Path(logger.log_dir) / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    logged = [
+        (int(r["step"]), float(r["landscape/critical/lambda_c"]))
+        for r in rows
+        if r.get("landscape/critical/lambda_c")
+    ]
+    expected = [
+        (step, s["critical/lambda_c"]) for step, _, s in cb.critical.history if "critical/lambda_c" in s
+    ]
+    assert [step for step, _, _ in cb.critical.history] == [1, 4, 7]  # steps taken from 0, 3, 6
+    assert logged == [(step, pytest.approx(v, rel=1e-6)) for step, v in expected] and logged
+    pngs = {p.name for p in Path(logger.log_dir).glob("landscape/figures/*.png")}
+    pngs |= {p.name for p in Path(tmp_path).rglob("*.png")}
+    assert any("critical_line" in name for name in pngs), sorted(pngs)
+    assert any("critical_step" in name for name in pngs), sorted(pngs)
+    lines = [
+        r
+        for r in load_records(tmp_path)
+        if isinstance(r, LineRecord) and r.meta.get("directions") == "critical"
+    ]
+    assert [r.meta["global_step"] for r in lines] == [4, 8]
+    assert lines[-1].meta["history_steps"] == [1, 4, 7]
