@@ -210,3 +210,27 @@ def test_scalars_figures_and_records_reach_the_loggers(trainer_kwargs: dict[str,
     ]
     assert [r.meta["global_step"] for r in lines] == [4, 8]
     assert lines[-1].meta["history_steps"] == [1, 4, 7]
+
+
+def test_ddp_every_rank_measures_the_same_update(tmp_path: Any) -> None:
+    """Under DDP (2 CPU processes, each its own training batches) the probe batches are rank zero's and
+    the update is the all-reduced one: every rank logs the same values, at the same steps."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    script = root / "tests" / "helpers" / "ddp_critical.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=480
+    )
+    reports = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("rank*.json")}
+    assert sorted(reports) == ["rank0.json", "rank1.json"], proc.stderr[-3000:]
+    zero, one = reports["rank0.json"], reports["rank1.json"]
+    assert [s for s, _ in zero["history"]] == [1, 3, 5, 7]
+    assert zero["history"] == one["history"] and zero["weights"] == one["weights"]
+    assert all("critical/lambda_c" in v or v["critical/uphill"] == 1.0 for _, v in zero["history"])
+    assert any("critical/relative_lambda_c" in v for _, v in zero["history"])
