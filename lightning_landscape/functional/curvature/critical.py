@@ -27,11 +27,12 @@ local shards, FSDP is resharded between evaluations (so each forward gathers the
 loss is averaged over the processes, so every process takes the same steps.
 
 It works on ``h(eta) = (L(w + eta d) - L(w)) / eta``, which is negative below ``eta_c`` and positive above,
-and *exactly linear* in ``eta`` on a quadratic: a secant step on ``h`` lands on ``eta_c`` at once there. A bracket is grown (or shrunk) geometrically from a first guess,
-steered by secant extrapolation of ``h``, then closed by the Illinois variant of regula falsi on ``h``
-with Brent's safeguards (never a step within the tolerance of an end, a bisection when the bracket stops
-halving), until its width is at most ``rtol`` of its lower end. A quadratic takes 5 to 7 loss evaluations
-(the one at ``eta = 0`` included), at ``rtol=1e-2`` as at ``1e-6``.
+and *exactly linear* in ``eta`` on a quadratic: a secant step on ``h`` lands on ``eta_c`` at once there. A
+bracket is grown (or shrunk) geometrically from a first guess, steered by secant extrapolation of ``h``,
+then closed by the Illinois variant of regula falsi on ``h`` with Brent's safeguards (never a step within
+the tolerance of an end, a bisection when the bracket stops halving), until its width is at most ``rtol``
+of its lower end. A quadratic takes 5 to 7 loss evaluations (the one at ``eta = 0`` included), at
+``rtol=1e-2`` as at ``1e-6``.
 """
 
 from __future__ import annotations
