@@ -145,10 +145,14 @@ class CriticalSharpnessMonitor:
         params = list(params)
         with torch.no_grad():
             after = [p.detach().clone() for p in params]
-            wide = [torch.float64 if p.dtype == torch.float64 else torch.float32 for p in params]
-            direction = [(a.to(w) - b.to(w)) / lr for a, b, w in zip(after, before, wide)]
             torch._foreach_copy_(params, before)  # the search starts from the weights before the step
+            # (after - before) / lr, in the saved copy itself (two copies of the weights held, not three);
+            # float32 for low-precision parameters
+            wide = [torch.float64 if p.dtype == torch.float64 else torch.float32 for p in params]
+            direction = [b.to(w) for b, w in zip(before, wide)]  # no copy when already wide
             del before
+            torch._foreach_sub_(direction, [a.to(d.dtype) for a, d in zip(after, direction)])
+            torch._foreach_div_(direction, -lr)
             try:
                 result = self._search(model, params, loss_fn, batches, direction, self._eta or lr, lr)
                 second = None
