@@ -153,7 +153,8 @@ def blocks_figure(history: MetricHistory, title: str | None = None) -> Figure:
 
 def critical_figure(history: MetricHistory, title: str | None = None) -> Figure:
     """Critical sharpness ``lambda_c`` along the optimizer's update over training steps, with the
-    optimizer's stability threshold and, when measured, the relative critical sharpness of a second loss.
+    optimizer's stability threshold, the steps whose update went uphill on the probe (crosses at 0) and,
+    when measured, the relative critical sharpness of a second loss.
 
     Example::
 
@@ -161,6 +162,10 @@ def critical_figure(history: MetricHistory, title: str | None = None) -> Figure:
         ...                        (10, "periodic", {"critical/lambda_c": 30.0, "critical/threshold": 40.0})])
         >>> fig.axes[0].lines[0].get_ydata().tolist()
         [2.0, 30.0]
+        >>> fig = critical_figure([(0, "periodic", {"critical/uphill": 1.0}),
+        ...                        (10, "periodic", {"critical/uphill": 0.0, "critical/lambda_c": 3.0})])
+        >>> [line.get_label() for line in fig.axes[0].lines]
+        ['lambda_c = 2 / eta_c', 'update uphill on the probe']
     """
     fig = Figure(figsize=(5.6, 3.8), layout="constrained")
     ax = fig.add_subplot()
@@ -174,6 +179,11 @@ def critical_figure(history: MetricHistory, title: str | None = None) -> Figure:
         if points:
             steps, values = zip(*points)
             ax.plot(steps, values, style, color=color, markersize=3, linewidth=1.2, label=label)
+    uphill = [step for step, _, s in history if s.get("critical/uphill") == 1.0]
+    if uphill:  # the update went up on the probe at every small step: no lambda_c
+        ax.plot(
+            uphill, [0.0] * len(uphill), "x", color="C3", clip_on=False, label="update uphill on the probe"
+        )
     ax.set_xlabel("global step")
     ax.set_ylabel("sharpness")
     ax.set_ylim(bottom=0.0)

@@ -212,6 +212,7 @@ def test_scalars_figures_and_records_reach_the_loggers(trainer_kwargs: dict[str,
     assert lines[-1].meta["history_steps"] == [1, 4, 7]
 
 
+@pytest.mark.slow
 def test_ddp_every_rank_measures_the_same_update(tmp_path: Any) -> None:
     """Under DDP (2 CPU processes, each its own training batches) the probe batches are rank zero's and
     the update is the all-reduced one: every rank logs the same values, at the same steps."""

@@ -213,6 +213,7 @@ def test_nonquadratic_loss_matches_a_dense_grid() -> None:
     assert first_up == pytest.approx(res.eta_c, abs=2 * (grid[1] - grid[0]))
 
 
+@pytest.mark.slow
 def test_fsdp2_sharded_parameters_two_processes() -> None:
     """FSDP2 (DTensor shards, gloo, 2 processes): the same lambda_c as the unsharded model, on every
     rank, weights bit for bit as before. Forward passes only: no double backward through FSDP."""
