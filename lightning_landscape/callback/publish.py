@@ -350,5 +350,10 @@ class Publisher:
 
             prefix = tag_prefix(self.name, "periodic")
             xlabel = "step eta along the update (per unit learning rate)"
-            self._figure(f"{prefix}critical_line", step, line_figure, [line], xlabel=xlabel)
+            title = (
+                f"loss along the update of step {line.meta.get('measured_step')}: "
+                f"eta_c = {line.meta.get('eta_c', float('nan')):.3g}, "
+                f"lambda_c = {line.meta.get('lambda_c', float('nan')):.3g}"
+            )
+            self._figure(f"{prefix}critical_line", step, line_figure, [line], xlabel=xlabel, title=title)
             self._figure(f"{prefix}critical", step, critical_figure, tuple(history))
