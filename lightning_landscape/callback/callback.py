@@ -19,13 +19,14 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_landscape.callback.critical import CriticalSharpnessMonitor
 from lightning_landscape.callback.distributed import check_strategy
 from lightning_landscape.callback.landscape import LandscapeBuilder, Observation
 from lightning_landscape.callback.metrics import DEFAULT_FINAL_METRICS, DEFAULT_METRICS
 from lightning_landscape.callback.module_state import ModuleStateKeeper
 from lightning_landscape.callback.options import CallbackOptions, MetricSpec, UserFn
 from lightning_landscape.callback.probe import ProbeSet
-from lightning_landscape.callback.publish import Publisher, Warnings, describe_settings
+from lightning_landscape.callback.publish import Publisher, Warnings, describe_settings, record_name
 from lightning_landscape.callback.recorder import TrajectoryRecorder, recorder_for
 from lightning_landscape.callback.schedule import LandscapeSchedule, expected_batches
 from lightning_landscape.functional.landscape.bn import buffer_snapshot
@@ -37,6 +38,11 @@ from lightning_landscape.solutions.weights import DEFAULT_MAX_BYTES
 __all__ = ["LossLandscapeCallback"]
 
 clock = time.perf_counter  # the time source of the budget's measurements (a test may replace it)
+
+
+def _now() -> float:
+    """:data:`clock`, looked up at each call (so that replacing it reaches every part; and picklable)."""
+    return clock()
 
 
 def _check_distinct_names(callbacks: Iterable[Any]) -> None:
@@ -99,6 +105,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         metrics (default ``("eigenvalues", "sam")``): with every periodic surface; names, or name -> options.
         final_metrics (default ``("eigenvalues", "trace", "sam", "average")``): the same, at the end.
         reliability (default ``True``): the reliability indicators with every landscape; or their settings.
+        critical_sharpness (default ``None``): critical sharpness along the optimizer's update every n steps.
+        critical_probe (default ``None``): ``(dataloader, loss_fn)``: a second loss along the same update.
         **The budget** (how much the landscapes may add to training):
         max_overhead (default ``0.1``): most time the landscapes add, a fraction of the training time.
         budget_final (default ``"auto"``): first and final landscape sized to the budget; ``False``: full.
@@ -163,6 +171,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         metrics: MetricSpec = DEFAULT_METRICS,
         final_metrics: MetricSpec = DEFAULT_FINAL_METRICS,
         reliability: bool | Mapping[str, Any] = True,
+        critical_sharpness: int | None = None,
+        critical_probe: tuple[Iterable[Any], UserFn] | None = None,
         # the budget
         max_overhead: float | None = 0.1,
         budget_final: bool | Literal["auto"] = "auto",
@@ -196,6 +206,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
             self.interpolation_range, self.warnings, self.bn, self.metric_fn, self.metric_name, indicators,
             self.pca_centred,
         )  # fmt: skip
+        self.builder.clock = _now  # the points' seconds on the budget's clock
         self.publisher = Publisher(self.name, self.save_records, self.log_figures, self.warnings)
         self.recorder = TrajectoryRecorder(self.max_snapshots)
         self.records: list[SurfaceRecord | LineRecord | MetricsRecord | ReliabilityRecord] = []
@@ -204,6 +215,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         self._state_key: str | None = None
         self._idle: str | None = None  # why this fit has nothing to observe (no trainable parameters)
         self._batch_start: float | None = None  # when the current training batch started (its timing)
+        self.critical = CriticalSharpnessMonitor(critical_sharpness, critical_probe, self.num_batches)
 
     # ------------------------------------------------------------------ Lightning plumbing
 
@@ -238,6 +250,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         self.builder.reset()
         self.warnings.reset(enabled=trainer.is_global_zero)
         self._module_state.reset()
+        self.critical.reset()
         self.records = []
         self._idle = None
         try:
@@ -298,6 +311,12 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self._batch_start = clock()  # the budget converts measured training time
+        if self._idle:
+            return
+        if self.critical.wants(trainer.global_step):  # the weights before the step, for critical sharpness
+            self.builder.part = "critical sharpness"
+            self._guarded(trainer.global_step, self.critical.capture, trainer.global_step,
+                          self._params(pl_module), trainer.optimizers)  # fmt: skip
 
     @override
     def on_train_batch_end(
@@ -305,6 +324,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
     ) -> None:
         if self._idle:
             return
+        if self.critical.pending(trainer.global_step):
+            self._critical_sharpness(trainer, pl_module)
         # Events count optimizer steps: a snapshot when global_step // n first reaches a new value. Under
         # gradient accumulation the step stands still between optimizer steps (no duplicate); with
         # several optimizers it may jump past a multiple of n (the next step is taken instead).
@@ -324,11 +345,13 @@ class LossLandscapeCallback(CallbackOptions, Callback):
             self._snapshot(event, trainer, pl_module)
         if self.schedule.landscape_due(trainer.current_epoch, trainer.global_step):
             self._observe("periodic", trainer, pl_module)
+        self._publish_critical(trainer)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._idle:
             return
+        self._publish_critical(trainer)
         if self.final:
             self._observe("final", trainer, pl_module)
         if self.save_weights and trainer.is_global_zero:
@@ -459,6 +482,42 @@ class LossLandscapeCallback(CallbackOptions, Callback):
                 f"({type(err).__name__}: {err}). Training continues.",
             )
             return False
+
+    # ------------------------------------------------------------------ critical sharpness
+
+    def _critical_sharpness(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Critical sharpness along the step just taken (``callback/critical.py``); nothing raises out."""
+        step = trainer.global_step
+
+        def measure() -> None:
+            context = trainer.precision_plugin.forward_context
+            batches = self.probe.batches(trainer, pl_module)
+            second = self.critical.second
+            relative = None if second is None else (
+                second.loss_fn(pl_module, context), second.batches(trainer, pl_module)
+            )  # fmt: skip
+            with self.probe.observing(pl_module):
+                scalars = self.critical.measure(
+                    pl_module, self._params(pl_module), self.probe.loss_fn(pl_module, context), batches,
+                    step, relative,
+                )  # fmt: skip
+            if trainer.is_global_zero:
+                self.publisher.critical_scalars(scalars, step)
+
+        self.builder.part = "critical sharpness"
+        self._guarded(step, self._module_state.run, trainer, pl_module, self.loss_fn is None, measure)
+        self.critical.drop()  # measured, failed or skipped: the next due step captures afresh
+
+    def _publish_critical(self, trainer: pl.Trainer) -> None:
+        """The loss along the last measured update and lambda_c so far (records, figures; rank zero)."""
+        step = trainer.global_step
+        common = {"stage": "periodic", "epoch": trainer.current_epoch, "global_step": step,
+                  "name": record_name("periodic", "critical_line", step)}  # fmt: skip
+        line = self.critical.line_record({**common, **({"callback_name": self.name} if self.name else {})})
+        if line is not None and trainer.is_global_zero:
+            self.records.append(line)
+            self.builder.part = "logging the critical sharpness"
+            self._guarded(step, self.publisher.critical_line, line, self.critical.history, step)
 
     # ------------------------------------------------------------------ helpers
 

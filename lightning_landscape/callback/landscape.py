@@ -8,6 +8,7 @@ the interpolation line, metrics with the same options) instead of computing it t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -167,6 +168,8 @@ class LandscapeBuilder(PlaneSteps):
         self.metric_missing: str | None = None  # why metric_fn failed in this fit (then no longer called)
         self._latest: _Latest | None = None
         self.progress: LandscapeProgress | None = None  # of the landscape being evaluated (compute)
+        # The time source of the points' seconds (the budget's measurement); the callback sets its own.
+        self.clock: Callable[[], float] = time.monotonic
         self._drawn: _Drawn | None = None
 
     def reset(self) -> None:
@@ -226,7 +229,7 @@ class LandscapeBuilder(PlaneSteps):
             lines = (start is not None) + 2 * (plan.stage == "final")
             total = plan.resolution**2 + lines * plan.line_resolution
             self.progress = LandscapeProgress.for_trainer(
-                trainer, total, f"{plan.stage} landscape at step {step}"
+                trainer, total, f"{plan.stage} landscape at step {step}", clock=self.clock
             )
             metric = self._metric(trainer.precision_plugin.forward_context)
             try:

@@ -100,12 +100,14 @@ class LandscapeProgress:
         self._writer = _BarText(bar) if bar is not None else None
 
     @classmethod
-    def for_trainer(cls, trainer: Any, total: int, label: str) -> LandscapeProgress:
+    def for_trainer(
+        cls, trainer: Any, total: int, label: str, clock: Callable[[], float] = time.monotonic
+    ) -> LandscapeProgress:
         """Progress shown in ``trainer``'s progress bar on rank zero; silent without one."""
         bar = getattr(trainer, "progress_bar_callback", None)
         if bar is None or not getattr(trainer, "is_global_zero", True) or getattr(bar, "is_disabled", False):
             bar = None
-        return cls(total, label, bar)
+        return cls(total, label, bar, clock=clock)
 
     def part(self, points: int) -> Callable[[int, int], None]:
         """The ``progress(done, total)`` hook for one evaluation of ``points`` points."""

@@ -407,3 +407,35 @@ class Publisher:
         """:meth:`drain`, then stop the renderer's worker thread (teardown)."""
         if self.renderer is not None:
             self.renderer.close()
+
+    def critical_scalars(self, scalars: Mapping[str, float], step: int) -> None:
+        """The critical sharpness of one optimizer step to the loggers (see ``callback/critical.py``)."""
+        if self.sinks is not None:
+            prefix = tag_prefix(self.name, "periodic")
+            finite = {f"{prefix}{k}": v for k, v in scalars.items() if v == v and abs(v) != float("inf")}
+            if finite:
+                self.sinks.scalars(finite, step)
+
+    def critical_line(self, line: LineRecord, history: Sequence[Any], step: int) -> None:
+        """The loss along the last measured update (a record, a line figure) and ``lambda_c`` over training
+        (``{prefix}critical_line``, ``{prefix}critical``)."""
+        name = line.meta["name"]
+        if self.save_records:
+            try:
+                save_record(line, self.record_dir, name)
+                self.written.append(name)
+            except OSError as err:
+                self.warnings.warn("record", f"LossLandscapeCallback: could not write record {name} ({err})")
+        if self.sinks is not None and self.log_figures:
+            from lightning_landscape.plots.landscape import line_figure
+            from lightning_landscape.plots.metrics import critical_figure
+
+            prefix = tag_prefix(self.name, "periodic")
+            xlabel = "step eta along the update (per unit learning rate)"
+            title = (
+                f"loss along the update of step {line.meta.get('measured_step')}: "
+                f"eta_c = {line.meta.get('eta_c', float('nan')):.3g}, "
+                f"lambda_c = {line.meta.get('lambda_c', float('nan')):.3g}"
+            )
+            self._figure(f"{prefix}critical_line", step, line_figure, [line], xlabel=xlabel, title=title)
+            self._figure(f"{prefix}critical", step, critical_figure, tuple(history))

@@ -8,6 +8,7 @@ resolved once) and hands it to its core; the callback builds one per landscape a
 """
 
 from lightning_landscape.functional.curvature.blocks import BlockCurvature, block_curvature, parameter_blocks
+from lightning_landscape.functional.curvature.critical import CriticalSharpness, critical_sharpness
 from lightning_landscape.functional.curvature.estimators import (
     HutchinsonResult,
     LanczosResult,
@@ -103,6 +104,7 @@ __all__ = [
     "AverageSharpness",
     "BlockCurvature",
     "CompileFallbackWarning",
+    "CriticalSharpness",
     "Direction",
     "DirectionSensitivity",
     "DistanceProfile",
@@ -135,6 +137,7 @@ __all__ = [
     "block_curvature",
     "buffer_snapshot",
     "compile_settings",
+    "critical_sharpness",
     "direction_sensitivity",
     "distance_profile",
     "edge_of_stability_ratio",

@@ -1,4 +1,4 @@
-"""Figures of the metrics over training: the edge-of-stability ratio and the curvature per block.
+"""Figures of the metrics over training: the edge-of-stability ratio, critical sharpness, curvature per block.
 
 The callback's :class:`~lightning_landscape.records.record.MetricsRecord` holds one point of training; these
 figures draw the points of a fit so far, given as a history of ``(global_step, stage, scalars)``
@@ -19,6 +19,7 @@ __all__ = [
     "MetricHistory",
     "block_matrix",
     "blocks_figure",
+    "critical_figure",
     "has_blocks",
     "has_stability",
     "stability_figure",
@@ -147,4 +148,46 @@ def blocks_figure(history: MetricHistory, title: str | None = None) -> Figure:
         ax.set_title("lambda_max per block" if quantity == "lambda_max" else "Hessian trace per block")
         fig.colorbar(image, ax=ax)
     fig.suptitle(title or "curvature per block")
+    return fig
+
+
+def critical_figure(history: MetricHistory, title: str | None = None) -> Figure:
+    """Critical sharpness ``lambda_c`` along the optimizer's update over training steps, with the
+    optimizer's stability threshold, the steps whose update went uphill on the probe (crosses at 0) and,
+    when measured, the relative critical sharpness of a second loss.
+
+    Example::
+
+        >>> fig = critical_figure([(0, "periodic", {"critical/lambda_c": 2.0, "critical/threshold": 40.0}),
+        ...                        (10, "periodic", {"critical/lambda_c": 30.0, "critical/threshold": 40.0})])
+        >>> fig.axes[0].lines[0].get_ydata().tolist()
+        [2.0, 30.0]
+        >>> fig = critical_figure([(0, "periodic", {"critical/uphill": 1.0}),
+        ...                        (10, "periodic", {"critical/uphill": 0.0, "critical/lambda_c": 3.0})])
+        >>> [line.get_label() for line in fig.axes[0].lines]
+        ['lambda_c = 2 / eta_c', 'update uphill on the probe']
+    """
+    fig = Figure(figsize=(5.6, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    series = (
+        ("critical/lambda_c", "o-", "C0", "lambda_c = 2 / eta_c"),
+        ("critical/relative_lambda_c", "s-", "C2", "relative lambda_c (second loss)"),
+        ("critical/threshold", "--", "black", "stability threshold"),
+    )
+    for key, style, color, label in series:
+        points = [(step, float(s[key])) for step, _, s in history if key in s]
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, style, color=color, markersize=3, linewidth=1.2, label=label)
+    uphill = [step for step, _, s in history if s.get("critical/uphill") == 1.0]
+    if uphill:  # the update went up on the probe at every small step: no lambda_c
+        ax.plot(
+            uphill, [0.0] * len(uphill), "x", color="C3", clip_on=False, label="update uphill on the probe"
+        )
+    ax.set_xlabel("global step")
+    ax.set_ylabel("sharpness")
+    ax.set_ylim(bottom=0.0)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "critical sharpness along the update")
+    ax.legend(loc="best", fontsize="small")
     return fig
