@@ -139,27 +139,24 @@ def _subtract(w: Tensor, basis: Tensor, coeffs: Tensor) -> None:
     w.addmv_(basis.T, coeffs.to(w.dtype), alpha=-1.0)
 
 
-def _orthogonalize(w: Tensor, basis: Tensor, norm: Tensor) -> tuple[Tensor, Tensor]:
+def _orthogonalize(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
     """Remove from ``w`` (in place) its components along the orthonormal rows of ``basis``.
 
-    ``norm`` is ``|w|`` before. One classical Gram-Schmidt pass, and a second only where the first
-    removed most of ``w`` (the DGKS criterion, as ARPACK: ``|w_after| < |w_before| / sqrt 2``), which
-    is when rounding can leave it short of orthogonal. Returns the summed coefficients ``V^T w`` and
-    ``|w|`` after (float64 0-d tensors on the device); one host sync for the criterion.
+    One classical Gram-Schmidt pass, and a second only where the first removed most of ``w`` (the DGKS
+    criterion, as ARPACK: ``|w_after| < |w_before| / sqrt 2``, with ``|w_before|^2 = |w_after|^2 +
+    |coefficients|^2``), which is when rounding can leave it short of orthogonal. Returns the summed
+    coefficients ``V^T w`` and ``|w|`` after (float64 tensors on the device); one host sync a pass.
     """
     total = torch.zeros(basis.shape[0], dtype=torch.float64, device=w.device)
     for _ in range(2):
         coeffs = _project(basis, w)
         _subtract(w, basis, coeffs)
         total += coeffs
-        after = precise_dot(w, w).sqrt()
-        if float(after) >= _DGKS * float(norm):
+        after = precise_dot(w, w)
+        kept, removed = torch.stack([after, coeffs @ coeffs]).tolist()
+        if kept >= removed:
             break
-        norm = after
-    return total, after
-
-
-_DGKS = 0.7071067811865476
+    return total, after.sqrt()
 
 
 def _rotate(basis: Tensor, coeffs: np.ndarray) -> None:
@@ -252,7 +249,7 @@ def lanczos(
         w.addcmul_(basis[j], alpha_t.neg().to(dtype))
         for i in np.flatnonzero(t[:j, j]):
             w.add_(basis[i], alpha=-float(t[i, j]))
-        coeffs, beta_t = _orthogonalize(w, basis[:m], precise_dot(w, w).sqrt())
+        coeffs, beta_t = _orthogonalize(w, basis[:m])
         alpha, beta = torch.stack([alpha_t + coeffs[j], beta_t]).tolist()  # the one host sync
         if not (math.isfinite(alpha) and math.isfinite(beta)):
             raise NonFiniteError("a product with the operator is not finite")
