@@ -45,6 +45,7 @@ bench: $(STAMP)  ## benchmarks: tables and ratios (README "Performance"); baseli
 	$(PY) benchmarks/bench_critical.py
 	bash benchmarks/setup_env.sh $(PY) > /dev/null
 	benchmarks/.env/bin/python benchmarks/bench_baselines.py
+	benchmarks/.env/bin/python benchmarks/bench_curvature_vs_pyhessian.py
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir lightning_logs

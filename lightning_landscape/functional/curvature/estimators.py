@@ -4,8 +4,9 @@ They know nothing about models: ``matvec`` maps a flat vector of length ``n`` (i
 ``device``) to another, and is assumed symmetric. They are tested against dense matrices; the model-level
 functions in :mod:`lightning_landscape.functional.curvature.hessian` hand them a Hessian operator.
 
-- :func:`lanczos`: extreme eigenpairs with full reorthogonalization, float64 projected coefficients and
-  the residual ``|A y - theta y|`` of every reported pair.
+- :func:`lanczos`: extreme eigenpairs with full reorthogonalization (vectors in the operator's dtype,
+  float64 projected coefficients and dot-product sums) and the residual ``|A y - theta y|`` of every
+  reported pair.
 - :func:`hutchinson`: ``tr(A)`` from seeded Rademacher probes, with its standard error.
 
 A product that is NaN or infinite raises :class:`NonFiniteError` (an ``ArithmeticError``).
@@ -102,64 +103,75 @@ def _kept(theta: np.ndarray, k: int, which: Which, keep: int) -> list[int]:
     return list(range(low)) + list(range(m - (keep - low), m))
 
 
-_CHUNK = 1 << 16  # elements multiplied at a time by `precise_dot` on the CPU
-_SMALL = 1 << 21  # basis elements up to which reorthogonalization stacks the basis (a float64 copy)
+_CHUNK = 1 << 16  # elements reduced by one float32 BLAS call on the CPU before float64 accumulation
 
 
 def precise_dot(x: Tensor, y: Tensor) -> Tensor:
-    """``x . y`` as a float64 0-d tensor on the device, accurate to about 1e-8 relative for float32 vectors.
+    """``x . y`` as a float64 0-d tensor on the device, accurate to about 1e-7 relative for float32 vectors.
 
-    A float32 ``torch.dot`` (BLAS) or ``vector_norm`` of millions of elements on the CPU is off by 1e-6 to
-    1e-4 of ``|x| |y|``, enough to spoil orthogonality and Ritz values; so there the products are summed
-    in float64, a block at a time (no copy of the vectors). On GPUs the float32 dot is a tree reduction,
+    A float32 ``torch.dot`` (BLAS) of millions of elements on the CPU is off by up to 1e-5 of ``|x| |y|``
+    (a norm of 1e7 elements: 2e-4), enough to spoil orthogonality and Ritz values; so there the vectors
+    are reduced a block of :data:`_CHUNK` elements at a time by the float32 BLAS dot (no copy, no
+    temporary) and the block sums are added in float64. On GPUs the float32 dot is a tree reduction,
     accurate enough; float64 vectors use the plain dot.
     """
     if x.dtype == torch.float64:
         return torch.dot(x, y)
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or x.numel() <= _CHUNK:
         return torch.dot(x, y).double()
-    if x.numel() <= _CHUNK:
-        return torch.dot(x.double(), y.double())
-    total = torch.zeros((), dtype=torch.float64)
-    for start in range(0, x.numel(), _CHUNK):
-        total += torch.mul(x[start : start + _CHUNK], y[start : start + _CHUNK]).sum(dtype=torch.float64)
+    parts = [torch.dot(x[s : s + _CHUNK], y[s : s + _CHUNK]) for s in range(0, x.numel(), _CHUNK)]
+    return torch.stack(parts).double().sum()
+
+
+def _project(basis: Tensor, w: Tensor) -> Tensor:
+    """``V^T w`` (float64, on the device) for the basis rows ``V`` (``m x n``), by matrix-vector products:
+    on the CPU in float32 blocks of :data:`_CHUNK` columns summed in float64 (as :func:`precise_dot`)."""
+    if w.dtype == torch.float64 or w.device.type != "cpu" or w.numel() <= _CHUNK:
+        return torch.mv(basis, w).double()
+    total = torch.zeros(basis.shape[0], dtype=torch.float64)
+    for s in range(0, w.numel(), _CHUNK):
+        total += torch.mv(basis[:, s : s + _CHUNK], w[s : s + _CHUNK])
     return total
 
 
-def _orthogonalize(w: Tensor, basis: list[Tensor]) -> Tensor:
-    """Remove from ``w`` (in place) its components along the orthonormal ``basis``, twice (CGS2); return
-    the summed coefficients ``V^T w`` (on the device, no host sync)."""
-    total = torch.zeros(len(basis), dtype=torch.float64, device=w.device)
-    if len(basis) * w.numel() <= _SMALL:  # a small basis: one float64 matrix product per pass is fastest
-        v64 = torch.stack(basis).double()
-        for _ in range(2):
-            coeffs = v64 @ w.double()
-            w -= (coeffs @ v64).to(w.dtype)
-            total += coeffs
-        return total
+def _subtract(w: Tensor, basis: Tensor, coeffs: Tensor) -> None:
+    """``w -= V coeffs`` in place (one matrix-vector product, no temporary vector)."""
+    w.addmv_(basis.T, coeffs.to(w.dtype), alpha=-1.0)
+
+
+def _orthogonalize(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
+    """Remove from ``w`` (in place) its components along the orthonormal rows of ``basis``.
+
+    One classical Gram-Schmidt pass, and a second only where the first removed most of ``w`` (the DGKS
+    criterion, as ARPACK: ``|w_after| < |w_before| / sqrt 2``, with ``|w_before|^2 = |w_after|^2 +
+    |coefficients|^2``), which is when rounding can leave it short of orthogonal. Returns the summed
+    coefficients ``V^T w`` and ``|w|`` after (float64 tensors on the device); one host sync a pass.
+    """
+    total = torch.zeros(basis.shape[0], dtype=torch.float64, device=w.device)
     for _ in range(2):
-        coeffs = torch.stack([precise_dot(v, w) for v in basis])
-        for v, c in zip(basis, coeffs.neg().to(w.dtype).unbind()):
-            w.addcmul_(v, c)  # no temporary vector, no host sync
+        coeffs = _project(basis, w)
+        _subtract(w, basis, coeffs)
         total += coeffs
-    return total
+        after = precise_dot(w, w)
+        kept, removed = torch.stack([after, coeffs @ coeffs]).tolist()
+        if kept >= removed:
+            break
+    return total, after.sqrt()
 
 
-def _rotate(basis: list[Tensor], coeffs: np.ndarray) -> None:
-    """Overwrite ``basis[:p]`` with ``V @ coeffs`` (``coeffs`` is ``len(basis) x p``) in place.
+def _rotate(basis: Tensor, coeffs: np.ndarray) -> None:
+    """Overwrite the rows ``basis[:p]`` with ``V^T``-combinations ``coeffs`` (``m x p``) of ``basis[:m]``,
+    in place.
 
-    Column block by column block, so the extra memory is one block of ``len(basis) + p`` rows (a quarter
-    of a vector in all), not ``p`` new vectors.
+    Column block by column block, so the extra memory is one ``p``-row block (a quarter of a vector
+    in all), not ``p`` new vectors.
     """
     m, p = coeffs.shape
-    n = basis[0].numel()
-    c = torch.as_tensor(coeffs.T, dtype=basis[0].dtype, device=basis[0].device)  # (p, m)
-    step = max(1 << 14, -(-n // (4 * (m + p))))
+    n = basis.shape[1]
+    c = torch.as_tensor(coeffs.T, dtype=basis.dtype, device=basis.device)  # (p, m)
+    step = max(1 << 14, -(-n // (4 * p)))
     for start in range(0, n, step):
-        block = torch.stack([v[start : start + step] for v in basis])  # (m, step)
-        new = c @ block  # (p, step)
-        for i in range(p):
-            basis[i][start : start + step] = new[i]
+        basis[:p, start : start + step] = c @ basis[:m, start : start + step]
 
 
 def lanczos(
@@ -177,15 +189,19 @@ def lanczos(
 ) -> LanczosResult:
     """Thick-restart Lanczos with full reorthogonalization on ``matvec`` (symmetric, on length-``n`` vectors).
 
-    The basis grows one vector per product and is kept orthonormal (classical Gram-Schmidt, twice,
-    against every basis vector). When it holds ``max_basis`` vectors, it restarts (Wu & Simon, 2000):
-    the Ritz vectors nearest the wanted end(s) of the spectrum are kept, with the last residual vector,
-    and the iteration goes on from there. So memory is ``max_basis + 1`` vectors whatever ``max_iter``
-    is, while the wanted Ritz pairs keep improving. The projected matrix is float64. The residual of a
-    Ritz pair ``(theta, y = V s)`` is ``|beta s_last|``. Iteration stops when the wanted pairs' residuals
-    are at most ``tol`` times the largest Ritz value in magnitude, when the Krylov space becomes
-    invariant, or after ``max_iter`` products. The start vector is a Rademacher vector from a CPU
-    generator seeded with ``seed``. One host synchronization per product.
+    The basis grows one vector per product and is kept orthonormal: each new vector has the
+    three-term recurrence applied, then one classical Gram-Schmidt pass against the whole basis (two
+    matrix-vector products over the basis, held as the rows of one matrix in ``dtype``), and a second
+    pass where the first removed most of it (DGKS). Dot products of float32 vectors on the CPU are
+    summed in float64 a block at a time (:func:`precise_dot`). When it holds ``max_basis`` vectors, it
+    restarts (Wu & Simon, 2000): the Ritz vectors nearest the wanted end(s) of the spectrum are kept,
+    with the last residual vector, and the iteration goes on from there. So memory is ``max_basis + 1``
+    vectors whatever ``max_iter`` is, while the wanted Ritz pairs keep improving. The projected matrix
+    is float64. The residual of a Ritz pair ``(theta, y = V s)`` is ``|beta s_last|``. Iteration stops
+    when the wanted pairs' residuals are at most ``tol`` times the largest Ritz value in magnitude, when
+    the Krylov space becomes invariant, or after ``max_iter`` products. The start vector is a Rademacher
+    vector from a CPU generator seeded with ``seed``. Two host synchronizations per product (the DGKS
+    test and the coefficients).
 
     Args:
         max_basis: most basis vectors held (at least the number of wanted pairs + 2). Default: as many
@@ -211,21 +227,30 @@ def lanczos(
     eps = float(torch.finfo(dtype).eps)
 
     gen = torch.Generator().manual_seed(int(seed))
+    # The basis as the rows of one matrix (filled as it grows; one row per product at most), so that
+    # reorthogonalization is two matrix-vector products instead of a loop over vectors.
+    basis = torch.empty((min(cap, max_iter), n), dtype=dtype, device=device)
     v = rademacher(n, gen).to(device=device, dtype=dtype)
-    basis = [v.div_(torch.linalg.vector_norm(v))]
+    torch.div(v, torch.linalg.vector_norm(v), out=basis[0])
+    m = 1  # rows of `basis` in use
     t = np.zeros((cap, cap))  # the projected matrix V^T A V (float64)
     history: list[float] = []
     invariant = False
     scale, beta, iterations, restarts = 0.0, 0.0, 0, 0
     while True:
-        j = len(basis) - 1
+        j = m - 1
         w = matvec(basis[j]).to(dtype)
         if w.data_ptr() == basis[j].data_ptr():
             w = w.clone()  # an operator that returned its input: do not orthogonalize the basis away
         iterations += 1
+        # The three-term recurrence (after a thick restart, the arrowhead's known couplings), then one
+        # full reorthogonalization pass against the whole basis (a second where DGKS asks for one).
         alpha_t = precise_dot(w, basis[j])
-        _orthogonalize(w, basis)
-        alpha, beta = torch.stack([alpha_t, precise_dot(w, w).sqrt()]).tolist()  # the one host sync
+        w.addcmul_(basis[j], alpha_t.neg().to(dtype))
+        for i in np.flatnonzero(t[:j, j]):
+            w.add_(basis[i], alpha=-float(t[i, j]))
+        coeffs, beta_t = _orthogonalize(w, basis[:m])
+        alpha, beta = torch.stack([alpha_t + coeffs[j], beta_t]).tolist()  # the one host sync
         if not (math.isfinite(alpha) and math.isfinite(beta)):
             raise NonFiniteError("a product with the operator is not finite")
         t[j, j] = alpha
@@ -239,18 +264,18 @@ def lanczos(
         wanted = wanted_indices(j + 1, k, which)
         if invariant or iterations >= max_iter or bool((residuals[wanted] <= tol * max(scale, 1e-300)).all()):
             break
-        w.div_(beta)
         if j + 1 < cap:
-            basis.append(w)
+            torch.div(w, beta, out=basis[m])
+            m += 1
             t[j, j + 1] = t[j + 1, j] = beta
             continue
         # Thick restart: keep the Ritz vectors at the wanted end(s) and the residual direction w.
         kept = _kept(theta, k, which, keep)
-        _rotate(basis, s[:, kept])
-        del basis[len(kept) :]
-        basis.append(w)
-        t[:] = 0.0
+        _rotate(basis[:m], s[:, kept])
         p = len(kept)
+        torch.div(w, beta, out=basis[p])
+        m = p + 1
+        t[:] = 0.0
         t[np.arange(p), np.arange(p)] = theta[kept]
         t[:p, p] = t[p, :p] = beta * s[-1, kept]
         restarts += 1
@@ -259,9 +284,7 @@ def lanczos(
     vectors = None
     if return_vectors:
         coeffs_t = torch.as_tensor(s[:, order].T, dtype=dtype, device=device)  # (len(order), m)
-        vectors = torch.zeros((len(order), n), dtype=dtype, device=device)
-        for c, b in zip(coeffs_t.T, basis):  # one vector at a time: no (m, n) temporary
-            vectors.addcmul_(c[:, None], b[None, :])
+        vectors = coeffs_t @ basis[:m]
     return LanczosResult(
         values=theta[order],
         residuals=residuals,

@@ -46,6 +46,12 @@ __all__ = [
 ]
 
 
+# One C++ call each: a flat vector as views shaped like a list of tensors, and a list of tensors concatenated
+# flat (what torch.nn.utils' parameters_to_vector does in a Python loop).
+_unflatten = torch._C._nn.unflatten_dense_tensors
+_flatten = torch._C._nn.flatten_dense_tensors
+
+
 class SecondOrderError(RuntimeError):
     """Part of the model cannot be differentiated twice, so its Hessian-vector products do not exist."""
 
@@ -133,6 +139,30 @@ def _modules_without_double_backward(model: nn.Module, loss_fn: LossFn, batch: A
     return [f"{type(failing[n]).__name__} ({'the model' if n == '' else repr(n)})" for n in innermost]
 
 
+def _saved_storages(nodes: set[Any]) -> set[int]:
+    """The storages of the tensors that the autograd ``nodes`` saved for their backward; ``{-1}`` where a
+    node's saved tensors cannot be listed (then nothing may be released, see ``_release``).
+
+    Read from the nodes once the graph is built (generated nodes expose them as ``_saved_*``, custom
+    Functions as ``saved_tensors``) rather than through ``saved_tensors_hooks``, whose unpack hook would
+    stay on the graph and run Python for every saved tensor of every product.
+    """
+    saved: set[int] = set()
+    for node in nodes:
+        cls = type(node)
+        try:
+            if isinstance(node, torch.autograd.function.BackwardCFunction):
+                values: Any = node.saved_tensors
+            elif getattr(torch._C._functions, cls.__name__, None) is cls and cls.__name__ != "CopySlices":
+                values = [getattr(node, a) for a in dir(node) if a.startswith("_saved_")]
+            else:
+                return {-1}  # a node whose saved tensors are not exposed
+            saved.update(t.untyped_storage().data_ptr() for t in _tensors(values))
+        except (RuntimeError, NotImplementedError):  # freed, or no plain storage (sparse, some subclasses)
+            return {-1}
+    return saved
+
+
 def _release(grads: Sequence[Tensor | None], saved: set[int]) -> None:
     """Give back the memory of gradients kept only for their graph.
 
@@ -186,65 +216,80 @@ class HessianOperator:
         # gradients' own values are not needed for that (only their graph), so their memory is given back
         # (see ``_release``): what stays is the graph, about the size of a forward pass's activations.
         self._graphs: list[tuple[Tensor | None, ...]] = []
+        # What a product needs, resolved once: each parameter's size, shape and dtype.
+        self._sizes = [p.numel() for p in self.params]
+        self._all = range(len(self.params))
+        self._cast = any(p.dtype != self.dtype for p in self.params)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for b, batch in enumerate(self.batches):
-            loss, grads, saved = self._gradient(batch)
-            if b == 0 and _dead_end([loss], [g for g in grads if g is not None]):
-                self._explain(RuntimeError("a node without a double backward"), batch, certain=True)
+            loss, grads = self._gradient(batch)
+            if b == 0 or reuse_graph:
+                live = [g for g in grads if g is not None]
+                nodes = _graph(live, _graph([loss]))  # the gradient graph, without the forward graph
+                if b == 0 and any(type(n).__name__ in _DEAD_ENDS for n in nodes):
+                    self._explain(RuntimeError("a node without a double backward"), batch, certain=True)
             if reuse_graph:
-                _release(grads, saved)
+                _release(grads, _saved_storages(nodes))
                 self._graphs.append(grads)
             total = total + loss.detach().double()
         self.loss = float(total) / len(self.batches)  # the one host sync of the set-up
         if not math.isfinite(self.loss):
             raise NonFiniteError(f"the loss at w is {self.loss}")
 
-    def _gradient(self, batch: Any) -> tuple[Tensor, tuple[Tensor | None, ...], set[int]]:
-        """The batch's loss, its gradient with the gradient's graph, and the storages the graphs saved."""
-        saved: set[int] = set()
-
-        def pack(t: Tensor) -> Tensor:
-            try:
-                saved.add(t.untyped_storage().data_ptr())
-            except (RuntimeError, NotImplementedError):  # no plain storage (sparse, some subclasses)
-                saved.add(-1)  # unknown: keep every gradient (see _release)
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = scalar_loss(self.loss_fn, self.model, batch)
-            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+    def _gradient(self, batch: Any) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+        """The batch's loss and its gradient with the gradient's graph."""
+        loss = scalar_loss(self.loss_fn, self.model, batch)
+        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         # A parameter the loss does not use (None), or whose gradient does not depend on the weights, has
         # zero Hessian rows.
-        return loss, tuple(g if g is not None and g.requires_grad else None for g in grads), saved
+        return loss, tuple(g if g is not None and g.requires_grad else None for g in grads)
 
     def _product(self, index: Sequence[int], vector: Tensor) -> Tensor:
-        """``(H v)`` on the parameters ``index`` for ``v`` zero outside them (``vector`` holds their part)."""
-        chosen = [self.params[i] for i in index]
-        sizes, shapes = [p.numel() for p in chosen], [p.shape for p in chosen]
-        pieces = [c.view(sh).to(p.dtype) for c, sh, p in zip(vector.split(sizes), shapes, chosen)]
-        out = torch.zeros(vector.numel(), dtype=self.dtype, device=self.device)
-        views = [c.view(sh) for c, sh in zip(out.split(sizes), shapes)]  # views of `out`: no copy
+        """``(H v)`` on the parameters ``index`` for ``v`` zero outside them (``vector`` holds their part).
+
+        Per batch one backward pass through its gradient graph; the first batch's result is
+        concatenated into the flat output, later ones added to views of it (no other copy).
+        """
+        full = index is self._all
+        chosen = self.params if full else [self.params[i] for i in index]
+        sizes = self._sizes if full else [self._sizes[i] for i in index]
+        # Views of `vector` shaped like the parameters (no copy), in one call.
+        pieces = _unflatten(vector, chosen)
+        if self._cast:
+            pieces = [c.to(p.dtype) for c, p in zip(pieces, chosen)]
+        out: Tensor | None = None
         for b, batch in enumerate(self.batches):
             # Without reuse_graph, the batch's graph is rebuilt here and freed after its product.
             grads = self._graphs[b] if self.reuse_graph else self._gradient(batch)[1]
-            self._accumulate(grads, index, pieces, chosen, views, batch)
-        return out.div_(len(self.batches))
+            hv = self._backward(grads, index, pieces, chosen, batch)
+            if hv is None:
+                continue
+            if out is None:
+                dense = [vector.new_zeros(size) if h is None else h for h, size in zip(hv, sizes)]
+                # (one tensor: copied, since autograd may hand back a grad output, a view of `vector`)
+                out = (_flatten(dense) if len(dense) > 1 else dense[0].reshape(-1).clone()).to(self.dtype)
+            else:
+                used = [(o, h) for o, h in zip(out.split(sizes), hv) if h is not None]
+                torch._foreach_add_([o.view(h.shape) for o, h in used], [h for _, h in used])
+        if out is None:
+            return torch.zeros(vector.numel(), dtype=self.dtype, device=self.device)
+        return out.div_(len(self.batches)) if len(self.batches) > 1 else out
 
-    def _accumulate(
+    def _backward(
         self,
         grads: Sequence[Tensor | None],
         index: Sequence[int],
         pieces: Sequence[Tensor],
         chosen: list[Tensor],
-        views: Sequence[Tensor],
         batch: Any,
-    ) -> None:
-        """Add ``d/dw_B (g_B . v_B)`` to ``views`` (one backward pass through the gradient graph)."""
+    ) -> tuple[Tensor | None, ...] | None:
+        """``d/dw_B (g_B . v_B)`` (one backward pass through the gradient graph); None if ``g`` does not
+        depend on ``w_B`` (a zero Hessian)."""
         pairs = [(g, v) for g, v in ((grads[i], v) for i, v in zip(index, pieces)) if g is not None]
         if not pairs:
-            return  # the gradient does not depend on w here: zero Hessian
+            return None
         try:
-            hv = torch.autograd.grad(
+            return torch.autograd.grad(
                 [g for g, _ in pairs],
                 chosen,
                 grad_outputs=[v for _, v in pairs],
@@ -254,9 +299,6 @@ class HessianOperator:
         except RuntimeError as err:
             self._explain(err, batch)
             raise
-        used = [(o, h) for o, h in zip(views, hv) if h is not None]
-        if used:
-            torch._foreach_add_([o for o, _ in used], [h for _, h in used])
 
     def _explain(self, err: RuntimeError, batch: Any, certain: bool = False) -> None:
         """Raise a :class:`SecondOrderError` naming the modules that have no double backward, when that
@@ -274,7 +316,7 @@ class HessianOperator:
 
     def matvec(self, vector: Tensor) -> Tensor:
         """``H v`` for a flat vector ``v`` (length :attr:`numel`); the result is flat, in :attr:`dtype`."""
-        return self._product(range(len(self.params)), vector)
+        return self._product(self._all, vector)
 
     def block(self, index: Sequence[int]) -> HessianBlock:
         """The Hessian restricted to the parameters ``self.params[i]`` for ``i`` in ``index``."""

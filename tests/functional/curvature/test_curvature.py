@@ -250,3 +250,23 @@ def test_non_finite_loss_gives_nan_and_a_warning(bad):
         warnings.simplefilter("ignore")
         hessian_directions(model, broken, batches)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("n_batches", [1, 3])
+def test_bfloat16_and_single_parameter_products_in_float32(n_batches):
+    """A bfloat16 model: products run in its dtype and come back as float32 vectors, ``H = 2 X^T X / N``
+    (exact, from the data in float64) up to bfloat16 rounding; the input vector is left as it was."""
+    from lightning_landscape.functional import hessian_operator
+
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(8, 3, generator=g).bfloat16() for _ in range(n_batches)]
+    batches = [(x, torch.zeros(8, 1, dtype=torch.bfloat16)) for x in xs]
+    model = nn.Linear(3, 1, bias=False).bfloat16()
+    mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()  # noqa: E731
+    exact = sum(2 * x.double().T @ x.double() / 8 for x in xs) / n_batches
+    v = torch.tensor([1.0, -2.0, 0.5])
+    with hessian_operator(model, mse, batches) as op:
+        assert op.dtype == torch.float32
+        out = op.matvec(v)
+    assert out.dtype == torch.float32 and v.tolist() == [1.0, -2.0, 0.5]
+    torch.testing.assert_close(out.double(), exact @ v.double(), rtol=3e-2, atol=3e-2)

@@ -239,3 +239,42 @@ def test_kept_gradient_graphs_do_not_keep_the_gradients():
         v = torch.randn(op.numel, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(op.matvec(v), h @ v, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(op.matvec(v), h @ v, rtol=1e-10, atol=1e-12)  # the graphs are reusable
+
+
+class _ExpThroughLog(torch.autograd.Function):
+    """``exp(x)``, whose backward ends in an ``exp`` that saves its result: the gradient of ``x`` itself."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.exp()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.exp(x + torch.log(grad))  # = grad * exp(x) for grad > 0 (here grad = 1)
+
+
+class _ExpSum(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.linspace(-1.0, 1.0, 5, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ExpThroughLog.apply(self.w).sum() + 0 * x.sum()
+
+
+def test_a_gradient_its_own_graph_saved_is_kept():
+    """Where the gradient graph saved the gradient's values (here the ``exp`` that makes it saves its
+    result), they are not given back, and products stay exact: H = diag(exp(w))."""
+    from lightning_landscape.functional import hessian_operator
+
+    model = _ExpSum()
+    batch = (torch.zeros(1, dtype=torch.float64),)
+    with hessian_operator(model, lambda m, b: m(b[0]), [batch]) as op:
+        (g,) = op._graphs[0]
+        assert g is not None and g.untyped_storage().nbytes() > 0
+        v = torch.arange(1.0, 6.0, dtype=torch.float64)
+        exact = torch.exp(model.w.detach()) * v
+        for _ in range(2):
+            torch.testing.assert_close(op.matvec(v), exact, rtol=1e-12, atol=1e-14)
