@@ -23,7 +23,7 @@ Output under ``--out`` (default ``lightning_logs/vit``): ``<setting>/<group>/see
 (``vit_study_report.py`` writes the last two from those files only).
 
     python examples/vit_adamw_vs_sam.py              # both settings, 10 seeds (see docs/vit_study.md)
-    python examples/vit_adamw_vs_sam.py --setting noisy --seeds 5
+    python examples/vit_adamw_vs_sam.py --setting noisy --seeds 5 --jobs 1
     python examples/vit_adamw_vs_sam.py --figures-only         # redraw figures and REPORT.md from the runs
     python examples/vit_adamw_vs_sam.py --dataset cifar10 --data-root ~/data --accelerator auto
 """
@@ -34,12 +34,15 @@ import argparse
 import copy
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
+import resource
 import sys
 import time
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -433,6 +436,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-root", type=Path, default=Path("data"), help="where CIFAR-10 was downloaded")
     p.add_argument("--accelerator", default="cpu", help="'cpu' (default), 'auto' (a GPU if present), ...")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's choice)")
+    p.add_argument(
+        "--jobs", type=int, default=None, help="runs in parallel processes (default: 2, or 1 with --quick)"
+    )
     p.add_argument("--quick", action="store_true", help="a tiny run for tests")
     p.add_argument(
         "--skip-runs", action="store_true", help="reuse the sweep's runs in --out (landscapes only)"
@@ -459,6 +465,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--seeds and --epochs must be >= 1")
     if not 0.0 < args.noise < 1.0:
         p.error(f"--noise must be in (0, 1), got {args.noise}")
+    if args.jobs is None:
+        args.jobs = 1 if quick else 2
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
     args.settings = list(SETTINGS) if args.setting == "both" else [args.setting]
     args.seeds_list = list(range(args.seeds))
     args.landscape_seeds = min(args.landscape_seeds, args.seeds)
@@ -473,6 +483,56 @@ def load_split(args: argparse.Namespace, dataset: Any = None) -> Split:
     if args.dataset == "cifar10":
         return cifar10_split(args.data_root, args.train_size, args.val_size, args.test_size, dataset)
     return digits_split(args.train_size, args.val_size, args.test_size)
+
+
+def build_data(
+    args: argparse.Namespace, split: Split, write: bool = False
+) -> dict[str, dict[str, TensorDataset]]:
+    """Each setting's datasets (training labels as trained on, clean training labels, validation, test);
+    ``write``: also its ``<out>/<setting>/noise.json``."""
+    data = {}
+    for setting in args.settings:
+        train, noise = setting_data(split, setting, args.noise, args.noise_seed)
+        if write:
+            (args.out / setting).mkdir(parents=True, exist_ok=True)
+            (args.out / setting / "noise.json").write_text(json.dumps(noise))
+        data[setting] = {"train": train, "clean_train": split.train, "val": split.val, "test": split.test}
+    return data
+
+
+def run_share(
+    args: argparse.Namespace,
+    items: Sequence[tuple[str, str, float, float, int]],
+    total: int,
+    data: dict[str, dict[str, TensorDataset]] | None = None,
+) -> list[tuple[dict[str, Any], float]]:
+    """Train ``items`` (``(setting, optimizer, weight decay, rho, seed)``) one after the other, printing
+    progress; returns each run's summary and the load average after it. In a worker process (``data``
+    None) the data are rebuilt from ``args``: the same split and noise, deterministically."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if data is None:
+        data = build_data(args, load_split(args))
+    out, start = [], time.perf_counter()
+    for i, (setting, opt, wd, rho, seed) in enumerate(items, 1):
+        s = train_run(args, setting, opt, wd, rho, seed, data[setting])
+        out.append((s, os.getloadavg()[0]))
+        elapsed = time.perf_counter() - start
+        f = s["final"]
+        print(
+            f"[{i:>3}/{len(items)} of {total}] {setting:<5} {s['group']:<13} seed{seed} "
+            f"{s['seconds']:5.1f} s  train loss {f['train_loss']:.4f} (clean {f['clean_train_loss']:.4f})  "
+            f"val {f['val_acc']:.3f}  test {f['test_acc']:.3f}  | elapsed {_clock(elapsed)}, "
+            f"ETA {_clock(elapsed / i * (len(items) - i))}",
+            flush=True,
+        )
+    return out
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished child processes (the workers of ``--jobs``)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def main(argv: list[str] | None = None, dataset: Any = None) -> dict[str, Any]:
@@ -493,29 +553,25 @@ def main(argv: list[str] | None = None, dataset: Any = None) -> dict[str, Any]:
         f"test images; torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    data = {}
-    for setting in args.settings:
-        train, noise = setting_data(split, setting, args.noise, args.noise_seed)
-        (args.out / setting).mkdir(parents=True, exist_ok=True)
-        (args.out / setting / "noise.json").write_text(json.dumps(noise))
-        data[setting] = {"train": train, "clean_train": split.train, "val": split.val, "test": split.test}
-    start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
-    summaries, loads = [], []
+    data = build_data(args, split, write=True)
+    start, cpu_start, load_start = time.perf_counter(), _cpu_seconds(), os.getloadavg()[0]
+    summaries: list[dict[str, Any]] = []
+    loads: list[float] = []
     if not args.skip_runs:
-        for i, (setting, opt, wd, rho, seed) in enumerate(plan, 1):
-            s = train_run(args, setting, opt, wd, rho, seed, data[setting])
-            summaries.append(s)
-            loads.append(os.getloadavg()[0])
-            elapsed = time.perf_counter() - start
-            f = s["final"]
-            print(
-                f"[{i:>3}/{len(plan)}] {setting:<5} {s['group']:<13} seed{seed} {s['seconds']:5.1f} s  train "
-                f"loss {f['train_loss']:.4f} (clean {f['clean_train_loss']:.4f})  val {f['val_acc']:.3f}  "
-                f"test {f['test_acc']:.3f}  | elapsed {_clock(elapsed)}, ETA "
-                f"{_clock(elapsed / i * (len(plan) - i))}",
-                flush=True,
-            )
-    runs_seconds, runs_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        jobs = min(args.jobs, len(plan)) if dataset is None else 1  # a given dataset object stays here
+        if jobs > 1:
+            # Interleaved shares (AdamW and SAM runs in each); every process rebuilds the data itself.
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+                shares = [plan[i::jobs] for i in range(jobs)]
+                for done in pool.map(run_share, [args] * jobs, shares, [len(plan)] * jobs):
+                    summaries += [s for s, _ in done]
+                    loads += [load for _, load in done]
+        else:
+            for s, load in run_share(args, plan, len(plan), data):
+                summaries.append(s)
+                loads.append(load)
+    runs_seconds, runs_cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     landscape_timing: dict[str, float] = {}
     if args.landscape_seeds:
         import vit_study_landscape
@@ -535,7 +591,7 @@ def main(argv: list[str] | None = None, dataset: Any = None) -> dict[str, Any]:
         runs_seconds=runs_seconds, runs_cpu_seconds=runs_cpu, landscape_timing=landscape_timing,
         load_average_start=load_start, load_average_after_each_run=loads, threads=torch.get_num_threads(),
         cpu_count=os.cpu_count(), accelerator=args.accelerator, torch=torch.__version__,
-        lightning=pl.__version__, python=platform.python_version(), runs=len(plan),
+        lightning=pl.__version__, python=platform.python_version(), runs=len(plan), jobs=args.jobs,
     )  # fmt: skip
     if args.skip_runs:  # keep the sweep's own timings
         for key in ("runs_seconds", "runs_cpu_seconds", "load_average_start", "load_average_after_each_run"):

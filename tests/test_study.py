@@ -311,11 +311,26 @@ def test_cifar10_path_with_a_fake_dataset(tmp_path):
     assert (out / "REPORT.md").read_text().startswith("# A vision transformer on CIFAR-10")
 
 
+def test_parallel_jobs_reproduce_the_serial_runs(quick_study, tmp_path):
+    out, _ = quick_study
+    vit = _module("vit_adamw_vs_sam")
+    argv = ["--quick", "--setting", "clean", "--jobs", "2", "--landscape-seeds", "0", "--out", str(tmp_path)]
+    vit.main(argv)
+    serial = {(s["group"], s["seed"]): s for s in _summaries(out) if s["setting"] == "clean"}
+    parallel = {(s["group"], s["seed"]): s for s in _summaries(tmp_path)}
+    assert set(parallel) == set(serial)
+    for key, s in parallel.items():  # two worker processes, bit-identical results
+        assert s["history"] == serial[key]["history"] and s["init_sha256"] == serial[key]["init_sha256"]
+    assert json.loads((tmp_path / "study.json").read_text())["jobs"] == 2
+
+
 def test_command_line_rejects_bad_settings():
     vit = _module("vit_adamw_vs_sam")
     with pytest.raises(SystemExit):
         vit.parse_args(["--setting", "dirty"])
     with pytest.raises(SystemExit):
         vit.parse_args(["--noise", "1.5"])
+    with pytest.raises(SystemExit):
+        vit.parse_args(["--jobs", "0"])
     assert vit.parse_args(["--setting", "clean", "--seeds", "4"]).settings == ["clean"]
     assert vit.parse_args([]).seeds == 10
