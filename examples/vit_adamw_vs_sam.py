@@ -320,7 +320,8 @@ class EpochEvaluation(Callback):
         if self.keep_states:
             self.states.append({k: v.detach().clone() for k, v in module.state_dict().items()})
             opt = trainer.optimizers[0] if trainer.optimizers else None
-            self.optimizer_states.append(copy.deepcopy(opt.state_dict()) if opt is not None else None)
+            base = getattr(opt, "base_optimizer", opt)  # SAM's AdamW, or AdamW
+            self.optimizer_states.append(copy.deepcopy(base.state_dict()) if base is not None else None)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._record(trainer, pl_module, 0)

@@ -168,7 +168,7 @@ def run_seed(args: argparse.Namespace, setting: str, groups: dict[str, Any], see
             seed,
             data,
             [callback],
-            keep_states=opt == "adamw",
+            keep_states=True,
             root_dir=folder / opt,
         )
         runs[opt] = {"module": module, "evaluation": evaluation, "info": info, "summary": s}
@@ -188,19 +188,26 @@ def run_seed(args: argparse.Namespace, setting: str, groups: dict[str, Any], see
             "curvature": curvature(r["module"], batch, optimizer, opts),
             "reliability": _reliability(folder / opt),
         }
-    # Matched training loss: AdamW after the first epoch whose loss is at or below SAM's final one.
-    target = result["sam"]["train_loss"]
-    h = runs["adamw"]["evaluation"].history
+    # Matched training loss: the run that ends lower (usually AdamW), after the first epoch whose loss is
+    # at or below the other run's final one.
+    lower = "adamw" if result["adamw"]["train_loss"] <= result["sam"]["train_loss"] else "sam"
+    other = "sam" if lower == "adamw" else "adamw"
+    target = result[other]["train_loss"]
+    ev = runs[lower]["evaluation"]
+    h = ev.history
     epoch = next((i for i, v in enumerate(h["train_loss"]) if v <= target), None)
-    if epoch is None:
+    if epoch is None:  # pragma: no cover - the lower run reaches the other's loss at its last epoch at worst
         result["matched"] = None
     else:
-        ev = runs["adamw"]["evaluation"]
-        s = runs["adamw"]["summary"]
-        snapshot = DigitsViT("adamw", args.lr, s["weight_decay"], 0.0, args.epochs, model=args.model)
+        s = runs[lower]["summary"]
+        snapshot = DigitsViT(
+            lower, args.lr, s["weight_decay"], s["rho"] or 0.0, args.epochs, model=args.model
+        )
         snapshot.load_state_dict(ev.states[epoch])
         optimizer = adamw_at_peak(snapshot, ev.optimizer_states[epoch], args.lr, s["weight_decay"])
         result["matched"] = {
+            "run": lower,
+            "other": other,
             "epoch": h["epoch"][epoch],
             "train_loss": h["train_loss"][epoch],
             "target": target,
@@ -241,7 +248,7 @@ def run_all(args: argparse.Namespace, data: dict[str, dict[str, TensorDataset]])
                 f"AdamW "
                 f"{r['adamw']['curvature']['lambda_max']:.4g} SAM {r['sam']['curvature']['lambda_max']:.4g}"
                 + (
-                    f", AdamW at matched loss (epoch {m['epoch']}) {m['curvature']['lambda_max']:.4g}"
+                    f", {m['run']} at matched loss (epoch {m['epoch']}) {m['curvature']['lambda_max']:.4g}"
                     if m
                     else ""
                 ),
@@ -273,12 +280,19 @@ def analyse(out: Path, runs: dict[str, Any]) -> dict[str, Any]:
         for key in METRICS:
             ad = [a["adamw"]["curvature"][key] for a in items]
             sa = [a["sam"]["curvature"][key] for a in items]
-            am = [a["matched"]["curvature"][key] for a in matched]
-            sm = [a["sam"]["curvature"][key] for a in matched]
+            # SAM - AdamW at matched loss: the snapshot stands in for the run that ended lower.
+            am = [
+                a[("matched" if a["matched"]["run"] == "adamw" else "adamw")]["curvature"][key]
+                for a in matched
+            ]
+            sm = [
+                a[("matched" if a["matched"]["run"] == "sam" else "sam")]["curvature"][key] for a in matched
+            ]
+            snap = [a["matched"]["curvature"][key] for a in matched]
             rows[key] = {
                 "adamw": ad,
                 "sam": sa,
-                "matched": am,
+                "matched": snap,
                 "final_diff": difference(ad, sa),
                 "matched_diff": difference(am, sm),
             }
@@ -357,8 +371,9 @@ def section(landscape: dict[str, Any], images: str) -> list[str]:
         "",
         "Per seed and setting, the chosen AdamW and SAM rerun from the same initialization with weights "
         "saved; curvature by the functional API with the same options at three points: each final "
-        "solution, and AdamW **at matched training loss** (its weights after the first epoch whose training "
-        "loss, on the labels trained on, is at or below SAM's final one). On cross-entropy a lower loss "
+        "solution, and **at matched training loss**: the run that ends at the lower training loss (on the "
+        "labels trained on; usually AdamW), snapshotted after the first epoch whose loss is at or below the "
+        "other run's final one, with its optimizer state. On cross-entropy a lower loss "
         "alone makes a solution look flatter, so the matched column is the fair comparison. Curvature is "
         "of the loss on the whole training set with the labels trained on. The reruns reproduce the "
         f"sweep's runs: their final test accuracies differ by at most {landscape['rerun_gap']:.1e} over "
@@ -386,23 +401,19 @@ def section(landscape: dict[str, Any], images: str) -> list[str]:
                 "mean ± std",
                 "AdamW final",
                 "SAM final",
-                "AdamW at matched loss",
+                "lower-loss run at matched loss",
                 "SAM - AdamW final [Welch 95%]",
                 "SAM - AdamW matched [Welch 95%]",
             ],
             rows,
         )
-        epochs = [a["matched"]["epoch"] for a in items if a["matched"]]
-        lines += [
-            "",
-            "Matched snapshots at epochs " + (", ".join(map(str, epochs)) or "none") + " (AdamW's training "
-            "loss there: "
-            + (", ".join(_f(a["matched"]["train_loss"]) for a in items if a["matched"]) or "-")
-            + "; SAM's final: "
-            + ", ".join(_f(a["sam"]["train_loss"]) for a in items)
-            + ").",
-            "",
+        snaps = [
+            f"seed {a['seed']}: {a['matched']['run']} at epoch {a['matched']['epoch']}, loss "
+            f"{_f(a['matched']['train_loss'])} (the other's final {_f(a['matched']['target'])})"
+            for a in items
+            if a["matched"]
         ]
+        lines += ["", "Matched snapshots: " + ("; ".join(snaps) or "none") + ".", ""]
         blocks = list(items[0]["adamw"]["curvature"]["blocks"])
         brows = []
         for b in blocks:
@@ -412,7 +423,7 @@ def section(landscape: dict[str, Any], images: str) -> list[str]:
                 cells.append(fmt(vals, 1, 3, "g") if vals else "-")
             brows.append(cells)
         lines += ["Per-block lambda_max (the Hessian restricted to each block):", ""]
-        lines += _table(["block", "AdamW final", "SAM final", "AdamW at matched loss"], brows)
+        lines += _table(["block", "AdamW final", "SAM final", "lower-loss run at matched loss"], brows)
         crows = []
         for a in items:
             c = a["comparison"]

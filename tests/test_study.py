@@ -235,7 +235,8 @@ def test_landscape_analysis_matches_an_independent_recomputation(quick_study):
         assert comp.summary()["loss_B"] == pytest.approx(a["sam"]["train_loss"], abs=1e-5)
         m = a["matched"]
         if m is not None:
-            assert m["train_loss"] <= m["target"] == a["sam"]["train_loss"]
+            assert m["train_loss"] <= m["target"] == a[m["other"]]["train_loss"]
+            assert a[m["run"]]["train_loss"] <= a[m["other"]]["train_loss"]
     report = (out / "REPORT.md").read_text()
     assert "## What the landscape tools say" in report and "Spearman" in report
     assert "differ by at most 0.0e+00" in report  # the reruns reproduce the sweep's runs exactly
