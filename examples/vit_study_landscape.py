@@ -328,20 +328,28 @@ def analyse(out: Path, runs: dict[str, Any]) -> dict[str, Any]:
         parts.append(
             f"{setting}: SAM's solution is {final} by lambda_max at the end, {matched} at matched loss"
         )
-    decided = {k: p["runs"] for k, p in predictors.items() if math.isfinite(p["runs"]["low"])}
-    clear = [k for k, p in decided.items() if p["low"] > 0 or p["high"] < 0]
     n = len(analyses)
-    if not decided:
-        pred = f"too few runs ({2 * n}) for a rank-correlation interval"
-    elif clear:
-        best = max(clear, key=lambda k: abs(decided[k]["rho"]))
-        r = decided[best]
-        pred = (
-            f"across {r['n']} final solutions, {METRICS[best]} ranks test accuracy with Spearman "
-            f"{r['rho']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] (interval excludes 0)"
-        )
-    else:
-        pred = f"no number ranks test accuracy across {2 * n} final solutions with an interval excluding 0"
+    preds = []
+    for which, what, count in (
+        ("pairs", "the SAM - AdamW test-accuracy difference across {n} seed-setting pairs", n),
+        ("runs", "test accuracy across {n} final solutions", 2 * n),
+    ):
+        decided = {k: p[which] for k, p in predictors.items() if math.isfinite(p[which]["low"])}
+        clear = [k for k, r in decided.items() if r["low"] > 0 or r["high"] < 0]
+        if not decided:
+            preds.append(
+                f"too few points ({count}) for a rank-correlation interval on {what.format(n=count)}"
+            )
+        elif clear:
+            best = max(clear, key=lambda k: abs(decided[k]["rho"]))
+            r = decided[best]
+            preds.append(
+                f"{METRICS[best]} ranks {what.format(n=count)} (Spearman {r['rho']:+.2f} "
+                f"[{r['low']:+.2f}, {r['high']:+.2f}])"
+            )
+        else:
+            preds.append(f"no number ranks {what.format(n=count)} with an interval excluding 0")
+    pred = "; ".join(preds)
     summary = (
         f"Landscapes ({n} seed-setting pairs): " + "; ".join(parts) + f"; {pred}. Median barrier between the "
         f"two solutions {np.median(barrier):.3g}."

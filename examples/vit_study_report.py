@@ -47,7 +47,7 @@ def difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
 
 def spearman_interval(x: Sequence[float], y: Sequence[float], level: float = 0.95) -> dict[str, float]:
     """Spearman's rank correlation with a Fisher-z interval (standard error ``1.03 / sqrt(n - 3)``,
-    Fieller et al. 1957); NaN bounds below four pairs.
+    Fieller et al. 1957); NaN bounds below six pairs (too few for the approximation).
 
     Example::
 
@@ -59,7 +59,7 @@ def spearman_interval(x: Sequence[float], y: Sequence[float], level: float = 0.9
 
     n = len(x)
     rho = float(stats.spearmanr(x, y).statistic) if n > 1 else math.nan
-    if n < 4 or not math.isfinite(rho):
+    if n < 6 or not math.isfinite(rho):
         return {"rho": rho, "low": math.nan, "high": math.nan, "n": n}
     z, se = math.atanh(max(min(rho, 0.999999), -0.999999)), 1.03 / math.sqrt(n - 3)
     q = float(stats.norm.ppf(0.5 + level / 2))
