@@ -332,7 +332,7 @@ def analyse(out: Path, runs: dict[str, Any]) -> dict[str, Any]:
     preds = []
     for which, what, count in (
         ("pairs", "the SAM - AdamW test-accuracy difference across {n} seed-setting pairs", n),
-        ("runs", "test accuracy across {n} final solutions", 2 * n),
+        ("runs", "test accuracy across {n} final solutions (both settings pooled)", 2 * n),
     ):
         decided = {k: p[which] for k, p in predictors.items() if math.isfinite(p[which]["low"])}
         clear = [k for k, r in decided.items() if r["low"] > 0 or r["high"] < 0]

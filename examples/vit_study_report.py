@@ -198,6 +198,23 @@ def headline(groups: dict[str, Runs]) -> dict[str, Any]:
         "vs_early_stop": difference(finals(adamw, "early_stop_test_acc"), finals(sam, "test_acc")),
         "vs_peak": difference(finals(adamw, "peak_test_acc"), finals(sam, "peak_test_acc")),
         "vs_best_test_adamw": difference(finals(groups[best_test], "test_acc"), finals(sam, "test_acc")),
+        **_same_weight_decay(groups, s_name),
+    }
+
+
+def _same_weight_decay(groups: dict[str, Runs], sam_name: str) -> dict[str, Any]:
+    """SAM against AdamW at SAM's own weight decay (untuned AdamW), when that AdamW was run."""
+    wd = groups[sam_name][0]["weight_decay"]
+    same = [g for g in groups if groups[g][0]["optimizer"] == "adamw" and groups[g][0]["weight_decay"] == wd]
+    if not same:
+        return {"same_wd": None}
+    adamw, sam = paired_by_seed(groups[same[0]], groups[sam_name])
+    return {
+        "same_wd": same[0],
+        "same_wd_runs": adamw,
+        "same_wd_test": difference(finals(adamw, "test_acc"), finals(sam, "test_acc")),
+        "same_wd_memorized": difference(finals(adamw, "memorized"), finals(sam, "memorized")),
+        "same_wd_early_stop": difference(finals(adamw, "early_stop_test_acc"), finals(sam, "test_acc")),
     }
 
 
@@ -219,26 +236,48 @@ def summary_lines(
                 f"1. **{100 * study['noise']:g} % flipped training labels**: clean test accuracy SAM - AdamW "
                 f"{fmt_interval(h['test'], 100)} points ({word}; {choice}; {n} seeds, Welch 95 %)."
             )
-            ma, ms = (mean_std(finals(r, "memorized"))[0] for r in (h["adamw_runs"], h["sam_runs"]))
-            memo = direction(h["memorized"], "more", "fewer", "not measurably more or fewer")
-            reading = (
-                "the accuracy gap goes with fitting the wrong labels"
-                if memo == "fewer" and direction(h["test"], "+", "-", "0") == "+"
-                else "so memorizing the flipped labels does not explain a gap here"
-            )
+            pct = {  # mean % of flipped labels memorized
+                k: 100 * mean_std(finals(r, "memorized"))[0]
+                for k, r in (
+                    ("chosen", h["adamw_runs"]),
+                    ("sam", h["sam_runs"]),
+                    ("same", h.get("same_wd_runs")),
+                )
+                if r
+            }
+            if h["same_wd"] is not None:
+                d = h["same_wd_test"]
+                word0 = direction(d, "SAM higher", "SAM lower", "no measurable difference")
+                memo = direction(h["same_wd_memorized"], "more", "fewer", "not measurably more or fewer")
+                about = (
+                    ": there the effect is largely about memorizing the flipped labels"
+                    if word0 == "SAM higher" and memo == "fewer"
+                    else ""
+                )
+                wd0, wd1 = runs[setting][h["same_wd"]][0]["weight_decay"], a["weight_decay"]
+                lines.append(
+                    f"2. Against AdamW at SAM's own weight decay ({wd0:g}) SAM's test accuracy is "
+                    f"{fmt_interval(d, 100)} points ({word0}); that AdamW memorizes {pct['same']:.0f} % of "
+                    f"the flipped labels, SAM {pct['sam']:.0f} %{about}. AdamW's weight decay chosen on "
+                    f"validation ({wd1:g}) cuts its memorization to {pct['chosen']:.0f} % and the gap to "
+                    "line 1's."
+                )
+            else:
+                lines.append(
+                    f"2. AdamW (chosen) memorizes {pct['chosen']:.0f} % of the flipped labels, SAM "
+                    f"{pct['sam']:.0f} % ({fmt_interval(h['memorized'], 100, 1)} points)."
+                )
             lines.append(
-                f"2. There AdamW ends at train loss {fmt(finals(h['adamw_runs'], 'train_loss'), digits=3)} "
-                f"on the "
-                f"noisy labels and SAM at {fmt(finals(h['sam_runs'], 'train_loss'), digits=3)}; AdamW "
-                f"memorizes {100 * ma:.0f} % of the flipped labels, SAM {100 * ms:.0f} % ({memo}, "
-                f"{fmt_interval(h['memorized'], 100, 1)} points): {reading}."
-            )
-            lines.append(
-                f"3. Early stopping competes: AdamW stopped at its best validation epoch vs SAM's final "
-                f"weights, SAM - AdamW {fmt_interval(h['vs_early_stop'], 100)} points; the AdamW weight "
-                f"decay "
-                f"best *on test* ({runs[setting][h['best_test_adamw']][0]['weight_decay']:g}, an oracle): "
-                f"SAM - it {fmt_interval(h['vs_best_test_adamw'], 100)}."
+                "3. Early stopping competes: SAM's final weights vs AdamW stopped at its best validation "
+                f"epoch, SAM - AdamW {fmt_interval(h['vs_early_stop'], 100)} points (chosen weight decay)"
+                + (
+                    f", {fmt_interval(h['same_wd_early_stop'], 100)} (AdamW at SAM's weight decay)"
+                    if h["same_wd"] is not None
+                    else ""
+                )
+                + f"; against the AdamW weight decay best *on test* "
+                f"({runs[setting][h['best_test_adamw']][0]['weight_decay']:g}, an oracle): "
+                f"{fmt_interval(h['vs_best_test_adamw'], 100)}."
             )
         else:
             lines.append(
@@ -261,7 +300,7 @@ def report(
     cmd = study["command"].strip()
     if docs:
         regenerate = (
-            f'Regenerate this page: `{cmd} --docs docs` (or `make study ARGS="--docs docs"`); from runs '
+            f"Regenerate this page: `{cmd} --docs docs` (or `make study`); from runs "
             "already on disk: `python examples/vit_adamw_vs_sam.py --figures-only --docs docs`."
         )
     else:
@@ -383,6 +422,15 @@ def _setting_section(setting: str, groups: dict[str, Runs], out: Path, study: di
         f"{fmt_interval(h['vs_best_test_adamw'], 100)} points.",
         "",
     ]
+    if h["same_wd"] is not None:
+        wd0 = groups[h["same_wd"]][0]["weight_decay"]
+        lines += [
+            f"Against AdamW at SAM's own weight decay ({wd0:g}, not tuned), SAM - AdamW: clean test accuracy "
+            f"{fmt_interval(h['same_wd_test'], 100)} points, flipped labels memorized "
+            f"{fmt_interval(h['same_wd_memorized'], 100)} points, SAM's final weights against that AdamW "
+            f"early-stopped on validation {fmt_interval(h['same_wd_early_stop'], 100)} points.",
+            "",
+        ]
     return lines
 
 
@@ -462,6 +510,11 @@ def _all_runs(runs: dict[str, dict[str, Runs]], study: dict[str, Any]) -> list[s
         f"{land['cpu_seconds'] / 60:.1f} min CPU."
         if land
         else ""
+    )
+    lone = study["runs_cpu_seconds"] / 2 + (land.get("cpu_seconds", 0.0) if land else 0.0)
+    land_text += (
+        f" On two idle cores with `--jobs 2` (the default) the whole study would take about {lone / 60:.1f} "
+        "min: the runs' CPU time over two processes plus the landscapes' (one process)."
     )
     lines += [
         "",
