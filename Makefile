@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml scripts/install_torch.py | $(PY)
 demo: $(STAMP)  ## SGD vs SAM on digits, landscapes to lightning_logs/
 	$(PY) examples/sgd_vs_sam.py $(ARGS)
 
-study: $(STAMP)  ## ViT on digits, AdamW vs SAM, weight-decay sweep, 3 seeds: figures + REPORT.md in lightning_logs/vit/
-	$(PY) examples/vit_adamw_vs_sam.py $(ARGS)
+study: $(STAMP)  ## ViT on digits, AdamW vs SAM, clean and noisy labels, 10 seeds: lightning_logs/vit/ + docs/vit_study.md
+	OMP_NUM_THREADS=1 $(PY) examples/vit_adamw_vs_sam.py --docs docs $(ARGS)
 
 # Two pytest workers (pytest-xdist), one file per worker at a time so that module-scoped fixtures (the DDP
 # runs, the study) run once; one intra-op thread each. ARGS="-n 0" runs the suite in one process.
