@@ -27,6 +27,7 @@ from lightning_landscape.callback.recorder import TrajectoryRecorder, recorder_f
 from lightning_landscape.callback.schedule import LandscapeSchedule
 from lightning_landscape.functional.landscape.bn import buffer_snapshot
 from lightning_landscape.functional.landscape.params import LossFn, landscape_parameters
+from lightning_landscape.functional.landscape.shards import ShardLayout, is_sharded
 from lightning_landscape.records.record import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
 from lightning_landscape.solutions.weights import DEFAULT_MAX_BYTES
 
@@ -390,5 +391,12 @@ class LossLandscapeCallback(CallbackOptions, Callback):
     # ------------------------------------------------------------------ helpers
 
     def _params(self, pl_module: nn.Module) -> list[Tensor]:
+        """The landscape's parameters; of a sharded model, views of this rank's slices (see ``shards``)."""
         named = dict(pl_module.named_parameters())
-        return [named[n] for n in self._param_names if n in named]  # a missing one: caught downstream
+        params: list[Tensor] = [named[n] for n in self._param_names if n in named]  # a missing one: later
+        if not is_sharded(params):
+            self.builder.shards = None
+            return params
+        layout = ShardLayout.of(params)
+        self.builder.shards = layout
+        return layout.local

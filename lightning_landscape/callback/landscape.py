@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.callback.distributed import agree, point_shard
+from lightning_landscape.callback.distributed import agree, is_sharded_strategy, point_shard, resharding_loss
 from lightning_landscape.callback.indicators import Indicators
 from lightning_landscape.callback.metrics import compute_metrics_of
 from lightning_landscape.callback.plane import Plane, PlaneSteps
@@ -72,7 +72,10 @@ class Observation:
     def inputs(self) -> tuple[list[Any], LossFn]:
         """The probe batches (a collective: every rank calls it) and the loss in the precision context."""
         batches = self.probe.batches(self.trainer, self.module)
-        return batches, self.probe.loss_fn(self.module, self.trainer.precision_plugin.forward_context)
+        loss_fn = self.probe.loss_fn(self.module, self.trainer.precision_plugin.forward_context)
+        if is_sharded_strategy(self.trainer.strategy):
+            loss_fn = resharding_loss(loss_fn, self.module)
+        return batches, loss_fn
 
     def shard(self) -> PointShard | None:
         """This rank's share of the evaluation points (``None`` in a single process)."""
@@ -151,6 +154,7 @@ class LandscapeBuilder(PlaneSteps):
         self.engine = engine
         self.interpolation_range = interpolation_range
         self.work_dtype = torch.float32
+        self.shards = None  # the layout of a sharded model's parameters (set with them by the callback)
         self.part = "the landscape"
         self.warnings = warn if warn is not None else Warnings()
         self.bn = bn
@@ -420,7 +424,9 @@ class LandscapeBuilder(PlaneSteps):
             if cached is not None and cached[0] == options:
                 values, info = dict(cached[1]), {name: {**cached[2], "reused": True}}
             else:
-                values, info, problems = compute_metrics_of(objective, {name: options}, optimizer=optimizer)
+                values, info, problems = compute_metrics_of(
+                    objective, {name: options}, optimizer=optimizer, shards=self.shards
+                )
             scalars.update(values)
             meta.update(info)
             errors.update(problems)

@@ -22,6 +22,7 @@ from lightning_landscape.callback.schedule import Plan
 from lightning_landscape.functional.curvature.hessian import hessian_directions
 from lightning_landscape.functional.landscape.directions import filter_normalized_directions
 from lightning_landscape.functional.landscape.params import Direction, LossFn, flatten, unflatten
+from lightning_landscape.functional.landscape.shards import ShardLayout, sharded_filter_normalized_directions
 from lightning_landscape.functional.landscape.trajectory import TrajectoryPCA, trajectory_pca
 
 __all__ = ["Plane", "PlaneSteps"]
@@ -43,9 +44,11 @@ class Plane:
     unit: float = 1.0
 
 
-def _norm(params: Sequence[Tensor]) -> float:
+def _norm(params: Sequence[Tensor], shards: ShardLayout | None = None) -> float:
     """The weights' Euclidean norm: the unit of the distance scan along unit-vector directions (a
     filter-normalized direction has about this norm, so both planes scan the same distances)."""
+    if shards is not None:
+        return shards.norm(params) or 1.0
     with torch.no_grad():
         total = torch.zeros((), dtype=torch.float64)
         for p in params:
@@ -63,6 +66,7 @@ class PlaneSteps:
     include_1d: bool
     pca_centred: bool
     work_dtype: torch.dtype
+    shards: ShardLayout | None  # a sharded model's layout: ``params`` are then this rank's slices
 
     def plane(
         self,
@@ -75,6 +79,11 @@ class PlaneSteps:
     ) -> Plane:
         """The plane to draw: PCA of the trajectory (once two snapshots exist), Hessian or random."""
         span = self.span
+        shards = self.shards
+        if self.directions == "hessian" and shards is not None:
+            raise ValueError(
+                "directions='hessian' is not supported on sharded parameters yet; use 'pca' or 'random'"
+            )
         if self.directions == "hessian":  # eigenvectors of lambda_max and lambda_min (Boettcher & Wheeler)
             (d1, d2), eig = hessian_directions(
                 model,
@@ -97,7 +106,11 @@ class PlaneSteps:
         if self.directions == "pca" and len(recorder) >= 2:
             centre = flatten(params, dtype=self.work_dtype, device="cpu")
             pca = trajectory_pca(
-                recorder.stacked(), centre, centred=self.pca_centred, release=recorder.release
+                recorder.stacked(),
+                centre,
+                centred=self.pca_centred,
+                release=recorder.release,
+                all_reduce=None if shards is None else shards.all_reduce,
             )
             del centre
             d1, d2 = (unflatten(c, params, dtype=self.work_dtype) for c in pca.components)
@@ -112,8 +125,13 @@ class PlaneSteps:
                 "snapshots": len(recorder),
                 "snapshot_steps": list(recorder.steps),
             }
-            return Plane((d1, d2), path, span, meta, pca=pca, unit=_norm(params))
-        d1, d2 = filter_normalized_directions(params, count=2, seed=self.seed, include_1d=self.include_1d)
+            return Plane((d1, d2), path, span, meta, pca=pca, unit=_norm(params, shards))
+        if shards is not None:  # the same directions as unsharded, as this rank's slices
+            d1, d2 = sharded_filter_normalized_directions(
+                shards, count=2, seed=self.seed, include_1d=self.include_1d
+            )
+        else:
+            d1, d2 = filter_normalized_directions(params, count=2, seed=self.seed, include_1d=self.include_1d)
         d1, d2 = ([t.to(self.work_dtype) for t in d] for d in (d1, d2))
         meta = {"directions": "random", "seed": self.seed, "include_1d": self.include_1d}
         return Plane((d1, d2), None, span if span is not None else 1.0, meta)
