@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_landscape.callback.distributed import check_strategy
+from lightning_landscape.callback.distributed import check_strategy, is_sharded_strategy
 from lightning_landscape.callback.landscape import LandscapeBuilder, Observation
 from lightning_landscape.callback.metrics import DEFAULT_FINAL_METRICS, DEFAULT_METRICS
 from lightning_landscape.callback.module_state import ModuleStateKeeper
@@ -100,7 +100,9 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         save_weights_max_bytes (default 2 GiB): refuse (with a warning) to write more; ``None``: no limit.
 
     Under DDP every rank evaluates its share of the points, the values are gathered; the probe batches
-    are rank zero's; only rank zero writes and logs. Sharded strategies are refused at fit start.
+    are rank zero's; only rank zero writes and logs. Under ``ModelParallelStrategy`` (FSDP2, tensor
+    parallel size 1) each rank keeps and moves only its slices of the parameters and every rank evaluates
+    every point (see docs/scaling.md for what works sharded); the other sharded strategies are refused.
 
     Example::
 
@@ -278,7 +280,14 @@ class LossLandscapeCallback(CallbackOptions, Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.final:
             self._observe("final", trainer, pl_module)
-        if self.save_weights and trainer.is_global_zero:
+        if self.save_weights and is_sharded_strategy(trainer.strategy):
+            self.warnings.warn(
+                "save weights",
+                "LossLandscapeCallback: save_weights=True is not supported under sharded strategies yet "
+                "(the weights would have to be gathered one parameter at a time); the weights were not "
+                "written. The records are.",
+            )
+        elif self.save_weights and trainer.is_global_zero:
             self.builder.part = "saving the weights"
             meta = {"global_step": trainer.global_step, "epoch": trainer.current_epoch, "seed": self.seed,
                     "name": self.name}  # fmt: skip

@@ -337,6 +337,10 @@ class LandscapeBuilder(PlaneSteps):
                     start, np.linspace(lo, hi, plan.line_resolution), start_buffers=buffers,
                     progress=self._part(plan.line_resolution),
                 )  # fmt: skip
+            if self.shards is not None:  # the distance travelled, over the full weights
+                with torch.no_grad():
+                    travelled = [p.detach() - s.to(p) for p, s in zip(objective.params, start)]
+                interp.meta["distance"] = self.shards.norm(travelled)
             interp.meta.update(
                 common,
                 directions="interpolation",
@@ -447,6 +451,14 @@ class LandscapeBuilder(PlaneSteps):
         if not plan.reliability or drawn is None or (drawn.step, drawn.stage) != (step, stage):
             return []  # off, or the surface failed
         self._drawn = None
+        if self.shards is not None:  # the same decision on every rank, before any collective
+            self.warnings.warn(
+                "reliability sharded",
+                "LossLandscapeCallback: the reliability indicators are not supported on sharded parameters "
+                "yet (their random directions and norms are per rank) and were skipped; the surface, lines "
+                "and the eigenvalues and trace are computed.",
+            )
+            return []
         self.part = "the reliability indicators"
         objective = job.objective(self.engine)
         settings = self.indicators.settings_for(stage, plan.metrics)

@@ -41,7 +41,10 @@ from lightning_landscape.functional.curvature.hessian import (
     hessian_trace,
     hessian_trace_of,
 )
-from lightning_landscape.functional.curvature.sharded import sharded_hessian_eigenvalues
+from lightning_landscape.functional.curvature.sharded import (
+    sharded_hessian_eigenvalues,
+    sharded_hessian_trace,
+)
 from lightning_landscape.functional.curvature.sharpness import (
     average_sharpness,
     average_sharpness_of,
@@ -199,13 +202,14 @@ def compute_metrics(
 
 
 def _sharded_metric(name: str, objective: Objective, shards: ShardLayout, options: Mapping[str, Any]) -> Any:
-    """A metric of a sharded model: only ``eigenvalues`` for now (a ValueError for the others)."""
-    if name != "eigenvalues":
+    """A metric of a sharded model: ``eigenvalues`` and ``trace`` for now (a ValueError for the others)."""
+    cores: dict[str, Any] = {"eigenvalues": sharded_hessian_eigenvalues, "trace": sharded_hessian_trace}
+    if name not in cores:
         raise ValueError(
-            f"the metric {name!r} is not supported on sharded parameters yet (only 'eigenvalues')"
+            f"the metric {name!r} is not supported on sharded parameters yet (only 'eigenvalues' and 'trace')"
         )
     model, loss_fn, batches = objective.model, objective.loss_fn, objective.batches
-    return sharded_hessian_eigenvalues(model, loss_fn, batches, shards.params, shards, **options)
+    return cores[name](model, loss_fn, batches, shards.params, shards, **options)
 
 
 def compute_metrics_of(
@@ -217,8 +221,9 @@ def compute_metrics_of(
     """:func:`compute_metrics` of a landscape's ``objective``: every metric with its probe batches and
     parameters, the default engine and the current BatchNorm statistics; its ``shard`` only for the
     metrics made of independent samples. With ``shards`` (the objective's parameters are slices of a
-    sharded model), ``eigenvalues`` come from gradient differences (:mod:`~lightning_landscape.functional.
-    curvature.sharded`) and the other metrics are reported as errors (not supported sharded yet)."""
+    sharded model), ``eigenvalues`` and ``trace`` come from gradient differences
+    (:mod:`lightning_landscape.functional.curvature.sharded`) and the other metrics are reported as errors
+    (not supported sharded yet)."""
     plain = objective.replace(bn="keep", engine="auto", chunk_size=None, shard=None, metric_fn=None)
     scalars: dict[str, float] = {}
     meta: dict[str, Any] = {}

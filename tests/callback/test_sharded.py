@@ -25,6 +25,7 @@ from lightning_landscape.callback.distributed import check_strategy
 from lightning_landscape.functional import (
     filter_normalized_directions,
     hessian_eigenvalues,
+    hessian_trace,
     interpolation_line,
     loss_surface,
 )
@@ -32,6 +33,7 @@ from lightning_landscape.functional.curvature.operators import hessian_operator
 from lightning_landscape.functional.curvature.sharded import (
     gradient_difference_operator,
     sharded_hessian_eigenvalues,
+    sharded_hessian_trace,
 )
 from lightning_landscape.functional.landscape.shards import ShardLayout, sharded_filter_normalized_directions
 from lightning_landscape.functional.landscape.trajectory import trajectory_pca
@@ -79,6 +81,14 @@ def test_gradient_difference_lanczos_matches_the_exact_one():
         model, fsdp_run.ce, batches, list(model.parameters()), which="both", max_iter=80, tol=1e-7
     )
     np.testing.assert_allclose(approx.eigenvalues, exact.eigenvalues, rtol=1e-3, atol=1e-3 * exact.lambda_max)
+
+
+def test_gradient_difference_trace_matches_the_exact_one_probe_by_probe():
+    model = _net()
+    batches = list(fsdp_run.probe_loader())
+    exact = hessian_trace(model, fsdp_run.ce, batches, samples=8, seed=4)
+    approx = sharded_hessian_trace(model, fsdp_run.ce, batches, list(model.parameters()), samples=8, seed=4)
+    np.testing.assert_allclose(approx.samples, exact.samples, rtol=1e-3, atol=1e-4 * abs(exact.trace))
 
 
 class _FakeShards:
@@ -186,6 +196,18 @@ def test_fsdp_fit_keeps_shards_and_a_smaller_snapshot_buffer(fsdp_runs):
 
 
 @pytest.mark.slow
+def test_fsdp_fit_says_what_is_not_supported_sharded_and_nothing_else_fails(fsdp_runs):
+    notes = json.loads((fsdp_runs / "random" / "warnings0.json").read_text())
+    text = " ".join(notes)
+    assert "save_weights=True is not supported under sharded strategies" in text
+    assert not (fsdp_runs / "random" / "landscape" / "weights").exists()
+    assert "reliability indicators are not supported on sharded parameters" in text
+    for metric in ("sam", "average"):
+        assert f"metric {metric!r} is not supported on sharded parameters" in text
+    assert "metric 'eigenvalues'" not in text and "metric 'trace'" not in text  # these never failed
+
+
+@pytest.mark.slow
 def test_fsdp_interpolation_line_and_centre_equal_the_unsharded_ones(fsdp_runs):
     out = fsdp_runs / "pca"
     model, start = _gathered(out)
@@ -216,6 +238,11 @@ def test_fsdp_lambda_max_is_a_converged_lanczos_of_the_gathered_model(fsdp_runs)
     batches = list(fsdp_run.probe_loader())
     converged = hessian_eigenvalues(model, fsdp_run.ce, batches, which="both", max_iter=200, tol=1e-9)
     assert abs(recorded - converged.lambda_max) <= 1e-3 * abs(converged.lambda_max)
+    # the trace: the same Rademacher probes as one unsharded process (same seed), products by differences
+    trace = float(metrics[-1].values[names.index("hessian/trace")])
+    seed, samples = metrics[-1].meta["trace"]["seed"], metrics[-1].meta["trace"]["samples"]
+    exact = hessian_trace(model, fsdp_run.ce, batches, samples=samples, seed=seed)
+    assert abs(trace - exact.trace) <= 1e-3 * abs(exact.trace)
 
 
 @pytest.mark.slow

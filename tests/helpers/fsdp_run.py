@@ -8,7 +8,8 @@ every parameter is a ``DTensor`` sharded on dimension 0 (rows 7, 5 and 3: uneven
 scenario is one fit in ``OUT_DIR/<scenario>/`` (records in ``landscape/``, written by rank zero), with the
 callback at its defaults but for: no overhead budget, no figures, a fixed probe loader, a snapshot every
 2 steps, smaller grids (5, final 9, lines 9: the numbers compared do not depend on them) and, for
-``random``, ``directions="random"``. After the fit the full weights (initial and final), gathered one
+``random``, ``directions="random"`` and ``save_weights=True`` (not supported sharded yet: a
+warning). After the fit the full weights (initial and final), gathered one
 parameter at a time, go to ``weights.npz`` (rank zero), and each rank writes ``rank{r}.json``: its
 snapshot buffer's bytes, the local and full parameter counts, the records and the callback's warnings.
 """
@@ -44,7 +45,7 @@ CALLBACK_OPTIONS = {
     "line_resolution": 9,
     "snapshot_every_n_steps": 2,
 }
-SCENARIOS = {"pca": {}, "random": {"directions": "random"}}
+SCENARIOS = {"pca": {}, "random": {"directions": "random", "save_weights": True}}
 
 
 def probe_loader() -> DataLoader:
@@ -104,6 +105,30 @@ def full_weights(module: nn.Module) -> dict[str, np.ndarray]:
     return out
 
 
+def eager_floor(module: nn.Module, trainer) -> dict[str, float]:
+    """Seconds of the final surface's forward passes alone (9 x 9 points x 4 batches, no_grad, eval mode,
+    resharded after each as the callback does), at the current weights: the floor a surface can reach."""
+    import time
+
+    from torch.distributed.fsdp import FSDPModule
+
+    batches = list(probe_loader())
+    fsdp = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    was = module.training
+    module.eval()
+    trainer.strategy.barrier()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(81):
+            for b in batches:
+                ce(module, b)
+                for m in fsdp:
+                    m.reshard()
+    seconds = time.perf_counter() - start
+    module.train(was)
+    return {"forwards": 81 * len(batches), "seconds": seconds}
+
+
 class Report(pl.Callback):
     def __init__(self, out: Path) -> None:
         self.out = out
@@ -114,6 +139,7 @@ class Report(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         final = full_weights(pl_module)
+        floor = eager_floor(pl_module, trainer)
         cb = next(c for c in trainer.callbacks if isinstance(c, LossLandscapeCallback))
         params = [p for _, p in pl_module.named_parameters()]
         buffer = getattr(cb.recorder, "_buffer", None)
@@ -131,6 +157,7 @@ class Report(pl.Callback):
             ),
             "records": [r.meta.get("name") for r in cb.records],
             "global_step": trainer.global_step,
+            "eager_floor_seconds": floor,  # measured, never asserted
         }
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
         if trainer.is_global_zero:

@@ -33,13 +33,31 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.functional.curvature.estimators import Which, check_lanczos_args, lanczos
-from lightning_landscape.functional.curvature.hessian import HessianEigenvalues
+from lightning_landscape.functional.curvature.estimators import (
+    Which,
+    check_lanczos_args,
+    hutchinson_samples,
+    lanczos,
+    summarize_samples,
+)
+from lightning_landscape.functional.curvature.hessian import HessianEigenvalues, HessianTrace
 from lightning_landscape.functional.landscape.params import LossFn, WeightPerturbation, observation
 from lightning_landscape.functional.landscape.shards import ShardLayout
-from lightning_landscape.functional.objective import NonFiniteError, nonfinite_warning, probe_meta, work_dtype
+from lightning_landscape.functional.objective import (
+    NonFiniteError,
+    check_int,
+    nonfinite_warning,
+    probe_meta,
+    work_dtype,
+)
 
-__all__ = ["GradientDifferenceOperator", "difference_step", "sharded_hessian_eigenvalues"]
+__all__ = [
+    "GradientDifferenceOperator",
+    "difference_step",
+    "gradient_difference_operator",
+    "sharded_hessian_eigenvalues",
+    "sharded_hessian_trace",
+]
 
 
 def difference_step(weights_norm: float, vector_norm: float, dtype: torch.dtype) -> float:
@@ -194,3 +212,40 @@ def sharded_hessian_eigenvalues(
         history=res.history,
         meta=meta,
     )
+
+
+def sharded_hessian_trace(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    params: Sequence[Tensor],
+    layout: ShardLayout | None = None,
+    samples: int = 64,
+    seed: int = 0,
+    reuse_graph: bool = True,
+) -> HessianTrace:
+    """:func:`~.hessian.hessian_trace` from gradient differences: for sharded (or any) parameters.
+
+    The same Rademacher probes as unsharded for the same ``seed`` (full-length, drawn on every process);
+    ``reuse_graph`` is accepted and has no effect. Each probe costs one product (two backward passes per
+    probe batch); the probes are not shared out among processes (every process takes part in each).
+    """
+    check_int("samples", samples, 2)
+    meta: dict[str, Any] = {
+        "samples": samples,
+        "seed": seed,
+        "probes": "rademacher",
+        **probe_meta(list(batches)),
+        "hvp": "gradient difference",
+    }
+    start = time.perf_counter()
+    try:
+        with gradient_difference_operator(model, loss_fn, batches, params, layout) as op:
+            values = hutchinson_samples(op.matvec, op.numel, samples, seed, op.dtype, op.device)
+            loss = op.loss
+    except NonFiniteError as err:
+        nonfinite_warning("hessian_trace", err)
+        return HessianTrace(math.nan, math.nan, np.full(samples, math.nan), math.nan, meta=meta)
+    meta["seconds"] = time.perf_counter() - start
+    summary = summarize_samples(values)
+    return HessianTrace(summary.trace, summary.stderr, summary.samples, loss=loss, meta=meta)
