@@ -26,7 +26,7 @@ from lightning_landscape.callback.publish import Publisher, Warnings, describe_s
 from lightning_landscape.callback.recorder import TrajectoryRecorder, recorder_for
 from lightning_landscape.callback.schedule import LandscapeSchedule
 from lightning_landscape.functional.landscape.bn import buffer_snapshot
-from lightning_landscape.functional.landscape.params import LossFn, landscape_parameters
+from lightning_landscape.functional.landscape.params import LossFn, flatten, landscape_parameters, unflatten
 from lightning_landscape.functional.landscape.shards import ShardLayout, is_sharded
 from lightning_landscape.records.record import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
 from lightning_landscape.solutions.weights import DEFAULT_MAX_BYTES
@@ -280,13 +280,11 @@ class LossLandscapeCallback(CallbackOptions, Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.final:
             self._observe("final", trainer, pl_module)
-        if self.save_weights and is_sharded_strategy(trainer.strategy):
-            self.warnings.warn(
-                "save weights",
-                "LossLandscapeCallback: save_weights=True is not supported under sharded strategies yet "
-                "(the weights would have to be gathered one parameter at a time); the weights were not "
-                "written. The records are.",
-            )
+        if self.save_weights and is_sharded_strategy(trainer.strategy):  # every rank: gathers are collective
+            self.builder.part = "saving the weights"
+            meta = {"global_step": trainer.global_step, "epoch": trainer.current_epoch, "seed": self.seed,
+                    "name": self.name}  # fmt: skip
+            self._guarded(trainer.global_step, self._save_sharded_weights, trainer, pl_module, meta)
         elif self.save_weights and trainer.is_global_zero:
             self.builder.part = "saving the weights"
             meta = {"global_step": trainer.global_step, "epoch": trainer.current_epoch, "seed": self.seed,
@@ -398,6 +396,29 @@ class LossLandscapeCallback(CallbackOptions, Callback):
             return False
 
     # ------------------------------------------------------------------ helpers
+
+    def _save_sharded_weights(self, trainer: pl.Trainer, pl_module: nn.Module, meta: dict[str, Any]) -> None:
+        """``save_weights`` of a sharded model: every snapshot and the final weights gathered one parameter
+        at a time (a collective on every rank); rank zero writes the usual ``weights`` folder."""
+        local = self._params(pl_module)
+        layout = self.builder.shards
+        if layout is None or len(self.recorder) == 0:
+            raise ValueError("no sharded parameters or no snapshot of the initial weights to save")
+        zero = trainer.is_global_zero
+
+        def gathered(flat: Tensor) -> Tensor:  # one flat full vector (kept on rank zero only), on the CPU
+            parts = unflatten(flat, local, dtype=flat.dtype)
+            full = [layout.gather(i, t).detach().reshape(-1).cpu() for i, t in enumerate(parts)]
+            return torch.cat(full) if zero else torch.empty(0)
+
+        rows = [gathered(row) for row in self.recorder.stacked()]
+        final = gathered(flatten(local, dtype=self.builder.work_dtype))
+        if zero:
+            self.publisher.save_weights(
+                pl_module, self.recorder, self.builder.start_buffers, self._param_names,
+                self.save_weights_dtype, self.save_weights_max_bytes, meta,
+                gathered=(torch.stack(rows), final),
+            )  # fmt: skip
 
     def _params(self, pl_module: nn.Module) -> list[Tensor]:
         """The landscape's parameters; of a sharded model, views of this rank's slices (see ``shards``)."""

@@ -303,9 +303,22 @@ class Publisher:
         dtype: torch.dtype | None,
         max_bytes: int | None,
         meta: Mapping[str, Any],
+        gathered: tuple[Tensor, Tensor] | None = None,
     ) -> Path:
         """The run's weights, BatchNorm statistics and snapshots under ``<record dir>/weights``
-        (:func:`~lightning_landscape.save_run_weights`; rank zero, the caller guards it)."""
+        (:func:`~lightning_landscape.save_run_weights`; rank zero, the caller guards it).
+
+        ``gathered``: for a sharded model, the full snapshots ``(n, P)`` and final weights ``(P,)``,
+        gathered by the caller (the recorder and the parameters then hold this rank's slices only).
+        """
+        if gathered is not None:
+            trajectory, final = gathered
+            return save_run_weights(
+                self.record_dir / "weights", model, trajectory[0], initial_buffers=initial_buffers,
+                final=final, trajectory=trajectory, steps=recorder.steps, names=names, dtype=dtype,
+                max_bytes=max_bytes,
+                meta={**meta, "snapshot_dtype": str(recorder.dtype).removeprefix("torch."), "sharded": True},
+            )  # fmt: skip
         if len(recorder) == 0:
             raise ValueError("no snapshot of the initial weights was taken")
         if initial_buffers is None:  # resumed from a checkpoint without them: unknown, not invented

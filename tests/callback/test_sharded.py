@@ -20,7 +20,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from lightning_landscape import load_records
+from lightning_landscape import load_records, load_run_weights
 from lightning_landscape.callback.distributed import check_strategy
 from lightning_landscape.functional import (
     filter_normalized_directions,
@@ -153,7 +153,7 @@ def fsdp_runs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fsdp")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), "--scenarios", "pca,random"],
+        [sys.executable, str(SCRIPT), str(out), "--scenarios", "pca,random,bare"],
         env=env,
         capture_output=True,
         text=True,
@@ -196,11 +196,34 @@ def test_fsdp_fit_keeps_shards_and_a_smaller_snapshot_buffer(fsdp_runs):
 
 
 @pytest.mark.slow
+def test_observing_a_sharded_fit_does_not_change_its_training(fsdp_runs):
+    bare = np.load(fsdp_runs / "bare" / "weights.npz")
+    for scenario in ("pca", "random"):
+        observed = np.load(fsdp_runs / scenario / "weights.npz")
+        assert sorted(observed.files) == sorted(bare.files)
+        for key in bare.files:  # initial and final weights, bit for bit
+            np.testing.assert_array_equal(observed[key], bare[key], err_msg=f"{scenario}: {key}")
+
+
+@pytest.mark.slow
+def test_fsdp_save_weights_writes_the_gathered_run(fsdp_runs):
+    out = fsdp_runs / "random"
+    saved = load_run_weights(out / "landscape" / "weights", fsdp_run.ShardedNet())  # names "net.*"
+    arrays = np.load(out / "weights.npz")
+    names = [n for n, _ in fsdp_run.make_net().named_parameters()]
+    assert saved.names == [f"net.{n}" for n in names] and saved.meta["sharded"] is True
+    full = {k: np.concatenate([arrays[f"{k}/{n}"].reshape(-1) for n in names]) for k in ("initial", "final")}
+    np.testing.assert_array_equal(saved.initial.numpy(), full["initial"])
+    np.testing.assert_array_equal(saved.final.numpy(), full["final"])
+    assert saved.trajectory is not None and saved.trajectory.shape == (9, full["final"].size)
+    np.testing.assert_array_equal(saved.trajectory[-1].numpy(), full["final"])  # the last snapshot: step 16
+    assert list(saved.steps) == list(range(0, 17, 2))
+
+
+@pytest.mark.slow
 def test_fsdp_fit_says_what_is_not_supported_sharded_and_nothing_else_fails(fsdp_runs):
     notes = json.loads((fsdp_runs / "random" / "warnings0.json").read_text())
     text = " ".join(notes)
-    assert "save_weights=True is not supported under sharded strategies" in text
-    assert not (fsdp_runs / "random" / "landscape" / "weights").exists()
     assert "reliability indicators are not supported on sharded parameters" in text
     for metric in ("sam", "average"):
         assert f"metric {metric!r} is not supported on sharded parameters" in text

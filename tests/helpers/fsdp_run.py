@@ -8,8 +8,9 @@ every parameter is a ``DTensor`` sharded on dimension 0 (rows 7, 5 and 3: uneven
 scenario is one fit in ``OUT_DIR/<scenario>/`` (records in ``landscape/``, written by rank zero), with the
 callback at its defaults but for: no overhead budget, no figures, a fixed probe loader, a snapshot every
 2 steps, smaller grids (5, final 9, lines 9: the numbers compared do not depend on them) and, for
-``random``, ``directions="random"`` and ``save_weights=True`` (not supported sharded yet: a
-warning). After the fit the full weights (initial and final), gathered one
+``random``, ``directions="random"`` and ``save_weights=True`` (gathered one parameter at a time);
+``bare`` is the same fit without the callback (its final weights must be the same, bit for
+bit). After the fit the full weights (initial and final), gathered one
 parameter at a time, go to ``weights.npz`` (rank zero), and each rank writes ``rank{r}.json``: its
 snapshot buffer's bytes, the local and full parameter counts, the records and the callback's warnings.
 """
@@ -45,7 +46,7 @@ CALLBACK_OPTIONS = {
     "line_resolution": 9,
     "snapshot_every_n_steps": 2,
 }
-SCENARIOS = {"pca": {}, "random": {"directions": "random", "save_weights": True}}
+SCENARIOS = {"pca": {}, "random": {"directions": "random", "save_weights": True}, "bare": {"bare": True}}
 
 
 def probe_loader() -> DataLoader:
@@ -139,8 +140,14 @@ class Report(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         final = full_weights(pl_module)
+        if trainer.is_global_zero:
+            arrays = {f"final/{k}": v for k, v in final.items()}
+            arrays.update({f"initial/{k}": v for k, v in self.initial.items()})
+            np.savez(self.out / "weights.npz", **arrays)
+        cb = next((c for c in trainer.callbacks if isinstance(c, LossLandscapeCallback)), None)
+        if cb is None:
+            return
         floor = eager_floor(pl_module, trainer)
-        cb = next(c for c in trainer.callbacks if isinstance(c, LossLandscapeCallback))
         params = [p for _, p in pl_module.named_parameters()]
         buffer = getattr(cb.recorder, "_buffer", None)
         report = {
@@ -160,10 +167,6 @@ class Report(pl.Callback):
             "eager_floor_seconds": floor,  # measured, never asserted
         }
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
-        if trainer.is_global_zero:
-            arrays = {f"final/{k}": v for k, v in final.items()}
-            arrays.update({f"initial/{k}": v for k, v in self.initial.items()})
-            np.savez(self.out / "weights.npz", **arrays)
 
 
 def fit(out: Path, options: dict) -> None:
@@ -171,6 +174,8 @@ def fit(out: Path, options: dict) -> None:
     pl.seed_everything(0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        options = dict(options)
+        bare = options.pop("bare", False)
         cb = LossLandscapeCallback(probe_dataloader=probe_loader(), **CALLBACK_OPTIONS, **options)
         trainer = pl.Trainer(
             default_root_dir=str(out),
@@ -183,7 +188,7 @@ def fit(out: Path, options: dict) -> None:
             enable_model_summary=False,
             enable_checkpointing=False,
             use_distributed_sampler=False,
-            callbacks=[cb, Report(out)],
+            callbacks=[Report(out)] if bare else [cb, Report(out)],
         )
         trainer.fit(ShardedNet())
     notes = [str(w.message) for w in caught if "LossLandscapeCallback" in str(w.message)]

@@ -169,6 +169,24 @@ class ShardLayout:
             start += n
         return out
 
+    def gather(self, i: int, piece: Tensor) -> Tensor:
+        """The full tensor of parameter ``i`` from this process's slice ``piece`` of it (any dtype), on
+        every process: one all-gather of that parameter only (a collective)."""
+        p = self.params[i]
+        if not _is_dtensor(p) or self.replicated[i]:
+            return piece
+        from torch.distributed.tensor import DTensor
+
+        dist_piece = DTensor.from_local(
+            piece.detach().to(p.device),
+            p.device_mesh,  # type: ignore[attr-defined]
+            p.placements,  # type: ignore[attr-defined]
+            run_check=False,
+            shape=p.shape,
+            stride=torch.empty(p.shape, device="meta").stride(),
+        )
+        return dist_piece.full_tensor()
+
     def to_local(self, full: Tensor) -> Direction:
         """Slices of a full flat vector (length ``P``), shaped like the local views (views, no copy)."""
         return [full[a:b].view(t.shape) for (a, b), t in zip(self.flat_ranges(), self.local)]
