@@ -44,6 +44,7 @@ from lightning_landscape.functional.curvature.hessian import (
 from lightning_landscape.functional.curvature.sharded import (
     sharded_hessian_eigenvalues,
     sharded_hessian_trace,
+    sharded_sam_sharpness,
 )
 from lightning_landscape.functional.curvature.sharpness import (
     average_sharpness,
@@ -203,10 +204,15 @@ def compute_metrics(
 
 def _sharded_metric(name: str, objective: Objective, shards: ShardLayout, options: Mapping[str, Any]) -> Any:
     """A metric of a sharded model: ``eigenvalues`` and ``trace`` for now (a ValueError for the others)."""
-    cores: dict[str, Any] = {"eigenvalues": sharded_hessian_eigenvalues, "trace": sharded_hessian_trace}
+    cores: dict[str, Any] = {
+        "eigenvalues": sharded_hessian_eigenvalues,
+        "trace": sharded_hessian_trace,
+        "sam": sharded_sam_sharpness,
+    }
     if name not in cores:
         raise ValueError(
-            f"the metric {name!r} is not supported on sharded parameters yet (only 'eigenvalues' and 'trace')"
+            f"the metric {name!r} is not supported on sharded parameters yet "
+            "(only 'eigenvalues', 'trace' and 'sam')"
         )
     model, loss_fn, batches = objective.model, objective.loss_fn, objective.batches
     return cores[name](model, loss_fn, batches, shards.params, shards, **options)
@@ -221,7 +227,7 @@ def compute_metrics_of(
     """:func:`compute_metrics` of a landscape's ``objective``: every metric with its probe batches and
     parameters, the default engine and the current BatchNorm statistics; its ``shard`` only for the
     metrics made of independent samples. With ``shards`` (the objective's parameters are slices of a
-    sharded model), ``eigenvalues`` and ``trace`` come from gradient differences
+    sharded model), ``eigenvalues``, ``trace`` and ``sam`` come from backward passes
     (:mod:`lightning_landscape.functional.curvature.sharded`) and the other metrics are reported as errors
     (not supported sharded yet)."""
     plain = objective.replace(bn="keep", engine="auto", chunk_size=None, shard=None, metric_fn=None)

@@ -41,11 +41,14 @@ from lightning_landscape.functional.curvature.estimators import (
     summarize_samples,
 )
 from lightning_landscape.functional.curvature.hessian import HessianEigenvalues, HessianTrace
+from lightning_landscape.functional.curvature.sharpness import SamSharpness
 from lightning_landscape.functional.landscape.params import LossFn, WeightPerturbation, observation
 from lightning_landscape.functional.landscape.shards import ShardLayout
 from lightning_landscape.functional.objective import (
     NonFiniteError,
     check_int,
+    check_positive,
+    mean_loss,
     nonfinite_warning,
     probe_meta,
     work_dtype,
@@ -55,8 +58,10 @@ __all__ = [
     "GradientDifferenceOperator",
     "difference_step",
     "gradient_difference_operator",
+    "local_gradient",
     "sharded_hessian_eigenvalues",
     "sharded_hessian_trace",
+    "sharded_sam_sharpness",
 ]
 
 
@@ -64,6 +69,39 @@ def difference_step(weights_norm: float, vector_norm: float, dtype: torch.dtype)
     """The central difference's step ``h``: ``eps^(1/3) * max(|w|, 1) / |v|`` (see the module docstring)."""
     eps = torch.finfo(dtype).eps
     return eps ** (1.0 / 3.0) * max(weights_norm, 1.0) / max(vector_norm, 1e-300)
+
+
+def local_gradient(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    params: Sequence[Tensor],
+    layout: ShardLayout,
+    dtype: torch.dtype,
+) -> tuple[float, list[Tensor]]:
+    """The mean probe loss and this process's slices of its gradient (in ``dtype``), by backward passes
+    (call with grad enabled). The parameters' ``.grad`` are given back as they were."""
+    saved = [p.grad for p in params]
+    total = 0.0
+    try:
+        for p in params:
+            p.grad = None
+        for batch in batches:
+            loss = loss_fn(model, batch)
+            (loss / len(batches)).backward()
+            total += float(loss.detach()) / len(batches)
+        grads = []
+        for p, view in zip(params, layout.local):
+            g = p.grad
+            if g is None:
+                grads.append(torch.zeros_like(view, dtype=dtype))
+                continue
+            g = g.to_local() if hasattr(g, "to_local") else g
+            grads.append(g.detach().to(dtype).clone())
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
+    return total, grads
 
 
 class GradientDifferenceOperator:
@@ -75,7 +113,7 @@ class GradientDifferenceOperator:
 
     Attributes:
         numel, dtype, device: the full vectors' length, dtype and device.
-        loss: the mean probe loss at ``w``.
+        loss: the mean probe loss at ``w``; gradient: this process's slices of its gradient there.
         step_scale: ``eps^(1/3) * max(|w|, 1)``; each product's step is this over ``|v|``.
     """
 
@@ -95,34 +133,14 @@ class GradientDifferenceOperator:
         self.dtype = work_dtype(local[0])
         self.device = local[0].device
         self.step_scale = difference_step(self.layout.norm(local), 1.0, self.dtype)
-        loss, _ = self._gradient()
+        loss, grad = self._gradient()
         self.loss = loss
+        self.gradient = grad  # this process's slices of the gradient at w (work dtype)
         if not math.isfinite(loss):
             raise NonFiniteError(f"the loss at w is {loss}")
 
     def _gradient(self) -> tuple[float, list[Tensor]]:
-        """The mean probe loss and this process's slices of its gradient (work dtype), by backward passes."""
-        saved = [p.grad for p in self.params]
-        total = 0.0
-        try:
-            for p in self.params:
-                p.grad = None
-            for batch in self.batches:
-                loss = self.loss_fn(self.model, batch)
-                (loss / len(self.batches)).backward()
-                total += float(loss.detach()) / len(self.batches)
-            grads = []
-            for p, view in zip(self.params, self.layout.local):
-                g = p.grad
-                if g is None:
-                    grads.append(torch.zeros_like(view, dtype=self.dtype))
-                    continue
-                g = g.to_local() if hasattr(g, "to_local") else g
-                grads.append(g.detach().to(self.dtype).clone())
-        finally:
-            for p, g in zip(self.params, saved):
-                p.grad = g
-        return total, grads
+        return local_gradient(self.model, self.loss_fn, self.batches, self.params, self.layout, self.dtype)
 
     def matvec(self, vector: Tensor) -> Tensor:
         """``H v`` for a full flat ``vector`` (the same on every process); the full result on every one."""
@@ -249,3 +267,49 @@ def sharded_hessian_trace(
     meta["seconds"] = time.perf_counter() - start
     summary = summarize_samples(values)
     return HessianTrace(summary.trace, summary.stderr, summary.samples, loss=loss, meta=meta)
+
+
+def sharded_sam_sharpness(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    params: Sequence[Tensor],
+    layout: ShardLayout | None = None,
+    rho: float = 0.05,
+    adaptive: bool = False,
+) -> SamSharpness:
+    """:func:`~.sharpness.sam_sharpness` for sharded (or any) parameters: the gradient by backward passes
+    (each process its slices), its norm summed over processes, the SAM point ``w + rho g / |g|`` (ASAM:
+    ``T g`` with ``T = |w|``) moved into the slices in place and evaluated by every process."""
+    check_positive("rho", rho)
+    meta: dict[str, Any] = {"rho": float(rho), "adaptive": bool(adaptive), **probe_meta(list(batches))}
+    start = time.perf_counter()
+    with observation(model):
+        with torch.enable_grad():
+            layout = layout if layout is not None else ShardLayout.of(list(params))
+            dtype = work_dtype(layout.local[0])
+            loss, grad = local_gradient(model, loss_fn, list(batches), list(params), layout, dtype)
+        grad_norm = layout.norm(grad)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            nonfinite_warning("sam_sharpness", NonFiniteError(f"the loss at w is {loss}, |g| {grad_norm}"))
+            return SamSharpness(math.nan, math.nan, loss, math.nan, grad_norm, meta=meta)
+        local = [p.detach() for p in layout.local]
+        scaled = [g * p.abs().to(g) for g, p in zip(grad, local)] if adaptive else grad
+        scaled_norm = layout.norm(scaled)
+        e = [
+            (s * p.abs().to(s) if adaptive else s) * (rho / (scaled_norm + 1e-12))
+            for s, p in zip(scaled, local)
+        ]
+        centre = float(mean_loss(model, loss_fn, batches))
+        with WeightPerturbation(layout.local, [e]) as move:
+            move.move_to(1.0)
+            perturbed = float(mean_loss(model, loss_fn, batches))
+    meta["seconds"] = time.perf_counter() - start
+    return SamSharpness(
+        sharpness=perturbed - centre,
+        first_order=float(rho) * scaled_norm,
+        loss=centre,
+        perturbed_loss=perturbed,
+        grad_norm=grad_norm,
+        meta=meta,
+    )
