@@ -456,7 +456,7 @@ class LandscapeBuilder(PlaneSteps):
                 "reliability sharded",
                 "LossLandscapeCallback: the reliability indicators are not supported on sharded parameters "
                 "yet (their random directions and norms are per rank) and were skipped; the surface, lines "
-                "and the eigenvalues, trace and SAM sharpness are computed.",
+                "and the eigenvalues, trace, SAM and average sharpness are computed.",
             )
             return []
         self.part = "the reliability indicators"

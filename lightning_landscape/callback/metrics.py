@@ -42,6 +42,7 @@ from lightning_landscape.functional.curvature.hessian import (
     hessian_trace_of,
 )
 from lightning_landscape.functional.curvature.sharded import (
+    sharded_average_sharpness,
     sharded_hessian_eigenvalues,
     sharded_hessian_trace,
     sharded_sam_sharpness,
@@ -203,16 +204,18 @@ def compute_metrics(
 
 
 def _sharded_metric(name: str, objective: Objective, shards: ShardLayout, options: Mapping[str, Any]) -> Any:
-    """A metric of a sharded model: ``eigenvalues`` and ``trace`` for now (a ValueError for the others)."""
+    """A metric of a sharded model: ``eigenvalues``, ``trace``, ``sam``, ``average`` for now (a ValueError
+    for the others)."""
     cores: dict[str, Any] = {
         "eigenvalues": sharded_hessian_eigenvalues,
         "trace": sharded_hessian_trace,
         "sam": sharded_sam_sharpness,
+        "average": sharded_average_sharpness,
     }
     if name not in cores:
         raise ValueError(
             f"the metric {name!r} is not supported on sharded parameters yet "
-            "(only 'eigenvalues', 'trace' and 'sam')"
+            "(only 'eigenvalues', 'trace', 'sam' and 'average')"
         )
     model, loss_fn, batches = objective.model, objective.loss_fn, objective.batches
     return cores[name](model, loss_fn, batches, shards.params, shards, **options)
@@ -227,7 +230,7 @@ def compute_metrics_of(
     """:func:`compute_metrics` of a landscape's ``objective``: every metric with its probe batches and
     parameters, the default engine and the current BatchNorm statistics; its ``shard`` only for the
     metrics made of independent samples. With ``shards`` (the objective's parameters are slices of a
-    sharded model), ``eigenvalues``, ``trace`` and ``sam`` come from backward passes
+    sharded model), ``eigenvalues``, ``trace``, ``sam`` and ``average`` come from backward passes and forwards
     (:mod:`lightning_landscape.functional.curvature.sharded`) and the other metrics are reported as errors
     (not supported sharded yet)."""
     plain = objective.replace(bn="keep", engine="auto", chunk_size=None, shard=None, metric_fn=None)

@@ -23,6 +23,7 @@ from torch import nn
 from lightning_landscape import load_records, load_run_weights
 from lightning_landscape.callback.distributed import check_strategy
 from lightning_landscape.functional import (
+    average_sharpness,
     filter_normalized_directions,
     hessian_eigenvalues,
     hessian_trace,
@@ -33,6 +34,7 @@ from lightning_landscape.functional import (
 from lightning_landscape.functional.curvature.operators import hessian_operator
 from lightning_landscape.functional.curvature.sharded import (
     gradient_difference_operator,
+    sharded_average_sharpness,
     sharded_hessian_eigenvalues,
     sharded_hessian_trace,
     sharded_sam_sharpness,
@@ -104,6 +106,19 @@ def test_sam_from_backward_passes_matches_the_functional_one(adaptive):
     for field in ("sharpness", "first_order", "loss", "perturbed_loss", "grad_norm"):
         assert getattr(mine, field) == pytest.approx(getattr(exact, field), rel=1e-5, abs=1e-7), field
     assert all(torch.equal(p, b) for p, b in zip(params, before)) and all(p.grad is None for p in params)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_average_sharpness_of_slices_draws_the_functional_perturbations(adaptive):
+    model = _net()
+    batches = list(fsdp_run.probe_loader())
+    params = list(model.parameters())
+    exact = average_sharpness(model, fsdp_run.ce, batches, sigma=0.05, samples=4, adaptive=adaptive, seed=2)
+    mine = sharded_average_sharpness(
+        model, fsdp_run.ce, batches, params, sigma=0.05, samples=4, adaptive=adaptive, seed=2
+    )
+    np.testing.assert_allclose(mine.losses, exact.losses, rtol=1e-5)
+    assert mine.sharpness == pytest.approx(exact.sharpness, rel=1e-3, abs=1e-6)
 
 
 class _FakeShards:
@@ -240,10 +255,9 @@ def test_fsdp_fit_says_what_is_not_supported_sharded_and_nothing_else_fails(fsdp
     notes = json.loads((fsdp_runs / "random" / "warnings0.json").read_text())
     text = " ".join(notes)
     assert "reliability indicators are not supported on sharded parameters" in text
-    for metric in ("average",):
-        assert f"metric {metric!r} is not supported on sharded parameters" in text
-    for metric in ("eigenvalues", "trace", "sam"):  # these never failed
+    for metric in ("eigenvalues", "trace", "sam", "average"):  # these never failed
         assert f"metric {metric!r}" not in text
+    assert all("reliability" in note for note in notes), notes  # and nothing else was skipped
 
 
 @pytest.mark.slow
@@ -284,6 +298,10 @@ def test_fsdp_lambda_max_is_a_converged_lanczos_of_the_gathered_model(fsdp_runs)
     assert abs(trace - exact.trace) <= 1e-3 * abs(exact.trace)
     sam = sam_sharpness(model, fsdp_run.ce, batches, rho=metrics[-1].meta["sam"]["rho"])
     assert float(metrics[-1].values[names.index("sharpness/sam")]) == pytest.approx(sam.sharpness, rel=1e-4)
+    options = {k: metrics[-1].meta["average"][k] for k in ("sigma", "samples", "adaptive", "seed")}
+    average = average_sharpness(model, fsdp_run.ce, batches, **options)
+    recorded_average = float(metrics[-1].values[names.index("sharpness/average")])
+    assert recorded_average == pytest.approx(average.sharpness, rel=1e-3, abs=1e-6)
 
 
 @pytest.mark.slow

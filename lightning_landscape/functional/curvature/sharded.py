@@ -16,6 +16,10 @@ double-backward product on unsharded models). Each product costs two forward-bac
 batch; the weights are moved in place and restored bit for bit (:class:`~.params.WeightPerturbation`),
 and the parameters' ``.grad`` are given back as they were.
 
+SAM sharpness needs only the gradient (its norm summed over processes); average sharpness only the loss at
+seeded Gaussian perturbations, drawn per full parameter and sliced as the random directions are (see
+:mod:`~lightning_landscape.functional.landscape.shards`), so both give the unsharded numbers.
+
 Lanczos runs on full-length vectors, the same on every process (the product's slices are summed into the
 full vector by one all-reduce), so its basis is not sharded: memory per process is the basis's, as
 unsharded. Its dot products are then local by construction.
@@ -41,7 +45,7 @@ from lightning_landscape.functional.curvature.estimators import (
     summarize_samples,
 )
 from lightning_landscape.functional.curvature.hessian import HessianEigenvalues, HessianTrace
-from lightning_landscape.functional.curvature.sharpness import SamSharpness
+from lightning_landscape.functional.curvature.sharpness import AverageSharpness, SamSharpness
 from lightning_landscape.functional.landscape.params import LossFn, WeightPerturbation, observation
 from lightning_landscape.functional.landscape.shards import ShardLayout
 from lightning_landscape.functional.objective import (
@@ -59,6 +63,7 @@ __all__ = [
     "difference_step",
     "gradient_difference_operator",
     "local_gradient",
+    "sharded_average_sharpness",
     "sharded_hessian_eigenvalues",
     "sharded_hessian_trace",
     "sharded_sam_sharpness",
@@ -313,3 +318,53 @@ def sharded_sam_sharpness(
         grad_norm=grad_norm,
         meta=meta,
     )
+
+
+def sharded_average_sharpness(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    params: Sequence[Tensor],
+    layout: ShardLayout | None = None,
+    sigma: float = 0.01,
+    samples: int = 16,
+    adaptive: bool = False,
+    seed: int = 0,
+) -> AverageSharpness:
+    """:func:`~.sharpness.average_sharpness` for sharded (or any) parameters: the same Gaussian draws for
+    the same ``seed`` (each full parameter drawn in turn and sliced: every process draws every parameter
+    of every sample, one parameter at a time), each perturbed point evaluated by every process."""
+    check_positive("sigma", sigma)
+    check_int("samples", samples, 2)
+    layout = layout if layout is not None else ShardLayout.of(list(params))
+    meta: dict[str, Any] = {
+        "sigma": float(sigma),
+        "samples": samples,
+        "adaptive": bool(adaptive),
+        "seed": seed,
+        "distribution": "gaussian",
+        **probe_meta(list(batches)),
+    }
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(int(seed))
+    losses = np.zeros(samples)
+    with observation(model):
+        local = [p.detach() for p in layout.local]
+        centre = float(mean_loss(model, loss_fn, batches))
+        for i in range(samples):
+            d = []
+            for j, (p, shape) in enumerate(zip(local, layout.shapes)):
+                z = layout.local_rows(j, torch.randn(shape, generator=gen, dtype=torch.float32))
+                z = z.to(p.device, work_dtype(p)).to(p.dtype)
+                d.append(z * (p.abs() * sigma) if adaptive else z * sigma)
+            with WeightPerturbation(layout.local, [d]) as move:
+                move.move_to(1.0)
+                losses[i] = float(mean_loss(model, loss_fn, batches))
+    meta["seconds"] = time.perf_counter() - start
+    if not math.isfinite(centre):
+        nonfinite_warning("average_sharpness", NonFiniteError(f"the loss at w is {centre}"))
+        return AverageSharpness(math.nan, math.nan, losses, centre, meta=meta)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diffs = losses - centre
+        mean, stderr = float(diffs.mean()), float(diffs.std(ddof=1) / math.sqrt(samples))
+    return AverageSharpness(sharpness=mean, stderr=stderr, losses=losses, loss=centre, meta=meta)
