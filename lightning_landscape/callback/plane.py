@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from lightning_landscape.callback.recorder import TrajectoryRecorder
 from lightning_landscape.callback.schedule import Plan
 from lightning_landscape.functional.curvature.hessian import hessian_directions
+from lightning_landscape.functional.curvature.sharded import sharded_hessian_directions
 from lightning_landscape.functional.landscape.directions import filter_normalized_directions
 from lightning_landscape.functional.landscape.params import Direction, LossFn, flatten, unflatten
 from lightning_landscape.functional.landscape.shards import ShardLayout, sharded_filter_normalized_directions
@@ -80,20 +81,17 @@ class PlaneSteps:
         """The plane to draw: PCA of the trajectory (once two snapshots exist), Hessian or random."""
         span = self.span
         shards = self.shards
-        if self.directions == "hessian" and shards is not None:
-            raise ValueError(
-                "directions='hessian' is not supported on sharded parameters yet; use 'pca' or 'random'"
-            )
         if self.directions == "hessian":  # eigenvectors of lambda_max and lambda_min (Boettcher & Wheeler)
-            (d1, d2), eig = hessian_directions(
-                model,
-                loss_fn,
-                batches,
-                max_iter=plan.hessian_iterations,
-                tol=1e-4,
-                seed=self.seed,
-                params=params,
-            )
+            if shards is not None:  # by gradient differences, as this rank's slices
+                (d1, d2), eig = sharded_hessian_directions(
+                    model, loss_fn, batches, shards.params, shards,
+                    max_iter=plan.hessian_iterations, tol=1e-4, seed=self.seed,
+                )  # fmt: skip
+            else:
+                (d1, d2), eig = hessian_directions(
+                    model, loss_fn, batches, max_iter=plan.hessian_iterations, tol=1e-4, seed=self.seed,
+                    params=params,
+                )  # fmt: skip
             meta = {
                 "directions": "hessian",
                 "seed": self.seed,
@@ -102,7 +100,8 @@ class PlaneSteps:
                 "residuals": eig.residuals.tolist(),
                 "lanczos_iterations": eig.iterations,
             }
-            return Plane((d1, d2), None, span if span is not None else 1.0, meta, unit=_norm(params))
+            unit = _norm(params, shards)
+            return Plane((d1, d2), None, span if span is not None else 1.0, meta, unit=unit)
         if self.directions == "pca" and len(recorder) >= 2:
             centre = flatten(params, dtype=self.work_dtype, device="cpu")
             pca = trajectory_pca(

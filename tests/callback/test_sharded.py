@@ -25,6 +25,7 @@ from lightning_landscape.callback.distributed import check_strategy
 from lightning_landscape.functional import (
     average_sharpness,
     filter_normalized_directions,
+    hessian_directions,
     hessian_eigenvalues,
     hessian_trace,
     interpolation_line,
@@ -35,6 +36,7 @@ from lightning_landscape.functional.curvature.operators import hessian_operator
 from lightning_landscape.functional.curvature.sharded import (
     gradient_difference_operator,
     sharded_average_sharpness,
+    sharded_hessian_directions,
     sharded_hessian_eigenvalues,
     sharded_hessian_trace,
     sharded_sam_sharpness,
@@ -121,6 +123,18 @@ def test_average_sharpness_of_slices_draws_the_functional_perturbations(adaptive
     assert mine.sharpness == pytest.approx(exact.sharpness, rel=1e-3, abs=1e-6)
 
 
+def test_hessian_directions_from_gradient_differences_are_the_exact_ones():
+    model = _net()
+    batches = list(fsdp_run.probe_loader())
+    (e1, e2), _ = hessian_directions(model, fsdp_run.ce, batches, max_iter=80, tol=1e-7)
+    (m1, m2), _ = sharded_hessian_directions(
+        model, fsdp_run.ce, batches, list(model.parameters()), max_iter=80, tol=1e-7
+    )
+    for e, m in ((e1, m1), (e2, m2)):
+        flat_e, flat_m = torch.cat([t.reshape(-1) for t in e]), torch.cat([t.reshape(-1) for t in m])
+        assert float(flat_e @ flat_m) > 1 - 1e-4  # unit vectors, same sign
+
+
 class _FakeShards:
     """Two 'processes' in one: rank r's layout over row-slices of plain tensors, summed by hand."""
 
@@ -183,7 +197,7 @@ def fsdp_runs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fsdp")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), "--scenarios", "pca,random,bare"],
+        [sys.executable, str(SCRIPT), str(out), "--scenarios", "pca,random,hessian,bare"],
         env=env,
         capture_output=True,
         text=True,
@@ -228,7 +242,7 @@ def test_fsdp_fit_keeps_shards_and_a_smaller_snapshot_buffer(fsdp_runs):
 @pytest.mark.slow
 def test_observing_a_sharded_fit_does_not_change_its_training(fsdp_runs):
     bare = np.load(fsdp_runs / "bare" / "weights.npz")
-    for scenario in ("pca", "random"):
+    for scenario in ("pca", "random", "hessian"):
         observed = np.load(fsdp_runs / scenario / "weights.npz")
         assert sorted(observed.files) == sorted(bare.files)
         for key in bare.files:  # initial and final weights, bit for bit
@@ -317,3 +331,19 @@ def test_fsdp_seeded_random_surface_equals_the_unsharded_one(fsdp_runs):
     )
     np.testing.assert_allclose(recorded.xs, surface.xs)
     np.testing.assert_allclose(recorded.losses, surface.losses, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_fsdp_hessian_plane_is_the_unsharded_one(fsdp_runs):
+    out = fsdp_runs / "hessian"
+    model, _ = _gathered(out)
+    batches = list(fsdp_run.probe_loader())
+    recorded = _record(out, "final_surface")
+    assert recorded.meta["directions"] == "hessian"
+    iterations = recorded.meta["lanczos_iterations"]
+    (d1, d2), eig = hessian_directions(model, fsdp_run.ce, batches, max_iter=iterations, tol=1e-4, seed=0)
+    assert recorded.meta["lambda_max"] == pytest.approx(eig.lambda_max, rel=1e-3)
+    surface = loss_surface(
+        model, fsdp_run.ce, batches, [d1, d2], resolution=len(recorded.xs), span=recorded.meta["span"]
+    )
+    np.testing.assert_allclose(recorded.losses, surface.losses, rtol=1e-3)

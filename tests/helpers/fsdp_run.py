@@ -1,6 +1,6 @@
 """A sharded training run with LossLandscapeCallback, for the FSDP2 tests (run as a script, not collected).
 
-    python tests/helpers/fsdp_run.py OUT_DIR [--scenarios pca,random]
+    python tests/helpers/fsdp_run.py OUT_DIR [--scenarios pca,random,hessian,bare]
 
 Two CPU processes (gloo) under ``ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)``:
 ``configure_model`` applies FSDP2's ``fully_shard`` to every Linear layer and then to the whole model, so
@@ -9,9 +9,9 @@ scenario is one fit in ``OUT_DIR/<scenario>/`` (records in ``landscape/``, writt
 callback at its defaults but for: no overhead budget, no figures, a fixed probe loader, a snapshot every
 2 steps, smaller grids (5, final 9, lines 9: the numbers compared do not depend on them) and, for
 ``random``, ``directions="random"`` and ``save_weights=True`` (gathered one parameter at a time);
-``bare`` is the same fit without the callback (its final weights must be the same, bit for
-bit). After the fit the full weights (initial and final), gathered one
-parameter at a time, go to ``weights.npz`` (rank zero), and each rank writes ``rank{r}.json``: its
+``hessian`` draws on Hessian directions (no metrics); ``bare`` is the same fit without the callback
+(its final weights must be the same, bit for bit). After the fit the full weights (initial and
+final), gathered one parameter at a time, go to ``weights.npz`` (rank zero), and each rank writes ``rank{r}.json``: its
 snapshot buffer's bytes, the local and full parameter counts, the records and the callback's warnings.
 """
 
@@ -46,7 +46,12 @@ CALLBACK_OPTIONS = {
     "line_resolution": 9,
     "snapshot_every_n_steps": 2,
 }
-SCENARIOS = {"pca": {}, "random": {"directions": "random", "save_weights": True}, "bare": {"bare": True}}
+SCENARIOS = {
+    "pca": {},
+    "random": {"directions": "random", "save_weights": True},
+    "hessian": {"directions": "hessian", "metrics": None, "final_metrics": None},
+    "bare": {"bare": True},
+}
 
 
 def probe_loader() -> DataLoader:

@@ -46,7 +46,7 @@ from lightning_landscape.functional.curvature.estimators import (
 )
 from lightning_landscape.functional.curvature.hessian import HessianEigenvalues, HessianTrace
 from lightning_landscape.functional.curvature.sharpness import AverageSharpness, SamSharpness
-from lightning_landscape.functional.landscape.params import LossFn, WeightPerturbation, observation
+from lightning_landscape.functional.landscape.params import Direction, LossFn, WeightPerturbation, observation
 from lightning_landscape.functional.landscape.shards import ShardLayout
 from lightning_landscape.functional.objective import (
     NonFiniteError,
@@ -64,6 +64,7 @@ __all__ = [
     "gradient_difference_operator",
     "local_gradient",
     "sharded_average_sharpness",
+    "sharded_hessian_directions",
     "sharded_hessian_eigenvalues",
     "sharded_hessian_trace",
     "sharded_sam_sharpness",
@@ -193,11 +194,13 @@ def sharded_hessian_eigenvalues(
     seed: int = 0,
     max_basis: int | None = None,
     reuse_graph: bool = True,
+    return_eigenvectors: bool = False,
 ) -> HessianEigenvalues:
     """:func:`~.hessian.hessian_eigenvalues` from gradient differences: for sharded (or any) parameters.
 
-    The same options and result (no eigenvectors; ``reuse_graph`` is accepted and has no effect); the
-    Lanczos start vector is the same Rademacher vector as unsharded for the same ``seed``.
+    The same options and result (``reuse_graph`` is accepted and has no effect; eigenvectors, if asked
+    for, are this process's slices, signs fixed as unsharded); the Lanczos start vector is the same
+    Rademacher vector as unsharded for the same ``seed``.
     """
     check_lanczos_args(k, which, max_iter, tol)
     meta: dict[str, Any] = {
@@ -216,9 +219,13 @@ def sharded_hessian_eigenvalues(
             meta["parameters"] = op.numel
             res = lanczos(
                 op.matvec, op.numel, k=k, which=which, max_iter=max_iter, tol=tol, seed=seed,
-                dtype=op.dtype, device=op.device, max_basis=max_basis,
+                dtype=op.dtype, device=op.device, max_basis=max_basis, return_vectors=return_eigenvectors,
             )  # fmt: skip
             loss = op.loss
+            vectors = None
+            if res.vectors is not None:  # full on every process: keep this one's slices, signs fixed
+                signed = [v if v[int(v.abs().argmax())] >= 0 else -v for v in res.vectors]
+                vectors = [[t.clone() for t in op.layout.to_local(v)] for v in signed]
     except NonFiniteError as err:
         nonfinite_warning("hessian_eigenvalues", err)
         n = min(k, max_iter) * (2 if which == "both" else 1)
@@ -228,7 +235,7 @@ def sharded_hessian_eigenvalues(
     return HessianEigenvalues(
         eigenvalues=res.values,
         residuals=res.residuals,
-        eigenvectors=None,
+        eigenvectors=vectors,
         iterations=res.iterations,
         converged=res.converged,
         loss=loss,
@@ -368,3 +375,24 @@ def sharded_average_sharpness(
         diffs = losses - centre
         mean, stderr = float(diffs.mean()), float(diffs.std(ddof=1) / math.sqrt(samples))
     return AverageSharpness(sharpness=mean, stderr=stderr, losses=losses, loss=centre, meta=meta)
+
+
+def sharded_hessian_directions(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    params: Sequence[Tensor],
+    layout: ShardLayout | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
+) -> tuple[tuple[Direction, Direction], HessianEigenvalues]:
+    """:func:`~.hessian.hessian_directions` from gradient differences: the unit eigenvectors of
+    ``lambda_max`` and ``lambda_min``, as this process's slices."""
+    eig = sharded_hessian_eigenvalues(
+        model, loss_fn, batches, params, layout, k=1, which="both", max_iter=max_iter, tol=tol, seed=seed,
+        return_eigenvectors=True,
+    )  # fmt: skip
+    if eig.eigenvectors is None or len(eig.eigenvectors) < 2:
+        raise ValueError("could not compute two Hessian directions (the loss is not finite at w?)")
+    return (eig.eigenvectors[0], eig.eigenvectors[1]), eig
