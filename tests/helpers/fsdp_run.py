@@ -12,7 +12,8 @@ callback at its defaults but for: no overhead budget, no figures, a fixed probe 
 ``hessian`` draws on Hessian directions (no metrics); ``bare`` is the same fit without the callback
 (its final weights must be the same, bit for bit). After the fit the full weights (initial and
 final), gathered one parameter at a time, go to ``weights.npz`` (rank zero), and each rank writes
-``rank{r}.json``: its snapshot buffer's bytes, the local and full parameter counts, the records and the callback's warnings.
+``rank{r}.json``: its snapshot buffer's bytes, the local and full parameter counts and the records, and
+``warnings{r}.json`` the callback's warnings.
 """
 
 from __future__ import annotations
