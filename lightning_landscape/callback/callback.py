@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_landscape.callback.critical import CriticalSharpnessMonitor
-from lightning_landscape.callback.distributed import check_strategy
+from lightning_landscape.callback.distributed import check_strategy, is_sharded_strategy
 from lightning_landscape.callback.landscape import LandscapeBuilder, Observation
 from lightning_landscape.callback.metrics import DEFAULT_FINAL_METRICS, DEFAULT_METRICS
 from lightning_landscape.callback.module_state import ModuleStateKeeper
@@ -30,7 +30,8 @@ from lightning_landscape.callback.publish import Publisher, Warnings, describe_s
 from lightning_landscape.callback.recorder import TrajectoryRecorder, recorder_for
 from lightning_landscape.callback.schedule import LandscapeSchedule, expected_batches
 from lightning_landscape.functional.landscape.bn import buffer_snapshot
-from lightning_landscape.functional.landscape.params import landscape_parameters
+from lightning_landscape.functional.landscape.params import flatten, landscape_parameters, unflatten
+from lightning_landscape.functional.landscape.shards import ShardLayout, is_sharded
 from lightning_landscape.records.identity import new_run_id
 from lightning_landscape.records.record import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
 from lightning_landscape.solutions.weights import DEFAULT_MAX_BYTES
@@ -126,7 +127,9 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         save_weights_max_bytes (default 2 GiB): refuse (with a warning) to write more; ``None``: no limit.
 
     Under DDP every rank evaluates its share of the points, the values are gathered; the probe batches
-    are rank zero's; only rank zero writes and logs. Sharded strategies are refused at fit start.
+    are rank zero's; only rank zero writes and logs. Under ``ModelParallelStrategy`` (FSDP2, tensor
+    parallel size 1) each rank keeps and moves only its slices of the parameters and every rank evaluates
+    every point (see docs/scaling.md for what works sharded); the other sharded strategies are refused.
 
     Example::
 
@@ -354,7 +357,12 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         self._publish_critical(trainer)
         if self.final:
             self._observe("final", trainer, pl_module)
-        if self.save_weights and trainer.is_global_zero:
+        if self.save_weights and is_sharded_strategy(trainer.strategy):  # every rank: gathers are collective
+            self.builder.part = "saving the weights"
+            meta = {"global_step": trainer.global_step, "epoch": trainer.current_epoch, "seed": self.seed,
+                    "name": self.name}  # fmt: skip
+            self._guarded(trainer.global_step, self._save_sharded_weights, trainer, pl_module, meta)
+        elif self.save_weights and trainer.is_global_zero:
             self.builder.part = "saving the weights"
             meta = {"global_step": trainer.global_step, "epoch": trainer.current_epoch, "seed": self.seed,
                     "name": self.name}  # fmt: skip
@@ -521,6 +529,36 @@ class LossLandscapeCallback(CallbackOptions, Callback):
 
     # ------------------------------------------------------------------ helpers
 
+    def _save_sharded_weights(self, trainer: pl.Trainer, pl_module: nn.Module, meta: dict[str, Any]) -> None:
+        """``save_weights`` of a sharded model: every snapshot and the final weights gathered one parameter
+        at a time (a collective on every rank); rank zero writes the usual ``weights`` folder."""
+        local = self._params(pl_module)
+        layout = self.builder.shards
+        if layout is None or len(self.recorder) == 0:
+            raise ValueError("no sharded parameters or no snapshot of the initial weights to save")
+        zero = trainer.is_global_zero
+
+        def gathered(flat: Tensor) -> Tensor:  # one flat full vector (kept on rank zero only), on the CPU
+            parts = unflatten(flat, local, dtype=flat.dtype)
+            full = [layout.gather(i, t).detach().reshape(-1).cpu() for i, t in enumerate(parts)]
+            return torch.cat(full) if zero else torch.empty(0)
+
+        rows = [gathered(row) for row in self.recorder.stacked()]
+        final = gathered(flatten(local, dtype=self.builder.work_dtype))
+        if zero:
+            self.publisher.save_weights(
+                pl_module, self.recorder, self.builder.start_buffers, self._param_names,
+                self.save_weights_dtype, self.save_weights_max_bytes, meta,
+                gathered=(torch.stack(rows), final),
+            )  # fmt: skip
+
     def _params(self, pl_module: nn.Module) -> list[Tensor]:
+        """The landscape's parameters; of a sharded model, views of this rank's slices (see ``shards``)."""
         named = dict(pl_module.named_parameters())
-        return [named[n] for n in self._param_names if n in named]  # a missing one: caught downstream
+        params: list[Tensor] = [named[n] for n in self._param_names if n in named]  # a missing one: later
+        if not is_sharded(params):
+            self.builder.shards = None
+            return params
+        layout = ShardLayout.of(params)
+        self.builder.shards = layout
+        return layout.local

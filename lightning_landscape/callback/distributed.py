@@ -13,13 +13,23 @@ import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
+from lightning_landscape.functional.landscape.params import LossFn
 from lightning_landscape.functional.landscape.sharding import PointShard
 
-__all__ = ["agree", "broadcast_from_zero", "check_strategy", "lightning_bases", "point_shard"]
+__all__ = [
+    "agree",
+    "broadcast_from_zero",
+    "check_strategy",
+    "is_sharded_strategy",
+    "lightning_bases",
+    "point_shard",
+    "resharding_loss",
+]
 
 SUPPORTED = (
-    "a single device (strategy='auto' with devices=1) and the DDP variants "
-    "('ddp', 'ddp_spawn', 'ddp_fork', 'ddp_notebook')"
+    "a single device (strategy='auto' with devices=1), the DDP variants "
+    "('ddp', 'ddp_spawn', 'ddp_fork', 'ddp_notebook') and ModelParallelStrategy with tensor_parallel_size=1 "
+    "(FSDP2's fully_shard on a data-parallel mesh)"
 )
 
 
@@ -59,6 +69,16 @@ def check_strategy(strategy: Any) -> None:
     Strategies of ``lightning.pytorch`` and of ``pytorch_lightning`` (and their subclasses) alike.
     """
     sharded = _sharded_strategy_name(strategy)  # DeepSpeedStrategy subclasses DDPStrategy: check first
+    if sharded == "ModelParallelStrategy":
+        tp = getattr(strategy, "_tensor_parallel_size", 1)
+        if tp not in (1, "auto"):
+            raise MisconfigurationException(
+                f"LossLandscapeCallback supports ModelParallelStrategy only with tensor_parallel_size=1 "
+                f"(got {tp}): parameters sharded on dimension 0 by FSDP2 over a data-parallel mesh. Tensor "
+                "parallelism places them otherwise (Shard(1), two-dimensional meshes). "
+                f"Supported: {SUPPORTED}."
+            )
+        return
     if sharded is not None:
         raise MisconfigurationException(
             f"LossLandscapeCallback does not support {sharded}: it shards the parameters across ranks, "
@@ -71,10 +91,35 @@ def check_strategy(strategy: Any) -> None:
         )
 
 
+def is_sharded_strategy(strategy: Any) -> bool:
+    """Whether ``strategy`` shards the parameters (the callback then works on local slices)."""
+    return _sharded_strategy_name(strategy) is not None
+
+
+def resharding_loss(loss_fn: LossFn, module: torch.nn.Module) -> LossFn:
+    """``loss_fn`` that puts every FSDP2 module back to its sharded state after each forward.
+
+    FSDP2 keeps a root module's gathered parameters after a forward that no backward follows (it expects
+    one); the callback moves the local slices in place, so the next forward must gather them again.
+    """
+    fsdp = [m for m in module.modules() if callable(getattr(m, "reshard", None)) and hasattr(m, "unshard")]
+    if not fsdp:
+        return loss_fn
+
+    def loss(model: torch.nn.Module, batch: Any) -> Tensor:
+        value = loss_fn(model, batch)
+        if not torch.is_grad_enabled():
+            for m in fsdp:
+                m.reshard()  # type: ignore[operator]
+        return value
+
+    return loss
+
+
 def point_shard(trainer: pl.Trainer, device: torch.device) -> PointShard | None:
     """This rank's share of the evaluation points; ``None`` in a single process."""
-    if trainer.world_size <= 1:
-        return None
+    if trainer.world_size <= 1 or is_sharded_strategy(trainer.strategy):
+        return None  # sharded parameters: every forward is collective, so every rank evaluates every point
 
     def all_gather(values: Tensor) -> Tensor:
         gathered = trainer.strategy.all_gather(values.to(device))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.callback.distributed import agree, point_shard
+from lightning_landscape.callback.distributed import agree, is_sharded_strategy, point_shard, resharding_loss
 from lightning_landscape.callback.indicators import Indicators
 from lightning_landscape.callback.metrics import compute_metrics_of
 from lightning_landscape.callback.plane import Plane, PlaneSteps
@@ -77,7 +77,10 @@ class Observation:
         batches = self.probe.batches(self.trainer, self.module)
         if self.plan.probe_batches:  # a landscape the budget reduced: the first few batches
             batches = batches[: self.plan.probe_batches]
-        return batches, self.probe.loss_fn(self.module, self.trainer.precision_plugin.forward_context)
+        loss_fn = self.probe.loss_fn(self.module, self.trainer.precision_plugin.forward_context)
+        if is_sharded_strategy(self.trainer.strategy):
+            loss_fn = resharding_loss(loss_fn, self.module)
+        return batches, loss_fn
 
     def shard(self) -> PointShard | None:
         """This rank's share of the evaluation points (``None`` in a single process)."""
@@ -157,6 +160,7 @@ class LandscapeBuilder(PlaneSteps):
         self.engine = engine
         self.interpolation_range = interpolation_range
         self.work_dtype = torch.float32
+        self.shards = None  # the layout of a sharded model's parameters (set with them by the callback)
         self.part = "the landscape"
         self.warnings = warn if warn is not None else Warnings()
         self.bn = bn
@@ -361,6 +365,10 @@ class LandscapeBuilder(PlaneSteps):
                 )  # fmt: skip
             if wants_metric and interp.metrics is None:
                 interp.meta["metric_missing"] = self._missing()
+            if self.shards is not None:  # the distance travelled, over the full weights
+                with torch.no_grad():
+                    travelled = [p.detach() - s.to(p) for p, s in zip(objective.params, start)]
+                interp.meta["distance"] = self.shards.norm(travelled)
             interp.meta.update(
                 common,
                 directions="interpolation",
@@ -473,7 +481,9 @@ class LandscapeBuilder(PlaneSteps):
             if cached is not None and cached[0] == options:
                 values, info = dict(cached[1]), {name: {**cached[2], "reused": True}}
             else:
-                values, info, problems = compute_metrics_of(objective, {name: options}, optimizer=optimizer)
+                values, info, problems = compute_metrics_of(
+                    objective, {name: options}, optimizer=optimizer, shards=self.shards
+                )
             scalars.update(values)
             meta.update(info)
             errors.update(problems)
@@ -494,6 +504,14 @@ class LandscapeBuilder(PlaneSteps):
         if not plan.reliability or drawn is None or (drawn.step, drawn.stage) != (step, stage):
             return []  # off, or the surface failed
         self._drawn = None
+        if self.shards is not None:  # the same decision on every rank, before any collective
+            self.warnings.warn(
+                "reliability sharded",
+                "LossLandscapeCallback: the reliability indicators are not supported on sharded parameters "
+                "yet (their random directions and norms are per rank) and were skipped; the surface, lines "
+                "and the eigenvalues, trace, SAM and average sharpness are computed.",
+            )
+            return []
         self.part = "the reliability indicators"
         objective = job.objective(self.engine)
         settings = self.indicators.settings_for(stage, plan.metrics)

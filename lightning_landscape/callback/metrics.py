@@ -41,6 +41,12 @@ from lightning_landscape.functional.curvature.hessian import (
     hessian_trace,
     hessian_trace_of,
 )
+from lightning_landscape.functional.curvature.sharded import (
+    sharded_average_sharpness,
+    sharded_hessian_eigenvalues,
+    sharded_hessian_trace,
+    sharded_sam_sharpness,
+)
 from lightning_landscape.functional.curvature.sharpness import (
     average_sharpness,
     average_sharpness_of,
@@ -53,6 +59,7 @@ from lightning_landscape.functional.curvature.stability import (
 )
 from lightning_landscape.functional.landscape.params import LossFn
 from lightning_landscape.functional.landscape.sharding import PointShard
+from lightning_landscape.functional.landscape.shards import ShardLayout
 from lightning_landscape.functional.objective import Objective
 
 __all__ = [
@@ -196,12 +203,36 @@ def compute_metrics(
     return compute_metrics_of(Objective(model, loss_fn, batches, params, shard=shard), spec, optimizer)
 
 
+def _sharded_metric(name: str, objective: Objective, shards: ShardLayout, options: Mapping[str, Any]) -> Any:
+    """A metric of a sharded model: ``eigenvalues``, ``trace``, ``sam``, ``average`` for now (a ValueError
+    for the others)."""
+    cores: dict[str, Any] = {
+        "eigenvalues": sharded_hessian_eigenvalues,
+        "trace": sharded_hessian_trace,
+        "sam": sharded_sam_sharpness,
+        "average": sharded_average_sharpness,
+    }
+    if name not in cores:
+        raise ValueError(
+            f"the metric {name!r} is not supported on sharded parameters yet "
+            "(only 'eigenvalues', 'trace', 'sam' and 'average')"
+        )
+    model, loss_fn, batches = objective.model, objective.loss_fn, objective.batches
+    return cores[name](model, loss_fn, batches, shards.params, shards, **options)
+
+
 def compute_metrics_of(
-    objective: Objective, spec: Mapping[str, Mapping[str, Any]], optimizer: Any = None
+    objective: Objective,
+    spec: Mapping[str, Mapping[str, Any]],
+    optimizer: Any = None,
+    shards: ShardLayout | None = None,
 ) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:
     """:func:`compute_metrics` of a landscape's ``objective``: every metric with its probe batches and
     parameters, the default engine and the current BatchNorm statistics; its ``shard`` only for the
-    metrics made of independent samples."""
+    metrics made of independent samples. With ``shards`` (the objective's parameters are slices of a
+    sharded model), ``eigenvalues``, ``trace``, ``sam`` and ``average`` come from backward passes and forwards
+    (:mod:`lightning_landscape.functional.curvature.sharded`) and the other metrics are reported as errors
+    (not supported sharded yet)."""
     plain = objective.replace(bn="keep", engine="auto", chunk_size=None, shard=None, metric_fn=None)
     scalars: dict[str, float] = {}
     meta: dict[str, Any] = {}
@@ -217,7 +248,10 @@ def compute_metrics_of(
                         raise ValueError("the edge-of-stability ratio needs the training optimizer")
                     extra["optimizer"] = optimizer
                 target = plain.replace(shard=objective.shard) if sharded else plain
-                result = METRIC_CORES[name](target, **options, **extra)
+                if shards is not None:
+                    result = _sharded_metric(name, target, shards, options)
+                else:
+                    result = METRIC_CORES[name](target, **options, **extra)
         except UnrestorableStateError:
             raise  # not this metric's failure: the module cannot be observed any more (the caller says why)
         except Exception as err:

@@ -20,8 +20,10 @@ from torch import Tensor, nn
 from lightning_landscape.callback.recorder import TrajectoryRecorder
 from lightning_landscape.callback.schedule import Plan
 from lightning_landscape.functional.curvature.hessian import hessian_directions
+from lightning_landscape.functional.curvature.sharded import sharded_hessian_directions
 from lightning_landscape.functional.landscape.directions import filter_normalized_directions
 from lightning_landscape.functional.landscape.params import Direction, LossFn, flatten, unflatten
+from lightning_landscape.functional.landscape.shards import ShardLayout, sharded_filter_normalized_directions
 from lightning_landscape.functional.landscape.trajectory import TrajectoryPCA, trajectory_pca
 
 __all__ = ["Plane", "PlaneSteps"]
@@ -43,9 +45,11 @@ class Plane:
     unit: float = 1.0
 
 
-def _norm(params: Sequence[Tensor]) -> float:
+def _norm(params: Sequence[Tensor], shards: ShardLayout | None = None) -> float:
     """The weights' Euclidean norm: the unit of the distance scan along unit-vector directions (a
     filter-normalized direction has about this norm, so both planes scan the same distances)."""
+    if shards is not None:
+        return shards.norm(params) or 1.0
     with torch.no_grad():
         total = torch.zeros((), dtype=torch.float64)
         for p in params:
@@ -63,6 +67,7 @@ class PlaneSteps:
     include_1d: bool
     pca_centred: bool
     work_dtype: torch.dtype
+    shards: ShardLayout | None  # a sharded model's layout: ``params`` are then this rank's slices
 
     def plane(
         self,
@@ -75,16 +80,18 @@ class PlaneSteps:
     ) -> Plane:
         """The plane to draw: PCA of the trajectory (once two snapshots exist), Hessian or random."""
         span = self.span
+        shards = self.shards
         if self.directions == "hessian":  # eigenvectors of lambda_max and lambda_min (Boettcher & Wheeler)
-            (d1, d2), eig = hessian_directions(
-                model,
-                loss_fn,
-                batches,
-                max_iter=plan.hessian_iterations,
-                tol=1e-4,
-                seed=self.seed,
-                params=params,
-            )
+            if shards is not None:  # by gradient differences, as this rank's slices
+                (d1, d2), eig = sharded_hessian_directions(
+                    model, loss_fn, batches, shards.params, shards,
+                    max_iter=plan.hessian_iterations, tol=1e-4, seed=self.seed,
+                )  # fmt: skip
+            else:
+                (d1, d2), eig = hessian_directions(
+                    model, loss_fn, batches, max_iter=plan.hessian_iterations, tol=1e-4, seed=self.seed,
+                    params=params,
+                )  # fmt: skip
             meta = {
                 "directions": "hessian",
                 "seed": self.seed,
@@ -93,11 +100,16 @@ class PlaneSteps:
                 "residuals": eig.residuals.tolist(),
                 "lanczos_iterations": eig.iterations,
             }
-            return Plane((d1, d2), None, span if span is not None else 1.0, meta, unit=_norm(params))
+            unit = _norm(params, shards)
+            return Plane((d1, d2), None, span if span is not None else 1.0, meta, unit=unit)
         if self.directions == "pca" and len(recorder) >= 2:
             centre = flatten(params, dtype=self.work_dtype, device="cpu")
             pca = trajectory_pca(
-                recorder.stacked(), centre, centred=self.pca_centred, release=recorder.release
+                recorder.stacked(),
+                centre,
+                centred=self.pca_centred,
+                release=recorder.release,
+                all_reduce=None if shards is None else shards.all_reduce,
             )
             del centre
             d1, d2 = (unflatten(c, params, dtype=self.work_dtype) for c in pca.components)
@@ -112,8 +124,13 @@ class PlaneSteps:
                 "snapshots": len(recorder),
                 "snapshot_steps": list(recorder.steps),
             }
-            return Plane((d1, d2), path, span, meta, pca=pca, unit=_norm(params))
-        d1, d2 = filter_normalized_directions(params, count=2, seed=self.seed, include_1d=self.include_1d)
+            return Plane((d1, d2), path, span, meta, pca=pca, unit=_norm(params, shards))
+        if shards is not None:  # the same directions as unsharded, as this rank's slices
+            d1, d2 = sharded_filter_normalized_directions(
+                shards, count=2, seed=self.seed, include_1d=self.include_1d
+            )
+        else:
+            d1, d2 = filter_normalized_directions(params, count=2, seed=self.seed, include_1d=self.include_1d)
         d1, d2 = ([t.to(self.work_dtype) for t in d] for d in (d1, d2))
         meta = {"directions": "random", "seed": self.seed, "include_1d": self.include_1d}
         return Plane((d1, d2), None, span if span is not None else 1.0, meta)

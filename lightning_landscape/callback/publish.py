@@ -376,12 +376,26 @@ class Publisher:
         dtype: torch.dtype | None,
         max_bytes: int | None,
         meta: Mapping[str, Any],
+        gathered: tuple[Tensor, Tensor] | None = None,
     ) -> Path | None:
         """The run's weights, BatchNorm statistics and snapshots under ``<record dir>/weights``
         (:func:`~lightning_landscape.save_run_weights`; rank zero, the caller guards it); nothing under
-        ``fast_dev_run``."""
+        ``fast_dev_run``.
+
+        ``gathered``: for a sharded model, the full snapshots ``(n, P)`` and final weights ``(P,)``,
+        gathered by the caller (the recorder and the parameters then hold this rank's slices only).
+        """
         if not self.write:
             return None
+        if gathered is not None:
+            trajectory, final = gathered
+            return save_run_weights(
+                self.record_dir / "weights", model, trajectory[0], initial_buffers=initial_buffers,
+                final=final, trajectory=trajectory, steps=recorder.steps, names=names, dtype=dtype,
+                max_bytes=max_bytes,
+                meta={**meta, "snapshot_dtype": str(recorder.dtype).removeprefix("torch."), "sharded": True,
+                      RUN_ID_KEY: self.run_id},
+            )  # fmt: skip
         if len(recorder) == 0:
             raise ValueError("no snapshot of the initial weights was taken")
         if initial_buffers is None:  # resumed from a checkpoint without them: unknown, not invented

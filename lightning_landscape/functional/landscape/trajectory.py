@@ -68,6 +68,11 @@ def _column_chunks(num_params: int, rows: int) -> list[slice]:
     return [slice(a, min(a + step, num_params)) for a in range(0, num_params, step)]
 
 
+def _dot(x: Tensor, y: Tensor, all_reduce: Callable[[Tensor], Tensor] | None) -> Tensor:
+    local = torch.dot(x, y)
+    return local if all_reduce is None else all_reduce(local.double().cpu()).to(x)
+
+
 def trajectory_pca(
     snapshots: Tensor | Sequence[Tensor],
     centre: Tensor,
@@ -75,6 +80,7 @@ def trajectory_pca(
     *,
     centred: bool = False,
     release: Callable[[], None] | None = None,
+    all_reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> TrajectoryPCA:
     """Top-``k`` principal directions of ``snapshots - centre``, with coordinates and explained variance.
 
@@ -88,6 +94,10 @@ def trajectory_pca(
             them from ``centre`` as they are (the default); see the module docstring.
         release: called after each column chunk is read (a memory-mapped snapshot buffer hands its
             pages back there, so resident memory stays bounded).
+        all_reduce: for snapshots that are this process's slices of sharded parameters (see
+            :mod:`~lightning_landscape.functional.landscape.shards`): sums a tensor over the processes in
+            place. The Gram matrix is summed (and the random fill's dot products), so every process gets
+            the plane of the full vectors; ``components`` are this process's slices of it.
 
     Memory: besides the ``(k, P)`` result, one ``(n, chunk)`` float64 work buffer of at most
     ``_CHUNK_ELEMENTS`` elements (8 MiB) and small ``n x n`` matrices; never a copy of the snapshots.
@@ -130,6 +140,8 @@ def trajectory_pca(
     for cols in chunks:
         d = offsets(cols)
         gram += d @ d.T
+    if all_reduce is not None:
+        gram = all_reduce(gram.cpu()).to(device)
     offset_norms = gram.diagonal().clamp_min(0.0).sqrt().cpu()
     full = gram
     if centred:  # H G H with H = I - 11^T / n: the Gram matrix of the mean-centred offsets
@@ -168,8 +180,8 @@ def trajectory_pca(
         v.copy_(torch.randn(num_params, generator=generator, dtype=out_dtype))
         for _ in range(2):  # twice: re-orthogonalization keeps float32 at working accuracy
             for i in range(j):
-                v -= torch.dot(v, components[i]) * components[i]
-        v /= v.norm()
+                v -= _dot(v, components[i], all_reduce) * components[i]
+        v /= _dot(v, v, all_reduce) ** 0.5
 
     ratio = torch.zeros(k, dtype=torch.float64)
     sv = torch.zeros(k, dtype=torch.float64)

@@ -1,0 +1,246 @@
+"""Parameters that are shards: each process holds a slice of every parameter (FSDP2's ``fully_shard``).
+
+A sharded model's parameters are ``DTensor``s; ``p.to_local()`` is a *view* of this process's slice (FSDP2
+all-gathers the full parameter from that storage before each forward, and the optimizer updates it in
+place). :class:`ShardLayout` describes them: the views, where each slice sits in its full parameter, and
+the sum over processes. With it, a direction is a list of local slices aligned with the views, and
+everything in the core that moves parameters in place (:class:`~.params.WeightPerturbation`) works on the
+views unchanged; what needs the whole vector (norms, dot products, the trajectory's Gram matrix) takes
+local sums and adds them over processes (:meth:`ShardLayout.all_reduce`).
+
+Supported placements: ``Shard(0)`` (FSDP2's, on a one-dimensional data-parallel mesh) and ``Replicate``.
+Anything else (tensor parallelism's ``Shard(1)``, two-dimensional meshes) is refused with a ValueError.
+
+Random directions are the same whatever the sharding and the number of processes: every process draws each
+*full* parameter in turn from the one seeded CPU generator (exactly the draws of
+:func:`~.directions.filter_normalized_directions` on the unsharded model) and keeps its slice. The cost:
+each process draws every parameter once, one parameter at a time (transient memory: the largest
+parameter), and no communication. Filters (slices along dimension 0) never span two processes under
+``Shard(0)``, so their norms are local; a one-dimensional parameter normalized as a whole
+(``include_1d``) takes its norm across processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lightning_landscape.functional import checks as check
+from lightning_landscape.functional.landscape.params import Direction
+from lightning_landscape.functional.objective import work_dtype
+
+__all__ = ["ShardLayout", "is_sharded", "sharded_filter_normalized_directions"]
+
+_EPS = 1e-10  # as in directions.filter_normalize
+
+AllReduce = Callable[[Tensor], Tensor]
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
+
+
+def is_sharded(params: Sequence[Tensor]) -> bool:
+    """Whether any of ``params`` is a ``DTensor`` (a parameter whose processes each hold a slice)."""
+    return any(_is_dtensor(p) for p in params)
+
+
+def _process_group_sum(t: Tensor) -> Tensor:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """Where each parameter's local slice sits in the full parameter, and the sum over processes.
+
+    Attributes:
+        params: the parameters themselves (``DTensor``s or plain tensors; their ``.grad`` is read).
+        local: this process's slices (views: moving them moves the model), one per parameter.
+        shapes: each full parameter's shape.
+        row_offsets: the first row (dimension 0) of each slice in its full parameter (0 when replicated).
+        replicated: per parameter, whether every process holds all of it (then it is not summed twice).
+        all_reduce: in place, the sum of a tensor over the processes (identity in one process).
+    """
+
+    params: list[Tensor]
+    local: list[Tensor]
+    shapes: list[torch.Size]
+    row_offsets: list[int]
+    replicated: list[bool]
+    all_reduce: AllReduce
+
+    @classmethod
+    def of(cls, params: Sequence[Tensor], all_reduce: AllReduce | None = None) -> ShardLayout:
+        """The layout of ``params`` (``DTensor``s sharded on dimension 0, or plain tensors).
+
+        ``all_reduce`` defaults to a sum over the default process group (identity in one process).
+        """
+        local, shapes, offsets, replicated = [], [], [], []
+        for i, p in enumerate(params):
+            if not _is_dtensor(p):
+                local.append(p)
+                shapes.append(p.shape)
+                offsets.append(0)
+                replicated.append(True)
+                continue
+            placements = tuple(p.placements)  # type: ignore[attr-defined]
+            names = [type(pl).__name__ for pl in placements]
+            dims = [getattr(pl, "dim", None) for pl in placements]
+            if len(placements) != 1 or not (
+                names[0] == "Replicate" or (names[0] == "Shard" and dims[0] == 0)
+            ):
+                raise ValueError(
+                    f"`params`[{i}] is a DTensor placed as {placements}: only Shard(0) on a one-dimensional "
+                    "mesh (FSDP2's fully_shard on a data-parallel mesh) or Replicate is supported"
+                )
+            from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+            view = p.to_local().detach()  # type: ignore[attr-defined]  # shares the storage, no history
+            _, offset = compute_local_shape_and_global_offset(
+                p.shape,
+                p.device_mesh,  # type: ignore[attr-defined]
+                placements,
+            )
+            local.append(view)
+            shapes.append(p.shape)
+            offsets.append(int(offset[0]) if len(offset) else 0)
+            replicated.append(names[0] == "Replicate")
+        return cls(list(params), local, shapes, offsets, replicated, all_reduce or _process_group_sum)
+
+    @property
+    def numel(self) -> int:
+        """The number of elements of the full parameters, ``P``."""
+        return sum(s.numel() for s in self.shapes)
+
+    @property
+    def local_numel(self) -> int:
+        """The number of elements this process holds."""
+        return sum(t.numel() for t in self.local)
+
+    def _owned(self, i: int) -> bool:
+        """Whether this process counts parameter ``i`` in sums (a replicated one: rank zero only)."""
+        if not self.replicated[i]:
+            return True
+        import torch.distributed as dist
+
+        return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+    def sum(self, parts: Sequence[Tensor]) -> Tensor:
+        """The sum over processes of per-parameter float64 partial sums (replicated ones counted once)."""
+        total = torch.zeros((), dtype=torch.float64)
+        for i, part in enumerate(parts):
+            if self._owned(i):
+                total = total + part.detach().double().sum().cpu()
+        return self.all_reduce(total)
+
+    def dot(self, x: Sequence[Tensor], y: Sequence[Tensor]) -> float:
+        """``<x, y>`` of two directions held as local slices, summed over processes, in float64."""
+        return float(self.sum([(a.double() * b.double()).sum() for a, b in zip(x, y, strict=True)]))
+
+    def norm(self, x: Sequence[Tensor]) -> float:
+        """The Euclidean norm of a direction held as local slices (summed over processes, float64)."""
+        return self.dot(x, x) ** 0.5
+
+    def local_rows(self, i: int, full: Tensor) -> Tensor:
+        """This process's slice of a full-shaped tensor for parameter ``i``."""
+        rows = self.local[i].shape[0] if self.local[i].dim() > 0 else None
+        if rows is None or self.replicated[i]:
+            return full
+        return full[self.row_offsets[i] : self.row_offsets[i] + rows]
+
+    def flat_ranges(self) -> list[tuple[int, int]]:
+        """Per parameter, the range of the full flat vector (parameters concatenated) this process holds."""
+        out, start = [], 0
+        for i, shape in enumerate(self.shapes):
+            n = shape.numel()
+            if self.replicated[i]:
+                out.append((start, start + n))
+            else:
+                row = n // shape[0] if len(shape) and shape[0] else 0
+                a = start + self.row_offsets[i] * row
+                out.append((a, a + self.local[i].numel()))
+            start += n
+        return out
+
+    def gather(self, i: int, piece: Tensor) -> Tensor:
+        """The full tensor of parameter ``i`` from this process's slice ``piece`` of it (any dtype), on
+        every process: one all-gather of that parameter only (a collective)."""
+        p = self.params[i]
+        if not _is_dtensor(p) or self.replicated[i]:
+            return piece
+        from torch.distributed.tensor import DTensor
+
+        dist_piece = DTensor.from_local(
+            piece.detach().to(p.device),
+            p.device_mesh,  # type: ignore[attr-defined]
+            p.placements,  # type: ignore[attr-defined]
+            run_check=False,
+            shape=p.shape,
+            stride=torch.empty(p.shape, device="meta").stride(),
+        )
+        return dist_piece.full_tensor()
+
+    def to_local(self, full: Tensor) -> Direction:
+        """Slices of a full flat vector (length ``P``), shaped like the local views (views, no copy)."""
+        return [full[a:b].view(t.shape) for (a, b), t in zip(self.flat_ranges(), self.local)]
+
+    def to_full(self, parts: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
+        """The full flat vector (length ``P``) on every process from each one's slices (one all-reduce)."""
+        dtype = dtype or work_dtype(parts[0])
+        out = torch.zeros(self.numel, dtype=dtype, device=parts[0].device if parts else None)
+        for i, ((a, b), t) in enumerate(zip(self.flat_ranges(), parts, strict=True)):
+            if self._owned(i):
+                out[a:b] = t.detach().reshape(-1).to(dtype)
+        return self.all_reduce(out)
+
+
+def sharded_filter_normalized_directions(
+    layout: ShardLayout, count: int = 2, seed: int = 0, include_1d: bool = False
+) -> list[Direction]:
+    """:func:`~.directions.filter_normalized_directions` of the full parameters, as this process's slices.
+
+    The same numbers as the unsharded function for the same ``seed`` (each full parameter is drawn in turn
+    from the one CPU generator and sliced; see the module docstring for the cost).
+    """
+    check.positive_int("count", count)
+    generator = torch.Generator().manual_seed(int(seed))
+    out: list[Direction] = []
+    for _ in range(count):
+        direction: Direction = []
+        for i, (p, shape) in enumerate(zip(layout.local, layout.shapes)):
+            full = torch.randn(shape, generator=generator, dtype=torch.float32)
+            d = layout.local_rows(i, full).to(p.device, work_dtype(p))
+            direction.append(d)
+        out.append(_filter_normalize(layout, direction, include_1d))
+    return out
+
+
+def _filter_normalize(layout: ShardLayout, direction: Direction, include_1d: bool) -> Direction:
+    """``filter_normalize`` on local slices: rows are whole on one process; 1-d norms are summed."""
+    out: Direction = []
+    for i, (d, p) in enumerate(zip(direction, layout.local, strict=True)):
+        dtype = torch.float64 if torch.float64 in (d.dtype, p.dtype) else torch.float32
+        d = d.detach().to(dtype)
+        q = p.detach().to(device=d.device, dtype=dtype)
+        if len(layout.shapes[i]) <= 1:
+            if include_1d:
+                sums = torch.stack([q.double().square().sum(), d.double().square().sum()]).cpu()
+                if not layout.replicated[i]:
+                    sums = layout.all_reduce(sums)
+                p_norm, d_norm = (float(s) ** 0.5 for s in sums)
+                out.append(d * (p_norm / (d_norm + _EPS)))
+            else:
+                out.append(torch.zeros_like(d))
+            continue
+        dims = tuple(range(1, q.dim()))
+        p_norm = torch.linalg.vector_norm(q, dim=dims, keepdim=True)
+        d_norm = torch.linalg.vector_norm(d, dim=dims, keepdim=True)
+        out.append(d * (p_norm / (d_norm + _EPS)))
+    return out
