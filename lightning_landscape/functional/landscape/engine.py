@@ -12,6 +12,7 @@ loop (weights moved in place, one forward pass per point and batch) and the batc
 from __future__ import annotations
 
 import contextlib
+import time
 import types
 import warnings
 import weakref
@@ -30,9 +31,11 @@ from lightning_landscape.functional.objective import Engine, Objective, check_en
 
 __all__ = [
     "Engine",
+    "EngineCosts",
     "Evaluation",
     "Progress",
     "auto_engine",
+    "compile_pays",
     "check_engine",
     "evaluate_points",
     "evaluate_points_of",
@@ -53,27 +56,130 @@ _CANNOT_VMAP_EXTRA: weakref.WeakKeyDictionary[nn.Module, set[tuple[str, bool]]] 
 class Evaluation:
     """Per-batch values at each point: ``losses[n, b]`` (and ``metrics[n, b]``) for point ``n``, batch ``b``.
 
-    ``engine`` is the path that ran (``"loop"`` or ``"vmap"``), ``note`` says why "auto" fell back.
+    ``engine`` is the path that ran (``"loop"``, ``"vmap"`` or ``"compile"``), ``note`` says why it
+    fell back, ``reason`` why "auto" chose it (None for an engine asked for by name).
     """
 
     losses: np.ndarray
     metrics: np.ndarray | None
     engine: str
     note: str | None = None
+    reason: str | None = None
 
 
 def auto_engine(model: nn.Module, params: Sequence[Tensor]) -> Engine:
-    """The "auto" rule, deterministic so that identical runs give identical records.
+    """The "auto" rule between the loop and vmap, deterministic so that identical runs give identical records.
 
     Batched where it pays, on accelerators: one vmapped forward pass over a chunk of points replaces
     many small kernel launches. On the CPU, the loop: measured there, batching won only for models of
     a few thousand parameters and lost up to 2.3x on larger ones (benchmarks/bench_floor.py).
-    Never "compile": compiling costs tens of seconds per model and pays back only after about a
-    thousand points on a CNN, never on some models (benchmarks/bench_compile.py).
+    "compile" is chosen only by :func:`compile_pays`, from measured costs.
     """
     if model in _CANNOT_VMAP or all(p.device.type == "cpu" for p in params):
         return "loop"
     return "vmap"
+
+
+def _auto_reason(model: nn.Module, engine: Engine) -> str:
+    if model in _CANNOT_VMAP:
+        return "auto: the loop (vmap failed earlier on this model)"
+    if engine == "loop":
+        return "auto: the loop on the CPU (batching loses on compute-bound CPU models)"
+    return "auto: vmap on an accelerator (one batched pass replaces many small kernel launches)"
+
+
+@dataclass(frozen=True)
+class EngineCosts:
+    """Measured costs behind "auto"'s choice between an eager engine and the compiled one (seconds).
+
+    Attributes:
+        eager_per_point: one point with the eager engine "auto" would otherwise run (measured on a
+            first evaluation of this model and probe set), None if not measured yet.
+        compiled_per_point: one point through a compiled graph once compiled (steady state), None if
+            no compiled evaluation of this model and probe set was measured.
+        compile_s: what is still to pay before the compiled graph runs: 0 when the graph is compiled
+            already in this process, else the measured compile time of a first graph.
+    """
+
+    eager_per_point: float | None
+    compiled_per_point: float | None
+    compile_s: float | None
+
+
+def compile_pays(points: int, costs: EngineCosts) -> tuple[bool, str]:
+    """Whether compiling repays its one-time cost on ``points`` points, and why (a clause for records).
+
+    Compile only if ``points * (eager_per_point - compiled_per_point) > compile_s``: the time saved
+    over this evaluation exceeds what compiling still costs. Unmeasured costs keep the eager engine:
+    a cold compile cannot be predicted before a first graph is compiled (measured at 19-88 s on a
+    CPU, benchmarks/bench_compile.py), so "auto" never starts one.
+
+    Example::
+
+        >>> compile_pays(1000, EngineCosts(0.010, 0.004, 0.0))[0]  # compiled earlier, 6 ms saved a point
+        True
+        >>> compile_pays(1000, EngineCosts(0.010, 0.004, 30.0))
+        (False, 'not compiled: compiling would cost 30 s and save 6 s over 1000 points')
+    """
+    if costs.compiled_per_point is None or costs.compile_s is None:
+        return False, (
+            "not compiled: no compiled graph of this model and probe set measured "
+            "(auto never starts a cold compile, which costs tens of seconds)"
+        )
+    if costs.eager_per_point is None:
+        return False, "not compiled: the eager engine's cost per point is not measured yet"
+    saved = points * (costs.eager_per_point - costs.compiled_per_point)
+    if saved > costs.compile_s:
+        return True, (
+            f"compiled: saves {saved:.3g} s over {points} points "
+            f"({costs.compiled_per_point * 1e3:.3g} vs {costs.eager_per_point * 1e3:.3g} ms a point) "
+            f"for {costs.compile_s:.3g} s of compiling"
+        )
+    return False, (
+        f"not compiled: compiling would cost {costs.compile_s:.3g} s "
+        f"and save {max(saved, 0.0):.3g} s over {points} points"
+    )
+
+
+# Measured costs per model and probe signature (weakly held: forgotten with the model): seconds a point
+# per engine, and the compile time of a first graph. Only which path runs follows from them, never values.
+_COSTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], dict[str, float]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _signature(objective: Objective, buffers: BufferPlan | None) -> tuple[Any, ...]:
+    """What a measured cost per point depends on besides the model: the probe batches' shapes and
+    dtypes, the metric, the buffer mode (and the compile settings, for compiled graphs)."""
+
+    def shapes(obj: Any) -> Any:
+        if isinstance(obj, Tensor):
+            return (tuple(obj.shape), obj.dtype, obj.device.type)
+        if isinstance(obj, dict):
+            return tuple((k, shapes(v)) for k, v in obj.items())
+        if isinstance(obj, (list, tuple)):
+            return tuple(shapes(v) for v in obj)
+        return type(obj).__name__
+
+    return (
+        shapes(list(objective.batches)),
+        objective.metric_fn is not None,
+        buffers.mode if buffers is not None else "keep",
+        repr(_SETTINGS),
+    )
+
+
+def _measured_costs(model: nn.Module, signature: tuple[Any, ...], eager: str) -> EngineCosts:
+    """The costs measured for ``model`` on ``signature``: nothing left to compile while its graph is
+    cached in this process, else the compile time measured for a first graph."""
+    known = _COSTS.get(model, {}).get(signature, {})
+    cached = _COMPILED.get(model)
+    ready = cached is not None and cached[0] == _settings_key() and "compile" in known
+    return EngineCosts(known.get(eager), known.get("compile"), 0.0 if ready else known.get("compile_s"))
+
+
+def _record_cost(model: nn.Module, signature: tuple[Any, ...], key: str, seconds: float) -> None:
+    _COSTS.setdefault(model, {}).setdefault(signature, {})[key] = seconds
 
 
 def checked_scalar(value: Any, what: str = "loss_fn") -> Tensor:
@@ -188,16 +294,29 @@ def evaluate_points_of(
     plain = extra == ("keep", False)
     may_fall_back = engine == "auto"
     note: str | None = None
+    reason: str | None = None
+    signature = _signature(objective, buffers)
     if engine == "auto":
         engine = auto_engine(model, move.params)
+        reason = _auto_reason(model, engine)
         if engine == "vmap" and not plain and extra in _CANNOT_VMAP_EXTRA.get(model, set()):
             engine = "loop"
             note = "vmap failed earlier on this model; evaluated with the loop"
+            reason = "auto: the loop (vmap failed earlier on this model with these options)"
+        if model not in _CANNOT_COMPILE:
+            pays, why = compile_pays(len(coefficients), _measured_costs(model, signature, engine))
+            reason = f"auto: compile ({why})" if pays else f"{reason}; {why}"
+            if pays:
+                engine = "compile"
+    timing: dict[str, float] = {}
+    start = time.perf_counter()
     with observation(model):
         if engine == "loop":
             values = loop(coefficients)
         elif engine == "compile":
-            values, engine, note = evaluate_compiled(objective, move, coefficients, origin, buffers, loop)
+            values, engine, note = evaluate_compiled(
+                objective, move, coefficients, origin, buffers, loop, timing
+            )
         else:
             try:
                 values = batched(coefficients)
@@ -213,11 +332,34 @@ def evaluate_points_of(
                 engine = "loop"
                 note = f"vmap failed ({type(err).__name__}); evaluated with the loop"
     out = values.double().cpu().numpy().reshape(len(coefficients), width)
+    _remember_costs(model, signature, str(engine), len(coefficients), time.perf_counter() - start, timing)
     if progress is not None:
         progress(len(coefficients), len(coefficients))
     losses = out[:, : len(batches)]
     metrics = out[:, len(batches) :] if metric_fn is not None else None
-    return Evaluation(losses, metrics, str(engine), note)
+    return Evaluation(losses, metrics, str(engine), note, reason)
+
+
+def _remember_costs(
+    model: nn.Module,
+    signature: tuple[Any, ...],
+    engine: str,
+    points: int,
+    seconds: float,
+    timing: dict[str, float],
+) -> None:
+    """Book what an evaluation cost, for later "auto" choices: seconds a point of ``engine``; for a
+    compiled run, the steady points apart from the first call, which compiled if the graph was new."""
+    if engine != "compile":
+        _record_cost(model, signature, engine, seconds / points)
+        return
+    first = timing.get("first")
+    if first is None or points < 2:
+        return
+    per_point = max(seconds - first, 0.0) / (points - 1)
+    _record_cost(model, signature, "compile", per_point)
+    if timing.get("new_graph"):
+        _record_cost(model, signature, "compile_s", max(first - per_point, 0.0))
 
 
 def _monotone(progress: Progress | None, total: int) -> Progress | None:
@@ -337,6 +479,10 @@ class CompileFallbackWarning(UserWarning):
     """``engine="compile"`` could not compile a model's loss and evaluated it with the loop engine."""
 
 
+def _settings_key() -> tuple[Any, ...]:
+    return (_SETTINGS["backend"], _SETTINGS["mode"], repr(_SETTINGS["options"]))
+
+
 def compile_settings(
     backend: str | Callable[..., Any] = "inductor",
     mode: str | None = None,
@@ -387,7 +533,7 @@ def compiled_loss(model: nn.Module) -> Callable[..., tuple[Tensor, Tensor | None
         >>> compiled_loss(net) is compiled_loss(net)
         True
     """
-    key = (_SETTINGS["backend"], _SETTINGS["mode"], repr(_SETTINGS["options"]))
+    key = _settings_key()
     cached = _COMPILED.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -413,6 +559,7 @@ def evaluate_compiled(
     origin: Sequence[Tensor] | None,
     buffers: BufferPlan | None,
     loop: Callable[[np.ndarray], Tensor],
+    timing: dict[str, float] | None = None,
 ) -> tuple[Tensor, Engine, str | None]:
     """The loop engine's points through the compiled evaluation of ``model``; ``loop`` if that fails.
 
@@ -423,14 +570,15 @@ def evaluate_compiled(
     engine that ran (``"compile"`` or ``"loop"``) and a note when it fell back. If the compiled run
     raises, ``loop(coefficients)`` runs: when it works, the model is remembered as one that cannot be
     compiled and a :class:`CompileFallbackWarning` says why, once; when it raises too, its error
-    propagates (the fault is ``loss_fn``'s, not the compiler's).
+    propagates (the fault is ``loss_fn``'s, not the compiler's). ``timing`` receives the seconds of
+    the first compiled call (``"first"``) and whether it compiled a new graph (``"new_graph"``: 1.0).
     """
     model = objective.model
     if model in _CANNOT_COMPILE:
         return loop(coefficients), "loop", "compile failed earlier on this model; evaluated with the loop"
     compiled = compiled_loss(model)
     try:
-        values = _compiled_points(compiled, objective, move, coefficients, origin, buffers)
+        values = _compiled_points(compiled, objective, move, coefficients, origin, buffers, timing)
         return values, "compile", None
     except Exception as error:  # any failure of the compiled path falls back
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -447,6 +595,16 @@ def evaluate_compiled(
     return values, "loop", f"compile failed ({reason.split(':')[0]}); evaluated with the loop"
 
 
+def _frame_count() -> int:
+    """Frames dynamo has compiled in this process (a new graph of ours moves it)."""
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    except Exception:  # pragma: no cover - a torch without dynamo's counters
+        return 0
+
+
 def _compiled_points(
     compiled: Callable[..., tuple[Tensor, Tensor | None]],
     objective: Objective,
@@ -454,6 +612,7 @@ def _compiled_points(
     coefficients: np.ndarray,
     origin: Sequence[Tensor] | None,
     buffers: BufferPlan | None,
+    timing: dict[str, float] | None = None,
 ) -> Tensor:
     """The loop engine's point order and weight moves, one compiled call per point.
 
@@ -470,10 +629,16 @@ def _compiled_points(
     )
     losses: list[Tensor] = []
     metrics: list[Tensor] = []
+    frames = _frame_count()
     with walk_points(objective, move, origin, buffers) as move_to:
-        for full in coefficients.tolist():
+        for index, full in enumerate(coefficients.tolist()):
             move_to(full)
+            if index == 0:
+                started = time.perf_counter()
             point_losses, point_metrics = compiled(loss_fn, metric_fn, model, batches)
+            if index == 0 and timing is not None:
+                timing["first"] = time.perf_counter() - started
+                timing["new_graph"] = float(_frame_count() != frames)
             losses.append(point_losses)
             if point_metrics is not None:
                 metrics.append(point_metrics)
