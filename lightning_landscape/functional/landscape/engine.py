@@ -26,6 +26,14 @@ from torch import Tensor, nn
 
 from lightning_landscape.functional.landscape.batched import evaluate_points_batched
 from lightning_landscape.functional.landscape.bn import BufferPlan, recompute_session, statistics_pass
+from lightning_landscape.functional.landscape.costs import (
+    EngineCosts,
+    compile_pays,
+    measured_costs,
+    probe_signature,
+    remember_costs,
+)
+from lightning_landscape.functional.landscape.kernels import fast_pooling, uses_max_pooling
 from lightning_landscape.functional.landscape.params import Direction, LossFn, WeightPerturbation, observation
 from lightning_landscape.functional.objective import Engine, Objective, check_engine
 
@@ -35,8 +43,8 @@ __all__ = [
     "Evaluation",
     "Progress",
     "auto_engine",
-    "compile_pays",
     "check_engine",
+    "compile_pays",
     "evaluate_points",
     "evaluate_points_of",
 ]
@@ -86,100 +94,6 @@ def _auto_reason(model: nn.Module, engine: Engine) -> str:
     if engine == "loop":
         return "auto: the loop on the CPU (batching loses on compute-bound CPU models)"
     return "auto: vmap on an accelerator (one batched pass replaces many small kernel launches)"
-
-
-@dataclass(frozen=True)
-class EngineCosts:
-    """Measured costs behind "auto"'s choice between an eager engine and the compiled one (seconds).
-
-    Attributes:
-        eager_per_point: one point with the eager engine "auto" would otherwise run (measured on a
-            first evaluation of this model and probe set), None if not measured yet.
-        compiled_per_point: one point through a compiled graph once compiled (steady state), None if
-            no compiled evaluation of this model and probe set was measured.
-        compile_s: what is still to pay before the compiled graph runs: 0 when the graph is compiled
-            already in this process, else the measured compile time of a first graph.
-    """
-
-    eager_per_point: float | None
-    compiled_per_point: float | None
-    compile_s: float | None
-
-
-def compile_pays(points: int, costs: EngineCosts) -> tuple[bool, str]:
-    """Whether compiling repays its one-time cost on ``points`` points, and why (a clause for records).
-
-    Compile only if ``points * (eager_per_point - compiled_per_point) > compile_s``: the time saved
-    over this evaluation exceeds what compiling still costs. Unmeasured costs keep the eager engine:
-    a cold compile cannot be predicted before a first graph is compiled (measured at 19-88 s on a
-    CPU, benchmarks/bench_compile.py), so "auto" never starts one.
-
-    Example::
-
-        >>> compile_pays(1000, EngineCosts(0.010, 0.004, 0.0))[0]  # compiled earlier, 6 ms saved a point
-        True
-        >>> compile_pays(1000, EngineCosts(0.010, 0.004, 30.0))
-        (False, 'not compiled: compiling would cost 30 s and save 6 s over 1000 points')
-    """
-    if costs.compiled_per_point is None or costs.compile_s is None:
-        return False, (
-            "not compiled: no compiled graph of this model and probe set measured "
-            "(auto never starts a cold compile, which costs tens of seconds)"
-        )
-    if costs.eager_per_point is None:
-        return False, "not compiled: the eager engine's cost per point is not measured yet"
-    saved = points * (costs.eager_per_point - costs.compiled_per_point)
-    if saved > costs.compile_s:
-        return True, (
-            f"compiled: saves {saved:.3g} s over {points} points "
-            f"({costs.compiled_per_point * 1e3:.3g} vs {costs.eager_per_point * 1e3:.3g} ms a point) "
-            f"for {costs.compile_s:.3g} s of compiling"
-        )
-    return False, (
-        f"not compiled: compiling would cost {costs.compile_s:.3g} s "
-        f"and save {max(saved, 0.0):.3g} s over {points} points"
-    )
-
-
-# Measured costs per model and probe signature (weakly held: forgotten with the model): seconds a point
-# per engine, and the compile time of a first graph. Only which path runs follows from them, never values.
-_COSTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], dict[str, float]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _signature(objective: Objective, buffers: BufferPlan | None) -> tuple[Any, ...]:
-    """What a measured cost per point depends on besides the model: the probe batches' shapes and
-    dtypes, the metric, the buffer mode (and the compile settings, for compiled graphs)."""
-
-    def shapes(obj: Any) -> Any:
-        if isinstance(obj, Tensor):
-            return (tuple(obj.shape), obj.dtype, obj.device.type)
-        if isinstance(obj, dict):
-            return tuple((k, shapes(v)) for k, v in obj.items())
-        if isinstance(obj, (list, tuple)):
-            return tuple(shapes(v) for v in obj)
-        return type(obj).__name__
-
-    return (
-        shapes(list(objective.batches)),
-        objective.metric_fn is not None,
-        buffers.mode if buffers is not None else "keep",
-        repr(_SETTINGS),
-    )
-
-
-def _measured_costs(model: nn.Module, signature: tuple[Any, ...], eager: str) -> EngineCosts:
-    """The costs measured for ``model`` on ``signature``: nothing left to compile while its graph is
-    cached in this process, else the compile time measured for a first graph."""
-    known = _COSTS.get(model, {}).get(signature, {})
-    cached = _COMPILED.get(model)
-    ready = cached is not None and cached[0] == _settings_key() and "compile" in known
-    return EngineCosts(known.get(eager), known.get("compile"), 0.0 if ready else known.get("compile_s"))
-
-
-def _record_cost(model: nn.Module, signature: tuple[Any, ...], key: str, seconds: float) -> None:
-    _COSTS.setdefault(model, {}).setdefault(signature, {})[key] = seconds
 
 
 def checked_scalar(value: Any, what: str = "loss_fn") -> Tensor:
@@ -295,7 +209,7 @@ def evaluate_points_of(
     may_fall_back = engine == "auto"
     note: str | None = None
     reason: str | None = None
-    signature = _signature(objective, buffers)
+    signature = probe_signature(objective.batches, metric_fn is not None, buffers, repr(_SETTINGS))
     if engine == "auto":
         engine = auto_engine(model, move.params)
         reason = _auto_reason(model, engine)
@@ -304,7 +218,9 @@ def evaluate_points_of(
             note = "vmap failed earlier on this model; evaluated with the loop"
             reason = "auto: the loop (vmap failed earlier on this model with these options)"
         if model not in _CANNOT_COMPILE:
-            pays, why = compile_pays(len(coefficients), _measured_costs(model, signature, engine))
+            cached = model in _COMPILED and _COMPILED[model][0] == _settings_key()
+            costs = measured_costs(model, signature, engine, graph_cached=cached)
+            pays, why = compile_pays(len(coefficients), costs)
             reason = f"auto: compile ({why})" if pays else f"{reason}; {why}"
             if pays:
                 engine = "compile"
@@ -332,34 +248,12 @@ def evaluate_points_of(
                 engine = "loop"
                 note = f"vmap failed ({type(err).__name__}); evaluated with the loop"
     out = values.double().cpu().numpy().reshape(len(coefficients), width)
-    _remember_costs(model, signature, str(engine), len(coefficients), time.perf_counter() - start, timing)
+    remember_costs(model, signature, str(engine), len(coefficients), time.perf_counter() - start, timing)
     if progress is not None:
         progress(len(coefficients), len(coefficients))
     losses = out[:, : len(batches)]
     metrics = out[:, len(batches) :] if metric_fn is not None else None
     return Evaluation(losses, metrics, str(engine), note, reason)
-
-
-def _remember_costs(
-    model: nn.Module,
-    signature: tuple[Any, ...],
-    engine: str,
-    points: int,
-    seconds: float,
-    timing: dict[str, float],
-) -> None:
-    """Book what an evaluation cost, for later "auto" choices: seconds a point of ``engine``; for a
-    compiled run, the steady points apart from the first call, which compiled if the graph was new."""
-    if engine != "compile":
-        _record_cost(model, signature, engine, seconds / points)
-        return
-    first = timing.get("first")
-    if first is None or points < 2:
-        return
-    per_point = max(seconds - first, 0.0) / (points - 1)
-    _record_cost(model, signature, "compile", per_point)
-    if timing.get("new_graph"):
-        _record_cost(model, signature, "compile_s", max(first - per_point, 0.0))
 
 
 def _monotone(progress: Progress | None, total: int) -> Progress | None:
@@ -387,6 +281,9 @@ def _evaluate_points_loop(
 ) -> Tensor:
     """One forward pass per point and batch; per point, two foreach kernels and no host sync.
 
+    Max pooling runs through :func:`~lightning_landscape.functional.landscape.kernels.fast_pooling`
+    (exact, without the indices PyTorch's CPU kernel computes).
+
     Points come row by row (a surface's ``y`` is constant along a row), so ``w0 + sum_{k>=1} c_k d_k``
     is built once per row into a buffer, and each point is ``copy(buffer) + c_0 d_0``. Losses stay on
     the device, unreduced, until one stack at the end: ``(n, B)`` losses, then ``(n, B)`` metrics.
@@ -401,7 +298,8 @@ def _evaluate_points_loop(
     metrics: list[Tensor] = []
     n_points = len(coefficients)
     every = max(1, n_points // 50)  # progress about 50 times per evaluation
-    with walk_points(objective, move, origin, buffers) as move_to:
+    pooling = fast_pooling(uses_max_pooling(model))  # exact: the same values bit for bit
+    with walk_points(objective, move, origin, buffers) as move_to, pooling:
         for index, full in enumerate(coefficients.tolist()):
             if progress is not None and index and index % every == 0:
                 progress(index, n_points)

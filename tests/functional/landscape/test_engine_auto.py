@@ -10,6 +10,7 @@ from helpers.engine_cases import probe_case
 from helpers.exact_hessian import ce as _ce
 
 from lightning_landscape.functional import loss_line, loss_surface
+from lightning_landscape.functional.landscape import costs as costs_module
 from lightning_landscape.functional.landscape import engine as engine_module
 from lightning_landscape.functional.landscape.engine import EngineCosts, compile_pays, compile_settings
 
@@ -55,17 +56,17 @@ def test_auto_compiles_when_injected_costs_say_it_pays(aot_eager, monkeypatch):
     loop = loss_surface(model, _ce, batches, dirs, resolution=5, engine="loop").losses
     # A compiled evaluation books its measured costs for this model and probe set.
     loss_surface(model, _ce, batches, dirs, resolution=5, engine="compile")
-    [booked] = engine_module._COSTS[model].values()
+    [booked] = costs_module.booked_costs(model).values()
     assert {"loop", "compile", "compile_s"} <= set(booked)
     # Numbers injected: a cached graph 4x faster than the loop pays at once ...
     fast = EngineCosts(eager_per_point=0.008, compiled_per_point=0.002, compile_s=0.0)
-    monkeypatch.setattr(engine_module, "_measured_costs", lambda m, s, e: fast)
+    monkeypatch.setattr(engine_module, "measured_costs", lambda m, s, e, graph_cached: fast)
     rec = loss_surface(model, _ce, batches, dirs, resolution=5)
     assert rec.meta["engine"] == "compile" and rec.meta["engine_reason"].startswith("auto: compile")
     np.testing.assert_allclose(rec.losses, loop, rtol=1e-5, atol=1e-6)
     # ... a compiled graph slower than the loop never does, and neither does an unrepaid compile.
     for costs in (EngineCosts(0.002, 0.008, 0.0), EngineCosts(0.008, 0.002, 1e6)):
-        monkeypatch.setattr(engine_module, "_measured_costs", lambda m, s, e, c=costs: c)
+        monkeypatch.setattr(engine_module, "measured_costs", lambda m, s, e, graph_cached, c=costs: c)
         line = loss_line(model, _ce, batches, dirs[0], resolution=5)
         assert line.meta["engine"] == "loop" and "not compiled" in line.meta["engine_reason"]
 
@@ -73,12 +74,13 @@ def test_auto_compiles_when_injected_costs_say_it_pays(aot_eager, monkeypatch):
 def test_measured_compile_cost_is_zero_only_while_the_graph_is_cached(aot_eager):
     model, batches, _params, dirs = probe_case("mlp")
     loss_surface(model, _ce, batches, dirs, resolution=3, engine="loop")
-    [signature] = engine_module._COSTS[model]
-    assert engine_module._measured_costs(model, signature, "loop").compiled_per_point is None
+    [signature] = costs_module.booked_costs(model)
+    assert costs_module.measured_costs(model, signature, "loop", graph_cached=False).compile_s is None
     loss_surface(model, _ce, batches, dirs, resolution=3, engine="compile")
-    costs = engine_module._measured_costs(model, signature, "loop")
-    assert costs.compile_s == 0.0 and costs.compiled_per_point is not None
-    compile_settings(backend="eager")  # other settings: the graph would be compiled again
-    assert engine_module._measured_costs(model, signature, "loop").compile_s != 0.0
+    warm = costs_module.measured_costs(model, signature, "loop", graph_cached=True)
+    assert warm.compile_s == 0.0 and warm.compiled_per_point is not None and warm.eager_per_point
+    cold = costs_module.measured_costs(model, signature, "loop", graph_cached=False)
+    assert cold.compile_s is not None  # the first graph's compile time, paid again by a new graph
+    compile_settings(backend="eager")  # other settings: a new signature, nothing measured for it
     rec = loss_surface(model, _ce, batches, dirs, resolution=3)
     assert rec.meta["engine"] == "loop" and "no compiled graph" in rec.meta["engine_reason"]
