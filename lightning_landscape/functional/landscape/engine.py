@@ -248,7 +248,8 @@ def evaluate_points_of(
                 engine = "loop"
                 note = f"vmap failed ({type(err).__name__}); evaluated with the loop"
     out = values.double().cpu().numpy().reshape(len(coefficients), width)
-    remember_costs(model, signature, str(engine), len(coefficients), time.perf_counter() - start, timing)
+    if note is None:  # a fallback's time includes the failed attempt: not the cost of either engine
+        remember_costs(model, signature, str(engine), len(coefficients), time.perf_counter() - start, timing)
     if progress is not None:
         progress(len(coefficients), len(coefficients))
     losses = out[:, : len(batches)]
