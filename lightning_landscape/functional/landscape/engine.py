@@ -157,8 +157,10 @@ def evaluate_points_of(
     ``engine="loop"`` moves the weights in place from a saved copy for each point (foreach kernels,
     no model copies, no host sync per point); ``"vmap"`` evaluates chunks of ``chunk_size`` points
     (default: from a memory budget) in one vmapped forward pass and raises if the model cannot be
-    vmapped. ``"auto"`` is batched on accelerators and the loop on the CPU (see :func:`auto_engine`);
-    a model that cannot be vmapped goes to the loop (``Evaluation.note`` says so). ``"compile"``: the
+    vmapped. ``"auto"`` is batched on accelerators and the loop on the CPU (see :func:`auto_engine`),
+    compiled only where the costs measured for this model and probe set say compiling repays itself
+    (:func:`~lightning_landscape.functional.landscape.costs.compile_pays`; ``Evaluation.reason`` says
+    why); a model that cannot be vmapped goes to the loop (``Evaluation.note`` says so). ``"compile"``: the
     loop's points through a ``torch.compile``-d evaluation
     (:mod:`~lightning_landscape.functional.landscape.engine`).
 
