@@ -88,8 +88,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "transformer"])
     parser.add_argument("--warm-cache", action="store_true", help="keep the on-disk inductor cache")
+    parser.add_argument(
+        "--cache-dir",
+        help="inductor's on-disk cache here: a first run into a new folder is cold, a second one warm "
+        "(across processes, as across a user's runs)",
+    )
     args = parser.parse_args()
-    if not args.warm_cache:  # before torch is imported: inductor reads it once
+    if args.cache_dir:  # before torch is imported: inductor reads it once
+        warm = os.path.isdir(args.cache_dir) and bool(os.listdir(args.cache_dir))
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = args.cache_dir
+        args.warm_cache = warm
+    elif not args.warm_cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_compile_")
     import torch
     from common import Report, machine, table
