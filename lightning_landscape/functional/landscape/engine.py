@@ -423,9 +423,9 @@ def compiled_loss(model: nn.Module) -> Callable[..., tuple[Tensor, Tensor | None
     """The compiled ``(loss_fn, metric_fn, model, batch) -> (loss, metric)`` of ``model``, made once.
 
     ``loss`` is ``loss_fn(model, batch)`` (``metric`` likewise, or None without ``metric_fn``): one
-    graph per probe batch *shape*, called once per batch. A graph of one batch compiles in less than
-    half the time of one holding every batch (CNN, 4 batches: 23 s against 53 s, cold, on a loaded
-    2-core CPU), and equal batches share it.
+    graph per probe batch *shape*, called once per batch: equal batches share it, and it compiles
+    faster than one graph holding every batch (benchmarks/results/compile.txt: 32 s against 41 s cold
+    on the benchmark CNN).
 
     Compilation itself happens at the first call (and again for each new guard combination, see the
     module docstring); it raises there if the loss is not one graph or the compiler fails.
