@@ -2,23 +2,28 @@
 
 Runs in benchmarks/.env (``bash benchmarks/setup_env.sh``), never in the package's environment.
 
-Surfaces: ``loss_landscapes.random_plane`` on a model and one probe batch, R x R points, timed
-against :func:`lightning_landscape.functional.loss_surface` on the *same* directions and grid
-(captured from random_plane) and data, interleaved. Accuracy: the largest difference from a float64
-evaluation at the same points. (random_plane walks the grid with in-place ``add_``/``sub_``, so its
-error accumulates; its odd columns are also one step off its even ones, which is accounted for here.)
+Surfaces: a user's call on each side, model + loss + data -> an R x R surface, both drawing their two
+filter-normalized directions and both leaving the model as it was: ``loss_landscapes.random_plane``
+(``deepcopy_model=True``, timed as documented, with autograd on, and inside ``torch.no_grad``) and our
+``filter_normalized_directions`` + :func:`lightning_landscape.functional.loss_surface` (default engine).
+Interleaved, order alternated, one warm-up excluded, median [min-max] of ``--reps`` (>= 5); the eager
+floor (R*R plain forward passes) beside them. Accuracy, on the *same* directions and grid (captured
+from random_plane): the largest difference from a float64 loop that deep-copies the model at every
+point (``common.naive_surface``, independent of both tools). random_plane walks the grid with in-place
+``add_``/``sub_``, so its error accumulates; its odd columns are one step off its even ones, which is
+accounted for here. Written to ``benchmarks/results/baselines_surface.txt``.
 
 Curvature: pyhessian's top eigenvalue (power iteration) and trace (Hutchinson) against our
 ``hessian_eigenvalues`` / ``hessian_trace`` when the installed package has them, and both against the
 exact Hessian (``torch.autograd.functional.hessian``) of a small MLP.
 
-    benchmarks/.env/bin/python benchmarks/bench_baselines.py [--resolution 11] [--reps 3]
+    OMP_NUM_THREADS=1 benchmarks/.env/bin/python benchmarks/bench_baselines.py [--resolution 11] [--reps 5]
+        [--only surfaces|curvature]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
@@ -32,7 +37,19 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import MODELS, interleaved, machine, median_ratio, probe, table
+from common import (
+    MODELS,
+    Report,
+    alternating,
+    interleaved,
+    machine,
+    median_ratio,
+    naive_surface,
+    probe,
+    ratio_spread,
+    spread,
+    table,
+)
 
 import lightning_landscape.functional as llf
 
@@ -50,7 +67,10 @@ def _shims() -> None:
     ModelParameters.filter_norm = lambda self, index, order=2: filter_norm(self, index, order) or 1e-12
 
 
-def _surface_case(name: str, resolution: int, reps: int) -> list:
+def _surface_accuracy(name: str, resolution: int) -> tuple[float, float]:
+    """Largest difference of each tool from :func:`common.naive_surface` (float64, a deep copy per
+    point, independent of both tools) on the *same* directions and grid
+    (captured from ``random_plane``); theirs, ours."""
     import loss_landscapes
     import loss_landscapes.main as llmain
     from loss_landscapes.metrics import Loss
@@ -58,8 +78,6 @@ def _surface_case(name: str, resolution: int, reps: int) -> list:
     torch.manual_seed(0)
     model = MODELS[name]().eval()
     x, y = (torch.cat(t) for t in zip(*probe(name, 4, 64)))
-    metric = Loss(F.cross_entropy, x, y)
-
     captured: list = []
     orig_rand, orig_orth = llmain.rand_u_like, llmain.orthogonal_to
 
@@ -73,16 +91,11 @@ def _surface_case(name: str, resolution: int, reps: int) -> list:
 
     llmain.rand_u_like, llmain.orthogonal_to = rand, orth
     try:
-
-        def theirs():
-            captured.clear()
-            torch.manual_seed(1)
-            with torch.no_grad():
-                return loss_landscapes.random_plane(
-                    model, metric, distance=1, steps=resolution, deepcopy_model=True
-                )
-
-        their = theirs()
+        torch.manual_seed(1)
+        with torch.no_grad():
+            their = loss_landscapes.random_plane(
+                model, Loss(F.cross_entropy, x, y), distance=1, steps=resolution, deepcopy_model=True
+            )
     finally:
         llmain.rand_u_like, llmain.orthogonal_to = orig_rand, orig_orth
     # The final step vectors (random_plane scales them in place), as our direction lists.
@@ -91,61 +104,61 @@ def _surface_case(name: str, resolution: int, reps: int) -> list:
     half = resolution / 2
     xs = np.arange(resolution) - half  # column i: i steps along d1 from the shifted start
     ys = np.arange(resolution) + 1 - half  # even columns: j + 1 steps along d2
-    batch = [(x, y)]
-
-    def ce(m, b):
-        return F.cross_entropy(m(b[0]), b[1])
-
-    ours = llf.loss_surface(model, ce, batch, (d1, d2), xs=xs, ys=ys, params=params)
-    # float64 reference at the points each tool meant to evaluate
-    ref64 = copy.deepcopy(model).double()
-    p64 = [p for _, p in llf.landscape_parameters(ref64)]
-    b64 = [(x.double() if x.is_floating_point() else x, y)]
-    ref = llf.loss_surface(
-        ref64,
-        ce,
-        b64,
-        ([t.double() for t in d1], [t.double() for t in d2]),
-        xs=xs,
-        ys=np.concatenate([ys - 1, ys[-1:]]),
-        params=p64,
-        engine="loop",
-    ).losses  # rows: j - half for j in 0..R (odd columns use j, even ones j + 1)
-    # their[i, j]: column i along d1, entry j along d2
+    ours = llf.loss_surface(model, _ce, [(x, y)], (d1, d2), xs=xs, ys=ys, params=params).losses
+    # random_plane walks odd columns one step off the even ones: rows j - half for j in 0..R.
+    ref = naive_surface(model, [(x, y)], d1, d2, xs, np.concatenate([ys - 1, ys[-1:]]))
     expected_theirs = np.stack([ref[1:, i] if i % 2 == 0 else ref[:-1, i] for i in range(resolution)])
-    err_theirs = float(np.abs(their - expected_theirs).max())
-    err_ours = float(np.abs(ours.losses - ref[1:]).max())
+    return float(np.abs(their - expected_theirs).max()), float(np.abs(ours - ref[1:]).max())
 
-    def ours_fn(engine):
-        return lambda: llf.loss_surface(
-            model, ce, batch, (d1, d2), xs=xs, ys=ys, params=params, engine=engine
-        )
 
-    times = interleaved(
-        {
-            "theirs": theirs_timed(loss_landscapes, model, metric, resolution),
-            "ours_loop": ours_fn("loop"),
-            "ours_auto": ours_fn("auto"),
-        },
-        reps,
-    )
+def _ce(m, b):
+    return F.cross_entropy(m(b[0]), b[1])
+
+
+def _surface_case(name: str, resolution: int, reps: int) -> list:
+    """A user's call on each side, timed interleaved (alternating order, warm-up excluded): model + loss
+    + data -> surface, drawing the two filter-normalized directions included on both sides, the model
+    left as it was on both sides (loss-landscapes: ``deepcopy_model=True``; ours: restored in place)."""
+    import loss_landscapes
+    from loss_landscapes.metrics import Loss
+
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    x, y = (torch.cat(t) for t in zip(*probe(name, 4, 64)))
+
+    def theirs(grad: bool):
+        def call():
+            with torch.set_grad_enabled(grad):
+                metric = Loss(F.cross_entropy, x, y)
+                loss_landscapes.random_plane(
+                    model, metric, distance=1, steps=resolution, normalization="filter", deepcopy_model=True
+                )
+
+        return call
+
+    def ours():
+        params = [p for _, p in llf.landscape_parameters(model)]
+        directions = llf.filter_normalized_directions(params, seed=1)
+        llf.loss_surface(model, _ce, [(x, y)], directions, resolution=resolution, span=0.5)
+
+    @torch.no_grad()
+    def floor():
+        torch.stack([F.cross_entropy(model(x), y) for _ in range(resolution * resolution)]).cpu()
+
+    fns = {"theirs_doc": theirs(True), "theirs_nograd": theirs(False), "ours": ours, "floor": floor}
+    times = alternating(fns, reps)
+    err_theirs, err_ours = _surface_accuracy(name, resolution)
     return [
-        f"{name} surface {resolution}x{resolution}",
-        statistics.median(times["theirs"]),
-        statistics.median(times["ours_loop"]),
-        statistics.median(times["ours_auto"]),
-        median_ratio(times["theirs"], times["ours_auto"]),
+        f"{name} {resolution}x{resolution}",
+        spread(times["theirs_doc"]),
+        spread(times["theirs_nograd"]),
+        spread(times["ours"]),
+        ratio_spread(times["theirs_doc"], times["ours"]),
+        ratio_spread(times["theirs_nograd"], times["ours"]),
+        ratio_spread(times["ours"], times["floor"]),
         f"{err_theirs:.1e}",
         f"{err_ours:.1e}",
     ]
-
-
-def theirs_timed(loss_landscapes, model, metric, resolution):
-    def run():
-        with torch.no_grad():
-            loss_landscapes.random_plane(model, metric, distance=1, steps=resolution, deepcopy_model=True)
-
-    return run
 
 
 class SmallMLP(nn.Module):
@@ -241,32 +254,52 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--resolution", type=int, default=11)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
+    parser.add_argument("--only", choices=["all", "surfaces", "curvature"], default="all")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     _shims()
-    print(f"## (b) against loss-landscapes 3.0.6 and pyhessian 0.1  [{machine()}]")
-    rows = [_surface_case(name, args.resolution, args.reps) for name in ("mlp", "cnn")]
-    print(
-        table(
-            rows,
-            [
-                "case",
-                "loss-landscapes s",
-                "ours loop s",
-                "ours auto s",
-                "speed-up (auto)",
-                "their max err",
-                "our max err",
-            ],
+    if args.only in ("all", "surfaces"):
+        report = Report("baselines_surface")
+        report(f"## surfaces against loss-landscapes 3.0.6, a user's call on each side  [{machine()}]")
+        report(
+            f"{args.reps} interleaved repetitions (order alternated, one warm-up excluded): "
+            "seconds median [min-max]; ratios are per repetition, median [min-max]"
         )
-    )
-    t0 = time.perf_counter()
-    rows = _curvature(args.reps)
-    print(table(rows, ["case", "pyhessian s", "pyhessian accuracy", "ours s", "our accuracy", "speed-up"]))
-    print(f"(curvature section {time.perf_counter() - t0:.1f} s)")
-    print("target: faster than both at equal or better accuracy")
+        rows = [_surface_case(name, args.resolution, args.reps) for name in args.models]
+        report(
+            table(
+                rows,
+                [
+                    "surface",
+                    "loss-landscapes s (as documented)",
+                    "loss-landscapes s (in no_grad)",
+                    "ours s (auto)",
+                    "speed-up vs documented",
+                    "speed-up vs no_grad",
+                    "ours / eager floor",
+                    "their max err",
+                    "our max err",
+                ],
+            )
+        )
+        report(
+            "Each call draws two filter-normalized directions and leaves the model as it was. "
+            "Errors: largest difference from a float64 loop that deep-copies the model at every point "
+            "(independent of both tools), on the same directions and grid."
+        )
+        report(f"[after: {machine()}]")
+        report(f"written to {report.write()}")
+    if args.only in ("all", "curvature"):
+        print(f"## (b) against pyhessian 0.1  [{machine()}]")
+        t0 = time.perf_counter()
+        rows = _curvature(args.reps)
+        header = ["case", "pyhessian s", "pyhessian accuracy", "ours s", "our accuracy", "speed-up"]
+        print(table(rows, header))
+        print(f"(curvature section {time.perf_counter() - t0:.1f} s)")
+        print("target: faster than both at equal or better accuracy")
 
 
 if __name__ == "__main__":

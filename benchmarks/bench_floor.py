@@ -3,9 +3,12 @@
 The floor is what any landscape must spend: ``loss_fn(model, batch)`` for every probe batch at every
 grid point, under ``no_grad``, in eval mode, with nothing else. The ratio surface / floor is measured
 in the same run, on the same probe batches, for the loop engine and the batched (vmap) engine.
-Targets: <= 1.05 on the loop path, < 1.0 on the batched path for small models.
+Targets: <= 1.05 on the loop path, < 1.0 on the batched path for small models. Interleaved, order
+alternated, one warm-up excluded, median [min-max] of the per-repetition ratios; accuracy of both
+engines against a float64 loop that deep-copies the model at every point (``common.naive_surface``).
+Written to ``benchmarks/results/floor.txt``.
 
-    python benchmarks/bench_floor.py [--resolution 11] [--reps 5]
+    OMP_NUM_THREADS=1 python benchmarks/bench_floor.py [--resolution 11] [--reps 5]
 """
 
 from __future__ import annotations
@@ -19,7 +22,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import MODELS, SurfaceCase, interleaved, machine, median_ratio, table
+import numpy as np
+from common import (
+    MODELS,
+    Report,
+    SurfaceCase,
+    alternating,
+    machine,
+    naive_surface,
+    ratio_spread,
+    spread,
+    table,
+)
 
 
 def run(resolution: int = 11, reps: int = 5, batches: int = 4, batch_size: int = 64) -> list[list]:
@@ -27,10 +41,22 @@ def run(resolution: int = 11, reps: int = 5, batches: int = 4, batch_size: int =
     for name in MODELS:
         case = SurfaceCase.make(name, resolution, batches, batch_size)
         fns = {"floor": case.floor, "loop": case.surface("loop"), "vmap": case.surface("vmap")}
-        times = interleaved(fns, reps)
+        times = alternating(fns, reps)
         loop_, vmap_ = case.surface("loop")().losses, case.surface("vmap")().losses
+        grid = np.linspace(-1.0, 1.0, resolution)
+        grid[resolution // 2] = 0.0
+        reference = naive_surface(case.model, case.data, case.dirs[0], case.dirs[1], grid, grid)
         rows.append(
-            [*case.row(times), median_ratio(times["vmap"], times["floor"]), f"{abs(loop_ - vmap_).max():.1e}"]
+            [
+                case.name,
+                sum(p.numel() for p in case.params),
+                f"{case.points} x {case.batches}x{case.batch_size}",
+                spread(times["floor"]),
+                ratio_spread(times["loop"], times["floor"]),
+                ratio_spread(times["vmap"], times["floor"]),
+                f"{np.abs(loop_ - reference).max():.1e}",
+                f"{np.abs(vmap_ - reference).max():.1e}",
+            ]
         )
     return rows
 
@@ -44,11 +70,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"## (a) surface time / floor, {args.resolution}x{args.resolution} grid  [{machine()}]")
+    report = Report("floor")
+    report(f"## (a) surface time / floor, {args.resolution}x{args.resolution} grid  [{machine()}]")
+    report(f"{args.reps} interleaved repetitions (order alternated, one warm-up excluded), median [min-max]")
     rows = run(args.resolution, args.reps)
-    header = ["model", "params", "points x probe", "floor s", "loop/floor", "vmap/floor", "max |loop-vmap|"]
-    print(table(rows, header))
-    print("targets: loop/floor <= 1.05, vmap/floor < 1.0")
+    header = [
+        "model",
+        "params",
+        "points x probe",
+        "floor s",
+        "loop/floor",
+        "vmap/floor",
+        "loop err",
+        "vmap err",
+    ]
+    report(table(rows, header))
+    report("err: largest difference from a float64 loop that deep-copies the model at every point")
+    report(f"[after: {machine()}]")
+    report(f"written to {report.write()}")
 
 
 if __name__ == "__main__":

@@ -164,3 +164,87 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------- the standard
+# Every benchmark that publishes a ratio: A and B interleaved with alternating order (ABAB.., then BA..),
+# warm-up excluded, >= 5 repetitions, median with min-max printed, output written to
+# benchmarks/results/<name>.txt (the file the docs quote).
+
+
+def alternating(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each of ``fns``: ``warmup`` untimed rounds, then ``reps`` timed rounds, the
+    order reversed every other round (so that no side always runs first, after the same neighbour)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    for rep in range(reps):
+        for k in order if rep % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def spread(values: Sequence[float], digits: int = 3) -> str:
+    """``median [min-max]`` of ``values``."""
+    return f"{statistics.median(values):.{digits}g} [{min(values):.{digits}g}-{max(values):.{digits}g}]"
+
+
+def ratio_spread(num: Sequence[float], den: Sequence[float]) -> str:
+    """Per-repetition ratios ``num/den`` (interleaved, so they share the load): median [min-max]."""
+    return spread([a / b for a, b in zip(num, den)])
+
+
+class Report:
+    """Print lines and keep them; :meth:`write` saves them to ``benchmarks/results/<name>.txt``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lines: list[str] = []
+
+    def __call__(self, text: str = "") -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+    def write(self) -> str:
+        from pathlib import Path
+
+        path = Path(__file__).resolve().parent / "results" / f"{self.name}.txt"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("\n".join(self.lines) + "\n")
+        return str(path)
+
+
+def naive_surface(
+    model: nn.Module,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    d1: Sequence[torch.Tensor],
+    d2: Sequence[torch.Tensor],
+    xs: Sequence[float],
+    ys: Sequence[float],
+) -> Any:
+    """Mean cross-entropy over ``batches`` at ``w + xs[j] d1 + ys[i] d2`` (``[i, j]``), in float64 and
+    independent of the package: a deep copy of the model per point, its ``parameters()`` (aligned with
+    ``d1``, ``d2``) set under ``torch.no_grad``, plain eval-mode forward passes."""
+    import copy
+
+    import numpy as np
+
+    out = np.empty((len(ys), len(xs)))
+    w0 = [p.detach().double() for p in model.parameters()]
+    a1, a2 = [t.double() for t in d1], [t.double() for t in d2]
+    with torch.no_grad():
+        for i, b in enumerate(ys):
+            for j, a in enumerate(xs):
+                m = copy.deepcopy(model).double().eval()
+                for p, w, t1, t2 in zip(m.parameters(), w0, a1, a2):
+                    p.copy_(w + float(a) * t1 + float(b) * t2)
+                losses = [
+                    float(F.cross_entropy(m(x.double() if x.is_floating_point() else x), y))
+                    for x, y in batches
+                ]
+                out[i, j] = sum(losses) / len(losses)
+    return out

@@ -52,7 +52,7 @@ def evaluate_shared(
     table = evaluate_sharded(evaluate, coefficients, objective.shard, columns=width)
     used = local[0] if local else Evaluation(np.zeros((0, n_batches)), None, "loop")
     metrics = table[:, n_batches:] if with_metric else None
-    return Evaluation(table[:, :n_batches], metrics, used.engine, used.note)
+    return Evaluation(table[:, :n_batches], metrics, used.engine, used.note, used.reason)
 
 
 def record_parts(
@@ -94,6 +94,8 @@ def finish(
         meta["bn_layers"] = len(plan.norms) if plan is not None else 0
     if ev.note:
         meta["engine_note"] = ev.note
+    if ev.reason:
+        meta["engine_reason"] = ev.reason
     if metric_name is not None:
         meta["metric_name"] = metric_name
     noise = probe_noise_of(batch_losses, losses)

@@ -12,6 +12,7 @@ loop (weights moved in place, one forward pass per point and batch) and the batc
 from __future__ import annotations
 
 import contextlib
+import time
 import types
 import warnings
 import weakref
@@ -25,15 +26,25 @@ from torch import Tensor, nn
 
 from lightning_landscape.functional.landscape.batched import evaluate_points_batched
 from lightning_landscape.functional.landscape.bn import BufferPlan, recompute_session, statistics_pass
+from lightning_landscape.functional.landscape.costs import (
+    EngineCosts,
+    compile_pays,
+    measured_costs,
+    probe_signature,
+    remember_costs,
+)
+from lightning_landscape.functional.landscape.kernels import fast_pooling, uses_max_pooling
 from lightning_landscape.functional.landscape.params import Direction, LossFn, WeightPerturbation, observation
 from lightning_landscape.functional.objective import Engine, Objective, check_engine
 
 __all__ = [
     "Engine",
+    "EngineCosts",
     "Evaluation",
     "Progress",
     "auto_engine",
     "check_engine",
+    "compile_pays",
     "evaluate_points",
     "evaluate_points_of",
 ]
@@ -53,27 +64,36 @@ _CANNOT_VMAP_EXTRA: weakref.WeakKeyDictionary[nn.Module, set[tuple[str, bool]]] 
 class Evaluation:
     """Per-batch values at each point: ``losses[n, b]`` (and ``metrics[n, b]``) for point ``n``, batch ``b``.
 
-    ``engine`` is the path that ran (``"loop"`` or ``"vmap"``), ``note`` says why "auto" fell back.
+    ``engine`` is the path that ran (``"loop"``, ``"vmap"`` or ``"compile"``), ``note`` says why it
+    fell back, ``reason`` why "auto" chose it (None for an engine asked for by name).
     """
 
     losses: np.ndarray
     metrics: np.ndarray | None
     engine: str
     note: str | None = None
+    reason: str | None = None
 
 
 def auto_engine(model: nn.Module, params: Sequence[Tensor]) -> Engine:
-    """The "auto" rule, deterministic so that identical runs give identical records.
+    """The "auto" rule between the loop and vmap, deterministic so that identical runs give identical records.
 
     Batched where it pays, on accelerators: one vmapped forward pass over a chunk of points replaces
     many small kernel launches. On the CPU, the loop: measured there, batching won only for models of
     a few thousand parameters and lost up to 2.3x on larger ones (benchmarks/bench_floor.py).
-    Never "compile": compiling costs tens of seconds per model and pays back only after about a
-    thousand points on a CNN, never on some models (benchmarks/bench_compile.py).
+    "compile" is chosen only by :func:`compile_pays`, from measured costs.
     """
     if model in _CANNOT_VMAP or all(p.device.type == "cpu" for p in params):
         return "loop"
     return "vmap"
+
+
+def _auto_reason(model: nn.Module, engine: Engine) -> str:
+    if model in _CANNOT_VMAP:
+        return "auto: the loop (vmap failed earlier on this model)"
+    if engine == "loop":
+        return "auto: the loop on the CPU (batching loses on compute-bound CPU models)"
+    return "auto: vmap on an accelerator (one batched pass replaces many small kernel launches)"
 
 
 def checked_scalar(value: Any, what: str = "loss_fn") -> Tensor:
@@ -137,8 +157,10 @@ def evaluate_points_of(
     ``engine="loop"`` moves the weights in place from a saved copy for each point (foreach kernels,
     no model copies, no host sync per point); ``"vmap"`` evaluates chunks of ``chunk_size`` points
     (default: from a memory budget) in one vmapped forward pass and raises if the model cannot be
-    vmapped. ``"auto"`` is batched on accelerators and the loop on the CPU (see :func:`auto_engine`);
-    a model that cannot be vmapped goes to the loop (``Evaluation.note`` says so). ``"compile"``: the
+    vmapped. ``"auto"`` is batched on accelerators and the loop on the CPU (see :func:`auto_engine`),
+    compiled only where the costs measured for this model and probe set say compiling repays itself
+    (:func:`~lightning_landscape.functional.landscape.costs.compile_pays`; ``Evaluation.reason`` says
+    why); a model that cannot be vmapped goes to the loop (``Evaluation.note`` says so). ``"compile"``: the
     loop's points through a ``torch.compile``-d evaluation
     (:mod:`~lightning_landscape.functional.landscape.engine`).
 
@@ -188,16 +210,31 @@ def evaluate_points_of(
     plain = extra == ("keep", False)
     may_fall_back = engine == "auto"
     note: str | None = None
+    reason: str | None = None
+    signature = probe_signature(objective.batches, metric_fn is not None, buffers, repr(_SETTINGS))
     if engine == "auto":
         engine = auto_engine(model, move.params)
+        reason = _auto_reason(model, engine)
         if engine == "vmap" and not plain and extra in _CANNOT_VMAP_EXTRA.get(model, set()):
             engine = "loop"
             note = "vmap failed earlier on this model; evaluated with the loop"
+            reason = "auto: the loop (vmap failed earlier on this model with these options)"
+        if model not in _CANNOT_COMPILE:
+            cached = model in _COMPILED and _COMPILED[model][0] == _settings_key()
+            costs = measured_costs(model, signature, engine, graph_cached=cached)
+            pays, why = compile_pays(len(coefficients), costs)
+            reason = f"auto: compile ({why})" if pays else f"{reason}; {why}"
+            if pays:
+                engine = "compile"
+    timing: dict[str, float] = {}
+    start = time.perf_counter()
     with observation(model):
         if engine == "loop":
             values = loop(coefficients)
         elif engine == "compile":
-            values, engine, note = evaluate_compiled(objective, move, coefficients, origin, buffers, loop)
+            values, engine, note = evaluate_compiled(
+                objective, move, coefficients, origin, buffers, loop, timing
+            )
         else:
             try:
                 values = batched(coefficients)
@@ -213,11 +250,13 @@ def evaluate_points_of(
                 engine = "loop"
                 note = f"vmap failed ({type(err).__name__}); evaluated with the loop"
     out = values.double().cpu().numpy().reshape(len(coefficients), width)
+    if note is None:  # a fallback's time includes the failed attempt: not the cost of either engine
+        remember_costs(model, signature, str(engine), len(coefficients), time.perf_counter() - start, timing)
     if progress is not None:
         progress(len(coefficients), len(coefficients))
     losses = out[:, : len(batches)]
     metrics = out[:, len(batches) :] if metric_fn is not None else None
-    return Evaluation(losses, metrics, str(engine), note)
+    return Evaluation(losses, metrics, str(engine), note, reason)
 
 
 def _monotone(progress: Progress | None, total: int) -> Progress | None:
@@ -245,6 +284,9 @@ def _evaluate_points_loop(
 ) -> Tensor:
     """One forward pass per point and batch; per point, two foreach kernels and no host sync.
 
+    Max pooling runs through :func:`~lightning_landscape.functional.landscape.kernels.fast_pooling`
+    (exact, without the indices PyTorch's CPU kernel computes).
+
     Points come row by row (a surface's ``y`` is constant along a row), so ``w0 + sum_{k>=1} c_k d_k``
     is built once per row into a buffer, and each point is ``copy(buffer) + c_0 d_0``. Losses stay on
     the device, unreduced, until one stack at the end: ``(n, B)`` losses, then ``(n, B)`` metrics.
@@ -259,7 +301,8 @@ def _evaluate_points_loop(
     metrics: list[Tensor] = []
     n_points = len(coefficients)
     every = max(1, n_points // 50)  # progress about 50 times per evaluation
-    with walk_points(objective, move, origin, buffers) as move_to:
+    pooling = fast_pooling(uses_max_pooling(model))  # exact: the same values bit for bit
+    with walk_points(objective, move, origin, buffers) as move_to, pooling:
         for index, full in enumerate(coefficients.tolist()):
             if progress is not None and index and index % every == 0:
                 progress(index, n_points)
@@ -337,6 +380,10 @@ class CompileFallbackWarning(UserWarning):
     """``engine="compile"`` could not compile a model's loss and evaluated it with the loop engine."""
 
 
+def _settings_key() -> tuple[Any, ...]:
+    return (_SETTINGS["backend"], _SETTINGS["mode"], repr(_SETTINGS["options"]))
+
+
 def compile_settings(
     backend: str | Callable[..., Any] = "inductor",
     mode: str | None = None,
@@ -363,20 +410,22 @@ def compile_settings(
 
 
 def _point_values(
-    loss_fn: LossFn, metric_fn: LossFn | None, model: nn.Module, batches: Sequence[Any]
+    loss_fn: LossFn, metric_fn: LossFn | None, model: nn.Module, batch: Any
 ) -> tuple[Tensor, Tensor | None]:
-    """Per-batch losses ``(B,)`` (and metrics) at the current weights: what one grid point needs."""
-    losses = torch.stack([checked_scalar(loss_fn(model, batch)) for batch in batches])
+    """The loss (and metric) on one probe batch at the current weights."""
+    loss = checked_scalar(loss_fn(model, batch))
     if metric_fn is None:
-        return losses, None
-    return losses, torch.stack([checked_scalar(metric_fn(model, batch), "metric_fn") for batch in batches])
+        return loss, None
+    return loss, checked_scalar(metric_fn(model, batch), "metric_fn")
 
 
 def compiled_loss(model: nn.Module) -> Callable[..., tuple[Tensor, Tensor | None]]:
-    """The compiled ``(loss_fn, metric_fn, model, batches) -> (losses, metrics)`` of ``model``, made once.
+    """The compiled ``(loss_fn, metric_fn, model, batch) -> (loss, metric)`` of ``model``, made once.
 
-    ``losses[b]`` is ``loss_fn(model, batches[b])`` (``metrics`` likewise, or None without
-    ``metric_fn``), all probe batches in one graph.
+    ``loss`` is ``loss_fn(model, batch)`` (``metric`` likewise, or None without ``metric_fn``): one
+    graph per probe batch *shape*, called once per batch: equal batches share it, and it compiles
+    faster than one graph holding every batch (benchmarks/results/compile.txt: 32 s against 41 s cold
+    on the benchmark CNN).
 
     Compilation itself happens at the first call (and again for each new guard combination, see the
     module docstring); it raises there if the loss is not one graph or the compiler fails.
@@ -387,7 +436,7 @@ def compiled_loss(model: nn.Module) -> Callable[..., tuple[Tensor, Tensor | None
         >>> compiled_loss(net) is compiled_loss(net)
         True
     """
-    key = (_SETTINGS["backend"], _SETTINGS["mode"], repr(_SETTINGS["options"]))
+    key = _settings_key()
     cached = _COMPILED.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -413,6 +462,7 @@ def evaluate_compiled(
     origin: Sequence[Tensor] | None,
     buffers: BufferPlan | None,
     loop: Callable[[np.ndarray], Tensor],
+    timing: dict[str, float] | None = None,
 ) -> tuple[Tensor, Engine, str | None]:
     """The loop engine's points through the compiled evaluation of ``model``; ``loop`` if that fails.
 
@@ -423,14 +473,15 @@ def evaluate_compiled(
     engine that ran (``"compile"`` or ``"loop"``) and a note when it fell back. If the compiled run
     raises, ``loop(coefficients)`` runs: when it works, the model is remembered as one that cannot be
     compiled and a :class:`CompileFallbackWarning` says why, once; when it raises too, its error
-    propagates (the fault is ``loss_fn``'s, not the compiler's).
+    propagates (the fault is ``loss_fn``'s, not the compiler's). ``timing`` receives the seconds of
+    the first compiled call (``"first"``) and whether it compiled a new graph (``"new_graph"``: 1.0).
     """
     model = objective.model
     if model in _CANNOT_COMPILE:
         return loop(coefficients), "loop", "compile failed earlier on this model; evaluated with the loop"
     compiled = compiled_loss(model)
     try:
-        values = _compiled_points(compiled, objective, move, coefficients, origin, buffers)
+        values = _compiled_points(compiled, objective, move, coefficients, origin, buffers, timing)
         return values, "compile", None
     except Exception as error:  # any failure of the compiled path falls back
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -447,6 +498,16 @@ def evaluate_compiled(
     return values, "loop", f"compile failed ({reason.split(':')[0]}); evaluated with the loop"
 
 
+def _frame_count() -> int:
+    """Frames dynamo has compiled in this process (a new graph of ours moves it)."""
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    except Exception:  # pragma: no cover - a torch without dynamo's counters
+        return 0
+
+
 def _compiled_points(
     compiled: Callable[..., tuple[Tensor, Tensor | None]],
     objective: Objective,
@@ -454,6 +515,7 @@ def _compiled_points(
     coefficients: np.ndarray,
     origin: Sequence[Tensor] | None,
     buffers: BufferPlan | None,
+    timing: dict[str, float] | None = None,
 ) -> Tensor:
     """The loop engine's point order and weight moves, one compiled call per point.
 
@@ -470,14 +532,22 @@ def _compiled_points(
     )
     losses: list[Tensor] = []
     metrics: list[Tensor] = []
+    frames = _frame_count()
     with walk_points(objective, move, origin, buffers) as move_to:
-        for full in coefficients.tolist():
+        for index, full in enumerate(coefficients.tolist()):
             move_to(full)
-            point_losses, point_metrics = compiled(loss_fn, metric_fn, model, batches)
-            losses.append(point_losses)
-            if point_metrics is not None:
-                metrics.append(point_metrics)
-    stacked = torch.stack(losses)
+            if index == 0:
+                started = time.perf_counter()
+            for batch in batches:
+                loss, metric = compiled(loss_fn, metric_fn, model, batch)
+                losses.append(loss)
+                if metric is not None:
+                    metrics.append(metric)
+            if index == 0 and timing is not None:
+                timing["first"] = time.perf_counter() - started
+                timing["new_graph"] = float(_frame_count() != frames)
+    n = len(coefficients)
+    stacked = torch.stack(losses).view(n, len(batches))
     if metric_fn is None:
         return stacked
-    return torch.cat([stacked.double(), torch.stack(metrics).double()], dim=1)
+    return torch.cat([stacked.double(), torch.stack(metrics).double().view(n, len(batches))], dim=1)

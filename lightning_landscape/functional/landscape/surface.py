@@ -142,9 +142,12 @@ def loss_surface(
         params: the parameters the directions belong to (default: :func:`landscape_parameters`).
         shard: share the grid points out among processes (see :class:`PointShard`); every process
             must call with the same arguments and gets the whole surface. Default: one process.
-        engine: ``"auto"`` (default: batched with ``vmap`` where the model allows it, else the loop),
-            ``"loop"`` (one forward pass per point, weights moved in place) or ``"vmap"`` (batched; raises
-            if the model cannot be vmapped). All give the same values within float rounding.
+        engine: ``"auto"`` (default: batched with ``vmap`` on accelerators, else the loop; compiled
+            only where measured costs say it repays itself, see
+            :func:`~lightning_landscape.functional.landscape.costs.compile_pays`; the record's
+            ``meta["engine_reason"]`` says why), ``"loop"`` (one forward pass per point, weights moved
+            in place), ``"vmap"`` (batched; raises if the model cannot be vmapped) or ``"compile"``.
+            All give the same values within float rounding.
         chunk_size: grid points per batched forward pass (default: from a memory budget).
         bn: ``"keep"`` the current BatchNorm statistics at every point (Li et al.'s convention) or
             ``"recompute"`` them at every point from the probe batches (one more forward pass per point
