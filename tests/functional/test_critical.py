@@ -237,7 +237,7 @@ def test_fsdp2_sharded_parameters_two_processes() -> None:
         [sys.executable, str(script), port], capture_output=True, text=True, timeout=300, env=env
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    (rows,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("[")]
     assert sorted(r["rank"] for r in rows) == [0, 1]
     for r in rows:
         assert r["kinds"] == ["DTensor"] and r["same"]

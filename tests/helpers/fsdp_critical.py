@@ -1,6 +1,7 @@
 """Two CPU processes (gloo), an MLP sharded by FSDP2 (``fully_shard``): critical sharpness along minus the
-gradient on the sharded parameters, against the same search on an unsharded copy. Prints one JSON line
-per rank. Run by ``tests/functional/test_critical.py`` as ``python fsdp_critical.py PORT``."""
+gradient on the sharded parameters, against the same search on an unsharded copy. Rank zero prints one JSON
+line: the list of every rank's row. Run by ``tests/functional/test_critical.py`` as
+``python fsdp_critical.py PORT``."""
 
 from __future__ import annotations
 
@@ -43,7 +44,11 @@ def run(rank: int, world: int, port: str) -> None:
     ce(ref, batch).backward()
     whole = critical_sharpness(ref, ce, [batch], [-p.grad for p in ref.parameters()], rtol=1e-6)
     out = {"rank": rank, "sharded": sharded.lambda_c, "whole": whole.lambda_c, "kinds": kinds, "same": same}
-    print(json.dumps(out), flush=True)
+    # Rank zero prints every rank's row as one line: two processes writing to one pipe could interleave.
+    rows: list[object] = [None] * world
+    dist.all_gather_object(rows, out)
+    if rank == 0:
+        print(json.dumps(rows), flush=True)
     dist.destroy_process_group()
 
 
