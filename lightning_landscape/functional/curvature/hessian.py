@@ -231,7 +231,7 @@ def hessian_eigenvalues_of(
         return HessianEigenvalues(nan, nan.copy(), None, 0, False, math.nan, meta=meta)
     vectors = None
     if res.vectors is not None:
-        vectors = [[t.clone() for t in unflatten(_fix_sign(v), params)] for v in res.vectors]
+        vectors = [[t.clone() for t in unflatten(fix_sign(v), params)] for v in res.vectors]
     meta.update(max_basis=res.max_basis, restarts=res.restarts, seconds=time.perf_counter() - start)
     return HessianEigenvalues(
         eigenvalues=res.values,
@@ -245,7 +245,7 @@ def hessian_eigenvalues_of(
     )
 
 
-def _fix_sign(v: Tensor) -> Tensor:
+def fix_sign(v: Tensor) -> Tensor:
     """Eigenvectors are defined up to sign: make the entry of largest magnitude positive."""
     return v if v[int(v.abs().argmax())] >= 0 else -v
 

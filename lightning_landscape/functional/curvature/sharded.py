@@ -44,7 +44,7 @@ from lightning_landscape.functional.curvature.estimators import (
     lanczos,
     summarize_samples,
 )
-from lightning_landscape.functional.curvature.hessian import HessianEigenvalues, HessianTrace
+from lightning_landscape.functional.curvature.hessian import HessianEigenvalues, HessianTrace, fix_sign
 from lightning_landscape.functional.curvature.sharpness import AverageSharpness, SamSharpness
 from lightning_landscape.functional.landscape.params import Direction, LossFn, WeightPerturbation, observation
 from lightning_landscape.functional.landscape.shards import ShardLayout
@@ -224,8 +224,7 @@ def sharded_hessian_eigenvalues(
             loss = op.loss
             vectors = None
             if res.vectors is not None:  # full on every process: keep this one's slices, signs fixed
-                signed = [v if v[int(v.abs().argmax())] >= 0 else -v for v in res.vectors]
-                vectors = [[t.clone() for t in op.layout.to_local(v)] for v in signed]
+                vectors = [[t.clone() for t in op.layout.to_local(fix_sign(v))] for v in res.vectors]
     except NonFiniteError as err:
         nonfinite_warning("hessian_eigenvalues", err)
         n = min(k, max_iter) * (2 if which == "both" else 1)
