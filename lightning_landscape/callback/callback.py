@@ -395,6 +395,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
             "name": self.name or "",
             "initial_buffers": dict(self.builder.start_buffers or {}),  # the initial float buffers
             "run_id": self.publisher.run_id,  # a resumed fit is the same run: its records stay together
+            "critical": self.critical.state_dict(),  # the critical-sharpness series so far
         }
 
     @override
@@ -407,6 +408,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         self.schedule.load_state_dict(state_dict.get("schedule", state_dict))  # 0.1: its keys at the top
         buffers = state_dict.get("initial_buffers", state_dict.get("start_buffers"))  # absent before 0.2
         self.builder.start_buffers = dict(buffers) if buffers is not None else None
+        if "critical" in state_dict:  # absent before 0.2: the series starts afresh
+            self.critical.load_state_dict(state_dict["critical"])
 
     # ------------------------------------------------------------------ one landscape
 

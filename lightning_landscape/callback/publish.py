@@ -434,7 +434,8 @@ class Publisher:
         """The loss along the last measured update (a record, a line figure) and ``lambda_c`` over training
         (``{prefix}critical_line``, ``{prefix}critical``)."""
         name = line.meta["name"]
-        if self.save_records:
+        line.meta[RUN_ID_KEY] = self.run_id  # a resumed fit finds its folder by it
+        if self.save_records and self.write:
             try:
                 save_record(line, self.record_dir, name)
                 self.written.append(name)

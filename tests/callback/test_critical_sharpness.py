@@ -164,6 +164,41 @@ def test_relative_critical_sharpness_of_a_second_loss(trainer_kwargs: dict[str, 
     assert seen >= 1
 
 
+def test_a_resumed_fit_keeps_the_series(trainer_kwargs: dict[str, Any], tmp_path: Any) -> None:
+    """Resumed from a checkpoint (loaded with ``weights_only=True``), the series goes on as in one fit,
+    and the resumed fit's records join the first fit's in its folder (each record carries the run id)."""
+    import warnings
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_landscape import load_records
+
+    def run(epochs: int, ckpt: Any = None) -> LossLandscapeCallback:
+        cb = LossLandscapeCallback(every_n_epochs=None, final=False, metrics=None, final_metrics=None,
+                                   reliability=False, num_batches=1, critical_sharpness=1)  # fmt: skip
+        folder = tmp_path / ("ckpt" if ckpt is None else "ckpt-resumed")
+        saver = ModelCheckpoint(dirpath=folder, save_top_k=-1, every_n_epochs=1)
+        kwargs = {**trainer_kwargs, "max_epochs": epochs, "limit_train_batches": 1}
+        kwargs["enable_checkpointing"] = True
+        trainer = pl.Trainer(callbacks=[cb, saver], **kwargs)
+        trainer.fit(LeastSquares("sgd"), DataLoader(data(0), batch_size=64), ckpt_path=ckpt)
+        return cb
+
+    whole = run(4)
+    assert [step for step, _, _ in whole.critical.history] == [1, 2, 3, 4]
+    ckpt = tmp_path / "ckpt" / "epoch=1-step=2.ckpt"
+    state = torch.load(ckpt, weights_only=True)["callbacks"][whole.state_key]["critical"]
+    assert [step for step, _, _ in state["history"]] == [1, 2]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*records of another run")
+        resumed = run(4, ckpt)
+    assert resumed.critical.history == whole.critical.history  # the values too (the same searches)
+    line = [r for r in resumed.records if r.meta.get("directions") == "critical"][-1]
+    assert line.meta["history_steps"] == [1, 2, 3, 4]
+    assert not (tmp_path / "landscape-2").exists()
+    assert {r.meta["run_id"] for r in load_records(tmp_path / "landscape")} == {whole.publisher.run_id}
+
+
 def test_options_are_checked_at_construction() -> None:
     with pytest.raises(ValueError, match="`critical_sharpness` must be an integer >= 1 or None"):
         LossLandscapeCallback(critical_sharpness=0)
