@@ -134,6 +134,10 @@ def describe_settings(values: Mapping[str, Any], record_dir: Path | None) -> dic
             n, value = "probe", "probe_dataloader" if value is not None else "training loader"
         elif n == "loss_fn":
             n, value = "loss", "loss_fn" if value is not None else "training_step"
+        elif n == "critical_sharpness" and value is not None:
+            value = f"every {value} optimizer step(s)"
+        elif n == "critical_probe" and value is not None:
+            value = "(dataloader, loss_fn)"
         shown[n] = (value or "") if n == "name" else "none" if value is None else value
     return {**shown, "records": str(record_dir or ""), "lightning_landscape": __version__}
 

@@ -199,6 +199,30 @@ def test_a_resumed_fit_keeps_the_series(trainer_kwargs: dict[str, Any], tmp_path
     assert {r.meta["run_id"] for r in load_records(tmp_path / "landscape")} == {whole.publisher.run_id}
 
 
+# The state_key of a default callback before the critical options were settings: checkpoints carry it.
+STATE_KEY = (
+    "LossLandscapeCallback{'name': None, 'every_n_epochs': 1, 'directions': 'pca', 'seed': 0, "
+    "'include_1d': False, 'resolution': 11, 'final_resolution': 31, 'line_resolution': 41, 'span': None, "
+    "'margin': 0.25, 'num_batches': 4, 'interpolation_range': (-0.5, 1.5), 'snapshot_every_n_steps': 10, "
+    "'snapshot_every_n_epochs': None, 'max_snapshots': 64, 'snapshot_dtype': 'None', "
+    "'snapshot_budget_bytes': None, 'snapshot_storage': 'auto', 'max_overhead': 0.1}"
+)
+
+
+def test_the_settings_text_shows_the_critical_options_and_state_keys_stay() -> None:
+    from lightning_landscape.callback.publish import describe_settings
+
+    probe = (DataLoader(data(1), batch_size=64), mse)
+    cb = LossLandscapeCallback(critical_sharpness=5, critical_probe=probe)
+    shown = describe_settings(cb._setting_values(), None)
+    assert shown["critical_sharpness"] == "every 5 optimizer step(s)"
+    assert shown["critical_probe"] == "(dataloader, loss_fn)"
+    off = describe_settings(LossLandscapeCallback()._setting_values(), None)
+    assert off["critical_sharpness"] == off["critical_probe"] == "none"
+    # appended out of the state_key: a checkpoint written before still finds its callback's state
+    assert LossLandscapeCallback().state_key == cb.state_key == STATE_KEY
+
+
 def test_options_are_checked_at_construction() -> None:
     with pytest.raises(ValueError, match="`critical_sharpness` must be an integer >= 1 or None"):
         LossLandscapeCallback(critical_sharpness=0)
