@@ -281,7 +281,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         dtype, rank = self.snapshot_dtype or self.builder.work_dtype, trainer.global_rank
         self.recorder, note = recorder_for(
             sum(p.numel() for p in params), self.max_snapshots, dtype, self.snapshot_budget_bytes,
-            self.snapshot_storage, self.publisher.record_dir, rank,
+            self.snapshot_storage, self.publisher.record_dir, rank, write,
         )  # fmt: skip
         if note:  # a budget too small for two snapshots in memory: they go to a file
             self.warnings.warn("snapshot storage", f"LossLandscapeCallback: {note}")

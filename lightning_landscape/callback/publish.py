@@ -240,9 +240,9 @@ class Publisher:
         if not self.write:
             self.warnings.warn(
                 "fast_dev_run",
-                "LossLandscapeCallback: `fast_dev_run` is on, so no records, figures or weights are written "
-                "(Lightning suppresses logging there too); the landscapes are computed and kept in "
-                "`callback.records`.",
+                "LossLandscapeCallback: `fast_dev_run` is on, so no records, figures, weights or snapshot "
+                "files are written (Lightning suppresses logging there too); the landscapes are computed and "
+                "kept in `callback.records`.",
                 UserWarning,
             )
         elif self.record_dir != self._default_dir:
