@@ -108,10 +108,10 @@ class LandscapeSchedule:
 
     Periodic landscapes come every ``every_n_epochs`` epochs, at most once per global step (a resumed
     run does not repeat one). ``max_overhead`` bounds the callback's seconds as a fraction of the seconds
-    of training so far, as the callback measures them (without measured times, work counted in forward
-    passes, a training batch as ``TRAIN_STEP_COST``). Later periodic
-    landscapes must fit with the final landscape's full work set aside, else they are skipped until
-    training has caught up. The first periodic landscape and the final one depend on ``budget_final``:
+    of training so far, as measured (without measured times, work counted in forward passes, a training
+    batch as ``TRAIN_STEP_COST``). Later periodic landscapes must fit with the final landscape's full
+    work set aside, else they are skipped until training has caught up. The first periodic landscape and
+    the final one depend on ``budget_final``:
 
     - ``"auto"`` (the default): both are always computed, sized to the budget: the first takes at most
       a third of the whole run's budget (from ``expected_batches``), the final one what is left at the
@@ -203,8 +203,7 @@ class LandscapeSchedule:
         self.planned_seconds = 0.0  # what the cost model predicted the landscapes would take, when planned
         self.expected: float | None = None  # training batches this fit will run (None: not known)
         self.told: set[str] = set()  # the cost notes already given in this fit
-        self.waiting: tuple[float, float] | None = None  # the last periodic landscape skipped: its work, and
-        # the final landscape's set aside
+        self.waiting: tuple[float, float] | None = None  # the work of the last periodic skipped, and reserve
 
     # ------------------------------------------------------------------ what happened
 
@@ -506,24 +505,21 @@ class LandscapeSchedule:
         work of the landscape that did not fit and that set aside for the final one (the skip messages)."""
         train, per_pass = self.training_seconds(), self.seconds_per_pass()
         if per_pass is None or train <= 0:  # no measured times: work counted in forward passes
+            unit, scale, used, total = "", 1.0, self.used(), self.training_work()
             words = (
                 f"the training work of the {self.train_batches} training batches so far, counted in forward "
                 f"passes over one probe batch as no time was measured (a training batch counts as "
-                f"{TRAIN_STEP_COST:g}): the callback has used {self.used():.3g} of {self.training_work():.3g}"
+                f"{TRAIN_STEP_COST:g}): the callback has used {used:.3g} of {total:.3g}"
             )
-            if waiting is not None:
-                words += f", and the next one needs {waiting[0]:.3g}"
-                words += f" with {waiting[1]:.3g} set aside for the final one" if waiting[1] else ""
-            return words
-        used = self.used() * per_pass
-        words = (
-            f"the training time so far, timed: the callback has taken {used:.3g} s, {used / train:.2g} of "
-            f"the {train:.3g} s of training over {self.train_batches} batches"
-        )
+        else:
+            unit, scale, used = " s", per_pass, self.used() * per_pass
+            words = (
+                f"the training time so far, timed: the callback has taken {used:.3g} s, {used / train:.2g} "
+                f"of the {train:.3g} s of training over {self.train_batches} batches"
+            )
         if waiting is not None:
-            words += f", and the next one would take about {waiting[0] * per_pass:.2g} s"
-            if waiting[1]:
-                words += f" with about {waiting[1] * per_pass:.2g} s set aside for the final one"
+            words += f", and the next one would take about {waiting[0] * scale:.3g}{unit}"
+            words += f" with {waiting[1] * scale:.3g}{unit} set aside for the final one" if waiting[1] else ""
         return words
 
     def _cost_words(self, work: float) -> str:

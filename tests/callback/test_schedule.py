@@ -360,7 +360,7 @@ def test_the_skip_messages_say_what_the_budget_measures():
     assert "max_overhead=0.1 of the training time so far, timed" in note and "work" not in note
     assert "taken 2 s, 0.4 of the 5 s of training over 10 batches" in note
     # the next one: 64 passes and the measured fixed 1.36 s; the final one: 204 passes and 1.5 x 1.36 s
-    assert "the next one would take about 2 s with about 4.1 s set aside for the final one" in note
+    assert "the next one would take about 2 s with 4.08 s set aside for the final one" in note
     strict = schedule(max_overhead=0.1, budget_final=True)
     for _ in range(10):
         strict.count_batch(seconds=0.5)
@@ -373,4 +373,4 @@ def test_the_skip_messages_say_what_the_budget_measures():
     assert counted.plan("periodic", 1, 2) is None
     note = counted.explain(None, "periodic")
     assert "counted in forward passes over one probe batch as no time was measured" in note
-    assert "used 64 of 24, and the next one needs 64 with 204 set aside for the final one" in note
+    assert "used 64 of 24, and the next one would take about 64 with 204 set aside for the final one" in note
