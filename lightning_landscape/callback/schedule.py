@@ -495,8 +495,8 @@ class LandscapeSchedule:
             return (
                 f"the final landscape was reduced to {plan.resolution} x {plan.resolution} points (asked: "
                 f"{self.final_resolution}) with metrics {sorted(plan.metrics) or 'none'} to stay within "
-                f"max_overhead={self.max_overhead} of the training work. Pass `budget_final=False` for the "
-                "full one."
+                f"max_overhead={self.max_overhead} of {self._budget_words()}. Pass `budget_final=False` for "
+                "the full one."
             )
         return None
 

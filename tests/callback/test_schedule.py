@@ -114,6 +114,9 @@ def test_the_final_landscape_is_full_unless_budget_final():
     plan = strict.plan("final", 1, 1)
     assert plan is not None and plan.reduced and (plan.resolution, plan.line_resolution) == (5, 7)
     assert plan.cost == 25 + 21 and "reduced to 5 x 5" in strict.explain(plan, "final")
+    assert "counted in forward passes over one probe batch as no time was measured" in strict.explain(
+        plan, "final"
+    )
 
 
 def test_coarsening_drops_grid_points_then_metrics():
