@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from lightning_landscape.records.record import SurfaceRecord
 
@@ -84,6 +85,7 @@ def record_title(meta: dict, default: str) -> str:
 _LEFT, _BOTTOM, _TOP, _RIGHT = 0.85, 0.55, 0.4, 0.2
 _BAR_GAP, _BAR_WIDTH, _BAR_LABEL = 0.15, 0.16, 0.85  # a colour bar, its ticks and its label
 _TWIN_RIGHT = 0.8  # a second y axis on the right: its tick labels and label
+_TICKS = 6  # at most this many intervals between major ticks on a linear axis
 _TITLE_CHARS_PER_INCH = 12.5  # characters of a 10 pt title per inch of width, before it wraps
 
 
@@ -111,6 +113,8 @@ def framed(
     fig = Figure(figsize=figsize)
     rect = (_LEFT / width, _BOTTOM / height, plot_width / width, (height - _BOTTOM - top) / height)
     ax = fig.add_axes(rect)
+    for axis in (ax.xaxis, ax.yaxis):  # about 6 ticks, not 9: readable, and text is most of the drawing
+        axis.set_major_locator(MaxNLocator(_TICKS))
     cax = None
     if colorbar:
         left = (_LEFT + plot_width + _BAR_GAP) / width
