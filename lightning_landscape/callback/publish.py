@@ -313,7 +313,9 @@ class Publisher:
         """Draw the figures of a landscape's records and send them (and, at the end, the mesh).
 
         With a reliability record: the surface with the path's true losses as coloured markers and the
-        failed checks in its title, and the loss against log distance (``{prefix}distance``).
+        failed checks in its title, and the loss against log distance (``{prefix}distance``). A landscape
+        the budget reduced (its records' meta ``budget``) draws only the figures listed in
+        ``budget["figures"]`` (:data:`~lightning_landscape.callback.sizing.ESSENTIAL_FIGURES`).
         """
         from lightning_landscape.plots.landscape import (
             contour_figure,
@@ -330,6 +332,12 @@ class Publisher:
         axes = [ln for ln in lines if ln.meta.get("directions") not in ("interpolation", "distance")]
         trust = next((r for r in records if isinstance(r, ReliabilityRecord)), None)
         flags = trust.flags if trust is not None else []
+        budget = next((r.meta["budget"] for r in records if r.meta.get("budget")), None)
+        if budget is not None and "figures" in budget:  # a landscape the budget reduced: fewer figures
+            keep = set(budget["figures"])
+            interp = interp if "interpolation" in keep else []
+            axes = axes if "lines" in keep else []
+            distance = distance if "distance" in keep else []
         for surface in surfaces:
             if trust is not None and trust.path_points is not None and trust.path_losses is not None:
                 self._figure(
