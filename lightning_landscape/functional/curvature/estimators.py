@@ -185,6 +185,10 @@ class VectorSpace:
         """``<x, y>`` of two vectors of the space, a float64 0-d tensor."""
         return self.reduce(self.partial_dot(x, y))
 
+    def norm(self, v: Tensor) -> Tensor:
+        """``|v|``, a 0-d tensor in ``v``'s dtype."""
+        return torch.linalg.vector_norm(v)
+
     def project(self, basis: Tensor, w: Tensor) -> Tensor:
         """``V^T w`` (float64, one value per basis row)."""
         return self.reduce(self.partial_project(basis, w))
@@ -303,7 +307,7 @@ def lanczos(
     # reorthogonalization is two matrix-vector products instead of a loop over vectors.
     basis = torch.empty((min(cap, max_iter), space.local_numel), dtype=dtype, device=device)
     v = space.rademacher(gen).to(device=device, dtype=dtype)
-    torch.div(v, space.dot(v, v).sqrt().to(dtype), out=basis[0])
+    torch.div(v, space.norm(v), out=basis[0])
     m = 1  # rows of `basis` in use
     t = np.zeros((cap, cap))  # the projected matrix V^T A V (float64)
     history: list[float] = []

@@ -212,6 +212,9 @@ class ShardedSpace(VectorSpace):
             total = total + super().partial_project(basis[:, a:b], w[a:b])
         return total
 
+    def norm(self, v: Tensor) -> Tensor:
+        return self.dot(v, v).sqrt().to(v.dtype)
+
     def rademacher(self, generator: torch.Generator) -> Tensor:
         out = torch.empty(self.local_numel, dtype=torch.int8)
         for a, b, offset, _, n_full, _ in self._pieces:
