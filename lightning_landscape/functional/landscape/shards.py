@@ -32,7 +32,7 @@ from lightning_landscape.functional import checks as check
 from lightning_landscape.functional.landscape.params import Direction
 from lightning_landscape.functional.objective import work_dtype
 
-__all__ = ["ShardLayout", "is_sharded", "sharded_filter_normalized_directions"]
+__all__ = ["ShardLayout", "is_sharded", "sharded_filter_normalized_directions", "sharded_random_direction"]
 
 _EPS = 1e-10  # as in directions.filter_normalize
 
@@ -211,14 +211,19 @@ def sharded_filter_normalized_directions(
     """
     check.positive_int("count", count)
     generator = torch.Generator().manual_seed(int(seed))
-    out: list[Direction] = []
-    for _ in range(count):
-        direction: Direction = []
-        for i, (p, shape) in enumerate(zip(layout.local, layout.shapes)):
-            full = torch.randn(shape, generator=generator, dtype=torch.float32)
-            d = layout.local_rows(i, full).to(p.device, work_dtype(p))
-            direction.append(d)
-        out.append(_filter_normalize(layout, direction, include_1d))
+    return [
+        _filter_normalize(layout, sharded_random_direction(layout, generator), include_1d)
+        for _ in range(count)
+    ]
+
+
+def sharded_random_direction(layout: ShardLayout, generator: torch.Generator) -> Direction:
+    """:func:`~.directions.random_direction` of the full parameters, as this process's slices: each full
+    parameter drawn in turn from ``generator`` (the unsharded draws) and sliced."""
+    out: Direction = []
+    for i, (p, shape) in enumerate(zip(layout.local, layout.shapes)):
+        full = torch.randn(shape, generator=generator, dtype=torch.float32)
+        out.append(layout.local_rows(i, full).to(p.device, work_dtype(p)))
     return out
 
 
