@@ -24,8 +24,14 @@ from torch import Tensor, nn
 
 from lightning_landscape.functional import checks as check
 from lightning_landscape.functional.landscape.bn import BNMode, BufferPlan, check_bn
-from lightning_landscape.functional.landscape.params import LossFn, landscape_parameters, observation
+from lightning_landscape.functional.landscape.params import (
+    LossFn,
+    landscape_parameters,
+    observation,
+    work_dtype,
+)
 from lightning_landscape.functional.landscape.sharding import PointShard
+from lightning_landscape.functional.landscape.shards import ShardLayout, is_sharded, resharding
 
 __all__ = [
     "Engine",
@@ -122,12 +128,6 @@ def scalar_loss(loss_fn: LossFn, model: nn.Module, batch: Any, *, differentiable
             "(detached, or computed under torch.no_grad)"
         )
     return loss.reshape(())
-
-
-def work_dtype(t: Tensor | torch.dtype) -> torch.dtype:
-    """float64 for float64 tensors, float32 for everything else (bf16/fp16 included)."""
-    dtype = t if isinstance(t, torch.dtype) else t.dtype
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def norm64(tensors: Sequence[Tensor]) -> float:
@@ -247,6 +247,9 @@ def mean_loss(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> Tens
     return total / len(batches)
 
 
+_GATHER = "gather the full weights into an unsharded copy on one process to run it"
+
+
 @dataclass(frozen=True, eq=False)
 class Objective:
     """The mean probe loss of a model as a function of chosen parameters, and how to evaluate it.
@@ -269,6 +272,15 @@ class Objective:
         shard: share evaluation points out among processes (see :class:`PointShard`).
         metric_fn, metric_name: a second quantity evaluated beside the loss at every point, and its
             name in records (default: the function's ``__name__``).
+        layout: the :class:`ShardLayout` of a sharded model's parameters (FSDP2 ``DTensor``s), built by
+            :meth:`build`; ``params`` are then this process's slices (``layout.local``), every forward
+            pass is a collective and every core that takes a ``layout=`` uses this one by default.
+
+    On a sharded model (parameters that are ``DTensor``s, FSDP2's ``fully_shard``) :meth:`build` finds the
+    sharding itself: it builds the layout once, takes the local slices as ``params``, reshards FSDP2's
+    modules after every forward without grad (so each forward gathers the moved slices) and evaluates
+    point by point (``engine="loop"``). Every computation on it is then a collective: every process must
+    call it, with the same arguments, and each gets the unsharded numbers.
 
     Example::
 
@@ -294,6 +306,7 @@ class Objective:
     shard: PointShard | None = None
     metric_fn: LossFn | None = None
     metric_name: str | None = None
+    layout: ShardLayout | None = None
 
     def __post_init__(self) -> None:
         check_engine(self.engine)
@@ -321,12 +334,47 @@ class Objective:
         metric_name: str | None = None,
     ) -> Objective:
         """The objective of ``model`` on ``batches``; ``params`` resolved once (see :func:`resolve_params`:
-        ``require_grad`` for computations that differentiate)."""
+        ``require_grad`` for computations that differentiate).
+
+        Sharded parameters (``DTensor``s) are found here: the objective then holds their layout and local
+        slices (see the class docstring). Every forward pass of such a model involves every process, so
+        ``shard`` (points shared out) is refused, and so are the batched engines (``"vmap"``,
+        ``"compile"``): ``"auto"`` is the loop.
+        """
         resolved = resolve_params(model, params, require_grad=require_grad)
+        layout = None
+        if is_sharded(resolved):
+            if shard is not None:
+                raise ValueError(
+                    "`shard`: the parameters are sharded (DTensors), so every process takes part in every "
+                    "forward pass and evaluates every point; call without `shard` on every process"
+                )
+            check_engine(engine)
+            if engine not in ("auto", "loop"):
+                raise ValueError(
+                    f"`engine`={engine!r} is not supported on sharded parameters (DTensors): every forward "
+                    "pass gathers the shards; use 'loop' or 'auto' (the loop)"
+                )
+            layout = ShardLayout.of(resolved)
+            resolved, engine = layout.local, "loop"
+            loss_fn = resharding(loss_fn, model)
+            metric_fn = None if metric_fn is None else resharding(metric_fn, model)
         return cls(
             model, loss_fn, list(batches), resolved, bn=bn, engine=engine, chunk_size=chunk_size,
-            shard=shard, metric_fn=metric_fn, metric_name=metric_name,
+            shard=shard, metric_fn=metric_fn, metric_name=metric_name, layout=layout,
         )  # fmt: skip
+
+    def unsharded(self, what: str, instead: str = _GATHER) -> Objective:
+        """This objective; a ValueError if its parameters are sharded, saying that ``what`` does not work
+        on them and what does (``instead``)."""
+        if self.layout is not None:
+            raise ValueError(
+                f"{what} does not support sharded parameters (FSDP2 DTensors) yet; {instead}. The functions "
+                "that do: loss_surface, loss_line, interpolation_line, filter_normalized_directions, "
+                "hessian_eigenvalues, hessian_directions, hessian_trace, block_curvature, sam_sharpness, "
+                "average_sharpness, loss_gradient, edge_of_stability_ratio, critical_sharpness"
+            )
+        return self
 
     def replace(self, **changes: Any) -> Objective:
         """This objective with some options changed (the parameters are not resolved again)."""
@@ -334,7 +382,8 @@ class Objective:
 
     def differentiable(self) -> Objective:
         """This objective, after checking that every parameter requires grad (a ValueError otherwise)."""
-        resolve_params(self.model, self.params, require_grad=True)
+        params = self.params if self.layout is None else self.layout.params  # the slices hold no grad
+        resolve_params(self.model, params, require_grad=True)
         return self
 
     @property

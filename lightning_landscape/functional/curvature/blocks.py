@@ -201,6 +201,7 @@ def block_curvature_of(
     must call it together."""
     check_lanczos_args(1, "largest", max_iter, tol)
     check_int("samples", samples, 2)
+    layout = objective.layout if layout is None else layout  # a sharded objective brings its own
     if layout is not None:
         check_layout(objective, layout)
     params = objective.params

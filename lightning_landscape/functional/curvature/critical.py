@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from lightning_landscape.functional import checks as check
 from lightning_landscape.functional.landscape.params import LossFn, WeightPerturbation, observation
+from lightning_landscape.functional.landscape.shards import ShardLayout
 from lightning_landscape.functional.objective import check_batches, probe_meta, resolve_params
 
 try:  # torch >= 2.6
@@ -220,7 +221,10 @@ def critical_sharpness(
     etas: list[float] = []
     losses: list[float] = []
     local = [_local(p) for p in params]
-    with observation(model), WeightPerturbation(local, [[_local(d) for d in direction]]) as move:
+    steps = [_local(d) for d in direction]
+    if any(_sharded(p) for p in params):  # DTensors or full-shaped tensors: this process's slices
+        steps = ShardLayout.of(params).slices(direction)
+    with observation(model), WeightPerturbation(local, [steps]) as move:
 
         def loss_at(eta: float) -> float:
             move.move_to(eta)

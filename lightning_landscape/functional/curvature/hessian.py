@@ -184,10 +184,14 @@ def hessian_eigenvalues(
     """
     check_lanczos_args(k, which, max_iter, tol)
     objective = Objective.build(model, loss_fn, batches, params, require_grad=True)
-    return hessian_eigenvalues_of(
+    eig = hessian_eigenvalues_of(
         objective, k, which, max_iter, tol, seed, return_eigenvectors=return_eigenvectors,
         reuse_graph=reuse_graph, max_basis=max_basis,
     )  # fmt: skip
+    layout = objective.layout
+    if layout is not None and eig.eigenvectors is not None:  # as DTensors, placed like the parameters
+        eig.eigenvectors = [layout.wrap(v) for v in eig.eigenvectors]
+    return eig
 
 
 def hessian_eigenvalues_of(
@@ -209,6 +213,7 @@ def hessian_eigenvalues_of(
     slices, signs fixed over the full vectors as unsharded; every process must call it together.
     """
     check_lanczos_args(k, which, max_iter, tol)
+    layout = objective.layout if layout is None else layout  # a sharded objective brings its own
     if layout is not None:
         check_layout(objective, layout)
     params = objective.params
@@ -295,7 +300,10 @@ def hessian_directions(
     """
     check_lanczos_args(1, "both", max_iter, tol)
     objective = Objective.build(model, loss_fn, batches, params, require_grad=True)
-    return hessian_directions_of(objective, max_iter, tol, seed)
+    (d_max, d_min), eig = hessian_directions_of(objective, max_iter, tol, seed)
+    if objective.layout is not None:  # as DTensors, placed like the parameters
+        d_max, d_min = objective.layout.wrap(d_max), objective.layout.wrap(d_min)
+    return (d_max, d_min), eig
 
 
 def hessian_directions_of(
@@ -384,6 +392,7 @@ def hessian_trace_of(
     """:func:`hessian_trace` of ``objective`` (the core; the probes shared out by its ``shard``). With
     ``layout`` (sharded parameters) every process takes part in every probe, each on its slices of it."""
     check_int("samples", samples, 2)
+    layout = objective.layout if layout is None else layout  # a sharded objective brings its own
     if layout is not None:
         check_layout(objective, layout)
     meta: dict[str, Any] = {

@@ -484,9 +484,9 @@ def hessian_operator(
         ...     H.matvec(torch.tensor([1.0, 0.0]))
         tensor([2., 4.])
     """
-    with hessian_operator_of(
-        Objective.build(model, loss_fn, batches, params, require_grad=True), reuse_graph
-    ) as op:
+    objective = Objective.build(model, loss_fn, batches, params, require_grad=True)
+    objective.unsharded("hessian_operator", "hessian_vector_product works on them")
+    with hessian_operator_of(objective, reuse_graph) as op:
         assert isinstance(op, HessianOperator)  # no layout: the double-backward operator
         yield op
 
@@ -501,6 +501,7 @@ def hessian_operator_of(
     the :class:`~lightning_landscape.functional.curvature.sharded.GradientDifferenceOperator` on those
     slices (``reuse_graph`` has no effect there); every process must take part in each product.
     """
+    layout = objective.layout if layout is None else layout  # a sharded objective brings its own
     if layout is not None:
         with gradient_difference_operator_of(objective, layout) as gd:
             yield gd
@@ -529,12 +530,16 @@ def hessian_vector_product(
         [tensor([[4., 8.]])]
     """
     objective = Objective.build(model, loss_fn, batches, params, require_grad=True)
-    return hessian_vector_product_of(objective, vector)
+    product = hessian_vector_product_of(objective, vector)
+    return product if objective.layout is None else objective.layout.wrap(product)
 
 
 def hessian_vector_product_of(objective: Objective, vector: Sequence[Tensor]) -> Direction:
-    """:func:`hessian_vector_product` of ``objective`` (the core)."""
+    """:func:`hessian_vector_product` of ``objective`` (the core). A sharded objective (its ``layout``)
+    takes ``vector`` full-shaped or as DTensors and gives this process's slices of ``H v``."""
     params = objective.params
+    if objective.layout is not None:
+        vector = objective.layout.slices(vector, "vector")
     if len(vector) != len(params) or any(v.shape != p.shape for v, p in zip(vector, params)):
         raise ValueError("`vector` must hold one tensor per parameter, shaped like it")
     with hessian_operator_of(objective) as op:

@@ -120,11 +120,16 @@ def loss_gradient(
         >>> loss_gradient(model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), [batch])
         (4.0, [tensor([[8.]])])
     """
-    return loss_gradient_of(Objective.build(model, loss_fn, batches, params, require_grad=True))
+    objective = Objective.build(model, loss_fn, batches, params, require_grad=True)
+    loss, grad = loss_gradient_of(objective)
+    return loss, (grad if objective.layout is None else objective.layout.wrap(grad))
 
 
 def loss_gradient_of(objective: Objective) -> tuple[float, Direction]:
-    """:func:`loss_gradient` of ``objective`` (the core; each parameter must require grad)."""
+    """:func:`loss_gradient` of ``objective`` (the core; each parameter must require grad). A sharded
+    objective (its ``layout``) gives this process's slices of the gradient, by backward passes."""
+    if objective.layout is not None:
+        return sharded_loss_gradient(objective, objective.layout)
     model, loss_fn, batches, params = objective.model, objective.loss_fn, objective.batches, objective.params
     objective.differentiable()
     total = 0.0
@@ -178,6 +183,7 @@ def sam_sharpness_of(
     With ``layout`` (sharded parameters: the objective's are this process's slices of ``layout.params``),
     every process must call it together."""
     check_positive("rho", rho)
+    layout = objective.layout if layout is None else layout  # a sharded objective brings its own
     params = objective.params
     meta = {"rho": float(rho), "adaptive": bool(adaptive), **objective.probe_meta()}
     start = time.perf_counter()
@@ -263,6 +269,7 @@ def average_sharpness_of(
     evaluated by every process together."""
     check_positive("sigma", sigma)
     check_int("samples", samples, 2)
+    layout = objective.layout if layout is None else layout  # a sharded objective brings its own
     if layout is not None:
         check_layout(objective, layout)
         objective = objective.replace(engine="loop")  # every forward is collective

@@ -297,6 +297,7 @@ def edge_of_stability_ratio_of(
     threshold = stability_threshold(optimizer)
     if not threshold.available:
         raise ValueError(f"`optimizer`: no edge-of-stability ratio: {threshold.reason}")
+    layout = objective.layout if layout is None else layout  # a sharded objective brings its own
     if layout is not None:
         check_layout(objective, layout)
     diagonal = None

@@ -1,4 +1,10 @@
-"""Directions to look along: filter-normalized Gaussian random directions (Li et al., 2018)."""
+"""Directions to look along: filter-normalized Gaussian random directions (Li et al., 2018).
+
+Given sharded parameters (FSDP2 ``DTensor``s) every function here gives the directions of the unsharded
+model, as ``DTensor``s placed like the parameters (each process holding its slices; see
+:mod:`~lightning_landscape.functional.landscape.shards` for how and what it costs): the same seed, the same
+directions, whatever the sharding. Every process must call it (a norm may be summed over them).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,14 @@ import torch
 from torch import Tensor
 
 from lightning_landscape.functional import checks as check
-from lightning_landscape.functional.landscape.params import Direction
-from lightning_landscape.functional.objective import work_dtype
+from lightning_landscape.functional.landscape.params import Direction, work_dtype
+from lightning_landscape.functional.landscape.shards import (
+    ShardLayout,
+    is_sharded,
+    sharded_filter_normalize,
+    sharded_filter_normalized_directions,
+    sharded_random_direction,
+)
 
 __all__ = ["filter_normalize", "filter_normalized_directions", "random_direction"]
 
@@ -23,6 +35,9 @@ def random_direction(params: Sequence[Tensor], generator: torch.Generator) -> Di
     every device and machine (and in every precision: float64 parameters get the same float32 draws,
     widened); each tensor is then moved once to its parameter's device.
     """
+    if is_sharded(params):
+        layout = ShardLayout.of(params)
+        return layout.wrap(sharded_random_direction(layout, generator))
     return [
         torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p.device, work_dtype(p))
         for p in params
@@ -49,6 +64,9 @@ def filter_normalize(
         >>> d[1]
         tensor([0., 0.])
     """
+    if is_sharded(params):
+        layout = ShardLayout.of(params)
+        return layout.wrap(sharded_filter_normalize(layout, layout.slices(direction), include_1d))
     out: Direction = []
     for d, p in zip(direction, params, strict=True):
         dtype = torch.float64 if torch.float64 in (d.dtype, p.dtype) else torch.float32
@@ -85,6 +103,9 @@ def filter_normalized_directions(
         0.0
     """
     check.positive_int("count", count)
+    if is_sharded(params):
+        layout = ShardLayout.of(params)
+        return [layout.wrap(d) for d in sharded_filter_normalized_directions(layout, count, seed, include_1d)]
     generator = torch.Generator().manual_seed(int(seed))
     return [
         filter_normalize(random_direction(params, generator), params, include_1d=include_1d)

@@ -29,6 +29,7 @@ __all__ = [
     "parameters_restored",
     "preserved_random_state",
     "unflatten",
+    "work_dtype",
 ]
 
 
@@ -67,6 +68,12 @@ def landscape_parameters(
             f"{type(model).__name__} has no trainable floating-point parameters to draw a landscape of"
         )
     return chosen
+
+
+def work_dtype(t: Tensor | torch.dtype) -> torch.dtype:
+    """float64 for float64 tensors, float32 for everything else (bf16/fp16 included)."""
+    dtype = t if isinstance(t, torch.dtype) else t.dtype
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def flatten(tensors: Sequence[Tensor], dtype: torch.dtype | None = None, device: Any = None) -> Tensor:

@@ -24,15 +24,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_landscape.functional import checks as check
-from lightning_landscape.functional.landscape.params import Direction
-from lightning_landscape.functional.objective import work_dtype
+from lightning_landscape.functional.landscape.params import Direction, LossFn, work_dtype
 
-__all__ = ["ShardLayout", "is_sharded", "sharded_filter_normalized_directions", "sharded_random_direction"]
+__all__ = [
+    "ShardLayout",
+    "is_sharded",
+    "resharding",
+    "sharded_filter_normalize",
+    "sharded_filter_normalized_directions",
+    "sharded_random_direction",
+]
 
 _EPS = 1e-10  # as in directions.filter_normalize
 
@@ -46,6 +53,28 @@ def _is_dtensor(t: Tensor) -> bool:
 def is_sharded(params: Sequence[Tensor]) -> bool:
     """Whether any of ``params`` is a ``DTensor`` (a parameter whose processes each hold a slice)."""
     return any(_is_dtensor(p) for p in params)
+
+
+def resharding(loss_fn: LossFn, model: nn.Module) -> LossFn:
+    """``loss_fn`` that puts every FSDP2 module of ``model`` back to its sharded state after each forward
+    without grad (``loss_fn`` itself when there is none).
+
+    FSDP2 keeps a root module's gathered parameters after a forward that no backward follows (it expects
+    one); the landscape moves the local slices in place, so the next forward must gather them again.
+    """
+    fsdp = [m for m in model.modules() if callable(getattr(m, "reshard", None)) and hasattr(m, "unshard")]
+    if not fsdp:
+        return loss_fn
+
+    def loss(module: nn.Module, batch: Any) -> Tensor:
+        value = loss_fn(module, batch)
+        if not torch.is_grad_enabled():
+            for m in fsdp:
+                m.reshard()  # type: ignore[operator]
+        return value
+
+    loss.__name__ = getattr(loss_fn, "__name__", "loss")
+    return loss
 
 
 def _process_group_sum(t: Tensor) -> Tensor:
@@ -187,6 +216,56 @@ class ShardLayout:
         )
         return dist_piece.full_tensor()
 
+    def slices(self, tensors: Sequence[Tensor], name: str = "direction") -> Direction:
+        """This process's slices of ``tensors``, one per parameter: a ``DTensor``'s local tensor, the rows
+        of a full-shaped plain tensor, or a tensor already shaped as the slice (taken as it is).
+
+        A ValueError naming ``name`` for a count or shape that fits neither.
+        """
+        tensors = list(tensors)
+        if len(tensors) != len(self.local):
+            raise ValueError(
+                f"`{name}` has {len(tensors)} tensors, expected one per parameter ({len(self.local)})"
+            )
+        out: Direction = []
+        for i, t in enumerate(tensors):
+            if not isinstance(t, Tensor):
+                raise ValueError(f"`{name}`[{i}] is a {type(t).__name__}, expected a tensor")
+            if _is_dtensor(t):
+                t = t.to_local()  # type: ignore[attr-defined]
+            elif t.shape == self.shapes[i]:
+                t = self.local_rows(i, t)
+            if t.shape != self.local[i].shape:
+                raise ValueError(
+                    f"`{name}`[{i}] has shape {tuple(t.shape)}, expected the parameter's "
+                    f"{tuple(self.shapes[i])} (or a DTensor sharded like it)"
+                )
+            out.append(t)
+        return out
+
+    def wrap(self, parts: Sequence[Tensor]) -> Direction:
+        """Slices of a direction (one per parameter) as tensors placed like the parameters: a ``DTensor``
+        sharded as each sharded parameter (no communication: its local tensor is the slice), else the
+        slice itself. What the public functions return on a sharded model."""
+        out: Direction = []
+        for p, piece in zip(self.params, parts, strict=True):
+            if not _is_dtensor(p):
+                out.append(piece)
+                continue
+            from torch.distributed.tensor import DTensor
+
+            out.append(
+                DTensor.from_local(
+                    piece,
+                    p.device_mesh,  # type: ignore[attr-defined]
+                    p.placements,  # type: ignore[attr-defined]
+                    run_check=False,
+                    shape=p.shape,
+                    stride=torch.empty(p.shape, device="meta").stride(),
+                )
+            )
+        return out
+
     def to_local(self, full: Tensor) -> Direction:
         """Slices of a full flat vector (length ``P``), shaped like the local views (views, no copy)."""
         return [full[a:b].view(t.shape) for (a, b), t in zip(self.flat_ranges(), self.local)]
@@ -212,7 +291,7 @@ def sharded_filter_normalized_directions(
     check.positive_int("count", count)
     generator = torch.Generator().manual_seed(int(seed))
     return [
-        _filter_normalize(layout, sharded_random_direction(layout, generator), include_1d)
+        sharded_filter_normalize(layout, sharded_random_direction(layout, generator), include_1d)
         for _ in range(count)
     ]
 
@@ -227,8 +306,11 @@ def sharded_random_direction(layout: ShardLayout, generator: torch.Generator) ->
     return out
 
 
-def _filter_normalize(layout: ShardLayout, direction: Direction, include_1d: bool) -> Direction:
-    """``filter_normalize`` on local slices: rows are whole on one process; 1-d norms are summed."""
+def sharded_filter_normalize(
+    layout: ShardLayout, direction: Direction, include_1d: bool = False
+) -> Direction:
+    """:func:`~.directions.filter_normalize` on local slices: rows are whole on one process; 1-d norms
+    are summed over the processes (a collective with ``include_1d``)."""
     out: Direction = []
     for i, (d, p) in enumerate(zip(direction, layout.local, strict=True)):
         dtype = torch.float64 if torch.float64 in (d.dtype, p.dtype) else torch.float32

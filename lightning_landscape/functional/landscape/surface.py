@@ -37,10 +37,9 @@ from lightning_landscape.functional.landscape.engine import (  # noqa: F401  (ch
 from lightning_landscape.functional.landscape.params import (
     Direction,
     LossFn,
-    observation,
 )
 from lightning_landscape.functional.landscape.sharding import PointShard
-from lightning_landscape.functional.objective import Objective, mean_loss, norm64, probe_size, work_dtype
+from lightning_landscape.functional.objective import Objective, norm64, probe_size, work_dtype
 from lightning_landscape.records.record import LineRecord, SurfaceRecord
 
 __all__ = [
@@ -72,9 +71,9 @@ def odd_grid(span: float | tuple[float, float], resolution: int, name: str = "re
 
 
 def evaluate_loss(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> float:
-    """The loss at the current weights, averaged over ``batches``, observed in eval mode."""
-    with observation(model):
-        return float(mean_loss(model, loss_fn, batches))
+    """The loss at the current weights, averaged over ``batches``, observed in eval mode (on a sharded
+    model, a collective: every process calls it)."""
+    return Objective.build(model, loss_fn, batches).loss()
 
 
 def point_losses_of(
@@ -107,6 +106,19 @@ def _evaluate_points(
 def _check_origin(origin: Sequence[Tensor] | None, params: Sequence[Tensor]) -> None:
     if origin is not None and len(origin) != len(params):
         raise ValueError(f"`origin` has {len(origin)} tensors, expected one per parameter ({len(params)})")
+
+
+def _local(
+    objective: Objective, directions: Sequence[Direction], origin: Sequence[Tensor] | None
+) -> tuple[list[Direction], Sequence[Tensor] | None]:
+    """The directions and origin as this process's slices when the objective is sharded (its ``layout``:
+    each given as DTensors placed like the parameters, or full-shaped); as they are otherwise."""
+    layout = objective.layout
+    if layout is None:
+        return list(directions), origin
+    _check_origin(origin, objective.params)
+    local = [layout.slices(d, "directions") for d in directions]
+    return local, None if origin is None else layout.slices(origin, "origin")
 
 
 def loss_surface(
@@ -202,6 +214,7 @@ def loss_surface_of(
     """:func:`loss_surface` of ``objective`` at the coefficients ``xs`` and ``ys`` (the core)."""
     if len(directions) != 2:
         raise ValueError(f"`directions` must hold two directions, got {len(directions)}")
+    directions, origin = _local(objective, directions, origin)
     _check_origin(origin, objective.params)
     plan = objective.buffer_plan()
     gx, gy = np.meshgrid(xs, ys)
@@ -264,6 +277,7 @@ def loss_line_of(
 ) -> LineRecord:
     """:func:`loss_line` of ``objective`` at the coefficients ``alphas`` (the core)."""
     alphas = np.asarray(alphas, dtype=np.float64)
+    (direction,), origin = _local(objective, [direction], origin)
     _check_origin(origin, objective.params)
     plan = objective.buffer_plan()
     losses, per_batch, metrics, meta = record_parts(
@@ -343,6 +357,8 @@ def interpolation_line_of(
     model, params, bn = objective.model, objective.params, objective.bn
     if len(start) != len(params):
         raise ValueError(f"`start` has {len(start)} tensors, expected one per parameter ({len(params)})")
+    if objective.layout is not None:  # sharded: this process's slices of the start weights
+        start = objective.layout.slices(start, "start")
     plan: BufferPlan | None
     if bn == "interpolate":
         if start_buffers is None and landscape_buffers(model):
@@ -367,5 +383,5 @@ def interpolation_line_of(
     losses, per_batch, metrics, meta = record_parts(
         objective, [direction], coefficients, (len(alphas),), plan, None, progress
     )
-    meta["distance"] = norm64(direction)
+    meta["distance"] = norm64(direction) if objective.layout is None else objective.layout.norm(direction)
     return LineRecord(alphas=alphas, losses=losses, meta=meta, batch_losses=per_batch, metrics=metrics)

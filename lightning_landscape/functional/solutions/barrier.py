@@ -85,6 +85,7 @@ def barrier(
         model, loss_fn, batches, params, bn=bn, engine=engine, chunk_size=chunk_size, shard=shard,
         metric_fn=metric_fn, metric_name=metric_name,
     )  # fmt: skip
+    objective.unsharded("barrier")
     return barrier_of(objective, w1, w2, buffers1, buffers2, resolution)
 
 

@@ -227,6 +227,7 @@ def shared_plane_surface(
         model, loss_fn, batches, params, bn=bn, engine=engine, chunk_size=chunk_size, shard=shard,
         metric_fn=metric_fn, metric_name=metric_name,
     )  # fmt: skip
+    objective.unsharded("shared_plane_surface")
     params = objective.params
     for name, w in (("w0", w0), ("w1", w1), ("w2", w2)):
         if len(w) != len(params):

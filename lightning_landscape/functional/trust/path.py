@@ -129,7 +129,8 @@ def snapshot_losses(
         >>> snapshot_losses(model, mse, [batch], torch.tensor([[1.0], [2.0], [3.0]]))
         array([1., 4., 9.])
     """
-    return snapshot_losses_of(Objective.build(model, loss_fn, batches, params), snapshots, indices)
+    objective = Objective.build(model, loss_fn, batches, params).unsharded("snapshot_losses")
+    return snapshot_losses_of(objective, snapshots, indices)
 
 
 def snapshot_losses_of(

@@ -382,6 +382,7 @@ def landscape_reliability(
         ['reliability/distance/basin_radius_axis1', 'reliability/distance/basin_radius_axis2']
     """
     objective = Objective.build(model, loss_fn, batches, params, shard=shard, engine=engine)
+    objective.unsharded("landscape_reliability")
     return landscape_reliability_of(
         objective, plane, surface, pca=pca, snapshots=snapshots, times=times, seed=seed,
         include_1d=include_1d, unit=unit, noise=noise, contour_spacing=contour_spacing, trace=trace,

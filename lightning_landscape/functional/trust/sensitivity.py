@@ -210,6 +210,7 @@ def distance_profile(
         0.1
     """
     objective = Objective.build(model, loss_fn, batches, params, shard=shard, engine=engine)
+    objective.unsharded("distance_profile")
     return distance_profile_of(
         objective, direction, distances, unit=unit, basin=Basin(delta, relative, min_delta),
         centre_loss=centre_loss,
@@ -329,6 +330,7 @@ def direction_sensitivity(
         ((3, 5), True)
     """
     objective = Objective.build(model, loss_fn, batches, params, shard=shard, engine=engine)
+    objective.unsharded("direction_sensitivity")
     return direction_sensitivity_of(
         objective, count, points, span, seed, skip=skip, include_1d=include_1d,
         basin=Basin(delta, relative, min_delta), centre_loss=centre_loss,
@@ -444,6 +446,7 @@ def random_direction_curvature(
         (1.0, 1.0)
     """
     objective = Objective.build(model, loss_fn, batches, params, shard=shard, engine=engine)
+    objective.unsharded("random_direction_curvature")
     return random_direction_curvature_of(objective, count, step, seed, centre_loss=centre_loss)
 
 
