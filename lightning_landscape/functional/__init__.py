@@ -5,6 +5,11 @@ batches already on the model's device, and returns a typed record or tensors. Us
 notebook or script; :class:`lightning_landscape.LossLandscapeCallback` calls the same functions.
 Each one builds an :class:`Objective` (model, loss, probe batches, parameters and evaluation options,
 resolved once) and hands it to its core; the callback builds one per landscape and calls the cores.
+
+On a model sharded by FSDP2 (``DTensor`` parameters) the functions find the sharding themselves and give
+the unsharded numbers: each call is then a collective, every process must make it with the same
+arguments and probe batches, and directions come back as ``DTensor``s; those that cannot work sharded
+raise a ``ValueError`` naming what does (see docs/scaling.md).
 """
 
 from lightning_landscape.functional.curvature.blocks import BlockCurvature, block_curvature, parameter_blocks
