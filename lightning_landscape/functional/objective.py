@@ -371,8 +371,9 @@ class Objective:
             raise ValueError(
                 f"{what} does not support sharded parameters (FSDP2 DTensors) yet; {instead}. The functions "
                 "that do: loss_surface, loss_line, interpolation_line, filter_normalized_directions, "
-                "hessian_eigenvalues, hessian_directions, hessian_trace, block_curvature, sam_sharpness, "
-                "average_sharpness, loss_gradient, edge_of_stability_ratio, critical_sharpness"
+                "hessian_eigenvalues, hessian_directions, hessian_trace, hessian_vector_product, "
+                "block_curvature, sam_sharpness, average_sharpness, loss_gradient, edge_of_stability_ratio, "
+                "critical_sharpness"
             )
         return self
 
