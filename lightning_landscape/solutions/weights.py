@@ -24,6 +24,11 @@ Format, version 1 or 2 (``WEIGHTS_FORMAT_VERSION``), two files in one folder:
   whose initial values were not given), ``dtype`` (of ``initial``/``final``), ``trajectory_dtype``,
   ``num_params``, ``num_snapshots``, ``nbytes``, ``meta``.
 
+Streaming: a sharded model's weights are not whole on any process. :class:`StreamedWeights` hands the
+writer the initial, final and snapshot vectors as pieces (one gathered parameter at a time), and each
+piece is written into ``weights.npz`` as it comes: the writer holds one piece, never a whole vector.
+The file is the same (the ``.npy`` members are written header first, then their values in order).
+
 Versions: a folder whose model has parameters outside ``names`` is written as version 2, so that a
 reader of version 1 (0.1), which would evaluate the runs with its caller's frozen weights, refuses it;
 any other folder is written as version 1, readable by every version. Both are read here; a folder
@@ -43,7 +48,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +66,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "WEIGHTS_FORMAT_VERSION",
     "RunWeights",
+    "StreamedWeights",
     "find_run_weights",
     "load_run_weights",
     "run_weights_nbytes",
@@ -117,6 +124,90 @@ def _flat(
     return torch.cat([t.detach().reshape(-1).to("cpu", dtype) for t in tensors])
 
 
+class StreamedWeights:
+    """A run's flat weight vectors arriving one piece at a time, for :func:`save_run_weights` (``stream=``).
+
+    ``pieces`` yields, in this order, the pieces of the initial weights, of the final weights, then of each
+    of the ``snapshots`` trajectory rows: each vector is the ``P`` parameter values in ``names`` order, cut
+    into pieces of any size (a sharded model's: one gathered parameter each) that never straddle two
+    vectors. The writer takes them as it writes, so it never holds more than one piece; ``snapshot_dtype``
+    is the trajectory's own dtype (stored as such unless ``dtype`` says otherwise).
+
+    Where producing a piece is a collective (gathering a parameter from every process), every process
+    must consume the same pieces in the same order: the writing process passes the stream to
+    :func:`save_run_weights`, the others call :meth:`drain`, and the writer calls :meth:`drain` too
+    after a failure (so that nobody is left waiting on a collective).
+
+    Example::
+
+        >>> import tempfile, torch
+        >>> net = torch.nn.Linear(2, 1)
+        >>> rows = [torch.zeros(3), torch.ones(3), torch.zeros(3), torch.full((3,), 0.5)]
+        >>> stream = StreamedWeights((p for row in rows for p in row.split([2, 1])), 2, torch.float32)
+        >>> folder = save_run_weights(tempfile.mkdtemp(), net, stream=stream, steps=[0, 5])
+        >>> load_run_weights(folder, net).trajectory[1].tolist()
+        [0.5, 0.5, 0.5]
+    """
+
+    def __init__(self, pieces: Iterator[Tensor], snapshots: int, snapshot_dtype: torch.dtype) -> None:
+        if isinstance(snapshots, bool) or not isinstance(snapshots, int) or snapshots < 0:
+            raise ValueError(f"`snapshots` must be an integer >= 0, got {snapshots!r}")
+        self._pieces = iter(pieces)
+        self.snapshots = snapshots
+        self.snapshot_dtype = snapshot_dtype
+
+    def take(self, numel: int) -> Iterator[Tensor]:
+        """The next vector's pieces, flat: exactly ``numel`` values (a ValueError otherwise)."""
+        left = numel
+        while left > 0:
+            piece = next(self._pieces, None)
+            if piece is None:
+                raise ValueError(f"`stream` ended {left} values before the end of a vector of {numel}")
+            piece = piece.detach().reshape(-1)
+            if piece.numel() > left:
+                raise ValueError(
+                    f"`stream`: a piece of {piece.numel()} values straddles two vectors of {numel}"
+                )
+            left -= piece.numel()
+            yield piece
+
+    def drain(self) -> None:
+        """Consume (and drop) every piece not taken yet."""
+        for _ in self._pieces:
+            pass
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A ``.npy`` member written from pieces: ``shape`` values of ``dtype``, row after row."""
+
+    stream: StreamedWeights
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def write(self, out: Any) -> None:
+        import torch
+
+        descr = _to_numpy(torch.zeros(0, dtype=self.dtype)).dtype  # bfloat16: its uint16 bit patterns
+        header = {"descr": np.lib.format.dtype_to_descr(descr), "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_1_0(out, header)  # what numpy.save writes for such a header
+        rows = self.shape[0] if len(self.shape) == 2 else 1
+        for _ in range(rows):
+            for piece in self.stream.take(self.shape[-1]):
+                out.write(_to_numpy(piece.to("cpu", self.dtype)).tobytes())
+
+
+def _write_npz(fh: Any, arrays: Mapping[str, np.ndarray | _Rows]) -> None:
+    """``numpy.savez(fh, **arrays)`` (uncompressed, no pickle), members from pieces written as they come."""
+    with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in arrays.items():
+            with zf.open(f"{key}.npy", mode="w", force_zip64=True) as out:
+                if isinstance(value, _Rows):
+                    value.write(out)
+                else:
+                    np.lib.format.write_array(out, np.asanyarray(value), allow_pickle=False)
+
+
 def run_weights_nbytes(
     num_params: int, num_snapshots: int = 0, itemsize: int = 4, trajectory_itemsize: int | None = None
 ) -> int:
@@ -138,8 +229,9 @@ def _gb(n: float) -> str:
 def save_run_weights(
     directory: str | os.PathLike,
     model: nn.Module,
-    initial: Tensor | Sequence[Tensor],
+    initial: Tensor | Sequence[Tensor] | None = None,
     *,
+    stream: StreamedWeights | None = None,
     initial_buffers: Mapping[str, Tensor] | None = None,
     final: Tensor | Sequence[Tensor] | None = None,
     final_buffers: Mapping[str, Tensor] | None = None,
@@ -158,6 +250,9 @@ def save_run_weights(
         model: the trained model: names, shapes and (by default) the final weights and buffers.
         initial: the initial weights, a flat ``(P,)`` tensor (a :class:`TrajectoryRecorder`'s first
             snapshot) or one tensor per parameter.
+        stream: instead of ``initial``, ``final`` and ``trajectory``: the three as pieces written as they
+            come (:class:`StreamedWeights`; a sharded model's, gathered one parameter at a time). It is
+            drained whatever happens, so a collective behind it is never left waiting.
         initial_buffers: the initial :func:`buffer_snapshot`; required when the model has floating-point
             buffers (a plane through the initialization uses them).
         final, final_buffers: the final weights and buffers; the model's current ones by default.
@@ -184,11 +279,43 @@ def save_run_weights(
         >>> load_run_weights(folder, net).final.shape
         torch.Size([8])
     """
+    try:
+        return _save_run_weights(
+            directory, model, initial, stream, initial_buffers, final, final_buffers, initial_frozen,
+            trajectory, steps, names, dtype, max_bytes, meta,
+        )  # fmt: skip
+    finally:
+        if stream is not None:
+            stream.drain()
+
+
+def _save_run_weights(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    initial: Tensor | Sequence[Tensor] | None,
+    stream: StreamedWeights | None,
+    initial_buffers: Mapping[str, Tensor] | None,
+    final: Tensor | Sequence[Tensor] | None,
+    final_buffers: Mapping[str, Tensor] | None,
+    initial_frozen: Mapping[str, Tensor] | None,
+    trajectory: Tensor | None,
+    steps: Sequence[int] | None,
+    names: Sequence[str] | None,
+    dtype: torch.dtype | None,
+    max_bytes: int | None,
+    meta: Mapping[str, Any] | None,
+) -> Path:
     import torch
 
     from lightning_landscape.functional.landscape.bn import landscape_buffers
     from lightning_landscape.functional.landscape.params import landscape_parameters
 
+    if stream is not None and not isinstance(stream, StreamedWeights):
+        raise ValueError(f"`stream` must be a StreamedWeights or None, got {type(stream).__name__}")
+    if (stream is None) == (initial is None) or (stream is not None and (final, trajectory) != (None, None)):
+        raise ValueError(
+            "give the weights as `initial` (with `final` and `trajectory` if any) or as `stream`, not both"
+        )
     named = dict(model.named_parameters())
     if names is None:
         names = [n for n, _ in landscape_parameters(model)]
@@ -223,8 +350,14 @@ def save_run_weights(
             )
         if not trajectory.is_floating_point():
             raise ValueError(f"`trajectory` must be floating point, got {trajectory.dtype}")
-    n = 0 if trajectory is None else int(trajectory.shape[0])
-    traj_dtype = None if trajectory is None else (dtype or trajectory.dtype)
+    if stream is not None and stream.snapshots and (steps is None or len(steps) != stream.snapshots):
+        raise ValueError(f"`steps` must give the global step of each of the {stream.snapshots} snapshots")
+    if stream is not None:
+        n = stream.snapshots
+        traj_dtype = (dtype or stream.snapshot_dtype) if n else None
+    else:
+        n = 0 if trajectory is None else int(trajectory.shape[0])
+        traj_dtype = None if trajectory is None else (dtype or trajectory.dtype)
     itemsize = work.itemsize
     nbytes = run_weights_nbytes(num_params, n, itemsize, traj_dtype.itemsize if traj_dtype else None)
     if max_bytes is not None and nbytes > max_bytes:
@@ -282,10 +415,18 @@ def save_run_weights(
             "`initial_buffers` is required: the model has floating-point buffers (BatchNorm statistics); "
             "take `buffer_snapshot(model)` before training"
         )
-    arrays: dict[str, np.ndarray] = {
-        "initial": _to_numpy(_flat(initial, shapes, "initial", work)),
-        "final": _to_numpy(_flat(params if final is None else final, shapes, "final", work)),
-    }
+    arrays: dict[str, np.ndarray | _Rows] = {}
+    if stream is not None:  # written as the pieces come, in the stream's order
+        arrays["initial"] = _Rows(stream, (num_params,), work)
+        arrays["final"] = _Rows(stream, (num_params,), work)
+        if n:
+            assert traj_dtype is not None and steps is not None
+            arrays["trajectory"] = _Rows(stream, (n, num_params), traj_dtype)
+            arrays["steps"] = np.asarray([int(s) for s in steps], dtype=np.int64)
+    else:
+        assert initial is not None
+        arrays["initial"] = _to_numpy(_flat(initial, shapes, "initial", work))
+        arrays["final"] = _to_numpy(_flat(params if final is None else final, shapes, "final", work))
     if trajectory is not None:
         assert traj_dtype is not None and steps is not None
         arrays["trajectory"] = _to_numpy(trajectory.detach().to("cpu", traj_dtype))
@@ -334,8 +475,7 @@ def save_run_weights(
     }
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    # numpy's stub types **kwds as possibly filling `allow_pickle: bool`; our keys are fixed array names.
-    _atomic_write(folder / ARRAYS, lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]
+    _atomic_write(folder / ARRAYS, lambda fh: _write_npz(fh, arrays))
     text = json.dumps(manifest, indent=1).encode()
     _atomic_write(folder / MANIFEST, lambda fh: fh.write(text))
     return folder
