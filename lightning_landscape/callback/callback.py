@@ -34,7 +34,8 @@ from lightning_landscape.functional.landscape.params import landscape_parameters
 from lightning_landscape.functional.landscape.shards import ShardLayout, is_sharded
 from lightning_landscape.records.identity import new_run_id
 from lightning_landscape.records.record import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
-from lightning_landscape.solutions.weights import DEFAULT_MAX_BYTES, StreamedWeights
+from lightning_landscape.solutions.stream import StreamedWeights
+from lightning_landscape.solutions.weights import DEFAULT_MAX_BYTES
 
 __all__ = ["LossLandscapeCallback"]
 

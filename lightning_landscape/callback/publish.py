@@ -33,7 +33,8 @@ from lightning_landscape.records.record import (
     tag_prefix,
 )
 from lightning_landscape.sinks import SinkSet, build_sinks
-from lightning_landscape.solutions.weights import StreamedWeights, save_run_weights
+from lightning_landscape.solutions.stream import StreamedWeights
+from lightning_landscape.solutions.weights import save_run_weights
 
 if TYPE_CHECKING:
     import torch

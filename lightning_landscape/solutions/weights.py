@@ -24,10 +24,8 @@ Format, version 1 or 2 (``WEIGHTS_FORMAT_VERSION``), two files in one folder:
   whose initial values were not given), ``dtype`` (of ``initial``/``final``), ``trajectory_dtype``,
   ``num_params``, ``num_snapshots``, ``nbytes``, ``meta``.
 
-Streaming: a sharded model's weights are not whole on any process. :class:`StreamedWeights` hands the
-writer the initial, final and snapshot vectors as pieces (one gathered parameter at a time), and each
-piece is written into ``weights.npz`` as it comes: the writer holds one piece, never a whole vector.
-The file is the same (the ``.npy`` members are written header first, then their values in order).
+Streaming: a sharded model's weights are written as they are gathered, one parameter at a time
+(``stream=``, :mod:`lightning_landscape.solutions.stream`); the file is the same.
 
 Versions: a folder whose model has parameters outside ``names`` is written as version 2, so that a
 reader of version 1 (0.1), which would evaluate the runs with its caller's frozen weights, refuses it;
@@ -48,8 +46,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lightning_landscape.records.record import _atomic_write, _jsonable
+from lightning_landscape.solutions.stream import StreamedArray, StreamedWeights, to_numpy, write_npz
 
 if TYPE_CHECKING:  # torch loads on first use: finding and reading these folders' names does not need it
     import torch
@@ -66,7 +64,6 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "WEIGHTS_FORMAT_VERSION",
     "RunWeights",
-    "StreamedWeights",
     "find_run_weights",
     "load_run_weights",
     "run_weights_nbytes",
@@ -88,13 +85,6 @@ def _dtype(name: str) -> torch.dtype:
 
 def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def _to_numpy(t: Tensor) -> np.ndarray:
-    import torch
-
-    t = t.detach().cpu().contiguous()
-    return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
 
 
 def _from_numpy(a: np.ndarray, dtype: str) -> Tensor:
@@ -122,90 +112,6 @@ def _flat(
             f"`{what}`: tensor shapes {got} do not match the parameters' {[tuple(s) for s in shapes]}"
         )
     return torch.cat([t.detach().reshape(-1).to("cpu", dtype) for t in tensors])
-
-
-class StreamedWeights:
-    """A run's flat weight vectors arriving one piece at a time, for :func:`save_run_weights` (``stream=``).
-
-    ``pieces`` yields, in this order, the pieces of the initial weights, of the final weights, then of each
-    of the ``snapshots`` trajectory rows: each vector is the ``P`` parameter values in ``names`` order, cut
-    into pieces of any size (a sharded model's: one gathered parameter each) that never straddle two
-    vectors. The writer takes them as it writes, so it never holds more than one piece; ``snapshot_dtype``
-    is the trajectory's own dtype (stored as such unless ``dtype`` says otherwise).
-
-    Where producing a piece is a collective (gathering a parameter from every process), every process
-    must consume the same pieces in the same order: the writing process passes the stream to
-    :func:`save_run_weights`, the others call :meth:`drain`, and the writer calls :meth:`drain` too
-    after a failure (so that nobody is left waiting on a collective).
-
-    Example::
-
-        >>> import tempfile, torch
-        >>> net = torch.nn.Linear(2, 1)
-        >>> rows = [torch.zeros(3), torch.ones(3), torch.zeros(3), torch.full((3,), 0.5)]
-        >>> stream = StreamedWeights((p for row in rows for p in row.split([2, 1])), 2, torch.float32)
-        >>> folder = save_run_weights(tempfile.mkdtemp(), net, stream=stream, steps=[0, 5])
-        >>> load_run_weights(folder, net).trajectory[1].tolist()
-        [0.5, 0.5, 0.5]
-    """
-
-    def __init__(self, pieces: Iterator[Tensor], snapshots: int, snapshot_dtype: torch.dtype) -> None:
-        if isinstance(snapshots, bool) or not isinstance(snapshots, int) or snapshots < 0:
-            raise ValueError(f"`snapshots` must be an integer >= 0, got {snapshots!r}")
-        self._pieces = iter(pieces)
-        self.snapshots = snapshots
-        self.snapshot_dtype = snapshot_dtype
-
-    def take(self, numel: int) -> Iterator[Tensor]:
-        """The next vector's pieces, flat: exactly ``numel`` values (a ValueError otherwise)."""
-        left = numel
-        while left > 0:
-            piece = next(self._pieces, None)
-            if piece is None:
-                raise ValueError(f"`stream` ended {left} values before the end of a vector of {numel}")
-            piece = piece.detach().reshape(-1)
-            if piece.numel() > left:
-                raise ValueError(
-                    f"`stream`: a piece of {piece.numel()} values straddles two vectors of {numel}"
-                )
-            left -= piece.numel()
-            yield piece
-
-    def drain(self) -> None:
-        """Consume (and drop) every piece not taken yet."""
-        for _ in self._pieces:
-            pass
-
-
-@dataclass(frozen=True)
-class _Rows:
-    """A ``.npy`` member written from pieces: ``shape`` values of ``dtype``, row after row."""
-
-    stream: StreamedWeights
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-    def write(self, out: Any) -> None:
-        import torch
-
-        descr = _to_numpy(torch.zeros(0, dtype=self.dtype)).dtype  # bfloat16: its uint16 bit patterns
-        header = {"descr": np.lib.format.dtype_to_descr(descr), "fortran_order": False, "shape": self.shape}
-        np.lib.format.write_array_header_1_0(out, header)  # what numpy.save writes for such a header
-        rows = self.shape[0] if len(self.shape) == 2 else 1
-        for _ in range(rows):
-            for piece in self.stream.take(self.shape[-1]):
-                out.write(_to_numpy(piece.to("cpu", self.dtype)).tobytes())
-
-
-def _write_npz(fh: Any, arrays: Mapping[str, np.ndarray | _Rows]) -> None:
-    """``numpy.savez(fh, **arrays)`` (uncompressed, no pickle), members from pieces written as they come."""
-    with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for key, value in arrays.items():
-            with zf.open(f"{key}.npy", mode="w", force_zip64=True) as out:
-                if isinstance(value, _Rows):
-                    value.write(out)
-                else:
-                    np.lib.format.write_array(out, np.asanyarray(value), allow_pickle=False)
 
 
 def run_weights_nbytes(
@@ -415,21 +321,21 @@ def _save_run_weights(
             "`initial_buffers` is required: the model has floating-point buffers (BatchNorm statistics); "
             "take `buffer_snapshot(model)` before training"
         )
-    arrays: dict[str, np.ndarray | _Rows] = {}
+    arrays: dict[str, np.ndarray | StreamedArray] = {}
     if stream is not None:  # written as the pieces come, in the stream's order
-        arrays["initial"] = _Rows(stream, (num_params,), work)
-        arrays["final"] = _Rows(stream, (num_params,), work)
+        arrays["initial"] = StreamedArray(stream, (num_params,), work)
+        arrays["final"] = StreamedArray(stream, (num_params,), work)
         if n:
             assert traj_dtype is not None and steps is not None
-            arrays["trajectory"] = _Rows(stream, (n, num_params), traj_dtype)
+            arrays["trajectory"] = StreamedArray(stream, (n, num_params), traj_dtype)
             arrays["steps"] = np.asarray([int(s) for s in steps], dtype=np.int64)
     else:
         assert initial is not None
-        arrays["initial"] = _to_numpy(_flat(initial, shapes, "initial", work))
-        arrays["final"] = _to_numpy(_flat(params if final is None else final, shapes, "final", work))
+        arrays["initial"] = to_numpy(_flat(initial, shapes, "initial", work))
+        arrays["final"] = to_numpy(_flat(params if final is None else final, shapes, "final", work))
     if trajectory is not None:
         assert traj_dtype is not None and steps is not None
-        arrays["trajectory"] = _to_numpy(trajectory.detach().to("cpu", traj_dtype))
+        arrays["trajectory"] = to_numpy(trajectory.detach().to("cpu", traj_dtype))
         arrays["steps"] = np.asarray([int(s) for s in steps], dtype=np.int64)
     current = {name: b for name, b in buffers}
     for key, snap in (("initial_buffers", initial_buffers), ("final_buffers", final_buffers or current)):
@@ -439,14 +345,14 @@ def _save_run_weights(
         missing = [name for name in current if name not in snap]
         if missing or any(snap[k].shape != b.shape for k, b in current.items()):
             raise ValueError(f"`{key}` does not match the model's floating-point buffers (missing {missing})")
-        arrays[key] = _to_numpy(
+        arrays[key] = to_numpy(
             torch.cat([snap[k].detach().reshape(-1).to("cpu", buffer_dtype) for k in current])
         )
 
     if frozen:
-        arrays["final_frozen"] = _to_numpy(frozen_final)
+        arrays["final_frozen"] = to_numpy(frozen_final)
         if frozen_initial is not None:
-            arrays["initial_frozen"] = _to_numpy(frozen_initial)
+            arrays["initial_frozen"] = to_numpy(frozen_initial)
 
     write_id = uuid.uuid4().hex
     arrays["write_id"] = np.array(write_id)
@@ -475,7 +381,7 @@ def _save_run_weights(
     }
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / ARRAYS, lambda fh: _write_npz(fh, arrays))
+    _atomic_write(folder / ARRAYS, lambda fh: write_npz(fh, arrays))
     text = json.dumps(manifest, indent=1).encode()
     _atomic_write(folder / MANIFEST, lambda fh: fh.write(text))
     return folder
