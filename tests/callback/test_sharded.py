@@ -172,6 +172,25 @@ def test_sharded_random_directions_are_the_unsharded_ones_sliced():
                 torch.testing.assert_close(piece, expected, rtol=1e-6, atol=0)
 
 
+def test_sharded_random_directions_continue_the_unsharded_sequence():
+    """Draw after draw, each rank's slices are the unsharded draws' rows (the reliability's extra directions
+    skip the plane's two draws and go on: the generators must stay in step)."""
+    from lightning_landscape.functional.landscape.directions import random_direction
+    from lightning_landscape.functional.landscape.shards import sharded_random_direction
+
+    params = list(_net().parameters())
+    whole_generator = torch.Generator().manual_seed(7)
+    whole = [random_direction(params, whole_generator) for _ in range(3)]
+    for layout in _FakeShards(params).layouts:
+        generator = torch.Generator().manual_seed(7)
+        for full in whole:
+            mine = sharded_random_direction(layout, generator)
+            for i, (f, piece) in enumerate(zip(full, mine, strict=True)):
+                rows = slice(layout.row_offsets[i], layout.row_offsets[i] + piece.shape[0])
+                assert torch.equal(piece, f[rows])
+                assert piece.untyped_storage().nbytes() == piece.numel() * piece.element_size()  # not a view
+
+
 def test_trajectory_pca_of_slices_with_summed_gram_is_the_whole_plane():
     g = torch.Generator().manual_seed(0)
     snaps, centre = torch.randn(5, 40, generator=g, dtype=torch.float64), torch.randn(40, dtype=torch.float64)

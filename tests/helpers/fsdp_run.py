@@ -12,7 +12,8 @@ callback at its defaults but for: no overhead budget, no figures, a fixed probe 
 ``hessian`` draws on Hessian directions (no metrics); ``bare`` is the same fit without the callback
 (its final weights must be the same, bit for bit); ``bn`` trains a network with a BatchNorm layer (both
 ranks see the same batches, so their running statistics agree) under two callbacks, ``bn="interpolate"``
-(saving its weights) and ``bn="recompute"``, on random planes, records in ``landscape/<bn mode>/``.
+(saving its weights) and ``bn="recompute"``, on random planes, the final landscape only, records in
+``landscape/<bn mode>/``.
 Every callback computes its reliability indicators (``bn``: none). After the fit the full weights
 (initial, final and those at every snapshot step, as ``trajectory`` and ``steps``) and the BatchNorm
 statistics (initial and final), gathered one parameter at a time, go to ``weights.npz`` (rank zero),
@@ -60,7 +61,7 @@ SCENARIOS = {
         "model": "bn",
         "callbacks": [
             {"name": mode, "bn": mode, "directions": "random", "metrics": None, "final_metrics": None,
-             "reliability": False, "save_weights": mode == "interpolate"}
+             "reliability": False, "save_weights": mode == "interpolate", "every_n_epochs": None}
             for mode in ("interpolate", "recompute")
         ],
     },
