@@ -1,8 +1,8 @@
 """Models trained sharded (FSDP2 through ModelParallelStrategy): landscapes from each rank's slices.
 
-The two-process fits run ``tests/helpers/fsdp_run.py`` once (both scenarios) in a subprocess; every
+The two-process fits run ``tests/helpers/fsdp_run.py`` once (every scenario) in a subprocess; every
 number the callback recorded there is then recomputed on one unsharded process, with the functional API,
-from the full weights the script gathered.
+from the full weights (and BatchNorm statistics, and snapshots) the script gathered.
 """
 
 from __future__ import annotations
