@@ -282,7 +282,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         dtype, rank = self.snapshot_dtype or self.builder.work_dtype, trainer.global_rank
         self.recorder, note = recorder_for(
             sum(p.numel() for p in params), self.max_snapshots, dtype, self.snapshot_budget_bytes,
-            self.snapshot_storage, self.publisher.record_dir, rank,
+            self.snapshot_storage, self.publisher.record_dir, rank, write,
         )  # fmt: skip
         if note:  # a budget too small for two snapshots in memory: they go to a file
             self.warnings.warn("snapshot storage", f"LossLandscapeCallback: {note}")
@@ -396,6 +396,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
             "name": self.name or "",
             "initial_buffers": dict(self.builder.start_buffers or {}),  # the initial float buffers
             "run_id": self.publisher.run_id,  # a resumed fit is the same run: its records stay together
+            "critical": self.critical.state_dict(),  # the critical-sharpness series so far
         }
 
     @override
@@ -408,6 +409,8 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         self.schedule.load_state_dict(state_dict.get("schedule", state_dict))  # 0.1: its keys at the top
         buffers = state_dict.get("initial_buffers", state_dict.get("start_buffers"))  # absent before 0.2
         self.builder.start_buffers = dict(buffers) if buffers is not None else None
+        if "critical" in state_dict:  # absent before 0.2: the series starts afresh
+            self.critical.load_state_dict(state_dict["critical"])
 
     # ------------------------------------------------------------------ one landscape
 

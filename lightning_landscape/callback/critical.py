@@ -23,7 +23,7 @@ optimizer has a known threshold), and with a second probe ``critical/relative_la
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -94,6 +94,26 @@ class CriticalSharpnessMonitor:
         self._new = False  # a measurement not yet given to line_record()
         if self.second is not None:
             self.second.reset()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The series so far and the next search's first guess, as plain lists, strings and floats (a
+        checkpoint loads with ``weights_only=True``): a resumed ``fit`` continues the series."""
+        return {
+            "history": [
+                [int(step), str(kind), {str(k): float(v) for k, v in scalars.items()}]
+                for step, kind, scalars in self.history
+            ],
+            "eta": self._eta,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (the last measurement's line is not kept: the next one draws it)."""
+        self.history = [
+            (int(step), str(kind), {str(k): float(v) for k, v in scalars.items()})
+            for step, kind, scalars in state.get("history", [])
+        ]
+        eta = state.get("eta")
+        self._eta = None if eta is None else float(eta)
 
     @property
     def enabled(self) -> bool:

@@ -41,12 +41,6 @@ from lightning_landscape.functional.curvature.hessian import (
     hessian_trace,
     hessian_trace_of,
 )
-from lightning_landscape.functional.curvature.sharded import (
-    sharded_average_sharpness,
-    sharded_hessian_eigenvalues,
-    sharded_hessian_trace,
-    sharded_sam_sharpness,
-)
 from lightning_landscape.functional.curvature.sharpness import (
     average_sharpness,
     average_sharpness_of,
@@ -203,24 +197,6 @@ def compute_metrics(
     return compute_metrics_of(Objective(model, loss_fn, batches, params, shard=shard), spec, optimizer)
 
 
-def _sharded_metric(name: str, objective: Objective, shards: ShardLayout, options: Mapping[str, Any]) -> Any:
-    """A metric of a sharded model: ``eigenvalues``, ``trace``, ``sam``, ``average`` for now (a ValueError
-    for the others)."""
-    cores: dict[str, Any] = {
-        "eigenvalues": sharded_hessian_eigenvalues,
-        "trace": sharded_hessian_trace,
-        "sam": sharded_sam_sharpness,
-        "average": sharded_average_sharpness,
-    }
-    if name not in cores:
-        raise ValueError(
-            f"the metric {name!r} is not supported on sharded parameters yet "
-            "(only 'eigenvalues', 'trace', 'sam' and 'average')"
-        )
-    model, loss_fn, batches = objective.model, objective.loss_fn, objective.batches
-    return cores[name](model, loss_fn, batches, shards.params, shards, **options)
-
-
 def compute_metrics_of(
     objective: Objective,
     spec: Mapping[str, Mapping[str, Any]],
@@ -229,10 +205,11 @@ def compute_metrics_of(
 ) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:
     """:func:`compute_metrics` of a landscape's ``objective``: every metric with its probe batches and
     parameters, the default engine and the current BatchNorm statistics; its ``shard`` only for the
-    metrics made of independent samples. With ``shards`` (the objective's parameters are slices of a
-    sharded model), ``eigenvalues``, ``trace``, ``sam`` and ``average`` come from backward passes and forwards
-    (:mod:`lightning_landscape.functional.curvature.sharded`) and the other metrics are reported as errors
-    (not supported sharded yet)."""
+    metrics made of independent samples. With ``shards`` (the objective's parameters are this rank's slices
+    of a sharded model), every metric runs through the same core with ``layout=shards``: Hessian-vector
+    products by gradient differences on the slices
+    (:mod:`lightning_landscape.functional.curvature.sharded`), and every rank takes part in every
+    product and forward pass (nothing is shared out)."""
     plain = objective.replace(bn="keep", engine="auto", chunk_size=None, shard=None, metric_fn=None)
     scalars: dict[str, float] = {}
     meta: dict[str, Any] = {}
@@ -241,17 +218,16 @@ def compute_metrics_of(
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                sharded = name in _SHARDED and objective.shard is not None
+                shared = name in _SHARDED and objective.shard is not None and shards is None
                 extra: dict[str, Any] = {}
                 if name == "eos":
                     if optimizer is None:
                         raise ValueError("the edge-of-stability ratio needs the training optimizer")
                     extra["optimizer"] = optimizer
-                target = plain.replace(shard=objective.shard) if sharded else plain
                 if shards is not None:
-                    result = _sharded_metric(name, target, shards, options)
-                else:
-                    result = METRIC_CORES[name](target, **options, **extra)
+                    extra["layout"] = shards
+                target = plain.replace(shard=objective.shard) if shared else plain
+                result = METRIC_CORES[name](target, **options, **extra)
         except UnrestorableStateError:
             raise  # not this metric's failure: the module cannot be observed any more (the caller says why)
         except Exception as err:

@@ -31,6 +31,7 @@ UserFn = Callable[..., Any]
 # The one list of settings: (attribute, part of state_key). The state_key takes those that shape the
 # checkpointed state or the records (not the output switches); the loggers' settings text shows them all.
 # Its order is not the constructor's groups: the state_key is built in this order, and checkpoints carry it.
+# New settings go at the end and out of the state_key (a new key would orphan every checkpoint's state).
 SETTINGS = (
     *[(n, True) for n in ("name", "every_n_epochs", "directions", "seed", "include_1d", "resolution")],
     *[(n, True) for n in ("final_resolution", "line_resolution", "span", "margin", "num_batches")],
@@ -40,6 +41,7 @@ SETTINGS = (
     ("loss_fn", False), ("metrics", False), ("final_metrics", False), ("engine", False),
     ("save_weights", False),
     ("bn", False), ("metric_name", False), ("reliability", False), ("pca_centred", False),
+    ("critical_sharpness", False), ("critical_probe", False),
 )  # fmt: skip
 
 
@@ -91,6 +93,8 @@ class CallbackOptions:
     metrics: dict[str, dict[str, Any]]
     final_metrics: dict[str, dict[str, Any]]
     reliability: bool | Mapping[str, Any]
+    critical_sharpness: int | None
+    critical_probe: tuple[Iterable[Any], LossFn] | None
     # the budget
     max_overhead: float | None
     budget_final: bool | Literal["auto"]
@@ -157,6 +161,9 @@ class CallbackOptions:
         )
         self.reliability = a["reliability"]
         indicators = Indicators(a["reliability"])
+        every = a["critical_sharpness"]  # the pair is checked with it by CriticalSharpnessMonitor
+        self.critical_sharpness = check.positive_int("critical_sharpness", every, allow_none=True)
+        self.critical_probe = a["critical_probe"]
         # the budget
         self.max_overhead = check.positive_number("max_overhead", a["max_overhead"], allow_none=True)
         budget_final = a["budget_final"]

@@ -19,12 +19,12 @@ from torch import Tensor, nn
 
 from lightning_landscape.callback.recorder import TrajectoryRecorder
 from lightning_landscape.callback.schedule import Plan
-from lightning_landscape.functional.curvature.hessian import hessian_directions
-from lightning_landscape.functional.curvature.sharded import sharded_hessian_directions
+from lightning_landscape.functional.curvature.hessian import hessian_directions, hessian_directions_of
 from lightning_landscape.functional.landscape.directions import filter_normalized_directions
 from lightning_landscape.functional.landscape.params import Direction, LossFn, flatten, unflatten
 from lightning_landscape.functional.landscape.shards import ShardLayout, sharded_filter_normalized_directions
 from lightning_landscape.functional.landscape.trajectory import TrajectoryPCA, trajectory_pca
+from lightning_landscape.functional.objective import Objective
 
 __all__ = ["Plane", "PlaneSteps"]
 
@@ -83,9 +83,9 @@ class PlaneSteps:
         shards = self.shards
         if self.directions == "hessian":  # eigenvectors of lambda_max and lambda_min (Boettcher & Wheeler)
             if shards is not None:  # by gradient differences, as this rank's slices
-                (d1, d2), eig = sharded_hessian_directions(
-                    model, loss_fn, batches, shards.params, shards,
-                    max_iter=plan.hessian_iterations, tol=1e-4, seed=self.seed,
+                (d1, d2), eig = hessian_directions_of(
+                    Objective(model, loss_fn, batches, params), max_iter=plan.hessian_iterations, tol=1e-4,
+                    seed=self.seed, layout=shards,
                 )  # fmt: skip
             else:
                 (d1, d2), eig = hessian_directions(

@@ -17,7 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from lightning_landscape.callback.distributed import broadcast_from_zero
-from lightning_landscape.functional.landscape.params import LossFn, preserved_random_state
+from lightning_landscape.functional.landscape.params import (
+    LossFn,
+    parameters_restored,
+    preserved_random_state,
+)
 from lightning_landscape.optim.silence import silenced_logging
 
 __all__ = ["ProbeSet", "loader_generators", "training_step_loss"]
@@ -199,14 +203,16 @@ class ProbeSet:
         per computation, not per point.
         """
         with torch.no_grad():
-            tensors = [*module.parameters(), *module.buffers()]
-            saved = [t.detach().clone() for t in tensors]
+            buffers = list(module.buffers())
+            saved = [t.detach().clone() for t in buffers]
             flags = [(p, p.requires_grad) for p in module.parameters()]
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for t, s in zip(tensors, saved):
-                    t.copy_(s)
-            for p, flag in flags:
-                p.requires_grad_(flag)
+        # the parameters' copy is the one the core's observations inside reuse (they copy no more)
+        with parameters_restored(module):
+            try:
+                yield
+            finally:
+                with torch.no_grad():
+                    for t, s in zip(buffers, saved):
+                        t.copy_(s)
+                for p, flag in flags:
+                    p.requires_grad_(flag)

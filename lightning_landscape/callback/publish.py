@@ -135,6 +135,10 @@ def describe_settings(values: Mapping[str, Any], record_dir: Path | None) -> dic
             n, value = "probe", "probe_dataloader" if value is not None else "training loader"
         elif n == "loss_fn":
             n, value = "loss", "loss_fn" if value is not None else "training_step"
+        elif n == "critical_sharpness" and value is not None:
+            value = f"every {value} optimizer step(s)"
+        elif n == "critical_probe" and value is not None:
+            value = "(dataloader, loss_fn)"
         shown[n] = (value or "") if n == "name" else "none" if value is None else value
     return {**shown, "records": str(record_dir or ""), "lightning_landscape": __version__}
 
@@ -237,9 +241,9 @@ class Publisher:
         if not self.write:
             self.warnings.warn(
                 "fast_dev_run",
-                "LossLandscapeCallback: `fast_dev_run` is on, so no records, figures or weights are written "
-                "(Lightning suppresses logging there too); the landscapes are computed and kept in "
-                "`callback.records`.",
+                "LossLandscapeCallback: `fast_dev_run` is on, so no records, figures, weights or snapshot "
+                "files are written (Lightning suppresses logging there too); the landscapes are computed and "
+                "kept in `callback.records`.",
                 UserWarning,
             )
         elif self.record_dir != self._default_dir:
@@ -310,7 +314,9 @@ class Publisher:
         """Draw the figures of a landscape's records and send them (and, at the end, the mesh).
 
         With a reliability record: the surface with the path's true losses as coloured markers and the
-        failed checks in its title, and the loss against log distance (``{prefix}distance``).
+        failed checks in its title, and the loss against log distance (``{prefix}distance``). A landscape
+        the budget reduced (its records' meta ``budget``) draws only the figures listed in
+        ``budget["figures"]`` (:data:`~lightning_landscape.callback.sizing.ESSENTIAL_FIGURES`).
         """
         from lightning_landscape.plots.landscape import (
             contour_figure,
@@ -327,6 +333,12 @@ class Publisher:
         axes = [ln for ln in lines if ln.meta.get("directions") not in ("interpolation", "distance")]
         trust = next((r for r in records if isinstance(r, ReliabilityRecord)), None)
         flags = trust.flags if trust is not None else []
+        budget = next((r.meta["budget"] for r in records if r.meta.get("budget")), None)
+        if budget is not None and "figures" in budget:  # a landscape the budget reduced: fewer figures
+            keep = set(budget["figures"])
+            interp = interp if "interpolation" in keep else []
+            axes = axes if "lines" in keep else []
+            distance = distance if "distance" in keep else []
         for surface in surfaces:
             if trust is not None and trust.path_points is not None and trust.path_losses is not None:
                 self._figure(
@@ -434,7 +446,8 @@ class Publisher:
         """The loss along the last measured update (a record, a line figure) and ``lambda_c`` over training
         (``{prefix}critical_line``, ``{prefix}critical``)."""
         name = line.meta["name"]
-        if self.save_records:
+        line.meta[RUN_ID_KEY] = self.run_id  # a resumed fit finds its folder by it
+        if self.save_records and self.write:
             try:
                 save_record(line, self.record_dir, name)
                 self.written.append(name)

@@ -260,15 +260,31 @@ def recorder_for(
     storage: str,
     directory: str | os.PathLike,
     rank: int = 0,
+    write: bool = True,
 ) -> tuple[TrajectoryRecorder, str | None]:
     """A recorder for ``num_params`` parameters, and a note when it is not what was asked.
 
     In memory, or in ``directory/snapshots[-rankN].bin`` with ``storage="memmap"``, with ``"auto"`` when
     ``budget_bytes`` holds fewer than two snapshots, and with ``"memory"`` in that case too (the note
-    says so).
+    says so). Without ``write`` (``fast_dev_run``: nothing on disk) always in memory, and where the budget
+    holds fewer than two snapshots, two (the note says so).
+
+    Example::
+
+        >>> recorder, note = recorder_for(10, 64, torch.float32, None, "memmap", "unused", write=False)
+        >>> recorder.path is None, note
+        (True, None)
     """
     fits = budget_bytes is None or budget_bytes // (num_params * dtype.itemsize) >= 2
     note = None
+    if not write:
+        if fits:
+            return TrajectoryRecorder(max_snapshots, dtype=dtype, budget_bytes=budget_bytes), None
+        note = (
+            f"`snapshot_budget_bytes`={budget_bytes} holds fewer than 2 snapshots of {num_params} {dtype} "
+            "parameters in memory, and `fast_dev_run` writes no file: keeping 2 in memory."
+        )
+        return TrajectoryRecorder(2, dtype=dtype), note
     if storage == "memory" and not fits:
         note = (
             f"`snapshot_budget_bytes`={budget_bytes} holds fewer than 2 snapshots of {num_params} {dtype} "

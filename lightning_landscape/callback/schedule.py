@@ -107,10 +107,11 @@ class LandscapeSchedule:
     r"""When to snapshot, when to compute a landscape and how large, within an overhead budget.
 
     Periodic landscapes come every ``every_n_epochs`` epochs, at most once per global step (a resumed
-    run does not repeat one). ``max_overhead`` bounds the callback's work as a fraction of the training
-    work so far, timed when the callback feeds measured seconds (counted otherwise). Later periodic
-    landscapes must fit with the final landscape's full work set aside, else they are skipped until
-    training has caught up. The first periodic landscape and the final one depend on ``budget_final``:
+    run does not repeat one). ``max_overhead`` bounds the callback's seconds as a fraction of the seconds
+    of training so far, as measured (without measured times, work counted in forward passes, a training
+    batch as ``TRAIN_STEP_COST``). Later periodic landscapes must fit with the final landscape's full
+    work set aside, else they are skipped until training has caught up. The first periodic landscape and
+    the final one depend on ``budget_final``:
 
     - ``"auto"`` (the default): both are always computed, sized to the budget: the first takes at most
       a third of the whole run's budget (from ``expected_batches``), the final one what is left at the
@@ -202,6 +203,7 @@ class LandscapeSchedule:
         self.planned_seconds = 0.0  # what the cost model predicted the landscapes would take, when planned
         self.expected: float | None = None  # training batches this fit will run (None: not known)
         self.told: set[str] = set()  # the cost notes already given in this fit
+        self.waiting: tuple[float, float] | None = None  # the work of the last periodic skipped, and reserve
 
     # ------------------------------------------------------------------ what happened
 
@@ -403,7 +405,10 @@ class LandscapeSchedule:
             return full
         if not final and self.periodic > 0:  # a later periodic landscape: it fits, or it waits
             reserve = self.final_reserve(world_size, probe_batches)
-            return full if self.fits(full.cost + reserve) else None
+            if self.fits(full.cost + reserve):
+                return full
+            self.waiting = (full.cost, reserve)  # what did not fit, for the message
+            return None
         if self.budget_final == "auto":
             limit = self.allowance() - self.used()
             if not final:  # the first: a share of the whole run's budget
@@ -474,16 +479,15 @@ class LandscapeSchedule:
         """What the user should know about a decision of :meth:`plan` (None: computed as configured)."""
         if plan is None and stage == "periodic":
             return (
-                "skipping periodic landscapes that would take the callback's work above "
-                f"max_overhead={self.max_overhead} of the training work so far (the final landscape's work "
-                "set aside); they resume as training accumulates. Pass `max_overhead=None` to compute all "
-                "of them."
+                f"skipping periodic landscapes that would take the callback above max_overhead="
+                f"{self.max_overhead} of {self._budget_words(self.waiting)}; they resume as training "
+                "accumulates. Pass `max_overhead=None` to compute all of them."
             )
         if plan is None:
             return (
-                "the final landscape was skipped: even a 5 x 5 surface would take the callback's work above "
-                f"max_overhead={self.max_overhead} of this run's training work ({self.train_batches} "
-                "batches). Pass `budget_final=False` (or `max_overhead=None`) to compute it anyway."
+                "the final landscape was skipped: even a 5 x 5 surface would take the callback above "
+                f"max_overhead={self.max_overhead} of {self._budget_words()}. Pass `budget_final=False` (or "
+                "`max_overhead=None`) to compute it anyway."
             )
         if plan.reduced and plan.budget:
             return reduced_note(plan, self.max_overhead, self._cost_words(plan.cost))
@@ -491,10 +495,32 @@ class LandscapeSchedule:
             return (
                 f"the final landscape was reduced to {plan.resolution} x {plan.resolution} points (asked: "
                 f"{self.final_resolution}) with metrics {sorted(plan.metrics) or 'none'} to stay within "
-                f"max_overhead={self.max_overhead} of the training work. Pass `budget_final=False` for the "
-                "full one."
+                f"max_overhead={self.max_overhead} of {self._budget_words()}. Pass `budget_final=False` for "
+                "the full one."
             )
         return None
+
+    def _budget_words(self, waiting: tuple[float, float] | None = None) -> str:
+        """What the budget measures, how much of it the callback has used and, when given, ``waiting``: the
+        work of the landscape that did not fit and that set aside for the final one (the skip messages)."""
+        train, per_pass = self.training_seconds(), self.seconds_per_pass()
+        if per_pass is None or train <= 0:  # no measured times: work counted in forward passes
+            unit, scale, used, total = "", 1.0, self.used(), self.training_work()
+            words = (
+                f"the training work of the {self.train_batches} training batches so far, counted in forward "
+                f"passes over one probe batch as no time was measured (a training batch counts as "
+                f"{TRAIN_STEP_COST:g}): the callback has used {used:.3g} of {total:.3g}"
+            )
+        else:
+            unit, scale, used = " s", per_pass, self.used() * per_pass
+            words = (
+                f"the training time so far, timed: the callback has taken {used:.3g} s, {used / train:.2g} "
+                f"of the {train:.3g} s of training over {self.train_batches} batches"
+            )
+        if waiting is not None:
+            words += f", and the next one would take about {waiting[0] * scale:.3g}{unit}"
+            words += f" with {waiting[1] * scale:.3g}{unit} set aside for the final one" if waiting[1] else ""
+        return words
 
     def _cost_words(self, work: float) -> str:
         seconds = self.seconds(work)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["HESSIAN_PLANE_ITERATIONS", "SMALLEST_FINAL", "SMALLEST_LANCZOS", "Plan", "ladder", "reduced_note",
-           "reduction"]  # fmt: skip
+__all__ = ["ESSENTIAL_FIGURES", "HESSIAN_PLANE_ITERATIONS", "SMALLEST_FINAL", "SMALLEST_LANCZOS", "Plan",
+           "ladder", "reduced_note", "reduction"]  # fmt: skip
 
 Stage = Literal["periodic", "final"]
 
@@ -20,6 +20,10 @@ Stage = Literal["periodic", "final"]
 HESSIAN_PLANE_ITERATIONS: dict[str, int] = {"periodic": 20, "final": 50}
 SMALLEST_FINAL = 5  # the coarsest surface the budget may reduce to (5 x 5)
 SMALLEST_LANCZOS = 5  # Lanczos steps of lambda_max in the smallest landscape (its residual is recorded)
+# The figures a reduced landscape still draws: its surface, and at the end the loss along the two axes.
+# Drawing is a fixed cost per figure (0.08-0.14 s of matplotlib on a CPU core), as large as the landscape
+# itself on a short run; the other figures' records and scalars are kept (plot them with the CLI).
+ESSENTIAL_FIGURES = ("surface", "lines")
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,7 @@ def reduction(top: Plan, plan: Plan, probe_batches: int, max_overhead: float | N
         "metrics_left_out": left,
         "fewer_lanczos_steps": fewer,
         "reliability_left_out": top.reliability and not plan.reliability,
+        "figures": list(ESSENTIAL_FIGURES),
         "restore": restore,
         "probe_batches": min(plan.probe_batches or probe_batches, probe_batches),
         "probe_batches_asked": probe_batches,
@@ -178,6 +183,8 @@ def reduced_note(plan: Plan, max_overhead: float | None, cost: str = "") -> str:
         parts.append(f"with {steps}")
     if b["probe_batches"] < b["probe_batches_asked"]:
         parts.append(f"on {b['probe_batches']} of the {b['probe_batches_asked']} probe batches")
+    figures = " and ".join(f"'{f}'" for f in b.get("figures", ESSENTIAL_FIGURES))
+    parts.append(f"drawing only its {figures} figures (the other records are kept)")
     which = "final landscape" if final else "first periodic landscape"
     grid = "final_resolution" if final else "resolution"
     restore = (

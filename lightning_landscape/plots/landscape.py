@@ -19,6 +19,7 @@ from lightning_landscape.plots.base import (
     contour_levels,
     figure_to_png,
     figure_to_rgb,
+    framed,
     record_title,
     shared_levels,
 )
@@ -62,20 +63,21 @@ def contour_figure(
         >>> len(fig.axes)  # the plot and its colour bar
         2
     """
-    fig = Figure(figsize=(5.6, 4.6), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax, cax, wrapped = framed(
+        (5.6, 4.6), colorbar=True, title=title or record_title(record.meta, "loss surface")
+    )
     z = np.ma.masked_invalid(np.asarray(record.losses, dtype=np.float64))
     lv = contour_levels(z.compressed(), levels, log) if isinstance(levels, int) else np.asarray(levels)
     if filled:
         norm = BoundaryNorm(lv, ncolors=256, extend="both")
         cs = ax.contourf(record.xs, record.ys, z, levels=lv, cmap="viridis", norm=norm, extend="both")
         ax.contour(record.xs, record.ys, z, levels=lv, colors="white", linewidths=0.4, alpha=0.6)
-        cbar = fig.colorbar(cs, ax=ax, label="loss")
+        cbar = fig.colorbar(cs, cax=cax, label="loss")
         cbar.ax.set_yscale("linear")
     else:
         cs = ax.contour(record.xs, record.ys, z, levels=lv, cmap="viridis")
         ax.clabel(cs, fontsize=7, fmt="%.3g")
-        fig.colorbar(cs, ax=ax, label="loss")
+        fig.colorbar(cs, cax=cax, label="loss")
     if z.mask.any():
         gaps = np.argwhere(np.ma.getmaskarray(z))
         ax.scatter(
@@ -96,7 +98,7 @@ def contour_figure(
         ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
     ax.set_xlabel(axis_label(record.meta, 0))
     ax.set_ylabel(axis_label(record.meta, 1))
-    ax.set_title(title or record_title(record.meta, "loss surface"), fontsize=10)
+    ax.set_title(wrapped, fontsize=10)
     return fig
 
 
@@ -116,11 +118,14 @@ def line_figure(
         >>> len(fig.axes[0].lines)
         2
     """
-    fig = Figure(figsize=(5.6, 3.8), layout="constrained")
-    ax = fig.add_subplot()
     labels = labels or [
         r.meta.get("label", r.meta.get("directions", f"line {i}")) for i, r in enumerate(records)
     ]
+    measured = [(r, lb) for r, lb in zip(records, labels) if getattr(r, "metrics", None) is not None]
+    meta = records[0].meta if records else {}
+    fig, ax, _, wrapped = framed(
+        (5.6, 3.8), twin=bool(measured), title=title or record_title(meta, "loss along lines")
+    )
     for rec, label in zip(records, labels):
         ax.plot(rec.alphas, np.ma.masked_invalid(rec.losses), "-", lw=1.6, label=str(label))
     if log:
@@ -130,7 +135,6 @@ def line_figure(
     ax.grid(alpha=0.3)
     if len(records) > 1 or labels:
         ax.legend(fontsize=8)
-    measured = [(r, lb) for r, lb in zip(records, labels) if getattr(r, "metrics", None) is not None]
     if measured:  # a metric_fn beside the loss (accuracy, say): dashed, on its own axis
         twin = ax.twinx()
         for i, (rec, _) in enumerate(measured):
@@ -143,8 +147,7 @@ def line_figure(
                 alpha=0.8,
             )
         twin.set_ylabel(f"{measured[0][0].meta.get('metric_name') or 'metric'} (dashed)")
-    meta = records[0].meta if records else {}
-    ax.set_title(title or record_title(meta, "loss along lines"), fontsize=10)
+    ax.set_title(wrapped, fontsize=10)
     return fig
 
 
@@ -231,8 +234,9 @@ def distance_figure(
         >>> fig.axes[0].get_xscale(), fig.axes[0].get_yscale(), len(fig.axes[0].lines)
         ('log', 'log', 4)
     """
-    fig = Figure(figsize=(5.6, 3.8), layout="constrained")
-    ax = fig.add_subplot()
+    first = records[0].meta if records else {}
+    base = title or record_title(first, "loss vs distance")
+    fig, ax, _, wrapped = framed((5.6, 3.8), title=f"{base} — {'; '.join(flags)}" if flags else base)
     labels = labels or [r.meta.get("label", f"axis {i + 1}") for i, r in enumerate(records)]
     for i, (rec, label) in enumerate(zip(records, labels)):
         colour = f"C{i % 10}"
@@ -243,7 +247,6 @@ def distance_figure(
         radius = rec.meta.get("radius")
         if radius is not None and np.isfinite(radius):
             ax.axvline(radius, color=colour, lw=0.8, ls=":")
-    first = records[0].meta if records else {}
     if first.get("centre_loss") is not None and first.get("threshold") is not None:
         ax.axhline(first["centre_loss"] + first["threshold"], color="grey", lw=0.8, ls="-.",
                    label="basin threshold")  # fmt: skip
@@ -258,6 +261,5 @@ def distance_figure(
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    base = title or record_title(first, "loss vs distance")
-    ax.set_title(f"{base} — {'; '.join(flags)}" if flags else base, fontsize=10)
+    ax.set_title(wrapped, fontsize=10)
     return fig

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from lightning_landscape.plots.base import framed
+
 __all__ = [
     "BLOCK_QUANTITIES",
     "MetricHistory",
@@ -110,8 +112,7 @@ def stability_figure(history: MetricHistory, title: str | None = None) -> Figure
         [0.5, 1.1]
     """
     steps, ratios, final = stability_series(history)
-    fig = Figure(figsize=(5.6, 3.8), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax, _, wrapped = framed((5.6, 3.8), title=title or "edge of stability")
     periodic = ~final
     ax.plot(steps[periodic], ratios[periodic], "o-", color="C0", label="sharpness / threshold")
     if final.any():
@@ -120,7 +121,7 @@ def stability_figure(history: MetricHistory, title: str | None = None) -> Figure
     ax.set_xlabel("global step")
     ax.set_ylabel("sharpness / threshold")
     ax.set_ylim(bottom=0.0, top=max(1.2, float(np.nanmax(ratios, initial=0.0)) * 1.1))
-    ax.set_title(title or "edge of stability")
+    ax.set_title(wrapped)
     ax.legend(loc="best", fontsize="small")
     return fig
 
@@ -167,8 +168,7 @@ def critical_figure(history: MetricHistory, title: str | None = None) -> Figure:
         >>> [line.get_label() for line in fig.axes[0].lines]
         ['lambda_c = 2 / eta_c', 'update uphill on the probe']
     """
-    fig = Figure(figsize=(5.6, 3.8), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax, _, wrapped = framed((5.6, 3.8), title=title or "critical sharpness along the update")
     series = (
         ("critical/lambda_c", "o-", "C0", "lambda_c = 2 / eta_c"),
         ("critical/relative_lambda_c", "s-", "C2", "relative lambda_c (second loss)"),
@@ -188,6 +188,6 @@ def critical_figure(history: MetricHistory, title: str | None = None) -> Figure:
     ax.set_ylabel("sharpness")
     ax.set_ylim(bottom=0.0)
     ax.grid(alpha=0.3)
-    ax.set_title(title or "critical sharpness along the update")
+    ax.set_title(wrapped)
     ax.legend(loc="best", fontsize="small")
     return fig

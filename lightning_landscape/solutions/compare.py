@@ -336,7 +336,7 @@ def compare_solutions(
     from lightning_landscape.functional.landscape.bn import check_bn, landscape_buffers
     from lightning_landscape.functional.objective import Objective, work_dtype
     from lightning_landscape.functional.solutions.barrier import barrier_of
-    from lightning_landscape.functional.solutions.plane import shared_plane_surface_of
+    from lightning_landscape.functional.solutions.plane import shared_plane_surface
 
     check_bn(bn)
     check_bn(surface_bn, "surface_bn")
@@ -408,10 +408,11 @@ def compare_solutions(
     surface: SurfaceRecord | None = None
     if shared_plane:
         with _loaded(model, frozen_a):
-            surface = shared_plane_surface_of(
-                objective.replace(bn=surface_bn if has_buffers else "keep"), w0, w1, w2, trajectories=paths,
-                resolution=resolution, margin=margin,
+            surface = shared_plane_surface(
+                model, loss_fn, batches, w0, w1, w2, trajectories=paths, resolution=resolution, margin=margin,
                 buffers=(a.initial_buffers, a.final_buffers, b.final_buffers) if has_buffers else None,
+                bn=surface_bn if has_buffers else "keep", metric_fn=metric_fn, metric_name=metric_name,
+                params=params, engine=engine, chunk_size=chunk_size,
             )  # fmt: skip
         surface.meta.update(
             shared,

@@ -164,6 +164,65 @@ def test_relative_critical_sharpness_of_a_second_loss(trainer_kwargs: dict[str, 
     assert seen >= 1
 
 
+def test_a_resumed_fit_keeps_the_series(trainer_kwargs: dict[str, Any], tmp_path: Any) -> None:
+    """Resumed from a checkpoint (loaded with ``weights_only=True``), the series goes on as in one fit,
+    and the resumed fit's records join the first fit's in its folder (each record carries the run id)."""
+    import warnings
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_landscape import load_records
+
+    def run(epochs: int, ckpt: Any = None) -> LossLandscapeCallback:
+        cb = LossLandscapeCallback(every_n_epochs=None, final=False, metrics=None, final_metrics=None,
+                                   reliability=False, num_batches=1, critical_sharpness=1)  # fmt: skip
+        folder = tmp_path / ("ckpt" if ckpt is None else "ckpt-resumed")
+        saver = ModelCheckpoint(dirpath=folder, save_top_k=-1, every_n_epochs=1)
+        kwargs = {**trainer_kwargs, "max_epochs": epochs, "limit_train_batches": 1}
+        kwargs["enable_checkpointing"] = True
+        trainer = pl.Trainer(callbacks=[cb, saver], **kwargs)
+        trainer.fit(LeastSquares("sgd"), DataLoader(data(0), batch_size=64), ckpt_path=ckpt)
+        return cb
+
+    whole = run(4)
+    assert [step for step, _, _ in whole.critical.history] == [1, 2, 3, 4]
+    ckpt = tmp_path / "ckpt" / "epoch=1-step=2.ckpt"
+    state = torch.load(ckpt, weights_only=True)["callbacks"][whole.state_key]["critical"]
+    assert [step for step, _, _ in state["history"]] == [1, 2]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*records of another run")
+        resumed = run(4, ckpt)
+    assert resumed.critical.history == whole.critical.history  # the values too (the same searches)
+    line = [r for r in resumed.records if r.meta.get("directions") == "critical"][-1]
+    assert line.meta["history_steps"] == [1, 2, 3, 4]
+    assert not (tmp_path / "landscape-2").exists()
+    assert {r.meta["run_id"] for r in load_records(tmp_path / "landscape")} == {whole.publisher.run_id}
+
+
+# The state_key of a default callback before the critical options were settings: checkpoints carry it.
+STATE_KEY = (
+    "LossLandscapeCallback{'name': None, 'every_n_epochs': 1, 'directions': 'pca', 'seed': 0, "
+    "'include_1d': False, 'resolution': 11, 'final_resolution': 31, 'line_resolution': 41, 'span': None, "
+    "'margin': 0.25, 'num_batches': 4, 'interpolation_range': (-0.5, 1.5), 'snapshot_every_n_steps': 10, "
+    "'snapshot_every_n_epochs': None, 'max_snapshots': 64, 'snapshot_dtype': 'None', "
+    "'snapshot_budget_bytes': None, 'snapshot_storage': 'auto', 'max_overhead': 0.1}"
+)
+
+
+def test_the_settings_text_shows_the_critical_options_and_state_keys_stay() -> None:
+    from lightning_landscape.callback.publish import describe_settings
+
+    probe = (DataLoader(data(1), batch_size=64), mse)
+    cb = LossLandscapeCallback(critical_sharpness=5, critical_probe=probe)
+    shown = describe_settings(cb._setting_values(), None)
+    assert shown["critical_sharpness"] == "every 5 optimizer step(s)"
+    assert shown["critical_probe"] == "(dataloader, loss_fn)"
+    off = describe_settings(LossLandscapeCallback()._setting_values(), None)
+    assert off["critical_sharpness"] == off["critical_probe"] == "none"
+    # appended out of the state_key: a checkpoint written before still finds its callback's state
+    assert LossLandscapeCallback().state_key == cb.state_key == STATE_KEY
+
+
 def test_options_are_checked_at_construction() -> None:
     with pytest.raises(ValueError, match="`critical_sharpness` must be an integer >= 1 or None"):
         LossLandscapeCallback(critical_sharpness=0)

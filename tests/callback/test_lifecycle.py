@@ -256,12 +256,17 @@ def test_a_resumed_fit_is_the_same_run_in_the_same_folder(trainer_kwargs, tmp_pa
     assert (log_dir / "landscape" / "snapshots.bin").is_file()
 
 
-def test_fast_dev_run_writes_nothing(trainer_kwargs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("storage", ["auto", "memmap"])
+def test_fast_dev_run_writes_nothing(trainer_kwargs, tmp_path, monkeypatch, storage):
     monkeypatch.chdir(tmp_path)
     kwargs = {k: v for k, v in trainer_kwargs.items() if k not in ("default_root_dir", "logger")}
-    cb = LossLandscapeCallback(**{**CHEAP, "log_figures": True, "save_weights": True})
+    options = {"log_figures": True, "save_weights": True, "snapshot_storage": storage}
+    options["critical_sharpness"] = 1  # its critical_line records too
+    cb = LossLandscapeCallback(**{**CHEAP, **options})
     with pytest.warns(UserWarning, match="`fast_dev_run` is on, so no records") as caught:
         run(kwargs, cb, fast_dev_run=True)
     assert len([w for w in caught if "fast_dev_run" in str(w.message)]) == 1
     assert cb.records and {r.meta["stage"] for r in cb.records} == {"periodic", "final"}  # still computed
+    assert any(r.meta.get("directions") == "critical" for r in cb.records)
+    assert cb.recorder.path is None and len(cb.recorder) >= 1  # the snapshots in memory, not in a file
     assert list(tmp_path.rglob("*")) == []  # no records, figures, weights or logs in the working directory

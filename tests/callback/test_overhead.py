@@ -7,11 +7,13 @@ feeds the schedule measured times as numbers.
 """
 
 import importlib
+import warnings
 
 import lightning.pytorch as pl
 import numpy as np
 import pytest
 from helpers.models import TinyNet, loader
+from lightning.pytorch.loggers import CSVLogger
 
 from lightning_landscape import LossLandscapeCallback
 
@@ -168,3 +170,30 @@ def test_explicit_sizes_are_kept_on_a_short_run(trainer_kwargs, monkeypatch):
     (final,) = _surfaces(cb, "final")
     assert final.losses.shape == (9, 9) and "budget" not in final.meta  # kept as asked: nothing reduced
     assert next(r for r in cb.records if r.kind == "metrics").scalars().keys() >= {"sharpness/sam"}
+
+
+@pytest.mark.parametrize("max_overhead", [0.1, None])
+def test_a_reduced_landscape_draws_only_its_essential_figures(
+    trainer_kwargs, tmp_path, monkeypatch, max_overhead
+):
+    # The same short run: reduced by the budget, each landscape draws its surface (and at the end the
+    # axes' lines) but not the interpolation line; without a budget every figure is drawn.
+    ticks = iter(range(10**9))
+    module = importlib.import_module("lightning_landscape.callback.callback")
+    monkeypatch.setattr(module, "clock", lambda: next(ticks) * 1e-6)
+    kwargs = {**trainer_kwargs, "logger": CSVLogger(str(tmp_path), name="csv")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cb = _fit(kwargs, LossLandscapeCallback(num_batches=2, max_overhead=max_overhead), epochs=3)
+    drawn = sorted(p.name.rsplit("_step", 1)[0] for p in cb.publisher.record_dir.glob("figures/*.png"))
+    final_budget = _surfaces(cb, "final")[0].meta.get("budget")
+    if max_overhead is None:
+        assert final_budget is None
+        assert "landscape_final_interpolation" in drawn and "landscape_interpolation" in drawn
+    else:
+        assert final_budget["figures"] == ["surface", "lines"]
+        assert sorted(set(drawn)) == [
+            "landscape_final_lines",
+            "landscape_final_surface",
+            "landscape_surface",
+        ]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lightning_landscape.callback.recorder import TrajectoryRecorder
+from lightning_landscape.callback.recorder import TrajectoryRecorder, recorder_for
 
 
 def _run(recorder: TrajectoryRecorder, events: int) -> None:
@@ -61,3 +61,14 @@ def test_a_snapshot_file_that_cannot_be_created_names_its_path(tmp_path):
     recorder = TrajectoryRecorder(4, path=path)
     with pytest.raises(OSError, match=r"could not create the snapshot file .*not_a_dir/snapshots\.bin"):
         recorder.offer(0, [torch.zeros(3)], step=0)
+
+
+@pytest.mark.parametrize(("budget", "capacity"), [(None, 8), (3 * 4000, 3), (4000, 2)])
+def test_without_writing_the_snapshots_stay_in_memory(tmp_path, budget, capacity):
+    """``fast_dev_run``: whatever the storage asked, no file; where the budget holds fewer, 2 snapshots."""
+    for storage in ("auto", "memory", "memmap"):
+        rec, note = recorder_for(1000, 8, torch.float32, budget, storage, tmp_path, write=False)
+        for event in range(10):
+            rec.offer(event, [torch.full((1000,), float(event))], step=event)
+        assert rec.path is None and rec.capacity == capacity and rec.steps[0] == 0
+        assert (note is not None) == (capacity == 2) and list(tmp_path.iterdir()) == []

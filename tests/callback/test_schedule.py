@@ -114,6 +114,9 @@ def test_the_final_landscape_is_full_unless_budget_final():
     plan = strict.plan("final", 1, 1)
     assert plan is not None and plan.reduced and (plan.resolution, plan.line_resolution) == (5, 7)
     assert plan.cost == 25 + 21 and "reduced to 5 x 5" in strict.explain(plan, "final")
+    assert "counted in forward passes over one probe batch as no time was measured" in strict.explain(
+        plan, "final"
+    )
 
 
 def test_coarsening_drops_grid_points_then_metrics():
@@ -344,3 +347,33 @@ def test_expected_batches_from_the_trainer_limits():
     assert expected_batches(23, 5) == 115
     assert expected_batches(23, -1) is None and expected_batches(float("inf"), 5) is None
     assert expected_batches(23, 5, max_steps=40, accumulate=2) == 80
+
+
+def test_the_skip_messages_say_what_the_budget_measures():
+    # timed: 10 batches of 0.5 s; the first landscape's 64 passes took 0.64 s of its 2 s (0.01 s a pass)
+    s = schedule(max_overhead=0.1)
+    for _ in range(10):
+        s.count_batch(seconds=0.5)
+    first = s.plan("periodic", 1, 2)
+    assert first is not None and first.cost == 64
+    s.charge(first)
+    s.observed(first, seconds=2.0, point_seconds=0.64, world_size=1, probe_batches=2)
+    assert s.plan("periodic", 1, 2) is None
+    note = s.explain(None, "periodic")
+    assert "max_overhead=0.1 of the training time so far, timed" in note and "work" not in note
+    assert "taken 2 s, 0.4 of the 5 s of training over 10 batches" in note
+    # the next one: 64 passes and the measured fixed 1.36 s; the final one: 204 passes and 1.5 x 1.36 s
+    assert "the next one would take about 2 s with 4.08 s set aside for the final one" in note
+    strict = schedule(max_overhead=0.1, budget_final=True)
+    for _ in range(10):
+        strict.count_batch(seconds=0.5)
+    strict.observed(first, seconds=2.0, point_seconds=0.64, world_size=1, probe_batches=2)
+    assert strict.plan("final", 1, 2) is None
+    assert "of the training time so far, timed: the callback has taken 2 s" in strict.explain(None, "final")
+    # counted (no measured time): in forward passes, and it says so
+    counted = batches(schedule(max_overhead=0.1), 8)
+    counted.charge(counted.plan("periodic", 1, 2))
+    assert counted.plan("periodic", 1, 2) is None
+    note = counted.explain(None, "periodic")
+    assert "counted in forward passes over one probe batch as no time was measured" in note
+    assert "used 64 of 24, and the next one would take about 64 with 204 set aside for the final one" in note

@@ -24,6 +24,8 @@ from lightning_landscape import compare_solutions, load_records, load_run_weight
 from lightning_landscape.callback.distributed import check_strategy
 from lightning_landscape.functional import (
     average_sharpness,
+    block_curvature,
+    edge_of_stability_ratio,
     filter_normalized_directions,
     hessian_directions,
     hessian_eigenvalues,
@@ -33,15 +35,6 @@ from lightning_landscape.functional import (
     loss_line,
     loss_surface,
     sam_sharpness,
-)
-from lightning_landscape.functional.curvature.operators import hessian_operator
-from lightning_landscape.functional.curvature.sharded import (
-    gradient_difference_operator,
-    sharded_average_sharpness,
-    sharded_hessian_directions,
-    sharded_hessian_eigenvalues,
-    sharded_hessian_trace,
-    sharded_sam_sharpness,
 )
 from lightning_landscape.functional.landscape.params import flatten, unflatten
 from lightning_landscape.functional.landscape.shards import ShardLayout, sharded_filter_normalized_directions
@@ -67,76 +60,6 @@ def test_model_parallel_with_tensor_parallelism_is_refused_naming_what_works():
     with pytest.raises(MisconfigurationException, match="tensor_parallel_size=1") as info:
         check_strategy(ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2))
     assert "DDP" in str(info.value)
-
-
-def test_gradient_difference_hvp_matches_the_exact_product():
-    model = _net()
-    batches = list(fsdp_run.probe_loader())
-    params = list(model.parameters())
-    v = torch.randn(sum(p.numel() for p in params), generator=torch.Generator().manual_seed(1))
-    before = [p.detach().clone() for p in params]
-    with hessian_operator(model, fsdp_run.ce, batches) as h:
-        exact = h.matvec(v)
-    with gradient_difference_operator(model, fsdp_run.ce, batches, params) as op:
-        approx = op.matvec(v)
-    assert float((approx - exact).norm() / exact.norm()) < 1e-3
-    assert all(torch.equal(p, b) for p, b in zip(params, before)) and all(p.grad is None for p in params)
-
-
-def test_gradient_difference_lanczos_matches_the_exact_one():
-    model = _net()
-    batches = list(fsdp_run.probe_loader())
-    exact = hessian_eigenvalues(model, fsdp_run.ce, batches, which="both", max_iter=80, tol=1e-7)
-    approx = sharded_hessian_eigenvalues(
-        model, fsdp_run.ce, batches, list(model.parameters()), which="both", max_iter=80, tol=1e-7
-    )
-    np.testing.assert_allclose(approx.eigenvalues, exact.eigenvalues, rtol=1e-3, atol=1e-3 * exact.lambda_max)
-
-
-def test_gradient_difference_trace_matches_the_exact_one_probe_by_probe():
-    model = _net()
-    batches = list(fsdp_run.probe_loader())
-    exact = hessian_trace(model, fsdp_run.ce, batches, samples=8, seed=4)
-    approx = sharded_hessian_trace(model, fsdp_run.ce, batches, list(model.parameters()), samples=8, seed=4)
-    np.testing.assert_allclose(approx.samples, exact.samples, rtol=1e-3, atol=1e-4 * abs(exact.trace))
-
-
-@pytest.mark.parametrize("adaptive", [False, True])
-def test_sam_from_backward_passes_matches_the_functional_one(adaptive):
-    model = _net()
-    batches = list(fsdp_run.probe_loader())
-    params = list(model.parameters())
-    before = [p.detach().clone() for p in params]
-    exact = sam_sharpness(model, fsdp_run.ce, batches, rho=0.05, adaptive=adaptive)
-    mine = sharded_sam_sharpness(model, fsdp_run.ce, batches, params, rho=0.05, adaptive=adaptive)
-    for field in ("sharpness", "first_order", "loss", "perturbed_loss", "grad_norm"):
-        assert getattr(mine, field) == pytest.approx(getattr(exact, field), rel=1e-5, abs=1e-7), field
-    assert all(torch.equal(p, b) for p, b in zip(params, before)) and all(p.grad is None for p in params)
-
-
-@pytest.mark.parametrize("adaptive", [False, True])
-def test_average_sharpness_of_slices_draws_the_functional_perturbations(adaptive):
-    model = _net()
-    batches = list(fsdp_run.probe_loader())
-    params = list(model.parameters())
-    exact = average_sharpness(model, fsdp_run.ce, batches, sigma=0.05, samples=4, adaptive=adaptive, seed=2)
-    mine = sharded_average_sharpness(
-        model, fsdp_run.ce, batches, params, sigma=0.05, samples=4, adaptive=adaptive, seed=2
-    )
-    np.testing.assert_allclose(mine.losses, exact.losses, rtol=1e-5)
-    assert mine.sharpness == pytest.approx(exact.sharpness, rel=1e-3, abs=1e-6)
-
-
-def test_hessian_directions_from_gradient_differences_are_the_exact_ones():
-    model = _net()
-    batches = list(fsdp_run.probe_loader())
-    (e1, e2), _ = hessian_directions(model, fsdp_run.ce, batches, max_iter=80, tol=1e-7)
-    (m1, m2), _ = sharded_hessian_directions(
-        model, fsdp_run.ce, batches, list(model.parameters()), max_iter=80, tol=1e-7
-    )
-    for e, m in ((e1, m1), (e2, m2)):
-        flat_e, flat_m = torch.cat([t.reshape(-1) for t in e]), torch.cat([t.reshape(-1) for t in m])
-        assert float(flat_e @ flat_m) > 1 - 1e-4  # unit vectors, same sign
 
 
 class _FakeShards:
@@ -397,6 +320,19 @@ def test_fsdp_lambda_max_is_a_converged_lanczos_of_the_gathered_model(fsdp_runs)
     average = average_sharpness(model, fsdp_run.ce, batches, **options)
     recorded_average = float(metrics[-1].values[names.index("sharpness/average")])
     assert recorded_average == pytest.approx(average.sharpness, rel=1e-3, abs=1e-6)
+    # per-block curvature and the edge of stability: the same options and seeds on the gathered model
+    options = {k: metrics[-1].meta["blocks"][k] for k in ("max_iter", "tol", "samples", "seed")}
+    blocks = block_curvature(model, fsdp_run.ce, batches, **options)  # blocks "0", "2", "4": the Linears
+    assert metrics[-1].meta["blocks"]["blocks"] == ["net.0", "net.2", "net.4"]
+    for key, value in blocks.scalars().items():
+        recorded_key = key.replace("blocks/", "blocks/net.")
+        assert float(metrics[-1].values[names.index(recorded_key)]) == pytest.approx(value, rel=1e-3), key
+    options = {k: metrics[-1].meta["eos"][k] for k in ("max_iter", "tol", "seed")}
+    sgd = torch.optim.SGD(model.parameters(), lr=0.2)  # the run's optimizer: threshold 2 / lr
+    eos = edge_of_stability_ratio(model, fsdp_run.ce, batches, sgd, **options)
+    assert metrics[-1].meta["eos"]["hvp"] == "gradient difference"
+    for key, value in eos.scalars().items():
+        assert float(metrics[-1].values[names.index(key)]) == pytest.approx(value, rel=1e-3), key
 
 
 @pytest.mark.slow

@@ -7,8 +7,9 @@ Two CPU processes (gloo) under ``ModelParallelStrategy(data_parallel_size=2, ten
 every parameter is a ``DTensor`` sharded on dimension 0 (rows 7, 5 and 3: uneven shards included). Each
 scenario is one fit in ``OUT_DIR/<scenario>/`` (records in ``landscape/``, written by rank zero), with the
 callback at its defaults but for: no overhead budget, no figures, a fixed probe loader, a snapshot every
-2 steps, smaller grids (5, final 9, lines 9: the numbers compared do not depend on them) and, for
-``random``, ``directions="random"`` and ``save_weights=True`` (gathered one parameter at a time);
+2 steps, smaller grids (5, final 9, lines 9: the numbers compared do not depend on them), for ``pca``
+the per-block curvature (a block per Linear) and the edge-of-stability ratio among the final metrics,
+for ``random`` ``directions="random"`` and ``save_weights=True`` (gathered one parameter at a time);
 ``hessian`` draws on Hessian directions (no metrics); ``bare`` is the same fit without the callback
 (its final weights must be the same, bit for bit); ``bn`` trains a network with a BatchNorm layer (both
 ranks see the same batches, so their running statistics agree) under two callbacks, ``bn="interpolate"``
@@ -53,7 +54,12 @@ CALLBACK_OPTIONS = {
     "snapshot_every_n_steps": 2,
 }
 SCENARIOS = {
-    "pca": {},
+    "pca": {
+        "final_metrics": {
+            **dict.fromkeys(("eigenvalues", "trace", "sam", "average", "eos")),
+            "blocks": {"blocks": ["net.0", "net.2", "net.4"]},  # the three Linear layers
+        }
+    },
     "random": {"directions": "random", "save_weights": True},
     "hessian": {"directions": "hessian", "metrics": None, "final_metrics": None},
     "bare": {"bare": True},

@@ -6,6 +6,10 @@ held by the model itself is a block of its own), or groups the user names. For e
 loss, are estimated from products with vectors that are zero outside the block
 (:meth:`HessianOperator.block`). Transformer blocks differ sharply in curvature where CNN blocks do not
 (Zhang et al., 2024); the whole-model ``lambda_max`` hides which block is sharp.
+
+On a sharded model (:func:`block_curvature_of` with a ``layout``) the products are the gradient-difference
+ones on this process's slices of the block (:mod:`~lightning_landscape.functional.curvature.sharded`), with
+the same probes as unsharded.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from lightning_landscape.functional.curvature.estimators import (
-    check_lanczos_args,
-    hutchinson_samples,
-    summarize_samples,
+from lightning_landscape.functional.curvature.estimators import check_lanczos_args, summarize_samples
+from lightning_landscape.functional.curvature.operators import (
+    hessian_operator_of,
+    operator_hutchinson_samples,
+    operator_lanczos,
 )
-from lightning_landscape.functional.curvature.operators import hessian_operator_of, operator_lanczos
+from lightning_landscape.functional.curvature.sharded import check_layout, restrict
 from lightning_landscape.functional.landscape.params import LossFn
+from lightning_landscape.functional.landscape.shards import ShardLayout
 from lightning_landscape.functional.objective import NonFiniteError, Objective, check_int, nonfinite_warning
 
 __all__ = ["BlockCurvature", "block_curvature", "block_curvature_of", "parameter_blocks"]
@@ -187,18 +193,25 @@ def block_curvature_of(
     seed: int = 0,
     reuse_graph: bool = True,
     max_basis: int | None = None,
+    *,
+    layout: ShardLayout | None = None,
 ) -> BlockCurvature:
-    """:func:`block_curvature` of ``objective`` (the core)."""
+    """:func:`block_curvature` of ``objective`` (the core). With ``layout`` (sharded parameters: the
+    objective's are this process's slices of ``layout.params``, which name the blocks), every process
+    must call it together."""
     check_lanczos_args(1, "largest", max_iter, tol)
     check_int("samples", samples, 2)
+    if layout is not None:
+        check_layout(objective, layout)
     params = objective.params
-    groups = parameter_blocks(objective.model, params, blocks)
+    full = params if layout is None else layout.params  # the model's own parameters: they name the blocks
+    groups = parameter_blocks(objective.model, full, blocks)
     used = sorted(i for members in groups.values() for i in members)
     chosen = [params[i] for i in used]
     position = {i: k for k, i in enumerate(used)}  # index into `params` -> index into `chosen`
     names = list(groups)
-    sizes = np.array([sum(params[i].numel() for i in groups[n]) for n in names], dtype=np.int64)
-    meta = {
+    sizes = np.array([sum(full[i].numel() for i in groups[n]) for n in names], dtype=np.int64)
+    meta: dict[str, Any] = {
         "block_sizes": {n: int(k) for n, k in zip(names, sizes)},
         "max_iter": max_iter,
         "tol": tol,
@@ -206,17 +219,18 @@ def block_curvature_of(
         "seed": seed,
         **objective.probe_meta(),
     }
+    if layout is not None:
+        meta["hvp"] = "gradient difference"
     start = time.perf_counter()
     nan = np.full(len(names), math.nan)
     rows: list[tuple[float, float, float, float, int]] = []
+    sub = None if layout is None else restrict(layout, used)
     try:
-        with hessian_operator_of(objective.replace(params=chosen), reuse_graph) as op:
+        with hessian_operator_of(objective.replace(params=chosen), reuse_graph, layout=sub) as op:
             for name in names:
                 block = op.block([position[i] for i in groups[name]])
                 eig = operator_lanczos(block, max_iter, tol, seed, max_basis=max_basis)
-                values = hutchinson_samples(
-                    block.matvec, block.numel, samples, seed, block.dtype, block.device
-                )
+                values = operator_hutchinson_samples(block, samples, seed)
                 summary = summarize_samples(values)
                 rows.append(
                     (

@@ -9,6 +9,13 @@ functions in :mod:`lightning_landscape.functional.curvature.hessian` hand them a
   reported pair.
 - :func:`hutchinson`: ``tr(A)`` from seeded Rademacher probes, with its standard error.
 
+Where the vectors live is a :class:`VectorSpace`: by default the whole vector on this process. An operator
+whose vectors are split among processes (each holding a slice, as the gradient-difference operator of a
+sharded model does: :mod:`~lightning_landscape.functional.curvature.sharded`) brings its own, which sums
+the inner products over the processes and draws each process's slice of the same seeded probes; the
+estimators then hold only slices (a Lanczos basis of ``1/W`` of the full length on each of ``W``
+processes) and give the numbers one process would.
+
 A product that is NaN or infinite raises :class:`NonFiniteError` (an ``ArithmeticError``).
 """
 
@@ -25,7 +32,15 @@ from torch import Tensor
 
 from lightning_landscape.functional.objective import NonFiniteError, check_int, check_positive, rademacher
 
-__all__ = ["HutchinsonResult", "LanczosResult", "Which", "hutchinson", "hutchinson_samples", "lanczos"]
+__all__ = [
+    "HutchinsonResult",
+    "LanczosResult",
+    "VectorSpace",
+    "Which",
+    "hutchinson",
+    "hutchinson_samples",
+    "lanczos",
+]
 
 Which = Literal["largest", "smallest", "both"]
 MatVec = Callable[[Tensor], Tensor]
@@ -45,6 +60,8 @@ class LanczosResult:
         converged: every wanted residual is within ``tol`` of the largest Ritz value in magnitude.
         restarts: thick restarts done (0: plain Lanczos).
         max_basis: the most basis vectors held at once.
+        basis_length: the elements of each basis vector held by this process (``n`` on one process, the
+            local slice's length where the space is split among processes).
     """
 
     values: np.ndarray
@@ -56,6 +73,7 @@ class LanczosResult:
     converged: bool
     restarts: int = 0
     max_basis: int = 0
+    basis_length: int = 0
 
 
 def wanted_indices(m: int, k: int, which: Which) -> list[int]:
@@ -134,12 +152,62 @@ def _project(basis: Tensor, w: Tensor) -> Tensor:
     return total
 
 
+class VectorSpace:
+    """Where an estimator's vectors live: here the whole length-``n`` vector on this process.
+
+    The estimators take every inner product and every probe through this object, so that a space split
+    among processes (:class:`~lightning_landscape.functional.curvature.sharded.ShardedSpace`) can hold
+    slices: :attr:`local_numel` elements here, partial sums added over processes by :meth:`reduce`, and
+    probes drawn as the slices of the full vectors one process draws.
+
+    Attributes:
+        numel: the dimension ``n`` of the full vectors.
+        local_numel: the elements of a vector held here (``n`` here).
+    """
+
+    def __init__(self, numel: int) -> None:
+        self.numel = int(numel)
+        self.local_numel = int(numel)
+
+    def reduce(self, partial: Tensor) -> Tensor:
+        """The sum over processes of per-process partial sums (here: ``partial`` itself)."""
+        return partial
+
+    def partial_dot(self, x: Tensor, y: Tensor) -> Tensor:
+        """This process's part of ``<x, y>``, a float64 0-d tensor (:func:`precise_dot`)."""
+        return precise_dot(x, y)
+
+    def partial_project(self, basis: Tensor, w: Tensor) -> Tensor:
+        """This process's part of ``V^T w`` for the basis rows ``V`` (float64)."""
+        return _project(basis, w)
+
+    def dot(self, x: Tensor, y: Tensor) -> Tensor:
+        """``<x, y>`` of two vectors of the space, a float64 0-d tensor."""
+        return self.reduce(self.partial_dot(x, y))
+
+    def norm(self, v: Tensor) -> Tensor:
+        """``|v|``, a 0-d tensor in ``v``'s dtype."""
+        return torch.linalg.vector_norm(v)
+
+    def project(self, basis: Tensor, w: Tensor) -> Tensor:
+        """``V^T w`` (float64, one value per basis row)."""
+        return self.reduce(self.partial_project(basis, w))
+
+    def rademacher(self, generator: torch.Generator) -> Tensor:
+        """This process's part of a length-``n`` Rademacher vector from ``generator`` (int8, on the CPU)."""
+        return rademacher(self.numel, generator)
+
+    def fix_sign(self, v: Tensor) -> Tensor:
+        """``v`` or ``-v``: the one whose entry of largest magnitude (the first such) is positive."""
+        return v if v[int(v.abs().argmax())] >= 0 else -v
+
+
 def _subtract(w: Tensor, basis: Tensor, coeffs: Tensor) -> None:
     """``w -= V coeffs`` in place (one matrix-vector product, no temporary vector)."""
     w.addmv_(basis.T, coeffs.to(w.dtype), alpha=-1.0)
 
 
-def _orthogonalize(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
+def _orthogonalize(w: Tensor, basis: Tensor, space: VectorSpace) -> tuple[Tensor, Tensor]:
     """Remove from ``w`` (in place) its components along the orthonormal rows of ``basis``.
 
     One classical Gram-Schmidt pass, and a second only where the first removed most of ``w`` (the DGKS
@@ -149,10 +217,10 @@ def _orthogonalize(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
     """
     total = torch.zeros(basis.shape[0], dtype=torch.float64, device=w.device)
     for _ in range(2):
-        coeffs = _project(basis, w)
+        coeffs = space.project(basis, w)
         _subtract(w, basis, coeffs)
         total += coeffs
-        after = precise_dot(w, w)
+        after = space.dot(w, w)
         kept, removed = torch.stack([after, coeffs @ coeffs]).tolist()
         if kept >= removed:
             break
@@ -186,6 +254,7 @@ def lanczos(
     device: Any = None,
     return_vectors: bool = False,
     max_basis: int | None = None,
+    space: VectorSpace | None = None,
 ) -> LanczosResult:
     """Thick-restart Lanczos with full reorthogonalization on ``matvec`` (symmetric, on length-``n`` vectors).
 
@@ -208,6 +277,10 @@ def lanczos(
             as fit in 64 MiB, at least 6 (:func:`default_max_basis`). ``max_basis >= max_iter`` never
             restarts (plain Lanczos, the fewest products; thick restarts need more of them to resolve an
             end of the spectrum that lies in a dense bulk, typically ``lambda_min`` of a trained network).
+        space: where the vectors live (default: :class:`VectorSpace` ``(n)``, the whole vector here). A
+            space split among processes makes ``matvec`` take and return this process's slices, the basis
+            hold ``space.local_numel`` elements per vector, and the start vector the slice of the one
+            drawn unsharded: the same Ritz values as one process, with a basis of ``1/W`` the size.
 
     Example::
 
@@ -218,6 +291,9 @@ def lanczos(
     """
     check_int("n", n, 1)
     check_lanczos_args(k, which, max_iter, tol)
+    space = space if space is not None else VectorSpace(n)
+    if space.numel != n:
+        raise ValueError(f"`space` is of dimension {space.numel}, but `n` is {n}")
     count = min(k, n) * (2 if which == "both" else 1)
     if max_basis is None:
         max_basis = default_max_basis(n, dtype, count)
@@ -229,9 +305,9 @@ def lanczos(
     gen = torch.Generator().manual_seed(int(seed))
     # The basis as the rows of one matrix (filled as it grows; one row per product at most), so that
     # reorthogonalization is two matrix-vector products instead of a loop over vectors.
-    basis = torch.empty((min(cap, max_iter), n), dtype=dtype, device=device)
-    v = rademacher(n, gen).to(device=device, dtype=dtype)
-    torch.div(v, torch.linalg.vector_norm(v), out=basis[0])
+    basis = torch.empty((min(cap, max_iter), space.local_numel), dtype=dtype, device=device)
+    v = space.rademacher(gen).to(device=device, dtype=dtype)
+    torch.div(v, space.norm(v), out=basis[0])
     m = 1  # rows of `basis` in use
     t = np.zeros((cap, cap))  # the projected matrix V^T A V (float64)
     history: list[float] = []
@@ -245,11 +321,11 @@ def lanczos(
         iterations += 1
         # The three-term recurrence (after a thick restart, the arrowhead's known couplings), then one
         # full reorthogonalization pass against the whole basis (a second where DGKS asks for one).
-        alpha_t = precise_dot(w, basis[j])
+        alpha_t = space.dot(w, basis[j])
         w.addcmul_(basis[j], alpha_t.neg().to(dtype))
         for i in np.flatnonzero(t[:j, j]):
             w.add_(basis[i], alpha=-float(t[i, j]))
-        coeffs, beta_t = _orthogonalize(w, basis[:m])
+        coeffs, beta_t = _orthogonalize(w, basis[:m], space)
         alpha, beta = torch.stack([alpha_t + coeffs[j], beta_t]).tolist()  # the one host sync
         if not (math.isfinite(alpha) and math.isfinite(beta)):
             raise NonFiniteError("a product with the operator is not finite")
@@ -295,6 +371,7 @@ def lanczos(
         converged=invariant or bool((residuals <= tol * max(scale, 1e-300)).all()),
         restarts=restarts,
         max_basis=cap,
+        basis_length=space.local_numel,
     )
 
 
@@ -319,22 +396,29 @@ def hutchinson_samples(
     dtype: torch.dtype = torch.float64,
     device: Any = None,
     indices: Sequence[int] | np.ndarray | None = None,
+    space: VectorSpace | None = None,
 ) -> np.ndarray:
     """``z_i^T A z_i`` (float64) for the Rademacher probes ``z_i``, ``i`` in ``indices`` (default: all).
 
     The probes come in sequence from a CPU generator seeded with ``seed``; every probe up to the last
     wanted one is drawn, so probe ``i`` is the same whichever subset is asked for (data-parallel
-    processes split the indices and get the same values as one process).
+    processes split the indices and get the same values as one process). With a ``space`` split among
+    processes (see :func:`lanczos`), ``matvec`` works on this process's slices of the same probes and the
+    partial sums of all probes are added over the processes at once.
     """
+    space = space if space is not None else VectorSpace(n)
+    if space.numel != n:
+        raise ValueError(f"`space` is of dimension {space.numel}, but `n` is {n}")
     wanted = set(range(samples)) if indices is None else {int(i) for i in indices}
     gen = torch.Generator().manual_seed(int(seed))
     values: list[Tensor] = []
     for i in range(max(wanted) + 1 if wanted else 0):
-        z = rademacher(n, gen)
+        z = space.rademacher(gen)
         if i in wanted:
             z = z.to(device=device, dtype=dtype)
-            values.append(precise_dot(matvec(z).to(dtype), z))
-    out = torch.stack(values).cpu().numpy() if values else np.zeros(0)  # one host sync for all probes
+            values.append(space.partial_dot(matvec(z).to(dtype), z))
+    # one sum over processes and one host sync for all probes
+    out = space.reduce(torch.stack(values)).cpu().numpy() if values else np.zeros(0)
     if not np.isfinite(out).all():
         raise NonFiniteError("a product with the operator is not finite")
     return out

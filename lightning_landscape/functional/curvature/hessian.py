@@ -13,6 +13,10 @@ number independent of how the same data is split into batches. Each function bui
 - :func:`hessian_directions`: the unit eigenvectors of ``lambda_max`` and ``lambda_min``, ready to be
   used as the two axes of :func:`loss_surface` (Boettcher & Wheeler, 2024).
 
+Each core (``..._of``) also takes a ``layout``: the objective's parameters are then this process's slices
+of a sharded model (FSDP2), and the operator is the gradient-difference one on those slices
+(:mod:`~lightning_landscape.functional.curvature.sharded`), with the same estimators, probes and options.
+
 A loss that is NaN or infinite at ``w`` gives NaN results and a ``RuntimeWarning``, never a crash.
 """
 
@@ -27,15 +31,16 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from lightning_landscape.functional.curvature.estimators import (
-    Which,
-    check_lanczos_args,
-    hutchinson_samples,
-    summarize_samples,
+from lightning_landscape.functional.curvature.estimators import Which, check_lanczos_args, summarize_samples
+from lightning_landscape.functional.curvature.operators import (
+    hessian_operator_of,
+    operator_hutchinson_samples,
+    operator_lanczos,
 )
-from lightning_landscape.functional.curvature.operators import hessian_operator_of, operator_lanczos
+from lightning_landscape.functional.curvature.sharded import check_layout
 from lightning_landscape.functional.landscape.params import Direction, LossFn, unflatten
 from lightning_landscape.functional.landscape.sharding import PointShard, evaluate_sharded
+from lightning_landscape.functional.landscape.shards import ShardLayout
 from lightning_landscape.functional.objective import NonFiniteError, Objective, check_int, nonfinite_warning
 
 __all__ = [
@@ -196,11 +201,18 @@ def hessian_eigenvalues_of(
     return_eigenvectors: bool = False,
     reuse_graph: bool = True,
     max_basis: int | None = None,
+    layout: ShardLayout | None = None,
 ) -> HessianEigenvalues:
-    """:func:`hessian_eigenvalues` of ``objective`` (the core)."""
+    """:func:`hessian_eigenvalues` of ``objective`` (the core).
+
+    With ``layout`` (sharded parameters; see the module docstring) the eigenvectors are this process's
+    slices, signs fixed over the full vectors as unsharded; every process must call it together.
+    """
     check_lanczos_args(k, which, max_iter, tol)
+    if layout is not None:
+        check_layout(objective, layout)
     params = objective.params
-    meta = {
+    meta: dict[str, Any] = {
         "which": which,
         "k": k,
         "max_iter": max_iter,
@@ -208,11 +220,13 @@ def hessian_eigenvalues_of(
         "seed": seed,
         "max_basis": max_basis,
         **objective.probe_meta(),
-        "parameters": objective.numel,
+        "parameters": objective.numel if layout is None else layout.numel,
     }
+    if layout is not None:
+        meta["hvp"] = "gradient difference"
     start = time.perf_counter()
     try:
-        with hessian_operator_of(objective, reuse_graph) as op:
+        with hessian_operator_of(objective, reuse_graph, layout=layout) as op:
             res = operator_lanczos(
                 op,
                 max_iter,
@@ -224,15 +238,20 @@ def hessian_eigenvalues_of(
                 max_basis=max_basis,
             )
             loss = op.loss
+            vectors = None
+            if res.vectors is not None:  # signs fixed over the full vectors (collective when sharded)
+                vectors = [[t.clone() for t in unflatten(op.space.fix_sign(v), params)] for v in res.vectors]
     except NonFiniteError as err:
         nonfinite_warning("hessian_eigenvalues", err)
         n = min(k, max_iter) * (2 if which == "both" else 1)
         nan = np.full(n, math.nan)
         return HessianEigenvalues(nan, nan.copy(), None, 0, False, math.nan, meta=meta)
-    vectors = None
-    if res.vectors is not None:
-        vectors = [[t.clone() for t in unflatten(fix_sign(v), params)] for v in res.vectors]
-    meta.update(max_basis=res.max_basis, restarts=res.restarts, seconds=time.perf_counter() - start)
+    meta.update(
+        max_basis=res.max_basis,
+        basis_length=res.basis_length,
+        restarts=res.restarts,
+        seconds=time.perf_counter() - start,
+    )
     return HessianEigenvalues(
         eigenvalues=res.values,
         residuals=res.residuals,
@@ -243,11 +262,6 @@ def hessian_eigenvalues_of(
         history=res.history,
         meta=meta,
     )
-
-
-def fix_sign(v: Tensor) -> Tensor:
-    """Eigenvectors are defined up to sign: make the entry of largest magnitude positive."""
-    return v if v[int(v.abs().argmax())] >= 0 else -v
 
 
 def hessian_directions(
@@ -285,12 +299,19 @@ def hessian_directions(
 
 
 def hessian_directions_of(
-    objective: Objective, max_iter: int = 100, tol: float = 1e-4, seed: int = 0
+    objective: Objective,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
+    *,
+    layout: ShardLayout | None = None,
 ) -> tuple[tuple[Direction, Direction], HessianEigenvalues]:
-    """:func:`hessian_directions` of ``objective`` (the core)."""
+    """:func:`hessian_directions` of ``objective`` (the core; with ``layout``, this process's slices of
+    the directions)."""
     eig = hessian_eigenvalues_of(
-        objective, k=1, which="both", max_iter=max_iter, tol=tol, seed=seed, return_eigenvectors=True
-    )
+        objective, k=1, which="both", max_iter=max_iter, tol=tol, seed=seed, return_eigenvectors=True,
+        layout=layout,
+    )  # fmt: skip
     if eig.eigenvectors is None or len(eig.eigenvectors) < 2:
         raise ValueError(f"could not compute two Hessian directions: {_why_no_directions(eig)}")
     return (eig.eigenvectors[0], eig.eigenvectors[1]), eig
@@ -353,20 +374,33 @@ def hessian_trace(
 
 
 def hessian_trace_of(
-    objective: Objective, samples: int = 64, seed: int = 0, reuse_graph: bool = True
+    objective: Objective,
+    samples: int = 64,
+    seed: int = 0,
+    reuse_graph: bool = True,
+    *,
+    layout: ShardLayout | None = None,
 ) -> HessianTrace:
-    """:func:`hessian_trace` of ``objective`` (the core; the probes shared out by its ``shard``)."""
+    """:func:`hessian_trace` of ``objective`` (the core; the probes shared out by its ``shard``). With
+    ``layout`` (sharded parameters) every process takes part in every probe, each on its slices of it."""
     check_int("samples", samples, 2)
-    meta = {"samples": samples, "seed": seed, "probes": "rademacher", **objective.probe_meta()}
+    if layout is not None:
+        check_layout(objective, layout)
+    meta: dict[str, Any] = {
+        "samples": samples,
+        "seed": seed,
+        "probes": "rademacher",
+        **objective.probe_meta(),
+    }
+    if layout is not None:
+        meta["hvp"] = "gradient difference"
     start = time.perf_counter()
     losses: list[float] = []
 
     def probe_values(rows: np.ndarray) -> np.ndarray:
         """``z_i^T H z_i`` for the probe indices in ``rows``; the generator still draws every probe."""
-        with hessian_operator_of(objective, reuse_graph) as op:
-            values = hutchinson_samples(
-                op.matvec, op.numel, samples, seed, op.dtype, op.device, indices=rows[:, 0].astype(int)
-            )
+        with hessian_operator_of(objective, reuse_graph, layout=layout) as op:
+            values = operator_hutchinson_samples(op, samples, seed, indices=rows[:, 0].astype(int))
             losses.append(op.loss)
         return values
 

@@ -1,7 +1,9 @@
 """Curvature as linear operators on flat vectors: ``v -> H v`` and the operators built from it.
 
-Every operator here has ``numel`` (the dimension), ``dtype`` and ``device`` of the vectors it takes, and
-``matvec(v)``; the estimators in :mod:`lightning_landscape.functional.curvature.estimators` take nothing else.
+Every operator here has ``numel`` (the length), ``dtype`` and ``device`` of the vectors it takes, and
+``matvec(v)``; the estimators in :mod:`lightning_landscape.functional.curvature.estimators` take nothing else
+but the operator's ``space`` (:class:`~.estimators.VectorSpace`: how inner products add up and probes are
+drawn), where it has one: an operator without one works on whole vectors on this process.
 
 - :class:`HessianOperator`: the Hessian of the *mean* probe loss ``L(w) = (1/B) sum_b loss_fn(model, b)``
   (averaged over batches, never summed, so a number does not depend on how the data is split), by
@@ -11,6 +13,10 @@ Every operator here has ``numel`` (the dimension), ``dtype`` and ``device`` of t
   (a product with a vector that is zero outside the block, read on the block).
 - :class:`ScaledOperator`: ``D A D`` for a positive diagonal ``D``; with ``D = P^(-1/2)`` it has the
   eigenvalues of the preconditioned ``P^-1 H`` while staying symmetric (for Lanczos).
+- :func:`hessian_operator_of` with a ``layout`` (the parameters are shards, FSDP2): the same Hessian from
+  a central difference of gradients on this process's slices
+  (:class:`~lightning_landscape.functional.curvature.sharded.GradientDifferenceOperator`), which every
+  estimator and model-level function takes as it takes the double-backward one.
 """
 
 from __future__ import annotations
@@ -20,11 +26,23 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.functional.curvature.estimators import LanczosResult, Which, lanczos
+from lightning_landscape.functional.curvature.estimators import (
+    LanczosResult,
+    VectorSpace,
+    Which,
+    hutchinson_samples,
+    lanczos,
+)
+from lightning_landscape.functional.curvature.sharded import (
+    GradientDifferenceOperator,
+    gradient_difference_operator_of,
+)
 from lightning_landscape.functional.landscape.params import Direction, LossFn, observation, unflatten
+from lightning_landscape.functional.landscape.shards import ShardLayout
 from lightning_landscape.functional.objective import (
     NonFiniteError,
     Objective,
@@ -42,7 +60,9 @@ __all__ = [
     "hessian_operator_of",
     "hessian_vector_product",
     "hessian_vector_product_of",
+    "operator_hutchinson_samples",
     "operator_lanczos",
+    "space_of",
 ]
 
 
@@ -180,13 +200,23 @@ def _release(grads: Sequence[Tensor | None], saved: set[int]) -> None:
 
 
 class LinearOperator(Protocol):
-    """What an estimator needs: the dimension, dtype and device of its vectors, and ``v -> A v``."""
+    """What an estimator needs: the length, dtype and device of its vectors, and ``v -> A v``.
+
+    An operator may also have a ``space`` (:class:`~.estimators.VectorSpace`) saying how its vectors'
+    inner products add up and how probes are drawn (see :func:`space_of`).
+    """
 
     numel: int
     dtype: torch.dtype
     device: torch.device
 
     def matvec(self, vector: Tensor) -> Tensor: ...
+
+
+def space_of(operator: LinearOperator) -> VectorSpace:
+    """``operator.space``, or the whole vectors of length ``operator.numel`` on this process."""
+    space = getattr(operator, "space", None)
+    return space if isinstance(space, VectorSpace) else VectorSpace(operator.numel)
 
 
 class HessianOperator:
@@ -212,6 +242,7 @@ class HessianOperator:
         self.numel = objective.numel
         self.dtype = objective.dtype
         self.device = self.params[0].device
+        self.space = VectorSpace(self.numel)
         # Each batch's gradient graph (create_graph) is kept for the products when ``reuse_graph``; the
         # gradients' own values are not needed for that (only their graph), so their memory is given back
         # (see ``_release``): what stays is the graph, about the size of a forward pass's activations.
@@ -337,6 +368,7 @@ class HessianBlock:
         self.hessian = hessian
         self.numel = sum(hessian.params[i].numel() for i in self.index)
         self.dtype, self.device = hessian.dtype, hessian.device
+        self.space = VectorSpace(self.numel)
 
     def matvec(self, vector: Tensor) -> Tensor:
         return self.hessian._product(self.index, vector)
@@ -369,6 +401,7 @@ class ScaledOperator:
             raise ValueError("`diagonal` must hold positive finite values")
         self.operator = operator
         self.numel, self.dtype, self.device = operator.numel, operator.dtype, operator.device
+        self.space = space_of(operator)  # a diagonal scaling keeps the vectors where they are
         self.diagonal = diagonal.to(device=self.device, dtype=self.dtype)
 
     def matvec(self, vector: Tensor) -> Tensor:
@@ -387,8 +420,7 @@ def operator_lanczos(
     max_basis: int | None = None,
 ) -> LanczosResult:
     """:func:`~lightning_landscape.functional.curvature.estimators.lanczos` on ``operator``'s ``matvec``, in
-    its
-    dimension, dtype and device (the other options as there).
+    its space (:func:`space_of`), dtype and device (the other options as there).
 
     Example::
 
@@ -399,9 +431,10 @@ def operator_lanczos(
         >>> operator_lanczos(Diagonal(), max_iter=10, tol=1e-10, seed=0).values.round(8).tolist()
         [5.0]
     """
+    space = space_of(operator)
     return lanczos(
         operator.matvec,
-        operator.numel,
+        space.numel,
         k=k,
         which=which,
         max_iter=max_iter,
@@ -411,6 +444,21 @@ def operator_lanczos(
         device=operator.device,
         return_vectors=return_vectors,
         max_basis=max_basis,
+        space=space,
+    )
+
+
+def operator_hutchinson_samples(
+    operator: LinearOperator,
+    samples: int,
+    seed: int = 0,
+    indices: Sequence[int] | np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`~lightning_landscape.functional.curvature.estimators.hutchinson_samples` of ``operator``, in
+    its space (:func:`space_of`), dtype and device."""
+    space = space_of(operator)
+    return hutchinson_samples(
+        operator.matvec, space.numel, samples, seed, operator.dtype, operator.device, indices, space=space
     )
 
 
@@ -439,15 +487,28 @@ def hessian_operator(
     with hessian_operator_of(
         Objective.build(model, loss_fn, batches, params, require_grad=True), reuse_graph
     ) as op:
+        assert isinstance(op, HessianOperator)  # no layout: the double-backward operator
         yield op
 
 
 @contextlib.contextmanager
-def hessian_operator_of(objective: Objective, reuse_graph: bool = True) -> Iterator[HessianOperator]:
-    """:func:`hessian_operator` of ``objective`` (the core; each parameter must require grad)."""
+def hessian_operator_of(
+    objective: Objective, reuse_graph: bool = True, *, layout: ShardLayout | None = None
+) -> Iterator[HessianOperator | GradientDifferenceOperator]:
+    """:func:`hessian_operator` of ``objective`` (the core; each parameter must require grad).
+
+    With ``layout`` (a sharded model: ``objective.params`` are this process's slices of ``layout.params``),
+    the :class:`~lightning_landscape.functional.curvature.sharded.GradientDifferenceOperator` on those
+    slices (``reuse_graph`` has no effect there); every process must take part in each product.
+    """
+    if layout is not None:
+        with gradient_difference_operator_of(objective, layout) as gd:
+            yield gd
+        return
     objective.differentiable()
     with observation(objective.model), torch.enable_grad(), second_order():
-        yield HessianOperator(objective, reuse_graph=reuse_graph)
+        op: HessianOperator | GradientDifferenceOperator = HessianOperator(objective, reuse_graph=reuse_graph)
+        yield op
 
 
 def hessian_vector_product(

@@ -1,4 +1,4 @@
-"""Curvature of a model whose parameters are shards (FSDP2), from gradients only.
+"""Hessian-vector products of a model whose parameters are shards (FSDP2), from gradients, on local slices.
 
 FSDP2 gathers each parameter for the forward pass into a tensor that is not the sharded parameter, and
 hands the gradient back to the shard in a backward hook, so ``torch.autograd.grad(loss, params,
@@ -14,60 +14,52 @@ truncation error, ``O(h^2 |v|^3 |D^3 L|)``, against the rounding error of the gr
 scales, and in practice within ``1e-3`` of the exact product: see the tests, which compare it with the
 double-backward product on unsharded models). Each product costs two forward-backward passes per probe
 batch; the weights are moved in place and restored bit for bit (:class:`~.params.WeightPerturbation`),
-and the parameters' ``.grad`` are given back as they were.
+and every parameter's ``.grad`` is given back as it was.
 
-SAM sharpness needs only the gradient (its norm summed over processes); average sharpness only the loss at
-seeded Gaussian perturbations, drawn per full parameter and sliced as the random directions are (see
-:mod:`~lightning_landscape.functional.landscape.shards`), so both give the unsharded numbers.
+:class:`GradientDifferenceOperator` is an operator like the double-backward one (``numel``, ``dtype``,
+``device``, ``matvec``, ``block``), made by :func:`~.operators.hessian_operator_of` when it is given the
+parameters' :class:`~lightning_landscape.functional.landscape.shards.ShardLayout`, so every model-level
+function (eigenvalues, trace, Hessian directions, per-block curvature, the edge of stability) runs on it
+unchanged. Its vectors are *this process's slices* (length ``ShardLayout.local_numel``, the local shards
+flattened in parameter order); its :class:`ShardedSpace` sums inner products over the processes (one
+all-reduce each) and draws every random probe (the Rademacher vectors of Hutchinson and of the Lanczos
+start) as each *full* parameter's draw from the one seeded CPU generator, sliced: the probes one
+unsharded process draws, so the numbers are the unsharded ones. A Lanczos basis then holds ``1/W`` of the
+full length on each of ``W`` processes; its size (``max_basis``) is chosen from the full length, as
+unsharded, so the iterations are the same. A product restricted to a block of parameters (per-block
+curvature) moves only the block's slices and reads the gradient on them: a vector zero outside the block.
 
-Lanczos runs on full-length vectors, the same on every process (the product's slices are summed into the
-full vector by one all-reduce), so its basis is not sharded: memory per process is the basis's, as
-unsharded. Its dot products are then local by construction.
+SAM's gradient comes from the same backward passes (:func:`sharded_loss_gradient`), and average
+sharpness draws its Gaussian perturbations per full parameter and slices them
+(:func:`~lightning_landscape.functional.landscape.shards.sharded_random_direction`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.functional.curvature.estimators import (
-    Which,
-    check_lanczos_args,
-    hutchinson_samples,
-    lanczos,
-    summarize_samples,
-)
-from lightning_landscape.functional.curvature.hessian import HessianEigenvalues, HessianTrace, fix_sign
-from lightning_landscape.functional.curvature.sharpness import AverageSharpness, SamSharpness
+from lightning_landscape.functional.curvature.estimators import VectorSpace
 from lightning_landscape.functional.landscape.params import Direction, LossFn, WeightPerturbation, observation
 from lightning_landscape.functional.landscape.shards import ShardLayout
-from lightning_landscape.functional.objective import (
-    NonFiniteError,
-    check_int,
-    check_positive,
-    mean_loss,
-    nonfinite_warning,
-    probe_meta,
-    work_dtype,
-)
+from lightning_landscape.functional.objective import NonFiniteError, Objective, rademacher, work_dtype
 
 __all__ = [
+    "GradientDifferenceBlock",
     "GradientDifferenceOperator",
+    "ShardedSpace",
+    "check_layout",
     "difference_step",
-    "gradient_difference_operator",
+    "gradient_difference_operator_of",
     "local_gradient",
-    "sharded_average_sharpness",
-    "sharded_hessian_directions",
-    "sharded_hessian_eigenvalues",
-    "sharded_hessian_trace",
-    "sharded_sam_sharpness",
+    "local_slices",
+    "restrict",
+    "sharded_loss_gradient",
 ]
 
 
@@ -77,321 +69,260 @@ def difference_step(weights_norm: float, vector_norm: float, dtype: torch.dtype)
     return eps ** (1.0 / 3.0) * max(weights_norm, 1.0) / max(vector_norm, 1e-300)
 
 
+def check_layout(objective: Objective, layout: ShardLayout) -> None:
+    """A ValueError naming ``layout`` unless ``objective.params`` are shaped as its local slices, and one
+    naming ``shard`` if the objective shares points out (every forward of a sharded model is collective)."""
+    if len(objective.params) != len(layout.local) or any(
+        p.shape != t.shape for p, t in zip(objective.params, layout.local)
+    ):
+        raise ValueError("`layout`: the objective's parameters must be its local slices (`layout.local`)")
+    if objective.shard is not None:
+        raise ValueError(
+            "`shard`: the parameters are sharded (`layout`), so every process takes part in every forward "
+            "pass; evaluation points cannot also be shared out among the processes"
+        )
+
+
+def local_slices(layout: ShardLayout, tensors: Sequence[Tensor]) -> list[Tensor]:
+    """This process's slice of each of ``tensors`` (full-shaped like ``layout``'s parameters): a
+    ``DTensor``'s local tensor, or the rows :meth:`ShardLayout.local_rows` of a plain one."""
+    return [
+        t.to_local() if hasattr(t, "to_local") else layout.local_rows(i, t) for i, t in enumerate(tensors)
+    ]
+
+
 def local_gradient(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
-    params: Sequence[Tensor],
-    layout: ShardLayout,
-    dtype: torch.dtype,
+    model: nn.Module, loss_fn: LossFn, batches: Sequence[Any], layout: ShardLayout, dtype: torch.dtype
 ) -> tuple[float, list[Tensor]]:
-    """The mean probe loss and this process's slices of its gradient (in ``dtype``), by backward passes
-    (call with grad enabled). The parameters' ``.grad`` are given back as they were."""
-    saved = [p.grad for p in params]
+    """The mean probe loss and this process's slices of its gradient with respect to ``layout.params``
+    (in ``dtype``), by backward passes (call with grad enabled). Every parameter's ``.grad`` is given back
+    as it was (backward fills those outside the layout too)."""
+    every: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
+    for p in layout.params:
+        if all(p is not q for q in every):
+            every.append(p)
+    saved = [p.grad for p in every]
     total = 0.0
     try:
-        for p in params:
+        for p in every:
             p.grad = None
         for batch in batches:
             loss = loss_fn(model, batch)
             (loss / len(batches)).backward()
             total += float(loss.detach()) / len(batches)
         grads = []
-        for p, view in zip(params, layout.local):
+        for i, (p, view) in enumerate(zip(layout.params, layout.local)):
             g = p.grad
             if g is None:
                 grads.append(torch.zeros_like(view, dtype=dtype))
                 continue
-            g = g.to_local() if hasattr(g, "to_local") else g
-            grads.append(g.detach().to(dtype).clone())
+            piece = g.to_local() if hasattr(g, "to_local") else layout.local_rows(i, g)
+            grads.append(piece.detach().to(dtype).clone())
     finally:
-        for p, g in zip(params, saved):
+        for p, g in zip(every, saved):
             p.grad = g
     return total, grads
 
 
-class GradientDifferenceOperator:
-    """``v -> H v`` on full flat vectors by a central difference of gradients (see the module docstring).
+def restrict(layout: ShardLayout, index: Sequence[int]) -> ShardLayout:
+    """The layout of the parameters ``index`` (in that order)."""
+    return ShardLayout(
+        [layout.params[i] for i in index],
+        [layout.local[i] for i in index],
+        [layout.shapes[i] for i in index],
+        [layout.row_offsets[i] for i in index],
+        [layout.replicated[i] for i in index],
+        layout.all_reduce,
+    )
 
-    ``params`` are the model's parameters (``DTensor`` shards or plain tensors) whose ``.grad`` the
-    backward passes fill; ``layout`` (default: :meth:`ShardLayout.of` ``params``) says which slice of each
-    this process holds. Use inside :func:`gradient_difference_operator` (eval mode, state restored).
+
+def sharded_loss_gradient(objective: Objective, layout: ShardLayout) -> tuple[float, Direction]:
+    """``(L(w), grad L(w))`` as :func:`~.sharpness.loss_gradient_of`, for sharded parameters: the gradient
+    as this process's slices, by backward passes (the model observed in eval mode, ``.grad`` untouched)."""
+    check_layout(objective, layout)
+    with observation(objective.model), torch.enable_grad():
+        dtype = work_dtype(layout.local[0])
+        return local_gradient(objective.model, objective.loss_fn, list(objective.batches), layout, dtype)
+
+
+def _all_max(t: Tensor) -> Tensor:
+    """The maximum over the processes (in place; identity in one process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+class ShardedSpace(VectorSpace):
+    """Vectors over (some of) a sharded model's parameters, each process holding its slices.
+
+    A vector is this process's slices of the chosen parameters (``index``, default all), flattened and
+    concatenated in parameter order. Inner products are the local partial sums added over the processes
+    (a replicated parameter counted once); a Rademacher probe is drawn as each full parameter's
+    ``rademacher(numel, generator)`` in turn, sliced, so that its slices on all processes are the
+    length-``numel`` vector one process draws (the CPU generator draws element after element).
+    """
+
+    def __init__(self, layout: ShardLayout, index: Sequence[int] | None = None) -> None:
+        self.layout = layout
+        self.index = list(range(len(layout.local))) if index is None else list(index)
+        full_ranges = layout.flat_ranges()
+        starts, position = [], 0
+        for shape in layout.shapes:
+            starts.append(position)
+            position += shape.numel()
+        # Per chosen parameter: its range in the local vector, where its slice starts in the full parameter
+        # and in the full vector of the space, its full size, and whether this process counts it in sums.
+        self._pieces: list[tuple[int, int, int, int, int, bool]] = []
+        local = full = 0
+        for i in self.index:
+            n_local, n_full = layout.local[i].numel(), layout.shapes[i].numel()
+            offset = full_ranges[i][0] - starts[i]
+            self._pieces.append((local, local + n_local, offset, full + offset, n_full, layout._owned(i)))
+            local += n_local
+            full += n_full
+        super().__init__(full)
+        self.local_numel = local
+        owned = [(a, b) for a, b, *_, mine in self._pieces if mine and b > a]
+        self._owned_ranges: list[tuple[int, int]] = []
+        for a, b in owned:  # adjacent ranges merged: one partial sum each
+            if self._owned_ranges and self._owned_ranges[-1][1] == a:
+                self._owned_ranges[-1] = (self._owned_ranges[-1][0], b)
+            else:
+                self._owned_ranges.append((a, b))
+        self._all_owned = self._owned_ranges == [(0, local)] or local == 0
+
+    def reduce(self, partial: Tensor) -> Tensor:
+        return self.layout.all_reduce(partial)
+
+    def partial_dot(self, x: Tensor, y: Tensor) -> Tensor:
+        if self._all_owned:
+            return super().partial_dot(x, y)
+        total = torch.zeros((), dtype=torch.float64, device=x.device)
+        for a, b in self._owned_ranges:
+            total = total + super().partial_dot(x[a:b], y[a:b])
+        return total
+
+    def partial_project(self, basis: Tensor, w: Tensor) -> Tensor:
+        if self._all_owned:
+            return super().partial_project(basis, w)
+        total = torch.zeros(basis.shape[0], dtype=torch.float64, device=w.device)
+        for a, b in self._owned_ranges:
+            total = total + super().partial_project(basis[:, a:b], w[a:b])
+        return total
+
+    def norm(self, v: Tensor) -> Tensor:
+        return self.dot(v, v).sqrt().to(v.dtype)
+
+    def rademacher(self, generator: torch.Generator) -> Tensor:
+        out = torch.empty(self.local_numel, dtype=torch.int8)
+        for a, b, offset, _, n_full, _ in self._pieces:
+            out[a:b] = rademacher(n_full, generator)[offset : offset + (b - a)]
+        return out
+
+    def fix_sign(self, v: Tensor) -> Tensor:
+        """The sign rule of one process over the full vector: its first entry of largest magnitude (over
+        all processes, in the full vector's order) is made positive (three all-reduces)."""
+        magnitude = v.detach().abs()
+        local_max = magnitude.max() if v.numel() else torch.zeros((), dtype=v.dtype, device=v.device)
+        largest = _all_max(local_max.double().clone())
+        hits = torch.nonzero(magnitude == largest.to(v.dtype)).reshape(-1) if v.numel() else None
+        index, sign = float("inf"), -2.0
+        if hits is not None and hits.numel():
+            j = int(hits[0])
+            a, _, _, global_offset, _, _ = next(p for p in self._pieces if p[0] <= j < p[1])
+            index, sign = float(global_offset + j - a), (1.0 if float(v[j]) >= 0 else -1.0)
+        first = -float(_all_max(torch.tensor(-index, dtype=torch.float64, device=v.device)))
+        mine = sign if index == first else -2.0
+        return v if float(_all_max(torch.tensor(mine, dtype=torch.float64, device=v.device))) >= 0 else -v
+
+
+class GradientDifferenceOperator:
+    """``v -> H v`` on this process's slices by a central difference of gradients (module docstring).
+
+    ``objective.params`` are the local slices of ``layout.params`` (``layout.local``, views that move the
+    parameters), whose ``.grad`` the backward passes fill. Every process must call :meth:`matvec` (and
+    each block's) together: the forward passes and the norms are collective. Made inside
+    :func:`gradient_difference_operator_of` (eval mode, state restored after).
 
     Attributes:
-        numel, dtype, device: the full vectors' length, dtype and device.
+        numel, dtype, device: the local vectors' length (``layout.local_numel``), dtype and device.
+        space: the :class:`ShardedSpace` of those vectors (full dimension ``layout.numel``).
         loss: the mean probe loss at ``w``; gradient: this process's slices of its gradient there.
         step_scale: ``eps^(1/3) * max(|w|, 1)``; each product's step is this over ``|v|``.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        batches: Sequence[Any],
-        params: Sequence[Tensor],
-        layout: ShardLayout | None = None,
-    ) -> None:
-        self.model, self.loss_fn, self.batches = model, loss_fn, list(batches)
-        self.params = list(params)
-        self.layout = layout if layout is not None else ShardLayout.of(self.params)
-        local = self.layout.local
-        self.numel = self.layout.numel
-        self.dtype = work_dtype(local[0])
-        self.device = local[0].device
-        self.step_scale = difference_step(self.layout.norm(local), 1.0, self.dtype)
+    def __init__(self, objective: Objective, layout: ShardLayout) -> None:
+        check_layout(objective, layout)
+        self.model, self.loss_fn, self.batches = objective.model, objective.loss_fn, list(objective.batches)
+        self.layout = layout
+        self.local = list(layout.local)
+        self.space = ShardedSpace(layout)
+        self.numel = self.space.local_numel
+        self.dtype = work_dtype(self.local[0])
+        self.device = self.local[0].device
+        self.step_scale = difference_step(layout.norm(self.local), 1.0, self.dtype)
         loss, grad = self._gradient()
         self.loss = loss
-        self.gradient = grad  # this process's slices of the gradient at w (work dtype)
+        self.gradient = grad
         if not math.isfinite(loss):
             raise NonFiniteError(f"the loss at w is {loss}")
 
     def _gradient(self) -> tuple[float, list[Tensor]]:
-        return local_gradient(self.model, self.loss_fn, self.batches, self.params, self.layout, self.dtype)
+        return local_gradient(self.model, self.loss_fn, self.batches, self.layout, self.dtype)
 
-    def matvec(self, vector: Tensor) -> Tensor:
-        """``H v`` for a full flat ``vector`` (the same on every process); the full result on every one."""
+    def _product(self, index: Sequence[int], vector: Tensor, space: ShardedSpace) -> Tensor:
+        """``(H v)`` on the parameters ``index`` for ``v`` zero outside them (``vector``: their slices)."""
         vector = vector.to(device=self.device, dtype=self.dtype)
-        v_norm = float(torch.linalg.vector_norm(vector.double()))
+        v_norm = float(space.dot(vector, vector).sqrt())  # the same on every process
         if v_norm == 0.0:
             return torch.zeros_like(vector)
         h = self.step_scale / v_norm
-        pieces = self.layout.to_local(vector)
-        with WeightPerturbation(self.layout.local, [pieces]) as move:
+        chosen = [self.local[i] for i in index]
+        pieces = [t.view(p.shape) for t, p in zip(vector.split([p.numel() for p in chosen]), chosen)]
+        with WeightPerturbation(chosen, [pieces]) as move:
             move.move_to(h)
             _, plus = self._gradient()
             move.move_to(-h)
             _, minus = self._gradient()
-        product = [(a.double() - b.double()) / (2.0 * h) for a, b in zip(plus, minus)]
-        out = self.layout.to_full(product, dtype=torch.float64).to(self.dtype)
-        if not bool(torch.isfinite(out).all()):
-            raise NonFiniteError("a Hessian-vector product is not finite")
-        return out
+        # A product that is not finite shows in the estimators' summed inner products, on every process
+        # alike (a check here, on one process's slices, could stop one process and not the others).
+        return torch.cat(
+            [((plus[i].double() - minus[i].double()) / (2.0 * h)).reshape(-1) for i in index]
+        ).to(self.dtype)
+
+    def matvec(self, vector: Tensor) -> Tensor:
+        """``H v`` for this process's slices ``vector`` (length :attr:`numel`); the result's slices."""
+        return self._product(range(len(self.local)), vector, self.space)
+
+    def block(self, index: Sequence[int]) -> GradientDifferenceBlock:
+        """The Hessian restricted to the parameters ``index``: ``H_BB`` on their slices."""
+        return GradientDifferenceBlock(self, index)
+
+
+class GradientDifferenceBlock:
+    """``H_BB`` on this process's slices of a block of parameters: the product with a vector that is zero
+    outside the block (only the block's slices are moved), read on the block. Made by
+    :meth:`GradientDifferenceOperator.block`."""
+
+    def __init__(self, operator: GradientDifferenceOperator, index: Sequence[int]) -> None:
+        self.index = list(index)
+        if not self.index:
+            raise ValueError("a Hessian block needs at least one parameter")
+        self.operator = operator
+        self.space = ShardedSpace(operator.layout, self.index)
+        self.numel = self.space.local_numel
+        self.dtype, self.device = operator.dtype, operator.device
+
+    def matvec(self, vector: Tensor) -> Tensor:
+        return self.operator._product(self.index, vector, self.space)
 
 
 @contextlib.contextmanager
-def gradient_difference_operator(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
-    params: Sequence[Tensor],
-    layout: ShardLayout | None = None,
+def gradient_difference_operator_of(
+    objective: Objective, layout: ShardLayout
 ) -> Iterator[GradientDifferenceOperator]:
-    """Observe ``model`` (eval mode, state restored after); yield its :class:`GradientDifferenceOperator`."""
-    with observation(model), torch.enable_grad():
-        yield GradientDifferenceOperator(model, loss_fn, batches, params, layout)
-
-
-def sharded_hessian_eigenvalues(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
-    params: Sequence[Tensor],
-    layout: ShardLayout | None = None,
-    k: int = 1,
-    which: Which = "largest",
-    max_iter: int = 100,
-    tol: float = 1e-5,
-    seed: int = 0,
-    max_basis: int | None = None,
-    reuse_graph: bool = True,
-    return_eigenvectors: bool = False,
-) -> HessianEigenvalues:
-    """:func:`~.hessian.hessian_eigenvalues` from gradient differences: for sharded (or any) parameters.
-
-    The same options and result (``reuse_graph`` is accepted and has no effect; eigenvectors, if asked
-    for, are this process's slices, signs fixed as unsharded); the Lanczos start vector is the same
-    Rademacher vector as unsharded for the same ``seed``.
-    """
-    check_lanczos_args(k, which, max_iter, tol)
-    meta: dict[str, Any] = {
-        "which": which,
-        "k": k,
-        "max_iter": max_iter,
-        "tol": tol,
-        "seed": seed,
-        "max_basis": max_basis,
-        **probe_meta(list(batches)),
-        "hvp": "gradient difference",
-    }
-    start = time.perf_counter()
-    try:
-        with gradient_difference_operator(model, loss_fn, batches, params, layout) as op:
-            meta["parameters"] = op.numel
-            res = lanczos(
-                op.matvec, op.numel, k=k, which=which, max_iter=max_iter, tol=tol, seed=seed,
-                dtype=op.dtype, device=op.device, max_basis=max_basis, return_vectors=return_eigenvectors,
-            )  # fmt: skip
-            loss = op.loss
-            vectors = None
-            if res.vectors is not None:  # full on every process: keep this one's slices, signs fixed
-                vectors = [[t.clone() for t in op.layout.to_local(fix_sign(v))] for v in res.vectors]
-    except NonFiniteError as err:
-        nonfinite_warning("hessian_eigenvalues", err)
-        n = min(k, max_iter) * (2 if which == "both" else 1)
-        nan = np.full(n, math.nan)
-        return HessianEigenvalues(nan, nan.copy(), None, 0, False, math.nan, meta=meta)
-    meta.update(max_basis=res.max_basis, restarts=res.restarts, seconds=time.perf_counter() - start)
-    return HessianEigenvalues(
-        eigenvalues=res.values,
-        residuals=res.residuals,
-        eigenvectors=vectors,
-        iterations=res.iterations,
-        converged=res.converged,
-        loss=loss,
-        history=res.history,
-        meta=meta,
-    )
-
-
-def sharded_hessian_trace(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
-    params: Sequence[Tensor],
-    layout: ShardLayout | None = None,
-    samples: int = 64,
-    seed: int = 0,
-    reuse_graph: bool = True,
-) -> HessianTrace:
-    """:func:`~.hessian.hessian_trace` from gradient differences: for sharded (or any) parameters.
-
-    The same Rademacher probes as unsharded for the same ``seed`` (full-length, drawn on every process);
-    ``reuse_graph`` is accepted and has no effect. Each probe costs one product (two backward passes per
-    probe batch); the probes are not shared out among processes (every process takes part in each).
-    """
-    check_int("samples", samples, 2)
-    meta: dict[str, Any] = {
-        "samples": samples,
-        "seed": seed,
-        "probes": "rademacher",
-        **probe_meta(list(batches)),
-        "hvp": "gradient difference",
-    }
-    start = time.perf_counter()
-    try:
-        with gradient_difference_operator(model, loss_fn, batches, params, layout) as op:
-            values = hutchinson_samples(op.matvec, op.numel, samples, seed, op.dtype, op.device)
-            loss = op.loss
-    except NonFiniteError as err:
-        nonfinite_warning("hessian_trace", err)
-        return HessianTrace(math.nan, math.nan, np.full(samples, math.nan), math.nan, meta=meta)
-    meta["seconds"] = time.perf_counter() - start
-    summary = summarize_samples(values)
-    return HessianTrace(summary.trace, summary.stderr, summary.samples, loss=loss, meta=meta)
-
-
-def sharded_sam_sharpness(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
-    params: Sequence[Tensor],
-    layout: ShardLayout | None = None,
-    rho: float = 0.05,
-    adaptive: bool = False,
-) -> SamSharpness:
-    """:func:`~.sharpness.sam_sharpness` for sharded (or any) parameters: the gradient by backward passes
-    (each process its slices), its norm summed over processes, the SAM point ``w + rho g / |g|`` (ASAM:
-    ``T g`` with ``T = |w|``) moved into the slices in place and evaluated by every process."""
-    check_positive("rho", rho)
-    meta: dict[str, Any] = {"rho": float(rho), "adaptive": bool(adaptive), **probe_meta(list(batches))}
-    start = time.perf_counter()
-    with observation(model):
-        with torch.enable_grad():
-            layout = layout if layout is not None else ShardLayout.of(list(params))
-            dtype = work_dtype(layout.local[0])
-            loss, grad = local_gradient(model, loss_fn, list(batches), list(params), layout, dtype)
-        grad_norm = layout.norm(grad)
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            nonfinite_warning("sam_sharpness", NonFiniteError(f"the loss at w is {loss}, |g| {grad_norm}"))
-            return SamSharpness(math.nan, math.nan, loss, math.nan, grad_norm, meta=meta)
-        local = [p.detach() for p in layout.local]
-        scaled = [g * p.abs().to(g) for g, p in zip(grad, local)] if adaptive else grad
-        scaled_norm = layout.norm(scaled)
-        e = [
-            (s * p.abs().to(s) if adaptive else s) * (rho / (scaled_norm + 1e-12))
-            for s, p in zip(scaled, local)
-        ]
-        centre = float(mean_loss(model, loss_fn, batches))
-        with WeightPerturbation(layout.local, [e]) as move:
-            move.move_to(1.0)
-            perturbed = float(mean_loss(model, loss_fn, batches))
-    meta["seconds"] = time.perf_counter() - start
-    return SamSharpness(
-        sharpness=perturbed - centre,
-        first_order=float(rho) * scaled_norm,
-        loss=centre,
-        perturbed_loss=perturbed,
-        grad_norm=grad_norm,
-        meta=meta,
-    )
-
-
-def sharded_average_sharpness(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
-    params: Sequence[Tensor],
-    layout: ShardLayout | None = None,
-    sigma: float = 0.01,
-    samples: int = 16,
-    adaptive: bool = False,
-    seed: int = 0,
-) -> AverageSharpness:
-    """:func:`~.sharpness.average_sharpness` for sharded (or any) parameters: the same Gaussian draws for
-    the same ``seed`` (each full parameter drawn in turn and sliced: every process draws every parameter
-    of every sample, one parameter at a time), each perturbed point evaluated by every process."""
-    check_positive("sigma", sigma)
-    check_int("samples", samples, 2)
-    layout = layout if layout is not None else ShardLayout.of(list(params))
-    meta: dict[str, Any] = {
-        "sigma": float(sigma),
-        "samples": samples,
-        "adaptive": bool(adaptive),
-        "seed": seed,
-        "distribution": "gaussian",
-        **probe_meta(list(batches)),
-    }
-    start = time.perf_counter()
-    gen = torch.Generator().manual_seed(int(seed))
-    losses = np.zeros(samples)
-    with observation(model):
-        local = [p.detach() for p in layout.local]
-        centre = float(mean_loss(model, loss_fn, batches))
-        for i in range(samples):
-            d = []
-            for j, (p, shape) in enumerate(zip(local, layout.shapes)):
-                z = layout.local_rows(j, torch.randn(shape, generator=gen, dtype=torch.float32))
-                z = z.to(p.device, work_dtype(p)).to(p.dtype)
-                d.append(z * (p.abs() * sigma) if adaptive else z * sigma)
-            with WeightPerturbation(layout.local, [d]) as move:
-                move.move_to(1.0)
-                losses[i] = float(mean_loss(model, loss_fn, batches))
-    meta["seconds"] = time.perf_counter() - start
-    if not math.isfinite(centre):
-        nonfinite_warning("average_sharpness", NonFiniteError(f"the loss at w is {centre}"))
-        return AverageSharpness(math.nan, math.nan, losses, centre, meta=meta)
-    with np.errstate(invalid="ignore", over="ignore"):
-        diffs = losses - centre
-        mean, stderr = float(diffs.mean()), float(diffs.std(ddof=1) / math.sqrt(samples))
-    return AverageSharpness(sharpness=mean, stderr=stderr, losses=losses, loss=centre, meta=meta)
-
-
-def sharded_hessian_directions(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
-    params: Sequence[Tensor],
-    layout: ShardLayout | None = None,
-    max_iter: int = 100,
-    tol: float = 1e-4,
-    seed: int = 0,
-) -> tuple[tuple[Direction, Direction], HessianEigenvalues]:
-    """:func:`~.hessian.hessian_directions` from gradient differences: the unit eigenvectors of
-    ``lambda_max`` and ``lambda_min``, as this process's slices."""
-    eig = sharded_hessian_eigenvalues(
-        model, loss_fn, batches, params, layout, k=1, which="both", max_iter=max_iter, tol=tol, seed=seed,
-        return_eigenvectors=True,
-    )  # fmt: skip
-    if eig.eigenvectors is None or len(eig.eigenvectors) < 2:
-        raise ValueError("could not compute two Hessian directions (the loss is not finite at w?)")
-    return (eig.eigenvectors[0], eig.eigenvectors[1]), eig
+    """Observe the model (eval mode, state restored after); yield its :class:`GradientDifferenceOperator`."""
+    with observation(objective.model), torch.enable_grad():
+        yield GradientDifferenceOperator(objective, layout)

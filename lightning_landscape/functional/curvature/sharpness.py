@@ -10,6 +10,10 @@ surfaces (so a surface's centre, a SAM loss and an average-sharpness sample are 
 - :func:`average_sharpness`: ``E[L(w + d)] - L(w)`` for Gaussian ``d`` of scale ``sigma``, optionally
   scaled elementwise by ``|w|`` (adaptive), with the standard error over samples. For a quadratic
   loss it is ``sigma^2 tr(H) / 2``.
+
+On a sharded model (the cores with a ``layout``) the gradient comes from backward passes as this
+process's slices, norms are summed over the processes, the Gaussian draws are each full parameter's,
+sliced, and every point is evaluated by every process: the numbers one unsharded process gives.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,9 +29,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape.functional.curvature.sharded import check_layout, sharded_loss_gradient
 from lightning_landscape.functional.landscape.directions import random_direction
 from lightning_landscape.functional.landscape.params import Direction, LossFn, observation
 from lightning_landscape.functional.landscape.sharding import PointShard, evaluate_sharded
+from lightning_landscape.functional.landscape.shards import ShardLayout, sharded_random_direction
 from lightning_landscape.functional.landscape.surface import point_losses_of
 from lightning_landscape.functional.objective import Objective, check_int, check_positive, norm64, scalar_loss
 
@@ -165,14 +171,23 @@ def sam_sharpness(
     return sam_sharpness_of(objective, rho, adaptive)
 
 
-def sam_sharpness_of(objective: Objective, rho: float = 0.05, adaptive: bool = False) -> SamSharpness:
-    """:func:`sam_sharpness` of ``objective`` (the core; the perturbed point evaluated with its engine)."""
+def sam_sharpness_of(
+    objective: Objective, rho: float = 0.05, adaptive: bool = False, *, layout: ShardLayout | None = None
+) -> SamSharpness:
+    """:func:`sam_sharpness` of ``objective`` (the core; the perturbed point evaluated with its engine).
+    With ``layout`` (sharded parameters: the objective's are this process's slices of ``layout.params``),
+    every process must call it together."""
     check_positive("rho", rho)
     params = objective.params
     meta = {"rho": float(rho), "adaptive": bool(adaptive), **objective.probe_meta()}
     start = time.perf_counter()
-    loss, grad = loss_gradient_of(objective)
-    grad_norm = norm64(grad)
+    norm: Callable[[Sequence[Tensor]], float] = norm64
+    if layout is None:
+        loss, grad = loss_gradient_of(objective)
+    else:
+        loss, grad = sharded_loss_gradient(objective, layout)
+        norm, objective = layout.norm, objective.replace(engine="loop")  # every forward is collective
+    grad_norm = norm(grad)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         warnings.warn(
             f"sam_sharpness: the loss at w is {loss} and the gradient norm {grad_norm}; the result is NaN",
@@ -181,8 +196,8 @@ def sam_sharpness_of(objective: Objective, rho: float = 0.05, adaptive: bool = F
         )
         return SamSharpness(math.nan, math.nan, loss, math.nan, grad_norm, meta=meta)
     with torch.no_grad():
-        scaled = [g * p.detach().abs() for g, p in zip(grad, params)] if adaptive else grad
-        scaled_norm = norm64(scaled)
+        scaled = [g * p.detach().abs().to(g) for g, p in zip(grad, params)] if adaptive else grad
+        scaled_norm = norm(scaled)
         weights = [p.detach().abs() for p in params] if adaptive else [None] * len(params)
         e = [(s * w if w is not None else s) * (rho / (scaled_norm + _EPS)) for s, w in zip(scaled, weights)]
     losses = point_losses_of(objective, [e], np.array([[0.0], [1.0]]))
@@ -234,12 +249,23 @@ def average_sharpness(
 
 
 def average_sharpness_of(
-    objective: Objective, sigma: float = 0.01, samples: int = 16, adaptive: bool = False, seed: int = 0
+    objective: Objective,
+    sigma: float = 0.01,
+    samples: int = 16,
+    adaptive: bool = False,
+    seed: int = 0,
+    *,
+    layout: ShardLayout | None = None,
 ) -> AverageSharpness:
     """:func:`average_sharpness` of ``objective`` (the core; its samples shared out by the objective's
-    ``shard``, each evaluated with its engine)."""
+    ``shard``, each evaluated with its engine). With ``layout`` (sharded parameters: the objective's are
+    this process's slices of ``layout.params``), each sample is drawn per full parameter and sliced, and
+    evaluated by every process together."""
     check_positive("sigma", sigma)
     check_int("samples", samples, 2)
+    if layout is not None:
+        check_layout(objective, layout)
+        objective = objective.replace(engine="loop")  # every forward is collective
     params = objective.params
     meta = {
         "sigma": float(sigma),
@@ -266,7 +292,7 @@ def average_sharpness_of(
         out: list[np.ndarray] = []
         pending: list[Direction] = []
         for i in range(wanted[-1] + 1 if wanted else 0):
-            z = random_direction(params, gen)
+            z = random_direction(params, gen) if layout is None else sharded_random_direction(layout, gen)
             if i not in wanted:
                 continue
             with torch.no_grad():

@@ -21,6 +21,10 @@ that of heavy-ball momentum on ``P^-1 H`` with Adam's averaging of the gradient 
 ``lambda_max(P^-1 H)`` is computed as that of the symmetric ``P^-1/2 H P^-1/2``. A wrapper with a
 ``base_optimizer`` (such as :class:`lightning_landscape.optim.SAM`) is read through its base optimizer.
 Weight decay is not part of the threshold (nor of the loss, unless ``loss_fn`` adds it).
+
+On a sharded model (:func:`edge_of_stability_ratio_of` with a ``layout``) the Hessian is the
+gradient-difference operator on this process's slices, and Adam's preconditioner is read from the
+optimizer's state of the sharded parameters and sliced likewise.
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from lightning_landscape.functional.curvature.operators import (
     hessian_operator_of,
     operator_lanczos,
 )
+from lightning_landscape.functional.curvature.sharded import check_layout, local_slices
 from lightning_landscape.functional.landscape.params import LossFn
+from lightning_landscape.functional.landscape.shards import ShardLayout
 from lightning_landscape.functional.objective import NonFiniteError, Objective, nonfinite_warning, work_dtype
 
 __all__ = [
@@ -282,17 +288,25 @@ def edge_of_stability_ratio_of(
     *,
     reuse_graph: bool = True,
     max_basis: int | None = None,
+    layout: ShardLayout | None = None,
 ) -> EdgeOfStability:
-    """:func:`edge_of_stability_ratio` of ``objective`` (the core)."""
+    """:func:`edge_of_stability_ratio` of ``objective`` (the core). With ``layout`` (sharded parameters:
+    the objective's are this process's slices of ``layout.params``, which the optimizer updates), every
+    process must call it together."""
     check_lanczos_args(1, "largest", max_iter, tol)
     threshold = stability_threshold(optimizer)
     if not threshold.available:
         raise ValueError(f"`optimizer`: no edge-of-stability ratio: {threshold.reason}")
-    params = objective.params
+    if layout is not None:
+        check_layout(objective, layout)
     diagonal = None
     if threshold.sharpness == "preconditioned":
-        diagonal = torch.cat([d.reshape(-1) for d in adam_preconditioner(optimizer, params)])
-    meta = {
+        if layout is None:
+            scales = adam_preconditioner(optimizer, objective.params)
+        else:  # the optimizer's state is that of the sharded parameters: keep this process's slices
+            scales = local_slices(layout, adam_preconditioner(optimizer, layout.params))
+        diagonal = torch.cat([d.reshape(-1) for d in scales])
+    meta: dict[str, Any] = {
         "optimizer": threshold.optimizer,
         "sharpness": threshold.sharpness,
         "rule": threshold.rule,
@@ -303,9 +317,11 @@ def edge_of_stability_ratio_of(
         "seed": seed,
         **objective.probe_meta(),
     }
+    if layout is not None:
+        meta["hvp"] = "gradient difference"
     start = time.perf_counter()
     try:
-        with hessian_operator_of(objective, reuse_graph) as op:
+        with hessian_operator_of(objective, reuse_graph, layout=layout) as op:
             operator = op if diagonal is None else ScaledOperator(op, diagonal.rsqrt())
             res = operator_lanczos(operator, max_iter, tol, seed, max_basis=max_basis)
             loss = op.loss

@@ -26,6 +26,7 @@ __all__ = [
     "flatten",
     "landscape_parameters",
     "observation",
+    "parameters_restored",
     "preserved_random_state",
     "unflatten",
 ]
@@ -177,18 +178,60 @@ def preserved_random_state(
                 g.set_state(state)
 
 
+# id(model) -> how many blocks of parameters_restored() are open on it (the outermost keeps the copy)
+_RESTORING: dict[int, int] = {}
+
+
+@contextlib.contextmanager
+def parameters_restored(model: nn.Module) -> Iterator[None]:
+    """Run a block and put every parameter of ``model`` back afterwards, bit for bit.
+
+    One copy of the parameters at entry, copied back at exit whether or not they changed: a change
+    through ``p.data`` (``p.data.add_(1)``) does not show in ``p._version``, so no cheaper test is safe.
+    Blocks nest: inside another block on the same model nothing more is copied, and the outermost one
+    puts the parameters back (the callback opens one around each computation, so its observations
+    cost no second copy).
+
+    Example::
+
+        >>> lin = nn.Linear(2, 1)
+        >>> before = lin.weight.detach().clone()
+        >>> with parameters_restored(lin):
+        ...     _ = lin.weight.data.add_(1.0)
+        >>> bool(torch.equal(lin.weight, before))
+        True
+    """
+    key = id(model)
+    outermost = key not in _RESTORING
+    saved: list[tuple[Tensor, Tensor]] = []
+    if outermost:
+        with torch.no_grad():
+            saved = [(p, p.detach().clone()) for p in model.parameters()]
+    _RESTORING[key] = _RESTORING.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        _RESTORING[key] -= 1
+        if outermost:
+            del _RESTORING[key]
+            with torch.no_grad():
+                for p, value in saved:
+                    p.copy_(value)
+
+
 @contextlib.contextmanager
 def observation(model: nn.Module, generators: Sequence[torch.Generator] = ()) -> Iterator[None]:
     """Look at a model without changing it: eval mode, ``no_grad``, and everything restored after.
 
-    Restores the train/eval flag of every submodule, every buffer (BatchNorm running statistics,
-    counters) and every random state (see :func:`preserved_random_state`), so that training after
-    the observation is bit-identical to training without it.
+    Restores the train/eval flag of every submodule, every parameter (a ``loss_fn`` may change them in
+    place, even take an optimizer step; see :func:`parameters_restored`), every buffer (BatchNorm
+    running statistics, counters) and every random state (see :func:`preserved_random_state`), so that
+    training after the observation is bit-identical to training without it.
     """
     modes = {m: m.training for m in model.modules()}
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     devices = [d for d in {p.device for p in model.parameters()} if d.type == "cuda"]
-    with preserved_random_state(devices, generators), torch.no_grad():
+    with preserved_random_state(devices, generators), parameters_restored(model), torch.no_grad():
         model.eval()
         try:
             yield

@@ -32,7 +32,7 @@ from lightning_landscape.functional.landscape.sharding import PointShard
 from lightning_landscape.functional.objective import Objective, work_dtype
 from lightning_landscape.records.record import SurfaceRecord
 
-__all__ = ["Plane", "plane_through", "shared_plane_surface", "shared_plane_surface_of"]
+__all__ = ["Plane", "plane_through", "shared_plane_surface"]
 
 Snapshots = Tensor | Sequence[Tensor] | Sequence[Sequence[Tensor]]
 
@@ -227,22 +227,7 @@ def shared_plane_surface(
         model, loss_fn, batches, params, bn=bn, engine=engine, chunk_size=chunk_size, shard=shard,
         metric_fn=metric_fn, metric_name=metric_name,
     )  # fmt: skip
-    return shared_plane_surface_of(objective, w0, w1, w2, trajectories, resolution, margin, buffers=buffers)
-
-
-def shared_plane_surface_of(
-    objective: Objective,
-    w0: Sequence[Tensor],
-    w1: Sequence[Tensor],
-    w2: Sequence[Tensor],
-    trajectories: Sequence[Snapshots] = (),
-    resolution: int = 11,
-    margin: float = 0.25,
-    *,
-    buffers: Sequence[Mapping[str, Tensor]] | None = None,
-) -> SurfaceRecord:
-    """:func:`shared_plane_surface` of ``objective`` (the core); the statistics as its ``bn`` says."""
-    model, params, bn = objective.model, objective.params, objective.bn
+    params = objective.params
     for name, w in (("w0", w0), ("w1", w1), ("w2", w2)):
         if len(w) != len(params):
             raise ValueError(f"`{name}` has {len(w)} tensors, expected one per parameter ({len(params)})")

@@ -14,8 +14,10 @@ from lightning_landscape.functional import (
     landscape_parameters,
     loss_line,
     loss_surface,
+    observation,
     odd_grid,
 )
+from lightning_landscape.functional.landscape.params import parameters_restored
 
 
 def _model() -> nn.Module:
@@ -93,6 +95,56 @@ def test_observation_restores_everything_bit_for_bit():
     assert model[0].weight.requires_grad and not model[1].bias.requires_grad
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(p.grad is None for p in model.parameters())
+
+
+def _changes_parameters(kind: str, model: nn.Module):
+    """A loss_fn that changes every parameter in place: through ``p.data``, or by an optimizer step."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def loss_fn(m, b):
+        if kind == "data":
+            for p in m.parameters():
+                p.data.add_(1.0)
+            return _ce(m, b)
+        with torch.enable_grad():
+            loss = _ce(m, b)
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return loss_fn
+
+
+@pytest.mark.parametrize("kind", ["data", "optimizer step"])
+def test_observation_puts_back_parameters_the_loss_changes(kind):
+    model, batches = _model(), _batches()
+    model[0].bias.requires_grad_(False)  # frozen: outside the landscape, changed by the "data" loss only
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss_fn = _changes_parameters(kind, model)
+
+    def unchanged() -> bool:
+        return all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    with observation(model):
+        loss_fn(model, batches[0])
+    assert unchanged()
+    evaluate_loss(model, loss_fn, batches)
+    assert unchanged()
+    params = [p for _, p in landscape_parameters(model)]
+    d1, d2 = filter_normalized_directions(params, seed=0)
+    loss_surface(model, loss_fn, batches, (d1, d2), resolution=3, engine="loop")
+    assert unchanged()
+
+
+def test_nested_observations_copy_the_parameters_once():
+    model = _model()
+    before = model[5].weight.detach().clone()
+    with parameters_restored(model):
+        with observation(model):
+            model[5].weight.data.add_(1.0)
+        assert not torch.equal(model[5].weight, before)  # the outer block keeps the copy, and puts it back
+    assert torch.equal(model[5].weight, before)
 
 
 @pytest.mark.parametrize(("engine", "after"), [("loop", 4), ("vmap", 2)])
