@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -30,10 +30,11 @@ from lightning_landscape.callback.publish import Publisher, Warnings, describe_s
 from lightning_landscape.callback.recorder import TrajectoryRecorder, recorder_for
 from lightning_landscape.callback.schedule import LandscapeSchedule, expected_batches
 from lightning_landscape.functional.landscape.bn import buffer_snapshot
-from lightning_landscape.functional.landscape.params import flatten, landscape_parameters, unflatten
+from lightning_landscape.functional.landscape.params import landscape_parameters, unflatten
 from lightning_landscape.functional.landscape.shards import ShardLayout, is_sharded
 from lightning_landscape.records.identity import new_run_id
 from lightning_landscape.records.record import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
+from lightning_landscape.solutions.stream import StreamedWeights
 from lightning_landscape.solutions.weights import DEFAULT_MAX_BYTES
 
 __all__ = ["LossLandscapeCallback"]
@@ -533,27 +534,31 @@ class LossLandscapeCallback(CallbackOptions, Callback):
     # ------------------------------------------------------------------ helpers
 
     def _save_sharded_weights(self, trainer: pl.Trainer, pl_module: nn.Module, meta: dict[str, Any]) -> None:
-        """``save_weights`` of a sharded model: every snapshot and the final weights gathered one parameter
-        at a time (a collective on every rank); rank zero writes the usual ``weights`` folder."""
+        """``save_weights`` of a sharded model, on every rank: the initial weights, the final ones and every
+        snapshot gathered one parameter at a time (one all-gather each), which rank zero writes into the
+        usual ``weights`` folder as they come: it holds one full parameter at a time, never a whole
+        snapshot. Every rank consumes every piece, in the same order, whatever happens on rank zero."""
         local = self._params(pl_module)
         layout = self.builder.shards
         if layout is None or len(self.recorder) == 0:
             raise ValueError("no sharded parameters or no snapshot of the initial weights to save")
-        zero = trainer.is_global_zero
+        snapshots = self.recorder.stacked()  # this rank's slices of each snapshot
 
-        def gathered(flat: Tensor) -> Tensor:  # one flat full vector (kept on rank zero only), on the CPU
-            parts = unflatten(flat, local, dtype=flat.dtype)
-            full = [layout.gather(i, t).detach().reshape(-1).cpu() for i, t in enumerate(parts)]
-            return torch.cat(full) if zero else torch.empty(0)
+        def pieces() -> Iterator[Tensor]:  # initial, final, then each snapshot: the writer's order
+            for flat in (snapshots[0], None, *snapshots):
+                parts = local if flat is None else unflatten(flat, local, dtype=flat.dtype)
+                for full in layout.gathered(parts):
+                    yield full.detach().reshape(-1).cpu()
 
-        rows = [gathered(row) for row in self.recorder.stacked()]
-        final = gathered(flatten(local, dtype=self.builder.work_dtype))
-        if zero:
-            self.publisher.save_weights(
-                pl_module, self.recorder, self.builder.start_buffers, self._param_names,
-                self.save_weights_dtype, self.save_weights_max_bytes, meta,
-                gathered=(torch.stack(rows), final),
-            )  # fmt: skip
+        stream = StreamedWeights(pieces(), len(snapshots), self.recorder.dtype)
+        try:
+            if trainer.is_global_zero:
+                self.publisher.save_weights(
+                    pl_module, self.recorder, self.builder.start_buffers, self._param_names,
+                    self.save_weights_dtype, self.save_weights_max_bytes, meta, stream=stream,
+                )  # fmt: skip
+        finally:
+            stream.drain()  # the other ranks (and rank zero after a failure): the same all-gathers
 
     def _params(self, pl_module: nn.Module) -> list[Tensor]:
         """The landscape's parameters; of a sharded model, views of this rank's slices (see ``shards``)."""

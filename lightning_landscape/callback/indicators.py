@@ -20,6 +20,7 @@ import numpy as np
 from torch import Tensor
 
 from lightning_landscape.functional.landscape.params import Direction
+from lightning_landscape.functional.landscape.shards import ShardLayout
 from lightning_landscape.functional.landscape.trajectory import TrajectoryPCA
 from lightning_landscape.functional.objective import Objective
 from lightning_landscape.functional.trust.reliability import (
@@ -126,9 +127,11 @@ class Indicators:
         include_1d: bool,
         unit: float,
         trace: float | None,
+        layout: ShardLayout | None = None,
     ) -> tuple[ReliabilityRecord, list[LineRecord]]:
         """:func:`landscape_reliability` of ``surface`` with what the landscape knows (its ``objective``:
-        probe batches, loss, parameters, engine and sharding)."""
+        probe batches, loss, parameters, engine and sharding; ``layout``: of a sharded model, whose
+        parameters, plane and snapshots are this rank's slices)."""
         noise = surface.meta.get("probe_noise")
         noise = float(noise) if isinstance(noise, (int, float)) and math.isfinite(noise) else None
         given = [float(s) for s in (*steps, step)]
@@ -141,5 +144,5 @@ class Indicators:
             objective, plane, surface, pca=pca, snapshots=snapshots if pca is not None else None,
             times=times, seed=seed, include_1d=include_1d, unit=unit, noise=noise,
             contour_spacing=contour_spacing(surface), trace=trace if settings.trace_directions else None,
-            settings=settings, thresholds=self.thresholds,
+            settings=settings, thresholds=self.thresholds, layout=layout,
         )  # fmt: skip

@@ -504,14 +504,6 @@ class LandscapeBuilder(PlaneSteps):
         if not plan.reliability or drawn is None or (drawn.step, drawn.stage) != (step, stage):
             return []  # off, or the surface failed
         self._drawn = None
-        if self.shards is not None:  # the same decision on every rank, before any collective
-            self.warnings.warn(
-                "reliability sharded",
-                "LossLandscapeCallback: the reliability indicators are not supported on sharded parameters "
-                "yet (their random directions and norms are per rank) and were skipped; the surface, lines "
-                "and the eigenvalues, trace, SAM and average sharpness are computed.",
-            )
-            return []
         self.part = "the reliability indicators"
         objective = job.objective(self.engine)
         settings = self.indicators.settings_for(stage, plan.metrics)
@@ -543,5 +535,5 @@ class LandscapeBuilder(PlaneSteps):
                 objective, plane.directions, drawn.surface, stage=plan.stage, metrics=plan.metrics,
                 pca=plane.pca, snapshots=job.recorder.stacked() if plane.pca is not None else None,
                 steps=plane.meta.get("snapshot_steps", []), step=drawn.step, seed=self.seed,
-                include_1d=self.include_1d, unit=plane.unit, trace=drawn.trace,
+                include_1d=self.include_1d, unit=plane.unit, trace=drawn.trace, layout=self.shards,
             )  # fmt: skip

@@ -33,6 +33,7 @@ from lightning_landscape.records.record import (
     tag_prefix,
 )
 from lightning_landscape.sinks import SinkSet, build_sinks
+from lightning_landscape.solutions.stream import StreamedWeights
 from lightning_landscape.solutions.weights import save_run_weights
 
 if TYPE_CHECKING:
@@ -388,23 +389,22 @@ class Publisher:
         dtype: torch.dtype | None,
         max_bytes: int | None,
         meta: Mapping[str, Any],
-        gathered: tuple[Tensor, Tensor] | None = None,
+        stream: StreamedWeights | None = None,
     ) -> Path | None:
         """The run's weights, BatchNorm statistics and snapshots under ``<record dir>/weights``
         (:func:`~lightning_landscape.save_run_weights`; rank zero, the caller guards it); nothing under
         ``fast_dev_run``.
 
-        ``gathered``: for a sharded model, the full snapshots ``(n, P)`` and final weights ``(P,)``,
-        gathered by the caller (the recorder and the parameters then hold this rank's slices only).
+        ``stream``: for a sharded model, the initial and final weights and the snapshots as full
+        parameters gathered one at a time by the caller, written as they come (the recorder and the
+        parameters hold this rank's slices only); the caller drains it on every rank afterwards.
         """
         if not self.write:
             return None
-        if gathered is not None:
-            trajectory, final = gathered
+        if stream is not None:
             return save_run_weights(
-                self.record_dir / "weights", model, trajectory[0], initial_buffers=initial_buffers,
-                final=final, trajectory=trajectory, steps=recorder.steps, names=names, dtype=dtype,
-                max_bytes=max_bytes,
+                self.record_dir / "weights", model, stream=stream, initial_buffers=initial_buffers,
+                steps=recorder.steps, names=names, dtype=dtype, max_bytes=max_bytes,
                 meta={**meta, "snapshot_dtype": str(recorder.dtype).removeprefix("torch."), "sharded": True,
                       RUN_ID_KEY: self.run_id},
             )  # fmt: skip

@@ -24,6 +24,9 @@ Format, version 1 or 2 (``WEIGHTS_FORMAT_VERSION``), two files in one folder:
   whose initial values were not given), ``dtype`` (of ``initial``/``final``), ``trajectory_dtype``,
   ``num_params``, ``num_snapshots``, ``nbytes``, ``meta``.
 
+Streaming: a sharded model's weights are written as they are gathered, one parameter at a time
+(``stream=``, :mod:`lightning_landscape.solutions.stream`); the file is the same.
+
 Versions: a folder whose model has parameters outside ``names`` is written as version 2, so that a
 reader of version 1 (0.1), which would evaluate the runs with its caller's frozen weights, refuses it;
 any other folder is written as version 1, readable by every version. Both are read here; a folder
@@ -51,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lightning_landscape.records.record import _atomic_write, _jsonable
+from lightning_landscape.solutions.stream import StreamedArray, StreamedWeights, to_numpy, write_npz
 
 if TYPE_CHECKING:  # torch loads on first use: finding and reading these folders' names does not need it
     import torch
@@ -81,13 +85,6 @@ def _dtype(name: str) -> torch.dtype:
 
 def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def _to_numpy(t: Tensor) -> np.ndarray:
-    import torch
-
-    t = t.detach().cpu().contiguous()
-    return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
 
 
 def _from_numpy(a: np.ndarray, dtype: str) -> Tensor:
@@ -138,8 +135,9 @@ def _gb(n: float) -> str:
 def save_run_weights(
     directory: str | os.PathLike,
     model: nn.Module,
-    initial: Tensor | Sequence[Tensor],
+    initial: Tensor | Sequence[Tensor] | None = None,
     *,
+    stream: StreamedWeights | None = None,
     initial_buffers: Mapping[str, Tensor] | None = None,
     final: Tensor | Sequence[Tensor] | None = None,
     final_buffers: Mapping[str, Tensor] | None = None,
@@ -158,6 +156,9 @@ def save_run_weights(
         model: the trained model: names, shapes and (by default) the final weights and buffers.
         initial: the initial weights, a flat ``(P,)`` tensor (a :class:`TrajectoryRecorder`'s first
             snapshot) or one tensor per parameter.
+        stream: instead of ``initial``, ``final`` and ``trajectory``: the three as pieces written as they
+            come (:class:`StreamedWeights`; a sharded model's, gathered one parameter at a time). It is
+            drained whatever happens, so a collective behind it is never left waiting.
         initial_buffers: the initial :func:`buffer_snapshot`; required when the model has floating-point
             buffers (a plane through the initialization uses them).
         final, final_buffers: the final weights and buffers; the model's current ones by default.
@@ -184,11 +185,43 @@ def save_run_weights(
         >>> load_run_weights(folder, net).final.shape
         torch.Size([8])
     """
+    try:
+        return _save_run_weights(
+            directory, model, initial, stream, initial_buffers, final, final_buffers, initial_frozen,
+            trajectory, steps, names, dtype, max_bytes, meta,
+        )  # fmt: skip
+    finally:
+        if stream is not None:
+            stream.drain()
+
+
+def _save_run_weights(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    initial: Tensor | Sequence[Tensor] | None,
+    stream: StreamedWeights | None,
+    initial_buffers: Mapping[str, Tensor] | None,
+    final: Tensor | Sequence[Tensor] | None,
+    final_buffers: Mapping[str, Tensor] | None,
+    initial_frozen: Mapping[str, Tensor] | None,
+    trajectory: Tensor | None,
+    steps: Sequence[int] | None,
+    names: Sequence[str] | None,
+    dtype: torch.dtype | None,
+    max_bytes: int | None,
+    meta: Mapping[str, Any] | None,
+) -> Path:
     import torch
 
     from lightning_landscape.functional.landscape.bn import landscape_buffers
     from lightning_landscape.functional.landscape.params import landscape_parameters
 
+    if stream is not None and not isinstance(stream, StreamedWeights):
+        raise ValueError(f"`stream` must be a StreamedWeights or None, got {type(stream).__name__}")
+    if (stream is None) == (initial is None) or (stream is not None and (final, trajectory) != (None, None)):
+        raise ValueError(
+            "give the weights as `initial` (with `final` and `trajectory` if any) or as `stream`, not both"
+        )
     named = dict(model.named_parameters())
     if names is None:
         names = [n for n, _ in landscape_parameters(model)]
@@ -223,8 +256,14 @@ def save_run_weights(
             )
         if not trajectory.is_floating_point():
             raise ValueError(f"`trajectory` must be floating point, got {trajectory.dtype}")
-    n = 0 if trajectory is None else int(trajectory.shape[0])
-    traj_dtype = None if trajectory is None else (dtype or trajectory.dtype)
+    if stream is not None and stream.snapshots and (steps is None or len(steps) != stream.snapshots):
+        raise ValueError(f"`steps` must give the global step of each of the {stream.snapshots} snapshots")
+    if stream is not None:
+        n = stream.snapshots
+        traj_dtype = (dtype or stream.snapshot_dtype) if n else None
+    else:
+        n = 0 if trajectory is None else int(trajectory.shape[0])
+        traj_dtype = None if trajectory is None else (dtype or trajectory.dtype)
     itemsize = work.itemsize
     nbytes = run_weights_nbytes(num_params, n, itemsize, traj_dtype.itemsize if traj_dtype else None)
     if max_bytes is not None and nbytes > max_bytes:
@@ -282,13 +321,21 @@ def save_run_weights(
             "`initial_buffers` is required: the model has floating-point buffers (BatchNorm statistics); "
             "take `buffer_snapshot(model)` before training"
         )
-    arrays: dict[str, np.ndarray] = {
-        "initial": _to_numpy(_flat(initial, shapes, "initial", work)),
-        "final": _to_numpy(_flat(params if final is None else final, shapes, "final", work)),
-    }
+    arrays: dict[str, np.ndarray | StreamedArray] = {}
+    if stream is not None:  # written as the pieces come, in the stream's order
+        arrays["initial"] = StreamedArray(stream, (num_params,), work)
+        arrays["final"] = StreamedArray(stream, (num_params,), work)
+        if n:
+            assert traj_dtype is not None and steps is not None
+            arrays["trajectory"] = StreamedArray(stream, (n, num_params), traj_dtype)
+            arrays["steps"] = np.asarray([int(s) for s in steps], dtype=np.int64)
+    else:
+        assert initial is not None
+        arrays["initial"] = to_numpy(_flat(initial, shapes, "initial", work))
+        arrays["final"] = to_numpy(_flat(params if final is None else final, shapes, "final", work))
     if trajectory is not None:
         assert traj_dtype is not None and steps is not None
-        arrays["trajectory"] = _to_numpy(trajectory.detach().to("cpu", traj_dtype))
+        arrays["trajectory"] = to_numpy(trajectory.detach().to("cpu", traj_dtype))
         arrays["steps"] = np.asarray([int(s) for s in steps], dtype=np.int64)
     current = {name: b for name, b in buffers}
     for key, snap in (("initial_buffers", initial_buffers), ("final_buffers", final_buffers or current)):
@@ -298,14 +345,14 @@ def save_run_weights(
         missing = [name for name in current if name not in snap]
         if missing or any(snap[k].shape != b.shape for k, b in current.items()):
             raise ValueError(f"`{key}` does not match the model's floating-point buffers (missing {missing})")
-        arrays[key] = _to_numpy(
+        arrays[key] = to_numpy(
             torch.cat([snap[k].detach().reshape(-1).to("cpu", buffer_dtype) for k in current])
         )
 
     if frozen:
-        arrays["final_frozen"] = _to_numpy(frozen_final)
+        arrays["final_frozen"] = to_numpy(frozen_final)
         if frozen_initial is not None:
-            arrays["initial_frozen"] = _to_numpy(frozen_initial)
+            arrays["initial_frozen"] = to_numpy(frozen_initial)
 
     write_id = uuid.uuid4().hex
     arrays["write_id"] = np.array(write_id)
@@ -334,8 +381,7 @@ def save_run_weights(
     }
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    # numpy's stub types **kwds as possibly filling `allow_pickle: bool`; our keys are fixed array names.
-    _atomic_write(folder / ARRAYS, lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]
+    _atomic_write(folder / ARRAYS, lambda fh: write_npz(fh, arrays))
     text = json.dumps(manifest, indent=1).encode()
     _atomic_write(folder / MANIFEST, lambda fh: fh.write(text))
     return folder

@@ -1,8 +1,8 @@
 """Models trained sharded (FSDP2 through ModelParallelStrategy): landscapes from each rank's slices.
 
-The two-process fits run ``tests/helpers/fsdp_run.py`` once (both scenarios) in a subprocess; every
+The two-process fits run ``tests/helpers/fsdp_run.py`` once (every scenario) in a subprocess; every
 number the callback recorded there is then recomputed on one unsharded process, with the functional API,
-from the full weights the script gathered.
+from the full weights (and BatchNorm statistics, and snapshots) the script gathered.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from lightning_landscape import load_records, load_run_weights
+from lightning_landscape import compare_solutions, load_records, load_run_weights, save_run_weights
 from lightning_landscape.callback.distributed import check_strategy
 from lightning_landscape.functional import (
     average_sharpness,
@@ -31,11 +31,15 @@ from lightning_landscape.functional import (
     hessian_eigenvalues,
     hessian_trace,
     interpolation_line,
+    landscape_reliability,
+    loss_line,
     loss_surface,
     sam_sharpness,
 )
+from lightning_landscape.functional.landscape.params import flatten, unflatten
 from lightning_landscape.functional.landscape.shards import ShardLayout, sharded_filter_normalized_directions
 from lightning_landscape.functional.landscape.trajectory import trajectory_pca
+from lightning_landscape.functional.trust.reliability import ReliabilitySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "helpers" / "fsdp_run.py"
@@ -91,6 +95,25 @@ def test_sharded_random_directions_are_the_unsharded_ones_sliced():
                 torch.testing.assert_close(piece, expected, rtol=1e-6, atol=0)
 
 
+def test_sharded_random_directions_continue_the_unsharded_sequence():
+    """Draw after draw, each rank's slices are the unsharded draws' rows (the reliability's extra directions
+    skip the plane's two draws and go on: the generators must stay in step)."""
+    from lightning_landscape.functional.landscape.directions import random_direction
+    from lightning_landscape.functional.landscape.shards import sharded_random_direction
+
+    params = list(_net().parameters())
+    whole_generator = torch.Generator().manual_seed(7)
+    whole = [random_direction(params, whole_generator) for _ in range(3)]
+    for layout in _FakeShards(params).layouts:
+        generator = torch.Generator().manual_seed(7)
+        for full in whole:
+            mine = sharded_random_direction(layout, generator)
+            for i, (f, piece) in enumerate(zip(full, mine, strict=True)):
+                rows = slice(layout.row_offsets[i], layout.row_offsets[i] + piece.shape[0])
+                assert torch.equal(piece, f[rows])
+                assert piece.untyped_storage().nbytes() == piece.numel() * piece.element_size()  # not a view
+
+
 def test_trajectory_pca_of_slices_with_summed_gram_is_the_whole_plane():
     g = torch.Generator().manual_seed(0)
     snaps, centre = torch.randn(5, 40, generator=g, dtype=torch.float64), torch.randn(40, dtype=torch.float64)
@@ -120,7 +143,7 @@ def fsdp_runs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fsdp")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), "--scenarios", "pca,random,hessian,bare"],
+        [sys.executable, str(SCRIPT), str(out), "--scenarios", "pca,random,hessian,bare,bn"],
         env=env,
         capture_output=True,
         text=True,
@@ -134,14 +157,18 @@ def _ranks(out: Path) -> dict[int, dict]:
     return {int(p.stem[4:]): json.loads(p.read_text()) for p in out.glob("rank*.json")}
 
 
-def _gathered(out: Path) -> tuple[nn.Module, list[torch.Tensor]]:
-    """The unsharded model at the run's final weights, and its initial weights (as directions)."""
+def _gathered(out: Path, make=fsdp_run.make_net) -> tuple[nn.Module, list[torch.Tensor]]:
+    """The unsharded model at the run's final weights (and BatchNorm statistics), and its initial weights
+    (as directions)."""
     arrays = np.load(out / "weights.npz")
-    model = fsdp_run.make_net()
+    model = make()
     named = dict(model.named_parameters())
     with torch.no_grad():
         for name, p in named.items():
             p.copy_(torch.from_numpy(arrays[f"final/{name}"]))
+        for name, b in model.named_buffers():
+            if b.is_floating_point():
+                b.copy_(torch.from_numpy(arrays[f"final_buffers/{name}"]))
     start = [torch.from_numpy(arrays[f"initial/{name}"]) for name in named]
     return model, start
 
@@ -188,15 +215,67 @@ def test_fsdp_save_weights_writes_the_gathered_run(fsdp_runs):
 
 
 @pytest.mark.slow
-def test_fsdp_fit_says_what_is_not_supported_sharded_and_nothing_else_fails(fsdp_runs):
-    notes = json.loads((fsdp_runs / "random" / "warnings0.json").read_text())
-    text = " ".join(notes)
-    assert "reliability indicators are not supported on sharded parameters" in text
-    for metric in ("eigenvalues", "trace", "sam", "average", "blocks", "eos"):  # these never failed
-        assert f"metric {metric!r}" not in text
-    pca = " ".join(json.loads((fsdp_runs / "pca" / "warnings0.json").read_text()))
-    assert "metric" not in pca, pca  # blocks and eos among its final metrics
-    assert all("reliability" in note for note in notes), notes  # and nothing else was skipped
+def test_fsdp_save_weights_streams_the_gathered_trajectory(fsdp_runs):
+    """Every saved snapshot is the full weights gathered independently at its step, bit for bit."""
+    out = fsdp_runs / "random"
+    saved = load_run_weights(out / "landscape" / "weights", fsdp_run.ShardedNet())
+    arrays = np.load(out / "weights.npz")
+    assert saved.trajectory is not None and list(saved.steps) == arrays["steps"].tolist()
+    np.testing.assert_array_equal(saved.trajectory.numpy(), arrays["trajectory"])
+    np.testing.assert_array_equal(saved.initial.numpy(), arrays["trajectory"][0])
+
+
+@pytest.mark.slow
+def test_fsdp_fit_warns_of_nothing(fsdp_runs):
+    """The reliability indicators, the metrics and the BatchNorm modes all ran sharded: no warning."""
+    for scenario in ("pca", "random", "bn"):
+        for rank in (0, 1):
+            notes = json.loads((fsdp_runs / scenario / f"warnings{rank}.json").read_text())
+            assert notes == [], (scenario, rank, notes)
+
+
+@pytest.mark.slow
+def test_fsdp_reliability_equals_the_unsharded_one(fsdp_runs):
+    """The final reliability record of the PCA run (direction sensitivity, distance profiles, trace / P,
+    path fit, true losses on the path, random walk) recomputed on one unsharded process with
+    :func:`landscape_reliability`, on the gathered weights and the snapshots gathered at each step."""
+    out = fsdp_runs / "pca"
+    model, _ = _gathered(out)
+    params = list(model.parameters())
+    batches = list(fsdp_run.probe_loader())
+    arrays = np.load(out / "weights.npz")
+    surface = _record(out, "final_surface")
+    recorded = _record(out, "final_reliability")
+    distances = [_record(out, f"final_distance{i}") for i in (1, 2)]
+    metrics = _record(out, "final_metrics")
+    steps = list(surface.meta["snapshot_steps"])
+    rows = [arrays["steps"].tolist().index(s) for s in steps]
+    snapshots = torch.from_numpy(arrays["trajectory"][rows])
+    pca = trajectory_pca(snapshots, flatten(params))
+    plane = [unflatten(c, params) for c in pca.components]
+    unit = float(flatten(params, dtype=torch.float64).norm())
+    assert recorded.meta["unit"] == pytest.approx(unit, rel=1e-12)
+    settings = {**recorded.meta["settings"], "distances": tuple(recorded.meta["settings"]["distances"])}
+    values = dict(zip([str(n) for n in recorded.names], recorded.values.tolist()))
+    trace = float(metrics.values[[str(n) for n in metrics.names].index("hessian/trace")])
+    expected, lines = landscape_reliability(
+        model, fsdp_run.ce, batches, plane, surface, pca=pca, snapshots=snapshots,
+        times=[*steps, surface.meta["global_step"]], seed=recorded.meta["seed"], unit=unit,
+        noise=values.get("noise/relative_stderr"), contour_spacing=values.get("noise/contour_spacing"),
+        trace=trace, settings=ReliabilitySettings(**settings),
+    )  # fmt: skip
+    assert [str(n) for n in expected.names] == [str(n) for n in recorded.names]
+    for key in ("direction/curvature_mean", "direction/random_curvature_mean", "path/pc1", "path/structured"):
+        assert key in values  # every part of the indicators ran sharded
+    np.testing.assert_allclose(recorded.values, expected.values, rtol=1e-5, atol=1e-9)
+    for field in ("direction_curvatures", "direction_widths", "path_losses", "path_distances"):
+        np.testing.assert_allclose(
+            getattr(recorded, field), getattr(expected, field), rtol=1e-5, err_msg=field
+        )
+    for line, reference in zip(distances, lines):
+        np.testing.assert_allclose(line.alphas, reference.alphas, rtol=1e-12)
+        np.testing.assert_allclose(line.losses, reference.losses, rtol=1e-5)
+    assert recorded.meta["flags"] == expected.meta["flags"]
 
 
 @pytest.mark.slow
@@ -285,3 +364,117 @@ def test_fsdp_hessian_plane_is_the_unsharded_one(fsdp_runs):
         model, fsdp_run.ce, batches, [d1, d2], resolution=len(recorded.xs), span=recorded.meta["span"]
     )
     np.testing.assert_allclose(recorded.losses, surface.losses, rtol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["interpolate", "recompute"])
+def test_fsdp_batch_norm_modes_equal_the_unsharded_ones(fsdp_runs, mode):
+    """A BatchNorm network trained sharded under bn="interpolate" and bn="recompute": the final surface,
+    axis lines and interpolation line equal the functional ones on the gathered weights and statistics."""
+    out = fsdp_runs / "bn"
+    model, start = _gathered(out, fsdp_run.make_bn_net)
+    arrays = np.load(out / "weights.npz")
+    batches = list(fsdp_run.probe_loader())
+    params = list(model.parameters())
+    folder = out / "landscape" / mode
+    record = {n: next(r for r in load_records(folder) if r.meta["name"].startswith(f"final_{n}")) for n in
+              ("surface", "line1", "line2", "interpolation")}  # fmt: skip
+    plane_bn = "recompute" if mode == "recompute" else "keep"
+    directions = filter_normalized_directions(params, count=2, seed=record["surface"].meta["seed"])
+    surface = loss_surface(
+        model, fsdp_run.ce, batches, directions, resolution=len(record["surface"].xs),
+        span=record["surface"].meta["span"], bn=plane_bn,
+    )  # fmt: skip
+    np.testing.assert_allclose(record["surface"].losses, surface.losses, rtol=1e-5)
+    for axis in (0, 1):
+        alphas = record[f"line{axis + 1}"].alphas
+        line = loss_line(model, fsdp_run.ce, batches, directions[axis], alphas=alphas, bn=plane_bn)
+        np.testing.assert_allclose(record[f"line{axis + 1}"].losses, line.losses, rtol=1e-5)
+    initial_buffers = {
+        n: torch.from_numpy(arrays[f"initial_buffers/{n}"])
+        for n, b in model.named_buffers()
+        if b.is_floating_point()
+    }
+    interp = record["interpolation"]
+    line = interpolation_line(
+        model, fsdp_run.ce, batches, start, resolution=len(interp.alphas), alpha_range=(-0.5, 1.5),
+        start_buffers=initial_buffers if mode == "interpolate" else None, bn=mode,
+    )  # fmt: skip
+    np.testing.assert_allclose(interp.losses, line.losses, rtol=1e-5)
+    if mode == "interpolate":  # the saved weights carry both ranks' (equal) statistics, initial and final
+        saved = load_run_weights(folder / "weights", fsdp_run.ShardedBNNet())
+        for n, t in initial_buffers.items():
+            np.testing.assert_array_equal(saved.initial_buffers[f"net.{n}"].numpy(), t.numpy())
+            np.testing.assert_array_equal(
+                saved.final_buffers[f"net.{n}"].numpy(), arrays[f"final_buffers/{n}"]
+            )
+
+
+def _unsharded_fit(out: Path, lr: float) -> Path:
+    """One process, the same network and initialization as the sharded runs, another learning rate."""
+    import lightning.pytorch as pl
+
+    from lightning_landscape import LossLandscapeCallback
+
+    class Plain(fsdp_run.ShardedNet):
+        def configure_model(self) -> None:
+            pass
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=lr)
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(fsdp_run.NoisyDataset(64, 0), batch_size=8)
+
+    pl.seed_everything(0)
+    options = {**fsdp_run.CALLBACK_OPTIONS, **fsdp_run.SCENARIOS["random"], "metrics": None,
+               "final_metrics": None, "reliability": False}  # fmt: skip
+    cb = LossLandscapeCallback(probe_dataloader=fsdp_run.probe_loader(), **options)
+    trainer = pl.Trainer(
+        default_root_dir=str(out), accelerator="cpu", devices=1, max_epochs=2, logger=False, callbacks=[cb],
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(Plain())
+    return out
+
+
+@pytest.mark.slow
+def test_fsdp_saved_weights_compare_as_the_gathered_ones(fsdp_runs, tmp_path):
+    """compare_solutions and `lightning-landscape compare` on the weights the sharded run streamed give
+    what they give on the same weights gathered independently and written by the unsharded writer."""
+    sharded = fsdp_runs / "random"
+    other = _unsharded_fit(fsdp_runs / "unsharded", lr=0.05)
+    arrays = np.load(sharded / "weights.npz")
+    net = fsdp_run.ShardedNet()  # names "net.*", not sharded (configure_model is not called)
+    names = [n for n, _ in net.named_parameters()]
+    final = [torch.from_numpy(arrays[f"final/{n.removeprefix('net.')}"]) for n in names]
+    reference = save_run_weights(
+        tmp_path / "gathered" / "weights", net, torch.from_numpy(arrays["trajectory"][0]), final=final,
+        trajectory=torch.from_numpy(arrays["trajectory"]), steps=arrays["steps"].tolist(),
+    )  # fmt: skip
+    saved = load_run_weights(sharded / "landscape" / "weights", net)
+    np.testing.assert_array_equal(saved.final.numpy(), torch.cat([t.reshape(-1) for t in final]).numpy())
+    batches = list(fsdp_run.probe_loader())
+    options = {"resolution": 5, "barrier_resolution": 5}
+    mine = compare_solutions(net, fsdp_run.ce, batches, sharded, other, **options)
+    theirs = compare_solutions(
+        net, fsdp_run.ce, batches, reference, other, out_dir=tmp_path / "ref", **options
+    )
+    assert mine.summary() == theirs.summary()
+    np.testing.assert_array_equal(mine.surface.losses, theirs.surface.losses)
+    np.testing.assert_array_equal(mine.barrier.losses, theirs.barrier.losses)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cli = subprocess.run(
+        [sys.executable, "-m", "lightning_landscape", "compare", str(sharded), str(other), "--allow-mismatch",
+         "--out", str(tmp_path / "compare.png")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert (tmp_path / "compare_barrier.png").is_file()
+    from lightning_landscape.cli.common import format_table
+    from lightning_landscape.cli.compare import summary_rows
+
+    printed = {line.split()[0]: line.split() for line in cli.stdout.splitlines() if line.strip()}
+    table = format_table(summary_rows(theirs)).splitlines()
+    expected = {line.split()[0]: line.split() for line in table if line.split()[0] in theirs.summary()}
+    assert expected and all(printed.get(key) == row for key, row in expected.items()), (expected, printed)

@@ -11,10 +11,15 @@ callback at its defaults but for: no overhead budget, no figures, a fixed probe 
 the per-block curvature (a block per Linear) and the edge-of-stability ratio among the final metrics,
 for ``random`` ``directions="random"`` and ``save_weights=True`` (gathered one parameter at a time);
 ``hessian`` draws on Hessian directions (no metrics); ``bare`` is the same fit without the callback
-(its final weights must be the same, bit for bit). After the fit the full weights (initial and
-final), gathered one parameter at a time, go to ``weights.npz`` (rank zero), and each rank writes
-``rank{r}.json``: its snapshot buffer's bytes, the local and full parameter counts and the records, and
-``warnings{r}.json`` the callback's warnings.
+(its final weights must be the same, bit for bit); ``bn`` trains a network with a BatchNorm layer (both
+ranks see the same batches, so their running statistics agree) under two callbacks, ``bn="interpolate"``
+(saving its weights) and ``bn="recompute"``, on random planes, the final landscape only, records in
+``landscape/<bn mode>/``.
+Every callback computes its reliability indicators (``bn``: none). After the fit the full weights
+(initial, final and those at every snapshot step, as ``trajectory`` and ``steps``) and the BatchNorm
+statistics (initial and final), gathered one parameter at a time, go to ``weights.npz`` (rank zero),
+and each rank writes ``rank{r}.json``: its snapshot buffer's bytes, the local and full parameter counts
+and the records, and ``warnings{r}.json`` the callback's warnings.
 """
 
 from __future__ import annotations
@@ -58,6 +63,14 @@ SCENARIOS = {
     "random": {"directions": "random", "save_weights": True},
     "hessian": {"directions": "hessian", "metrics": None, "final_metrics": None},
     "bare": {"bare": True},
+    "bn": {
+        "model": "bn",
+        "callbacks": [
+            {"name": mode, "bn": mode, "directions": "random", "metrics": None, "final_metrics": None,
+             "reliability": False, "save_weights": mode == "interpolate", "every_n_epochs": None}
+            for mode in ("interpolate", "recompute")
+        ],
+    },
 }
 
 
@@ -71,6 +84,11 @@ def make_net() -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(FEATURES, 7), nn.Tanh(), nn.Linear(7, 5), nn.Tanh(), nn.Linear(5, 3)
     )  # fmt: skip
+
+
+def make_bn_net() -> nn.Sequential:
+    """A network with a BatchNorm layer (its weight and bias are sharded, its statistics are not)."""
+    return nn.Sequential(nn.Linear(FEATURES, 7), nn.BatchNorm1d(7), nn.Tanh(), nn.Linear(7, 3))
 
 
 def ce(model: nn.Module, batch) -> torch.Tensor:
@@ -88,7 +106,7 @@ class ShardedNet(pl.LightningModule):
 
         mesh = self.device_mesh["data_parallel"]
         for layer in self.net:
-            if isinstance(layer, nn.Linear):
+            if isinstance(layer, (nn.Linear, nn.BatchNorm1d)):
                 fully_shard(layer, mesh=mesh)
         fully_shard(self, mesh=mesh)
 
@@ -109,6 +127,17 @@ class ShardedNet(pl.LightningModule):
         return DataLoader(data, batch_size=8 // world, sampler=sampler)
 
 
+class ShardedBNNet(ShardedNet):
+    """:func:`make_bn_net`, every rank on the same batches (one BatchNorm statistics on every rank)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = make_bn_net()
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(NoisyDataset(64, 0), batch_size=8)
+
+
 def full_weights(module: nn.Module) -> dict[str, np.ndarray]:
     """Every parameter gathered in full, one at a time (a collective: every rank calls it)."""
     out = {}
@@ -116,6 +145,15 @@ def full_weights(module: nn.Module) -> dict[str, np.ndarray]:
         full = p.full_tensor() if hasattr(p, "full_tensor") else p
         out[name.removeprefix("net.")] = full.detach().cpu().numpy().copy()
     return out
+
+
+def float_buffers(module: nn.Module) -> dict[str, np.ndarray]:
+    """The floating-point buffers (BatchNorm statistics: not sharded), as this rank holds them."""
+    return {
+        n.removeprefix("net."): b.detach().cpu().numpy().copy()
+        for n, b in module.named_buffers()
+        if b.is_floating_point()
+    }
 
 
 def eager_floor(module: nn.Module, trainer) -> dict[str, float]:
@@ -146,15 +184,31 @@ class Report(pl.Callback):
     def __init__(self, out: Path) -> None:
         self.out = out
         self.initial: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.trajectory: list[np.ndarray] = []  # the full weights at every snapshot step (flat)
+        self.steps: list[int] = []
+
+    def _keep(self, pl_module, step: int) -> None:
+        self.trajectory.append(np.concatenate([v.reshape(-1) for v in full_weights(pl_module).values()]))
+        self.steps.append(step)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.initial = full_weights(pl_module)
+        self.buffers = float_buffers(pl_module)
+        self._keep(pl_module, 0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % CALLBACK_OPTIONS["snapshot_every_n_steps"] == 0:
+            self._keep(pl_module, trainer.global_step)
 
     def on_train_end(self, trainer, pl_module) -> None:
         final = full_weights(pl_module)
         if trainer.is_global_zero:
             arrays = {f"final/{k}": v for k, v in final.items()}
             arrays.update({f"initial/{k}": v for k, v in self.initial.items()})
+            arrays.update({f"final_buffers/{k}": v for k, v in float_buffers(pl_module).items()})
+            arrays.update({f"initial_buffers/{k}": v for k, v in self.buffers.items()})
+            arrays.update(trajectory=np.stack(self.trajectory), steps=np.asarray(self.steps))
             np.savez(self.out / "weights.npz", **arrays)
         cb = next((c for c in trainer.callbacks if isinstance(c, LossLandscapeCallback)), None)
         if cb is None:
@@ -188,7 +242,11 @@ def fit(out: Path, options: dict) -> None:
         warnings.simplefilter("always")
         options = dict(options)
         bare = options.pop("bare", False)
-        cb = LossLandscapeCallback(probe_dataloader=probe_loader(), **CALLBACK_OPTIONS, **options)
+        model = ShardedBNNet() if options.pop("model", None) == "bn" else ShardedNet()
+        callbacks = [
+            LossLandscapeCallback(probe_dataloader=probe_loader(), **{**CALLBACK_OPTIONS, **each})
+            for each in options.pop("callbacks", [options])
+        ]
         trainer = pl.Trainer(
             default_root_dir=str(out),
             accelerator="cpu",
@@ -200,9 +258,9 @@ def fit(out: Path, options: dict) -> None:
             enable_model_summary=False,
             enable_checkpointing=False,
             use_distributed_sampler=False,
-            callbacks=[Report(out)] if bare else [cb, Report(out)],
+            callbacks=[Report(out)] if bare else [*callbacks, Report(out)],
         )
-        trainer.fit(ShardedNet())
+        trainer.fit(model)
     notes = [str(w.message) for w in caught if "LossLandscapeCallback" in str(w.message)]
     (out / f"warnings{trainer.global_rank}.json").write_text(json.dumps(notes))
 

@@ -22,7 +22,7 @@ parameter), and no communication. Filters (slices along dimension 0) never span 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -266,6 +266,13 @@ class ShardLayout:
             )
         return out
 
+    def gathered(self, parts: Sequence[Tensor]) -> Iterator[Tensor]:
+        """The full tensor of each parameter in turn, from this process's slices ``parts`` of them: one
+        all-gather per parameter (a collective: every process consumes them all, in the same order), so
+        no process holds more than one full parameter at a time."""
+        for i, piece in enumerate(parts):
+            yield self.gather(i, piece)
+
     def to_local(self, full: Tensor) -> Direction:
         """Slices of a full flat vector (length ``P``), shaped like the local views (views, no copy)."""
         return [full[a:b].view(t.shape) for (a, b), t in zip(self.flat_ranges(), self.local)]
@@ -297,13 +304,18 @@ def sharded_filter_normalized_directions(
 
 
 def sharded_random_direction(layout: ShardLayout, generator: torch.Generator) -> Direction:
-    """:func:`~.directions.random_direction` of the full parameters, as this process's slices: each full
-    parameter drawn in turn from ``generator`` (the unsharded draws) and sliced."""
-    out: Direction = []
-    for i, (p, shape) in enumerate(zip(layout.local, layout.shapes)):
+    """:func:`~.directions.random_direction` of the full parameters, as this process's slices.
+
+    Each full parameter is drawn in turn from ``generator`` (the unsharded draws, in the same order) and
+    sliced, so the generator ends where the unsharded one would: a sequence of directions continues alike.
+    """
+    direction: Direction = []
+    for i, (p, shape) in enumerate(zip(layout.local, layout.shapes, strict=True)):
         full = torch.randn(shape, generator=generator, dtype=torch.float32)
-        out.append(layout.local_rows(i, full).to(p.device, work_dtype(p)))
-    return out
+        piece = layout.local_rows(i, full)
+        piece = piece if piece is full else piece.clone()  # not a view that keeps the full draw alive
+        direction.append(piece.to(p.device, work_dtype(p)))
+    return direction
 
 
 def sharded_filter_normalize(

@@ -133,12 +133,18 @@ def snapshot_losses(
     return snapshot_losses_of(objective, snapshots, indices)
 
 
+@torch.no_grad()
 def snapshot_losses_of(
     objective: Objective,
     snapshots: Tensor | Sequence[Tensor],
     indices: Sequence[int] | np.ndarray | None = None,
 ) -> np.ndarray:
-    """:func:`snapshot_losses` of ``objective`` (the core)."""
+    """:func:`snapshot_losses` of ``objective`` (the core).
+
+    Of sharded parameters (the objective's are this process's slices), ``snapshots`` are this process's
+    slices of each snapshot, aligned with them: each process copies its own in and every process takes
+    part in every forward. Without grad (a forward that builds a graph would leave FSDP2's gathered
+    parameters in place, and the next snapshot copied into the slices would not be seen)."""
     model, loss_fn, batches, params = objective.model, objective.loss_fn, objective.batches, objective.params
     rows = list(snapshots.unbind(0)) if isinstance(snapshots, Tensor) else list(snapshots)
     picked = range(len(rows)) if indices is None else [int(i) for i in indices]

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from lightning_landscape.functional.landscape.params import Direction, LossFn
 from lightning_landscape.functional.landscape.sharding import PointShard
+from lightning_landscape.functional.landscape.shards import ShardLayout
 from lightning_landscape.functional.landscape.surface import Engine
 from lightning_landscape.functional.landscape.trajectory import TrajectoryPCA
 from lightning_landscape.functional.objective import Objective
@@ -344,6 +345,7 @@ def landscape_reliability(
     thresholds: ReliabilityThresholds | None = None,
     shard: PointShard | None = None,
     engine: Engine = "auto",
+    layout: ShardLayout | None = None,
 ) -> tuple[ReliabilityRecord, list[LineRecord]]:
     """Every reliability indicator of ``surface`` (drawn on ``plane`` around the current weights).
 
@@ -360,6 +362,10 @@ def landscape_reliability(
         trace: ``trace(H)`` over ``params`` where computed, for the ``trace / P`` cross-check
             (``settings.trace_directions > 0``).
         settings, thresholds: what to evaluate and when a check fails.
+        layout: of sharded parameters (FSDP2, :class:`~lightning_landscape.functional.landscape.shards.
+            ShardLayout`): ``params``, ``plane`` and ``snapshots`` are then this process's slices; the
+            random directions are the unsharded ones sliced and norms are summed over processes, so the
+            record is the one an unsharded process computes. Every process evaluates every point.
 
     Returns:
         The :class:`ReliabilityRecord` and one :class:`LineRecord` per plane axis (loss vs distance,
@@ -386,7 +392,7 @@ def landscape_reliability(
     return landscape_reliability_of(
         objective, plane, surface, pca=pca, snapshots=snapshots, times=times, seed=seed,
         include_1d=include_1d, unit=unit, noise=noise, contour_spacing=contour_spacing, trace=trace,
-        settings=settings, thresholds=thresholds,
+        settings=settings, thresholds=thresholds, layout=layout,
     )  # fmt: skip
 
 
@@ -406,9 +412,10 @@ def landscape_reliability_of(
     trace: float | None = None,
     settings: ReliabilitySettings | None = None,
     thresholds: ReliabilityThresholds | None = None,
+    layout: ShardLayout | None = None,
 ) -> tuple[ReliabilityRecord, list[LineRecord]]:
     """:func:`landscape_reliability` of ``objective`` (the core): every evaluation with its batches,
-    parameters, engine, sharding and BatchNorm statistics."""
+    parameters, engine, sharding and BatchNorm statistics (``layout``: of sharded parameters)."""
     st = settings or ReliabilitySettings()
     on_grid = 0.0 in set(np.asarray(surface.xs).tolist()) and 0.0 in set(np.asarray(surface.ys).tolist())
     centre = surface.centre_loss if on_grid else objective.loss()
@@ -417,7 +424,7 @@ def landscape_reliability_of(
     if st.directions:
         sens = direction_sensitivity_of(
             objective, st.directions, st.direction_points, st.direction_span, seed, include_1d=include_1d,
-            basin=basin, centre_loss=centre,
+            basin=basin, centre_loss=centre, layout=layout,
         )  # fmt: skip
     profiles = (
         [
@@ -430,13 +437,13 @@ def landscape_reliability_of(
     curvature = None
     if st.trace_directions:
         curvature = random_direction_curvature_of(
-            objective, st.trace_directions, st.trace_step, seed, centre_loss=centre
+            objective, st.trace_directions, st.trace_step, seed, centre_loss=centre, layout=layout
         )
     fit = check = walk = None
     if pca is not None:
         fit = path_plane_fit(pca)
         count = pca.coords.shape[0]
-        num_params = objective.numel
+        num_params = layout.numel if layout is not None else objective.numel
         walk = random_walk_verdict(
             pca.explained_variance_ratio[:2].tolist(), count, num_params, pca.convention,
             (thresholds or ReliabilityThresholds()).alpha, st.walk_samples, times=times,

@@ -10,6 +10,11 @@
 
 All evaluations go through :func:`lightning_landscape.functional.loss_line` (weights moved in place and
 restored exactly, state observed). Pass ``centre_loss`` (the surface's centre) to save one evaluation.
+
+Sharded parameters (FSDP2: the objective's parameters are this process's slices) take a ``layout``
+(:class:`~lightning_landscape.functional.landscape.shards.ShardLayout`): the random directions are then the
+unsharded ones for the same seed, sliced, and norms are summed over processes, so every process computes
+the numbers one unsharded process would (every process evaluates every point: each forward is collective).
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from torch import Tensor, nn
 from lightning_landscape.functional.landscape.directions import filter_normalized_directions, random_direction
 from lightning_landscape.functional.landscape.params import Direction, LossFn
 from lightning_landscape.functional.landscape.sharding import PointShard
+from lightning_landscape.functional.landscape.shards import (
+    ShardLayout,
+    sharded_filter_normalized_directions,
+    sharded_random_direction,
+)
 from lightning_landscape.functional.landscape.surface import Engine, loss_line_of, odd_grid
 from lightning_landscape.functional.objective import Objective
 from lightning_landscape.records.record import LineRecord
@@ -169,6 +179,13 @@ class DistanceProfile:
             "radius": self.radius,
         }
         return LineRecord(alphas=alphas, losses=losses, meta={**info, **(meta or {})})
+
+
+def _norm(tensors: Sequence[Tensor], layout: ShardLayout | None) -> float:
+    """The Euclidean norm of ``tensors`` as one vector (float64); of slices, summed over processes."""
+    if layout is not None:
+        return layout.norm(tensors)
+    return math.sqrt(sum(float(t.detach().double().pow(2).sum()) for t in tensors))
 
 
 def _centre(objective: Objective, centre_loss: float | None) -> float:
@@ -348,8 +365,10 @@ def direction_sensitivity_of(
     include_1d: bool = False,
     basin: Basin = Basin(),
     centre_loss: float | None = None,
+    layout: ShardLayout | None = None,
 ) -> DirectionSensitivity:
-    """:func:`direction_sensitivity` of ``objective`` (the core)."""
+    """:func:`direction_sensitivity` of ``objective`` (the core); ``layout``: of sharded parameters (the
+    objective's are then this process's slices; the directions are the unsharded ones, sliced)."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"`count` must be a positive integer, got {count!r}")
     if isinstance(span, bool) or not isinstance(span, (int, float)) or not (math.isfinite(span) and span > 0):
@@ -361,7 +380,12 @@ def direction_sensitivity_of(
     others = np.delete(alphas, mid)
     if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
         raise ValueError(f"`skip` must be a non-negative integer, got {skip!r}")
-    drawn = filter_normalized_directions(params, count=count + skip, seed=seed, include_1d=include_1d)
+    if layout is not None:
+        drawn = sharded_filter_normalized_directions(
+            layout, count=count + skip, seed=seed, include_1d=include_1d
+        )
+    else:
+        drawn = filter_normalized_directions(params, count=count + skip, seed=seed, include_1d=include_1d)
     directions = drawn[skip:]
     del drawn
     threshold = basin.threshold(centre)
@@ -457,14 +481,16 @@ def random_direction_curvature_of(
     seed: int = 0,
     *,
     centre_loss: float | None = None,
+    layout: ShardLayout | None = None,
 ) -> RandomDirectionCurvature:
-    """:func:`random_direction_curvature` of ``objective`` (the core)."""
+    """:func:`random_direction_curvature` of ``objective`` (the core); ``layout``: of sharded parameters
+    (the objective's are then this process's slices; directions drawn full and sliced, norms summed)."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"`count` must be a positive integer, got {count!r}")
     params = objective.params
-    num_params = sum(p.numel() for p in params)
+    num_params = layout.numel if layout is not None else sum(p.numel() for p in params)
     if step is None:
-        norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in params))
+        norm = _norm(params, layout)
         step = 0.01 * norm if norm > 0 else 1e-2
     if not (isinstance(step, (int, float)) and math.isfinite(step) and step > 0):
         raise ValueError(f"`step` must be a positive number, got {step!r}")
@@ -472,8 +498,12 @@ def random_direction_curvature_of(
     generator = torch.Generator().manual_seed(int(seed))
     curv = np.empty(count)
     for i in range(count):
-        d = random_direction(params, generator)
-        norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in d))
+        d = (
+            random_direction(params, generator)
+            if layout is None
+            else sharded_random_direction(layout, generator)
+        )
+        norm = _norm(d, layout)
         d = [t / norm for t in d]
         line = loss_line_of(objective, d, np.array([-step, step]))
         curv[i] = (line.losses[0] + line.losses[1] - 2.0 * centre) / step**2
