@@ -15,6 +15,7 @@ from torch import Tensor
 
 from lightning_landscape.functional.landscape.params import LossFn
 from lightning_landscape.functional.landscape.sharding import PointShard
+from lightning_landscape.functional.landscape.shards import resharding
 
 __all__ = [
     "agree",
@@ -97,23 +98,13 @@ def is_sharded_strategy(strategy: Any) -> bool:
 
 
 def resharding_loss(loss_fn: LossFn, module: torch.nn.Module) -> LossFn:
-    """``loss_fn`` that puts every FSDP2 module back to its sharded state after each forward.
+    """``loss_fn`` that puts every FSDP2 module back to its sharded state after each forward without grad
+    (see :func:`~lightning_landscape.functional.landscape.shards.resharding`, the one definition).
 
     FSDP2 keeps a root module's gathered parameters after a forward that no backward follows (it expects
     one); the callback moves the local slices in place, so the next forward must gather them again.
     """
-    fsdp = [m for m in module.modules() if callable(getattr(m, "reshard", None)) and hasattr(m, "unshard")]
-    if not fsdp:
-        return loss_fn
-
-    def loss(model: torch.nn.Module, batch: Any) -> Tensor:
-        value = loss_fn(model, batch)
-        if not torch.is_grad_enabled():
-            for m in fsdp:
-                m.reshard()  # type: ignore[operator]
-        return value
-
-    return loss
+    return resharding(loss_fn, module)
 
 
 def point_shard(trainer: pl.Trainer, device: torch.device) -> PointShard | None:

@@ -369,11 +369,11 @@ class Objective:
         on them and what does (``instead``)."""
         if self.layout is not None:
             raise ValueError(
-                f"{what} does not support sharded parameters (FSDP2 DTensors) yet; {instead}. The functions "
-                "that do: loss_surface, loss_line, interpolation_line, filter_normalized_directions, "
-                "hessian_eigenvalues, hessian_directions, hessian_trace, hessian_vector_product, "
-                "block_curvature, sam_sharpness, average_sharpness, loss_gradient, edge_of_stability_ratio, "
-                "critical_sharpness"
+                f"{what} does not support sharded parameters (FSDP2 DTensors) yet; {instead}. The other "
+                "public functions of lightning_landscape.functional that take a model work on them "
+                "(loss_surface, loss_line, interpolation_line, filter_normalized_directions, "
+                "hessian_eigenvalues, hessian_trace, sam_sharpness, average_sharpness, "
+                "critical_sharpness, landscape_reliability, ...: see docs/scaling.md)"
             )
         return self
 

@@ -93,9 +93,16 @@ def test_fsdp2_public_functions_give_the_unsharded_numbers():
         assert r["distance"][0] == pytest.approx(r["distance"][1], rel=1e-6)
         assert r["evaluate_loss"][0] == pytest.approx(r["evaluate_loss"][1], rel=1e-6)
         # what cannot work sharded says so and names what does
+        mine, exact = r["reliability"]
+        assert mine.keys() == exact.keys() and len(mine) > 5
+        for name, value in exact.items():
+            assert mine[name] == pytest.approx(value, rel=1e-5, abs=1e-7, nan_ok=True), name
+        for a, b in zip(*r["reliability_lines"]):
+            np.testing.assert_allclose(a, b, rtol=1e-5)
+        np.testing.assert_allclose(*r["snapshot_losses"], rtol=1e-6)
         refusals = r["refusals"]
-        assert "landscape_reliability does not support sharded" in refusals["landscape_reliability"]
-        assert "loss_surface" in refusals["landscape_reliability"]
+        assert "barrier does not support sharded" in refusals["barrier"]
+        assert "loss_surface" in refusals["barrier"]
         assert refusals["vmap"].startswith("`engine`='vmap'") and refusals["shard"].startswith("`shard`")
         # observing changed nothing
         assert r["weights_same"] and r["still_dtensors"] and r["grads_none"] and r["training"]

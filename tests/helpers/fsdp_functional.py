@@ -147,11 +147,24 @@ def run(rank: int, world: int, port: str) -> None:
     out["distance"] = [i_mine.meta["distance"], i_ref.meta["distance"]]
     out["evaluate_loss"] = [F.evaluate_loss(net, ce, batches), F.evaluate_loss(ref, ce, batches)]
 
+    # the reliability indicators (random directions and norms over the full weights) and snapshot losses
+    settings = F.ReliabilitySettings(directions=2, direction_points=3, trace_directions=2)
+    r_mine, lines_mine = F.landscape_reliability(net, ce, batches, dirs, s_mine, settings=settings)
+    r_ref, lines_ref = F.landscape_reliability(ref, ce, batches, dirs_ref, s_ref, settings=settings)
+    out["reliability"] = [r_mine.as_dict(), r_ref.as_dict()]
+    out["reliability_lines"] = [
+        [x.losses.tolist() for x in lines_mine],
+        [x.losses.tolist() for x in lines_ref],
+    ]
+    snapshots = torch.stack([torch.cat([t.reshape(-1) for t in w]) for w in (start, list(ref.parameters()))])
+    out["snapshot_losses"] = [
+        F.snapshot_losses(net, ce, batches, snapshots.detach()).tolist(),
+        F.snapshot_losses(ref, ce, batches, snapshots.detach()).tolist(),
+    ]
+
     # what does not work sharded says so, and what does
     out["refusals"] = {
-        "landscape_reliability": _refusal(
-            lambda: F.landscape_reliability(net, ce, batches, (dirs[0], dirs[1]), s_mine)
-        ),
+        "barrier": _refusal(lambda: F.barrier(net, ce, batches, start, dirs_ref[0])),
         "vmap": _refusal(lambda: F.loss_line(net, ce, batches, dirs[0], engine="vmap")),
         "shard": _refusal(
             lambda: F.hessian_trace(net, ce, batches, shard=F.PointShard(rank, world, lambda t: t))

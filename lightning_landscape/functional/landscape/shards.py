@@ -243,6 +243,22 @@ class ShardLayout:
             out.append(t)
         return out
 
+    def flat_slices(self, rows: Tensor | Sequence[Tensor], name: str = "snapshots") -> list[Tensor]:
+        """This process's part of each of ``rows``, flat vectors over the parameters (as snapshots are): a
+        full one (length ``P``) cut to this process's ranges, one of this process's length as it is."""
+        out: list[Tensor] = []
+        for i, row in enumerate(rows.unbind(0) if isinstance(rows, Tensor) else rows):
+            flat = row.reshape(-1)
+            if flat.numel() == self.numel and self.numel != self.local_numel:
+                flat = torch.cat([flat[a:b] for a, b in self.flat_ranges()])
+            elif flat.numel() != self.local_numel:
+                raise ValueError(
+                    f"`{name}`: row {i} has {flat.numel()} elements, expected the parameters' {self.numel} "
+                    f"(or this process's {self.local_numel})"
+                )
+            out.append(flat)
+        return out
+
     def wrap(self, parts: Sequence[Tensor]) -> Direction:
         """Slices of a direction (one per parameter) as tensors placed like the parameters: a ``DTensor``
         sharded as each sharded parameter (no communication: its local tensor is the slice), else the

@@ -129,7 +129,9 @@ def snapshot_losses(
         >>> snapshot_losses(model, mse, [batch], torch.tensor([[1.0], [2.0], [3.0]]))
         array([1., 4., 9.])
     """
-    objective = Objective.build(model, loss_fn, batches, params).unsharded("snapshot_losses")
+    objective = Objective.build(model, loss_fn, batches, params)
+    if objective.layout is not None:  # found sharded: this process's part of each snapshot
+        snapshots = objective.layout.flat_slices(snapshots)
     return snapshot_losses_of(objective, snapshots, indices)
 
 

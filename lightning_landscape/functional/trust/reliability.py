@@ -365,7 +365,9 @@ def landscape_reliability(
         layout: of sharded parameters (FSDP2, :class:`~lightning_landscape.functional.landscape.shards.
             ShardLayout`): ``params``, ``plane`` and ``snapshots`` are then this process's slices; the
             random directions are the unsharded ones sliced and norms are summed over processes, so the
-            record is the one an unsharded process computes. Every process evaluates every point.
+            record is the one an unsharded process computes. Every process evaluates every point. Found
+            by itself when the model's parameters are DTensors: ``plane`` may then be given as DTensors or
+            full-shaped, ``snapshots`` full-length; every process must call it (a collective).
 
     Returns:
         The :class:`ReliabilityRecord` and one :class:`LineRecord` per plane axis (loss vs distance,
@@ -388,7 +390,9 @@ def landscape_reliability(
         ['reliability/distance/basin_radius_axis1', 'reliability/distance/basin_radius_axis2']
     """
     objective = Objective.build(model, loss_fn, batches, params, shard=shard, engine=engine)
-    objective.unsharded("landscape_reliability")
+    if objective.layout is not None:  # found sharded: the plane and snapshots as this process's slices
+        plane = [objective.layout.slices(d, "plane") for d in plane]
+        snapshots = None if snapshots is None else objective.layout.flat_slices(snapshots)
     return landscape_reliability_of(
         objective, plane, surface, pca=pca, snapshots=snapshots, times=times, seed=seed,
         include_1d=include_1d, unit=unit, noise=noise, contour_spacing=contour_spacing, trace=trace,
@@ -416,6 +420,7 @@ def landscape_reliability_of(
 ) -> tuple[ReliabilityRecord, list[LineRecord]]:
     """:func:`landscape_reliability` of ``objective`` (the core): every evaluation with its batches,
     parameters, engine, sharding and BatchNorm statistics (``layout``: of sharded parameters)."""
+    layout = objective.layout if layout is None else layout  # a sharded objective brings its own
     st = settings or ReliabilitySettings()
     on_grid = 0.0 in set(np.asarray(surface.xs).tolist()) and 0.0 in set(np.asarray(surface.ys).tolist())
     centre = surface.centre_loss if on_grid else objective.loss()

@@ -227,7 +227,6 @@ def distance_profile(
         0.1
     """
     objective = Objective.build(model, loss_fn, batches, params, shard=shard, engine=engine)
-    objective.unsharded("distance_profile")
     return distance_profile_of(
         objective, direction, distances, unit=unit, basin=Basin(delta, relative, min_delta),
         centre_loss=centre_loss,
@@ -347,7 +346,6 @@ def direction_sensitivity(
         ((3, 5), True)
     """
     objective = Objective.build(model, loss_fn, batches, params, shard=shard, engine=engine)
-    objective.unsharded("direction_sensitivity")
     return direction_sensitivity_of(
         objective, count, points, span, seed, skip=skip, include_1d=include_1d,
         basin=Basin(delta, relative, min_delta), centre_loss=centre_loss,
@@ -369,6 +367,7 @@ def direction_sensitivity_of(
 ) -> DirectionSensitivity:
     """:func:`direction_sensitivity` of ``objective`` (the core); ``layout``: of sharded parameters (the
     objective's are then this process's slices; the directions are the unsharded ones, sliced)."""
+    layout = objective.layout if layout is None else layout  # a sharded objective brings its own
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"`count` must be a positive integer, got {count!r}")
     if isinstance(span, bool) or not isinstance(span, (int, float)) or not (math.isfinite(span) and span > 0):
@@ -470,7 +469,6 @@ def random_direction_curvature(
         (1.0, 1.0)
     """
     objective = Objective.build(model, loss_fn, batches, params, shard=shard, engine=engine)
-    objective.unsharded("random_direction_curvature")
     return random_direction_curvature_of(objective, count, step, seed, centre_loss=centre_loss)
 
 
@@ -485,6 +483,7 @@ def random_direction_curvature_of(
 ) -> RandomDirectionCurvature:
     """:func:`random_direction_curvature` of ``objective`` (the core); ``layout``: of sharded parameters
     (the objective's are then this process's slices; directions drawn full and sliced, norms summed)."""
+    layout = objective.layout if layout is None else layout  # a sharded objective brings its own
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"`count` must be a positive integer, got {count!r}")
     params = objective.params
