@@ -1,37 +1,37 @@
-"""Against the tools users would pick instead: loss-landscapes 3.0.6 (surfaces), pyhessian 0.1 (curvature).
+"""Against the tool users would pick instead for surfaces: loss-landscapes 3.0.6.
 
 Runs in benchmarks/.env (``bash benchmarks/setup_env.sh``), never in the package's environment.
+Curvature against pyhessian 0.1 is benchmarks/bench_curvature_vs_pyhessian.py (an independent float64
+reference, interleaved), not this script.
 
-Surfaces: a user's call on each side, model + loss + data -> an R x R surface, both drawing their two
+A user's call on each side, model + loss + data -> an R x R surface, both drawing their two
 filter-normalized directions and both leaving the model as it was: ``loss_landscapes.random_plane``
 (``deepcopy_model=True``, timed as documented, with autograd on, and inside ``torch.no_grad``) and our
 ``filter_normalized_directions`` + :func:`lightning_landscape.functional.loss_surface` (default engine).
 Interleaved, order alternated, one warm-up excluded, median [min-max] of ``--reps`` (>= 5); the eager
-floor (R*R plain forward passes) beside them. Accuracy, on the *same* directions and grid (captured
-from random_plane): the largest difference from a float64 loop that deep-copies the model at every
-point (``common.naive_surface``, independent of both tools). random_plane walks the grid with in-place
+floor (R*R plain forward passes) beside them. Ratios are per repetition, in wall time and in this
+process's CPU time (one thread: the same on an idle machine, and blind to the time other jobs on a
+shared machine take from it). Accuracy, on the *same* directions and grid (captured from
+random_plane): the largest difference from a float64 loop that deep-copies the model at every point
+(``common.naive_surface``, independent of both tools). random_plane walks the grid with in-place
 ``add_``/``sub_``, so its error accumulates; its odd columns are one step off its even ones, which is
 accounted for here. Written to ``benchmarks/results/baselines_surface.txt``.
 
-Curvature: pyhessian's top eigenvalue (power iteration) and trace (Hutchinson) against our
-``hessian_eigenvalues`` / ``hessian_trace`` when the installed package has them, and both against the
-exact Hessian (``torch.autograd.functional.hessian``) of a small MLP.
-
     OMP_NUM_THREADS=1 benchmarks/.env/bin/python benchmarks/bench_baselines.py [--resolution 11] [--reps 5]
-        [--only surfaces|curvature]
+        [--models mlp cnn transformer]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,9 +41,7 @@ from common import (
     MODELS,
     Report,
     alternating,
-    interleaved,
     machine,
-    median_ratio,
     naive_surface,
     probe,
     ratio_spread,
@@ -115,6 +113,23 @@ def _ce(m, b):
     return F.cross_entropy(m(b[0]), b[1])
 
 
+def _cpu_timed(
+    fns: dict[str, Callable[[], Any]], cpu: dict[str, list[float]]
+) -> dict[str, Callable[[], Any]]:
+    """``fns``, each also booking the CPU time of this process that its call took into ``cpu``."""
+
+    def timed(key: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+        def call() -> Any:
+            start = time.process_time()
+            out = fn()
+            cpu[key].append(time.process_time() - start)
+            return out
+
+        return call
+
+    return {key: timed(key, fn) for key, fn in fns.items()}
+
+
 def _surface_case(name: str, resolution: int, reps: int) -> list:
     """A user's call on each side, timed interleaved (alternating order, warm-up excluded): model + loss
     + data -> surface, drawing the two filter-normalized directions included on both sides, the model
@@ -126,8 +141,8 @@ def _surface_case(name: str, resolution: int, reps: int) -> list:
     model = MODELS[name]().eval()
     x, y = (torch.cat(t) for t in zip(*probe(name, 4, 64)))
 
-    def theirs(grad: bool):
-        def call():
+    def theirs(grad: bool) -> Callable[[], None]:
+        def call() -> None:
             with torch.set_grad_enabled(grad):
                 metric = Loss(F.cross_entropy, x, y)
                 loss_landscapes.random_plane(
@@ -136,17 +151,19 @@ def _surface_case(name: str, resolution: int, reps: int) -> list:
 
         return call
 
-    def ours():
+    def ours() -> None:
         params = [p for _, p in llf.landscape_parameters(model)]
         directions = llf.filter_normalized_directions(params, seed=1)
         llf.loss_surface(model, _ce, [(x, y)], directions, resolution=resolution, span=0.5)
 
     @torch.no_grad()
-    def floor():
+    def floor() -> None:
         torch.stack([F.cross_entropy(model(x), y) for _ in range(resolution * resolution)]).cpu()
 
     fns = {"theirs_doc": theirs(True), "theirs_nograd": theirs(False), "ours": ours, "floor": floor}
-    times = alternating(fns, reps)
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    times = alternating(_cpu_timed(fns, cpu), reps)
+    cpu = {k: v[-reps:] for k, v in cpu.items()}  # the timed rounds (the warm-up is not counted)
     err_theirs, err_ours = _surface_accuracy(name, resolution)
     return [
         f"{name} {resolution}x{resolution}",
@@ -155,98 +172,11 @@ def _surface_case(name: str, resolution: int, reps: int) -> list:
         spread(times["ours"]),
         ratio_spread(times["theirs_doc"], times["ours"]),
         ratio_spread(times["theirs_nograd"], times["ours"]),
+        ratio_spread(cpu["theirs_nograd"], cpu["ours"]),
         ratio_spread(times["ours"], times["floor"]),
         f"{err_theirs:.1e}",
         f"{err_ours:.1e}",
     ]
-
-
-class SmallMLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(20, 24), nn.Tanh(), nn.Linear(24, 5))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def _exact_hessian(model, x, y):
-    params = [p for _, p in llf.landscape_parameters(model)]
-    names = [n for n, _ in llf.landscape_parameters(model)]
-    flat = llf.flatten(params)
-
-    def f(v):
-        ps = llf.unflatten(v, params)
-        return F.cross_entropy(torch.func.functional_call(model, dict(zip(names, ps)), (x,)), y)
-
-    return torch.autograd.functional.hessian(f, flat)
-
-
-def _curvature(reps: int) -> list[list]:
-    from pyhessian import hessian as PyHessian
-
-    torch.manual_seed(0)
-    model = SmallMLP().eval()
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(256, 20, generator=g), torch.randint(0, 5, (256,), generator=g)
-    H = _exact_hessian(model, x, y).double()
-    evals = torch.linalg.eigvalsh(H)
-    exact_top, exact_trace = float(evals.max()), float(H.trace())
-
-    def theirs_eig():
-        torch.manual_seed(0)
-        return PyHessian(model, F.cross_entropy, data=(x, y), cuda=False).eigenvalues(top_n=1)[0][0]
-
-    def theirs_trace():
-        torch.manual_seed(0)
-        return float(np.mean(PyHessian(model, F.cross_entropy, data=(x, y), cuda=False).trace()))
-
-    rows = []
-    have_ours = hasattr(llf, "hessian_eigenvalues") and hasattr(llf, "hessian_trace")
-
-    def ce(m, b):
-        return F.cross_entropy(m(b[0]), b[1])
-
-    def scalar(result, attr):
-        value = getattr(result, attr, result)
-        if isinstance(value, (list, tuple)):
-            value = value[0]
-        value = torch.as_tensor(np.asarray(value, dtype=np.float64) if not torch.is_tensor(value) else value)
-        return float(value.reshape(-1).max() if attr == "eigenvalues" else value.reshape(-1)[0])
-
-    n_probes = len(PyHessian(model, F.cross_entropy, data=(x, y), cuda=False).trace())  # its early stop
-    cases = (
-        ("top eigenvalue", theirs_eig, exact_top, "eigenvalues", {"k": 1}),
-        # pyhessian stops at 1e-3 relative change; the same stopping tolerance for Lanczos:
-        ("top eigenvalue, tol=1e-3", theirs_eig, exact_top, "eigenvalues", {"k": 1, "tol": 1e-3}),
-        ("trace", theirs_trace, exact_trace, "trace", {}),
-        (f"trace, {n_probes} probes as pyhessian", theirs_trace, exact_trace, "trace", {"samples": n_probes}),
-    )
-    for what, theirs, exact, attr, kwargs in cases:
-        fns = {"theirs": theirs}
-        if have_ours:
-            fn = llf.hessian_eigenvalues if attr == "eigenvalues" else llf.hessian_trace
-            fns["ours"] = lambda fn=fn, kwargs=kwargs, attr=attr: scalar(
-                fn(model, ce, [(x, y)], **kwargs), attr
-            )
-        times = interleaved(fns, reps)
-        their_value = float(theirs())
-        row = [
-            f"small MLP {what} (exact {exact:.4g})",
-            statistics.median(times["theirs"]),
-            f"rel err {abs(their_value - exact) / abs(exact):.1e}",
-        ]
-        if have_ours:
-            our_value = fns["ours"]()
-            row += [
-                statistics.median(times["ours"]),
-                f"rel err {abs(our_value - exact) / abs(exact):.1e}",
-                median_ratio(times["theirs"], times["ours"]),
-            ]
-        else:
-            row += ["skipped: curvature functions not available", "", ""]
-        rows.append(row)
-    return rows
 
 
 def main() -> None:
@@ -254,52 +184,47 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--resolution", type=int, default=11)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions (at least 5)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
-    parser.add_argument("--only", choices=["all", "surfaces", "curvature"], default="all")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["mlp", "cnn", "transformer"])
     args = parser.parse_args()
+    if args.reps < 5:
+        parser.error(f"--reps must be at least 5 (medians with min-max), got {args.reps}")
+    if args.resolution < 3 or args.resolution % 2 == 0:
+        parser.error(f"--resolution must be an odd integer >= 3, got {args.resolution}")
     torch.set_num_threads(args.threads)
     _shims()
-    if args.only in ("all", "surfaces"):
-        report = Report("baselines_surface")
-        report(f"## surfaces against loss-landscapes 3.0.6, a user's call on each side  [{machine()}]")
-        report(
-            f"{args.reps} interleaved repetitions (order alternated, one warm-up excluded): "
-            "seconds median [min-max]; ratios are per repetition, median [min-max]"
+    report = Report("baselines_surface")
+    report(f"## surfaces against loss-landscapes 3.0.6, a user's call on each side  [{machine()}]")
+    report(
+        f"{args.reps} interleaved repetitions (order alternated, one warm-up excluded): "
+        "seconds median [min-max]; ratios are per repetition, median [min-max]"
+    )
+    rows = [_surface_case(name, args.resolution, args.reps) for name in args.models]
+    report(
+        table(
+            rows,
+            [
+                "surface",
+                "loss-landscapes s (as documented)",
+                "loss-landscapes s (in no_grad)",
+                "ours s (auto)",
+                "speed-up vs documented",
+                "speed-up vs no_grad",
+                "speed-up vs no_grad, CPU time",
+                "ours / eager floor",
+                "their max err",
+                "our max err",
+            ],
         )
-        rows = [_surface_case(name, args.resolution, args.reps) for name in args.models]
-        report(
-            table(
-                rows,
-                [
-                    "surface",
-                    "loss-landscapes s (as documented)",
-                    "loss-landscapes s (in no_grad)",
-                    "ours s (auto)",
-                    "speed-up vs documented",
-                    "speed-up vs no_grad",
-                    "ours / eager floor",
-                    "their max err",
-                    "our max err",
-                ],
-            )
-        )
-        report(
-            "Each call draws two filter-normalized directions and leaves the model as it was. "
-            "Errors: largest difference from a float64 loop that deep-copies the model at every point "
-            "(independent of both tools), on the same directions and grid."
-        )
-        report(f"[after: {machine()}]")
-        report(f"written to {report.write()}")
-    if args.only in ("all", "curvature"):
-        print(f"## (b) against pyhessian 0.1  [{machine()}]")
-        t0 = time.perf_counter()
-        rows = _curvature(args.reps)
-        header = ["case", "pyhessian s", "pyhessian accuracy", "ours s", "our accuracy", "speed-up"]
-        print(table(rows, header))
-        print(f"(curvature section {time.perf_counter() - t0:.1f} s)")
-        print("target: faster than both at equal or better accuracy")
+    )
+    report(
+        "Each call draws two filter-normalized directions and leaves the model as it was. "
+        "Errors: largest difference from a float64 loop that deep-copies the model at every point "
+        "(independent of both tools), on the same directions and grid."
+    )
+    report(f"[after: {machine()}]")
+    report(f"written to {report.write()}")
 
 
 if __name__ == "__main__":

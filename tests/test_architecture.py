@@ -187,9 +187,11 @@ def test_the_map_lists_no_module_that_is_gone():
 # ------------------------------------------------------------------------------------------ the tests' shape
 
 TEST_FILES = sorted(p.relative_to(TESTS).as_posix() for p in TESTS.rglob("test_*.py"))
-# Test files at tests/ itself that exercise the whole package rather than one part.
+# Test files at tests/ itself that exercise the whole package rather than one part (or a script using it:
+# the study under examples/, the benchmark against loss-landscapes).
 WHOLE_PACKAGE_TESTS = {
     "test_architecture",
+    "test_bench_baselines",
     "test_demo",
     "test_demo_solutions",
     "test_packaging",

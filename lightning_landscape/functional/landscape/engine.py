@@ -96,8 +96,13 @@ def _auto_reason(model: nn.Module, engine: Engine) -> str:
     return "auto: vmap on an accelerator (one batched pass replaces many small kernel launches)"
 
 
+_FLOATS = (torch.float32, torch.float64)
+
+
 def checked_scalar(value: Any, what: str = "loss_fn") -> Tensor:
     """``value`` as a 0-d float32/float64 tensor; a ValueError naming ``what`` unless a scalar tensor."""
+    if type(value) is Tensor and value.dim() == 0 and value.dtype in _FLOATS and not value.requires_grad:
+        return value  # the loop's usual case (a loss computed under no_grad): nothing to convert
     if not isinstance(value, Tensor) or value.numel() != 1:
         raise ValueError(
             f"`{what}` must return a scalar tensor, got {type(value).__name__}"
@@ -105,7 +110,7 @@ def checked_scalar(value: Any, what: str = "loss_fn") -> Tensor:
         )
     value = value.detach()
     value = value if value.dim() == 0 else value.reshape(())
-    return value if value.dtype in (torch.float32, torch.float64) else value.float()
+    return value if value.dtype in _FLOATS else value.float()
 
 
 def evaluate_points(

@@ -1,5 +1,7 @@
 """The evaluation engine: batched (vmap) path == loop path, fallback, chunking, no per-point host sync."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -63,6 +65,42 @@ def test_auto_is_the_loop_on_the_cpu_bit_for_bit(kind):
     auto = loss_surface(model, _ce, batches, dirs, resolution=5, engine="auto", chunk_size=4).losses
     np.testing.assert_array_equal(auto, loop)  # deterministic: identical runs give identical records
     assert engine_module.auto_engine(model, _params) == "loop"
+
+
+def _independent_point_losses(model, batches, d1, d2, xs, ys):
+    """Per-batch losses at every grid point, independent of the package: a deep copy of the model per
+    point in eval mode, each parameter set to ``(w + y d2) + x d1`` with ``torch.add(..., alpha=)`` (a
+    zero coefficient adds nothing), plain forward passes under ``no_grad``."""
+    names = [n for n, _ in landscape_parameters(model)]
+    w = {n: p.detach().clone() for n, p in model.named_parameters()}
+    out = np.empty((len(ys), len(xs), len(batches)))
+    with torch.no_grad():
+        for i, y in enumerate(ys):
+            for j, x in enumerate(xs):
+                m = copy.deepcopy(model).eval()
+                params = dict(m.named_parameters())
+                for n, a, b in zip(names, d1, d2):
+                    row = w[n] if y == 0.0 else torch.add(w[n], b, alpha=float(y))
+                    params[n].copy_(row if x == 0.0 else torch.add(row, a, alpha=float(x)))
+                out[i, j] = [float(_ce(m, batch)) for batch in batches]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_loop_is_bit_identical_to_an_independent_loop(kind):
+    # The loop engine's values are what plain forward passes of a copy of the model give at the same
+    # weights, bit for bit (max pooling through the exact substitute included); any shortcut in moving
+    # the weights or collecting the losses must keep that.
+    model, batches, _params, (d1, d2) = _case(kind)
+    xs, ys = [-0.6, -0.2, 0.0, 0.35], [-0.5, 0.0, 0.25]
+    rec = loss_surface(model, _ce, batches, (d1, d2), xs=xs, ys=ys, engine="loop")
+    expected = _independent_point_losses(model, batches, d1, d2, xs, ys)
+    np.testing.assert_array_equal(rec.batch_losses, expected)
+    assert np.ptp(expected) > 1e-3  # not flat: equality means something
+    line = loss_line(model, _ce, batches, d1, alphas=xs, engine="loop")
+    zero = [torch.zeros_like(t) for t in d1]
+    expected_line = _independent_point_losses(model, batches, d1, zero, xs, [0.0])[0]
+    np.testing.assert_array_equal(line.batch_losses, expected_line)
 
 
 def test_unbatchable_module_falls_back_to_the_loop_quietly(recwarn, monkeypatch):
