@@ -2,8 +2,8 @@
 
 The figures drawn during training are placed by fixed margins (:func:`framed`), not by a layout engine:
 matplotlib's constrained layout measures every tick label and title before it draws, which is about
-half the cost of a contour figure (0.20 s -> 0.11 s, benchmarks/bench_render.py), and a landscape's
-figures all have the same few elements (title, axis labels, tick labels, perhaps a colour bar), so
+half the cost of a contour figure (0.19 s -> 0.11 s on one CPU core: benchmarks/bench_figures.py), and a
+landscape's figures all have the same few elements (title, axis labels, tick labels, perhaps a colour bar), so
 margins sized in inches for those fit every figure of a given kind.
 """
 
