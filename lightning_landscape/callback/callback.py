@@ -550,7 +550,17 @@ class LossLandscapeCallback(CallbackOptions, Callback):
                 for full in layout.gathered(parts):
                     yield full.detach().reshape(-1).cpu()
 
-        stream = StreamedWeights(pieces(), len(snapshots), self.recorder.dtype)
+        names = set(self._param_names)
+        frozen = {}  # the parameters outside the landscape, whole: one gather each, kept on rank zero only
+        for name, p in pl_module.named_parameters():
+            if name not in names and p.is_floating_point():
+                gather = getattr(
+                    p, "full_tensor", None
+                )  # a DTensor's: a collective, every rank in this order
+                full = gather() if callable(gather) else p
+                if trainer.is_global_zero:
+                    frozen[name] = full.detach().cpu()
+        stream = StreamedWeights(pieces(), len(snapshots), self.recorder.dtype, frozen=frozen or None)
         try:
             if trainer.is_global_zero:
                 self.publisher.save_weights(

@@ -38,7 +38,9 @@ class StreamedWeights:
     of the ``snapshots`` trajectory rows: each vector is the ``P`` parameter values in ``names`` order, cut
     into pieces of any size (a sharded model's: one gathered parameter each) that never straddle two
     vectors. The writer takes them as it writes, so it never holds more than one piece; ``snapshot_dtype``
-    is the trajectory's own dtype (stored as such unless ``dtype`` says otherwise).
+    is the trajectory's own dtype (stored as such unless ``dtype`` says otherwise). ``frozen``: the full
+    final values of the floating-point parameters outside ``names`` (frozen ones), when the model's own are
+    not whole tensors (a sharded model's slices: gathered by the caller); the model's by default.
 
     Where producing a piece is a collective (gathering a parameter from every process), every process
     must consume the same pieces in the same order: the writing process passes the stream to
@@ -57,12 +59,23 @@ class StreamedWeights:
         [0.5, 0.5, 0.5]
     """
 
-    def __init__(self, pieces: Iterator[Tensor], snapshots: int, snapshot_dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        pieces: Iterator[Tensor],
+        snapshots: int,
+        snapshot_dtype: torch.dtype,
+        frozen: Mapping[str, Tensor] | None = None,
+    ) -> None:
         if isinstance(snapshots, bool) or not isinstance(snapshots, int) or snapshots < 0:
             raise ValueError(f"`snapshots` must be an integer >= 0, got {snapshots!r}")
+        if frozen is not None and not isinstance(frozen, Mapping):
+            raise ValueError(
+                f"`frozen` must be a {{name: tensor}} mapping or None, got {type(frozen).__name__}"
+            )
         self._pieces = iter(pieces)
         self.snapshots = snapshots
         self.snapshot_dtype = snapshot_dtype
+        self.frozen = frozen
 
     def take(self, numel: int) -> Iterator[Tensor]:
         """The next vector's pieces, flat: exactly ``numel`` values (a ValueError otherwise)."""

@@ -143,7 +143,7 @@ def fsdp_runs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fsdp")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), "--scenarios", "pca,random,hessian,bare,bn"],
+        [sys.executable, str(SCRIPT), str(out), "--scenarios", "pca,random,hessian,bare,bn,frozen"],
         env=env,
         capture_output=True,
         text=True,
@@ -223,6 +223,26 @@ def test_fsdp_save_weights_streams_the_gathered_trajectory(fsdp_runs):
     assert saved.trajectory is not None and list(saved.steps) == arrays["steps"].tolist()
     np.testing.assert_array_equal(saved.trajectory.numpy(), arrays["trajectory"])
     np.testing.assert_array_equal(saved.initial.numpy(), arrays["trajectory"][0])
+
+
+@pytest.mark.slow
+def test_fsdp_save_weights_keeps_frozen_parameters_whole(fsdp_runs):
+    """A frozen first layer (outside the landscape, sharded like the rest) is saved gathered, as the model
+    holds it; the trainable weights as everywhere else."""
+    out = fsdp_runs / "frozen"
+    for rank in (0, 1):
+        assert json.loads((out / f"warnings{rank}.json").read_text()) == []
+    model = fsdp_run.ShardedNet()
+    model.net[0].requires_grad_(False)
+    saved = load_run_weights(out / "landscape" / "weights", model)
+    arrays = np.load(out / "weights.npz")
+    assert saved.final_frozen is not None and sorted(saved.final_frozen) == ["net.0.bias", "net.0.weight"]
+    for name in ("0.weight", "0.bias"):
+        np.testing.assert_array_equal(saved.final_frozen[f"net.{name}"].numpy(), arrays[f"final/{name}"])
+    trainable = np.concatenate(
+        [arrays[f"final/{n}"].ravel() for n in ("2.weight", "2.bias", "4.weight", "4.bias")]
+    )
+    np.testing.assert_array_equal(saved.final.numpy(), trainable)
 
 
 @pytest.mark.slow

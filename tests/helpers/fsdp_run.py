@@ -65,11 +65,28 @@ SCENARIOS = {
     "random": {"directions": "random", "save_weights": True},
     "hessian": {"directions": "hessian", "metrics": None, "final_metrics": None},
     "bare": {"bare": True},
+    "frozen": {
+        "model": "frozen",
+        "directions": "random",
+        "metrics": None,
+        "final_metrics": None,
+        "reliability": False,
+        "every_n_epochs": None,
+        "save_weights": True,
+    },
     "bn": {
         "model": "bn",
         "callbacks": [
-            {"name": mode, "bn": mode, "directions": "random", "metrics": None, "final_metrics": None,
-             "reliability": False, "save_weights": mode == "interpolate", "every_n_epochs": None}
+            {
+                "name": mode,
+                "bn": mode,
+                "directions": "random",
+                "metrics": None,
+                "final_metrics": None,
+                "reliability": False,
+                "save_weights": mode == "interpolate",
+                "every_n_epochs": None,
+            }
             for mode in ("interpolate", "recompute")
         ],
     },
@@ -244,7 +261,10 @@ def fit(out: Path, options: dict) -> None:
         warnings.simplefilter("always")
         options = dict(options)
         bare = options.pop("bare", False)
-        model = ShardedBNNet() if options.pop("model", None) == "bn" else ShardedNet()
+        kind = options.pop("model", None)
+        model = ShardedBNNet() if kind == "bn" else ShardedNet()
+        if kind == "frozen":  # the first layer frozen (fine-tuning): outside the landscape, still saved
+            model.net[0].requires_grad_(False)
         callbacks = [
             LossLandscapeCallback(probe_dataloader=probe_loader(), **{**CALLBACK_OPTIONS, **each})
             for each in options.pop("callbacks", [options])
