@@ -276,11 +276,9 @@ def _save_run_weights(
 
     frozen = [(n, p) for n, p in model.named_parameters() if n not in set(names) and p.is_floating_point()]
     frozen_dtype = torch.float64 if any(p.dtype == torch.float64 for _, p in frozen) else torch.float32
-    given = stream.frozen if stream is not None and stream.frozen is not None else {}
+    given = (stream.frozen if stream is not None else None) or {}  # a sharded model's, gathered whole
     if given and sorted(given) != sorted(n for n, _ in frozen):
-        raise ValueError(
-            f"`stream.frozen` must hold the parameters outside `names`: {[n for n, _ in frozen]}"
-        )
+        raise ValueError(f"`stream.frozen` must hold {[n for n, _ in frozen]} (outside `names`)")
     frozen_final = torch.cat(
         [given.get(n, p).detach().reshape(-1).to("cpu", frozen_dtype) for n, p in frozen] or [torch.empty(0)]
     )

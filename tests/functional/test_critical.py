@@ -217,28 +217,9 @@ def test_nonquadratic_loss_matches_a_dense_grid() -> None:
 def test_fsdp2_sharded_parameters_two_processes() -> None:
     """FSDP2 (DTensor shards, gloo, 2 processes): the same lambda_c as the unsharded model, on every
     rank, weights bit for bit as before. Forward passes only: no double backward through FSDP."""
-    import json
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
+    from helpers.two_ranks import run_two_ranks
 
-    pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 needs torch >= 2.6")
-    if not torch.distributed.is_available():
-        pytest.skip("torch.distributed is not available")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    script = Path(__file__).resolve().parents[1] / "helpers" / "fsdp_critical.py"
-    root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, str(script), port], capture_output=True, text=True, timeout=300, env=env
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (rows,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("[")]
-    assert sorted(r["rank"] for r in rows) == [0, 1]
+    rows = run_two_ranks("fsdp_critical.py", timeout=300)
     for r in rows:
         assert r["kinds"] == ["DTensor"] and r["same"]
         assert r["sharded"] == pytest.approx(r["whole"], rel=1e-6)

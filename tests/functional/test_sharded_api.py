@@ -8,16 +8,12 @@ same call on the gathered unsharded model.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.two_ranks import run_two_ranks
 from torch import nn
 
 from lightning_landscape.functional import Objective
@@ -56,20 +52,7 @@ def test_layout_slices_take_full_or_local_tensors_and_name_the_argument():
 
 @pytest.mark.slow
 def test_fsdp2_public_functions_give_the_unsharded_numbers():
-    pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 needs torch >= 2.6")
-    if not torch.distributed.is_available():
-        pytest.skip("torch.distributed is not available")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    script = ROOT / "tests" / "helpers" / "fsdp_functional.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), port], capture_output=True, text=True, timeout=540, env=env
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (rows,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("[")]
-    assert sorted(r["rank"] for r in rows) == [0, 1]
+    rows = run_two_ranks("fsdp_functional.py")
     for r in rows:
         assert r["kinds"] == ["DTensor"]
         # curvature: converged Lanczos (gradient differences) against the exact products

@@ -6,7 +6,6 @@ Rank zero prints one JSON line: the list of every rank's row. Run by
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -14,13 +13,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the helpers package
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
 from helpers import fsdp_run
+from helpers.two_ranks import print_rows
 
 
 def _flat(direction: list[torch.Tensor]) -> torch.Tensor:
@@ -132,11 +131,7 @@ def run(rank: int, world: int, port: str) -> None:
     out["weights_same"] = all(torch.equal(a, b) for a, b in zip(after, before))
     out["grads_none"] = all(p.grad is None for p in net.parameters())
     out["training"] = net.training
-    # Rank zero prints every rank's row as one line: two processes writing to one pipe could interleave.
-    rows: list[object] = [None] * world
-    dist.all_gather_object(rows, out)
-    if rank == 0:
-        print(json.dumps(rows, default=lambda x: np.asarray(x).tolist()), flush=True)
+    print_rows(out, world)
     dist.destroy_process_group()
 
 

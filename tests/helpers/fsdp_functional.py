@@ -7,7 +7,6 @@ of every rank's row. Run by ``tests/functional/test_sharded_api.py`` as
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -15,13 +14,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the helpers package
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
 from helpers import fsdp_run
+from helpers.two_ranks import print_rows
 
 
 def _full(direction: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -176,10 +175,7 @@ def run(rank: int, world: int, port: str) -> None:
     out["still_dtensors"] = all(type(p).__name__ == "DTensor" for p in net.parameters())
     out["grads_none"] = all(p.grad is None for p in net.parameters())
     out["training"] = net.training
-    rows: list[object] = [None] * world
-    dist.all_gather_object(rows, out)
-    if rank == 0:
-        print(json.dumps(rows, default=lambda x: np.asarray(x).tolist()), flush=True)
+    print_rows(out, world)
     dist.destroy_process_group()
 
 

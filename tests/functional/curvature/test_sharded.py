@@ -9,10 +9,6 @@ processes (FSDP2 on the CPU, gloo: ``tests/helpers/fsdp_curvature.py``).
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -39,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
 import fsdp_run  # noqa: E402  (the FSDP2 tests' model, loss and probe set)
+from helpers.two_ranks import run_two_ranks  # noqa: E402
 
 
 def _case() -> tuple[nn.Module, list, Objective, Objective, ShardLayout]:
@@ -251,20 +248,7 @@ def test_lanczos_and_hutchinson_on_two_ranks_slices_give_the_one_process_numbers
 
 @pytest.mark.slow
 def test_fsdp2_curvature_cores_give_the_unsharded_numbers_with_a_basis_of_slices():
-    pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 needs torch >= 2.6")
-    if not torch.distributed.is_available():
-        pytest.skip("torch.distributed is not available")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    script = ROOT / "tests" / "helpers" / "fsdp_curvature.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), port], capture_output=True, text=True, timeout=540, env=env
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (rows,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("[")]
-    assert sorted(r["rank"] for r in rows) == [0, 1]
+    rows = run_two_ranks("fsdp_curvature.py")
     assert sum(r["local_numel"] for r in rows) == rows[0]["full_numel"]
     for r in rows:
         assert r["kinds"] == ["DTensor"] and r["hvp"] == "gradient difference"
