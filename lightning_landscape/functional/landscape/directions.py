@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from lightning_landscape.functional import checks as check
-from lightning_landscape.functional.landscape.params import Direction, work_dtype
+from lightning_landscape.functional.landscape.params import Direction, normalize_filters, work_dtype
 from lightning_landscape.functional.landscape.shards import (
     ShardLayout,
     is_sharded,
@@ -24,8 +24,6 @@ from lightning_landscape.functional.landscape.shards import (
 )
 
 __all__ = ["filter_normalize", "filter_normalized_directions", "random_direction"]
-
-_EPS = 1e-10
 
 
 def random_direction(params: Sequence[Tensor], generator: torch.Generator) -> Direction:
@@ -67,22 +65,7 @@ def filter_normalize(
     if is_sharded(params):
         layout = ShardLayout.of(params)
         return layout.wrap(sharded_filter_normalize(layout, layout.slices(direction), include_1d))
-    out: Direction = []
-    for d, p in zip(direction, params, strict=True):
-        dtype = torch.float64 if torch.float64 in (d.dtype, p.dtype) else torch.float32
-        d = d.detach().to(dtype)
-        p = p.detach().to(device=d.device, dtype=dtype)
-        if p.dim() <= 1:
-            if include_1d:
-                out.append(d * (p.norm() / (d.norm() + _EPS)))
-            else:
-                out.append(torch.zeros_like(d))
-            continue
-        dims = tuple(range(1, p.dim()))
-        p_norm = torch.linalg.vector_norm(p, dim=dims, keepdim=True)
-        d_norm = torch.linalg.vector_norm(d, dim=dims, keepdim=True)
-        out.append(d * (p_norm / (d_norm + _EPS)))
-    return out
+    return normalize_filters(direction, params, include_1d, lambda _, p, d: (p.norm(), d.norm()))
 
 
 def filter_normalized_directions(

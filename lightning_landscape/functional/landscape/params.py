@@ -25,6 +25,7 @@ __all__ = [
     "WeightPerturbation",
     "flatten",
     "landscape_parameters",
+    "normalize_filters",
     "observation",
     "parameters_restored",
     "preserved_random_state",
@@ -247,3 +248,36 @@ def observation(model: nn.Module, generators: Sequence[torch.Generator] = ()) ->
                 m.training = mode
             for b, saved in buffers:
                 b.copy_(saved)
+
+
+FILTER_EPS = 1e-10  # keeps an all-zero filter of the direction at zero
+
+
+def normalize_filters(
+    direction: Sequence[Tensor],
+    params: Sequence[Tensor],
+    include_1d: bool,
+    norms_1d: Callable[[int, Tensor, Tensor], tuple[Any, Any]],
+) -> Direction:
+    """Each filter (row) of ``direction`` rescaled to the norm of the same row of ``params`` (Li et al.,
+    2018); a 1-d tensor (bias, norm weight) rescaled as a whole by ``norms_1d(i, p, d) -> (|p|, |d|)``
+    with ``include_1d``, else zeroed. The arithmetic of :func:`~.directions.filter_normalize` (whole
+    parameters: ``norms_1d`` their norms) and of its sharded form (rows are whole on one process, 1-d
+    norms summed over the processes), in float64 when either side is."""
+    out: Direction = []
+    for i, (d, p) in enumerate(zip(direction, params, strict=True)):
+        dtype = torch.float64 if torch.float64 in (d.dtype, p.dtype) else torch.float32
+        d = d.detach().to(dtype)
+        q = p.detach().to(device=d.device, dtype=dtype)
+        if q.dim() <= 1:
+            if include_1d:
+                p_norm, d_norm = norms_1d(i, q, d)
+                out.append(d * (p_norm / (d_norm + FILTER_EPS)))
+            else:
+                out.append(torch.zeros_like(d))
+            continue
+        dims = tuple(range(1, q.dim()))
+        p_norm = torch.linalg.vector_norm(q, dim=dims, keepdim=True)
+        d_norm = torch.linalg.vector_norm(d, dim=dims, keepdim=True)
+        out.append(d * (p_norm / (d_norm + FILTER_EPS)))
+    return out

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_landscape.functional import checks as check
-from lightning_landscape.functional.landscape.params import Direction, LossFn, work_dtype
+from lightning_landscape.functional.landscape.params import Direction, LossFn, normalize_filters, work_dtype
 
 __all__ = [
     "ShardLayout",
@@ -41,7 +41,6 @@ __all__ = [
     "sharded_random_direction",
 ]
 
-_EPS = 1e-10  # as in directions.filter_normalize
 
 AllReduce = Callable[[Tensor], Tensor]
 
@@ -339,23 +338,12 @@ def sharded_filter_normalize(
 ) -> Direction:
     """:func:`~.directions.filter_normalize` on local slices: rows are whole on one process; 1-d norms
     are summed over the processes (a collective with ``include_1d``)."""
-    out: Direction = []
-    for i, (d, p) in enumerate(zip(direction, layout.local, strict=True)):
-        dtype = torch.float64 if torch.float64 in (d.dtype, p.dtype) else torch.float32
-        d = d.detach().to(dtype)
-        q = p.detach().to(device=d.device, dtype=dtype)
-        if len(layout.shapes[i]) <= 1:
-            if include_1d:
-                sums = torch.stack([q.double().square().sum(), d.double().square().sum()]).cpu()
-                if not layout.replicated[i]:
-                    sums = layout.all_reduce(sums)
-                p_norm, d_norm = (float(s) ** 0.5 for s in sums)
-                out.append(d * (p_norm / (d_norm + _EPS)))
-            else:
-                out.append(torch.zeros_like(d))
-            continue
-        dims = tuple(range(1, q.dim()))
-        p_norm = torch.linalg.vector_norm(q, dim=dims, keepdim=True)
-        d_norm = torch.linalg.vector_norm(d, dim=dims, keepdim=True)
-        out.append(d * (p_norm / (d_norm + _EPS)))
-    return out
+
+    def norms_1d(i: int, p: Tensor, d: Tensor) -> tuple[float, float]:
+        sums = torch.stack([p.double().square().sum(), d.double().square().sum()]).cpu()
+        if not layout.replicated[i]:
+            sums = layout.all_reduce(sums)
+        p_norm, d_norm = (float(s) ** 0.5 for s in sums)
+        return p_norm, d_norm
+
+    return normalize_filters(direction, layout.local, include_1d, norms_1d)
