@@ -1,6 +1,7 @@
 """Sharded models (FSDP2, 2 CPU ranks): a surface's time against the eager floor of the same sharded forward
-passes, memory per rank against the unsharded run, and one gradient-difference Hessian-vector product
-against the exact double-backward product.
+passes, memory per rank against the unsharded run, and one Hessian-vector product of the sharded model (exact,
+through FSDP2's gathered parameters; and by gradient differences) against the double-backward product of the
+unsharded model.
 
 One launch of two CPU processes (gloo). Each builds the same seeded MLP (``64 -> H -> H -> 10``, tanh, ``H``
 odd so that the hidden rows split unevenly, chosen for ``--params`` parameters) and shards it as Lightning's
@@ -22,11 +23,13 @@ same probe batches (random, ``common.probe("mlp")``), as the callback does under
 ``TrajectoryRecorder`` at the callback's defaults, 64 snapshots of float32), one direction's elements, and
 the Lanczos basis vectors' length (``basis_length`` reported by ``hessian_eigenvalues_of``), as ratios.
 
-(c) One Hessian-vector product, per rank, interleaved likewise: the gradient-difference product on the
-sharded model (``hessian_operator_of(..., layout=)``: two forward-backward passes per probe batch) against
-the exact double-backward product on the gathered, unsharded model in one process (each rank holds such a
-copy), with the relative error between them; the operators' set-up (the gradient at w, or the reused
-graph) is a one-time cost, reported apart.
+(c) One Hessian-vector product, per rank, interleaved likewise: on the sharded model, the default exact
+product (``hessian_operator_of(..., layout=)``: double backward through FSDP2's gathered parameters, its
+gradient graph built once, the full vector all-gathered and the result all-reduced) and the gradient
+difference (``sharded_hessian="difference"``: two forward-backward passes per probe batch), against the
+double-backward product on the gathered, unsharded model in one process (each rank holds such a copy),
+with each one's relative error against it; the operators' set-up (the reused graph, or the gradient at w)
+is a one-time cost, reported apart.
 
 Median [min-max] over ``--reps`` (at least 5); rank 0 prints every rank's row, with the load average before
 and after. Written to ``benchmarks/results/sharded.txt``.
@@ -215,13 +218,21 @@ def measure(rank: int, opts: dict[str, Any]) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         dist.barrier()
         t0 = time.perf_counter()
-        gd = stack.enter_context(hessian_operator_of(sharded, layout=layout))
+        gd = stack.enter_context(
+            hessian_operator_of(sharded.replace(sharded_hessian="difference"), layout=layout)
+        )
         row["gd_setup_s"] = time.perf_counter() - t0
         dist.barrier()
         t0 = time.perf_counter()
+        gathered = stack.enter_context(hessian_operator_of(sharded, layout=layout))
+        row["gathered_setup_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         exact = stack.enter_context(hessian_operator_of(whole))
         row["exact_setup_s"] = time.perf_counter() - t0
-        fresh = stack.enter_context(hessian_operator_of(whole, reuse_graph=False))
+        row["routes"] = [type(gathered).__name__, type(gd).__name__]
+
+        def by_gathered() -> None:
+            products["gathered"] = gathered.matvec(v_local)
 
         def by_differences() -> None:
             products["gd"] = gd.matvec(v_local)
@@ -229,17 +240,14 @@ def measure(rank: int, opts: dict[str, Any]) -> dict[str, Any]:
         def by_double_backward() -> None:
             products["exact"] = exact.matvec(full)
 
-        def by_double_backward_fresh() -> None:
-            products["fresh"] = fresh.matvec(full)
-
-        fns = {"gd": by_differences, "exact": by_double_backward, "fresh": by_double_backward_fresh}
+        fns = {"gathered": by_gathered, "gd": by_differences, "exact": by_double_backward}
         times = synced_alternating(fns, opts["reps"])
-    row["gd_s"], row["exact_s"], row["fresh_s"] = times["gd"], times["exact"], times["fresh"]
-    pieces = list(products["gd"].split([t.numel() for t in layout.local]))
-    gd_full = layout.to_full(pieces, torch.float64)
+    row["gathered_s"], row["gd_s"], row["exact_s"] = times["gathered"], times["gd"], times["exact"]
     exact_full = products["exact"].double()
-    row["hvp_rel_error"] = float((gd_full - exact_full).norm() / exact_full.norm())
-    row["fresh_rel_error"] = float((products["fresh"].double() - exact_full).norm() / exact_full.norm())
+    for key in ("gathered", "gd"):
+        pieces = list(products[key].split([t.numel() for t in layout.local]))
+        mine = layout.to_full(pieces, torch.float64)
+        row[f"{key}_rel_error"] = float((mine - exact_full).norm() / exact_full.norm())
 
     after = [p.detach().full_tensor() for p in net.parameters()]  # type: ignore[attr-defined]
     row["weights_unchanged"] = all(torch.equal(a, b) for a, b in zip(after, before))
@@ -327,42 +335,44 @@ def write(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
         f"(rel. diff {abs(lam[0] - lam[1]) / abs(lam[1]):.1e})"
     )
     report()
-    report("### (c) one Hessian-vector product: gradient difference (sharded) against double backward")
+    report("### (c) one Hessian-vector product of the sharded model against double backward unsharded")
     report(
         table(
             [
                 [
                     row["rank"],
+                    spread(row["gathered_s"]),
                     spread(row["gd_s"]),
                     spread(row["exact_s"]),
+                    ratio_spread(row["gathered_s"], row["exact_s"]),
                     ratio_spread(row["gd_s"], row["exact_s"]),
-                    spread(row["fresh_s"]),
-                    ratio_spread(row["gd_s"], row["fresh_s"]),
-                    f"{row['hvp_rel_error']:.1e}",
-                    f"{row['gd_setup_s']:.3g} / {row['exact_setup_s']:.3g}",
+                    f"{row['gathered_rel_error']:.1e} / {row['gd_rel_error']:.1e}",
+                    f"{row['gathered_setup_s']:.3g} / {row['gd_setup_s']:.3g} / {row['exact_setup_s']:.3g}",
                 ]
                 for row in rows
             ],
             [
                 "rank",
+                "exact sharded s",
                 "difference s",
-                "exact s",
-                "difference/exact",
-                "exact, fresh graph s",
-                "difference/fresh",
-                "rel. error",
-                "set-up s (one-time)",
+                "unsharded s",
+                "exact sharded/unsharded",
+                "difference/unsharded",
+                "rel. error exact / difference",
+                "set-up s (one-time) exact / difference / unsharded",
             ],
         )
     )
-    fresh_error = max(row["fresh_rel_error"] for row in rows)
     report(
-        "difference: hessian_operator_of(..., layout=) on the sharded model, two forward-backward passes per "
-        "probe batch; exact: the double-backward operator on the gathered, unsharded model in one process, "
-        "its graph built once (the package's default, reuse_graph=True); exact, fresh graph: the same with "
-        f"reuse_graph=False, a forward pass per batch and product (it agrees with the reused graph to "
-        f"{fresh_error:.1e}); rel. error: |Hv_diff - Hv_exact| / |Hv_exact| over the full vector; set-up: "
-        "the gradient at w / the reused graph"
+        f"exact sharded ({rows[0]['routes'][0]}, the default): hessian_operator_of(..., layout=) on the "
+        "sharded model, double backward through FSDP2's gathered parameters (gradient graph built once; per "
+        "product the vector all-gathered one parameter at a time, the modules unsharded again, one backward "
+        f"pass per batch, the result all-reduced); difference ({rows[0]['routes'][1]}, "
+        'sharded_hessian="difference"): two forward-backward passes per probe batch on the slices; '
+        "unsharded: the double-backward operator on the gathered, unsharded model in one process, its graph "
+        "built once; rel. error: |Hv - Hv_unsharded| / |Hv_unsharded| over the full vector (the reference: "
+        "PyTorch's double backward on a plain model); set-up: the reused graph / the gradient at w / the "
+        "reused graph"
     )
     unchanged = all(row["weights_unchanged"] and row["training"] for row in rows)
     report(f"weights bit-identical and training mode kept after everything, every rank: {unchanged}")

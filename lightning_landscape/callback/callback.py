@@ -109,6 +109,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         reliability (default ``True``): the reliability indicators with every landscape; or their settings.
         critical_sharpness (default ``None``): critical sharpness along the optimizer's update every n steps.
         critical_probe (default ``None``): ``(dataloader, loss_fn)``: a second loss along the same update.
+        sharded_hessian (default ``"exact"``): FSDP2 curvature by gathered parameters, or ``"difference"``.
         **The budget** (how much the landscapes may add to training):
         max_overhead (default ``0.1``): most time the landscapes add, a fraction of the training time.
         budget_final (default ``"auto"``): first and final landscape sized to the budget; ``False``: full.
@@ -177,6 +178,7 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         reliability: bool | Mapping[str, Any] = True,
         critical_sharpness: int | None = None,
         critical_probe: tuple[Iterable[Any], UserFn] | None = None,
+        sharded_hessian: Literal["exact", "difference"] = "exact",
         # the budget
         max_overhead: float | None = 0.1,
         budget_final: bool | Literal["auto"] = "auto",
@@ -443,8 +445,9 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         common.update({"callback_name": self.name} if self.name else {})
         common.update({"budget": plan.budget} if plan.budget else {})  # what the budget left out
         job = Observation(
-            trainer, pl_module, self._params(pl_module), plan, self.probe, self.recorder, common
-        )
+            trainer, pl_module, self._params(pl_module), plan, self.probe, self.recorder, common,
+            self.sharded_hessian,
+        )  # fmt: skip
         kept: list[Any] = []
         started = clock()
         # each guarded on its own; the reliability after the metrics (a final trace feeds its check)

@@ -37,7 +37,7 @@ from lightning_landscape.functional.landscape.surface import (
     loss_surface_of,
     odd_grid,
 )
-from lightning_landscape.functional.objective import Objective
+from lightning_landscape.functional.objective import Objective, ShardedHessian
 from lightning_landscape.records.record import LineRecord, MetricsRecord, ReliabilityRecord, SurfaceRecord
 
 __all__ = ["LandscapeBuilder", "Observation", "fingerprint"]
@@ -66,6 +66,7 @@ class Observation:
     probe: ProbeSet
     recorder: TrajectoryRecorder
     common: Mapping[str, Any]
+    sharded_hessian: ShardedHessian = "exact"  # how a sharded model's Hessian-vector products are taken
     _objective: Objective | None = field(default=None, init=False, repr=False)
 
     @property
@@ -93,8 +94,9 @@ class Observation:
         if self._objective is None:
             batches, loss_fn = self.inputs()
             self._objective = Objective(
-                self.module, loss_fn, batches, self.params, engine=engine, shard=self.shard()
-            )
+                self.module, loss_fn, batches, self.params, engine=engine, shard=self.shard(),
+                sharded_hessian=self.sharded_hessian,
+            )  # fmt: skip
         return self._objective
 
 

@@ -41,7 +41,7 @@ SETTINGS = (
     ("loss_fn", False), ("metrics", False), ("final_metrics", False), ("engine", False),
     ("save_weights", False),
     ("bn", False), ("metric_name", False), ("reliability", False), ("pca_centred", False),
-    ("critical_sharpness", False), ("critical_probe", False),
+    ("critical_sharpness", False), ("critical_probe", False), ("sharded_hessian", False),
 )  # fmt: skip
 
 
@@ -95,6 +95,7 @@ class CallbackOptions:
     reliability: bool | Mapping[str, Any]
     critical_sharpness: int | None
     critical_probe: tuple[Iterable[Any], LossFn] | None
+    sharded_hessian: Literal["exact", "difference"]
     # the budget
     max_overhead: float | None
     budget_final: bool | Literal["auto"]
@@ -164,6 +165,7 @@ class CallbackOptions:
         every = a["critical_sharpness"]  # the pair is checked with it by CriticalSharpnessMonitor
         self.critical_sharpness = check.positive_int("critical_sharpness", every, allow_none=True)
         self.critical_probe = a["critical_probe"]
+        self.sharded_hessian = check.choice("sharded_hessian", a["sharded_hessian"], ("exact", "difference"))
         # the budget
         self.max_overhead = check.positive_number("max_overhead", a["max_overhead"], allow_none=True)
         budget_final = a["budget_final"]

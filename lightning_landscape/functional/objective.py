@@ -37,6 +37,7 @@ __all__ = [
     "Engine",
     "NonFiniteError",
     "Objective",
+    "ShardedHessian",
     "check_batches",
     "check_engine",
     "check_int",
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 Engine = Literal["auto", "loop", "vmap", "compile"]
+ShardedHessian = Literal["exact", "difference"]
 _ENGINES = ("auto", "loop", "vmap", "compile")
 
 
@@ -275,6 +277,11 @@ class Objective:
         layout: the :class:`ShardLayout` of a sharded model's parameters (FSDP2 ``DTensor``s), built by
             :meth:`build`; ``params`` are then this process's slices (``layout.local``), every forward
             pass is a collective and every core that takes a ``layout=`` uses this one by default.
+        sharded_hessian: how Hessian-vector products of a sharded model are taken: ``"exact"`` (double
+            backward through FSDP2's gathered parameters, each process holding the full parameters while
+            a curvature computation runs) or ``"difference"`` (a central difference of gradients on the
+            slices: 1/W of the memory, biased where the step crosses a ReLU's kink); see
+            :mod:`lightning_landscape.functional.curvature.sharded`.
 
     On a sharded model (parameters that are ``DTensor``s, FSDP2's ``fully_shard``) :meth:`build` finds the
     sharding itself: it builds the layout once, takes the local slices as ``params``, reshards FSDP2's
@@ -307,9 +314,14 @@ class Objective:
     metric_fn: LossFn | None = None
     metric_name: str | None = None
     layout: ShardLayout | None = None
+    sharded_hessian: ShardedHessian = "exact"
 
     def __post_init__(self) -> None:
         check_engine(self.engine)
+        if self.sharded_hessian not in ("exact", "difference"):
+            raise ValueError(
+                f"`sharded_hessian` must be 'exact' or 'difference', got {self.sharded_hessian!r}"
+            )
         chunk = self.chunk_size
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
             raise ValueError(f"`chunk_size` must be a positive integer or None, got {chunk!r}")
@@ -332,6 +344,7 @@ class Objective:
         shard: PointShard | None = None,
         metric_fn: LossFn | None = None,
         metric_name: str | None = None,
+        sharded_hessian: ShardedHessian = "exact",
     ) -> Objective:
         """The objective of ``model`` on ``batches``; ``params`` resolved once (see :func:`resolve_params`:
         ``require_grad`` for computations that differentiate).
@@ -362,6 +375,7 @@ class Objective:
         return cls(
             model, loss_fn, list(batches), resolved, bn=bn, engine=engine, chunk_size=chunk_size,
             shard=shard, metric_fn=metric_fn, metric_name=metric_name, layout=layout,
+            sharded_hessian=sharded_hessian,
         )  # fmt: skip
 
     def unsharded(self, what: str, instead: str = _GATHER) -> Objective:

@@ -67,6 +67,7 @@ REFUSED: dict[str, list[Any]] = {
     "pca_centred": ["yes", None, 1],
     "critical_sharpness": [0, -1, 1.5, "10", True],
     "critical_probe": ["loader", (3, lambda m, b: b), ([1], "ce"), ([1],), ([1], print, 3)],
+    "sharded_hessian": ["gathered", None, "Exact"],
 }
 CASES = [(arg, value) for arg, values in REFUSED.items() for value in values]
 

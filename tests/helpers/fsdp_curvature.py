@@ -1,6 +1,7 @@
 """Two CPU processes (gloo), the FSDP2 test network sharded by ``fully_shard`` (every Linear, then the whole
-model: rows 7, 5 and 3, uneven shards): every curvature core with ``layout=`` (gradient differences on each
-rank's slices) against the same core on an unsharded copy (exact double-backward products), same seeds.
+model: rows 7, 5 and 3, uneven shards): every curvature core with ``layout=`` (exact products through
+FSDP2's gathered parameters, on each rank's slices; the gradient difference too) against the same core on
+an unsharded copy (exact double-backward products), same seeds; and a ReLU network's lambda_max.
 Rank zero prints one JSON line: the list of every rank's row. Run by
 ``tests/functional/curvature/test_sharded.py`` as ``python fsdp_curvature.py PORT``."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the helpers package
@@ -44,17 +46,24 @@ def run(rank: int, world: int, port: str) -> None:
     from lightning_landscape.functional.landscape.shards import ShardLayout
     from lightning_landscape.functional.objective import Objective
 
-    torch.manual_seed(0)
-    net, ref = fsdp_run.make_net(), fsdp_run.make_net()
-    ref.load_state_dict(net.state_dict())
-    for layer in net:
-        if isinstance(layer, nn.Linear):
-            fully_shard(layer)
-    fully_shard(net)
     batches = list(fsdp_run.probe_loader())
-    layout = ShardLayout.of(list(net.parameters()))
-    sharded = Objective(net, resharding_loss(fsdp_run.ce, net), batches, layout.local)
-    whole = Objective.build(ref, fsdp_run.ce, batches, require_grad=True)
+
+    def pair(make: Callable[[], nn.Sequential]) -> tuple[nn.Sequential, ShardLayout, Objective, Objective]:
+        """The network sharded (every Linear, then the whole), its layout, and the objectives of it and of an
+        unsharded copy."""
+        net, ref = make(), make()
+        ref.load_state_dict(net.state_dict())
+        for layer in net:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+        fully_shard(net)
+        layout = ShardLayout.of(list(net.parameters()))
+        sharded = Objective(net, resharding_loss(fsdp_run.ce, net), batches, layout.local)
+        return net, layout, sharded, Objective.build(ref, fsdp_run.ce, batches, require_grad=True)
+
+    torch.manual_seed(0)
+    net, layout, sharded, whole = pair(fsdp_run.make_net)
+    ref = whole.model
     before = [p.detach().full_tensor().clone() for p in net.parameters()]  # type: ignore[attr-defined]
     out: dict[str, object] = {
         "rank": rank,
@@ -105,6 +114,23 @@ def run(rank: int, world: int, port: str) -> None:
         [mine_b.blocks, mine_b.lambda_max.tolist(), mine_b.trace.tolist(), mine_b.parameters.tolist()],
         [exact_b.blocks, exact_b.lambda_max.tolist(), exact_b.trace.tolist(), exact_b.parameters.tolist()],
     ]
+
+    # the gradient difference (``sharded_hessian="difference"``): slices only, within its step's error
+    _, approx = hessian_directions_of(sharded.replace(sharded_hessian="difference"), 80, 1e-7, layout=layout)
+    out["difference"] = [approx.meta["hvp"], approx.eigenvalues.tolist()]
+
+    # a ReLU network (kinks: where the gradient difference is biased): exact products, converged Lanczos
+    torch.manual_seed(1)
+    relu, relu_layout, relu_sharded, relu_whole = pair(fsdp_run.make_relu_net)
+    converged = dict(max_iter=200, tol=1e-9)
+    out["relu"] = [
+        hessian_eigenvalues_of(relu_sharded, **converged, layout=relu_layout).eigenvalues.tolist(),
+        hessian_eigenvalues_of(relu_whole, **converged).eigenvalues.tolist(),
+        # the 5 steps of the callback's periodic landscapes, sharded and not: the same iterations
+        hessian_eigenvalues_of(relu_sharded, max_iter=5, tol=1e-3, layout=relu_layout).eigenvalues.tolist(),
+        hessian_eigenvalues_of(relu_whole, max_iter=5, tol=1e-3).eigenvalues.tolist(),
+    ]
+    out["relu_states"] = sorted({type(p).__name__ for p in relu.parameters()})
 
     eos = dict(max_iter=30, tol=1e-6)
     sgd = [torch.optim.SGD(m.parameters(), lr=0.2, momentum=0.9) for m in (net, ref)]

@@ -62,7 +62,7 @@ SCENARIOS = {
             "blocks": {"blocks": ["net.0", "net.2", "net.4"], "samples": 4},  # the three Linear layers
         }
     },
-    "random": {"directions": "random", "save_weights": True},
+    "random": {"directions": "random", "save_weights": True, "sharded_hessian": "difference"},
     "hessian": {"directions": "hessian", "metrics": None, "final_metrics": None},
     "bare": {"bare": True},
     "frozen": {
@@ -103,6 +103,11 @@ def make_net() -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(FEATURES, 7), nn.Tanh(), nn.Linear(7, 5), nn.Tanh(), nn.Linear(5, 3)
     )  # fmt: skip
+
+
+def make_relu_net() -> nn.Sequential:
+    """A ReLU network (kinks where a finite step of the weights changes which units are active)."""
+    return nn.Sequential(nn.Linear(FEATURES, 16), nn.ReLU(), nn.Linear(16, 9), nn.ReLU(), nn.Linear(9, 3))
 
 
 def make_bn_net() -> nn.Sequential:

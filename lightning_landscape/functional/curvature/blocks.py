@@ -29,7 +29,7 @@ from lightning_landscape.functional.curvature.operators import (
     operator_hutchinson_samples,
     operator_lanczos,
 )
-from lightning_landscape.functional.curvature.sharded import check_layout, restrict
+from lightning_landscape.functional.curvature.sharded import check_layout, restrict, sharded_product
 from lightning_landscape.functional.landscape.params import LossFn
 from lightning_landscape.functional.landscape.shards import ShardLayout
 from lightning_landscape.functional.objective import NonFiniteError, Objective, check_int, nonfinite_warning
@@ -221,7 +221,7 @@ def block_curvature_of(
         **objective.probe_meta(),
     }
     if layout is not None:
-        meta["hvp"] = "gradient difference"
+        meta["hvp"] = sharded_product(objective, layout)
     start = time.perf_counter()
     nan = np.full(len(names), math.nan)
     rows: list[tuple[float, float, float, float, int]] = []

@@ -37,7 +37,7 @@ from lightning_landscape.functional.curvature.operators import (
     operator_hutchinson_samples,
     operator_lanczos,
 )
-from lightning_landscape.functional.curvature.sharded import check_layout
+from lightning_landscape.functional.curvature.sharded import check_layout, sharded_product
 from lightning_landscape.functional.landscape.params import Direction, LossFn, unflatten
 from lightning_landscape.functional.landscape.sharding import PointShard, evaluate_sharded
 from lightning_landscape.functional.landscape.shards import ShardLayout
@@ -228,7 +228,7 @@ def hessian_eigenvalues_of(
         "parameters": objective.numel if layout is None else layout.numel,
     }
     if layout is not None:
-        meta["hvp"] = "gradient difference"
+        meta["hvp"] = sharded_product(objective, layout)
     start = time.perf_counter()
     try:
         with hessian_operator_of(objective, reuse_graph, layout=layout) as op:
@@ -402,7 +402,7 @@ def hessian_trace_of(
         **objective.probe_meta(),
     }
     if layout is not None:
-        meta["hvp"] = "gradient difference"
+        meta["hvp"] = sharded_product(objective, layout)
     start = time.perf_counter()
     losses: list[float] = []
 

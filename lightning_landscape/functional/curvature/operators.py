@@ -38,14 +38,19 @@ from lightning_landscape.functional.curvature.estimators import (
     lanczos,
 )
 from lightning_landscape.functional.curvature.sharded import (
+    GATHERED,
+    GatheredHessianOperator,
     GradientDifferenceOperator,
+    gathered_hessian_operator_of,
     gradient_difference_operator_of,
+    sharded_product,
 )
 from lightning_landscape.functional.landscape.params import Direction, LossFn, observation, unflatten
 from lightning_landscape.functional.landscape.shards import ShardLayout
 from lightning_landscape.functional.objective import (
     NonFiniteError,
     Objective,
+    resolve_params,
     scalar_loss,
     second_order,
 )
@@ -485,7 +490,11 @@ def hessian_operator(
         tensor([2., 4.])
     """
     objective = Objective.build(model, loss_fn, batches, params, require_grad=True)
-    objective.unsharded("hessian_operator", "hessian_vector_product works on them")
+    objective.unsharded(
+        "hessian_operator",
+        "its vectors are the whole model's; hessian_vector_product works on them, and hessian_operator_of "
+        "with the objective's layout gives an operator on each process's slices",
+    )
     with hessian_operator_of(objective, reuse_graph) as op:
         assert isinstance(op, HessianOperator)  # no layout: the double-backward operator
         yield op
@@ -494,21 +503,33 @@ def hessian_operator(
 @contextlib.contextmanager
 def hessian_operator_of(
     objective: Objective, reuse_graph: bool = True, *, layout: ShardLayout | None = None
-) -> Iterator[HessianOperator | GradientDifferenceOperator]:
+) -> Iterator[HessianOperator | GatheredHessianOperator | GradientDifferenceOperator]:
     """:func:`hessian_operator` of ``objective`` (the core; each parameter must require grad).
 
     With ``layout`` (a sharded model: ``objective.params`` are this process's slices of ``layout.params``),
-    the :class:`~lightning_landscape.functional.curvature.sharded.GradientDifferenceOperator` on those
-    slices (``reuse_graph`` has no effect there); every process must take part in each product.
+    an operator on those slices; every process must take part in each product. By default
+    (``objective.sharded_hessian == "exact"``) the exact product, by double backward through FSDP2's
+    gathered parameters
+    (:class:`~lightning_landscape.functional.curvature.sharded.GatheredHessianOperator`); with
+    ``"difference"``, or on a model without FSDP2 modules, a central difference of gradients that keeps
+    to the slices (:class:`~lightning_landscape.functional.curvature.sharded.GradientDifferenceOperator`,
+    ``reuse_graph`` has no effect there).
     """
     layout = objective.layout if layout is None else layout  # a sharded objective brings its own
     if layout is not None:
+        if sharded_product(objective, layout) == GATHERED:
+            resolve_params(objective.model, layout.params, require_grad=True)
+            with gathered_hessian_operator_of(objective, layout, reuse_graph) as exact:
+                yield exact
+            return
         with gradient_difference_operator_of(objective, layout) as gd:
             yield gd
         return
     objective.differentiable()
     with observation(objective.model), torch.enable_grad(), second_order():
-        op: HessianOperator | GradientDifferenceOperator = HessianOperator(objective, reuse_graph=reuse_graph)
+        op: HessianOperator | GatheredHessianOperator | GradientDifferenceOperator = HessianOperator(
+            objective, reuse_graph=reuse_graph
+        )
         yield op
 
 

@@ -1,33 +1,41 @@
-"""Hessian-vector products of a model whose parameters are shards (FSDP2), from gradients, on local slices.
+"""Hessian-vector products of a model whose parameters are shards (FSDP2), on each process's local slices.
 
 FSDP2 gathers each parameter for the forward pass into a tensor that is not the sharded parameter, and
 hands the gradient back to the shard in a backward hook, so ``torch.autograd.grad(loss, params,
 create_graph=True)`` (the double backward of :class:`~.operators.HessianOperator`) does not see the
-sharded parameters at all. What does work is ``loss.backward()``: each process gets its slice of the
-gradient. So the Hessian-vector product here is a central difference of gradients::
+sharded parameters at all. Two routes, the first the default (``Objective.sharded_hessian``):
+
+- :class:`GatheredHessianOperator` (``"exact"``): the gathered tensors are leaves of the graph, and FSDP2
+  gathers into the same tensors again before each backward pass, so the double backward works with
+  respect to them while every FSDP2 module is unsharded (see the class). Exact; each process holds the
+  full parameters while the operator lives.
+- :class:`GradientDifferenceOperator` (``"difference"``, and any sharded model without FSDP2 modules):
+  ``loss.backward()`` gives each process its slice of the gradient, so the product is a central difference
+  of gradients::
 
     H v ~ (g(w + h v) - g(w - h v)) / (2 h),     h = eps^(1/3) * max(|w|, 1) / |v|
 
 with ``eps`` the machine epsilon of the work dtype (float32: ``h |v| ~ 4.9e-3 |w|``). The step balances the
 truncation error, ``O(h^2 |v|^3 |D^3 L|)``, against the rounding error of the gradients,
 ``O(eps |g| / h)``; both are then of order ``eps^(2/3)`` relative (about ``2e-5`` for float32 at unit
-scales, and in practice within ``1e-3`` of the exact product: see the tests, which compare it with the
-double-backward product on unsharded models). Each product costs two forward-backward passes per probe
-batch; the weights are moved in place and restored bit for bit (:class:`~.params.WeightPerturbation`),
-and every parameter's ``.grad`` is given back as it was.
+scales, and in practice within ``1e-3`` of the exact product on smooth models: see the tests). On ReLU
+models it is biased where the step crosses a kink (a few % on a transformer: docs/scaling.md). Each
+product costs two forward-backward passes per probe batch; the weights are moved in place and restored
+bit for bit (:class:`~.params.WeightPerturbation`), and every parameter's ``.grad`` is given back as it
+was.
 
-:class:`GradientDifferenceOperator` is an operator like the double-backward one (``numel``, ``dtype``,
-``device``, ``matvec``, ``block``), made by :func:`~.operators.hessian_operator_of` when it is given the
+Both are operators like the double-backward one (``numel``, ``dtype``, ``device``, ``matvec``, ``block``),
+made by :func:`~.operators.hessian_operator_of` when it is given the
 parameters' :class:`~lightning_landscape.functional.landscape.shards.ShardLayout`, so every model-level
 function (eigenvalues, trace, Hessian directions, per-block curvature, the edge of stability) runs on it
-unchanged. Its vectors are *this process's slices* (length ``ShardLayout.local_numel``, the local shards
-flattened in parameter order); its :class:`ShardedSpace` sums inner products over the processes (one
+unchanged. Their vectors are *this process's slices* (length ``ShardLayout.local_numel``, the local shards
+flattened in parameter order); their :class:`ShardedSpace` sums inner products over the processes (one
 all-reduce each) and draws every random probe (the Rademacher vectors of Hutchinson and of the Lanczos
 start) as each *full* parameter's draw from the one seeded CPU generator, sliced: the probes one
 unsharded process draws, so the numbers are the unsharded ones. A Lanczos basis then holds ``1/W`` of the
 full length on each of ``W`` processes; its size (``max_basis``) is chosen from the full length, as
 unsharded, so the iterations are the same. A product restricted to a block of parameters (per-block
-curvature) moves only the block's slices and reads the gradient on them: a vector zero outside the block.
+curvature) is the product with a vector zero outside the block, read on the block.
 
 SAM's gradient comes from the same backward passes (:func:`sharded_loss_gradient`), and average
 sharpness draws its Gaussian perturbations per full parameter and slices them
@@ -46,20 +54,30 @@ from torch import Tensor, nn
 
 from lightning_landscape.functional.curvature.estimators import VectorSpace
 from lightning_landscape.functional.landscape.params import Direction, LossFn, WeightPerturbation, observation
-from lightning_landscape.functional.landscape.shards import ShardLayout
-from lightning_landscape.functional.objective import NonFiniteError, Objective, rademacher, work_dtype
+from lightning_landscape.functional.landscape.shards import ShardLayout, fsdp_modules
+from lightning_landscape.functional.objective import (
+    NonFiniteError,
+    Objective,
+    rademacher,
+    scalar_loss,
+    second_order,
+    work_dtype,
+)
 
 __all__ = [
-    "GradientDifferenceBlock",
+    "GatheredHessianOperator",
     "GradientDifferenceOperator",
+    "ShardedHessianBlock",
     "ShardedSpace",
     "check_layout",
     "difference_step",
+    "gathered_hessian_operator_of",
     "gradient_difference_operator_of",
     "local_gradient",
     "local_slices",
     "restrict",
     "sharded_loss_gradient",
+    "sharded_product",
 ]
 
 
@@ -296,17 +314,20 @@ class GradientDifferenceOperator:
         """``H v`` for this process's slices ``vector`` (length :attr:`numel`); the result's slices."""
         return self._product(range(len(self.local)), vector, self.space)
 
-    def block(self, index: Sequence[int]) -> GradientDifferenceBlock:
+    def block(self, index: Sequence[int]) -> ShardedHessianBlock:
         """The Hessian restricted to the parameters ``index``: ``H_BB`` on their slices."""
-        return GradientDifferenceBlock(self, index)
+        return ShardedHessianBlock(self, index)
 
 
-class GradientDifferenceBlock:
+class ShardedHessianBlock:
     """``H_BB`` on this process's slices of a block of parameters: the product with a vector that is zero
-    outside the block (only the block's slices are moved), read on the block. Made by
-    :meth:`GradientDifferenceOperator.block`."""
+    outside the block, read on the block (the gathered operator differentiates with respect to the block's
+    parameters only; the gradient difference moves only the block's slices). Made by the operators'
+    ``block``."""
 
-    def __init__(self, operator: GradientDifferenceOperator, index: Sequence[int]) -> None:
+    def __init__(
+        self, operator: GatheredHessianOperator | GradientDifferenceOperator, index: Sequence[int]
+    ) -> None:
         self.index = list(index)
         if not self.index:
             raise ValueError("a Hessian block needs at least one parameter")
@@ -326,3 +347,167 @@ def gradient_difference_operator_of(
     """Observe the model (eval mode, state restored after); yield its :class:`GradientDifferenceOperator`."""
     with observation(objective.model), torch.enable_grad():
         yield GradientDifferenceOperator(objective, layout)
+
+
+def _unsharded_names(model: nn.Module, layout: ShardLayout) -> list[str] | None:
+    """Each of ``layout.params``'s name in ``model`` (its first, for a tied parameter), or None if one of
+    them is not a parameter of ``model`` or a name is taken twice (then there is no gathered route)."""
+    names: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), name)
+    out = [names.get(id(p)) for p in layout.params]
+    if any(n is None for n in out) or len(set(out)) != len(out):
+        return None
+    return [n for n in out if n is not None]
+
+
+GATHERED = "gathered double backward"
+DIFFERENCE = "gradient difference"
+
+
+def sharded_product(objective: Objective, layout: ShardLayout) -> str:
+    """How Hessian-vector products of a sharded objective are taken (recorded as ``meta["hvp"]``):
+    :data:`GATHERED` (exact, :class:`GatheredHessianOperator`) when ``objective.sharded_hessian`` is
+    ``"exact"``, the model has FSDP2 modules (``fully_shard``) and every parameter of ``layout`` is one of
+    its named parameters; else :data:`DIFFERENCE` (:class:`GradientDifferenceOperator`)."""
+    model = objective.model
+    if objective.sharded_hessian == "exact" and fsdp_modules(model) and _unsharded_names(model, layout):
+        return GATHERED
+    return DIFFERENCE
+
+
+class GatheredHessianOperator:
+    """``v -> H v`` on this process's slices, *exactly*: by double backward through FSDP2's gathered
+    parameters.
+
+    FSDP2 all-gathers each module's parameters into plain tensors for its forward pass, registers them on
+    the module in place of the shards, frees their storage after the pass and gathers into the *same*
+    tensors again before the backward pass reaches them. Those tensors are leaves of the autograd graph,
+    so the double backward of :class:`~.operators.HessianOperator` works with respect to them, provided
+    their storage is filled when each backward pass runs. Here every FSDP2 module is unsharded
+    (``FSDPModule.unshard``, public API) before the gradient graphs are built and again before each
+    product (FSDP2's own backward hooks reshard after each pass); the product ``d/dw (g . v)`` takes the
+    full vector ``v`` (each parameter's slices all-gathered in turn), each process's result for its own
+    probe batches is averaged over the processes (one all-reduce, as FSDP2 averages gradients), and each
+    process keeps its slices. Every module is resharded when the operator's block ends.
+
+    Memory: while the operator lives, each process holds the full parameters (as FSDP2 holds them with
+    ``reshard_after_forward=False``), the gradient graphs of its probe batches (``reuse_graph``, as
+    unsharded) and a full-length vector per product; the estimators' vectors (the Lanczos basis) stay
+    slices, 1/W of the full length. Where the gathered parameters do not fit,
+    ``sharded_hessian="difference"`` (:class:`GradientDifferenceOperator`) keeps to the slices.
+
+    Attributes:
+        numel, dtype, device: the local vectors' length (``layout.local_numel``), dtype and device.
+        space: the :class:`ShardedSpace` of those vectors (full dimension ``layout.numel``).
+        loss: the mean probe loss at ``w`` of this process's probe batches.
+    """
+
+    def __init__(self, objective: Objective, layout: ShardLayout, reuse_graph: bool = True) -> None:
+        check_layout(objective, layout)
+        names = _unsharded_names(objective.model, layout)
+        if names is None:
+            raise ValueError("`layout`: its parameters are not all named parameters of the model")
+        self.model, self.loss_fn, self.batches = objective.model, objective.loss_fn, list(objective.batches)
+        self.layout, self.reuse_graph = layout, reuse_graph
+        self.local = list(layout.local)
+        self.space = ShardedSpace(layout)
+        self.numel = self.space.local_numel
+        self.dtype = work_dtype(self.local[0])
+        self.device = self.local[0].device
+        self._fsdp = fsdp_modules(self.model)
+        self._names = names
+        self._world = float(layout.all_reduce(torch.ones((), dtype=torch.float64, device=self.device)))
+        self._all = list(range(len(self.local)))
+        self._unshard()
+        registered = dict(self.model.named_parameters(remove_duplicate=False))
+        self.params = [registered[n] for n in names]  # the gathered tensors, leaves of the graphs
+        if any(p.shape != s for p, s in zip(self.params, layout.shapes)):
+            raise ValueError(
+                "`layout`: the model's gathered parameters are not shaped as its full parameters"
+            )
+        self._graphs: list[tuple[Tensor | None, ...]] = []
+        total = 0.0
+        for batch in self.batches:
+            loss, grads = self._gradient(batch)
+            if reuse_graph:
+                self._graphs.append(grads)
+            total += float(loss.detach()) / len(self.batches)
+        self.loss = total
+        if not math.isfinite(total):
+            raise NonFiniteError(f"the loss at w is {total}")
+
+    def _unshard(self) -> None:
+        for m in self._fsdp:
+            m.unshard()  # type: ignore[operator]
+
+    def reshard(self) -> None:
+        """Every FSDP2 module back to its shards (the gathered parameters' storage freed)."""
+        for m in self._fsdp:
+            m.reshard()  # type: ignore[operator]
+
+    def _gradient(self, batch: Any) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+        loss = scalar_loss(self.loss_fn, self.model, batch)
+        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        return loss, tuple(g if g is not None and g.requires_grad else None for g in grads)
+
+    def _product(self, index: Sequence[int], vector: Tensor, space: ShardedSpace | None = None) -> Tensor:
+        """``(H v)`` on the parameters ``index`` for ``v`` zero outside them (``vector``: their slices)."""
+        vector = vector.to(device=self.device, dtype=self.dtype)
+        chosen = [self.local[i] for i in index]
+        pieces = [t.view(p.shape) for t, p in zip(vector.split([p.numel() for p in chosen]), chosen)]
+        full = [  # each parameter's full vector, one all-gather each (every process, in the same order)
+            self.layout.gather(i, piece).to(self.params[i].dtype) for i, piece in zip(index, pieces)
+        ]
+        targets = [self.params[i] for i in index]
+        out = [torch.zeros(t.shape, dtype=torch.float64, device=self.device) for t in targets]
+        for b, batch in enumerate(self.batches):
+            self._unshard()  # FSDP2's hooks resharded after the last backward pass: gather again, in place
+            grads = self._graphs[b] if self.reuse_graph else self._gradient(batch)[1]
+            if not self.reuse_graph:
+                self._unshard()
+            pairs = [(g, v) for g, v in ((grads[i], v) for i, v in zip(index, full)) if g is not None]
+            if not pairs:
+                continue
+            hv = torch.autograd.grad(
+                [g for g, _ in pairs],
+                targets,
+                grad_outputs=[v for _, v in pairs],
+                retain_graph=self.reuse_graph,
+                allow_unused=True,
+            )
+            for o, h in zip(out, hv):
+                if h is not None:
+                    o.add_(h.detach().double())
+        flat = torch.cat([o.reshape(-1) for o in out]) / (len(self.batches) * self._world)
+        flat = self.layout.all_reduce(flat)  # the mean over the processes' probe batches
+        sizes = [t.numel() for t in targets]
+        return torch.cat(
+            [
+                self.layout.local_rows(i, h.view(t.shape)).reshape(-1)
+                for i, h, t in zip(index, flat.split(sizes), targets)
+            ]
+        ).to(self.dtype)
+
+    def matvec(self, vector: Tensor) -> Tensor:
+        """``H v`` for this process's slices ``vector`` (length :attr:`numel`); the result's slices."""
+        return self._product(self._all, vector)
+
+    def block(self, index: Sequence[int]) -> ShardedHessianBlock:
+        """The Hessian restricted to the parameters ``index``: ``H_BB`` on their slices."""
+        return ShardedHessianBlock(self, index)
+
+
+@contextlib.contextmanager
+def gathered_hessian_operator_of(
+    objective: Objective, layout: ShardLayout, reuse_graph: bool = True
+) -> Iterator[GatheredHessianOperator]:
+    """Observe the model (eval mode, state restored after) with twice-differentiable kernels; yield its
+    :class:`GatheredHessianOperator`; every FSDP2 module resharded after (also on an error)."""
+    fsdp = fsdp_modules(objective.model)
+    with observation(objective.model), torch.enable_grad(), second_order():
+        try:
+            yield GatheredHessianOperator(objective, layout, reuse_graph)
+        finally:
+            for m in fsdp:
+                m.reshard()  # type: ignore[operator]

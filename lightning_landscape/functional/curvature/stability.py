@@ -44,7 +44,7 @@ from lightning_landscape.functional.curvature.operators import (
     hessian_operator_of,
     operator_lanczos,
 )
-from lightning_landscape.functional.curvature.sharded import check_layout, local_slices
+from lightning_landscape.functional.curvature.sharded import check_layout, local_slices, sharded_product
 from lightning_landscape.functional.landscape.params import LossFn
 from lightning_landscape.functional.landscape.shards import ShardLayout
 from lightning_landscape.functional.objective import NonFiniteError, Objective, nonfinite_warning, work_dtype
@@ -319,7 +319,7 @@ def edge_of_stability_ratio_of(
         **objective.probe_meta(),
     }
     if layout is not None:
-        meta["hvp"] = "gradient difference"
+        meta["hvp"] = sharded_product(objective, layout)
     start = time.perf_counter()
     try:
         with hessian_operator_of(objective, reuse_graph, layout=layout) as op:

@@ -34,6 +34,7 @@ from lightning_landscape.functional.landscape.params import Direction, LossFn, n
 
 __all__ = [
     "ShardLayout",
+    "fsdp_modules",
     "is_sharded",
     "resharding",
     "sharded_filter_normalize",
@@ -54,6 +55,16 @@ def is_sharded(params: Sequence[Tensor]) -> bool:
     return any(_is_dtensor(p) for p in params)
 
 
+def fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` that FSDP2's ``fully_shard`` was applied to (they ``unshard`` and ``reshard``
+    their own parameters), in module order."""
+    return [
+        m
+        for m in model.modules()
+        if callable(getattr(m, "reshard", None)) and callable(getattr(m, "unshard", None))
+    ]
+
+
 def resharding(loss_fn: LossFn, model: nn.Module) -> LossFn:
     """``loss_fn`` that puts every FSDP2 module of ``model`` back to its sharded state after each forward
     without grad (``loss_fn`` itself when there is none).
@@ -61,7 +72,7 @@ def resharding(loss_fn: LossFn, model: nn.Module) -> LossFn:
     FSDP2 keeps a root module's gathered parameters after a forward that no backward follows (it expects
     one); the landscape moves the local slices in place, so the next forward must gather them again.
     """
-    fsdp = [m for m in model.modules() if callable(getattr(m, "reshard", None)) and hasattr(m, "unshard")]
+    fsdp = fsdp_modules(model)
     if not fsdp:
         return loss_fn
 
