@@ -43,6 +43,7 @@ bench: $(STAMP)  ## benchmarks: tables and ratios (README "Performance"); baseli
 	$(PY) benchmarks/bench_growth.py
 	$(PY) benchmarks/bench_callback.py
 	$(PY) benchmarks/bench_critical.py
+	$(PY) benchmarks/bench_warm_start.py
 	bash benchmarks/setup_env.sh $(PY) > /dev/null
 	benchmarks/.env/bin/python benchmarks/bench_baselines.py
 	benchmarks/.env/bin/python benchmarks/bench_curvature_vs_pyhessian.py

@@ -173,6 +173,7 @@ class LandscapeBuilder(PlaneSteps):
         self.start_buffers: dict[str, Tensor] | None = None  # the initial model's floating-point buffers
         self.metric_missing: str | None = None  # why metric_fn failed in this fit (then no longer called)
         self._latest: _Latest | None = None
+        self.warm: dict[str, list[Tensor]] = {}  # Lanczos' warm start, from one landscape to the next
         self.progress: LandscapeProgress | None = None  # of the landscape being evaluated (compute)
         # The time source of the points' seconds (the budget's measurement); the callback sets its own.
         self.clock: Callable[[], float] = time.monotonic
@@ -181,6 +182,7 @@ class LandscapeBuilder(PlaneSteps):
     def reset(self) -> None:
         self._latest = None
         self._drawn = None
+        self.warm = {}
         self.start_buffers = None
         self.metric_missing = None
 
@@ -484,7 +486,7 @@ class LandscapeBuilder(PlaneSteps):
                 values, info = dict(cached[1]), {name: {**cached[2], "reused": True}}
             else:
                 values, info, problems = compute_metrics_of(
-                    objective, {name: options}, optimizer=optimizer, shards=self.shards
+                    objective, {name: options}, optimizer=optimizer, shards=self.shards, warm=self.warm
                 )
             scalars.update(values)
             meta.update(info)

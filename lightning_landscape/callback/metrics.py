@@ -30,6 +30,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 
 from lightning_landscape.callback.module_state import UnrestorableStateError
@@ -173,6 +175,11 @@ def resolve_metrics(
     return out
 
 
+def values_finite(result: Any) -> bool:
+    """Whether a Lanczos result's eigenvalues are all finite (only then are its vectors a start)."""
+    return bool(np.isfinite(np.asarray(result.eigenvalues, dtype=float)).all())
+
+
 def compute_metrics(
     model: nn.Module,
     loss_fn: LossFn,
@@ -202,6 +209,7 @@ def compute_metrics_of(
     spec: Mapping[str, Mapping[str, Any]],
     optimizer: Any = None,
     shards: ShardLayout | None = None,
+    warm: dict[str, list[Tensor]] | None = None,
 ) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:
     """:func:`compute_metrics` of a landscape's ``objective``: every metric with its probe batches and
     parameters, the default engine and the current BatchNorm statistics; its ``shard`` only for the
@@ -209,7 +217,12 @@ def compute_metrics_of(
     of a sharded model), every metric runs through the same core with ``layout=shards``: Hessian-vector
     products by gradient differences on the slices
     (:mod:`lightning_landscape.functional.curvature.sharded`), and every rank takes part in every
-    product and forward pass (nothing is shared out)."""
+    product and forward pass (nothing is shared out).
+
+    ``warm`` (the callback's, kept from one landscape to the next): ``eigenvalues`` starts Lanczos from the
+    sum of the Ritz vectors it found last time (``warm["eigenvalues"]``, when shaped like the parameters)
+    and leaves this time's there. The Hessian changes little between landscapes, so a few Lanczos steps
+    go much further from there than from a random vector (docs/curvature.md, "Warm starts")."""
     plain = objective.replace(bn="keep", engine="auto", chunk_size=None, shard=None, metric_fn=None)
     scalars: dict[str, float] = {}
     meta: dict[str, Any] = {}
@@ -226,6 +239,11 @@ def compute_metrics_of(
                     extra["optimizer"] = optimizer
                 if shards is not None:
                     extra["layout"] = shards
+                if name == "eigenvalues" and warm is not None:
+                    extra["return_eigenvectors"] = True
+                    start = warm.get("eigenvalues")
+                    if start is not None and [t.shape for t in start] == [p.shape for p in plain.params]:
+                        extra["start"] = start
                 target = plain.replace(shard=objective.shard) if shared else plain
                 result = METRIC_CORES[name](target, **options, **extra)
         except UnrestorableStateError:
@@ -233,6 +251,11 @@ def compute_metrics_of(
         except Exception as err:
             errors[name] = f"{type(err).__name__}: {err}"
             continue
+        if name == "eigenvalues" and warm is not None:
+            vectors = result.eigenvectors or []
+            if vectors and values_finite(result):
+                warm["eigenvalues"] = [torch.stack(parts).sum(0) for parts in zip(*vectors)]
+            result.eigenvectors = None  # not kept in the record
         values = result.scalars()
         scalars.update(values)
         meta[name] = {**options, **result.meta}

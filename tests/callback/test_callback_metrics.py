@@ -16,7 +16,7 @@ from torch.func import functional_call
 
 from lightning_landscape import LossLandscapeCallback, MetricsRecord, load_records
 from lightning_landscape.callback import metrics as metrics_module
-from lightning_landscape.functional import sam_sharpness
+from lightning_landscape.functional import hessian_eigenvalues, sam_sharpness
 
 SMALL = {"resolution": 3, "final_resolution": 5, "line_resolution": 5, "num_batches": 2, "log_figures": False}
 
@@ -95,6 +95,26 @@ def test_metrics_are_logged_recorded_and_right(trainer_kwargs, tmp_path):
     evals = torch.linalg.eigvalsh(h).numpy()
     assert values["hessian/lambda_max"] == pytest.approx(evals[-1], rel=1e-3)
     assert abs(values["hessian/trace"] - float(torch.trace(h))) <= 4 * values["hessian/trace_stderr"]
+
+
+def test_lanczos_starts_warm_from_the_last_landscapes_ritz_vectors(trainer_kwargs):
+    """Each landscape's 5-step Lanczos starts from the Ritz vectors of the one before: the final lambda_max
+    is near the exact one (float64 Hessian) where a 5-step Lanczos from the seeded random start is not."""
+    pl.seed_everything(0)
+    model = TinyNet()
+    five = {"eigenvalues": {"which": "both", "max_iter": 5, "tol": 1e-9}}
+    cb = LossLandscapeCallback(
+        max_overhead=None, loss_fn=ce_loss, metrics=five, final_metrics=five, reliability=False, **SMALL
+    )
+    _fit(trainer_kwargs, model, [cb], max_epochs=4)
+    metrics = [r for r in cb.records if r.kind == "metrics"]
+    assert [r.meta["eigenvalues"]["start"] for r in metrics] == ["rademacher"] + ["warm"] * (len(metrics) - 1)
+    batches = _probe()
+    exact = float(torch.linalg.eigvalsh(_exact_hessian(model, batches))[-1])
+    model.float()
+    cold = hessian_eigenvalues(model, ce_loss, batches, which="both", max_iter=5, tol=1e-9)
+    warm = metrics[-1].as_dict()["hessian/lambda_max"]
+    assert abs(warm - exact) < 1e-3 * exact < abs(cold.lambda_max - exact)
 
 
 def test_hessian_directions_and_all_metrics_do_not_change_training(trainer_kwargs):

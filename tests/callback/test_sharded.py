@@ -143,7 +143,7 @@ def fsdp_runs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fsdp")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), "--scenarios", "pca,random,hessian,bare,bn,frozen"],
+        [sys.executable, str(SCRIPT), str(out), "--scenarios", "pca,random,hessian,bare,bn,frozen,defaults"],
         env=env,
         capture_output=True,
         text=True,
@@ -192,7 +192,7 @@ def test_fsdp_fit_keeps_shards_and_a_smaller_snapshot_buffer(fsdp_runs):
 @pytest.mark.slow
 def test_observing_a_sharded_fit_does_not_change_its_training(fsdp_runs):
     bare = np.load(fsdp_runs / "bare" / "weights.npz")
-    for scenario in ("pca", "random", "hessian"):
+    for scenario in ("pca", "random", "hessian", "defaults"):
         observed = np.load(fsdp_runs / scenario / "weights.npz")
         assert sorted(observed.files) == sorted(bare.files)
         for key in bare.files:  # initial and final weights, bit for bit
@@ -296,6 +296,38 @@ def test_fsdp_reliability_equals_the_unsharded_one(fsdp_runs):
         np.testing.assert_allclose(line.alphas, reference.alphas, rtol=1e-12)
         np.testing.assert_allclose(line.losses, reference.losses, rtol=1e-5)
     assert recorded.meta["flags"] == expected.meta["flags"]
+
+
+@pytest.mark.slow
+def test_fsdp_at_every_default_gives_the_unsharded_line_centre_and_lambda_max(fsdp_runs):
+    """The issue's check: the callback at its defaults (a fixed probe loader, TensorBoard), then everything
+    recomputed on one unsharded process from the gathered final weights."""
+    out = fsdp_runs / "defaults"
+    folder = out / "tb" / "version_0" / "landscape"
+    records = load_records(folder)
+    model, start = _gathered(out)
+    finals = {r.kind: r for r in records if r.meta.get("stage") == "final"}
+    assert {"surface", "line", "metrics"} <= set(finals), sorted(finals)
+    interpolation = next(r for r in records if r.meta.get("name", "").startswith("final_interpolation"))
+    batches = list(fsdp_run.probe_loader())[: interpolation.meta["probe_batches"]]  # what the budget kept
+    line = interpolation_line(
+        model, fsdp_run.ce, batches, start, resolution=len(interpolation.alphas),
+        alpha_range=(float(interpolation.alphas[0]), float(interpolation.alphas[-1])),
+    )  # fmt: skip
+    np.testing.assert_allclose(interpolation.alphas, line.alphas)
+    np.testing.assert_allclose(interpolation.losses, line.losses, rtol=1e-5)
+    surface = finals["surface"]
+    surface_batches = list(fsdp_run.probe_loader())[: surface.meta["probe_batches"]]
+    with torch.no_grad():
+        reference = np.mean([float(fsdp_run.ce(model, b)) for b in surface_batches])
+    assert abs(surface.losses[len(surface.ys) // 2, len(surface.xs) // 2] - reference) <= 1e-5 * reference
+    metrics = finals["metrics"]
+    assert metrics.meta["eigenvalues"]["hvp"] == "gathered double backward"
+    recorded = float(metrics.values[[str(n) for n in metrics.names].index("hessian/lambda_max")])
+    metric_batches = list(fsdp_run.probe_loader())[: metrics.meta["eigenvalues"]["probe_batches"]]
+    converged = hessian_eigenvalues(model, fsdp_run.ce, metric_batches, max_iter=200, tol=1e-9)
+    assert abs(recorded - converged.lambda_max) <= 1e-3 * abs(converged.lambda_max)
+    assert list((out / "tb" / "version_0").glob("events.out.tfevents.*"))  # figures and scalars logged
 
 
 @pytest.mark.slow

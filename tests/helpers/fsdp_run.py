@@ -10,11 +10,12 @@ callback at its defaults but for: no overhead budget, no figures, a fixed probe 
 2 steps, smaller grids (5, final 9, lines 9: the numbers compared do not depend on them), for ``pca``
 the per-block curvature (a block per Linear) and the edge-of-stability ratio among the final metrics,
 for ``random`` ``directions="random"`` and ``save_weights=True`` (gathered one parameter at a time);
-``hessian`` draws on Hessian directions (no metrics); ``bare`` is the same fit without the callback
-(its final weights must be the same, bit for bit); ``bn`` trains a network with a BatchNorm layer (both
-ranks see the same batches, so their running statistics agree) under two callbacks, ``bn="interpolate"``
-(saving its weights) and ``bn="recompute"``, on random planes, the final landscape only, records in
-``landscape/<bn mode>/``.
+``hessian`` draws on Hessian directions (no metrics); ``defaults`` runs the callback at every default
+(only the probe loader given) with a TensorBoard logger (records in ``tb/version_0/landscape``);
+``bare`` is the same fit without the callback (its final weights must be the same, bit for bit);
+``bn`` trains a network with a BatchNorm layer (both ranks see the same batches, so their running
+statistics agree) under two callbacks, ``bn="interpolate"`` (saving its weights) and
+``bn="recompute"``, on random planes, the final landscape only, records in ``landscape/<bn mode>/``.
 Every callback computes its reliability indicators (``bn``: none). After the fit the full weights
 (initial, final and those at every snapshot step, as ``trajectory`` and ``steps``) and the BatchNorm
 statistics (initial and final), gathered one parameter at a time, go to ``weights.npz`` (rank zero),
@@ -37,6 +38,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.utils.data import DataLoader
@@ -65,6 +67,7 @@ SCENARIOS = {
     "random": {"directions": "random", "save_weights": True, "sharded_hessian": "difference"},
     "hessian": {"directions": "hessian", "metrics": None, "final_metrics": None},
     "bare": {"bare": True},
+    "defaults": {"defaults": True},
     "frozen": {
         "model": "frozen",
         "directions": "random",
@@ -266,6 +269,7 @@ def fit(out: Path, options: dict) -> None:
         warnings.simplefilter("always")
         options = dict(options)
         bare = options.pop("bare", False)
+        defaults = options.pop("defaults", False)
         kind = options.pop("model", None)
         model = ShardedBNNet() if kind == "bn" else ShardedNet()
         if kind == "frozen":  # the first layer frozen (fine-tuning): outside the landscape, still saved
@@ -274,13 +278,15 @@ def fit(out: Path, options: dict) -> None:
             LossLandscapeCallback(probe_dataloader=probe_loader(), **{**CALLBACK_OPTIONS, **each})
             for each in options.pop("callbacks", [options])
         ]
+        if defaults:  # the callback as a user starts it: every default, figures to TensorBoard
+            callbacks = [LossLandscapeCallback(probe_dataloader=probe_loader())]
         trainer = pl.Trainer(
             default_root_dir=str(out),
             accelerator="cpu",
             devices=2,
             strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
             max_epochs=2,
-            logger=False,
+            logger=TensorBoardLogger(str(out), name="tb", version=0) if defaults else False,
             enable_progress_bar=False,
             enable_model_summary=False,
             enable_checkpointing=False,

@@ -255,6 +255,7 @@ def lanczos(
     return_vectors: bool = False,
     max_basis: int | None = None,
     space: VectorSpace | None = None,
+    start: Tensor | None = None,
 ) -> LanczosResult:
     """Thick-restart Lanczos with full reorthogonalization on ``matvec`` (symmetric, on length-``n`` vectors).
 
@@ -269,8 +270,9 @@ def lanczos(
     is float64. The residual of a Ritz pair ``(theta, y = V s)`` is ``|beta s_last|``. Iteration stops
     when the wanted pairs' residuals are at most ``tol`` times the largest Ritz value in magnitude, when
     the Krylov space becomes invariant, or after ``max_iter`` products. The start vector is a Rademacher
-    vector from a CPU generator seeded with ``seed``. Two host synchronizations per product (the DGKS
-    test and the coefficients).
+    vector from a CPU generator seeded with ``seed``, or ``start`` (a warm start: this process's part of
+    a vector of the space, such as earlier Ritz vectors; normalized here). Two host synchronizations per
+    product (the DGKS test and the coefficients).
 
     Args:
         max_basis: most basis vectors held (at least the number of wanted pairs + 2). Default: as many
@@ -306,7 +308,16 @@ def lanczos(
     # The basis as the rows of one matrix (filled as it grows; one row per product at most), so that
     # reorthogonalization is two matrix-vector products instead of a loop over vectors.
     basis = torch.empty((min(cap, max_iter), space.local_numel), dtype=dtype, device=device)
-    v = space.rademacher(gen).to(device=device, dtype=dtype)
+    if start is not None:
+        if start.shape != (space.local_numel,):
+            raise ValueError(
+                f"`start` must be a vector of {space.local_numel} elements, got {tuple(start.shape)}"
+            )
+        v = start.detach().to(device=device, dtype=dtype)
+        if not 0.0 < float(space.norm(v)) < math.inf:
+            raise ValueError("`start` must be a non-zero, finite vector")
+    else:
+        v = space.rademacher(gen).to(device=device, dtype=dtype)
     torch.div(v, space.norm(v), out=basis[0])
     m = 1  # rows of `basis` in use
     t = np.zeros((cap, cap))  # the projected matrix V^T A V (float64)

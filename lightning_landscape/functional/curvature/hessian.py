@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from lightning_landscape.functional.curvature.estimators import Which, check_lanczos_args, summarize_samples
@@ -206,11 +207,15 @@ def hessian_eigenvalues_of(
     reuse_graph: bool = True,
     max_basis: int | None = None,
     layout: ShardLayout | None = None,
+    start: Sequence[Tensor] | None = None,
 ) -> HessianEigenvalues:
     """:func:`hessian_eigenvalues` of ``objective`` (the core).
 
     With ``layout`` (sharded parameters; see the module docstring) the eigenvectors are this process's
     slices, signs fixed over the full vectors as unsharded; every process must call it together.
+    ``start``: a warm start for Lanczos instead of the seeded Rademacher vector, one tensor per parameter
+    (this process's slices when sharded), such as the eigenvectors of an earlier call at nearby weights
+    (``meta["start"]`` says which start ran).
     """
     check_lanczos_args(k, which, max_iter, tol)
     layout = objective.layout if layout is None else layout  # a sharded objective brings its own
@@ -229,9 +234,17 @@ def hessian_eigenvalues_of(
     }
     if layout is not None:
         meta["hvp"] = sharded_product(objective, layout)
-    start = time.perf_counter()
+    meta["start"] = "rademacher" if start is None else "warm"
+    if start is not None and [t.shape for t in start] != [p.shape for p in params]:
+        raise ValueError("`start` must hold one tensor per parameter, shaped like it")
+    began = time.perf_counter()
     try:
         with hessian_operator_of(objective, reuse_graph, layout=layout) as op:
+            first = None
+            if start is not None:
+                first = torch.cat(
+                    [t.detach().reshape(-1).to(device=op.device, dtype=op.dtype) for t in start]
+                )
             res = operator_lanczos(
                 op,
                 max_iter,
@@ -241,6 +254,7 @@ def hessian_eigenvalues_of(
                 which=which,
                 return_vectors=return_eigenvectors,
                 max_basis=max_basis,
+                start=first,
             )
             loss = op.loss
             vectors = None
@@ -255,7 +269,7 @@ def hessian_eigenvalues_of(
         max_basis=res.max_basis,
         basis_length=res.basis_length,
         restarts=res.restarts,
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - began,
     )
     return HessianEigenvalues(
         eigenvalues=res.values,

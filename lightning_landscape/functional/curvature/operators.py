@@ -423,6 +423,7 @@ def operator_lanczos(
     which: Which = "largest",
     return_vectors: bool = False,
     max_basis: int | None = None,
+    start: Tensor | None = None,
 ) -> LanczosResult:
     """:func:`~lightning_landscape.functional.curvature.estimators.lanczos` on ``operator``'s ``matvec``, in
     its space (:func:`space_of`), dtype and device (the other options as there).
@@ -450,6 +451,7 @@ def operator_lanczos(
         return_vectors=return_vectors,
         max_basis=max_basis,
         space=space,
+        start=start,
     )
 
 
