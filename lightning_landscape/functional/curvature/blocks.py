@@ -81,7 +81,9 @@ def parameter_blocks(
     ``blocks`` is ``None`` (each top-level child module that holds some of ``params``; a parameter held
     by ``model`` itself is a block named after it), a sequence of module names (each module's
     parameters), or a mapping block name -> parameter names. Parameters not in ``params`` are left out;
-    a block left empty, or a parameter in two blocks, is a ValueError naming ``blocks``.
+    a block left empty, or a parameter in two blocks, is a ValueError naming ``blocks`` (but in the default
+    blocks a tied parameter belongs to the first module holding it, and a module holding nothing else is
+    no block).
 
     Example::
 
@@ -125,6 +127,10 @@ def parameter_blocks(
     owner: dict[int, str] = {}
     for name, group in groups.items():
         chosen = sorted({index[id(p)] for p in group if id(p) in index})
+        if blocks is None:  # a tied parameter belongs to the first module holding it (as named_parameters)
+            chosen = [i for i in chosen if i not in owner]
+            if not chosen:
+                continue
         if not chosen:
             raise ValueError(f"`blocks`: block {name!r} holds none of the parameters curvature is taken of")
         for i in chosen:

@@ -55,6 +55,23 @@ def test_default_blocks_are_the_top_level_children(build, kind):
     }
 
 
+def test_a_tied_parameter_is_in_the_first_default_block_holding_it():
+    """Tied weights (a layer's weight shared with a later one): the default blocks give the shared
+    parameter to the first module holding it, as ``named_parameters`` does, instead of refusing."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4)).double()
+    model[2].weight = model[0].weight
+    batches = make_batches("mlp")
+    h = Reference(model, batches).hessian()
+    res = block_curvature(model, ce, batches, max_iter=200, tol=1e-10, samples=4, seed=1)
+    assert res.blocks == ["0", "2"] and list(res.parameters) == [20, 4]
+    for i, names in enumerate((["0.weight", "0.bias"], ["2.bias"])):
+        exact = float(torch.linalg.eigvalsh(_exact_block(h, model, names))[-1])
+        assert res.lambda_max[i] == pytest.approx(exact, rel=1e-6)
+    with pytest.raises(ValueError, match="a parameter is in both"):  # named blocks still may not overlap
+        parameter_blocks(model, list(model.parameters()), ["0", "2"])
+
+
 def test_named_groups_across_modules_match_their_exact_blocks():
     model = mlp()
     batches = make_batches("mlp")
