@@ -316,7 +316,8 @@ class Publisher:
         With a reliability record: the surface with the path's true losses as coloured markers and the
         failed checks in its title, and the loss against log distance (``{prefix}distance``). A landscape
         the budget reduced (its records' meta ``budget``) draws only the figures listed in
-        ``budget["figures"]`` (:data:`~lightning_landscape.callback.sizing.ESSENTIAL_FIGURES`).
+        ``budget["figures"]`` (:data:`~lightning_landscape.callback.sizing.ESSENTIAL_FIGURES`), brief
+        (``budget["brief_figures"]``: fewer ticks, no legend: see ``contour_figure``).
         """
         from lightning_landscape.plots.landscape import (
             contour_figure,
@@ -334,11 +335,13 @@ class Publisher:
         trust = next((r for r in records if isinstance(r, ReliabilityRecord)), None)
         flags = trust.flags if trust is not None else []
         budget = next((r.meta["budget"] for r in records if r.meta.get("budget")), None)
+        brief: dict[str, Any] = {}
         if budget is not None and "figures" in budget:  # a landscape the budget reduced: fewer figures
             keep = set(budget["figures"])
             interp = interp if "interpolation" in keep else []
             axes = axes if "lines" in keep else []
             distance = distance if "distance" in keep else []
+            brief = {"brief": True} if budget.get("brief_figures") else {}
         for surface in surfaces:
             if trust is not None and trust.path_points is not None and trust.path_losses is not None:
                 self._figure(
@@ -347,11 +350,12 @@ class Publisher:
                 )  # fmt: skip
             else:
                 title = trust.title(_surface_title(surface)) if trust is not None else None
-                self._figure(f"{prefix}surface", step, contour_figure, surface, title=title)
+                self._figure(f"{prefix}surface", step, contour_figure, surface, title=title, **brief)
         if interp:
-            self._figure(f"{prefix}interpolation", step, line_figure, interp, xlabel="alpha")
+            self._figure(f"{prefix}interpolation", step, line_figure, interp, xlabel="alpha", **brief)
         if axes:
-            self._figure(f"{prefix}lines", step, line_figure, axes, xlabel="distance along direction")
+            xlabel = "distance along direction"
+            self._figure(f"{prefix}lines", step, line_figure, axes, xlabel=xlabel, **brief)
         if distance:
             self._figure(f"{prefix}distance", step, distance_figure, distance, flags=flags)
         self._metric_figures(records, prefix, step, stage)

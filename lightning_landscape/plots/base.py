@@ -4,7 +4,9 @@ The figures drawn during training are placed by fixed margins (:func:`framed`), 
 matplotlib's constrained layout measures every tick label and title before it draws, which is about
 half the cost of a contour figure (0.19 s -> 0.11 s on one CPU core: benchmarks/bench_figures.py), and a
 landscape's figures all have the same few elements (title, axis labels, tick labels, perhaps a colour bar), so
-margins sized in inches for those fit every figure of a given kind.
+margins sized in inches for those fit every figure of a given kind. The axis labels sit at fixed offsets in
+those margins too: left to itself, matplotlib measures every tick label again at each draw to place them.
+A brief figure (``brief=True``: the reduced landscapes of a short run) draws fewer ticks.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from lightning_landscape.records.record import SurfaceRecord
 
 __all__ = [
+    "BRIEF_TICKS",
     "axis_label",
     "contour_levels",
     "figure_to_png",
@@ -86,16 +89,25 @@ _LEFT, _BOTTOM, _TOP, _RIGHT = 0.85, 0.55, 0.4, 0.2
 _BAR_GAP, _BAR_WIDTH, _BAR_LABEL = 0.15, 0.16, 0.85  # a colour bar, its ticks and its label
 _TWIN_RIGHT = 0.8  # a second y axis on the right: its tick labels and label
 _TICKS = 6  # at most this many intervals between major ticks on a linear axis
+BRIEF_TICKS = 4  # the same in a brief figure (a reduced landscape's): tick labels are most of the drawing
+# The axis labels, in inches from the plot: the x label's top below the tick labels (tick, pad, a 10 pt
+# label: where matplotlib would put it), the y label's inner edge left of tick labels up to ~7 characters.
+_XLABEL_DROP, _YLABEL_OFFSET = 0.31, 0.6
 _TITLE_CHARS_PER_INCH = 12.5  # characters of a 10 pt title per inch of width, before it wraps
 
 
 def framed(
-    figsize: tuple[float, float], colorbar: bool = False, twin: bool = False, title: str = ""
+    figsize: tuple[float, float],
+    colorbar: bool = False,
+    twin: bool = False,
+    title: str = "",
+    brief: bool = False,
 ) -> tuple[Figure, Axes, Axes | None, str]:
     """A figure with one plot at fixed margins (and a colour bar's axes at its right when ``colorbar``,
     room for a second y axis when ``twin``); ``title`` wrapped to the plot's width, with the top margin
-    grown for each extra line. Returns the figure, the plot, the colour bar's axes (or None) and the
-    wrapped title.
+    grown for each extra line. The plot's axis labels are placed at fixed offsets in the margins (not
+    measured at each draw). ``brief``: at most ``BRIEF_TICKS`` intervals between ticks instead of
+    ``_TICKS``. Returns the figure, the plot, the colour bar's axes (or None) and the wrapped title.
 
     Example::
 
@@ -113,8 +125,12 @@ def framed(
     fig = Figure(figsize=figsize)
     rect = (_LEFT / width, _BOTTOM / height, plot_width / width, (height - _BOTTOM - top) / height)
     ax = fig.add_axes(rect)
+    ticks = BRIEF_TICKS if brief else _TICKS
     for axis in (ax.xaxis, ax.yaxis):  # about 6 ticks, not 9: readable, and text is most of the drawing
-        axis.set_major_locator(MaxNLocator(_TICKS))
+        axis.set_major_locator(MaxNLocator(ticks))
+    plot_height = height - _BOTTOM - top
+    ax.xaxis.set_label_coords(0.5, -_XLABEL_DROP / plot_height)
+    ax.yaxis.set_label_coords(-_YLABEL_OFFSET / plot_width, 0.5)
     cax = None
     if colorbar:
         left = (_LEFT + plot_width + _BAR_GAP) / width

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from lightning_landscape.plots.base import (
+    BRIEF_TICKS,
     axis_label,
     contour_levels,
     figure_to_png,
@@ -50,10 +52,13 @@ def contour_figure(
     log: bool = True,
     title: str | None = None,
     filled: bool = True,
+    brief: bool = False,
 ) -> Figure:
     """Contour plot of a surface with the optimizer's projected path (start and end marked).
 
-    Pass explicit ``levels`` to draw several runs on one shared scale.
+    Pass explicit ``levels`` to draw several runs on one shared scale. ``brief`` (a reduced landscape of
+    a short run): fewer ticks, no white contour lines over the filling, and the markers named in the
+    title instead of a legend (text and artists are most of a figure's drawing time).
 
     Example::
 
@@ -63,17 +68,22 @@ def contour_figure(
         >>> len(fig.axes)  # the plot and its colour bar
         2
     """
-    fig, ax, cax, wrapped = framed(
-        (5.6, 4.6), colorbar=True, title=title or record_title(record.meta, "loss surface")
-    )
+    has_path = record.path is not None and len(record.path) > 0
+    text = title or record_title(record.meta, "loss surface")
+    if brief and has_path:
+        text += " (\u25cf start, \u2605 end)"  # the legend's words, in the title
+    fig, ax, cax, wrapped = framed((5.6, 4.6), colorbar=True, title=text, brief=brief)
     z = np.ma.masked_invalid(np.asarray(record.losses, dtype=np.float64))
     lv = contour_levels(z.compressed(), levels, log) if isinstance(levels, int) else np.asarray(levels)
     if filled:
         norm = BoundaryNorm(lv, ncolors=256, extend="both")
         cs = ax.contourf(record.xs, record.ys, z, levels=lv, cmap="viridis", norm=norm, extend="both")
-        ax.contour(record.xs, record.ys, z, levels=lv, colors="white", linewidths=0.4, alpha=0.6)
+        if not brief:
+            ax.contour(record.xs, record.ys, z, levels=lv, colors="white", linewidths=0.4, alpha=0.6)
         cbar = fig.colorbar(cs, cax=cax, label="loss")
         cbar.ax.set_yscale("linear")
+        if brief:
+            cbar.ax.yaxis.set_major_locator(MaxNLocator(BRIEF_TICKS))
     else:
         cs = ax.contour(record.xs, record.ys, z, levels=lv, cmap="viridis")
         ax.clabel(cs, fontsize=7, fmt="%.3g")
@@ -88,17 +98,19 @@ def contour_figure(
             s=12,
             label="non-finite loss",
         )
-    if record.path is not None and len(record.path):
+    if has_path:
         path = np.asarray(record.path)
         ax.plot(path[:, 0], path[:, 1], "-", color="white", lw=1.6)
         ax.plot(path[:, 0], path[:, 1], ".", color="black", ms=3)
         ax.plot(*path[0], "o", color="tab:red", ms=7, mec="white", label="start")
         ax.plot(*path[-1], "*", color="tab:orange", ms=13, mec="white", label="end (current)")
-    if record.path is not None or z.mask.any():
+    if not brief and (record.path is not None or z.mask.any()):
         ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
     ax.set_xlabel(axis_label(record.meta, 0))
     ax.set_ylabel(axis_label(record.meta, 1))
-    ax.set_title(wrapped, fontsize=10)
+    # At a fixed height (y=1): the axes' coordinates never show an offset text for it to avoid, and
+    # placing it automatically measures the y axis's tick labels at every draw.
+    ax.set_title(wrapped, fontsize=10, y=1.0)
     return fig
 
 
@@ -108,8 +120,10 @@ def line_figure(
     log: bool = False,
     title: str | None = None,
     xlabel: str = "alpha",
+    brief: bool = False,
 ) -> Figure:
-    """Loss along one or more 1-D lines, overlaid.
+    """Loss along one or more 1-D lines, overlaid. ``brief`` (a reduced landscape of a short run): fewer
+    ticks.
 
     Example::
 
@@ -124,7 +138,7 @@ def line_figure(
     measured = [(r, lb) for r, lb in zip(records, labels) if getattr(r, "metrics", None) is not None]
     meta = records[0].meta if records else {}
     fig, ax, _, wrapped = framed(
-        (5.6, 3.8), twin=bool(measured), title=title or record_title(meta, "loss along lines")
+        (5.6, 3.8), twin=bool(measured), title=title or record_title(meta, "loss along lines"), brief=brief
     )
     for rec, label in zip(records, labels):
         ax.plot(rec.alphas, np.ma.masked_invalid(rec.losses), "-", lw=1.6, label=str(label))
