@@ -26,6 +26,7 @@ and are not affected. Only rank zero writes (:func:`build_sinks` with ``rank != 
 
 from __future__ import annotations
 
+import io
 import re
 import tempfile
 import warnings
@@ -53,6 +54,7 @@ __all__ = [
     "custom_scalars_layout",
     "settings_markdown",
     "surface_mesh",
+    "tensorboard_image",
 ]
 
 
@@ -204,9 +206,45 @@ class CSVSink(MetricsSink):
     """CSVLogger: scalars in its ``metrics.csv``; figures as PNG files in ``<log_dir>/landscape/figures``."""
 
 
+# Figures go to TensorBoard as PNG at zlib level 1, not the level 6 of its ``add_image`` (Pillow's
+# default): the same pixels, about 5 % more bytes, half the encoding time (~7 ms instead of ~15 ms for a
+# 560 x 460 figure on one CPU core, a tenth of a short run's figure time).
+TENSORBOARD_PNG_LEVEL = 1
+
+
+def tensorboard_image(writer: Any, tag: str, rgb: np.ndarray, step: int) -> None:
+    """``writer.add_image(tag, rgb, step, dataformats="HWC")`` with the PNG encoded at
+    :data:`TENSORBOARD_PNG_LEVEL`: PyTorch's ``SummaryWriter`` gets the encoded image as a summary;
+    another writer (tensorboardX) its own ``add_image``.
+
+    Example::
+
+        >>> import tempfile
+        >>> from torch.utils.tensorboard import SummaryWriter
+        >>> writer = SummaryWriter(tempfile.mkdtemp())
+        >>> tensorboard_image(writer, "landscape/surface", np.zeros((4, 6, 3), np.uint8), step=3)
+        >>> writer.close()
+    """
+    get_file_writer = getattr(writer, "_get_file_writer", None)
+    if not type(writer).__module__.startswith("torch.utils.tensorboard") or get_file_writer is None:
+        writer.add_image(tag, rgb, global_step=step, dataformats="HWC")
+        return
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(
+        buf, format="PNG", compress_level=TENSORBOARD_PNG_LEVEL
+    )
+    height, width, channels = rgb.shape
+    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=buf.getvalue())
+    get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+
 class TensorBoardSink(MetricsSink):
-    """TensorBoard: figures (``add_figure``), scalars, the final surface as a mesh (``add_mesh``), a
-    custom-scalars layout and a text summary of the settings (written once, at the first write)."""
+    """TensorBoard: figures (as ``add_figure`` draws them, PNG-encoded faster: :func:`tensorboard_image`),
+    scalars, the final surface as a mesh (``add_mesh``), a custom-scalars layout and a text summary of the
+    settings (written once, at the first write)."""
 
     def begin(self, settings: Mapping[str, Any]) -> None:
         writer = self.logger.experiment
@@ -217,11 +255,12 @@ class TensorBoardSink(MetricsSink):
     figure_format = "rgb"
 
     def figure(self, tag: str, fig: Figure, step: int) -> None:
-        self.logger.experiment.add_figure(tag, fig, global_step=step, close=False)
+        tensorboard_image(self.logger.experiment, tag, figure_to_rgb(fig), step)
 
     def image(self, tag: str, rendered: RenderedFigure, step: int) -> None:
         # The image add_figure makes of the same figure (Agg at the figure's 100 dpi), pixel for pixel.
-        self.logger.experiment.add_image(tag, rendered.rgb, global_step=step, dataformats="HWC")
+        assert rendered.rgb is not None
+        tensorboard_image(self.logger.experiment, tag, rendered.rgb, step)
 
     def text(self, tag: str, markdown: str, step: int) -> None:
         self.logger.experiment.add_text(tag, markdown, global_step=step)
