@@ -230,14 +230,16 @@ def tensorboard_image(writer: Any, tag: str, rgb: np.ndarray, step: int) -> None
         writer.add_image(tag, rgb, global_step=step, dataformats="HWC")
         return
     from PIL import Image
-    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.compat.proto.summary_pb2 import Summary  # type: ignore[import-untyped]
 
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(
         buf, format="PNG", compress_level=TENSORBOARD_PNG_LEVEL
     )
     height, width, channels = rgb.shape
-    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=buf.getvalue())
+    image = Summary.Image(
+        height=height, width=width, colorspace=channels, encoded_image_string=buf.getvalue()
+    )
     get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["BRIEF_FIGURES", "ESSENTIAL_FIGURES", "HESSIAN_PLANE_ITERATIONS", "SMALLEST_FINAL", "SMALLEST_LANCZOS",
-           "Plan", "ladder", "reduced_note", "reduction"]  # fmt: skip
+__all__ = ["BRIEF_FIGURES", "ESSENTIAL_FIGURES", "HESSIAN_PLANE_ITERATIONS", "SMALLEST_FINAL",
+           "SMALLEST_LANCZOS", "Plan", "ladder", "reduced_note", "reduction"]  # fmt: skip
 
 Stage = Literal["periodic", "final"]
 

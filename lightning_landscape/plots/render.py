@@ -280,4 +280,3 @@ class FigureRenderer:
         if job.error is not None:
             self.errors.append((job.tag, job.step, job.error))
         job.rendered = None
-

@@ -182,18 +182,35 @@ def test_a_reduced_landscape_draws_only_its_essential_figures(
     module = importlib.import_module("lightning_landscape.callback.callback")
     monkeypatch.setattr(module, "clock", lambda: next(ticks) * 1e-6)
     kwargs = {**trainer_kwargs, "logger": CSVLogger(str(tmp_path), name="csv")}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    render = importlib.import_module("lightning_landscape.plots.render")
+    submitted: list[tuple[str, bool]] = []  # (tag, drawn brief)
+    submit = render.FigureRenderer.submit
+
+    def recording(self, sink, tag, step, build, *args, **kw):
+        submitted.append((tag, kw.get("brief", False)))
+        return submit(self, sink, tag, step, build, *args, **kw)
+
+    monkeypatch.setattr(render.FigureRenderer, "submit", recording)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         cb = _fit(kwargs, LossLandscapeCallback(num_batches=2, max_overhead=max_overhead), epochs=3)
     drawn = sorted(p.name.rsplit("_step", 1)[0] for p in cb.publisher.record_dir.glob("figures/*.png"))
     final_budget = _surfaces(cb, "final")[0].meta.get("budget")
     if max_overhead is None:
         assert final_budget is None
         assert "landscape_final_interpolation" in drawn and "landscape_interpolation" in drawn
+        assert submitted and not any(brief for _, brief in submitted)  # full figures
     else:
-        assert final_budget["figures"] == ["surface", "lines"]
+        assert final_budget["figures"] == ["surface", "lines"] and final_budget["brief_figures"] is True
         assert sorted(set(drawn)) == [
             "landscape_final_lines",
             "landscape_final_surface",
             "landscape_surface",
         ]
+        assert sorted(submitted) == [  # drawn brief: fewer ticks, no legend
+            ("landscape/final/lines", True),
+            ("landscape/final/surface", True),
+            ("landscape/surface", True),
+        ]
+        notes = [str(w.message) for w in caught if "final landscape was reduced" in str(w.message)]
+        assert len(notes) == 1 and "'surface' and 'lines' figures in brief" in notes[0]

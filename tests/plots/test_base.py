@@ -43,6 +43,8 @@ FIGURES = {
         [LineRecord(XS, XS**2, META, metrics=np.linspace(0.1, 0.9, 5))], xlabel="alpha"
     ),
     "distance, flagged": lambda: distance_figure([_distance()], flags=LONG_FLAGS),
+    "contour, brief": lambda: contour_figure(_surface(12345.0), brief=True),
+    "lines, brief": lambda: line_figure([LineRecord(XS, 250.0 * XS**2, META)], xlabel="distance", brief=True),
     "stability": lambda: stability_figure(
         [(4, "periodic", {"eos/ratio": 0.5}), (80000, "final", {"eos/ratio": 1.1})]
     ),
@@ -73,3 +75,56 @@ def test_a_long_title_wraps_and_the_plot_makes_room():
     _, ax_long, _, long = framed((5.6, 3.8), title="; ".join(LONG_FLAGS * 2))
     assert short == "loss" and long.count("\n") >= 2
     assert ax_long.get_position().y1 < ax_short.get_position().y1  # a lower top edge for the extra lines
+
+
+def _drawn(fig):
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def test_axis_labels_sit_at_fixed_offsets_whatever_the_tick_labels():
+    # Placed in the margins, not measured from the tick labels at each draw: a y axis with wide tick
+    # labels (12345.678) puts its label where one with narrow ones (0, 1) does, and both lie left of
+    # the tick labels, and the x label below them.
+    narrow = line_figure([LineRecord(XS, XS**2, META)], xlabel="distance")
+    wide = line_figure([LineRecord(XS, 12345.678 + 1e-3 * XS**2, META)], xlabel="distance")
+    boxes = []
+    for fig in (narrow, wide):
+        renderer = _drawn(fig)
+        ax = fig.axes[0]
+        ylabel, xlabel = (
+            ax.yaxis.label.get_window_extent(renderer),
+            ax.xaxis.label.get_window_extent(renderer),
+        )
+        ticks = [t.get_window_extent(renderer) for t in ax.get_yticklabels() if t.get_text()]
+        xticks = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+        assert ylabel.x1 <= min(t.x0 for t in ticks) and xlabel.y1 <= min(t.y0 for t in xticks)
+        boxes.append((ylabel.x0, xlabel.y0))
+    assert boxes[0] == pytest.approx(boxes[1])
+
+
+def test_a_brief_figure_draws_fewer_ticks_no_legend_and_no_contour_lines():
+    xs = np.linspace(-8.3, 8.3, 5)  # a span as a PCA plane has it
+    wide = SurfaceRecord(
+        xs, xs, 3.0 * (np.add.outer(xs**2, xs**2) + 0.1), path=np.array([[6.0, -1.0], [0, 0]])
+    )
+    full, brief = contour_figure(wide), contour_figure(wide, brief=True)
+    for fig in (full, brief):
+        _drawn(fig)
+
+    def shown(axis):  # the tick labels drawn (within the view)
+        lo, hi = sorted(axis.get_view_interval())
+        return [v for v in axis.get_majorticklocs() if lo - 1e-9 <= v <= hi + 1e-9]
+
+    (ax, cax), (bx, bcax) = full.axes, brief.axes
+    assert ax.get_legend() is not None and bx.get_legend() is None
+    assert len(ax.collections) == 2 and len(bx.collections) == 1  # the filling, and white lines over it
+    pairs = ((ax.xaxis, bx.xaxis), (ax.yaxis, bx.yaxis), (cax.yaxis, bcax.yaxis))
+    assert all(len(shown(b)) <= min(len(shown(a)), 5) for a, b in pairs)
+    assert sum(len(shown(b)) for _, b in pairs) < sum(len(shown(a)) for a, _ in pairs)
+    assert "start" in bx.get_title() and "end" in bx.get_title()  # the legend's words, in the title
+    # The same path and markers: only the text around them is shorter.
+    assert [tuple(line.get_xydata().ravel()) for line in ax.lines] == [
+        tuple(line.get_xydata().ravel()) for line in bx.lines
+    ]

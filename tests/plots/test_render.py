@@ -228,3 +228,25 @@ def test_image_writes_what_figure_writes(tmp_path, kind):
     sink.figure("landscape/lines", line_figure(lines), 1)
     sink.image("landscape/lines", render_figure(lambda: line_figure(lines), {sink.figure_format}), 1)
     assert len(logger.images) == 2 and logger.images[0] == logger.images[1]
+
+
+def test_one_worker_thread_serves_every_renderer_and_outlives_them():
+    # matplotlib loads its fonts once per thread: a renderer per fit must not start a new thread.
+    seen: list[int] = []
+
+    def where():
+        seen.append(threading.get_ident())
+        return Figure(figsize=(1, 1))
+
+    first = FigureRenderer()
+    first.submit(Recorder(), "a", 0, where)
+    first.close()
+    second = FigureRenderer()  # the next fit's
+    second.submit(Recorder(), "b", 0, where)
+    second.submit(Recorder(), "c", 1, where)
+    second.drain()
+    assert len(seen) == 3 and len(set(seen)) == 1 and seen[0] != threading.get_ident()
+    worker = next(t for t in threading.enumerate() if t.ident == seen[0])
+    assert worker.daemon and worker.is_alive()  # idle, kept for the next renderer
+    second.close()
+    assert worker.is_alive() and second.pending == 0
