@@ -12,6 +12,7 @@ Under ``fast_dev_run`` nothing is written (Lightning suppresses logging there to
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 import warnings
@@ -60,6 +61,12 @@ def _package_dirs() -> tuple[str, ...]:
 _INTERNAL: tuple[str, ...] | None = None
 
 
+@functools.lru_cache(maxsize=1024)
+def _resolved(filename: str) -> str:
+    """``filename`` resolved (a file system walk: cached, as the same frames come back at every warning)."""
+    return str(Path(filename).resolve())
+
+
 def warn_at_user_code(message: str, category: type[Warning] = RuntimeWarning) -> None:
     """``warnings.warn`` attributed to the first caller outside this package, Lightning and torch (the
     user's ``trainer.fit(...)`` line), or to no file at all when there is none."""
@@ -68,7 +75,7 @@ def warn_at_user_code(message: str, category: type[Warning] = RuntimeWarning) ->
         _INTERNAL = _package_dirs()
     frame: FrameType | None = sys._getframe(0)
     level = 1
-    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_INTERNAL):
+    while frame is not None and _resolved(frame.f_code.co_filename).startswith(_INTERNAL):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
 
