@@ -104,10 +104,11 @@ def framed(
     brief: bool = False,
 ) -> tuple[Figure, Axes, Axes | None, str]:
     """A figure with one plot at fixed margins (and a colour bar's axes at its right when ``colorbar``,
-    room for a second y axis when ``twin``); ``title`` wrapped to the plot's width, with the top margin
-    grown for each extra line. The plot's axis labels are placed at fixed offsets in the margins (not
-    measured at each draw). ``brief``: at most ``BRIEF_TICKS`` intervals between ticks instead of
-    ``_TICKS``. Returns the figure, the plot, the colour bar's axes (or None) and the wrapped title.
+    room for a second y axis when ``twin``); ``title`` wrapped to the plot's width (each of its lines),
+    with the top margin grown for each extra line. The plot's axis labels are placed at fixed offsets in
+    the margins (not measured at each draw). ``brief``: at most ``BRIEF_TICKS`` intervals between ticks
+    instead of ``_TICKS``. Returns the figure, the plot, the colour bar's axes (or None) and the wrapped
+    title.
 
     Example::
 
@@ -120,7 +121,8 @@ def framed(
         _RIGHT + (_BAR_GAP + _BAR_WIDTH + _BAR_LABEL if colorbar else 0.0) + (_TWIN_RIGHT if twin else 0.0)
     )
     plot_width = width - _LEFT - right
-    lines = textwrap.wrap(title, max(int(plot_width * _TITLE_CHARS_PER_INCH), 20)) or [""]
+    chars = max(int(plot_width * _TITLE_CHARS_PER_INCH), 20)
+    lines = [line for part in title.split("\n") for line in textwrap.wrap(part, chars)] or [""]
     top = _TOP + 0.18 * (len(lines) - 1)
     fig = Figure(figsize=figsize)
     rect = (_LEFT / width, _BOTTOM / height, plot_width / width, (height - _BOTTOM - top) / height)

@@ -71,7 +71,7 @@ def contour_figure(
     has_path = record.path is not None and len(record.path) > 0
     text = title or record_title(record.meta, "loss surface")
     if brief and has_path:
-        text += " (\u25cf start, \u2605 end)"  # the legend's words, in the title
+        text += "\n\u25cf start, \u2605 end"  # the legend's words, in the title
     fig, ax, cax, wrapped = framed((5.6, 4.6), colorbar=True, title=text, brief=brief)
     z = np.ma.masked_invalid(np.asarray(record.losses, dtype=np.float64))
     lv = contour_levels(z.compressed(), levels, log) if isinstance(levels, int) else np.asarray(levels)
