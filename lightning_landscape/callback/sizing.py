@@ -23,7 +23,8 @@ SMALLEST_LANCZOS = 5  # Lanczos steps of lambda_max in the smallest landscape (i
 # The figures a reduced landscape still draws: its surface, and at the end the loss along the two axes.
 # Drawing is a fixed cost per figure (0.08-0.14 s of matplotlib on a CPU core), as large as the landscape
 # itself on a short run; the other figures' records and scalars are kept (plot them with the CLI). They are
-# drawn brief (BRIEF_FIGURES: fewer ticks, no legend or contour lines over the filling: about a third less).
+# drawn brief (BRIEF_FIGURES: fewer ticks, no legend or contour lines over the filling, a colour scale without
+# an axes: about half the drawing).
 ESSENTIAL_FIGURES = ("surface", "lines")
 BRIEF_FIGURES = True
 

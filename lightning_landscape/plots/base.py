@@ -12,20 +12,26 @@ A brief figure (``brief=True``: the reduced landscapes of a short run) draws few
 from __future__ import annotations
 
 import io
+import itertools
 import textwrap
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib import rcParams
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection, PolyCollection
+from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from lightning_landscape.records.record import SurfaceRecord
 
 __all__ = [
     "BRIEF_TICKS",
     "axis_label",
+    "colour_scale",
     "contour_levels",
     "figure_to_png",
     "figure_to_rgb",
@@ -87,6 +93,8 @@ def record_title(meta: dict, default: str) -> str:
 # Margins in inches: room for tick labels and an axis label at the left and bottom, a title on top.
 _LEFT, _BOTTOM, _TOP, _RIGHT = 0.85, 0.55, 0.4, 0.2
 _BAR_GAP, _BAR_WIDTH, _BAR_LABEL = 0.15, 0.16, 0.85  # a colour bar, its ticks and its label
+# A brief colour scale's label: this far right of its longest tick label, at most this near the right edge.
+_CHAR_WIDTH, _BAR_LABEL_PAD, _BAR_LABEL_EDGE = 0.07, 0.1, 0.22
 _TWIN_RIGHT = 0.8  # a second y axis on the right: its tick labels and label
 _TICKS = 6  # at most this many intervals between major ticks on a linear axis
 BRIEF_TICKS = 4  # the same in a brief figure (a reduced landscape's): tick labels are most of the drawing
@@ -134,10 +142,72 @@ def framed(
     ax.xaxis.set_label_coords(0.5, -_XLABEL_DROP / plot_height)
     ax.yaxis.set_label_coords(-_YLABEL_OFFSET / plot_width, 0.5)
     cax = None
-    if colorbar:
+    if colorbar and not brief:  # a brief figure draws its colour scale without axes: colour_scale()
         left = (_LEFT + plot_width + _BAR_GAP) / width
         cax = fig.add_axes((left, rect[1], _BAR_WIDTH / width, rect[3]))
     return fig, ax, cax, "\n".join(lines)
+
+
+def colour_scale(
+    fig: Figure, ax: Axes, levels: np.ndarray, cmap: Colormap, norm: Normalize, label: str = "loss"
+) -> PolyCollection:
+    """A colour bar drawn straight on ``fig`` right of ``ax``, where ``framed(colorbar=True)`` keeps room
+    for one: a band per pair of consecutive ``levels``, its height linear in the value, filled as
+    ``contourf`` fills it (``cmap(norm(midpoint))``), an outline, ticks at most ``BRIEF_TICKS`` intervals
+    apart with matplotlib's tick labels, and ``label`` right of them. No axes of its own:
+    matplotlib's colour bar (an axes, its ticks, its scale, the extension triangles) is about 40 % of a
+    brief surface figure's drawing. Returns the bands.
+
+    Example::
+
+        >>> fig, ax, cax, _ = framed((5.6, 4.6), colorbar=True, brief=True)
+        >>> from matplotlib.colors import BoundaryNorm
+        >>> from matplotlib import colormaps
+        >>> levels = np.array([0.1, 0.2, 0.5, 1.0])
+        >>> bands = colour_scale(fig, ax, levels, colormaps["viridis"], BoundaryNorm(levels, 256))
+        >>> cax is None, len(fig.axes), len(bands.get_paths()), [t.get_text() for t in fig.texts][-1]
+        (True, 1, 3, 'loss')
+    """
+    width, _ = fig.get_size_inches()
+    pos = ax.get_position()
+    x0, x1 = pos.x1 + _BAR_GAP / width, pos.x1 + (_BAR_GAP + _BAR_WIDTH) / width
+    levels = np.asarray(levels, dtype=np.float64)
+    lo, hi = float(levels[0]), float(levels[-1])
+    span = hi - lo if hi > lo else 1.0
+
+    def height(value: float) -> float:
+        return float(pos.y0 + (value - lo) / span * pos.height)
+
+    bands = [
+        [(x0, height(a)), (x1, height(a)), (x1, height(b)), (x0, height(b))]
+        for a, b in itertools.pairwise(levels)
+    ]
+    colours = cmap(norm((levels[:-1] + levels[1:]) / 2))
+    scale = PolyCollection(bands, facecolors=colours, edgecolors="none", transform=fig.transFigure)
+    fig.add_artist(scale)
+    outline = Rectangle((x0, pos.y0), x1 - x0, pos.height, fill=False, lw=0.8, transform=fig.transFigure)
+    fig.add_artist(outline)
+    ticks = [
+        t for t in MaxNLocator(BRIEF_TICKS).tick_values(lo, hi) if lo - 1e-9 * span <= t <= hi + 1e-9 * span
+    ]
+    formatter = ScalarFormatter()
+    formatter.create_dummy_axis()
+    formatter.axis.set_view_interval(lo, hi)  # type: ignore[union-attr]
+    labels = formatter.format_ticks(ticks)
+    length = 3.5 / 72 / width  # matplotlib's major tick: 3.5 points out, its label 3.5 points further
+    marks = [[(x1, height(t)), (x1 + length, height(t))] for t in ticks]
+    fig.add_artist(LineCollection(marks, colors="black", linewidths=0.8, transform=fig.transFigure))
+    for t, text in zip(ticks, labels):
+        fig.text(
+            x1 + 2 * length, height(t), text, va="center", ha="left", fontsize=rcParams["ytick.labelsize"]
+        )
+    offset = formatter.get_offset()
+    # The label right of the longest tick label (about 0.07 in a character at 10 pt), inside the figure.
+    chars = max((len(text) for text in labels), default=0)
+    at = min(x1 + 2 * length + (_CHAR_WIDTH * chars + _BAR_LABEL_PAD) / width, 1 - _BAR_LABEL_EDGE / width)
+    fig.text(at, pos.y0 + pos.height / 2, f"{label} ({offset})" if offset else label, rotation=90,
+             va="center", ha="left")  # fmt: skip
+    return scale
 
 
 def figure_to_png(fig: Figure, dpi: int = 100) -> bytes:

@@ -13,11 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from lightning_landscape.plots.base import (
-    BRIEF_TICKS,
     axis_label,
+    colour_scale,
     contour_levels,
     figure_to_png,
     figure_to_rgb,
@@ -57,8 +56,9 @@ def contour_figure(
     """Contour plot of a surface with the optimizer's projected path (start and end marked).
 
     Pass explicit ``levels`` to draw several runs on one shared scale. ``brief`` (a reduced landscape of
-    a short run): fewer ticks, no white contour lines over the filling, and the markers named in the
-    title instead of a legend (text and artists are most of a figure's drawing time).
+    a short run): fewer ticks, no white contour lines over the filling, the markers named in the title
+    instead of a legend, and the colour scale drawn without an axes (:func:`colour_scale`): text and
+    artists are most of a figure's drawing time.
 
     Example::
 
@@ -72,7 +72,7 @@ def contour_figure(
     text = title or record_title(record.meta, "loss surface")
     if brief and has_path:
         text += "\n\u25cf start, \u2605 end"  # the legend's words, in the title
-    fig, ax, cax, wrapped = framed((5.6, 4.6), colorbar=True, title=text, brief=brief)
+    fig, ax, cax, wrapped = framed((5.6, 4.6), colorbar=True, title=text, brief=brief and filled)
     z = np.ma.masked_invalid(np.asarray(record.losses, dtype=np.float64))
     lv = contour_levels(z.compressed(), levels, log) if isinstance(levels, int) else np.asarray(levels)
     if filled:
@@ -80,10 +80,11 @@ def contour_figure(
         cs = ax.contourf(record.xs, record.ys, z, levels=lv, cmap="viridis", norm=norm, extend="both")
         if not brief:
             ax.contour(record.xs, record.ys, z, levels=lv, colors="white", linewidths=0.4, alpha=0.6)
-        cbar = fig.colorbar(cs, cax=cax, label="loss")
-        cbar.ax.set_yscale("linear")
-        if brief:
-            cbar.ax.yaxis.set_major_locator(MaxNLocator(BRIEF_TICKS))
+        if cax is None:  # brief: the colour scale drawn without an axes of its own
+            colour_scale(fig, ax, lv, cs.cmap, norm)
+        else:
+            cbar = fig.colorbar(cs, cax=cax, label="loss")
+            cbar.ax.set_yscale("linear")
     else:
         cs = ax.contour(record.xs, record.ys, z, levels=lv, cmap="viridis")
         ax.clabel(cs, fontsize=7, fmt="%.3g")

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection
 
 from lightning_landscape.plots.base import framed
 from lightning_landscape.plots.landscape import (
@@ -44,6 +45,10 @@ FIGURES = {
     ),
     "distance, flagged": lambda: distance_figure([_distance()], flags=LONG_FLAGS),
     "contour, brief": lambda: contour_figure(_surface(12345.0), brief=True),
+    "contour small losses, brief": lambda: contour_figure(_surface(1e-4), brief=True),
+    "contour with an offset, brief": lambda: contour_figure(
+        SurfaceRecord(XS, XS, 2.301 + 1e-6 * np.add.outer(XS, XS), meta=META), brief=True
+    ),
     "lines, brief": lambda: line_figure([LineRecord(XS, 250.0 * XS**2, META)], xlabel="distance", brief=True),
     "stability": lambda: stability_figure(
         [(4, "periodic", {"eos/ratio": 0.5}), (80000, "final", {"eos/ratio": 1.1})]
@@ -62,12 +67,11 @@ def test_every_text_drawn_lies_inside_the_figure(name):
     canvas.draw()
     renderer = canvas.get_renderer()
     box = fig.bbox
-    for ax in fig.axes:  # each plot with its drawn tick labels, axis labels, title and legend
-        extent = ax.get_tightbbox(renderer)
+    extents = [(ax.get_label() or ax.get_title(), ax.get_tightbbox(renderer)) for ax in fig.axes]
+    extents += [(t.get_text(), t.get_window_extent(renderer)) for t in fig.texts]  # a brief colour scale's
+    for name, extent in extents:  # each plot with its drawn tick labels, axis labels, title and legend
         inside = extent.x0 >= box.x0 - 1 and extent.x1 <= box.x1 + 1 and extent.y0 >= box.y0 - 1
-        assert inside and extent.y1 <= box.y1 + 1, (
-            f"{ax.get_label() or ax.get_title()!r}: {extent} outside {box}"
-        )
+        assert inside and extent.y1 <= box.y1 + 1, f"{name!r}: {extent} outside {box}"
 
 
 def test_a_long_title_wraps_and_the_plot_makes_room():
@@ -117,14 +121,39 @@ def test_a_brief_figure_draws_fewer_ticks_no_legend_and_no_contour_lines():
         lo, hi = sorted(axis.get_view_interval())
         return [v for v in axis.get_majorticklocs() if lo - 1e-9 <= v <= hi + 1e-9]
 
-    (ax, cax), (bx, bcax) = full.axes, brief.axes
+    (ax, cax), (bx,) = full.axes, brief.axes  # brief: the colour scale drawn without an axes
     assert ax.get_legend() is not None and bx.get_legend() is None
     assert len(ax.collections) == 2 and len(bx.collections) == 1  # the filling, and white lines over it
-    pairs = ((ax.xaxis, bx.xaxis), (ax.yaxis, bx.yaxis), (cax.yaxis, bcax.yaxis))
+    pairs = ((ax.xaxis, bx.xaxis), (ax.yaxis, bx.yaxis))
     assert all(len(shown(b)) <= min(len(shown(a)), 5) for a, b in pairs)
     assert sum(len(shown(b)) for _, b in pairs) < sum(len(shown(a)) for a, _ in pairs)
+    # Its colour scale: a band per pair of levels, the colours contourf filled them with, bottom to top
+    # over the colour bar's place, linear in the value; its ticks within the levels, then its label.
+    fill = bx.collections[0]
+    bands = next(c for c in brief.artists if isinstance(c, PolyCollection))
+    levels = fill.levels
+    assert len(bands.get_paths()) == len(levels) - 1
+    assert np.allclose(bands.get_facecolor(), fill.cmap(fill.norm((levels[:-1] + levels[1:]) / 2)))
+    assert np.allclose(bands.get_facecolor(), fill.get_facecolor()[1:-1])  # contourf's own (less extends)
+    tops = [p.vertices[:, 1].max() for p in bands.get_paths()]
+    assert tops == sorted(tops) and tops[-1] == pytest.approx(bx.get_position().y1)
+    heights = np.diff([bx.get_position().y0, *tops])
+    assert np.allclose(heights / heights.sum(), np.diff(levels) / (levels[-1] - levels[0]))
+    assert bands.get_paths()[0].vertices[:, 0].min() == pytest.approx(cax.get_position().x0)
+    labels = [t.get_text() for t in brief.texts]
+    assert labels[-1] == "loss" and 2 <= len(labels) - 1 <= 5
+    values = [float(t.replace("\u2212", "-")) for t in labels[:-1]]  # matplotlib's minus sign
+    assert values == sorted(values) and levels[0] <= values[0] and values[-1] <= levels[-1]
     assert bx.get_title().split("\n")[-1] == "\u25cf start, \u2605 end"  # the legend's words, a title line
     # The same path and markers: only the text around them is shorter.
     assert [tuple(line.get_xydata().ravel()) for line in ax.lines] == [
         tuple(line.get_xydata().ravel()) for line in bx.lines
     ]
+
+
+@pytest.mark.parametrize("scale", [1e-4, 3.0, 12345.0])
+def test_a_brief_colour_scale_label_clears_its_tick_labels(scale):
+    fig = contour_figure(_surface(scale), brief=True)
+    renderer = _drawn(fig)
+    *ticks, label = [t.get_window_extent(renderer) for t in fig.texts]
+    assert ticks and label.x0 >= max(t.x1 for t in ticks) and label.x1 <= fig.bbox.x1
