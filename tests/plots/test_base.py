@@ -157,3 +157,19 @@ def test_a_brief_colour_scale_label_clears_its_tick_labels(scale):
     renderer = _drawn(fig)
     *ticks, label = [t.get_window_extent(renderer) for t in fig.texts]
     assert ticks and label.x0 >= max(t.x1 for t in ticks) and label.x1 <= fig.bbox.x1
+
+
+def test_a_brief_line_figure_names_its_lines_by_colour_in_the_title():
+    from matplotlib.colors import to_rgba
+
+    records = [
+        LineRecord(XS, XS**2, {"label": "pca direction 1"}),
+        LineRecord(XS, 2 * XS**2, {"label": "pca 2"}),
+    ]
+    full, brief = line_figure(records, xlabel="distance"), line_figure(records, xlabel="distance", brief=True)
+    assert full.axes[0].get_legend() is not None and brief.axes[0].get_legend() is None
+    ax = brief.axes[0]
+    assert ax.get_title().split("\n")[-1] == "blue: pca direction 1, orange: pca 2"
+    assert [to_rgba(line.get_color()) for line in ax.lines] == [to_rgba("tab:blue"), to_rgba("tab:orange")]
+    many = [LineRecord(XS, k * XS**2) for k in range(1, 8)]  # more lines than named colours: a legend
+    assert line_figure(many, brief=True).axes[0].get_legend() is not None
