@@ -130,6 +130,11 @@ def run(rank: int, world: int, port: str) -> None:
         hessian_eigenvalues_of(relu_sharded, max_iter=5, tol=1e-3, layout=relu_layout).eigenvalues.tolist(),
         hessian_eigenvalues_of(relu_whole, max_iter=5, tol=1e-3).eigenvalues.tolist(),
     ]
+    fresh = dict(max_iter=20, tol=1e-9, layout=relu_layout)  # each product rebuilding its graph, and not
+    out["relu_fresh"] = [
+        hessian_eigenvalues_of(relu_sharded, **fresh, reuse_graph=False).eigenvalues.tolist(),
+        hessian_eigenvalues_of(relu_sharded, **fresh).eigenvalues.tolist(),
+    ]
     out["relu_states"] = sorted({type(p).__name__ for p in relu.parameters()})
 
     eos = dict(max_iter=30, tol=1e-6)
