@@ -28,6 +28,61 @@ def _flat(direction: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.detach().reshape(-1).double() for t in direction])
 
 
+class _Square(torch.autograd.Function):
+    """x * x with a backward that cannot be differentiated again (``@once_differentiable``)."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[no-untyped-def, override]
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+def _refused_then_trains(batches: list) -> list:
+    """A sharded network with a once-differentiable op: exact curvature is refused with SecondOrderError
+    (before, the second derivative silently missed that op's term), and a training step afterwards gives
+    the gradients of the same step on a copy that was never observed."""
+    from torch.distributed.fsdp import fully_shard
+
+    from lightning_landscape.callback.distributed import resharding_loss
+    from lightning_landscape.functional.curvature.hessian import hessian_eigenvalues_of
+    from lightning_landscape.functional.curvature.second_order import SecondOrderError
+    from lightning_landscape.functional.landscape.shards import ShardLayout
+    from lightning_landscape.functional.objective import Objective
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(fsdp_run.FEATURES, 6), nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(_Square.apply(self.a(x)))
+
+    grads = []
+    for observe in (True, False):
+        torch.manual_seed(2)
+        net = Net()
+        fully_shard(net.a)
+        fully_shard(net)
+        refused = None
+        if observe:
+            layout = ShardLayout.of(list(net.parameters()))
+            objective = Objective(net, resharding_loss(fsdp_run.ce, net), batches, layout.local)
+            try:
+                hessian_eigenvalues_of(objective, max_iter=3, layout=layout)
+            except SecondOrderError as err:
+                refused = type(err).__name__
+        fsdp_run.ce(net, batches[0]).backward()
+        grads.append(([p.grad.full_tensor() for p in net.parameters()], refused))  # type: ignore[union-attr]
+    same = all(torch.equal(a, b) for a, b in zip(grads[0][0], grads[1][0]))
+    return [grads[0][1], same]
+
+
 def run(rank: int, world: int, port: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -160,6 +215,7 @@ def run(rank: int, world: int, port: str) -> None:
 
     after = [p.detach().full_tensor() for p in net.parameters()]  # type: ignore[attr-defined]
     out["weights_same"] = all(torch.equal(a, b) for a, b in zip(after, before))
+    out["once_differentiable"] = _refused_then_trains(batches)
     out["grads_none"] = all(p.grad is None for p in net.parameters())
     out["training"] = net.training
     print_rows(out, world)

@@ -37,6 +37,13 @@ from lightning_landscape.functional.curvature.estimators import (
     hutchinson_samples,
     lanczos,
 )
+from lightning_landscape.functional.curvature.second_order import (
+    DEAD_ENDS,
+    SecondOrderError,
+    explain_second_order,
+    graph_nodes,
+    tensors_in,
+)
 from lightning_landscape.functional.curvature.sharded import (
     GATHERED,
     GatheredHessianOperator,
@@ -77,93 +84,6 @@ _unflatten = torch._C._nn.unflatten_dense_tensors
 _flatten = torch._C._nn.flatten_dense_tensors
 
 
-class SecondOrderError(RuntimeError):
-    """Part of the model cannot be differentiated twice, so its Hessian-vector products do not exist."""
-
-
-def _tensors(obj: Any) -> list[Tensor]:
-    if isinstance(obj, Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        obj = list(obj.values())
-    if isinstance(obj, (list, tuple)):
-        return [t for item in obj for t in _tensors(item)]
-    return []
-
-
-# Autograd nodes that end a second backward pass: ``NotImplemented`` raises when reached (an op without a
-# double-backward formula, such as a fused attention kernel), ``Error`` (from ``@once_differentiable``) is
-# never reached because nothing leads past it, so the second derivative silently misses a term.
-_DEAD_ENDS = ("NotImplemented", "Error", "DelayedError")
-_SECOND_ORDER_MESSAGES = ("derivative for", "differentiate twice", "double backward", "not implemented")
-
-
-def _graph(roots: Sequence[Any], stop: set[Any] | None = None) -> set[Any]:
-    """The autograd nodes reachable from ``roots`` (tensors or nodes), not entering ``stop``."""
-    stop = stop or set()
-    seen: set[Any] = set()
-    todo = [r.grad_fn if isinstance(r, Tensor) else r for r in roots]
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen or node in stop:
-            continue
-        seen.add(node)
-        todo.extend(nxt for nxt, _ in node.next_functions)
-    return seen
-
-
-def _dead_end(outputs: Sequence[Tensor], grads: Sequence[Tensor]) -> bool:
-    """Whether the graph of ``grads`` (first derivatives of ``outputs``) has a node a second pass cannot
-    cross; the forward graph of ``outputs`` is not walked again."""
-    forward = _graph(outputs)
-    return any(type(n).__name__ in _DEAD_ENDS for n in _graph([g for g in grads if g is not None], forward))
-
-
-def _twice_differentiable(inputs: list[Tensor], outputs: list[Tensor]) -> bool:
-    """Whether ``outputs`` can be differentiated twice with respect to ``inputs``."""
-    try:
-        # Grad outputs that require grad, as in a real second pass (where they depend on the weights).
-        ones = [torch.ones_like(o, requires_grad=True) for o in outputs]
-        grads = torch.autograd.grad(outputs, inputs, ones, create_graph=True, allow_unused=True)
-    except RuntimeError:
-        return False
-    return not _dead_end(outputs, grads)
-
-
-def _modules_without_double_backward(model: nn.Module, loss_fn: LossFn, batch: Any) -> list[str]:
-    """The innermost modules whose forward pass cannot be differentiated twice (``type (name)``).
-
-    Run only after a Hessian-vector product failed: one forward pass records every module's inputs and
-    outputs, then each module is tried on its own, and the failing ones with no failing submodule are
-    named (a failure in a parent's own code, such as a functional attention call, names the parent).
-    """
-    calls: list[tuple[str, nn.Module, list[Tensor], list[Tensor]]] = []
-
-    def record(name: str) -> Any:
-        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-            inputs = [t for t in _tensors((args, kwargs)) if t.requires_grad and t.is_floating_point()]
-            inputs += [p for p in module.parameters() if p.requires_grad]
-            outputs = [t for t in _tensors(output) if t.requires_grad and t.is_floating_point()]
-            if inputs and outputs:
-                calls.append((name, module, inputs, outputs))
-
-        return hook
-
-    handles = [m.register_forward_hook(record(n), with_kwargs=True) for n, m in model.named_modules()]
-    try:
-        loss_fn(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
-    failing = {name: module for name, module, i, o in calls if not _twice_differentiable(i, o)}
-
-    def inside(child: str, parent: str) -> bool:
-        return child != parent and (parent == "" or child.startswith(parent + "."))
-
-    innermost = [n for n in failing if not any(inside(other, n) for other in failing)]
-    return [f"{type(failing[n]).__name__} ({'the model' if n == '' else repr(n)})" for n in innermost]
-
-
 def _saved_storages(nodes: set[Any]) -> set[int]:
     """The storages of the tensors that the autograd ``nodes`` saved for their backward; ``{-1}`` where a
     node's saved tensors cannot be listed (then nothing may be released, see ``_release``).
@@ -182,7 +102,7 @@ def _saved_storages(nodes: set[Any]) -> set[int]:
                 values = [getattr(node, a) for a in dir(node) if a.startswith("_saved_")]
             else:
                 return {-1}  # a node whose saved tensors are not exposed
-            saved.update(t.untyped_storage().data_ptr() for t in _tensors(values))
+            saved.update(t.untyped_storage().data_ptr() for t in tensors_in(values))
         except (RuntimeError, NotImplementedError):  # freed, or no plain storage (sparse, some subclasses)
             return {-1}
     return saved
@@ -261,8 +181,8 @@ class HessianOperator:
             loss, grads = self._gradient(batch)
             if b == 0 or reuse_graph:
                 live = [g for g in grads if g is not None]
-                nodes = _graph(live, _graph([loss]))  # the gradient graph, without the forward graph
-                if b == 0 and any(type(n).__name__ in _DEAD_ENDS for n in nodes):
+                nodes = graph_nodes(live, graph_nodes([loss]))  # the gradient graph, not the forward graph
+                if b == 0 and any(type(n).__name__ in DEAD_ENDS for n in nodes):
                     self._explain(RuntimeError("a node without a double backward"), batch, certain=True)
             if reuse_graph:
                 _release(grads, _saved_storages(nodes))
@@ -339,16 +259,7 @@ class HessianOperator:
     def _explain(self, err: RuntimeError, batch: Any, certain: bool = False) -> None:
         """Raise a :class:`SecondOrderError` naming the modules that have no double backward, when that
         is what ``err`` is about (``certain``: a dead end was found in the graph)."""
-        culprits = _modules_without_double_backward(self.model, self.loss_fn, batch)
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if not (culprits or certain or any(m in message for m in _SECOND_ORDER_MESSAGES)):
-            return  # some other failure (out of memory, a shape error): let it through unchanged
-        where = ", ".join(culprits) or "code outside any module (in `loss_fn` or a module's own forward)"
-        raise SecondOrderError(
-            "Hessian-vector products need second derivatives, and this cannot be differentiated twice: "
-            f"{where} ({message}). Leave its parameters out with `params=`, or give it a twice-"
-            "differentiable implementation."
-        ) from err
+        explain_second_order(self.model, self.loss_fn, err, batch, certain)
 
     def matvec(self, vector: Tensor) -> Tensor:
         """``H v`` for a flat vector ``v`` (length :attr:`numel`); the result is flat, in :attr:`dtype`."""

@@ -53,6 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_landscape.functional.curvature.estimators import VectorSpace
+from lightning_landscape.functional.curvature.second_order import SecondOrderError, dead_end
 from lightning_landscape.functional.landscape.params import Direction, LossFn, WeightPerturbation, observation
 from lightning_landscape.functional.landscape.shards import ShardLayout, fsdp_modules
 from lightning_landscape.functional.objective import (
@@ -428,8 +429,15 @@ class GatheredHessianOperator:
             )
         self._graphs: list[tuple[Tensor | None, ...]] = []
         total = 0.0
-        for batch in self.batches:
+        for b, batch in enumerate(self.batches):
             loss, grads = self._gradient(batch)
+            if b == 0 and dead_end([loss], [g for g in grads if g is not None]):
+                raise SecondOrderError(
+                    "Hessian-vector products need second derivatives, and part of this sharded model cannot "
+                    "be differentiated twice (an op under @once_differentiable, or without a double-backward "
+                    "formula). Leave its parameters out with `params=`, or give it a twice-differentiable "
+                    "implementation; hessian_eigenvalues on an unsharded copy names the modules."
+                )
             if reuse_graph:
                 self._graphs.append(grads)
             total += float(loss.detach()) / len(self.batches)
@@ -508,6 +516,20 @@ def gathered_hessian_operator_of(
     with observation(objective.model), torch.enable_grad(), second_order():
         try:
             yield GatheredHessianOperator(objective, layout, reuse_graph)
+        except BaseException:
+            _reset_iteration(fsdp)  # a pass that stopped half-way leaves FSDP2 mid-iteration
+            raise
         finally:
             for m in fsdp:
                 m.reshard()  # type: ignore[operator]
+
+
+def _reset_iteration(fsdp: Sequence[nn.Module]) -> None:
+    """FSDP2's per-iteration state reset on each root module (``FSDPModule.reset_iter_state``, the recovery
+    FSDP2 documents after an exception in a forward or backward pass), so that training's next step runs
+    normally. Modules that are not roots refuse it; a torch without the method has nothing to reset."""
+    for m in fsdp:
+        reset = getattr(m, "reset_iter_state", None)
+        if callable(reset):
+            with contextlib.suppress(RuntimeError):
+                reset()

@@ -285,5 +285,6 @@ def test_fsdp2_curvature_cores_give_the_unsharded_numbers_with_a_basis_of_slices
         np.testing.assert_allclose(five, five_reference, rtol=1e-6)
         np.testing.assert_allclose(*r["relu_fresh"], rtol=1e-6)  # reuse_graph=False: the same products
         assert r["relu_states"] == ["DTensor"]
+        assert r["once_differentiable"] == ["SecondOrderError", True]  # refused; training's next step as ever
     for key in ("eigenvalues", "trace_samples", "blocks", "eos_sgd", "eos_adam", "relu"):
         assert rows[0][key] == rows[1][key], key  # every rank reports the same numbers
