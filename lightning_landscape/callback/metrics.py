@@ -175,7 +175,7 @@ def resolve_metrics(
     return out
 
 
-def values_finite(result: Any) -> bool:
+def _finite_eigenvalues(result: Any) -> bool:
     """Whether a Lanczos result's eigenvalues are all finite (only then are its vectors a start)."""
     return bool(np.isfinite(np.asarray(result.eigenvalues, dtype=float)).all())
 
@@ -253,7 +253,7 @@ def compute_metrics_of(
             continue
         if name == "eigenvalues" and warm is not None:
             vectors = result.eigenvectors or []
-            if vectors and values_finite(result):
+            if vectors and _finite_eigenvalues(result):
                 warm["eigenvalues"] = [torch.stack(parts).sum(0) for parts in zip(*vectors)]
             result.eigenvectors = None  # not kept in the record
         values = result.scalars()
