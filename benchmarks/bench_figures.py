@@ -9,6 +9,13 @@ after one warm-up pair (fonts, caches); the table shows the median seconds with 
 and the ratio B / A. Check: both give images of the same size (tests/plots/test_base.py asserts that every
 label lies inside the figure).
 
+A second table: a short run's brief figures (a reduced landscape: 5 x 5 surface with its path, two
+lines), A matplotlib's ``brief=True`` builders, B the same figures drawn straight to pixels
+(:mod:`lightning_landscape.plots.brief`), each to RGB pixels and to PNG (what the sinks take). Check: the
+share of the surface plot's pixels of the same colour in both images, on a plane (where both
+interpolations place every band boundary at the same points), and the largest distance between the
+rows where the two images draw a line.
+
     python benchmarks/bench_figures.py --reps 7   # -> benchmarks/results/figures.txt
 """
 
@@ -34,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 from common import machine, table  # noqa: E402
 
 from lightning_landscape.plots import landscape  # noqa: E402
+from lightning_landscape.plots.base import figure_to_png, frame_layout  # noqa: E402
+from lightning_landscape.plots.brief import brief_lines, brief_surface, png_bytes  # noqa: E402
 from lightning_landscape.plots.landscape import figure_to_rgb  # noqa: E402
 from lightning_landscape.records.record import LineRecord, SurfaceRecord  # noqa: E402
 
@@ -77,6 +86,88 @@ def _time(build: Callable[[], Figure]) -> tuple[float, tuple[int, ...]]:
     return time.perf_counter() - start, pixels.shape
 
 
+def _brief_rows(reps: int) -> list[list[str]]:
+    """The brief figures of a 5 x 5 landscape: matplotlib's against the pixel builders'."""
+    xs = np.linspace(-1.0, 1.0, 5)
+    meta = {"directions": "pca", "explained_variance": [0.61, 0.22], "epoch": 4, "global_step": 115}
+    path = np.array([[0.8, 0.7], [0.5, 0.3], [0.2, 0.1], [0.0, 0.0]])
+    bowl = SurfaceRecord(xs, xs, 2.0 * np.add.outer(xs**2, 0.3 * xs**2) + 0.05, path=path, meta=meta)
+    plane = SurfaceRecord(xs, xs, 1.0 + np.add.outer(0.8 * xs, 0.3 * xs), meta=meta)
+    pair = [
+        LineRecord(xs, (k + 1) * xs**2 + 0.05, {"directions": "pca", "label": f"PC{k + 1}"}) for k in (0, 1)
+    ]
+
+    def both_ways(figure: Callable[[], Figure]) -> None:
+        fig = figure()
+        figure_to_png(fig)
+        figure_to_rgb(figure())
+
+    def pixels(image: Callable[[], np.ndarray]) -> None:
+        png_bytes(image())
+
+    ways = {
+        "surface (5 x 5, path)": (
+            lambda: both_ways(lambda: landscape.contour_figure(bowl, brief=True)),
+            lambda: pixels(lambda: brief_surface(bowl)),
+            _same_fill(plane),
+        ),
+        "lines (2)": (
+            lambda: both_ways(lambda: landscape.line_figure(pair, xlabel="distance", brief=True)),
+            lambda: pixels(lambda: brief_lines(pair, xlabel="distance")),
+            _line_rows(pair),
+        ),
+    }
+    rows = []
+    for name, (a, b, check) in ways.items():
+        a(), b()  # warm-up pair
+        times: dict[str, list[float]] = {"A": [], "B": []}
+        for rep in range(reps):
+            for way in ("A", "B") if rep % 2 == 0 else ("B", "A"):
+                start = time.perf_counter()
+                (a if way == "A" else b)()
+                times[way].append(time.perf_counter() - start)
+        ratios = [t_b / t_a for t_a, t_b in zip(times["A"], times["B"])]
+        rows.append([
+            name,
+            f"{statistics.median(times['A']):.4f} [{min(times['A']):.4f}-{max(times['A']):.4f}]",
+            f"{statistics.median(times['B']):.4f} [{min(times['B']):.4f}-{max(times['B']):.4f}]",
+            f"{statistics.median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}]",
+            check,
+        ])  # fmt: skip
+    return rows
+
+
+def _same_fill(plane: SurfaceRecord) -> str:
+    ours, theirs = (
+        brief_surface(plane, title="t"),
+        figure_to_rgb(landscape.contour_figure(plane, title="t", brief=True)),
+    )
+    (left, bottom, width, height), _ = frame_layout((5.6, 4.6), colorbar=True, title="t")
+    x0, x1, y1 = round(left * 100), round((left + width) * 100), 460 - round(bottom * 100)
+    y0 = y1 - round(height * 100)
+    a, b = (img[y0 + 4 : y1 - 4, x0 + 4 : x1 - 4].astype(int) for img in (ours, theirs))
+    same = np.all(np.abs(a - b) <= 2, axis=-1).mean()
+    return f"plane: {100 * same:.1f} % of plot pixels as matplotlib's"
+
+
+def _line_rows(pair: list[LineRecord]) -> str:
+    ours, theirs = (
+        brief_lines(pair, xlabel="distance"),
+        figure_to_rgb(landscape.line_figure(pair, xlabel="distance", brief=True)),
+    )
+    blue = np.array([0x1F, 0x77, 0xB4])
+
+    def rows(rgb: np.ndarray) -> dict[int, float]:
+        near = np.abs(rgb.astype(int) - blue).sum(-1) < 60
+        return {
+            c: float(np.flatnonzero(near[:, c]).mean()) for c in range(100, rgb.shape[1]) if near[:, c].any()
+        }
+
+    a, b = rows(ours), rows(theirs)
+    gaps = [abs(a[c] - b[c]) for c in a if c in b]
+    return f"blue line: rows within {max(gaps):.1f} px of matplotlib's over {len(gaps)} columns"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -113,6 +204,14 @@ def main() -> None:
     lines.append(table(rows, ["figure", f"{args.before} s", "now s", "ratio B / A"]))
     lines.append(
         f"{args.reps} interleaved repetitions in alternating order after a warm-up pair. after: [{machine()}]"
+    )
+    lines += ["", f"## brief figures: matplotlib brief=True (A) vs drawn to pixels (B)  [{machine()}]"]
+    lines.append(
+        table(_brief_rows(args.reps), ["figure", "matplotlib s", "pixels s", "ratio B / A", "check"])
+    )
+    lines.append(
+        f"{args.reps} interleaved repetitions in alternating order after a warm-up pair; each to RGB pixels "
+        f"and PNG. after: [{machine()}]"
     )
     print("\n".join(lines))
     Path(args.out).write_text("\n".join(lines) + "\n")

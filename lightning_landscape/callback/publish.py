@@ -117,6 +117,14 @@ class Warnings:
             )
 
 
+def _sketchable(lines: Sequence[LineRecord]) -> bool:
+    """Whether :func:`~lightning_landscape.plots.brief.brief_lines` draws ``lines``: up to five, named by
+    colour, without a ``metric_fn``'s values (those need a second axis: matplotlib's brief figure)."""
+    from lightning_landscape.plots.brief import COLOURS
+
+    return 0 < len(lines) <= len(COLOURS) and all(ln.metrics is None for ln in lines)
+
+
 def record_name(stage: str, what: str, step: int) -> str:
     """A record's file name (without suffix): ``STAGE_WHAT_stepNNNNNNNN``, sorted by step within a stage.
 
@@ -324,8 +332,10 @@ class Publisher:
         failed checks in its title, and the loss against log distance (``{prefix}distance``). A landscape
         the budget reduced (its records' meta ``budget``) draws only the figures listed in
         ``budget["figures"]`` (:data:`~lightning_landscape.callback.sizing.ESSENTIAL_FIGURES`), brief
-        (``budget["brief_figures"]``: fewer ticks, no legend: see ``contour_figure``).
+        (``budget["brief_figures"]``: fewer ticks, no legend, drawn straight to pixels by
+        :mod:`~lightning_landscape.plots.brief`).
         """
+        from lightning_landscape.plots.brief import brief_lines, brief_surface
         from lightning_landscape.plots.landscape import (
             contour_figure,
             distance_figure,
@@ -342,13 +352,13 @@ class Publisher:
         trust = next((r for r in records if isinstance(r, ReliabilityRecord)), None)
         flags = trust.flags if trust is not None else []
         budget = next((r.meta["budget"] for r in records if r.meta.get("budget")), None)
-        brief: dict[str, Any] = {}
+        brief = False
         if budget is not None and "figures" in budget:  # a landscape the budget reduced: fewer figures
             keep = set(budget["figures"])
             interp = interp if "interpolation" in keep else []
             axes = axes if "lines" in keep else []
             distance = distance if "distance" in keep else []
-            brief = {"brief": True} if budget.get("brief_figures") else {}
+            brief = bool(budget.get("brief_figures"))
         for surface in surfaces:
             if trust is not None and trust.path_points is not None and trust.path_losses is not None:
                 self._figure(
@@ -357,12 +367,23 @@ class Publisher:
                 )  # fmt: skip
             else:
                 title = trust.title(_surface_title(surface)) if trust is not None else None
-                self._figure(f"{prefix}surface", step, contour_figure, surface, title=title, **brief)
-        if interp:
-            self._figure(f"{prefix}interpolation", step, line_figure, interp, xlabel="alpha", **brief)
-        if axes:
-            xlabel = "distance along direction"
-            self._figure(f"{prefix}lines", step, line_figure, axes, xlabel=xlabel, **brief)
+                build = brief_surface if brief else contour_figure
+                self._figure(f"{prefix}surface", step, build, surface, title=title)
+        for tag, group, xlabel in (
+            ("interpolation", interp, "alpha"),
+            ("lines", axes, "distance along direction"),
+        ):
+            if group and brief and _sketchable(group):
+                self._figure(f"{prefix}{tag}", step, brief_lines, group, xlabel=xlabel)
+            elif group:
+                self._figure(
+                    f"{prefix}{tag}",
+                    step,
+                    line_figure,
+                    group,
+                    xlabel=xlabel,
+                    **({"brief": True} if brief else {}),
+                )
         if distance:
             self._figure(f"{prefix}distance", step, distance_figure, distance, flags=flags)
         self._metric_figures(records, prefix, step, stage)

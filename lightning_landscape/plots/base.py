@@ -35,6 +35,7 @@ __all__ = [
     "contour_levels",
     "figure_to_png",
     "figure_to_rgb",
+    "frame_layout",
     "framed",
     "record_title",
     "shared_levels",
@@ -104,6 +105,29 @@ _XLABEL_DROP, _YLABEL_OFFSET = 0.31, 0.6
 _TITLE_CHARS_PER_INCH = 12.5  # characters of a 10 pt title per inch of width, before it wraps
 
 
+def frame_layout(
+    figsize: tuple[float, float], colorbar: bool = False, twin: bool = False, title: str = ""
+) -> tuple[tuple[float, float, float, float], list[str]]:
+    """Where :func:`framed` puts the plot of a ``figsize`` figure: ``(left, bottom, width, height)`` in
+    inches from the figure's lower left corner, and ``title`` wrapped to the plot's width (its lines).
+
+    Example::
+
+        >>> (left, bottom, width, height), lines = frame_layout((5.6, 3.8), title="loss")
+        >>> round(left + width, 2), lines
+        (5.4, ['loss'])
+    """
+    width, height = figsize
+    right = (
+        _RIGHT + (_BAR_GAP + _BAR_WIDTH + _BAR_LABEL if colorbar else 0.0) + (_TWIN_RIGHT if twin else 0.0)
+    )
+    plot_width = width - _LEFT - right
+    chars = max(int(plot_width * _TITLE_CHARS_PER_INCH), 20)
+    lines = [line for part in title.split("\n") for line in textwrap.wrap(part, chars)] or [""]
+    top = _TOP + 0.18 * (len(lines) - 1)
+    return (_LEFT, _BOTTOM, plot_width, height - _BOTTOM - top), lines
+
+
 def framed(
     figsize: tuple[float, float],
     colorbar: bool = False,
@@ -125,20 +149,13 @@ def framed(
         (2, True, True)
     """
     width, height = figsize
-    right = (
-        _RIGHT + (_BAR_GAP + _BAR_WIDTH + _BAR_LABEL if colorbar else 0.0) + (_TWIN_RIGHT if twin else 0.0)
-    )
-    plot_width = width - _LEFT - right
-    chars = max(int(plot_width * _TITLE_CHARS_PER_INCH), 20)
-    lines = [line for part in title.split("\n") for line in textwrap.wrap(part, chars)] or [""]
-    top = _TOP + 0.18 * (len(lines) - 1)
+    (left, bottom, plot_width, plot_height), lines = frame_layout(figsize, colorbar, twin, title)
     fig = Figure(figsize=figsize)
-    rect = (_LEFT / width, _BOTTOM / height, plot_width / width, (height - _BOTTOM - top) / height)
+    rect = (left / width, bottom / height, plot_width / width, plot_height / height)
     ax = fig.add_axes(rect)
     ticks = BRIEF_TICKS if brief else _TICKS
     for axis in (ax.xaxis, ax.yaxis):  # about 6 ticks, not 9: readable, and text is most of the drawing
         axis.set_major_locator(MaxNLocator(ticks))
-    plot_height = height - _BOTTOM - top
     ax.xaxis.set_label_coords(0.5, -_XLABEL_DROP / plot_height)
     ax.yaxis.set_label_coords(-_YLABEL_OFFSET / plot_width, 0.5)
     cax = None

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import numpy as np
 from matplotlib.figure import Figure
 
+from lightning_landscape.plots.brief import png_bytes
 from lightning_landscape.plots.landscape import figure_to_png, figure_to_rgb
 
 __all__ = ["FigureRenderer", "ImageSink", "RenderedFigure", "render_figure"]
@@ -57,8 +58,11 @@ class RenderedFigure:
     rgb: np.ndarray | None = None
 
 
-def render_figure(build: Callable[[], Figure], formats: Iterable[str]) -> RenderedFigure:
+def render_figure(build: Callable[[], Figure | np.ndarray], formats: Iterable[str]) -> RenderedFigure:
     """Render the figure ``build()`` makes in ``formats`` ("png", "rgb"), each from a freshly built figure.
+
+    A builder may also return the figure's pixels (``(H, W, 3)`` uint8, as the brief figures of
+    :mod:`~lightning_landscape.plots.brief` do): built once, encoded as PNG for the sinks that take PNG.
 
     A fresh figure per format because drawing is not idempotent: constrained layout settles during a
     figure's first draw, so a second draw of the same figure (a colour bar's spacing) can differ by a
@@ -72,9 +76,21 @@ def render_figure(build: Callable[[], Figure], formats: Iterable[str]) -> Render
         (b'\\x89PNG', (100, 200, 3))
     """
     formats = _checked_formats(formats)
-    png = figure_to_png(build()) if "png" in formats else None
-    rgb = figure_to_rgb(build()) if "rgb" in formats else None
-    return RenderedFigure(png=png, rgb=rgb)
+    if not formats:
+        return RenderedFigure()
+    first = build()
+    if isinstance(first, np.ndarray):  # drawn to pixels already (plots/brief.py): encoded once, as is
+        return RenderedFigure(
+            png=png_bytes(first) if "png" in formats else None, rgb=first if "rgb" in formats else None
+        )
+    if "png" not in formats:
+        return RenderedFigure(rgb=figure_to_rgb(first))
+    png = figure_to_png(first)
+    if "rgb" not in formats:
+        return RenderedFigure(png=png)
+    second = build()
+    assert isinstance(second, Figure)  # the same builder
+    return RenderedFigure(png=png, rgb=figure_to_rgb(second))
 
 
 def _checked_formats(formats: Iterable[str]) -> set[str]:
@@ -104,12 +120,12 @@ class _Job:
         sink: ImageSink,
         tag: str,
         step: int,
-        build: Callable[..., Figure],
+        build: Callable[..., Figure | np.ndarray],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
         self.sink, self.tag, self.step = sink, tag, step
-        self.build: Callable[..., Figure] | None = build
+        self.build: Callable[..., Figure | np.ndarray] | None = build
         self.args, self.kwargs = args, kwargs
         self.formats = _checked_formats(sink.figure_formats)  # read on the caller's thread
         self.rendered: RenderedFigure | None = None
@@ -204,7 +220,13 @@ class FigureRenderer:
         self._delivered_seconds = 0.0  # building and rendering time of the figures delivered so far
 
     def submit(
-        self, sink: ImageSink, tag: str, step: int, build: Callable[..., Figure], *args: Any, **kwargs: Any
+        self,
+        sink: ImageSink,
+        tag: str,
+        step: int,
+        build: Callable[..., Figure | np.ndarray],
+        *args: Any,
+        **kwargs: Any,
     ) -> None:
         """Queue ``build(*args, **kwargs)`` to be rendered and written to ``sink`` under ``tag`` at ``step``.
 

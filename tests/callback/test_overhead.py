@@ -187,7 +187,8 @@ def test_a_reduced_landscape_draws_only_its_essential_figures(
     submit = render.FigureRenderer.submit
 
     def recording(self, sink, tag, step, build, *args, **kw):
-        submitted.append((tag, kw.get("brief", False)))
+        # drawn brief: matplotlib's brief figure, or straight to pixels (plots/brief.py)
+        submitted.append((tag, kw.get("brief", False) or build.__module__.endswith(".brief")))
         return submit(self, sink, tag, step, build, *args, **kw)
 
     monkeypatch.setattr(render.FigureRenderer, "submit", recording)
