@@ -41,9 +41,10 @@ sys.path.insert(0, str(ROOT))
 from common import machine, table  # noqa: E402
 
 from lightning_landscape.plots import landscape  # noqa: E402
-from lightning_landscape.plots.base import figure_to_png, frame_layout  # noqa: E402
-from lightning_landscape.plots.brief import brief_lines, brief_surface, png_bytes  # noqa: E402
+from lightning_landscape.plots.base import frame_layout  # noqa: E402
+from lightning_landscape.plots.brief import brief_lines, brief_surface  # noqa: E402
 from lightning_landscape.plots.landscape import figure_to_rgb  # noqa: E402
+from lightning_landscape.plots.render import render_figure  # noqa: E402
 from lightning_landscape.records.record import LineRecord, SurfaceRecord  # noqa: E402
 
 
@@ -97,23 +98,18 @@ def _brief_rows(reps: int) -> list[list[str]]:
         LineRecord(xs, (k + 1) * xs**2 + 0.05, {"directions": "pca", "label": f"PC{k + 1}"}) for k in (0, 1)
     ]
 
-    def both_ways(figure: Callable[[], Figure]) -> None:
-        fig = figure()
-        figure_to_png(fig)
-        figure_to_rgb(figure())
-
-    def pixels(image: Callable[[], np.ndarray]) -> None:
-        png_bytes(image())
+    def both_ways(build: Callable[[], Figure | np.ndarray]) -> None:
+        render_figure(build, {"png", "rgb"})  # what the callback's figure thread does for the sinks
 
     ways = {
         "surface (5 x 5, path)": (
             lambda: both_ways(lambda: landscape.contour_figure(bowl, brief=True)),
-            lambda: pixels(lambda: brief_surface(bowl)),
+            lambda: both_ways(lambda: brief_surface(bowl)),
             _same_fill(plane),
         ),
         "lines (2)": (
             lambda: both_ways(lambda: landscape.line_figure(pair, xlabel="distance", brief=True)),
-            lambda: pixels(lambda: brief_lines(pair, xlabel="distance")),
+            lambda: both_ways(lambda: brief_lines(pair, xlabel="distance")),
             _line_rows(pair),
         ),
     }
@@ -211,7 +207,7 @@ def main() -> None:
     )
     lines.append(
         f"{args.reps} interleaved repetitions in alternating order after a warm-up pair; each to RGB pixels "
-        f"and PNG. after: [{machine()}]"
+        f"and PNG (render_figure). after: [{machine()}]"
     )
     print("\n".join(lines))
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -26,7 +26,6 @@ and are not affected. Only rank zero writes (:func:`build_sinks` with ``rank != 
 
 from __future__ import annotations
 
-import io
 import re
 import tempfile
 import warnings
@@ -38,6 +37,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from lightning_landscape.plots.base import png_bytes
 from lightning_landscape.plots.landscape import figure_to_png, figure_to_rgb
 from lightning_landscape.plots.render import RenderedFigure
 from lightning_landscape.records.record import SCALAR_GROUPS, SurfaceRecord
@@ -206,16 +206,17 @@ class CSVSink(MetricsSink):
     """CSVLogger: scalars in its ``metrics.csv``; figures as PNG files in ``<log_dir>/landscape/figures``."""
 
 
-# Figures go to TensorBoard as PNG at zlib level 1, not the level 6 of its ``add_image`` (Pillow's
-# default): the same pixels, about 5 % more bytes, half the encoding time (~7 ms instead of ~15 ms for a
-# 560 x 460 figure on one CPU core, a tenth of a short run's figure time).
-TENSORBOARD_PNG_LEVEL = 1
+def _torch_writer(writer: Any) -> bool:
+    """Whether ``writer`` is PyTorch's ``SummaryWriter`` (it takes an encoded image as a summary)."""
+    return type(writer).__module__.startswith("torch.utils.tensorboard") and hasattr(
+        writer, "_get_file_writer"
+    )
 
 
 def tensorboard_image(writer: Any, tag: str, rgb: np.ndarray, step: int) -> None:
     """``writer.add_image(tag, rgb, step, dataformats="HWC")`` with the PNG encoded at
-    :data:`TENSORBOARD_PNG_LEVEL`: PyTorch's ``SummaryWriter`` gets the encoded image as a summary;
-    another writer (tensorboardX) its own ``add_image``.
+    :data:`~lightning_landscape.plots.base.PNG_LEVEL` (:func:`tensorboard_png`); another writer
+    (tensorboardX) its own ``add_image``.
 
     Example::
 
@@ -225,22 +226,33 @@ def tensorboard_image(writer: Any, tag: str, rgb: np.ndarray, step: int) -> None
         >>> tensorboard_image(writer, "landscape/surface", np.zeros((4, 6, 3), np.uint8), step=3)
         >>> writer.close()
     """
-    get_file_writer = getattr(writer, "_get_file_writer", None)
-    if not type(writer).__module__.startswith("torch.utils.tensorboard") or get_file_writer is None:
+    if not _torch_writer(writer):
         writer.add_image(tag, rgb, global_step=step, dataformats="HWC")
         return
-    from PIL import Image
+    tensorboard_png(writer, tag, png_bytes(rgb), step)
+
+
+def tensorboard_png(writer: Any, tag: str, png: bytes, step: int) -> None:
+    """An RGB PNG (as :func:`~lightning_landscape.plots.base.png_bytes` encodes it) written to PyTorch's
+    ``SummaryWriter`` as an image summary, as ``add_image`` writes one, without decoding it: its size is
+    read from the PNG's header.
+
+    Example::
+
+        >>> import tempfile
+        >>> from torch.utils.tensorboard import SummaryWriter
+        >>> writer = SummaryWriter(tempfile.mkdtemp())
+        >>> tensorboard_png(writer, "landscape/surface", png_bytes(np.zeros((4, 6, 3), np.uint8)), step=3)
+        >>> writer.close()
+    """
     from tensorboard.compat.proto.summary_pb2 import Summary  # type: ignore[import-untyped]
 
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(
-        buf, format="PNG", compress_level=TENSORBOARD_PNG_LEVEL
-    )
-    height, width, channels = rgb.shape
-    image = Summary.Image(
-        height=height, width=width, colorspace=channels, encoded_image_string=buf.getvalue()
-    )
-    get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+        raise ValueError("`png` must be PNG bytes")
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(png[25], 3)  # grey, RGB, grey + alpha, RGBA
+    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png)
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
 class TensorBoardSink(MetricsSink):
@@ -254,15 +266,25 @@ class TensorBoardSink(MetricsSink):
         if settings:
             writer.add_text("landscape/settings", settings_markdown(settings), global_step=0)
 
-    figure_format = "rgb"
+    @property
+    def figure_format(self) -> str:  # type: ignore[override]
+        """PNG for PyTorch's ``SummaryWriter`` (encoded on the figure thread), pixels for another writer."""
+        try:
+            return "png" if _torch_writer(self.logger.experiment) else "rgb"
+        except Exception:
+            return "rgb"
 
     def figure(self, tag: str, fig: Figure, step: int) -> None:
         tensorboard_image(self.logger.experiment, tag, figure_to_rgb(fig), step)
 
     def image(self, tag: str, rendered: RenderedFigure, step: int) -> None:
         # The image add_figure makes of the same figure (Agg at the figure's 100 dpi), pixel for pixel.
-        assert rendered.rgb is not None
-        tensorboard_image(self.logger.experiment, tag, rendered.rgb, step)
+        writer = self.logger.experiment
+        if rendered.png is not None and _torch_writer(writer):
+            tensorboard_png(writer, tag, rendered.png, step)
+        else:
+            assert rendered.rgb is not None
+            tensorboard_image(writer, tag, rendered.rgb, step)
 
     def text(self, tag: str, markdown: str, step: int) -> None:
         self.logger.experiment.add_text(tag, markdown, global_step=step)

@@ -394,26 +394,33 @@ def test_tensorboard_images_are_the_pixels_add_figure_writes(tmp_path):
     from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from lightning_landscape.plots.base import PNG_LEVEL
     from lightning_landscape.plots.landscape import contour_figure
-    from lightning_landscape.sinks import TENSORBOARD_PNG_LEVEL, tensorboard_image
+    from lightning_landscape.plots.render import render_figure
+    from lightning_landscape.sinks import tensorboard_image
 
     xs = np.linspace(-1.0, 1.0, 5)
     record = SurfaceRecord(xs, xs, np.add.outer(xs**2, xs**2) + 0.1, meta={"global_step": 3})
     ours, theirs = TensorBoardLogger(tmp_path, name="ours"), TensorBoardLogger(tmp_path, name="theirs")
     TensorBoardSink(ours, tmp_path).figure("landscape/surface", contour_figure(record), 3)
     theirs.experiment.add_figure("landscape/surface", contour_figure(record), global_step=3)
+    # and through the figure thread: PyTorch's writer takes the PNG encoded there, written as it is
+    drawn = TensorBoardLogger(tmp_path, name="drawn")
+    sink = TensorBoardSink(drawn, tmp_path)
+    assert sink.figure_format == "png"
+    sink.image("landscape/surface", render_figure(lambda: contour_figure(record), {"png"}), 3)
     images = []
-    for logger in (ours, theirs):
+    for logger in (ours, theirs, drawn):
         logger.experiment.flush()
         acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
         acc.Reload()
         (event,) = acc.Images("landscape/surface")
         pixels = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
         images.append((event.step, event.width, event.height, pixels))
-    (step, width, height, pixels), (step_b, width_b, height_b, pixels_b) = images
-    assert (step, width, height) == (step_b, width_b, height_b) == (3, 560, 460)
-    assert np.array_equal(pixels, pixels_b)
-    assert TENSORBOARD_PNG_LEVEL == 1
+    (step, width, height, pixels), (step_b, width_b, height_b, pixels_b), (*drawn_size, pixels_c) = images
+    assert (step, width, height) == (step_b, width_b, height_b) == tuple(drawn_size) == (3, 560, 460)
+    assert np.array_equal(pixels, pixels_b) and np.array_equal(pixels_c, pixels_b)
+    assert PNG_LEVEL == 1
     # tensorboardX or another writer without PyTorch's file writer: its own add_image.
     calls = []
 

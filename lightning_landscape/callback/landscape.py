@@ -27,7 +27,9 @@ from lightning_landscape.callback.publish import Warnings, record_name
 from lightning_landscape.callback.recorder import TrajectoryRecorder
 from lightning_landscape.callback.schedule import Plan
 from lightning_landscape.functional import checks as check
+from lightning_landscape.functional.landscape.assemble import finish
 from lightning_landscape.functional.landscape.bn import BNMode, landscape_buffers
+from lightning_landscape.functional.landscape.engine import Evaluation, Progress
 from lightning_landscape.functional.landscape.params import Direction, LossFn, unflatten
 from lightning_landscape.functional.landscape.sharding import PointShard
 from lightning_landscape.functional.landscape.surface import (
@@ -234,8 +236,7 @@ class LandscapeBuilder(PlaneSteps):
                 "snapshot_dtype": str(recorder.dtype).removeprefix("torch."),
                 "world_size": trainer.world_size,
             }
-            lines = (start is not None) + 2 * (plan.stage == "final")
-            total = plan.resolution**2 + lines * plan.line_resolution
+            total = plan.points - (start is None) * plan.line_resolution
             self.progress = LandscapeProgress.for_trainer(
                 trainer, total, f"{plan.stage} landscape at step {step}", clock=self.clock
             )
@@ -383,9 +384,9 @@ class LandscapeBuilder(PlaneSteps):
         if stage == "final":
             for axis, d in enumerate((d1, d2)):
                 self.part = f"line {axis + 1}"
-                line = loss_line_of(
-                    objective.replace(bn=plane_bn), d, odd_grid(plane.span, plan.line_resolution),
-                    progress=self._part(plan.line_resolution),
+                line = axis_line(
+                    objective.replace(bn=plane_bn), d, axis, odd_grid(plane.span, plan.line_resolution),
+                    surface, progress=self._part(plan.line_resolution),
                 )  # fmt: skip
                 label = f"{plane.meta['directions']} direction {axis + 1}"
                 line.meta.update(
@@ -541,3 +542,46 @@ class LandscapeBuilder(PlaneSteps):
                 steps=plane.meta.get("snapshot_steps", []), step=drawn.step, seed=self.seed,
                 include_1d=self.include_1d, unit=plane.unit, trace=drawn.trace, layout=self.shards,
             )  # fmt: skip
+
+
+def axis_line(
+    objective: Objective,
+    direction: Direction,
+    axis: int,
+    alphas: np.ndarray,
+    surface: SurfaceRecord,
+    progress: Progress | None = None,
+) -> LineRecord:
+    """The loss along the plane's ``axis`` (0: along the first direction) at ``alphas``: the points on
+    the ``surface``'s grid, in its centre row or column (where the other coefficient is exactly 0), are
+    taken from it, being the same weights on the same probe batches; the others are evaluated
+    (:func:`loss_line_of`). The record is what :func:`loss_line_of` makes of all ``alphas``, with
+    ``forward_passes`` the passes it took and ``from_surface`` the points it took from the surface.
+    """
+    along, other = (surface.xs, surface.ys) if axis == 0 else (surface.ys, surface.xs)
+    centre = np.flatnonzero(np.asarray(other) == 0.0)
+    table = surface.batch_losses
+    alphas = np.asarray(alphas, dtype=np.float64)
+    if centre.size != 1 or table is None or len(along) < 2:
+        return loss_line_of(objective, direction, alphas, progress=progress)
+    row = table[centre[0]] if axis == 0 else table[:, centre[0]]  # (len(along), batches)
+    grid = np.asarray(along, dtype=np.float64)
+    nearest = np.abs(grid[None, :] - alphas[:, None]).argmin(axis=1)
+    taken = np.abs(grid[nearest] - alphas) <= 1e-9 * float(np.abs(grid).max())
+    if not taken.any():
+        return loss_line_of(objective, direction, alphas, progress=progress)
+    per_batch = np.empty((len(alphas), row.shape[1]))
+    per_batch[taken] = row[nearest[taken]]
+    passes = 0
+    if (~taken).any():
+        rest = loss_line_of(objective, direction, alphas[~taken], progress=progress)
+        assert rest.batch_losses is not None
+        per_batch[~taken] = rest.batch_losses
+        passes = int(rest.meta["forward_passes"])
+    ev = Evaluation(per_batch, None, surface.meta.get("engine", "loop"))
+    losses, batch_losses, _, meta = finish(ev, objective, (len(alphas),), objective.buffer_plan())
+    meta.update(forward_passes=passes, from_surface=int(taken.sum()))
+    for key in ("engine_note", "engine_reason"):
+        if key in surface.meta:
+            meta[key] = surface.meta[key]
+    return LineRecord(alphas=alphas, losses=losses, meta=meta, batch_losses=batch_losses)

@@ -117,7 +117,7 @@ class LandscapeSchedule:
       a third of the whole run's budget (from ``expected_batches``), the final one what is left at the
       end. What does not fit is reduced (:func:`~lightning_landscape.callback.sizing.ladder`: the grid,
       the indicators and expensive metrics, Lanczos steps, probe batches) down to a 5 x 5 surface with
-      11-point lines and a 5-step ``lambda_max`` on one probe batch, computed even when that exceeds
+      9-point lines and a 5-step ``lambda_max`` on one probe batch, computed even when that exceeds
       the budget: every run shows a landscape. Options in ``explicit`` (``"resolution"``,
       ``"final_resolution"``, ``"metrics"``, ``"final_metrics"``) are never reduced.
     - ``False``: both at their configured size (told what they cost when that exceeds the budget).
@@ -315,7 +315,7 @@ class LandscapeSchedule:
             probe_batches = min(probe_batches, plan.probe_batches)
         per_point = 2.0 if self.bn == "recompute" else 1.0
         surface, line = plan.resolution**2, plan.line_resolution
-        points = per_point * (surface + plan.lines * line)
+        points = per_point * plan.points
         if self.metric:
             points += line + (surface if plan.stage == "final" else 0)
         if plan.reliability and self.reliability is not None:
@@ -439,7 +439,7 @@ class LandscapeSchedule:
         """``budget_final=True``: coarser until the final landscape fits; None if not even 5 x 5 does.
 
         First fewer grid points (down to the periodic resolution), then fewer metrics, then fewer points
-        still, down to a 5 x 5 surface with 11-point lines, no metrics, no indicators.
+        still, down to a 5 x 5 surface with 9-point lines, no metrics, no indicators.
         """
         stage: Stage = "final"
         reliable = self.reliability is not None
@@ -450,7 +450,7 @@ class LandscapeSchedule:
             for r in range(self.final_resolution - 2, floor - 1, -2)
         ] + [(r, {}, False) for r in range(floor - 2, SMALLEST_FINAL - 1, -2)]
         for r, spec, rel in candidates:
-            line = min(self.line_resolution, 2 * r + 1)
+            line = min(self.line_resolution, 2 * r - 1)
             smaller = Plan(stage, r, line, dict(spec), reduced=True, reliability=rel)
             plan = self._costed(smaller, world_size, probe_batches)
             if self.fits(plan.cost):

@@ -1,18 +1,19 @@
 """How large one landscape is: its :class:`Plan`, and the smaller ones a short run's budget may take instead.
 
 :func:`ladder` lists, from the configured landscape down to the smallest one the budget keeps (a 5 x 5
-surface, 11-point lines and a 5-step ``lambda_max`` on one probe batch), the landscapes in order of
+surface, 9-point lines and a 5-step ``lambda_max`` on one probe batch), the landscapes in order of
 preference; :class:`~lightning_landscape.callback.schedule.LandscapeSchedule` takes the first that fits.
 :func:`reduction` and :func:`reduced_note` say what a smaller one left out and which option restores it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = ["BRIEF_FIGURES", "ESSENTIAL_FIGURES", "HESSIAN_PLANE_ITERATIONS", "SMALLEST_FINAL",
-           "SMALLEST_LANCZOS", "Plan", "ladder", "reduced_note", "reduction"]  # fmt: skip
+           "SMALLEST_LANCZOS", "Plan", "ladder", "reduced_note", "reduction", "shared_points"]  # fmt: skip
 
 Stage = Literal["periodic", "final"]
 
@@ -53,14 +54,36 @@ class Plan:
         return 3 if self.stage == "final" else 1
 
     @property
+    def line_points(self) -> int:
+        """Line points evaluated: the interpolation line's, and at the end each axis's points that are
+        not on the surface's grid (those are taken from the surface: :func:`shared_points`)."""
+        axes = self.lines - 1
+        return self.line_resolution + axes * (
+            self.line_resolution - shared_points(self.resolution, self.line_resolution)
+        )
+
+    @property
     def points(self) -> int:
         """Grid and line points evaluated (each on every probe batch)."""
-        return self.resolution**2 + self.lines * self.line_resolution
+        return self.resolution**2 + self.line_points
 
     @property
     def hessian_iterations(self) -> int:
         """Lanczos steps of the Hessian plane (``directions="hessian"``)."""
         return HESSIAN_PLANE_ITERATIONS[self.stage]
+
+
+def shared_points(resolution: int, line_resolution: int) -> int:
+    """Points of an axis line (``line_resolution`` evenly spaced over the plane's span) that lie on the
+    surface's grid (``resolution`` per axis, the same span): the line runs through the grid's centre row
+    or column, and its points there are grid points.
+
+    Example::
+
+        >>> shared_points(5, 9), shared_points(5, 11), shared_points(31, 41)
+        (5, 3, 11)
+    """
+    return math.gcd(resolution - 1, line_resolution - 1) + 1
 
 
 def ladder(
@@ -108,7 +131,7 @@ def ladder(
     seen: set[str] = set()
 
     def add(r: int, spec: dict[str, dict[str, Any]], rel: bool, batches: int = 0) -> None:
-        line = line_resolution if (grid_fixed or r == top.resolution) else min(line_resolution, 2 * r + 1)
+        line = line_resolution if (grid_fixed or r == top.resolution) else min(line_resolution, 2 * r - 1)
         key = repr((r, line, spec, rel, batches))
         if key not in seen:
             seen.add(key)

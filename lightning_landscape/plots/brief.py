@@ -21,7 +21,6 @@ matplotlib figure.
 from __future__ import annotations
 
 import functools
-import io
 import itertools
 import re
 from collections.abc import Sequence
@@ -50,7 +49,7 @@ from lightning_landscape.plots.base import (
 )
 from lightning_landscape.records.record import LineRecord, SurfaceRecord
 
-__all__ = ["COLOURS", "band_colours", "brief_lines", "brief_surface", "png_bytes"]
+__all__ = ["COLOURS", "band_colours", "brief_lines", "brief_surface"]
 
 DPI = 100
 _SCALE = 2  # shapes are drawn this many times larger and reduced: anti-aliasing
@@ -426,10 +425,3 @@ def _runs(ok: np.ndarray) -> list[slice]:
     """The maximal runs of True in ``ok``, as slices."""
     edges = np.flatnonzero(np.diff(np.concatenate([[False], ok, [False]]).astype(np.int8)))
     return [slice(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
-
-
-def png_bytes(rgb: np.ndarray, level: int = 1) -> bytes:
-    """``rgb`` encoded as PNG (zlib ``level``: 1 is half the time of 6 for a few % more bytes)."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format="PNG", compress_level=level)
-    return buf.getvalue()

@@ -42,8 +42,7 @@ from typing import Any, Protocol
 import numpy as np
 from matplotlib.figure import Figure
 
-from lightning_landscape.plots.brief import png_bytes
-from lightning_landscape.plots.landscape import figure_to_png, figure_to_rgb
+from lightning_landscape.plots.base import figure_to_rgb, png_bytes
 
 __all__ = ["FigureRenderer", "ImageSink", "RenderedFigure", "render_figure"]
 
@@ -59,15 +58,10 @@ class RenderedFigure:
 
 
 def render_figure(build: Callable[[], Figure | np.ndarray], formats: Iterable[str]) -> RenderedFigure:
-    """Render the figure ``build()`` makes in ``formats`` ("png", "rgb"), each from a freshly built figure.
-
-    A builder may also return the figure's pixels (``(H, W, 3)`` uint8, as the brief figures of
-    :mod:`~lightning_landscape.plots.brief` do): built once, encoded as PNG for the sinks that take PNG.
-
-    A fresh figure per format because drawing is not idempotent: constrained layout settles during a
-    figure's first draw, so a second draw of the same figure (a colour bar's spacing) can differ by a
-    few pixels. Each format is therefore exactly what :func:`figure_to_png` / :func:`figure_to_rgb`
-    (``add_figure`` in TensorBoard) make of a new figure, whichever sinks are present.
+    """Render the figure ``build()`` makes in ``formats`` ("png", "rgb"): drawn once (Agg at 100 dpi, what
+    ``add_figure`` in TensorBoard draws), the PNG encoded from those pixels, so every sink gets the same
+    image. A builder may also return the pixels themselves (``(H, W, 3)`` uint8, as the brief figures of
+    :mod:`~lightning_landscape.plots.brief` do).
 
     Example::
 
@@ -78,19 +72,11 @@ def render_figure(build: Callable[[], Figure | np.ndarray], formats: Iterable[st
     formats = _checked_formats(formats)
     if not formats:
         return RenderedFigure()
-    first = build()
-    if isinstance(first, np.ndarray):  # drawn to pixels already (plots/brief.py): encoded once, as is
-        return RenderedFigure(
-            png=png_bytes(first) if "png" in formats else None, rgb=first if "rgb" in formats else None
-        )
-    if "png" not in formats:
-        return RenderedFigure(rgb=figure_to_rgb(first))
-    png = figure_to_png(first)
-    if "rgb" not in formats:
-        return RenderedFigure(png=png)
-    second = build()
-    assert isinstance(second, Figure)  # the same builder
-    return RenderedFigure(png=png, rgb=figure_to_rgb(second))
+    built = build()
+    rgb = built if isinstance(built, np.ndarray) else figure_to_rgb(built)
+    return RenderedFigure(
+        png=png_bytes(rgb) if "png" in formats else None, rgb=rgb if "rgb" in formats else None
+    )
 
 
 def _checked_formats(formats: Iterable[str]) -> set[str]:

@@ -139,8 +139,8 @@ def test_the_final_landscape_reuses_what_the_last_periodic_one_computed(trainer_
     run(trainer_kwargs, [Nudge(), cb] if nudged else cb)
     # Per periodic landscape: 3 x 3 surface + 5-point line, on 2 batches, and the reliability indicators
     # (a random plane: no snapshot path; 3 directions x 4 points + 2 axes x 2 signs x 5 distances); the
-    # final one adds 2 axis lines.
-    periodic, axes = 2 * (9 + 5 + 32), 2 * 2 * 5
+    # final one adds 2 axis lines, their 3 points on the 3 x 3 grid taken from the surface.
+    periodic, axes = 2 * (9 + 5 + 32), 2 * 2 * (5 - 3)
     final = axes + (periodic if nudged else 0)  # at other weights it computes everything again
     assert loss.calls == 2 * periodic + final
     trust = [r for r in cb.records if r.kind == "reliability"]

@@ -52,7 +52,7 @@ def test_short_run_shows_the_first_and_final_landscapes_and_skips_the_rest(train
     assert final.losses.shape == (9, 9) and "reduced_by_max_overhead" not in final.meta
     assert cb.schedule.skipped == 1 and cb.schedule.train_batches == 8
     # Final metrics: Lanczos 50 steps 1.4 + 3.9 * 50, trace 1.4 + 3.6 * 64, SAM 4.5, average 1 + 32.
-    assert cb.schedule.spent == pytest.approx(64 + 2 * (81 + 3 * 7) + 2 * (196.4 + 231.8 + 4.5 + 33))
+    assert cb.schedule.spent == pytest.approx(64 + 2 * (81 + 7 + 2 * 4) + 2 * (196.4 + 231.8 + 4.5 + 33))
 
 
 def test_budget_final_skips_a_final_landscape_that_does_not_fit(trainer_kwargs):
@@ -65,12 +65,12 @@ def test_budget_final_skips_a_final_landscape_that_does_not_fit(trainer_kwargs):
 
 
 def test_the_final_landscape_is_coarsened_to_fit(trainer_kwargs):
-    # 90 batches allow 27 forwards; 1 probe batch, no metrics: 5^2 + 3 * min(7, 11) = 46 does not fit,
-    # but with line_resolution 3 the 5 x 5 surface costs 25 + 9 = 34... neither: skip. With 200 batches
-    # (60 forwards) the 5 x 5 one (46) fits and the 7 x 7 one (49 + 21 = 70) does not.
+    # 150 batches allow 0.1 * 3 * 150 = 45 forwards; 1 probe batch, no metrics: the 5 x 5 one fits (25 and
+    # 7-point lines: the interpolation line's 7 and the axes' 4 each off the grid, 25 + 7 + 8 = 40), the
+    # 7 x 7 one (49 + 7, every axis point on its grid) does not.
     cb = LossLandscapeCallback(**{**SMALL, "num_batches": 1, "every_n_epochs": None, "budget_final": True})
     with pytest.warns(RuntimeWarning, match="reduced to 5 x 5"):
-        _fit(trainer_kwargs, cb, batches_per_epoch=200, epochs=1)
+        _fit(trainer_kwargs, cb, batches_per_epoch=150, epochs=1)
     (final,) = _surfaces(cb, "final")
     assert final.losses.shape == (5, 5) and final.meta["reduced_by_max_overhead"]
     assert not [r for r in cb.records if r.kind == "metrics"]  # no room for metrics
@@ -78,7 +78,8 @@ def test_the_final_landscape_is_coarsened_to_fit(trainer_kwargs):
 
 def test_long_enough_run_computes_everything_within_the_budget(trainer_kwargs):
     # 2 epochs x 200 batches allow 0.1 * 3 * 200 = 60 forwards after epoch 1 and 120 at the end; each
-    # periodic landscape costs 1 batch * (9 + 5) = 14 with metrics off, the full final one 9 + 3*5 = 24.
+    # periodic landscape costs 1 batch * (9 + 5) = 14 with metrics off, the full final one 9 + 5 + 2 * 2
+    # = 18 (3 of each axis line's 5 points are on the 3 x 3 grid: taken from the surface).
     cb = LossLandscapeCallback(
         resolution=3,
         final_resolution=3,
@@ -93,7 +94,7 @@ def test_long_enough_run_computes_everything_within_the_budget(trainer_kwargs):
     assert len(_surfaces(cb, "periodic")) == 2 and cb.schedule.skipped == 0
     (final,) = _surfaces(cb, "final")
     assert "reduced_by_max_overhead" not in final.meta
-    assert cb.schedule.spent == pytest.approx(14 + 14 + 24)
+    assert cb.schedule.spent == pytest.approx(14 + 14 + 18)
     assert cb.schedule.spent <= 0.1 * 3 * cb.schedule.train_batches
 
 
@@ -154,7 +155,8 @@ def test_a_short_run_at_the_defaults_shows_reduced_landscapes_and_says_so(traine
         assert surface.losses.shape == (5, 5) and surface.meta["reduced_by_max_overhead"]
         assert surface.meta["budget"]["restore"] == restore and surface.meta["budget"]["probe_batches"] == 1
     lines = [r for r in cb.records if r.kind == "line" and r.meta["stage"] == "final"]
-    assert sorted(len(r.alphas) for r in lines) == [11, 11, 11]
+    assert sorted(len(r.alphas) for r in lines) == [9, 9, 9]
+    assert sorted(r.meta.get("from_surface", 0) for r in lines) == [0, 5, 5]  # the axes' grid points
     (metrics,) = [r for r in cb.records if r.kind == "metrics" and r.meta["stage"] == "final"]
     assert "hessian/lambda_max" in metrics.scalars() and "hessian/trace" not in metrics.scalars()
     assert metrics.meta["budget"]["metrics_left_out"] == ["average", "sam", "trace"]

@@ -52,11 +52,13 @@ def test_cost_model_counts_points_lines_ranks_and_metrics():
     periodic = Plan("periodic", resolution=5, line_resolution=7)
     assert s.cost(periodic, world_size=1, probe_batches=2) == 2 * (25 + 7)
     final = Plan("final", resolution=9, line_resolution=7, metrics={"sam": {}})
-    # Points are shared out among the ranks; metrics are computed whole on each rank.
-    assert s.cost(final, world_size=2, probe_batches=1) == pytest.approx((81 + 3 * 7) / 2 + 4.5)
+    # Points are shared out among the ranks; metrics are computed whole on each rank. The axis lines'
+    # points on the 9 x 9 grid (-1, 0, 1 of 7 points: gcd(8, 6) + 1 = 3) are taken from the surface.
+    assert final.points == 81 + 7 + 2 * (7 - 3)
+    assert s.cost(final, world_size=2, probe_batches=1) == pytest.approx((81 + 7 + 2 * 4) / 2 + 4.5)
     hessian = schedule(hessian_plane=True)  # Lanczos for the plane: 3.9 per step, 20 / 50 steps
     assert hessian.cost(periodic, 1, 1) == pytest.approx(25 + 7 + 3.9 * 20)
-    assert hessian.cost(Plan("final", 9, 7), 1, 1) == pytest.approx(81 + 21 + 3.9 * 50)
+    assert hessian.cost(Plan("final", 9, 7), 1, 1) == pytest.approx(81 + 15 + 3.9 * 50)
     assert estimated_cost({"eigenvalues": {"max_iter": 10}, "trace": {"samples": 10}}) == pytest.approx(
         1.4 + 39 + 1.4 + 36
     )
@@ -69,10 +71,10 @@ def test_the_first_periodic_landscape_is_free_later_ones_must_fit():
     s.charge(first)
     assert s.plan("periodic", 1, 2) is None and s.skip() == 1
     assert s.plan("periodic", 1, 2) is None  # still not: 0.1 * 3 * 8 < 64 + 64
-    # The final landscape's work (2 * (81 + 21) = 204) is set aside: 64 + 64 + 204 = 332.
-    batches(s, 1098)  # allowance 0.1 * 3 * 1106 = 331.8
+    # The final landscape's work (2 * (81 + 15) = 192) is set aside: 64 + 64 + 192 = 320.
+    batches(s, 1058)  # allowance 0.1 * 3 * 1066 = 319.8
     assert s.plan("periodic", 1, 2) is None
-    batches(s, 1)  # 0.1 * 3 * 1107 = 332.1
+    batches(s, 1)  # 0.1 * 3 * 1067 = 320.1
     assert s.plan("periodic", 1, 2) is not None
     # Without a final landscape nothing is set aside: 0.1 * 3 * 428 = 128.4 >= 64 + 64.
     no_final = batches(schedule(max_overhead=0.1, final=False), 428)
@@ -82,7 +84,7 @@ def test_the_first_periodic_landscape_is_free_later_ones_must_fit():
     strict = batches(schedule(max_overhead=0.1, budget_final=True), 428)
     strict.charge(strict.plan("periodic", 1, 2))
     assert strict.final_reserve(1, 2) == 0.0 and strict.plan("periodic", 1, 2) is not None
-    assert batches(schedule(max_overhead=0.1), 1).final_reserve(1, 2) == 2 * (81 + 3 * 7)
+    assert batches(schedule(max_overhead=0.1), 1).final_reserve(1, 2) == 2 * (81 + 7 + 2 * 4)
 
 
 @pytest.mark.parametrize("epochs", [10, 100, 1000, 5000])
@@ -105,15 +107,16 @@ def test_whole_run_stays_within_the_budget_once_first_and_final_fit(epochs):
 
 def test_the_final_landscape_is_full_unless_budget_final():
     s = batches(schedule(max_overhead=0.1), 8)
-    assert s.plan("final", 1, 2) == Plan("final", 9, 7, {}, 2 * (81 + 21))
+    assert s.plan("final", 1, 2) == Plan("final", 9, 7, {}, 2 * (81 + 15))
     strict = batches(schedule(max_overhead=0.1, budget_final=True), 8)
-    assert strict.plan("final", 1, 2) is None  # not even 5 x 5 (2 * (25 + 21) = 92 > 2.4)
+    assert strict.plan("final", 1, 2) is None  # not even 5 x 5 (2 * (25 + 7 + 2 * 4) = 80 > 2.4)
     assert "budget_final=False" in strict.explain(None, "final")
-    # 1 probe batch, 200 batches: allowance 60; 9 x 9 (81 + 21 = 102) and 7 x 7 (49 + 21 = 70) do not fit.
-    strict = batches(schedule(max_overhead=0.1, budget_final=True), 200)
+    # 1 probe batch, 150 batches: allowance 45; 9 x 9 (81 + 7 + 2 * 4 = 96) and 7 x 7 (49 + 7: all the axis
+    # lines' points are on its grid) do not fit; 5 x 5 (25 + 7 + 2 * (7 - 3) = 40) does.
+    strict = batches(schedule(max_overhead=0.1, budget_final=True), 150)
     plan = strict.plan("final", 1, 1)
     assert plan is not None and plan.reduced and (plan.resolution, plan.line_resolution) == (5, 7)
-    assert plan.cost == 25 + 21 and "reduced to 5 x 5" in strict.explain(plan, "final")
+    assert plan.cost == 25 + 7 + 8 and "reduced to 5 x 5" in strict.explain(plan, "final")
     assert "counted in forward passes over one probe batch as no time was measured" in strict.explain(
         plan, "final"
     )
@@ -238,7 +241,7 @@ def simulate(s: LandscapeSchedule, epochs: int, fixed: float = 0.02) -> tuple[li
 
 def shows_a_landscape(plan: Plan) -> bool:
     """A surface, lines and lambda_max."""
-    return plan.resolution >= 5 and plan.line_resolution >= 11 and "eigenvalues" in plan.metrics
+    return plan.resolution >= 5 and plan.line_resolution >= 9 and "eigenvalues" in plan.metrics
 
 
 @pytest.mark.parametrize("epochs", sorted(TARGETS))
@@ -259,7 +262,7 @@ def test_auto_budget_grows_the_final_landscape_with_the_run():
     assert sizes[5].reduced and sizes[5].probe_batches == 1  # the smallest kept: 5 x 5 on one batch
     assert (sizes[5].resolution, sizes[5].line_resolution, sizes[5].metrics["eigenvalues"]["max_iter"]) == (
         5,
-        11,
+        9,  # every other point on the 5 x 5 grid: taken from the surface
         SMALLEST_LANCZOS,
     )
     cost = [simulate(defaults(), e)[0][-1].cost for e in (5, 60, 240, 2000)]
@@ -278,7 +281,7 @@ def test_reductions_are_recorded_with_the_option_that_restores_them():
         "metrics": ["average", "eigenvalues", "sam", "trace"],
         "reliability": True,
     }
-    assert b["computed"] == {"resolution": 5, "line_resolution": 11}
+    assert b["computed"] == {"resolution": 5, "line_resolution": 9}
     assert b["metrics_left_out"] == ["average", "sam", "trace"] and b["reliability_left_out"]
     assert b["fewer_lanczos_steps"] == {"eigenvalues": SMALLEST_LANCZOS} and b["probe_batches"] == 1
     assert b["restore"] == "budget_final=False"
@@ -362,8 +365,8 @@ def test_the_skip_messages_say_what_the_budget_measures():
     note = s.explain(None, "periodic")
     assert "max_overhead=0.1 of the training time so far, timed" in note and "work" not in note
     assert "taken 2 s, 0.4 of the 5 s of training over 10 batches" in note
-    # the next one: 64 passes and the measured fixed 1.36 s; the final one: 204 passes and 1.5 x 1.36 s
-    assert "the next one would take about 2 s with 4.08 s set aside for the final one" in note
+    # the next one: 64 passes and the measured fixed 1.36 s; the final one: 192 passes and 1.5 x 1.36 s
+    assert "the next one would take about 2 s with 3.96 s set aside for the final one" in note
     strict = schedule(max_overhead=0.1, budget_final=True)
     for _ in range(10):
         strict.count_batch(seconds=0.5)
@@ -376,4 +379,4 @@ def test_the_skip_messages_say_what_the_budget_measures():
     assert counted.plan("periodic", 1, 2) is None
     note = counted.explain(None, "periodic")
     assert "counted in forward passes over one probe batch as no time was measured" in note
-    assert "used 64 of 24, and the next one would take about 64 with 204 set aside for the final one" in note
+    assert "used 64 of 24, and the next one would take about 64 with 192 set aside for the final one" in note

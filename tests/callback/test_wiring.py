@@ -153,8 +153,8 @@ def test_budget_counts_recompute_metric_and_reliability():
     p0, p1 = plain.plan("periodic", 1, 2), heavy.plan("periodic", 1, 2)
     assert p0.cost == 2 * (25 + 9) and not p0.reliability
     assert p1.reliability and p1.cost == 2 * (2 * (25 + 9) + 9 + 40)
-    f1 = heavy.plan("final", 1, 2)  # the metric on the final surface too
-    assert f1.cost == 2 * (2 * (49 + 3 * 9) + 9 + 49 + 40)
+    f1 = heavy.plan("final", 1, 2)  # the metric on the final surface too; 3 of each axis line's 9 points
+    assert f1.cost == 2 * (2 * (49 + 9 + 2 * (9 - 3)) + 9 + 49 + 40)  # are on the 7 x 7 grid
 
 
 # --------------------------------------------------------------------------- metric_fn

@@ -133,7 +133,7 @@ def test_lines_run_where_matplotlib_draws_them():
     for name in ("blue", "orange"):
         colour = np.array(Image.new("RGB", (1, 1), COLOURS[name]).getpixel((0, 0)))
 
-        def rows(rgb):
+        def rows(rgb, colour=colour):
             near = np.abs(rgb.astype(int) - colour).sum(-1) < 60
             return {c: np.flatnonzero(near[:, c]).mean() for c in range(rgb.shape[1]) if near[:, c].any()}
 
@@ -148,7 +148,7 @@ def test_a_non_finite_loss_breaks_the_line_and_too_many_lines_are_refused():
     losses = XS**2 + 1.0
     losses[2] = np.inf
     rgb = brief_lines([LineRecord(XS, losses)], xlabel="alpha")
-    (left, bottom, width, height), _ = frame_layout((5.6, 3.8), title="loss along lines\nblue: line 0")
+    (left, _, width, _), _ = frame_layout((5.6, 3.8), title="loss along lines\nblue: line 0")
     x_mid = round((left + width / 2) * 100)
     blue = np.abs(rgb[:, x_mid - 3 : x_mid + 4].astype(int) - [0x1F, 0x77, 0xB4]).sum(-1) < 60
     assert not blue.any()  # no segment through the missing point
