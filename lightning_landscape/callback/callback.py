@@ -454,6 +454,14 @@ class LossLandscapeCallback(CallbackOptions, Callback):
         for compute in (self.builder.compute, self.builder.metrics_record, self.builder.reliability_record):
             records = self._guarded(step, self._compute, compute, job)
             kept.extend(records or [])
+            if (
+                compute == self.builder.compute
+                and records
+                and not plan.reliability
+                and trainer.is_global_zero
+            ):
+                # their figures need nothing computed later: drawn while the metrics are computed
+                self._guarded(step, self.publisher.preview, records, step, stage)
         if kept:  # published together: the surface's figure shows the reliability's flags
             self._guarded(step, self._keep, kept, trainer, stage)
         points = next((r.meta.get("seconds") for r in kept if r.kind == "surface"), None)

@@ -207,6 +207,7 @@ class Publisher:
         self.written: list[str] = []  # names of the records written since setup
         self.renderer: FigureRenderer | None = None  # made in setup(): a thread does not cross processes
         self.metric_history: list[tuple[int, str, dict[str, float]]] = []  # metrics of this fit, in order
+        self._previewed: tuple[int, str] | None = None  # (step, stage) whose figures preview() submitted
 
     def setup(
         self,
@@ -297,8 +298,6 @@ class Publisher:
     def publish(self, records: Sequence[Record], step: int, stage: str) -> list[Path]:
         """Write ``records`` first (nothing saved is lost if a logger fails), then log their scalars and
         figures. Returns the JSON paths written."""
-        if self.renderer is not None:
-            self.renderer.deliver_ready()  # the figures of earlier landscapes, drawn in the background
         written: list[Path] = []
         for record in records:
             record.meta[RUN_ID_KEY] = self.run_id
@@ -312,6 +311,8 @@ class Publisher:
                     self.warnings.warn(
                         "record", f"LossLandscapeCallback: could not write record {name} ({err})"
                     )
+        if self.renderer is not None:
+            self.renderer.deliver_ready()  # figures drawn in the background so far, after the records
         if self.sinks is None:
             return written
         prefix = tag_prefix(self.name, stage)
@@ -325,6 +326,19 @@ class Publisher:
             self.render(records, prefix, step, stage)
         return written
 
+    def preview(self, records: Sequence[Record], step: int, stage: str) -> None:
+        """Start drawing the figures of a landscape's surface and lines now, before its metrics are
+        computed: with two CPU cores the figure thread draws them meanwhile (at the end of a short fit, the
+        final landscape's figures were drawn while training waited). For records whose figures need no
+        record computed later: without reliability indicators (their flags go in the surface's title).
+        :meth:`publish` then draws only the rest."""
+        if not (self.log_figures and self.write) or self.sinks is None or self.renderer is None:
+            return
+        for record in records:  # set before the figure thread reads them (publish sets the same)
+            record.meta[RUN_ID_KEY] = self.run_id
+        self._landscape_figures(records, tag_prefix(self.name, stage), step)
+        self._previewed = (step, stage)
+
     def render(self, records: Sequence[Record], prefix: str, step: int, stage: str) -> None:
         """Draw the figures of a landscape's records and send them (and, at the end, the mesh).
 
@@ -335,6 +349,18 @@ class Publisher:
         (``budget["brief_figures"]``: fewer ticks, no legend, drawn straight to pixels by
         :mod:`~lightning_landscape.plots.brief`).
         """
+        if self._previewed == (step, stage):  # the surface and lines figures are drawn already
+            self._previewed = None
+        else:
+            self._landscape_figures(records, prefix, step)
+        self._metric_figures(records, prefix, step, stage)
+        if stage == "final":
+            assert self.sinks is not None
+            for surface in (r for r in records if isinstance(r, SurfaceRecord)):
+                self.sinks.mesh(f"{prefix}surface_mesh", surface, step)
+
+    def _landscape_figures(self, records: Sequence[Record], prefix: str, step: int) -> None:
+        """The figures of a landscape's surface and lines (see :meth:`render`)."""
         from lightning_landscape.plots.brief import brief_lines, brief_surface
         from lightning_landscape.plots.landscape import (
             contour_figure,
@@ -343,7 +369,6 @@ class Publisher:
             path_contour_figure,
         )
 
-        assert self.sinks is not None
         surfaces = [r for r in records if isinstance(r, SurfaceRecord)]
         lines = [r for r in records if isinstance(r, LineRecord)]
         interp = [ln for ln in lines if ln.meta.get("directions") == "interpolation"]
@@ -386,10 +411,6 @@ class Publisher:
                 )
         if distance:
             self._figure(f"{prefix}distance", step, distance_figure, distance, flags=flags)
-        self._metric_figures(records, prefix, step, stage)
-        if stage == "final":
-            for surface in surfaces:
-                self.sinks.mesh(f"{prefix}surface_mesh", surface, step)
 
     def _figure(self, tag: str, step: int, build: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """``build(*args, **kwargs)`` drawn by the background renderer and sent to the sinks under ``tag``."""

@@ -194,15 +194,27 @@ def test_a_reduced_landscape_draws_only_its_essential_figures(
         return submit(self, sink, tag, step, build, *args, **kw)
 
     monkeypatch.setattr(render.FigureRenderer, "submit", recording)
+    builder = importlib.import_module("lightning_landscape.callback.landscape").LandscapeBuilder
+    metrics_record = builder.metrics_record
+
+    def metrics_marked(self, job):  # marks when the metrics are computed, between the figures
+        submitted.append((f"metrics {job.plan.stage}", False))
+        return metrics_record(self, job)
+
+    monkeypatch.setattr(builder, "metrics_record", metrics_marked)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cb = _fit(kwargs, LossLandscapeCallback(num_batches=2, max_overhead=max_overhead), epochs=3)
+    metrics_at = [i for i, (tag, _) in enumerate(submitted) if tag.startswith("metrics")]
+    marks = [submitted.pop(i)[0] for i in reversed(metrics_at)][::-1]
     drawn = sorted(p.name.rsplit("_step", 1)[0] for p in cb.publisher.record_dir.glob("figures/*.png"))
     final_budget = _surfaces(cb, "final")[0].meta.get("budget")
     if max_overhead is None:
         assert final_budget is None
         assert "landscape_final_interpolation" in drawn and "landscape_interpolation" in drawn
         assert submitted and not any(brief for _, brief in submitted)  # full figures
+        # with reliability indicators (their flags go in the surface's title): drawn after the metrics
+        assert metrics_at[0] == 0 and marks[-1] == "metrics final"
     else:
         assert final_budget["figures"] == ["surface", "lines"] and final_budget["brief_figures"] is True
         assert sorted(set(drawn)) == [
@@ -210,10 +222,13 @@ def test_a_reduced_landscape_draws_only_its_essential_figures(
             "landscape_final_surface",
             "landscape_surface",
         ]
-        assert sorted(submitted) == [  # drawn brief: fewer ticks, no legend
+        assert sorted(submitted) == [  # drawn brief: fewer ticks, no legend; each once
             ("landscape/final/lines", True),
             ("landscape/final/surface", True),
             ("landscape/surface", True),
         ]
+        # No reliability indicators: each landscape's figures started before its metrics were computed
+        # (drawn meanwhile on the figure thread), the periodic one's before the final one's.
+        assert metrics_at == [1, 4] and marks == ["metrics periodic", "metrics final"]
         notes = [str(w.message) for w in caught if "final landscape was reduced" in str(w.message)]
         assert len(notes) == 1 and "'surface' and 'lines' figures in brief" in notes[0]
