@@ -1,9 +1,9 @@
 """Brief figures drawn straight to pixels: a short run's reduced landscape without matplotlib's artists.
 
 A short run's landscapes are small (a 5 x 5 grid, two lines), but matplotlib builds, lays out and
-rasterises their figures at the same cost as any figure: 40-90 ms each on one CPU core, most of it
-text (every tick label laid out and rendered glyph by glyph), a third of a 5-epoch run's overhead.
-The same few elements drawn with Pillow and numpy cost a few milliseconds:
+rasterises their figures at the same cost as any figure: 60-70 ms each with PNG on one CPU core, most
+of it text (every tick label laid out and rendered glyph by glyph). The same few elements drawn with
+Pillow and numpy take 12-18 ms (benchmarks/bench_figures.py, second table):
 
 - the filling: the grid's losses interpolated bilinearly to the pixels and coloured by contour band,
   with the levels, colour map and norm of :func:`~lightning_landscape.plots.landscape.contour_figure`
@@ -273,8 +273,8 @@ def brief_surface(record: SurfaceRecord, title: str | None = None) -> np.ndarray
     """A reduced landscape's surface: filled contour bands, the projected path with its start and end
     (named in the title), red crosses at non-finite losses, and a colour scale; ``(H, W, 3)`` uint8.
 
-    What :func:`~lightning_landscape.plots.landscape.contour_figure` with ``brief=True`` draws, at a
-    tenth of the time. The filling interpolates bilinearly within a grid cell (matplotlib's contours
+    What :func:`~lightning_landscape.plots.landscape.contour_figure` with ``brief=True`` draws, in a
+    quarter of the time. The filling interpolates bilinearly within a grid cell (matplotlib's contours
     interpolate along the cell's edges): the bands' colours and the values they hold are the same.
 
     Example::
@@ -373,7 +373,7 @@ def brief_lines(
     """Loss along up to five lines, overlaid, each named by its colour in the title; ``(H, W, 3)`` uint8.
 
     What :func:`~lightning_landscape.plots.landscape.line_figure` with ``brief=True`` draws (limits with
-    matplotlib's 5 % margins, grid, colours of its default cycle), at a tenth of the time.
+    matplotlib's 5 % margins, grid, colours of its default cycle), in a fifth of the time.
 
     Example::
 
