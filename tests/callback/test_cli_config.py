@@ -154,14 +154,16 @@ def test_the_grouped_docstring_still_gives_every_option_its_help() -> None:
     lines = re.findall(r"^ {8}(\w+) \(default .+?\): (.+)$", LossLandscapeCallback.__doc__ or "", flags=re.M)
     assert len(lines) == len(helps) == len(inspect.signature(LossLandscapeCallback).parameters)
     assert helps == dict(lines)
-DOCUMENTED_LOSS = '''
+
+
+DOCUMENTED_LOSS = """
 import torch.nn.functional as F
 
 
 def cross_entropy(model, batch):  # no annotations, as a user writes it
     x, y = batch
     return F.cross_entropy(model(x), y)
-'''
+"""
 
 
 def test_the_documented_yaml_with_an_unannotated_loss_fn(tmp_path, monkeypatch) -> None:

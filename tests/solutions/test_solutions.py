@@ -388,6 +388,8 @@ def test_the_same_run_given_twice(frozen_runs, tmp_path):
     shutil.copytree(logs / "a", tmp_path / "copy")
     with pytest.raises(ValueError, match=r"are the same run \(.* hold identical final weights"):
         compare_solutions(_frozen_net(5), ce, batches, logs / "a", tmp_path / "copy", shared_plane=False)
+
+
 def test_a_second_run_folder_gets_the_log_directory_label(tmp_path):
     # A second run into one log directory writes to landscape-2/ (issue 21): still the log directory's run.
     model = torch.nn.Linear(2, 1)
