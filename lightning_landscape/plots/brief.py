@@ -139,6 +139,12 @@ class _Canvas:
         )
         self.big.paste(fill, (self.x0 * _SCALE, self.y0 * _SCALE))
 
+    def clip_to_plot(self, before: Image.Image) -> None:
+        """Keep what was drawn since ``before`` (a copy of the large canvas) inside the plot only."""
+        box = (self.x0 * _SCALE, self.y0 * _SCALE, self.x1 * _SCALE, self.y1 * _SCALE)
+        before.paste(self.big.crop(box), box[:2])
+        self.big, self.draw = before, ImageDraw.Draw(before)
+
     def line(self, xy: Sequence[tuple[float, float]], colour: str, width: float) -> None:
         """A polyline through figure pixels ``xy``, ``width`` pixels wide."""
         if len(xy) >= 2:
@@ -305,6 +311,7 @@ def brief_surface(record: SurfaceRecord, title: str | None = None) -> np.ndarray
     fill = colours[band]
     fill[~np.isfinite(values)] = 255  # white where a corner's loss is not finite, as contourf leaves it
     canvas.paste_plot(fill)
+    margins = canvas.big.copy()  # what is drawn next is clipped to the plot, as matplotlib clips it
     for row, col in np.argwhere(~finite):
         canvas.cross(float(canvas.px(xs[col])), float(canvas.py(ys[row])), 4.0 * _PT, "red")
     if has_path:
@@ -315,6 +322,7 @@ def brief_surface(record: SurfaceRecord, title: str | None = None) -> np.ndarray
             canvas.dot(x, y, 3.0 * _PT, "black")
         canvas.dot(*points[0], 7.0 * _PT, COLOURS["red"], edge="white")
         canvas.star(*points[-1], 13.0 * _PT, COLOURS["orange"], edge="white")
+    canvas.clip_to_plot(margins)
     x_ticks, x_labels, x_offset = _ticks(*canvas.xlim)
     y_ticks, y_labels, y_offset = _ticks(*canvas.ylim)
     canvas.axes(x_ticks, y_ticks)

@@ -167,3 +167,18 @@ def test_render_figure_encodes_pixels_once_for_every_sink():
     out = render_figure(build, {"png", "rgb"})
     assert len(calls) == 1 and out.rgb is pixels
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(out.png)).convert("RGB")), pixels)
+
+
+def test_a_path_beyond_the_plot_is_clipped_to_it():
+    # matplotlib clips lines and markers to the axes: the margins stay as they are without the path
+    far = np.array([[-1.25, 0.1], [0.0, 0.0], [1.1, -0.5]])  # starts and ends just outside the +-1 span
+    losses = np.add.outer(XS**2, XS**2) + 0.1
+    title = "t\n\u25cf start, \u2605 end"
+    with_path = brief_surface(SurfaceRecord(XS, XS, losses, path=far, meta=META), title="t")
+    without = brief_surface(SurfaceRecord(XS, XS, losses, meta=META), title=title)  # the same layout
+    x0, x1, y0, y1 = _plot_box((5.6, 4.6), True, title, 460)
+    outside = np.ones(with_path.shape[:2], dtype=bool)
+    outside[y0 - 1 : y1 + 1, x0 - 1 : x1 + 1] = False
+    assert np.array_equal(with_path[outside], without[outside])
+    inside = np.abs(with_path[y0:y1, x0:x1].astype(int) - without[y0:y1, x0:x1]).sum(-1) > 0
+    assert inside.any()  # the part of the path within the plot is drawn
