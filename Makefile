@@ -42,6 +42,7 @@ bench: $(STAMP)  ## benchmarks: tables and ratios (README "Performance"); baseli
 	$(PY) benchmarks/bench_floor.py
 	$(PY) benchmarks/bench_growth.py
 	$(PY) benchmarks/bench_callback.py
+	$(PY) benchmarks/bench_figures.py
 	$(PY) benchmarks/bench_critical.py
 	$(PY) benchmarks/bench_warm_start.py
 	bash benchmarks/setup_env.sh $(PY) > /dev/null
