@@ -366,7 +366,7 @@ def test_the_skip_messages_say_what_the_budget_measures():
     assert "max_overhead=0.1 of the training time so far, timed" in note and "work" not in note
     assert "taken 2 s, 0.4 of the 5 s of training over 10 batches" in note
     # the next one: 64 passes and the measured fixed 1.36 s; the final one: 192 passes and 1.5 x 1.36 s
-    assert "the next one would take about 2 s with 3.96 s set aside for the final one at its configured" in note
+    assert "would take about 2 s with 3.96 s set aside for the final one at its configured size" in note
     strict = schedule(max_overhead=0.1, budget_final=True)
     for _ in range(10):
         strict.count_batch(seconds=0.5)
