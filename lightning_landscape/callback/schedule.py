@@ -519,11 +519,8 @@ class LandscapeSchedule:
             )
         if waiting is not None:
             words += f", and the next one would take about {waiting[0] * scale:.3g}{unit}"
-            words += (  # the full size: a short run's final landscape is reduced when it comes
-                f" with {waiting[1] * scale:.3g}{unit} set aside for the final one at its configured size"
-                if waiting[1]
-                else ""
-            )
+            aside = f" with {waiting[1] * scale:.3g}{unit} set aside for the final one at its configured size"
+            words += aside if waiting[1] else ""  # its full size: on a short run it is reduced when it comes
         return words
 
     def _cost_words(self, work: float) -> str:
