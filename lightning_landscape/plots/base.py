@@ -31,6 +31,7 @@ from lightning_landscape.records.record import SurfaceRecord
 __all__ = [
     "BRIEF_TICKS",
     "axis_label",
+    "brief_ticks",
     "colour_scale",
     "contour_levels",
     "figure_to_png",
@@ -205,13 +206,7 @@ def colour_scale(
     fig.add_artist(scale)
     outline = Rectangle((x0, pos.y0), x1 - x0, pos.height, fill=False, lw=0.8, transform=fig.transFigure)
     fig.add_artist(outline)
-    ticks = [
-        t for t in MaxNLocator(BRIEF_TICKS).tick_values(lo, hi) if lo - 1e-9 * span <= t <= hi + 1e-9 * span
-    ]
-    formatter = ScalarFormatter()
-    formatter.create_dummy_axis()
-    formatter.axis.set_view_interval(lo, hi)  # type: ignore[union-attr]
-    labels = formatter.format_ticks(ticks)
+    ticks, labels, offset = brief_ticks(lo, hi)
     length = 3.5 / 72 / width  # matplotlib's major tick: 3.5 points out, its label 3.5 points further
     marks = [[(x1, height(t)), (x1 + length, height(t))] for t in ticks]
     fig.add_artist(LineCollection(marks, colors="black", linewidths=0.8, transform=fig.transFigure))
@@ -219,13 +214,34 @@ def colour_scale(
         fig.text(
             x1 + 2 * length, height(t), text, va="center", ha="left", fontsize=rcParams["ytick.labelsize"]
         )
-    offset = formatter.get_offset()
     # The label right of the longest tick label (about 0.07 in a character at 10 pt), inside the figure.
     chars = max((len(text) for text in labels), default=0)
     at = min(x1 + 2 * length + (_CHAR_WIDTH * chars + _BAR_LABEL_PAD) / width, 1 - _BAR_LABEL_EDGE / width)
     fig.text(at, pos.y0 + pos.height / 2, f"{label} ({offset})" if offset else label, rotation=90,
              va="center", ha="left")  # fmt: skip
     return scale
+
+
+def brief_ticks(lo: float, hi: float) -> tuple[list[float], list[str], str]:
+    """Ticks within ``[lo, hi]`` at most ``BRIEF_TICKS`` intervals apart, their labels and the offset
+    text (``""`` or, say, ``"1e-4"``), as matplotlib's default locator and formatter make them: a brief
+    colour scale's, and every axis of :mod:`~lightning_landscape.plots.brief`.
+
+    Example::
+
+        >>> brief_ticks(0.0, 1.0)
+        ([0.0, 0.25, 0.5, 0.75, 1.0], ['0.00', '0.25', '0.50', '0.75', '1.00'], '')
+    """
+    span = hi - lo if hi > lo else 1.0
+    ticks = [
+        float(t)
+        for t in MaxNLocator(BRIEF_TICKS).tick_values(lo, hi)
+        if lo - 1e-9 * span <= t <= hi + 1e-9 * span
+    ]
+    formatter = ScalarFormatter()
+    formatter.create_dummy_axis()
+    formatter.axis.set_view_interval(lo, hi)  # type: ignore[union-attr]
+    return ticks, list(formatter.format_ticks(ticks)), formatter.get_offset()
 
 
 # PNG at zlib level 1, not the level 6 of matplotlib's ``savefig`` and Pillow's default: the same pixels,

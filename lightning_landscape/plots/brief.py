@@ -30,7 +30,6 @@ import matplotlib
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import BoundaryNorm
-from matplotlib.ticker import MaxNLocator, ScalarFormatter
 from PIL import Image, ImageDraw, ImageFont
 
 from lightning_landscape.plots.base import (
@@ -41,8 +40,8 @@ from lightning_landscape.plots.base import (
     _CHAR_WIDTH,
     _XLABEL_DROP,
     _YLABEL_OFFSET,
-    BRIEF_TICKS,
     axis_label,
+    brief_ticks,
     contour_levels,
     frame_layout,
     record_title,
@@ -75,21 +74,6 @@ def _plain(text: str) -> str:
     for tex, plain in _MATH.items():
         text = text.replace(tex, plain)
     return re.sub(r"\\([a-zA-Z]+)", r"\1", text)
-
-
-def _ticks(lo: float, hi: float) -> tuple[list[float], list[str], str]:
-    """Ticks within ``[lo, hi]`` at most ``BRIEF_TICKS`` intervals apart, their labels and the offset
-    text, as matplotlib's default locator and formatter make them."""
-    span = hi - lo
-    ticks = [
-        float(t)
-        for t in MaxNLocator(BRIEF_TICKS).tick_values(lo, hi)
-        if lo - 1e-9 * span <= t <= hi + 1e-9 * span
-    ]
-    formatter = ScalarFormatter()
-    formatter.create_dummy_axis()
-    formatter.axis.set_view_interval(lo, hi)  # type: ignore[union-attr]
-    return ticks, list(formatter.format_ticks(ticks)), formatter.get_offset()
 
 
 def _with_offset(label: str, offset: str) -> str:
@@ -323,8 +307,8 @@ def brief_surface(record: SurfaceRecord, title: str | None = None) -> np.ndarray
         canvas.dot(*points[0], 7.0 * _PT, COLOURS["red"], edge="white")
         canvas.star(*points[-1], 13.0 * _PT, COLOURS["orange"], edge="white")
     canvas.clip_to_plot(margins)
-    x_ticks, x_labels, x_offset = _ticks(*canvas.xlim)
-    y_ticks, y_labels, y_offset = _ticks(*canvas.ylim)
+    x_ticks, x_labels, x_offset = brief_ticks(*canvas.xlim)
+    y_ticks, y_labels, y_offset = brief_ticks(*canvas.ylim)
     canvas.axes(x_ticks, y_ticks)
     canvas.frame()
     scale = _colour_scale(canvas, levels, colours)
@@ -355,7 +339,7 @@ def _colour_scale(canvas: _Canvas, levels: np.ndarray, colours: np.ndarray):  # 
             (left, height(float(b)), right, height(float(a))), fill=tuple(int(c) for c in colour)
         )
     canvas.rectangle((left, canvas.y0, right, canvas.y1), outline="black")
-    ticks, labels, offset = _ticks(lo, hi)
+    ticks, labels, offset = brief_ticks(lo, hi)
     for t in ticks:
         canvas.line([(right, height(t)), (right + _TICK, height(t))], "black", _FRAME)
 
@@ -402,8 +386,8 @@ def brief_lines(
     losses = [np.asarray(r.losses, dtype=np.float64) for r in records]
     canvas.xlim = _margined(np.concatenate(alphas))
     canvas.ylim = _margined(np.concatenate(losses))
-    x_ticks, x_labels, x_offset = _ticks(*canvas.xlim)
-    y_ticks, y_labels, y_offset = _ticks(*canvas.ylim)
+    x_ticks, x_labels, x_offset = brief_ticks(*canvas.xlim)
+    y_ticks, y_labels, y_offset = brief_ticks(*canvas.ylim)
     canvas.axes(x_ticks, y_ticks, grid=True)
     for name, a, loss in zip(names, alphas, losses):
         ok = np.isfinite(loss) & np.isfinite(a)
